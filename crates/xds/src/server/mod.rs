@@ -1,0 +1,138 @@
+//! The ADS server: state-of-the-world and delta ADS plus the per-type CDS, EDS, LDS, RDS
+//! and SDS services, on one port.
+//!
+//! Each stream runs [`stream::drive`] with a [`sotw::SotwState`] or [`delta::DeltaState`].
+//! The server owns protocol state (nonces, ACK/NACK, subscriptions, ordering); content comes
+//! from the [`SnapshotCache`].
+
+mod delta;
+pub mod node;
+mod service;
+mod sotw;
+mod stream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::SnapshotCache;
+use crate::status::StatusBoard;
+use node::NodeGrouper;
+pub use service::{
+    AdsSpec, CdsSpec, DiscoveryService, EdsSpec, LdsSpec, RdsSpec, SdsSpec, ServiceSpec,
+};
+
+/// Server limits and buffers.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest request accepted. Delta reconnects carry every resource's version, so this
+    /// must fit `initial_resource_versions` for the largest snapshot.
+    pub max_request_bytes: usize,
+    /// Largest response sent; a 1,000-cluster snapshot with endpoints is a few MiB.
+    pub max_response_bytes: usize,
+    /// Responses queued per stream before the stream waits for the proxy to read.
+    pub stream_buffer: usize,
+    /// HTTP/2 keepalive ping interval: detects dead proxies behind silent networks.
+    pub keepalive_interval: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_request_bytes: 16 * 1024 * 1024,
+            max_response_bytes: 128 * 1024 * 1024,
+            stream_buffer: 8,
+            keepalive_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// State shared by every stream.
+pub(crate) struct Shared {
+    pub(crate) cache: SnapshotCache,
+    pub(crate) status: StatusBoard,
+    pub(crate) grouper: Arc<dyn NodeGrouper>,
+    pub(crate) config: ServerConfig,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// The xDS server.
+#[derive(Clone)]
+pub struct XdsServer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for XdsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsServer")
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+impl XdsServer {
+    /// A server over `cache`, grouping proxies with `grouper`. Streams end (with
+    /// `UNAVAILABLE`, so proxies reconnect elsewhere) when `shutdown` is cancelled.
+    pub fn new(
+        cache: SnapshotCache,
+        grouper: Arc<dyn NodeGrouper>,
+        config: ServerConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let shared = Shared {
+            cache,
+            status: StatusBoard::new(),
+            grouper,
+            config,
+            shutdown,
+        };
+        XdsServer {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Live per-proxy status.
+    pub fn status(&self) -> StatusBoard {
+        self.shared.status.clone()
+    }
+
+    /// The snapshot cache served.
+    pub fn cache(&self) -> &SnapshotCache {
+        &self.shared.cache
+    }
+
+    /// A tonic router with every discovery service, for callers that add their own
+    /// transport settings (TLS) or services.
+    pub fn router(
+        &self,
+        builder: &mut tonic::transport::Server,
+    ) -> tonic::transport::server::Router {
+        builder
+            .add_service(DiscoveryService::<AdsSpec>::new(self.shared.clone()))
+            .add_service(DiscoveryService::<CdsSpec>::new(self.shared.clone()))
+            .add_service(DiscoveryService::<EdsSpec>::new(self.shared.clone()))
+            .add_service(DiscoveryService::<LdsSpec>::new(self.shared.clone()))
+            .add_service(DiscoveryService::<RdsSpec>::new(self.shared.clone()))
+            .add_service(DiscoveryService::<SdsSpec>::new(self.shared.clone()))
+    }
+
+    /// Serves on `listener` until the shutdown token is cancelled, then drains: streams are
+    /// told to reconnect elsewhere and the call returns once connections have closed.
+    pub async fn serve(self, listener: TcpListener) -> Result<(), tonic::transport::Error> {
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(self.shared.config.keepalive_interval))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .tcp_nodelay(true);
+        let router = self.router(&mut builder);
+        let shutdown = self.shared.shutdown.clone();
+        router
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                shutdown.cancelled_owned(),
+            )
+            .await
+    }
+}

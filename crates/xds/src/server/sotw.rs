@@ -1,0 +1,290 @@
+//! State-of-the-world protocol state of one stream: subscriptions, nonces, ACK/NACK, and
+//! what to send when a request arrives or the group's snapshot changes.
+//!
+//! Pure and synchronous; the async driver in [`super::stream`] feeds it.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use tonic::Status;
+
+use super::stream::{Protocol, parse_type};
+use crate::resource::{Resource, ResourceType};
+use crate::snapshot::{ResourceMap, Snapshot, version_of};
+use crate::status::{Nack, StatusEntry};
+use crate::wire::SotwResponse;
+
+/// Subscription and delivery state of one type on one stream.
+#[derive(Debug, Default)]
+struct TypeState {
+    /// Subscribed to every resource of the type.
+    wildcard: bool,
+    /// Explicitly subscribed names.
+    names: BTreeSet<String>,
+    /// Nonce of the latest response; requests answering an older one are stale.
+    last_nonce: Option<String>,
+    /// What the proxy was last sent (or already had when it connected).
+    sent: Option<(String, ResourceMap)>,
+    /// Version the proxy reported having on its first request (a reconnect).
+    reported_version: Option<String>,
+}
+
+/// SotW state of one stream.
+#[derive(Debug)]
+pub(crate) struct SotwState {
+    only: Option<ResourceType>,
+    types: [Option<TypeState>; 5],
+    nonces: u64,
+}
+
+/// What a push would send for one type, computed before anything is committed.
+struct Candidate {
+    version: String,
+    resources: ResourceMap,
+}
+
+impl SotwState {
+    pub(crate) fn new(only: Option<ResourceType>) -> Self {
+        SotwState {
+            only,
+            types: Default::default(),
+            nonces: 0,
+        }
+    }
+
+    fn desired(&self, kind: ResourceType, snapshot: &Snapshot) -> Option<Candidate> {
+        let st = self.types[kind.index()].as_ref()?;
+        let all = snapshot.resources(kind);
+        let resources: ResourceMap = if st.wildcard {
+            all.clone()
+        } else {
+            st.names
+                .iter()
+                .filter_map(|name| match all.get(name) {
+                    Some(r) => Some((name.clone(), r.clone())),
+                    // A cluster must never stay warming: unknown EDS names get an empty
+                    // assignment rather than silence.
+                    None if kind == ResourceType::Endpoint => {
+                        Some((name.clone(), Resource::empty_endpoints(name)))
+                    }
+                    None => None,
+                })
+                .collect()
+        };
+        Some(Candidate {
+            version: version_of(&resources),
+            resources,
+        })
+    }
+
+    /// Whether sending `candidate` would tell the proxy something it does not have.
+    fn is_news(&self, kind: ResourceType, candidate: &Candidate) -> bool {
+        let Some(st) = &self.types[kind.index()] else {
+            return false;
+        };
+        match &st.sent {
+            Some((version, _)) => *version != candidate.version,
+            None => st.reported_version.as_deref() != Some(candidate.version.as_str()),
+        }
+    }
+
+    fn emit(
+        &mut self,
+        kind: ResourceType,
+        candidate: Candidate,
+        status: &StatusEntry,
+    ) -> SotwResponse {
+        self.nonces += 1;
+        let nonce = self.nonces.to_string();
+        status.sent(kind, &candidate.version, &nonce);
+        let response = SotwResponse {
+            version: candidate.version.clone(),
+            kind,
+            nonce: nonce.clone(),
+            resources: candidate.resources.values().cloned().collect(),
+        };
+        if let Some(st) = self.types[kind.index()].as_mut() {
+            st.last_nonce = Some(nonce);
+            st.sent = Some((candidate.version, candidate.resources));
+        }
+        response
+    }
+
+    /// Marks EDS as needing a re-send: after any CDS change, updated clusters warm until
+    /// they receive an EDS response, even an unchanged one.
+    fn force_endpoints(&mut self) {
+        if let Some(st) = self.types[ResourceType::Endpoint.index()].as_mut() {
+            st.sent = None;
+            st.reported_version = None;
+        }
+    }
+
+    fn push_type(
+        &mut self,
+        kind: ResourceType,
+        snapshot: &Snapshot,
+        status: &StatusEntry,
+        out: &mut Vec<SotwResponse>,
+    ) {
+        if let Some(c) = self.desired(kind, snapshot)
+            && self.is_news(kind, &c)
+        {
+            out.push(self.emit(kind, c, status));
+            if kind == ResourceType::Cluster {
+                self.force_endpoints();
+            }
+        }
+    }
+
+    /// Everything to send after the snapshot changed, in make-before-break order.
+    fn push(&mut self, snapshot: &Snapshot, status: &StatusEntry) -> Vec<SotwResponse> {
+        let mut out = Vec::new();
+        let clusters = self.desired(ResourceType::Cluster, snapshot);
+        let removed = self.removed_clusters(clusters.as_ref());
+        let routing_changes = [ResourceType::Listener, ResourceType::Route]
+            .into_iter()
+            .any(|k| {
+                self.desired(k, snapshot)
+                    .is_some_and(|c| self.is_news(k, &c))
+            });
+        let mut deferred_clusters = None;
+        if let Some(final_clusters) = clusters {
+            if !removed.is_empty() && routing_changes {
+                // Phase A: add and update clusters but keep the removed ones until the
+                // listeners and routes that named them have been replaced.
+                let mut resources = final_clusters.resources.clone();
+                resources.extend(removed);
+                let interim = Candidate {
+                    version: version_of(&resources),
+                    resources,
+                };
+                if self.is_news(ResourceType::Cluster, &interim) {
+                    out.push(self.emit(ResourceType::Cluster, interim, status));
+                    self.force_endpoints();
+                }
+                deferred_clusters = Some(final_clusters);
+            } else if self.is_news(ResourceType::Cluster, &final_clusters) {
+                out.push(self.emit(ResourceType::Cluster, final_clusters, status));
+                self.force_endpoints();
+            }
+        }
+        for kind in [
+            ResourceType::Endpoint,
+            ResourceType::Listener,
+            ResourceType::Route,
+        ] {
+            self.push_type(kind, snapshot, status, &mut out);
+        }
+        if let Some(final_clusters) = deferred_clusters {
+            out.push(self.emit(ResourceType::Cluster, final_clusters, status));
+        }
+        self.push_type(ResourceType::Secret, snapshot, status, &mut out);
+        out
+    }
+
+    fn removed_clusters(&self, clusters: Option<&Candidate>) -> ResourceMap {
+        let (Some(st), Some(c)) = (&self.types[ResourceType::Cluster.index()], clusters) else {
+            return ResourceMap::new();
+        };
+        let Some((_, sent)) = &st.sent else {
+            return ResourceMap::new();
+        };
+        sent.iter()
+            .filter(|(name, _)| !c.resources.contains_key(*name))
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect()
+    }
+
+    /// One-shot answer for the `Fetch*` RPCs.
+    pub(crate) fn fetch(
+        kind: ResourceType,
+        names: &[String],
+        snapshot: &Snapshot,
+    ) -> (String, Vec<Arc<Resource>>) {
+        let mut state = SotwState::new(Some(kind));
+        state.types[kind.index()] = Some(subscription(kind, names));
+        let c = state.desired(kind, snapshot).unwrap_or(Candidate {
+            version: String::new(),
+            resources: ResourceMap::new(),
+        });
+        (c.version, c.resources.into_values().collect())
+    }
+}
+
+fn subscription(kind: ResourceType, names: &[String]) -> TypeState {
+    let wildcard = names.iter().any(|n| n == "*") || (names.is_empty() && kind.is_full_state());
+    TypeState {
+        wildcard,
+        names: names.iter().filter(|n| *n != "*").cloned().collect(),
+        ..Default::default()
+    }
+}
+
+impl Protocol for SotwState {
+    type Request = DiscoveryRequest;
+    type Response = SotwResponse;
+
+    fn node(req: &DiscoveryRequest) -> Option<&envoy_types::pb::envoy::config::core::v3::Node> {
+        req.node.as_ref()
+    }
+
+    fn on_request(
+        &mut self,
+        req: DiscoveryRequest,
+        snapshot: Option<&Snapshot>,
+        status: &StatusEntry,
+    ) -> Result<Vec<SotwResponse>, Status> {
+        let kind = parse_type(&req.type_url, self.only)?;
+        let st = self.types[kind.index()].get_or_insert_with(TypeState::default);
+        if !req.response_nonce.is_empty() {
+            if st.last_nonce.as_deref() != Some(req.response_nonce.as_str()) {
+                // Stale: answers a response that has since been superseded. Envoy will
+                // answer the newer one; acting on this one could undo it.
+                return Ok(Vec::new());
+            }
+            match &req.error_detail {
+                Some(err) => {
+                    let version = st.sent.as_ref().map(|(v, _)| v.clone()).unwrap_or_default();
+                    tracing::warn!(
+                        type_url = %kind, node = %status.node_id(), %version, error = %err.message,
+                        "proxy rejected configuration; keeping it until the content changes"
+                    );
+                    status.nacked(
+                        kind,
+                        Nack {
+                            version,
+                            nonce: req.response_nonce.clone(),
+                            message: err.message.clone(),
+                            at: SystemTime::now(),
+                        },
+                    );
+                }
+                None => status.acked(kind, &req.version_info),
+            }
+        } else if !req.version_info.is_empty() && st.sent.is_none() {
+            // A reconnecting proxy reports the version it has accepted; unless the content
+            // differs there is nothing to send.
+            st.reported_version = Some(req.version_info.clone());
+            status.acked(kind, &req.version_info);
+        }
+        let sub = subscription(kind, &req.resource_names);
+        st.wildcard = sub.wildcard;
+        st.names = sub.names;
+
+        let Some(snapshot) = snapshot else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        self.push_type(kind, snapshot, status, &mut out);
+        if kind == ResourceType::Cluster && !out.is_empty() {
+            self.push_type(ResourceType::Endpoint, snapshot, status, &mut out);
+        }
+        Ok(out)
+    }
+
+    fn on_snapshot(&mut self, snapshot: &Snapshot, status: &StatusEntry) -> Vec<SotwResponse> {
+        self.push(snapshot, status)
+    }
+}

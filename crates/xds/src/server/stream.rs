@@ -1,0 +1,170 @@
+//! The async driver shared by both protocol flavours: reads requests, watches the group's
+//! snapshot, and writes what the protocol state decides to send.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use prost::Message;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::Shared;
+use super::node::PeerInfo;
+use crate::resource::{ResourceType, is_type_url};
+use crate::snapshot::Snapshot;
+use crate::status::{ProxyStatus, StatusEntry, StreamKind};
+use crate::wire::WireMessage;
+
+/// One protocol flavour's per-stream state machine.
+pub(crate) trait Protocol: Send + 'static {
+    type Request: Message + Default + Send + 'static;
+    type Response: WireMessage;
+
+    /// The node carried by a request, if any.
+    fn node(req: &Self::Request) -> Option<&Node>;
+
+    /// Handles a request; returns what to send. An error ends this stream only.
+    fn on_request(
+        &mut self,
+        req: Self::Request,
+        snapshot: Option<&Snapshot>,
+        status: &StatusEntry,
+    ) -> Result<Vec<Self::Response>, Status>;
+
+    /// Handles a new snapshot for the stream's group; returns what to send.
+    fn on_snapshot(&mut self, snapshot: &Snapshot, status: &StatusEntry) -> Vec<Self::Response>;
+}
+
+/// Parses a request's type URL. Per-type services accept an empty URL (their type is
+/// implied) and refuse any other type.
+pub(crate) fn parse_type(url: &str, only: Option<ResourceType>) -> Result<ResourceType, Status> {
+    if url.is_empty() {
+        return only.ok_or_else(|| {
+            Status::invalid_argument(
+                "type_url is empty: an ADS request must name its resource type",
+            )
+        });
+    }
+    let kind = ResourceType::from_type_url(url).ok_or_else(|| {
+        let hint = if is_type_url(url) { "" } else { " (type URLs start with type.googleapis.com/)" };
+        Status::invalid_argument(format!(
+            "unsupported type_url `{url}`{hint}; this server serves clusters, endpoints, listeners, routes and secrets"
+        ))
+    })?;
+    match only {
+        Some(t) if t != kind => Err(Status::invalid_argument(format!(
+            "type_url `{url}` sent to the {t} service; use ADS or the matching discovery service"
+        ))),
+        _ => Ok(kind),
+    }
+}
+
+/// Runs one stream to completion. Every outcome is local to this stream.
+pub(crate) async fn drive<P: Protocol>(
+    shared: Arc<Shared>,
+    mut state: P,
+    kind: StreamKind,
+    peer: PeerInfo,
+    mut requests: Streaming<P::Request>,
+    tx: mpsc::Sender<Result<P::Response, Status>>,
+) {
+    let shutdown = shared.shutdown.clone();
+    let first = tokio::select! {
+        r = requests.message() => r,
+        _ = shutdown.cancelled() => return,
+    };
+    let first = match first {
+        Ok(Some(req)) => req,
+        Ok(None) | Err(_) => return,
+    };
+    let entry = match admit::<P>(&shared, &first, kind, &peer) {
+        Ok(entry) => entry,
+        Err(status) => {
+            shared
+                .status
+                .counters()
+                .streams_failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(peer = ?peer.remote_addr, code = ?status.code(), error = %status.message(), "refused xDS stream");
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    };
+    let (group, status) = entry;
+    let mut snapshots = shared.cache.subscribe(&group);
+    let snapshot = snapshots.borrow_and_update().clone();
+    let mut outcome = state.on_request(first, snapshot.as_deref(), &status);
+    loop {
+        match outcome {
+            Ok(responses) => {
+                for r in responses {
+                    if tx.send(Ok(r)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(err) => {
+                shared
+                    .status
+                    .counters()
+                    .streams_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(node = %status.node_id(), code = ?err.code(), error = %err.message(), "ending xDS stream");
+                let _ = tx.send(Err(err)).await;
+                return;
+            }
+        }
+        outcome = tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = tx
+                    .send(Err(Status::unavailable("control plane is shutting down; reconnect to another instance")))
+                    .await;
+                return;
+            }
+            req = requests.message() => match req {
+                Ok(Some(req)) => {
+                    let snapshot = snapshots.borrow().clone();
+                    state.on_request(req, snapshot.as_deref(), &status)
+                }
+                Ok(None) | Err(_) => return,
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    // The group was dropped from the cache; keep serving what the proxy has
+                    // and re-attach so a future snapshot reaches it.
+                    snapshots = shared.cache.subscribe(&group);
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                Ok(snapshot.map(|s| state.on_snapshot(&s, &status)).unwrap_or_default())
+            }
+        };
+    }
+}
+
+fn admit<P: Protocol>(
+    shared: &Shared,
+    first: &P::Request,
+    kind: StreamKind,
+    peer: &PeerInfo,
+) -> Result<(crate::cache::GroupKey, StatusEntry), Status> {
+    let node = P::node(first).ok_or_else(|| {
+        Status::invalid_argument(
+            "the first request on an xDS stream must carry `node` (id, cluster, metadata)",
+        )
+    })?;
+    let group = shared.grouper.group(node, peer)?;
+    let stream_id = shared.status.next_stream_id();
+    tracing::debug!(node = %node.id, service = %node.cluster, %group, stream_id, "xDS stream admitted");
+    let entry = shared.status.register(ProxyStatus {
+        stream_id,
+        node_id: node.id.clone(),
+        service: node.cluster.clone(),
+        group: group.clone(),
+        kind,
+        remote_addr: peer.remote_addr,
+        connected_since: SystemTime::now(),
+        types: Default::default(),
+    });
+    Ok((group, entry))
+}
