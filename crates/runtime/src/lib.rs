@@ -1,1 +1,9 @@
-//! placeholder
+//! The only crate that wires Meshplane together: configuration, the xDS server, registry
+//! sources and translation, their tasks and their shutdown.
+//!
+//! Start at [`control_plane::run`]; [`config`] holds the settings it takes.
+
+pub mod config;
+pub mod control_plane;
+
+pub use config::{ConfigError, ControlPlaneConfig, RegistryKind};

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::snapshot::{Snapshot, SnapshotError};
 
@@ -47,12 +47,24 @@ type SnapshotTx = watch::Sender<Option<Arc<Snapshot>>>;
 #[derive(Clone, Default)]
 pub struct SnapshotCache {
     groups: Arc<RwLock<HashMap<GroupKey, SnapshotTx>>>,
+    demand_tx: Option<mpsc::UnboundedSender<GroupKey>>,
 }
 
 impl SnapshotCache {
     /// An empty cache.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty cache that reports every group a stream subscribes to before any snapshot
+    /// exists for it, so the owner can compute that group's snapshot on demand.
+    pub fn with_demand() -> (Self, mpsc::UnboundedReceiver<GroupKey>) {
+        let (demand_tx, demand_rx) = mpsc::unbounded_channel();
+        let cache = SnapshotCache {
+            groups: Default::default(),
+            demand_tx: Some(demand_tx),
+        };
+        (cache, demand_rx)
     }
 
     /// Checks and publishes a snapshot for a group. Streams of the group are woken only if
@@ -83,9 +95,16 @@ impl SnapshotCache {
         groups.get(group).and_then(|tx| tx.borrow().clone())
     }
 
-    /// Subscribes to a group, creating it (empty) when it is unknown.
+    /// Subscribes to a group, creating it (empty) when it is unknown. A group without a
+    /// snapshot is reported on the demand channel (see [`SnapshotCache::with_demand`]).
     pub fn subscribe(&self, group: &GroupKey) -> SnapshotRx {
-        self.sender(group).subscribe()
+        let rx = self.sender(group).subscribe();
+        if rx.borrow().is_none()
+            && let Some(demand_tx) = &self.demand_tx
+        {
+            let _ = demand_tx.send(group.clone());
+        }
+        rx
     }
 
     /// Groups that have a snapshot, with the number of streams subscribed to each.
@@ -172,6 +191,17 @@ mod tests {
                 .expect("set")
         );
         assert!(rx.has_changed().expect("open"));
+    }
+
+    #[test]
+    fn demand_reports_groups_without_snapshot() {
+        let (cache, mut demand_rx) = SnapshotCache::with_demand();
+        let (g1, g2) = (GroupKey::new("g1"), GroupKey::new("g2"));
+        cache.set_snapshot(&g2, mk_snapshot(&["x"])).expect("set");
+        let _rx1 = cache.subscribe(&g1);
+        let _rx2 = cache.subscribe(&g2);
+        assert_eq!(demand_rx.try_recv().ok(), Some(g1));
+        assert!(demand_rx.try_recv().is_err(), "g2 already has a snapshot");
     }
 
     #[test]

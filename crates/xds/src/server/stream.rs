@@ -76,7 +76,8 @@ pub(crate) async fn drive<P: Protocol>(
     };
     let first = match first {
         Ok(Some(req)) => req,
-        Ok(None) | Err(_) => return,
+        Ok(None) => return,
+        Err(status) => return reply_to_bad_request(&shared, &tx, status).await,
     };
     let entry = match admit::<P>(&shared, &first, kind, &peer) {
         Ok(entry) => entry,
@@ -127,7 +128,8 @@ pub(crate) async fn drive<P: Protocol>(
                     let snapshot = snapshots.borrow().clone();
                     state.on_request(req, snapshot.as_deref(), &status)
                 }
-                Ok(None) | Err(_) => return,
+                Ok(None) => return,
+                Err(status) => return reply_to_bad_request(&shared, &tx, status).await,
             },
             changed = snapshots.changed() => {
                 if changed.is_err() {
@@ -139,6 +141,24 @@ pub(crate) async fn drive<P: Protocol>(
                 Ok(snapshot.map(|s| state.on_snapshot(&s, &status)).unwrap_or_default())
             }
         };
+    }
+}
+
+/// A request that failed to decode ends the stream with the decoder's `INVALID_ARGUMENT`;
+/// transport errors (the proxy went away) just end it.
+async fn reply_to_bad_request<R>(
+    shared: &Shared,
+    tx: &mpsc::Sender<Result<R, Status>>,
+    status: Status,
+) {
+    if status.code() == tonic::Code::InvalidArgument {
+        shared
+            .status
+            .counters()
+            .streams_failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(error = %status.message(), "ending xDS stream: malformed request");
+        let _ = tx.send(Err(status)).await;
     }
 }
 

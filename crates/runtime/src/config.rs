@@ -1,0 +1,160 @@
+//! Control-plane configuration: defaults, overridden by a `--config` YAML file, overridden
+//! by `MESHPLANE_*` environment variables and flags (the binary merges those).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Which registry feeds the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegistryKind {
+    /// The embedded, durable registry with a Consul-compatible API (default).
+    #[default]
+    Embedded,
+    /// A Consul agent or server, read with blocking queries.
+    Consul,
+    /// A YAML file of services, watched for changes.
+    File,
+}
+
+impl std::str::FromStr for RegistryKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "embedded" => Ok(RegistryKind::Embedded),
+            "consul" => Ok(RegistryKind::Consul),
+            "file" => Ok(RegistryKind::File),
+            other => Err(format!(
+                "unknown registry `{other}`: use embedded, consul or file"
+            )),
+        }
+    }
+}
+
+/// Settings of `meshplane control-plane`. Every field is optional in the YAML file; keys
+/// are the flag names (`xds-addr`, `data-dir`, ...).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// Address of the xDS (ADS) gRPC server.
+    pub xds_addr: SocketAddr,
+    /// Address of the admin API and web panel.
+    pub admin_addr: SocketAddr,
+    /// Registry source.
+    pub registry: RegistryKind,
+    /// Embedded registry's Consul-compatible API address.
+    pub registry_addr: SocketAddr,
+    /// Consul HTTP address (`--registry consul`).
+    pub consul_addr: Option<String>,
+    /// Services file (`--registry file`).
+    pub services_file: Option<PathBuf>,
+    /// Where durable state (registry, CA) lives.
+    pub data_dir: PathBuf,
+    /// This control plane's datacenter.
+    pub datacenter: String,
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        ControlPlaneConfig {
+            xds_addr: ([127, 0, 0, 1], 18000).into(),
+            admin_addr: ([127, 0, 0, 1], 18080).into(),
+            registry: RegistryKind::Embedded,
+            registry_addr: ([127, 0, 0, 1], 8500).into(),
+            consul_addr: None,
+            services_file: None,
+            data_dir: PathBuf::from("./meshplane-data"),
+            datacenter: "dc1".to_owned(),
+        }
+    }
+}
+
+/// A configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for this configuration.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why, with line and column.
+        source: serde_norway::Error,
+    },
+    /// A setting is missing or contradicts another.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ControlPlaneConfig {
+    /// Reads a YAML configuration file; absent keys keep their defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_norway::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Checks settings that depend on each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.registry {
+            RegistryKind::Consul if self.consul_addr.is_none() => Err(ConfigError::Invalid(
+                "--registry consul needs --consul-addr (e.g. http://127.0.0.1:8500)".into(),
+            )),
+            RegistryKind::File if self.services_file.is_none() => Err(ConfigError::Invalid(
+                "--registry file needs --services-file FILE".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_keys_are_flag_names_and_unknown_keys_are_errors() {
+        let dir = std::env::temp_dir().join(format!("meshplane-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("cp.yaml");
+        std::fs::write(&path, "xds-addr: 127.0.0.1:19000\ndatacenter: dc2\n").expect("write");
+        let cfg = ControlPlaneConfig::from_file(&path).expect("valid");
+        assert_eq!(cfg.xds_addr.port(), 19000);
+        assert_eq!(cfg.datacenter, "dc2");
+        assert_eq!(cfg.admin_addr.port(), 18080, "absent keys keep defaults");
+
+        std::fs::write(&path, "xds-adr: 127.0.0.1:19000\n").expect("write");
+        let err = ControlPlaneConfig::from_file(&path).expect_err("typo");
+        assert!(err.to_string().contains("xds-adr"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn consul_needs_an_address() {
+        let cfg = ControlPlaneConfig {
+            registry: RegistryKind::Consul,
+            ..Default::default()
+        };
+        assert!(
+            cfg.validate()
+                .expect_err("missing")
+                .to_string()
+                .contains("--consul-addr")
+        );
+    }
+}
