@@ -12,3 +12,6 @@ mod name;
 
 pub use instance::{Health, Instance, InstanceId, Locality};
 pub use name::{NameError, ServiceName};
+
+pub mod descriptor;
+pub use descriptor::{Descriptor, DescriptorError};

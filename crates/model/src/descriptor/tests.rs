@@ -1,0 +1,187 @@
+use std::time::Duration;
+
+use super::*;
+
+const FULL: &str = r#"
+service: orders
+port: 8080
+ingress: { port: 31001 }
+egress:  { port: 31000 }
+tags: [canary]
+mtls: permissive
+weight: 100
+dependencies:
+  - service: payments
+    timeout: 2s
+    retries: { attempts: 2, per_try_timeout: 500ms, on: [connect-failure, reset, "503"] }
+  - domain: https://api.example.com
+  - domain_pattern: "*.example.org"
+incoming:
+  unlisted_endpoints: block
+  endpoints:
+    - { path_prefix: /api/, methods: [GET, POST], clients: [web, "role:backoffice"] }
+    - { path: /status/health }
+  roles:
+    - { name: backoffice, clients: [admin-ui, reports] }
+"#;
+
+fn field_error(yaml: &str) -> (String, String) {
+    match Descriptor::from_yaml(yaml) {
+        Err(DescriptorError::Field { field, message }) => (field, message),
+        other => panic!("expected a field error, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_design_example_parses() {
+    let d = Descriptor::from_yaml(FULL).expect("valid");
+    assert_eq!(d.service.as_str(), "orders");
+    assert_eq!(d.ingress.port, 31001);
+    assert_eq!(d.egress, Some(EgressListener { port: 31000 }));
+    assert_eq!(d.dependencies.len(), 3);
+    assert_eq!(d.dependencies[0].timeout, Some(Duration::from_secs(2)));
+    let retries = d.dependencies[0].retries.as_ref().expect("retries");
+    assert_eq!(
+        retries.on,
+        vec![
+            RetryOn::ConnectFailure,
+            RetryOn::Reset,
+            RetryOn::Status(503)
+        ]
+    );
+    assert_eq!(
+        d.dependencies[1].target,
+        Target::Domain(Domain {
+            tls: true,
+            host: "api.example.com".into(),
+            port: 443
+        })
+    );
+    assert_eq!(
+        d.dependencies[2].target,
+        Target::DomainPattern("*.example.org".into())
+    );
+    let incoming = d.incoming.as_ref().expect("incoming");
+    assert_eq!(
+        incoming.endpoints[0].clients[1],
+        Client::Role("backoffice".into())
+    );
+    assert!(incoming.endpoints[1].clients.is_empty());
+    let names: Vec<_> = d.named_clients().iter().map(|s| s.to_string()).collect();
+    assert_eq!(names, vec!["admin-ui", "reports", "web"]);
+}
+
+#[test]
+fn json_and_yaml_agree() {
+    let yaml = Descriptor::from_yaml(FULL).expect("valid");
+    let value: serde_json::Value = serde_norway::from_str(FULL).expect("yaml");
+    assert_eq!(Descriptor::from_json(value).expect("valid"), yaml);
+}
+
+#[test]
+fn unknown_fields_are_named() {
+    let (field, message) = field_error("service: a\nport: 1\ningress: { port: 2, prot: 3 }\n");
+    assert_eq!(field, "ingress.prot");
+    assert!(message.contains("unknown field `prot`"), "{message}");
+    let (field, message) = field_error("service: a\nport: 1\ningress: { port: 2 }\ncolour: red\n");
+    assert_eq!(field, "colour");
+    assert!(message.contains("unknown field `colour`"), "{message}");
+}
+
+#[test]
+fn bad_values_name_their_field() {
+    let base = "service: a\nport: 1\ningress: { port: 2 }\n";
+    let cases = [
+        (
+            "dependencies: [{ service: b, timeout: 2 s }]",
+            "dependencies[0].timeout",
+            "invalid duration",
+        ),
+        (
+            "dependencies: [{ service: b, retries: { attempts: 1, on: [teapot] } }]",
+            "dependencies[0].retries.on[0]",
+            "teapot",
+        ),
+        (
+            "dependencies: [{ service: b, retries: { attempts: 50 } }]",
+            "dependencies[0].retries.attempts",
+            "at most",
+        ),
+        (
+            "dependencies: [{ service: b, domain: http://x.org }]",
+            "dependencies[0]",
+            "exactly one",
+        ),
+        (
+            "dependencies: [{ domain: api.example.com }]",
+            "dependencies[0].domain",
+            "scheme",
+        ),
+        (
+            "dependencies: [{ domain_pattern: example.org }]",
+            "dependencies[0].domain_pattern",
+            "wildcard",
+        ),
+        (
+            "dependencies: [{ service: \"bad name\" }]",
+            "dependencies[0].service",
+            "contains",
+        ),
+        (
+            "incoming: { endpoints: [{ path: /a, methods: [FETCH] }] }",
+            "incoming.endpoints[0].methods[0]",
+            "FETCH",
+        ),
+        (
+            "incoming: { endpoints: [{ path: /a, clients: [\"role:x\"] }] }",
+            "incoming.endpoints[0].clients[0]",
+            "not defined",
+        ),
+        (
+            "incoming: { endpoints: [{ path: a }] }",
+            "incoming.endpoints[0].path",
+            "start with",
+        ),
+        (
+            "incoming: { unlisted_endpoints: maybe }",
+            "incoming.unlisted_endpoints",
+            "maybe",
+        ),
+        ("mtls: sometimes", "mtls", "sometimes"),
+        ("weight: 0", "weight", "between"),
+    ];
+    for (extra, want_field, want_message) in cases {
+        let (field, message) = field_error(&format!("{base}{extra}\n"));
+        assert_eq!(field, want_field, "for {extra}: {message}");
+        assert!(message.contains(want_message), "for {extra}: {message}");
+    }
+}
+
+#[test]
+fn ports_must_be_distinct_and_nonzero() {
+    let (field, _) = field_error("service: a\nport: 1\ningress: { port: 1 }\n");
+    assert_eq!(field, "ingress.port");
+    let (field, _) =
+        field_error("service: a\nport: 1\ningress: { port: 2 }\negress: { port: 2 }\n");
+    assert_eq!(field, "egress.port");
+    let (field, _) = field_error("service: a\nport: 0\ningress: { port: 2 }\n");
+    assert_eq!(field, "port");
+    let (field, message) = field_error("service: a\nport: 70000\ningress: { port: 2 }\n");
+    assert_eq!(field, "port", "{message}");
+}
+
+#[test]
+fn syntax_errors_carry_a_location() {
+    let err = Descriptor::from_yaml("service: [unclosed\n").expect_err("syntax");
+    assert!(err.to_string().contains("line"), "{err}");
+}
+
+#[test]
+fn wildcard_dependency_is_parsed_as_all_services() {
+    let d = Descriptor::from_yaml(
+        "service: a\nport: 1\ningress: { port: 2 }\ndependencies: [{ service: \"*\" }]\n",
+    )
+    .expect("valid");
+    assert!(d.depends_on_all());
+    assert_eq!(d.service_dependencies().count(), 0);
+}

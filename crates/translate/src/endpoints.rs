@@ -1,0 +1,109 @@
+//! A service's endpoints (EDS): weights, health, canary and tag metadata for subset
+//! routing, local datacenter first and the others as failover priorities.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality, Metadata};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+use meshplane_model::{Health, Instance, ServiceName};
+
+use crate::MeshOptions;
+use crate::proto::{bool_value, socket, stable_map, string_value, u32_value};
+
+/// Metadata namespace the subset load balancer reads.
+pub(crate) const LB_NAMESPACE: &str = "envoy.lb";
+/// Endpoint metadata key set on canary instances.
+pub(crate) const CANARY_KEY: &str = "canary";
+/// Endpoint metadata key holding an instance's tags (matched with `list_as_any`).
+pub(crate) const TAGS_KEY: &str = "tags";
+/// The registry tag that puts an instance in the canary subset.
+pub(crate) const CANARY_TAG: &str = "canary";
+
+/// The `ClusterLoadAssignment` of a service (named after it). Critical instances are sent as
+/// unhealthy so Envoy's priority health accounting fails over to other datacenters.
+pub fn service_endpoints(
+    service: &ServiceName,
+    instances: &[Instance],
+    options: &MeshOptions,
+) -> ClusterLoadAssignment {
+    let mut by_dc: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
+    for i in instances {
+        by_dc
+            .entry(i.locality.datacenter.as_str())
+            .or_default()
+            .push(i);
+    }
+    let local = options.datacenter.as_str();
+    // Local datacenter is priority 0, the others follow in name order.
+    let mut dcs: Vec<&str> = by_dc.keys().copied().collect();
+    dcs.sort_by_key(|dc| (*dc != local, *dc));
+    let endpoints = dcs
+        .iter()
+        .enumerate()
+        .map(|(priority, dc)| {
+            let mut members = by_dc[dc].clone();
+            members.sort_by(|a, b| a.id.cmp(&b.id));
+            LocalityLbEndpoints {
+                locality: Some(Locality {
+                    region: (*dc).to_owned(),
+                    ..Default::default()
+                }),
+                lb_endpoints: members.into_iter().map(lb_endpoint).collect(),
+                priority: priority as u32,
+                ..Default::default()
+            }
+        })
+        .collect();
+    ClusterLoadAssignment {
+        cluster_name: service.to_string(),
+        endpoints,
+        ..Default::default()
+    }
+}
+
+fn lb_endpoint(i: &Instance) -> LbEndpoint {
+    let health = match i.health {
+        Health::Passing | Health::Warning => HealthStatus::Healthy,
+        Health::Critical => HealthStatus::Unhealthy,
+    };
+    LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: Some(socket(&i.address, i.port)),
+            hostname: i.id.to_string(),
+            ..Default::default()
+        })),
+        health_status: health as i32,
+        load_balancing_weight: Some(u32_value(i.weight.max(1))),
+        metadata: subset_metadata(i),
+    }
+}
+
+fn subset_metadata(i: &Instance) -> Option<Metadata> {
+    if i.tags.is_empty() {
+        return None;
+    }
+    let mut tags = i.tags.clone();
+    tags.sort();
+    tags.dedup();
+    let mut fields = stable_map();
+    if tags.iter().any(|t| t == CANARY_TAG) {
+        fields.insert(CANARY_KEY.to_owned(), bool_value(true));
+    }
+    fields.insert(
+        TAGS_KEY.to_owned(),
+        Value {
+            kind: Some(Kind::ListValue(ListValue {
+                values: tags.iter().map(|t| string_value(t)).collect(),
+            })),
+        },
+    );
+    let mut filter_metadata = stable_map();
+    filter_metadata.insert(LB_NAMESPACE.to_owned(), Struct { fields });
+    Some(Metadata {
+        filter_metadata,
+        ..Default::default()
+    })
+}

@@ -1,0 +1,167 @@
+//! Pure translation: registry state and a proxy's descriptor in, Envoy resources out.
+//! No async, no I/O, no registry or xDS-server types.
+//!
+//! Translation is split so its cost scales with what changed:
+//! - per service, shared by every proxy that depends on it: [`service_cluster`] and
+//!   [`service_endpoints`] (built once per registry change of that service);
+//! - per group of identical proxies: [`group_config`] (listeners, routes, and the clusters
+//!   only that group uses: the local app, external domains).
+//!
+//! Start at [`group_config`]; [`MeshOptions`] holds the control-plane-wide settings.
+
+mod cluster;
+mod endpoints;
+mod listener;
+pub mod names;
+mod proto;
+mod route;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use meshplane_model::descriptor::Target;
+use meshplane_model::{Descriptor, Instance, ServiceName};
+
+pub use cluster::service_cluster;
+pub use endpoints::service_endpoints;
+
+/// Control-plane-wide translation settings.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// The local datacenter: its instances are preferred, others are failover priorities.
+    pub datacenter: String,
+    /// Services allowed to depend on every service (`service: "*"`).
+    pub allow_wildcard_dependencies: BTreeSet<ServiceName>,
+    /// CA bundle used to verify external `https://` domains.
+    pub domain_ca_file: String,
+    /// Fixed addresses for external domains (split-horizon DNS, demos, tests).
+    pub domain_addresses: BTreeMap<String, IpAddr>,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        MeshOptions {
+            datacenter: "dc1".to_owned(),
+            allow_wildcard_dependencies: BTreeSet::new(),
+            domain_ca_file: "/etc/ssl/certs/ca-certificates.crt".to_owned(),
+            domain_addresses: BTreeMap::new(),
+        }
+    }
+}
+
+/// What the translator needs to know about the registry.
+pub trait Catalog {
+    /// Every service name.
+    fn services(&self) -> Vec<ServiceName>;
+    /// Instances of a service; `None` when it is unknown.
+    fn instances(&self, service: &ServiceName) -> Option<&[Instance]>;
+}
+
+/// One proxy group's input: its descriptor and where its ingress listener binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyGroup {
+    /// The service descriptor sent as node metadata.
+    pub descriptor: Descriptor,
+    /// Address the ingress listener binds (the address registered in the registry).
+    pub listen_address: String,
+}
+
+/// A group's own resources. Service clusters and endpoints come from
+/// [`service_cluster`] / [`service_endpoints`] for each name in `services`.
+#[derive(Debug, Clone, Default)]
+pub struct GroupConfig {
+    /// Ingress and egress listeners.
+    pub listeners: Vec<Listener>,
+    /// Route configurations served by RDS.
+    pub routes: Vec<RouteConfiguration>,
+    /// Clusters only this group uses: the local app, external domains.
+    pub clusters: Vec<Cluster>,
+    /// Mesh services this group depends on (each needs its shared cluster and endpoints).
+    pub services: Vec<ServiceName>,
+}
+
+/// Why a group cannot be translated. Reported to that proxy only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TranslateError {
+    /// The descriptor asks for every service but its service is not allowed to.
+    #[error(
+        "dependencies: `service: \"*\"` is only allowed for services listed in allow_wildcard_dependencies; `{0}` is not. List its dependencies explicitly or ask the mesh operator to allow it"
+    )]
+    WildcardNotAllowed(ServiceName),
+}
+
+/// Checks what only the control plane can check (policy, not syntax).
+pub fn check_policy(descriptor: &Descriptor, options: &MeshOptions) -> Result<(), TranslateError> {
+    if descriptor.depends_on_all()
+        && !options
+            .allow_wildcard_dependencies
+            .contains(&descriptor.service)
+    {
+        return Err(TranslateError::WildcardNotAllowed(
+            descriptor.service.clone(),
+        ));
+    }
+    Ok(())
+}
+
+/// The mesh services a group depends on: its named dependencies, or every service in the
+/// catalog for `service: "*"`.
+pub fn dependency_services(descriptor: &Descriptor, catalog: &dyn Catalog) -> Vec<ServiceName> {
+    let mut out: Vec<ServiceName> = if descriptor.depends_on_all() {
+        catalog.services()
+    } else {
+        descriptor.service_dependencies().cloned().collect()
+    };
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Translates one group.
+pub fn group_config(
+    group: &ProxyGroup,
+    catalog: &dyn Catalog,
+    options: &MeshOptions,
+) -> Result<GroupConfig, TranslateError> {
+    let d = &group.descriptor;
+    check_policy(d, options)?;
+    let services = dependency_services(d, catalog);
+    let mut config = GroupConfig {
+        listeners: vec![listener::ingress(group)],
+        routes: Vec::new(),
+        clusters: vec![cluster::local_app(d)],
+        services: services.clone(),
+    };
+    if let Some(egress) = &d.egress {
+        config.listeners.push(listener::egress(d, egress.port));
+        config.routes.push(route::egress(d, &services, catalog));
+        for dep in &d.dependencies {
+            match &dep.target {
+                Target::Domain(domain) => {
+                    config.clusters.push(cluster::domain(domain, options));
+                    if domain.tls {
+                        config.clusters.push(cluster::tunnel(domain, options));
+                    }
+                }
+                Target::DomainPattern(_) => {
+                    if !config
+                        .clusters
+                        .iter()
+                        .any(|c| c.name == names::DYNAMIC_FORWARD_PROXY)
+                    {
+                        config.clusters.push(cluster::dynamic_forward_proxy());
+                    }
+                }
+                Target::Service(_) | Target::AllServices => {}
+            }
+        }
+    }
+    config.clusters.dedup_by(|a, b| a.name == b.name);
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,341 @@
+//! Egress routes: one virtual host per dependency and nothing else (an undeclared host
+//! matches no route and gets the listener's "not a dependency" 503), with per-dependency
+//! timeouts and retries, canary preference and tag selection.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::{DataSource, Metadata, data_source};
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration,
+    RouteMatch, VirtualHost, header_matcher, retry_policy, route, route_action, route_match,
+};
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::Struct;
+use meshplane_model::descriptor::{Dependency, Domain, Retries, RetryOn, Target};
+use meshplane_model::{Descriptor, ServiceName};
+
+use crate::Catalog;
+use crate::endpoints::{CANARY_KEY, LB_NAMESPACE, TAGS_KEY};
+use crate::names;
+use crate::proto::{any, bool_value, duration, stable_map, string_value, u32_value};
+
+/// Header that prefers canary instances (`1`), falling back to any instance.
+pub const CANARY_HEADER: &str = "x-canary";
+/// Header that selects instances with a tag, without fallback.
+pub const TAG_HEADER: &str = "x-service-tag";
+/// Request timeout when the dependency sets none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Retries when the dependency sets none: connection failures, resets and refused streams
+/// are retried (on another instance) so they never surface as bare 503s.
+pub const DEFAULT_RETRIES: u32 = 2;
+
+/// The egress route configuration.
+pub(crate) fn egress(
+    d: &Descriptor,
+    services: &[ServiceName],
+    catalog: &dyn Catalog,
+) -> RouteConfiguration {
+    let mut virtual_hosts = Vec::new();
+    for service in services {
+        let dep = d
+            .dependencies
+            .iter()
+            .find(|dep| matches!(&dep.target, Target::Service(s) if s == service));
+        let tags = tags_of(service, catalog);
+        virtual_hosts.push(service_host(service, dep, &tags));
+    }
+    for dep in &d.dependencies {
+        match &dep.target {
+            Target::Domain(domain) => virtual_hosts.push(domain_host(domain, dep)),
+            Target::DomainPattern(pattern) => virtual_hosts.push(pattern_host(pattern, dep)),
+            Target::Service(_) | Target::AllServices => {}
+        }
+    }
+    RouteConfiguration {
+        name: names::EGRESS_ROUTES.to_owned(),
+        virtual_hosts,
+        ..Default::default()
+    }
+}
+
+fn tags_of(service: &ServiceName, catalog: &dyn Catalog) -> BTreeSet<String> {
+    catalog
+        .instances(service)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|i| i.tags.iter().cloned())
+        .collect()
+}
+
+fn prefix_match(headers: Vec<HeaderMatcher>) -> RouteMatch {
+    RouteMatch {
+        path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_owned())),
+        headers,
+        ..Default::default()
+    }
+}
+
+fn connect_match() -> RouteMatch {
+    RouteMatch {
+        path_specifier: Some(route_match::PathSpecifier::ConnectMatcher(
+            route_match::ConnectMatcher {},
+        )),
+        ..Default::default()
+    }
+}
+
+fn header_exact(name: &str, value: &str) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.to_owned(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+            StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Exact(value.to_owned())),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+fn header_present(name: &str) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.to_owned(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true)),
+        ..Default::default()
+    }
+}
+
+fn lb_match(key: &str, value: envoy_types::pb::google::protobuf::Value) -> Metadata {
+    let mut fields = stable_map();
+    fields.insert(key.to_owned(), value);
+    let mut filter_metadata = stable_map();
+    filter_metadata.insert(LB_NAMESPACE.to_owned(), Struct { fields });
+    Metadata {
+        filter_metadata,
+        ..Default::default()
+    }
+}
+
+fn forward(
+    cluster: &str,
+    dep: Option<&Dependency>,
+    metadata_match: Option<Metadata>,
+) -> route::Action {
+    route::Action::Route(RouteAction {
+        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.to_owned())),
+        timeout: Some(duration(
+            dep.and_then(|d| d.timeout).unwrap_or(DEFAULT_TIMEOUT),
+        )),
+        retry_policy: Some(retry_policy(dep.and_then(|d| d.retries.as_ref()))),
+        metadata_match,
+        ..Default::default()
+    })
+}
+
+fn tunnel(cluster: &str) -> route::Action {
+    route::Action::Route(RouteAction {
+        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.to_owned())),
+        // A tunnel lives as long as the app keeps it open.
+        timeout: Some(duration(Duration::ZERO)),
+        upgrade_configs: vec![route_action::UpgradeConfig {
+            upgrade_type: "CONNECT".to_owned(),
+            connect_config: Some(route_action::upgrade_config::ConnectConfig::default()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+}
+
+fn mk_route(name: &str, r#match: RouteMatch, action: route::Action) -> Route {
+    Route {
+        name: name.to_owned(),
+        r#match: Some(r#match),
+        action: Some(action),
+        ..Default::default()
+    }
+}
+
+/// A retry policy. Retries always go to a different host when one exists, with jittered
+/// backoff (25 ms base, 250 ms cap).
+pub(crate) fn retry_policy(retries: Option<&Retries>) -> RetryPolicy {
+    let (attempts, per_try, on) = match retries {
+        Some(r) => (r.attempts, r.per_try_timeout, r.on.clone()),
+        None => (
+            DEFAULT_RETRIES,
+            None,
+            vec![
+                RetryOn::ConnectFailure,
+                RetryOn::Reset,
+                RetryOn::RefusedStream,
+            ],
+        ),
+    };
+    let mut retry_on: Vec<&str> = Vec::new();
+    let mut codes = Vec::new();
+    for condition in &on {
+        match condition {
+            RetryOn::ConnectFailure => retry_on.push("connect-failure"),
+            RetryOn::Reset => retry_on.push("reset"),
+            RetryOn::RefusedStream => retry_on.push("refused-stream"),
+            RetryOn::GatewayError => retry_on.push("gateway-error"),
+            RetryOn::ServerError => retry_on.push("5xx"),
+            // Envoy has no "503" token: statuses go through retriable-status-codes.
+            RetryOn::Status(code) => codes.push(u32::from(*code)),
+        }
+    }
+    if !codes.is_empty() {
+        retry_on.push("retriable-status-codes");
+    }
+    retry_on.dedup();
+    RetryPolicy {
+        retry_on: retry_on.join(","),
+        num_retries: Some(u32_value(attempts)),
+        per_try_timeout: per_try.map(duration),
+        retriable_status_codes: codes,
+        retry_host_predicate: vec![retry_policy::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".to_owned(),
+            config_type: Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+                any(&PreviousHostsPredicate::default()),
+            )),
+        }],
+        host_selection_retry_max_attempts: 5,
+        retry_back_off: Some(retry_policy::RetryBackOff {
+            base_interval: Some(duration(Duration::from_millis(25))),
+            max_interval: Some(duration(Duration::from_millis(250))),
+        }),
+        ..Default::default()
+    }
+}
+
+fn service_host(
+    service: &ServiceName,
+    dep: Option<&Dependency>,
+    tags: &BTreeSet<String>,
+) -> VirtualHost {
+    let name = service.as_str();
+    let mut routes: Vec<Route> = tags
+        .iter()
+        .map(|tag| {
+            mk_route(
+                &format!("{name}/tag/{tag}"),
+                prefix_match(vec![header_exact(TAG_HEADER, tag)]),
+                forward(name, dep, Some(lb_match(TAGS_KEY, string_value(tag)))),
+            )
+        })
+        .collect();
+    routes.push(mk_route(
+        &format!("{name}/tag/unknown"),
+        prefix_match(vec![header_present(TAG_HEADER)]),
+        route::Action::DirectResponse(DirectResponseAction {
+            status: 503,
+            body: Some(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(format!(
+                    "meshplane: no instance of `{name}` has the tag requested in {TAG_HEADER}\n"
+                ))),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    ));
+    routes.push(mk_route(
+        &format!("{name}/canary"),
+        prefix_match(vec![header_exact(CANARY_HEADER, "1")]),
+        forward(name, dep, Some(lb_match(CANARY_KEY, bool_value(true)))),
+    ));
+    routes.push(mk_route(
+        &format!("{name}/default"),
+        prefix_match(Vec::new()),
+        forward(name, dep, None),
+    ));
+    VirtualHost {
+        name: name.to_owned(),
+        domains: vec![name.to_owned()],
+        routes,
+        ..Default::default()
+    }
+}
+
+fn domain_host(domain: &Domain, dep: &Dependency) -> VirtualHost {
+    let cluster = names::domain_cluster(domain);
+    let tunnel_cluster = if domain.tls {
+        names::tunnel_cluster(domain)
+    } else {
+        cluster.clone()
+    };
+    VirtualHost {
+        name: cluster.clone(),
+        domains: vec![domain.host.clone()],
+        routes: vec![
+            mk_route(
+                &format!("{cluster}/connect"),
+                connect_match(),
+                tunnel(&tunnel_cluster),
+            ),
+            mk_route(
+                &format!("{cluster}/default"),
+                prefix_match(Vec::new()),
+                forward(&cluster, Some(dep), None),
+            ),
+        ],
+        ..Default::default()
+    }
+}
+
+fn pattern_host(pattern: &str, dep: &Dependency) -> VirtualHost {
+    let cluster = names::DYNAMIC_FORWARD_PROXY;
+    VirtualHost {
+        name: format!("pattern:{pattern}"),
+        domains: vec![pattern.to_owned()],
+        routes: vec![
+            mk_route(
+                &format!("{pattern}/connect"),
+                connect_match(),
+                tunnel(cluster),
+            ),
+            mk_route(
+                &format!("{pattern}/default"),
+                prefix_match(Vec::new()),
+                forward(cluster, Some(dep), None),
+            ),
+        ],
+        ..Default::default()
+    }
+}
+
+/// The ingress routes: health path and everything else to the local app.
+pub(crate) fn ingress(d: &Descriptor) -> RouteConfiguration {
+    let to_app = |timeout: Duration| {
+        route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                names::LOCAL_APP.to_owned(),
+            )),
+            timeout: Some(duration(timeout)),
+            ..Default::default()
+        })
+    };
+    let health = RouteMatch {
+        path_specifier: Some(route_match::PathSpecifier::Path(
+            d.ingress.health_path.clone(),
+        )),
+        ..Default::default()
+    };
+    RouteConfiguration {
+        name: names::INGRESS_ROUTES.to_owned(),
+        virtual_hosts: vec![VirtualHost {
+            name: d.service.to_string(),
+            domains: vec!["*".to_owned()],
+            routes: vec![
+                mk_route("health", health, to_app(Duration::from_secs(5))),
+                mk_route(
+                    "app",
+                    prefix_match(Vec::new()),
+                    to_app(d.ingress.timeout.unwrap_or(DEFAULT_TIMEOUT)),
+                ),
+            ],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
