@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use meshplane_runtime::{ControlPlaneConfig, RegistryKind};
@@ -20,6 +21,10 @@ pub struct Cli {
 enum Command {
     /// Run the control plane: xDS server, registry and admin API.
     ControlPlane(ControlPlaneArgs),
+    /// Run Envoy for a service: bootstrap, register, supervise, hot-restart on SIGHUP.
+    Sidecar(meshplane_sidecar::SidecarArgs),
+    /// Print the Envoy bootstrap for a descriptor (for hosts that run Envoy themselves).
+    Bootstrap(meshplane_sidecar::BootstrapArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -51,6 +56,19 @@ struct ControlPlaneArgs {
     /// This control plane's datacenter [default: dc1].
     #[arg(long, env = "MESHPLANE_DATACENTER")]
     datacenter: Option<String>,
+    /// Token required on admin and registry write routes.
+    #[arg(long, env = "MESHPLANE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Services allowed to depend on every service (`service: "*"`), comma-separated.
+    #[arg(
+        long,
+        env = "MESHPLANE_ALLOW_WILDCARD_DEPENDENCIES",
+        value_delimiter = ','
+    )]
+    allow_wildcard_dependencies: Option<Vec<meshplane_model::ServiceName>>,
+    /// CA bundle verifying external https:// domains [default: the system bundle].
+    #[arg(long, env = "MESHPLANE_DOMAIN_CA_FILE")]
+    domain_ca_file: Option<String>,
 }
 
 impl ControlPlaneArgs {
@@ -83,12 +101,25 @@ impl ControlPlaneArgs {
         if let Some(v) = self.datacenter {
             c.datacenter = v;
         }
+        if self.token.is_some() {
+            c.token = self.token;
+        }
+        if let Some(v) = self.allow_wildcard_dependencies {
+            c.allow_wildcard_dependencies = v;
+        }
+        if self.domain_ca_file.is_some() {
+            c.domain_ca_file = self.domain_ca_file;
+        }
         Ok(c)
     }
 }
 
-/// Runs the chosen command.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the chosen command; the result is the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Bootstrap(args) = cli.command {
+        println!("{}", meshplane_sidecar::render_bootstrap(args)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         match cli.command {
@@ -96,8 +127,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 let config = args.into_config()?;
                 let shutdown = CancellationToken::new();
                 tokio::spawn(cancel_on_signal(shutdown.clone()));
-                meshplane_runtime::control_plane::run(config, shutdown).await
+                meshplane_runtime::control_plane::run(config, shutdown).await?;
+                Ok(ExitCode::SUCCESS)
             }
+            Command::Sidecar(args) => {
+                let outcome = meshplane_sidecar::run_sidecar(args).await?;
+                Ok(ExitCode::from(outcome.exit_code()))
+            }
+            Command::Bootstrap(_) => Ok(ExitCode::SUCCESS),
         }
     })
 }

@@ -1,4 +1,5 @@
-//! The `meshplane` binary: parses arguments and hands over to `meshplane-runtime`.
+//! The `meshplane` binary: parses arguments and hands over to `meshplane-runtime`
+//! (control plane) or `meshplane-sidecar` (sidecar, bootstrap).
 
 mod args;
 
@@ -14,7 +15,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match args::run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE

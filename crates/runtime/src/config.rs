@@ -55,6 +55,14 @@ pub struct ControlPlaneConfig {
     pub data_dir: PathBuf,
     /// This control plane's datacenter.
     pub datacenter: String,
+    /// Token required on admin and registry write routes.
+    pub token: Option<String>,
+    /// Services allowed to depend on every service (`service: "*"`).
+    pub allow_wildcard_dependencies: Vec<meshplane_model::ServiceName>,
+    /// CA bundle that verifies external `https://` domains (default: the system bundle).
+    pub domain_ca_file: Option<String>,
+    /// Fixed addresses for external domains (split-horizon DNS).
+    pub domain_addresses: std::collections::BTreeMap<String, std::net::IpAddr>,
 }
 
 impl Default for ControlPlaneConfig {
@@ -68,6 +76,10 @@ impl Default for ControlPlaneConfig {
             services_file: None,
             data_dir: PathBuf::from("./meshplane-data"),
             datacenter: "dc1".to_owned(),
+            token: None,
+            allow_wildcard_dependencies: Vec::new(),
+            domain_ca_file: None,
+            domain_addresses: Default::default(),
         }
     }
 }

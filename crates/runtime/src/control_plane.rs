@@ -1,54 +1,164 @@
-//! `meshplane control-plane`: binds the xDS port and serves every connecting proxy.
+//! `meshplane control-plane`: the registry, the translator and the xDS server, wired.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use meshplane_xds::{GroupKey, MetadataGrouper, ServerConfig, Snapshot, SnapshotCache, XdsServer};
+use meshplane_registry::{RegistrySource, Store, event_channel};
+use meshplane_registry_embedded::{EmbeddedConfig, EmbeddedRegistry};
+use meshplane_translate::MeshOptions;
+use meshplane_xds::{ServerConfig, SnapshotCache, StatusBoard, XdsServer};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ControlPlaneConfig;
+use crate::config::{ControlPlaneConfig, RegistryKind};
+use crate::mesh::{DescriptorGrouper, Groups, Translator};
 
-/// Runs the control plane until `shutdown` is cancelled, then drains xDS streams.
-pub async fn run(config: ControlPlaneConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// A started control plane: where it listens and handles on its state.
+pub struct ControlPlane {
+    /// The xDS server's address.
+    pub xds_addr: SocketAddr,
+    /// The embedded registry's Consul-compatible API, when `--registry embedded`.
+    pub registry_addr: Option<SocketAddr>,
+    /// The merged registry.
+    pub store: Store,
+    /// Per-proxy xDS status.
+    pub status: StatusBoard,
+    /// The snapshots served.
+    pub cache: SnapshotCache,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("xds_addr", &self.xds_addr)
+            .field("registry_addr", &self.registry_addr)
+            .finish()
+    }
+}
+
+fn mesh_options(config: &ControlPlaneConfig) -> MeshOptions {
+    let defaults = MeshOptions::default();
+    MeshOptions {
+        datacenter: config.datacenter.clone(),
+        allow_wildcard_dependencies: config.allow_wildcard_dependencies.iter().cloned().collect(),
+        domain_ca_file: config
+            .domain_ca_file
+            .clone()
+            .unwrap_or(defaults.domain_ca_file),
+        domain_addresses: config.domain_addresses.clone(),
+    }
+}
+
+/// Binds every port and starts every task; returns once the control plane is serving.
+pub async fn start(
+    config: ControlPlaneConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ControlPlane> {
     config.validate()?;
-    let listener = TcpListener::bind(config.xds_addr)
-        .await
-        .with_context(|| format!("cannot bind the xDS address {}", config.xds_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "xDS server listening");
+    let mut tasks = JoinSet::new();
+    let (store, writer) = meshplane_registry::store();
+    let (sink, events) = event_channel(1024);
+    tasks.spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            writer.run(events, shutdown).await;
+            Ok(())
+        }
+    });
+
+    let registry_addr;
+    match config.registry {
+        RegistryKind::Embedded => {
+            let registry = EmbeddedRegistry::bind(EmbeddedConfig {
+                listen_addr: config.registry_addr,
+                data_dir: config.data_dir.clone(),
+                datacenter: config.datacenter.clone(),
+                token: config.token.clone(),
+                ..Default::default()
+            })
+            .await
+            .context("cannot start the embedded registry")?;
+            registry_addr = Some(registry.local_addr());
+            let source = registry.source();
+            let (sink, s) = (sink.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                source
+                    .run(sink, s)
+                    .await
+                    .context("embedded registry source stopped")
+            });
+            let s = shutdown.clone();
+            tasks
+                .spawn(async move { registry.serve(s).await.context("embedded registry stopped") });
+        }
+        RegistryKind::Consul | RegistryKind::File => {
+            anyhow::bail!(
+                "--registry {:?} is not wired into the control plane yet; use --registry embedded",
+                config.registry
+            )
+        }
+    }
+    drop(sink);
+
+    let listener = TcpListener::bind(config.xds_addr).await.with_context(|| {
+        format!(
+            "cannot bind the xDS address {}; pick a free --xds-addr",
+            config.xds_addr
+        )
+    })?;
+    let xds_addr = listener.local_addr()?;
+    let options = Arc::new(mesh_options(&config));
     let (cache, demand_rx) = SnapshotCache::with_demand();
+    let groups = Groups::default();
+    let grouper = DescriptorGrouper::new(groups.clone(), options.clone());
     let server = XdsServer::new(
         cache.clone(),
-        Arc::new(MetadataGrouper::default()),
+        Arc::new(grouper),
         ServerConfig::default(),
         shutdown.clone(),
     );
-    let groups = tokio::spawn(serve_demanded_groups(cache, demand_rx, shutdown.clone()));
-    server.serve(listener).await.context("xDS server failed")?;
-    groups.abort();
-    Ok(())
+    let status = server.status();
+    let translator = Translator::new(cache.clone(), groups, options);
+    tasks.spawn({
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        async move {
+            translator.run(store, demand_rx, shutdown).await;
+            Ok(())
+        }
+    });
+    tasks.spawn(async move { server.serve(listener).await.context("xDS server failed") });
+    tracing::info!(%xds_addr, registry = ?registry_addr, "control plane serving");
+    Ok(ControlPlane {
+        xds_addr,
+        registry_addr,
+        store,
+        status,
+        cache,
+        tasks,
+    })
 }
 
-/// Until translation is wired in, a proxy's group gets the configuration the control plane
-/// has for it: an empty snapshot, so the proxy starts, reports healthy and waits.
-async fn serve_demanded_groups(
-    cache: SnapshotCache,
-    mut demand_rx: mpsc::UnboundedReceiver<GroupKey>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let group = tokio::select! {
-            g = demand_rx.recv() => match g { Some(g) => g, None => return },
-            _ = shutdown.cancelled() => return,
-        };
-        match Snapshot::new([]) {
-            Ok(snapshot) => {
-                if let Err(e) = cache.set_snapshot(&group, snapshot) {
-                    tracing::error!(%group, error = %e, "cannot publish snapshot");
+impl ControlPlane {
+    /// Waits for every task; the first failure cancels the rest.
+    pub async fn wait(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        while let Some(joined) = self.tasks.join_next().await {
+            let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = outcome {
+                if result.is_ok() {
+                    result = Err(e);
                 }
+                shutdown.cancel();
             }
-            Err(e) => tracing::error!(%group, error = %e, "cannot build snapshot"),
         }
+        result
     }
+}
+
+/// Runs the control plane until `shutdown` is cancelled, then drains.
+pub async fn run(config: ControlPlaneConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    start(config, shutdown.clone()).await?.wait(shutdown).await
 }

@@ -5,5 +5,6 @@
 
 pub mod config;
 pub mod control_plane;
+pub mod mesh;
 
 pub use config::{ConfigError, ControlPlaneConfig, RegistryKind};

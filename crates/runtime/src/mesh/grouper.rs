@@ -1,0 +1,116 @@
+//! Maps a connecting proxy to its group: parses the descriptor from node metadata, checks
+//! it against the node and the mesh policy, and records the group for the translator.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use meshplane_model::Descriptor;
+use meshplane_translate::{MeshOptions, ProxyGroup, check_policy};
+use meshplane_xds::server::node::check_node_identity;
+use meshplane_xds::{GroupError, GroupKey, MetadataGrouper, NodeGrouper, PeerInfo};
+
+use super::metadata::{ADDRESS_KEY, ADMIN_KEY, to_json};
+
+/// Groups known to the control plane, by key. Written by the grouper when a proxy connects,
+/// read by the translator.
+#[derive(Debug, Clone, Default)]
+pub struct Groups {
+    inner: Arc<RwLock<HashMap<GroupKey, Arc<ProxyGroup>>>>,
+}
+
+impl Groups {
+    /// The group behind a key.
+    pub fn get(&self, key: &GroupKey) -> Option<Arc<ProxyGroup>> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    fn insert(&self, key: GroupKey, group: ProxyGroup) {
+        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(key).or_insert_with(|| Arc::new(group));
+    }
+
+    /// Forgets groups (their proxies are gone).
+    pub fn remove(&self, keys: &[GroupKey]) {
+        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            map.remove(k);
+        }
+    }
+}
+
+/// The control plane's grouper.
+pub struct DescriptorGrouper {
+    groups: Groups,
+    options: Arc<MeshOptions>,
+    limits: MetadataGrouper,
+}
+
+impl DescriptorGrouper {
+    /// A grouper recording into `groups`, enforcing `options`.
+    pub fn new(groups: Groups, options: Arc<MeshOptions>) -> Self {
+        DescriptorGrouper {
+            groups,
+            options,
+            limits: MetadataGrouper::default(),
+        }
+    }
+
+    /// Parses and checks a node's descriptor (public for tests and the admin API).
+    pub fn proxy_group(&self, node: &Node) -> Result<ProxyGroup, GroupError> {
+        check_node_identity(node)?;
+        let invalid = |m: String| GroupError::InvalidArgument(m);
+        let metadata = node.metadata.as_ref().ok_or_else(|| {
+            invalid(format!(
+                "node `{}` has no metadata: put the service descriptor (meshplane.yaml) in node.metadata, or start Envoy with `meshplane sidecar`",
+                node.id
+            ))
+        })?;
+        let mut json = to_json(metadata);
+        let listen_address = match json.as_object_mut() {
+            Some(map) => {
+                map.remove(ADMIN_KEY);
+                map.remove(ADDRESS_KEY)
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "0.0.0.0".to_owned())
+            }
+            None => String::new(),
+        };
+        if listen_address.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(format!(
+                "node.metadata.{ADDRESS_KEY} `{listen_address}` is not an IP address"
+            )));
+        }
+        let descriptor = Descriptor::from_json(json)
+            .map_err(|e| invalid(format!("invalid service descriptor in node.metadata: {e}")))?;
+        if descriptor.service.as_str() != node.cluster {
+            return Err(invalid(format!(
+                "node.cluster `{}` differs from the descriptor's service `{}`; they must name the same service",
+                node.cluster, descriptor.service
+            )));
+        }
+        check_policy(&descriptor, &self.options).map_err(|e| invalid(e.to_string()))?;
+        Ok(ProxyGroup {
+            descriptor,
+            listen_address,
+        })
+    }
+}
+
+impl NodeGrouper for DescriptorGrouper {
+    fn group(&self, node: &Node, peer: &PeerInfo) -> Result<GroupKey, GroupError> {
+        // Size and depth limits first: hostile metadata must not reach the parser.
+        self.limits.group(node, peer)?;
+        let group = self.proxy_group(node)?;
+        let canonical = serde_json::to_string(&(&group.descriptor, &group.listen_address))
+            .map_err(|e| GroupError::InvalidArgument(e.to_string()))?;
+        let hash = xxhash_rust::xxh3::xxh3_64(canonical.as_bytes());
+        let key = GroupKey::new(format!("{}-{hash:016x}", group.descriptor.service));
+        self.groups.insert(key.clone(), group);
+        Ok(key)
+    }
+}

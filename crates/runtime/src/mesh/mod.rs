@@ -1,0 +1,9 @@
+//! The mesh: proxies are grouped by their descriptor ([`grouper`]), and each active group's
+//! snapshot is kept current from the registry by the [`translator`].
+
+pub mod grouper;
+pub mod metadata;
+pub mod translator;
+
+pub use grouper::{DescriptorGrouper, Groups};
+pub use translator::Translator;
