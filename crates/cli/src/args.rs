@@ -25,6 +25,18 @@ enum Command {
     Sidecar(meshplane_sidecar::SidecarArgs),
     /// Print the Envoy bootstrap for a descriptor (for hosts that run Envoy themselves).
     Bootstrap(meshplane_sidecar::BootstrapArgs),
+    /// Run the demo: control plane, three services with Envoy sidecars, traffic, a summary.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Run one round of traffic, print the summary and exit (0 when traffic behaved).
+    #[arg(long)]
+    once: bool,
+    /// Requests per route per round.
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -114,6 +126,13 @@ impl ControlPlaneArgs {
     }
 }
 
+impl Cli {
+    /// Whether the command is `demo`.
+    pub fn is_demo(&self) -> bool {
+        matches!(self.command, Command::Demo(_))
+    }
+}
+
 /// Runs the chosen command; the result is the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Bootstrap(args) = cli.command {
@@ -133,6 +152,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Sidecar(args) => {
                 let outcome = meshplane_sidecar::run_sidecar(args).await?;
                 Ok(ExitCode::from(outcome.exit_code()))
+            }
+            Command::Demo(args) => {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                let options = meshplane_runtime::demo::DemoOptions {
+                    once: args.once,
+                    requests: args.requests,
+                };
+                meshplane_runtime::demo::run(options, shutdown).await?;
+                Ok(ExitCode::SUCCESS)
             }
             Command::Bootstrap(_) => Ok(ExitCode::SUCCESS),
         }

@@ -1,1 +1,23 @@
-//! Work in progress.
+//! Registry source that follows a Consul cluster (or anything speaking Consul's HTTP API, such
+//! as Meshplane's embedded registry) with blocking queries.
+//!
+//! This crate owns the Consul protocol rules: `/v1/catalog/services` and
+//! `/v1/health/service/<name>` watches, index sanity rules, backoff, the connection budget,
+//! staleness reporting, and the conversion of Consul's JSON into domain [`Instance`]s.
+//!
+//! Start reading at [`ConsulSource`] (the coordinator) and [`ConsulConfig`]; then `watch` (one
+//! blocking-query loop), `index` (Consul's index rules and backoff) and `wire` (JSON shapes).
+//!
+//! [`Instance`]: meshplane_model::Instance
+
+mod client;
+mod config;
+mod index;
+mod source;
+mod watch;
+pub mod wire;
+
+pub use client::{ConsulClient, ConsulError};
+pub use config::{ConfigError, ConsulConfig};
+pub use index::{Backoff, next_index};
+pub use source::ConsulSource;

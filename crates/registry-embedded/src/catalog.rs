@@ -83,7 +83,20 @@ impl Catalog {
 
     /// Index of the last change touching `name` (what per-service queries block on).
     pub fn name_index(&self, name: &str) -> u64 {
-        self.name_index.get(name).copied().unwrap_or(self.services_index).max(1)
+        self.name_index
+            .get(name)
+            .copied()
+            .unwrap_or(self.services_index)
+            .max(1)
+    }
+
+    /// Service names changed after `index` (including ones now without instances).
+    pub fn names_changed_since(&self, index: u64) -> Vec<ServiceName> {
+        self.name_index
+            .iter()
+            .filter(|(_, at)| **at > index)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Service names with the union of their tags, as `/v1/catalog/services` lists them.
@@ -130,11 +143,6 @@ impl Catalog {
         self.ttl_deadline.get(check_id).copied()
     }
 
-    /// Since when a check has been critical.
-    pub fn critical_since(&self, check_id: &str) -> Option<Instant> {
-        self.critical_since.get(check_id).copied()
-    }
-
     /// TTL checks whose deadline has passed and are not already critical.
     pub fn expired_ttls(&self, now: Instant) -> Vec<String> {
         self.ttl_deadline
@@ -150,9 +158,13 @@ impl Catalog {
         self.regs
             .values()
             .filter(|r| {
-                r.checks.iter().any(|c| match (c.deregister_after, self.critical_since.get(&c.id)) {
-                    (Some(after), Some(since)) => now.saturating_duration_since(*since) >= after,
-                    _ => false,
+                r.checks.iter().any(|c| {
+                    match (c.deregister_after, self.critical_since.get(&c.id)) {
+                        (Some(after), Some(since)) => {
+                            now.saturating_duration_since(*since) >= after
+                        }
+                        _ => false,
+                    }
                 })
             })
             .map(|r| r.service.id.to_string())
@@ -170,7 +182,12 @@ impl Catalog {
 
     fn check_status(&self, check_id: &str) -> Option<Health> {
         let owner = self.check_owner.get(check_id)?;
-        self.regs.get(owner)?.checks.iter().find(|c| c.id == check_id).map(|c| c.status)
+        self.regs
+            .get(owner)?
+            .checks
+            .iter()
+            .find(|c| c.id == check_id)
+            .map(|c| c.status)
     }
 
     /// Applies committed changes; `index` is the last index they used.
@@ -181,7 +198,10 @@ impl Catalog {
                 Change::Put(reg) => {
                     let name = reg.service.name.clone();
                     let is_new = !self.regs.contains_key(reg.service.id.as_str());
-                    let old_tags = self.regs.get(reg.service.id.as_str()).map(|r| r.service.tags.clone());
+                    let old_tags = self
+                        .regs
+                        .get(reg.service.id.as_str())
+                        .map(|r| r.service.tags.clone());
                     if is_new || old_tags.as_ref() != Some(&reg.service.tags) {
                         self.services_index = reg.modify_index.max(self.services_index);
                     }
@@ -221,7 +241,8 @@ impl Catalog {
                         self.by_name.remove(&old.service.name);
                     }
                 }
-                self.name_index.insert(old.service.name.clone(), reg.modify_index);
+                self.name_index
+                    .insert(old.service.name.clone(), reg.modify_index);
             }
             for check_id in dropped {
                 self.forget_check(&check_id);
@@ -230,7 +251,9 @@ impl Catalog {
         for check in &reg.checks {
             self.check_owner.insert(check.id.clone(), id.clone());
             if let CheckKind::Ttl { ttl } = check.kind {
-                self.ttl_deadline.entry(check.id.clone()).or_insert(now + ttl);
+                self.ttl_deadline
+                    .entry(check.id.clone())
+                    .or_insert(now + ttl);
             }
             if check.status == Health::Critical {
                 self.critical_since.entry(check.id.clone()).or_insert(now);
@@ -238,7 +261,10 @@ impl Catalog {
                 self.critical_since.remove(&check.id);
             }
         }
-        self.by_name.entry(reg.service.name.clone()).or_default().insert(id.clone());
+        self.by_name
+            .entry(reg.service.name.clone())
+            .or_default()
+            .insert(id.clone());
         self.index = self.index.max(reg.modify_index);
         self.regs.insert(id, reg);
     }
@@ -271,4 +297,3 @@ pub fn ttl_deadline(kind: &CheckKind, now: Instant) -> Option<Instant> {
         CheckKind::Http { .. } => None,
     }
 }
-

@@ -29,7 +29,11 @@ const MAX_CONCURRENT_PROBES: usize = 64;
 const MAX_OUTPUT: usize = 4096;
 
 /// Runs TTL expiry, reaping and HTTP checks until `shutdown` is cancelled.
-pub async fn run(catalog: Arc<RwLock<Catalog>>, commands: mpsc::Sender<Command>, shutdown: CancellationToken) {
+pub async fn run(
+    catalog: Arc<RwLock<Catalog>>,
+    commands: mpsc::Sender<Command>,
+    shutdown: CancellationToken,
+) {
     let client = match reqwest::Client::builder().build() {
         Ok(c) => c,
         Err(e) => {
@@ -71,9 +75,16 @@ pub async fn run(catalog: Arc<RwLock<Catalog>>, commands: mpsc::Sender<Command>,
         for (check_id, kind) in due {
             let (client, commands, probes) = (client.clone(), commands.clone(), probes.clone());
             tokio::spawn(async move {
-                let Ok(_permit) = probes.acquire_owned().await else { return };
+                let Ok(_permit) = probes.acquire_owned().await else {
+                    return;
+                };
                 let (status, output) = probe(&client, &kind).await;
-                let op = Op::CheckResult { check_id, status, output, ttl_expiry: false };
+                let op = Op::CheckResult {
+                    check_id,
+                    status,
+                    output,
+                    ttl_expiry: false,
+                };
                 let _ = commands.send(Command { op, reply: None }).await;
             });
         }
@@ -81,12 +92,18 @@ pub async fn run(catalog: Arc<RwLock<Catalog>>, commands: mpsc::Sender<Command>,
 }
 
 /// HTTP checks due now; schedules their next run and forgets vanished checks.
-fn due_http_checks(catalog: &Catalog, next_run: &mut HashMap<String, Instant>, now: Instant) -> Vec<(String, CheckKind)> {
+fn due_http_checks(
+    catalog: &Catalog,
+    next_run: &mut HashMap<String, Instant>,
+    now: Instant,
+) -> Vec<(String, CheckKind)> {
     let mut due = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for (id, kind) in catalog.http_checks() {
         seen.insert(id);
-        let CheckKind::Http { interval, .. } = kind else { continue };
+        let CheckKind::Http { interval, .. } = kind else {
+            continue;
+        };
         let next = next_run.entry(id.to_string()).or_insert(now);
         if *next <= now {
             *next = now + *interval;
@@ -99,7 +116,14 @@ fn due_http_checks(catalog: &Catalog, next_run: &mut HashMap<String, Instant>, n
 
 /// One HTTP check run: 2xx passing, 429 warning, anything else critical (Consul's rules).
 async fn probe(client: &reqwest::Client, kind: &CheckKind) -> (Health, String) {
-    let CheckKind::Http { url, interval, timeout, method, header } = kind else {
+    let CheckKind::Http {
+        url,
+        interval,
+        timeout,
+        method,
+        header,
+    } = kind
+    else {
         return (Health::Critical, "not an HTTP check".into());
     };
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
@@ -124,7 +148,10 @@ async fn probe(client: &reqwest::Client, kind: &CheckKind) -> (Health, String) {
             } else {
                 Health::Critical
             };
-            (status, format!("HTTP {method} {url}: {code} Output: {body}"))
+            (
+                status,
+                format!("HTTP {method} {url}: {code} Output: {body}"),
+            )
         }
         Err(e) => (Health::Critical, format!("HTTP {method} {url}: {e}")),
     }

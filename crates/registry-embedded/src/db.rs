@@ -31,7 +31,9 @@ pub enum DbError {
         source: std::io::Error,
     },
     /// The database could not be opened (locked by another process, corrupt, unreadable).
-    #[error("cannot open registry database {path}: {source}; is another meshplane using the same --data-dir?")]
+    #[error(
+        "cannot open registry database {path}: {source}; is another meshplane using the same --data-dir?"
+    )]
     Open {
         /// The database file.
         path: String,
@@ -42,7 +44,9 @@ pub enum DbError {
     #[error("registry database error: {0}; check disk space and permissions of --data-dir")]
     Storage(String),
     /// A stored registration could not be decoded (written by an incompatible version).
-    #[error("stored registration {key} is unreadable: {source}; remove it or restore a backup of --data-dir")]
+    #[error(
+        "stored registration {key} is unreadable: {source}; remove it or restore a backup of --data-dir"
+    )]
     Corrupt {
         /// The service id under which it is stored.
         key: String,
@@ -109,7 +113,9 @@ impl Db {
                 match change {
                     Change::Put(reg) => {
                         let bytes = serde_json::to_vec(reg).map_err(storage)?;
-                        table.insert(reg.service.id.as_str(), bytes.as_slice()).map_err(storage)?;
+                        table
+                            .insert(reg.service.id.as_str(), bytes.as_slice())
+                            .map_err(storage)?;
                     }
                     Change::Delete(id) => {
                         table.remove(id.as_str()).map_err(storage)?;

@@ -54,13 +54,40 @@ pub enum DecodeError {
 }
 
 const SERVICE_FIELDS: &[&str] = &[
-    "ID", "Name", "Tags", "Address", "Port", "Meta", "Weights", "EnableTagOverride", "Check",
-    "Checks", "Kind",
+    "ID",
+    "Name",
+    "Tags",
+    "Address",
+    "Port",
+    "Meta",
+    "Weights",
+    "EnableTagOverride",
+    "Check",
+    "Checks",
+    "Kind",
 ];
 const CHECK_FIELDS: &[&str] = &[
-    "CheckID", "ID", "Name", "TTL", "HTTP", "Interval", "Timeout",
-    "DeregisterCriticalServiceAfter", "Status", "Notes", "Method", "Header", "TCP", "GRPC",
-    "Args", "ScriptArgs", "DockerContainerID", "H2PING", "UDP", "OSService", "AliasService",
+    "CheckID",
+    "ID",
+    "Name",
+    "TTL",
+    "HTTP",
+    "Interval",
+    "Timeout",
+    "DeregisterCriticalServiceAfter",
+    "Status",
+    "Notes",
+    "Method",
+    "Header",
+    "TCP",
+    "GRPC",
+    "Args",
+    "ScriptArgs",
+    "DockerContainerID",
+    "H2PING",
+    "UDP",
+    "OSService",
+    "AliasService",
 ];
 const WEIGHT_FIELDS: &[&str] = &["Passing", "Warning"];
 
@@ -131,15 +158,33 @@ pub fn decode_register(body: &[u8]) -> Result<RegisterRequest, DecodeError> {
     let mut seen = std::collections::BTreeSet::new();
     for c in &checks {
         if !seen.insert(c.id.as_str()) {
-            return Err(invalid(format!("Duplicate CheckID {:?}: give each check its own CheckID", c.id)));
+            return Err(invalid(format!(
+                "Duplicate CheckID {:?}: give each check its own CheckID",
+                c.id
+            )));
         }
     }
     Ok(RegisterRequest { service, checks })
 }
 
-fn check(raw: Map<String, Value>, service: &ServiceDef, i: usize, total: usize) -> Result<CheckSpec, DecodeError> {
+fn check(
+    raw: Map<String, Value>,
+    service: &ServiceDef,
+    i: usize,
+    total: usize,
+) -> Result<CheckSpec, DecodeError> {
     let f = canonical(raw, CHECK_FIELDS);
-    for unsupported in ["TCP", "GRPC", "Args", "ScriptArgs", "DockerContainerID", "H2PING", "UDP", "OSService", "AliasService"] {
+    for unsupported in [
+        "TCP",
+        "GRPC",
+        "Args",
+        "ScriptArgs",
+        "DockerContainerID",
+        "H2PING",
+        "UDP",
+        "OSService",
+        "AliasService",
+    ] {
         if f.get(unsupported).is_some_and(|v| !v.is_null()) {
             return Err(invalid(format!(
                 "Invalid check: {unsupported} checks are not supported by the embedded registry; use a TTL or HTTP check"
@@ -163,8 +208,12 @@ fn check(raw: Map<String, Value>, service: &ServiceDef, i: usize, total: usize) 
     let ttl = opt_duration(&f, "TTL")?;
     let http = opt_string(&f, "HTTP")?.filter(|s| !s.is_empty());
     let kind = match (ttl, http) {
-        (Some(_), Some(_)) => return Err(invalid("Invalid check: give either TTL or HTTP, not both")),
-        (Some(ttl), None) if ttl.is_zero() => return Err(invalid("Invalid check: TTL must be > 0")),
+        (Some(_), Some(_)) => {
+            return Err(invalid("Invalid check: give either TTL or HTTP, not both"));
+        }
+        (Some(ttl), None) if ttl.is_zero() => {
+            return Err(invalid("Invalid check: TTL must be > 0"));
+        }
         (Some(ttl), None) => CheckKind::Ttl { ttl },
         (None, Some(url)) => {
             let interval = opt_duration(&f, "Interval")?.unwrap_or_default();
@@ -172,13 +221,17 @@ fn check(raw: Map<String, Value>, service: &ServiceDef, i: usize, total: usize) 
                 return Err(invalid("Interval must be > 0 for HTTP checks"));
             }
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(invalid(format!("Invalid check HTTP {url:?}: must be an http:// or https:// URL")));
+                return Err(invalid(format!(
+                    "Invalid check HTTP {url:?}: must be an http:// or https:// URL"
+                )));
             }
             CheckKind::Http {
                 url,
                 interval,
                 timeout: opt_duration(&f, "Timeout")?.unwrap_or(DEFAULT_HTTP_TIMEOUT),
-                method: opt_string(&f, "Method")?.filter(|m| !m.is_empty()).unwrap_or_else(|| "GET".into()),
+                method: opt_string(&f, "Method")?
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or_else(|| "GET".into()),
                 header: header(f.get("Header"))?,
             }
         }
@@ -210,10 +263,13 @@ fn check(raw: Map<String, Value>, service: &ServiceDef, i: usize, total: usize) 
 
 /// Renames keys to their canonical Consul spelling, matching case-insensitively and ignoring
 /// `_`/`-` (Consul's `TranslateKeys` + mapstructure behaviour). Unknown keys are dropped.
-fn canonical(raw: Map<String, Value>, fields: &[&str]) -> BTreeMap<&'static str, Value>
-where
-{
-    let squash = |s: &str| s.chars().filter(|c| *c != '_' && *c != '-').collect::<String>().to_ascii_lowercase();
+fn canonical(raw: Map<String, Value>, fields: &[&'static str]) -> BTreeMap<&'static str, Value> {
+    let squash = |s: &str| {
+        s.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase()
+    };
     let mut out = BTreeMap::new();
     for (key, value) in raw {
         let key = squash(&key);
@@ -232,16 +288,23 @@ fn opt_string(f: &BTreeMap<&'static str, Value>, key: &str) -> Result<Option<Str
     match f.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(invalid(format!("Invalid {key}: expected a string, got {other}"))),
+        Some(other) => Err(invalid(format!(
+            "Invalid {key}: expected a string, got {other}"
+        ))),
     }
 }
 
-fn opt_duration(f: &BTreeMap<&'static str, Value>, key: &str) -> Result<Option<Duration>, DecodeError> {
+fn opt_duration(
+    f: &BTreeMap<&'static str, Value>,
+    key: &str,
+) -> Result<Option<Duration>, DecodeError> {
     match opt_string(f, key)? {
         None => Ok(None),
         Some(s) if s.is_empty() => Ok(None),
         Some(s) => duration::parse(&s).map(Some).ok_or_else(|| {
-            invalid(format!("Invalid {key} {s:?}: use a duration such as \"10s\" or \"1m\""))
+            invalid(format!(
+                "Invalid {key} {s:?}: use a duration such as \"10s\" or \"1m\""
+            ))
         }),
     }
 }
@@ -252,8 +315,14 @@ fn port(v: Option<&Value>) -> Result<u16, DecodeError> {
         Some(Value::Number(n)) => n
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
-            .ok_or_else(|| invalid(format!("Invalid Port {n}: must be an integer from 0 to 65535"))),
-        Some(other) => Err(invalid(format!("Invalid Port {other}: must be an integer from 0 to 65535"))),
+            .ok_or_else(|| {
+                invalid(format!(
+                    "Invalid Port {n}: must be an integer from 0 to 65535"
+                ))
+            }),
+        Some(other) => Err(invalid(format!(
+            "Invalid Port {other}: must be an integer from 0 to 65535"
+        ))),
     }
 }
 
@@ -264,20 +333,30 @@ fn string_list(v: Option<&Value>, key: &str) -> Result<Vec<String>, DecodeError>
             .iter()
             .map(|t| match t {
                 Value::String(s) => Ok(s.clone()),
-                other => Err(invalid(format!("Invalid {key}: expected strings, got {other}"))),
+                other => Err(invalid(format!(
+                    "Invalid {key}: expected strings, got {other}"
+                ))),
             })
             .collect(),
-        Some(other) => Err(invalid(format!("Invalid {key}: expected an array of strings, got {other}"))),
+        Some(other) => Err(invalid(format!(
+            "Invalid {key}: expected an array of strings, got {other}"
+        ))),
     }
 }
 
 fn meta(v: Option<&Value>) -> Result<BTreeMap<String, String>, DecodeError> {
-    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(BTreeMap::new()) };
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(BTreeMap::new());
+    };
     let Value::Object(m) = v else {
-        return Err(invalid("Invalid Service Meta: expected an object of strings"));
+        return Err(invalid(
+            "Invalid Service Meta: expected an object of strings",
+        ));
     };
     if m.len() > 64 {
-        return Err(invalid("Invalid Service Meta: at most 64 key/value pairs are allowed"));
+        return Err(invalid(
+            "Invalid Service Meta: at most 64 key/value pairs are allowed",
+        ));
     }
     m.iter()
         .map(|(k, v)| {
@@ -296,9 +375,13 @@ fn meta(v: Option<&Value>) -> Result<BTreeMap<String, String>, DecodeError> {
 }
 
 fn weights(v: Option<&Value>) -> Result<(u32, u32), DecodeError> {
-    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok((1, 1)) };
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok((1, 1));
+    };
     let Value::Object(m) = v else {
-        return Err(invalid("Invalid Weights: expected {\"Passing\": n, \"Warning\": n}"));
+        return Err(invalid(
+            "Invalid Weights: expected {\"Passing\": n, \"Warning\": n}",
+        ));
     };
     let f = canonical(m.clone(), WEIGHT_FIELDS);
     let num = |key: &str, default: u32| match f.get(key) {
@@ -306,8 +389,14 @@ fn weights(v: Option<&Value>) -> Result<(u32, u32), DecodeError> {
         Some(Value::Number(n)) => n
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| invalid(format!("Invalid Weights.{key} {n}: must be a non-negative integer"))),
-        Some(other) => Err(invalid(format!("Invalid Weights.{key} {other}: must be an integer"))),
+            .ok_or_else(|| {
+                invalid(format!(
+                    "Invalid Weights.{key} {n}: must be a non-negative integer"
+                ))
+            }),
+        Some(other) => Err(invalid(format!(
+            "Invalid Weights.{key} {other}: must be an integer"
+        ))),
     };
     let passing = num("Passing", 1)?;
     if passing == 0 {
@@ -317,11 +406,19 @@ fn weights(v: Option<&Value>) -> Result<(u32, u32), DecodeError> {
 }
 
 fn header(v: Option<&Value>) -> Result<BTreeMap<String, Vec<String>>, DecodeError> {
-    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(BTreeMap::new()) };
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(BTreeMap::new());
+    };
     let Value::Object(m) = v else {
-        return Err(invalid("Invalid Header: expected an object of string arrays"));
+        return Err(invalid(
+            "Invalid Header: expected an object of string arrays",
+        ));
     };
     m.iter()
         .map(|(k, v)| Ok((k.clone(), string_list(Some(v), "Header")?)))
         .collect()
 }
+
+#[cfg(test)]
+#[path = "decode_tests.rs"]
+mod tests;

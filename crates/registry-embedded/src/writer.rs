@@ -65,7 +65,9 @@ pub enum Op {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OpError {
     /// No service has this id.
-    #[error("Unknown service ID {0:?}. Ensure that the service ID is passed, not the service name.")]
+    #[error(
+        "Unknown service ID {0:?}. Ensure that the service ID is passed, not the service name."
+    )]
     UnknownService(String),
     /// No check has this id.
     #[error("Unknown check ID {0:?}. Ensure that the check ID is passed, not the check name.")]
@@ -141,17 +143,15 @@ impl WriterThread {
         drop(catalog);
 
         let durable = changes.iter().any(|c| !matches!(c, Change::Touch { .. }));
-        if durable {
-            if let Err(e) = self.db.commit(index, &changes) {
-                tracing::error!(error = %e, "registry commit failed; nothing from this batch was applied");
-                for (reply, outcome) in outcomes {
-                    let failed = outcome.and(Err(OpError::Storage(e.to_string())));
-                    if let Some(reply) = reply {
-                        let _ = reply.send(failed);
-                    }
+        if durable && let Err(e) = self.db.commit(index, &changes) {
+            tracing::error!(error = %e, "registry commit failed; nothing from this batch was applied");
+            for (reply, outcome) in outcomes {
+                let failed = outcome.and(Err(OpError::Storage(e.to_string())));
+                if let Some(reply) = reply {
+                    let _ = reply.send(failed);
                 }
-                return;
             }
+            return;
         }
         if !changes.is_empty() {
             let mut catalog = self.catalog.write().unwrap_or_else(PoisonError::into_inner);
@@ -174,7 +174,10 @@ impl WriterThread {
 impl Batch<'_> {
     fn apply(&mut self, op: Op) -> Result<(), OpError> {
         match op {
-            Op::Register { request, replace_existing_checks } => {
+            Op::Register {
+                request,
+                replace_existing_checks,
+            } => {
                 self.register(request, replace_existing_checks);
                 Ok(())
             }
@@ -185,10 +188,17 @@ impl Batch<'_> {
                 self.delete(id);
                 Ok(())
             }
-            Op::TtlUpdate { check_id, status, output } => {
-                self.update_check(&check_id, status, output, true)
-            }
-            Op::CheckResult { check_id, status, output, ttl_expiry } => {
+            Op::TtlUpdate {
+                check_id,
+                status,
+                output,
+            } => self.update_check(&check_id, status, output, true),
+            Op::CheckResult {
+                check_id,
+                status,
+                output,
+                ttl_expiry,
+            } => {
                 if ttl_expiry {
                     let expired = self
                         .catalog
@@ -230,7 +240,8 @@ impl Batch<'_> {
     }
 
     fn put(&mut self, reg: Registration) {
-        self.overlay.insert(reg.service.id.to_string(), Some(reg.clone()));
+        self.overlay
+            .insert(reg.service.id.to_string(), Some(reg.clone()));
         self.changes.push(Change::Put(reg));
     }
 
@@ -245,7 +256,9 @@ impl Batch<'_> {
         let old = self.get(&id).cloned();
         let mut checks: Vec<Check> = Vec::new();
         for spec in request.checks {
-            let previous = old.as_ref().and_then(|o| o.checks.iter().find(|c| c.id == spec.id));
+            let previous = old
+                .as_ref()
+                .and_then(|o| o.checks.iter().find(|c| c.id == spec.id));
             let (status, output, create_index, modify_index) = match previous {
                 // Re-registering keeps the status of a check of the same kind.
                 Some(p) if p.kind.type_name() == spec.kind.type_name() => {
@@ -265,19 +278,18 @@ impl Batch<'_> {
                 modify_index,
             });
         }
-        if !replace_existing_checks {
-            if let Some(old) = &old {
-                for c in &old.checks {
-                    if !checks.iter().any(|n| n.id == c.id) {
-                        checks.push(c.clone());
-                    }
+        if !replace_existing_checks && let Some(old) = &old {
+            for c in &old.checks {
+                if !checks.iter().any(|n| n.id == c.id) {
+                    checks.push(c.clone());
                 }
             }
         }
-        if let Some(old) = &old {
-            if old.service == request.service && old.checks.iter().map(def_of).eq(checks.iter().map(def_of)) {
-                return; // identical re-registration: no new index, watchers stay asleep
-            }
+        if let Some(old) = &old
+            && old.service == request.service
+            && old.checks.iter().map(def_of).eq(checks.iter().map(def_of))
+        {
+            return; // identical re-registration: no new index, watchers stay asleep
         }
         let index = self.next_index();
         for c in &mut checks {
@@ -294,7 +306,13 @@ impl Batch<'_> {
         });
     }
 
-    fn update_check(&mut self, check_id: &str, status: Health, output: String, from_client: bool) -> Result<(), OpError> {
+    fn update_check(
+        &mut self,
+        check_id: &str,
+        status: Health,
+        output: String,
+        from_client: bool,
+    ) -> Result<(), OpError> {
         let owner = self
             .owner(check_id)
             .ok_or_else(|| OpError::UnknownCheck(check_id.to_string()))?;
@@ -308,7 +326,10 @@ impl Batch<'_> {
             let Some(deadline) = ttl_deadline(&check.kind, Instant::now()) else {
                 return Err(OpError::NotTtl(check_id.to_string()));
             };
-            self.changes.push(Change::Touch { check_id: check_id.to_string(), deadline });
+            self.changes.push(Change::Touch {
+                check_id: check_id.to_string(),
+                deadline,
+            });
         }
         if check.status == status && check.output == output {
             return Ok(());
@@ -323,7 +344,10 @@ impl Batch<'_> {
 
     fn owner(&self, check_id: &str) -> Option<String> {
         for (id, reg) in &self.overlay {
-            if reg.as_ref().is_some_and(|r| r.checks.iter().any(|c| c.id == check_id)) {
+            if reg
+                .as_ref()
+                .is_some_and(|r| r.checks.iter().any(|c| c.id == check_id))
+            {
                 return Some(id.clone());
             }
         }
@@ -337,4 +361,3 @@ impl Batch<'_> {
 fn def_of(c: &Check) -> (&str, &str, &CheckKind, Option<std::time::Duration>, &str) {
     (&c.id, &c.name, &c.kind, c.deregister_after, &c.notes)
 }
-

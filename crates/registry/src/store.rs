@@ -30,8 +30,10 @@ pub struct Store {
 pub struct Writer {
     snapshot_tx: watch::Sender<Arc<Snapshot>>,
     service_watchers: ServiceWatchers,
-    /// What each source currently contributes, service by service (never empty lists).
-    by_source: BTreeMap<SourceId, BTreeMap<ServiceName, Vec<Instance>>>,
+    /// What each source currently contributes, service by service (never empty lists), each
+    /// list sorted. With a single contributing source (the usual case) the snapshot shares the
+    /// same `Arc`, so instances are held once.
+    by_source: BTreeMap<SourceId, BTreeMap<ServiceName, Arc<[Instance]>>>,
 }
 
 /// Creates an empty registry at index 0.
@@ -113,6 +115,7 @@ impl Writer {
                 let services: BTreeMap<_, _> = services
                     .into_iter()
                     .filter(|(_, v)| !v.is_empty())
+                    .map(|(name, instances)| (name, sorted(instances)))
                     .collect();
                 let mut affected: BTreeSet<ServiceName> = services.keys().cloned().collect();
                 if let Some(old) = self.by_source.insert(source.clone(), services) {
@@ -129,7 +132,7 @@ impl Writer {
                 if instances.is_empty() {
                     per_source.remove(&name);
                 } else {
-                    per_source.insert(name.clone(), instances);
+                    per_source.insert(name.clone(), sorted(instances));
                 }
                 (source, BTreeSet::from([name]), None)
             }
@@ -139,13 +142,14 @@ impl Writer {
         let mut updated: Vec<(ServiceName, Option<Arc<[Instance]>>)> = Vec::new();
         for name in affected {
             let merged = self.merged(&name);
-            let old = current.services.get(&name);
-            let same = match old {
-                Some(old) => *old.instances == *merged,
-                None => merged.is_empty(),
+            let old = current.services.get(&name).map(|s| &s.instances);
+            let same = match (old, &merged) {
+                (Some(old), Some(new)) => Arc::ptr_eq(old, new) || **old == **new,
+                (None, None) => true,
+                _ => false,
             };
             if !same {
-                updated.push((name, (!merged.is_empty()).then(|| merged.into())));
+                updated.push((name, merged));
             }
         }
         let old_status = current.sources.get(&source);
@@ -188,16 +192,19 @@ impl Writer {
         }
     }
 
-    fn merged(&self, name: &ServiceName) -> Vec<Instance> {
-        let mut merged: Vec<Instance> = self
+    /// The service's instances across sources, sorted; `None` when no source has any.
+    fn merged(&self, name: &ServiceName) -> Option<Arc<[Instance]>> {
+        let mut lists = self
             .by_source
             .values()
-            .filter_map(|services| services.get(name))
-            .flatten()
-            .cloned()
-            .collect();
-        merged.sort_by(|a, b| (&a.id, &a.node).cmp(&(&b.id, &b.node)));
-        merged
+            .filter_map(|services| services.get(name));
+        let first = lists.next()?;
+        let Some(second) = lists.next() else {
+            return Some(first.clone());
+        };
+        let mut merged: Vec<Instance> = first.iter().chain(second.iter()).cloned().collect();
+        merged.extend(lists.flat_map(|l| l.iter().cloned()));
+        Some(sorted(merged))
     }
 
     fn publish(
@@ -258,4 +265,9 @@ fn trim_tombstones(snapshot: &mut Snapshot) {
         snapshot.tombstones.remove(&name);
         snapshot.tombstone_floor = snapshot.tombstone_floor.max(at);
     }
+}
+
+fn sorted(mut instances: Vec<Instance>) -> Arc<[Instance]> {
+    instances.sort_by(|a, b| (&a.id, &a.node).cmp(&(&b.id, &b.node)));
+    instances.into()
 }

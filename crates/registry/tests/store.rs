@@ -123,7 +123,7 @@ fn watchers_are_woken_only_on_real_change() {
         &[("web", &[("web-1", 80)]), ("db", &[("db-1", 1)])],
     ));
     let mut all_rx = store.subscribe();
-    let mut web_rx = store.watch_service(&mk_name("web"));
+    let web_rx = store.watch_service(&mk_name("web"));
     let mut db_rx = store.watch_service(&mk_name("db"));
     all_rx.mark_unchanged();
 

@@ -96,6 +96,22 @@ async fn unknown_eds_names_get_an_empty_assignment() {
     );
 }
 
+/// `(cluster_name, endpoint count)` of each assignment in an EDS response.
+fn endpoint_counts(
+    r: &envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse,
+) -> Vec<(String, usize)> {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use prost::Message;
+    r.resources
+        .iter()
+        .map(|any| {
+            let cla = ClusterLoadAssignment::decode(any.value.as_slice()).expect("assignment");
+            let count = cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum();
+            (cla.cluster_name, count)
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn make_before_break_when_a_route_moves_to_a_new_cluster() {
     let h = Harness::start().await;
@@ -114,13 +130,27 @@ async fn make_before_break_when_a_route_moves_to_a_new_cluster() {
         names_of(&cds),
         vec!["billing".to_string(), "payments".to_string()]
     );
-    // 2. Endpoints for the current subscription (re-sent after the CDS change).
+    // 2. Endpoints for the current subscription (re-sent after the CDS change); the old
+    //    cluster keeps its endpoints while routes still use it.
     let eds = c.expect().await;
     assert_eq!(eds.type_url, EDS.type_url());
-    // 3. Routes now name only the new cluster.
+    assert_eq!(endpoint_counts(&eds), vec![("payments".to_string(), 1)]);
+    // 3. Routes wait until the new cluster has its endpoints: like Envoy, the client
+    //    subscribes to them once it has processed the clusters.
+    c.ack(&cds, &[]).await;
+    c.ack(&eds, &["payments"]).await;
+    c.expect_silence().await;
+    c.send(request(EDS, &["billing", "payments"])).await;
+    let eds = c.expect().await;
+    assert_eq!(eds.type_url, EDS.type_url());
+    assert_eq!(
+        endpoint_counts(&eds),
+        vec![("billing".to_string(), 1), ("payments".to_string(), 1)]
+    );
+    // 4. Routes now name only the new cluster.
     let rds = c.expect().await;
     assert_eq!(rds.type_url, RDS.type_url());
-    // 4. Then the old cluster goes.
+    // 5. Then the old cluster goes.
     let cds2 = c.expect().await;
     assert_eq!(cds2.type_url, CDS.type_url());
     assert_eq!(names_of(&cds2), vec!["billing".to_string()]);

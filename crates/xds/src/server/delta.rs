@@ -35,6 +35,14 @@ pub(crate) struct DeltaState {
     only: Option<ResourceType>,
     types: [Option<TypeState>; 5],
     nonces: u64,
+    /// EDS resources of newly sent clusters that the proxy has not been sent yet (it asks
+    /// for them once it has processed the clusters). Until then those clusters warm and a
+    /// route naming them would fail requests with 503, so listeners, routes and cluster
+    /// removals wait (make-before-break).
+    awaiting_endpoints: BTreeSet<String>,
+    /// EDS resource name of each cluster sent whose EDS name is not its own name (rare), so
+    /// the endpoints of a cluster gone from the snapshot are still known while it is held.
+    eds_aliases: HashMap<String, String>,
 }
 
 /// What to send for one type: changed resources and removed names.
@@ -50,6 +58,59 @@ impl DeltaState {
             only,
             types: Default::default(),
             nonces: 0,
+            awaiting_endpoints: BTreeSet::new(),
+            eds_aliases: HashMap::new(),
+        }
+    }
+
+    /// Whether a cluster the proxy has uses EDS resource `name`.
+    fn held_cluster_uses(&self, name: &str, snapshot: &Snapshot) -> bool {
+        let Some(cds) = self.types[ResourceType::Cluster.index()].as_ref() else {
+            return false;
+        };
+        cds.has.keys().any(
+            |cluster| match snapshot.get(ResourceType::Cluster, cluster) {
+                Some(c) => c
+                    .references()
+                    .iter()
+                    .any(|r| r.kind == ResourceType::Endpoint && r.name == name),
+                None => self.eds_aliases.get(cluster).unwrap_or(cluster) == name,
+            },
+        )
+    }
+
+    /// Recomputes [`DeltaState::awaiting_endpoints`] after clusters using `new` EDS
+    /// resources were sent. Streams without an EDS subscription (per-type CDS streams, or
+    /// before the proxy's first EDS request) never wait.
+    fn await_endpoints(&mut self, new: BTreeSet<String>, snapshot: &Snapshot) {
+        let (Some(cds), Some(eds)) = (
+            self.types[ResourceType::Cluster.index()].as_ref(),
+            self.types[ResourceType::Endpoint.index()].as_ref(),
+        ) else {
+            self.awaiting_endpoints.clear();
+            return;
+        };
+        let mut awaiting = std::mem::take(&mut self.awaiting_endpoints);
+        awaiting.extend(new);
+        awaiting.retain(|name| !eds.has.contains_key(name));
+        if !awaiting.is_empty() {
+            // Only clusters the proxy still has matter.
+            let used: BTreeSet<&str> = cds
+                .has
+                .keys()
+                .filter_map(|name| snapshot.get(ResourceType::Cluster, name))
+                .flat_map(|c| endpoint_names(c))
+                .collect();
+            awaiting.retain(|name| used.contains(name.as_str()));
+        }
+        self.awaiting_endpoints = awaiting;
+    }
+
+    /// Drops from [`DeltaState::awaiting_endpoints`] what the proxy has now been sent.
+    fn endpoints_delivered(&mut self) {
+        if let Some(eds) = self.types[ResourceType::Endpoint.index()].as_ref() {
+            self.awaiting_endpoints
+                .retain(|name| !eds.has.contains_key(name));
         }
     }
 
@@ -81,7 +142,21 @@ impl DeltaState {
         let st = self.types[kind.index()].as_ref()?;
         let updated: Vec<_> = desired
             .values()
-            .filter(|r| st.has.get(r.name()).map(String::as_str) != Some(r.version()))
+            .filter(|r| match st.has.get(r.name()) {
+                // Unknown EDS names get an empty assignment (never leave a cluster warming),
+                // but a cluster removed from the snapshot and still held for
+                // make-before-break is still routed to until the routes change: it keeps
+                // the endpoints it has.
+                Some(_)
+                    if kind == ResourceType::Endpoint
+                        && snapshot.get(kind, r.name()).is_none()
+                        && self.held_cluster_uses(r.name(), snapshot) =>
+                {
+                    false
+                }
+                Some(version) => version != r.version(),
+                None => true,
+            })
             .cloned()
             .collect();
         let mut removed: Vec<String> = st
@@ -105,6 +180,26 @@ impl DeltaState {
         self.nonces += 1;
         let nonce = self.nonces.to_string();
         status.sent(kind, &diff.system_version, &nonce);
+        if kind == ResourceType::Cluster {
+            for r in &diff.updated {
+                let eds = r
+                    .references()
+                    .iter()
+                    .find(|r| r.kind == ResourceType::Endpoint);
+                match eds {
+                    Some(eds) if eds.name != r.name() => {
+                        self.eds_aliases
+                            .insert(r.name().to_owned(), eds.name.clone());
+                    }
+                    _ => {
+                        self.eds_aliases.remove(r.name());
+                    }
+                }
+            }
+            for name in &diff.removed {
+                self.eds_aliases.remove(name);
+            }
+        }
         if let Some(st) = self.types[kind.index()].as_mut() {
             for r in &diff.updated {
                 st.has.insert(r.name().to_owned(), r.version().to_owned());
@@ -163,22 +258,30 @@ impl DeltaState {
     fn push(&mut self, snapshot: &Snapshot, status: &StatusEntry) -> Vec<DeltaResponse> {
         let mut out = Vec::new();
         let mut removals = None;
+        let mut new_endpoints = BTreeSet::new();
         if let Some(mut diff) = self.diff(ResourceType::Cluster, snapshot) {
             let removed = std::mem::take(&mut diff.removed);
             if !diff.updated.is_empty() {
                 let response = self.emit(ResourceType::Cluster, diff, status);
                 self.force_endpoints_of(&response.resources);
+                for cluster in &response.resources {
+                    new_endpoints.extend(endpoint_names(cluster).map(str::to_owned));
+                }
                 out.push(response);
             }
             if !removed.is_empty() {
                 removals = Some(removed);
             }
         }
-        for kind in [
-            ResourceType::Endpoint,
-            ResourceType::Listener,
-            ResourceType::Route,
-        ] {
+        self.push_type(ResourceType::Endpoint, snapshot, status, &mut out);
+        self.await_endpoints(new_endpoints, snapshot);
+        if !self.awaiting_endpoints.is_empty() {
+            // New clusters first get their endpoints; `on_request` resumes the push once
+            // the proxy has asked for them and been sent them.
+            self.push_type(ResourceType::Secret, snapshot, status, &mut out);
+            return out;
+        }
+        for kind in [ResourceType::Listener, ResourceType::Route] {
             self.push_type(kind, snapshot, status, &mut out);
         }
         if let Some(removed) = removals {
@@ -218,6 +321,10 @@ impl DeltaState {
         st.pending.drain(..pos);
         match &req.error_detail {
             Some(err) => {
+                if kind == ResourceType::Cluster {
+                    // The proxy will not ask for the endpoints of clusters it rejected.
+                    self.awaiting_endpoints.clear();
+                }
                 tracing::warn!(
                     type_url = %kind, node = %status.node_id(), %version, error = %err.message,
                     "proxy rejected configuration; keeping it until the content changes"
@@ -254,6 +361,7 @@ impl Protocol for DeltaState {
         status: &StatusEntry,
     ) -> Result<Vec<DeltaResponse>, Status> {
         let kind = parse_type(&req.type_url, self.only)?;
+        let held = !self.awaiting_endpoints.is_empty();
         let first = self.types[kind.index()].is_none();
         let st = self.types[kind.index()].get_or_insert_with(TypeState::default);
         if first {
@@ -287,9 +395,22 @@ impl Protocol for DeltaState {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        self.push_type(kind, snapshot, status, &mut out);
-        if kind == ResourceType::Cluster && !out.is_empty() {
-            self.push_type(ResourceType::Endpoint, snapshot, status, &mut out);
+        // While routing is held, only endpoints and secrets are answered: clusters (whose
+        // removal waits for the routes), listeners and routes go out with the resumed push.
+        let routing = matches!(
+            kind,
+            ResourceType::Cluster | ResourceType::Listener | ResourceType::Route
+        );
+        if !(routing && held) {
+            self.push_type(kind, snapshot, status, &mut out);
+            if kind == ResourceType::Cluster && !out.is_empty() {
+                self.push_type(ResourceType::Endpoint, snapshot, status, &mut out);
+            }
+        }
+        self.endpoints_delivered();
+        if held && self.awaiting_endpoints.is_empty() {
+            // The new clusters have their endpoints (or were rejected): resume the push.
+            out.extend(self.push(snapshot, status));
         }
         Ok(out)
     }
@@ -297,4 +418,13 @@ impl Protocol for DeltaState {
     fn on_snapshot(&mut self, snapshot: &Snapshot, status: &StatusEntry) -> Vec<DeltaResponse> {
         self.push(snapshot, status)
     }
+}
+
+/// The EDS resources a cluster uses.
+fn endpoint_names(cluster: &Resource) -> impl Iterator<Item = &str> {
+    cluster
+        .references()
+        .iter()
+        .filter(|r| r.kind == ResourceType::Endpoint)
+        .map(|r| r.name.as_str())
 }

@@ -37,6 +37,11 @@ pub(crate) struct SotwState {
     only: Option<ResourceType>,
     types: [Option<TypeState>; 5],
     nonces: u64,
+    /// EDS resources of newly sent clusters that the proxy has not been sent yet (it asks
+    /// for them once it has processed the clusters). Until then those clusters warm and a
+    /// route naming them would fail requests with 503, so listeners, routes and cluster
+    /// removals wait (make-before-break).
+    awaiting_endpoints: BTreeSet<String>,
 }
 
 /// What a push would send for one type, computed before anything is committed.
@@ -51,11 +56,58 @@ impl SotwState {
             only,
             types: Default::default(),
             nonces: 0,
+            awaiting_endpoints: BTreeSet::new(),
+        }
+    }
+
+    fn sent_clusters(&self) -> Option<&ResourceMap> {
+        let cds = self.types[ResourceType::Cluster.index()].as_ref()?;
+        cds.sent.as_ref().map(|(_, clusters)| clusters)
+    }
+
+    /// Recomputes [`SotwState::awaiting_endpoints`] after clusters were sent (`before` is
+    /// what the proxy had). Streams without an EDS subscription (per-type CDS streams, or
+    /// before the proxy's first EDS request) never wait.
+    fn await_endpoints(&mut self, before: &ResourceMap) {
+        let (Some(clusters), Some(eds)) = (
+            self.sent_clusters(),
+            self.types[ResourceType::Endpoint.index()].as_ref(),
+        ) else {
+            self.awaiting_endpoints.clear();
+            return;
+        };
+        let delivered = eds.sent.as_ref().map(|(_, sent)| sent);
+        let mut awaiting = BTreeSet::new();
+        for (name, cluster) in clusters {
+            let new = before
+                .get(name)
+                .is_none_or(|b| b.version() != cluster.version());
+            for r in cluster.references() {
+                if r.kind == ResourceType::Endpoint
+                    && (new || self.awaiting_endpoints.contains(&r.name))
+                    && !delivered.is_some_and(|d| d.contains_key(&r.name))
+                {
+                    awaiting.insert(r.name.clone());
+                }
+            }
+        }
+        self.awaiting_endpoints = awaiting;
+    }
+
+    /// Drops from [`SotwState::awaiting_endpoints`] what the proxy has now been sent.
+    fn endpoints_delivered(&mut self) {
+        let eds = self.types[ResourceType::Endpoint.index()].as_ref();
+        if let Some((_, sent)) = eds.and_then(|e| e.sent.as_ref()) {
+            self.awaiting_endpoints
+                .retain(|name| !sent.contains_key(name));
         }
     }
 
     fn desired(&self, kind: ResourceType, snapshot: &Snapshot) -> Option<Candidate> {
         let st = self.types[kind.index()].as_ref()?;
+        if !st.wildcard && st.names.is_empty() {
+            return None;
+        }
         let all = snapshot.resources(kind);
         let resources: ResourceMap = if st.wildcard {
             all.clone()
@@ -65,9 +117,19 @@ impl SotwState {
                 .filter_map(|name| match all.get(name) {
                     Some(r) => Some((name.clone(), r.clone())),
                     // A cluster must never stay warming: unknown EDS names get an empty
-                    // assignment rather than silence.
+                    // assignment rather than silence. But a cluster removed from the snapshot
+                    // and still held for make-before-break is still routed to until the
+                    // routes change: it keeps the endpoints it was sent.
                     None if kind == ResourceType::Endpoint => {
-                        Some((name.clone(), Resource::empty_endpoints(name)))
+                        let previous = st
+                            .sent
+                            .as_ref()
+                            .and_then(|(_, sent)| sent.get(name))
+                            .filter(|_| self.held_cluster_uses(name));
+                        let r = previous
+                            .cloned()
+                            .unwrap_or_else(|| Resource::empty_endpoints(name));
+                        Some((name.clone(), r))
                     }
                     None => None,
                 })
@@ -77,6 +139,18 @@ impl SotwState {
             version: version_of(&resources),
             resources,
         })
+    }
+
+    /// Whether a cluster the proxy was last sent uses EDS resource `name`.
+    fn held_cluster_uses(&self, name: &str) -> bool {
+        let cds = self.types[ResourceType::Cluster.index()].as_ref();
+        let Some((_, clusters)) = cds.and_then(|c| c.sent.as_ref()) else {
+            return false;
+        };
+        clusters
+            .values()
+            .flat_map(|c| c.references())
+            .any(|r| r.kind == ResourceType::Endpoint && r.name == name)
     }
 
     /// Whether sending `candidate` would tell the proxy something it does not have.
@@ -116,7 +190,8 @@ impl SotwState {
     /// they receive an EDS response, even an unchanged one.
     fn force_endpoints(&mut self) {
         if let Some(st) = self.types[ResourceType::Endpoint.index()].as_mut() {
-            st.sent = None;
+            // No version matches the empty one; the resources sent are kept (see `desired`).
+            st.sent = st.sent.take().map(|(_, sent)| (String::new(), sent));
             st.reported_version = None;
         }
     }
@@ -141,6 +216,7 @@ impl SotwState {
     /// Everything to send after the snapshot changed, in make-before-break order.
     fn push(&mut self, snapshot: &Snapshot, status: &StatusEntry) -> Vec<SotwResponse> {
         let mut out = Vec::new();
+        let before = self.sent_clusters().cloned().unwrap_or_default();
         let clusters = self.desired(ResourceType::Cluster, snapshot);
         let removed = self.removed_clusters(clusters.as_ref());
         let routing_changes = [ResourceType::Listener, ResourceType::Route]
@@ -170,11 +246,15 @@ impl SotwState {
                 self.force_endpoints();
             }
         }
-        for kind in [
-            ResourceType::Endpoint,
-            ResourceType::Listener,
-            ResourceType::Route,
-        ] {
+        self.push_type(ResourceType::Endpoint, snapshot, status, &mut out);
+        self.await_endpoints(&before);
+        if !self.awaiting_endpoints.is_empty() {
+            // New clusters first get their endpoints; `on_request` resumes the push once
+            // the proxy has asked for them and been sent them.
+            self.push_type(ResourceType::Secret, snapshot, status, &mut out);
+            return out;
+        }
+        for kind in [ResourceType::Listener, ResourceType::Route] {
             self.push_type(kind, snapshot, status, &mut out);
         }
         if let Some(final_clusters) = deferred_clusters {
@@ -237,6 +317,7 @@ impl Protocol for SotwState {
         status: &StatusEntry,
     ) -> Result<Vec<SotwResponse>, Status> {
         let kind = parse_type(&req.type_url, self.only)?;
+        let mut rejected = false;
         let st = self.types[kind.index()].get_or_insert_with(TypeState::default);
         if !req.response_nonce.is_empty() {
             if st.last_nonce.as_deref() != Some(req.response_nonce.as_str()) {
@@ -251,6 +332,7 @@ impl Protocol for SotwState {
                         type_url = %kind, node = %status.node_id(), %version, error = %err.message,
                         "proxy rejected configuration; keeping it until the content changes"
                     );
+                    rejected = true;
                     status.nacked(
                         kind,
                         Nack {
@@ -272,14 +354,39 @@ impl Protocol for SotwState {
         let sub = subscription(kind, &req.resource_names);
         st.wildcard = sub.wildcard;
         st.names = sub.names;
+        if !st.wildcard && st.names.is_empty() {
+            // Unsubscribed from everything (the clusters or listeners that named these
+            // resources are gone). Nothing to answer: Envoy takes an empty response for a
+            // type it no longer watches without ACKing it. A later subscription starts afresh.
+            st.sent = None;
+            st.reported_version = None;
+        }
+        let held = !self.awaiting_endpoints.is_empty();
+        if rejected && kind == ResourceType::Cluster {
+            // The proxy will not ask for the endpoints of clusters it rejected.
+            self.awaiting_endpoints.clear();
+        }
 
         let Some(snapshot) = snapshot else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
-        self.push_type(kind, snapshot, status, &mut out);
-        if kind == ResourceType::Cluster && !out.is_empty() {
-            self.push_type(ResourceType::Endpoint, snapshot, status, &mut out);
+        // While routing is held, only endpoints and secrets are answered: clusters (whose
+        // removal waits for the routes), listeners and routes go out with the resumed push.
+        let routing = matches!(
+            kind,
+            ResourceType::Cluster | ResourceType::Listener | ResourceType::Route
+        );
+        if !(routing && held) {
+            self.push_type(kind, snapshot, status, &mut out);
+            if kind == ResourceType::Cluster && !out.is_empty() {
+                self.push_type(ResourceType::Endpoint, snapshot, status, &mut out);
+            }
+        }
+        self.endpoints_delivered();
+        if held && self.awaiting_endpoints.is_empty() {
+            // The new clusters have their endpoints (or were rejected): resume the push.
+            out.extend(self.push(snapshot, status));
         }
         Ok(out)
     }

@@ -1,0 +1,159 @@
+//! A thin Consul HTTP client for blocking reads: token, datacenter, stale reads, TLS, timeouts.
+
+use std::{fs, time::Duration};
+
+use serde::de::DeserializeOwned;
+
+use crate::{ConfigError, ConsulConfig};
+
+/// Extra time allowed beyond `wait + wait/16` before a blocking request is abandoned.
+const TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
+
+/// Issues blocking GETs against one Consul address.
+#[derive(Clone, Debug)]
+pub struct ConsulClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    datacenter: Option<String>,
+    stale: bool,
+}
+
+/// A failed request. Every variant is transient from the source's point of view: it keeps the
+/// last known state, reports itself stale and retries with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsulError {
+    /// Connection refused, reset, timed out, TLS failure…
+    #[error("cannot reach Consul at {url}: {source}")]
+    Transport {
+        /// The request URL.
+        url: String,
+        /// The transport error.
+        source: reqwest::Error,
+    },
+    /// Consul answered with an error status (429 rate limited, 5xx, 403 bad token, …).
+    #[error("Consul answered {status} for {url}: {body}")]
+    Status {
+        /// The request URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// Body (Consul's plain-text message).
+        body: String,
+    },
+    /// The response lacks `X-Consul-Index` (not a Consul API, or a proxy in the way).
+    #[error("response from {url} has no X-Consul-Index header; is this a Consul HTTP API?")]
+    MissingIndex {
+        /// The request URL.
+        url: String,
+    },
+    /// The body is not the JSON Consul documents.
+    #[error("unexpected response body from {url}: {reason}")]
+    Body {
+        /// The request URL.
+        url: String,
+        /// The decode error.
+        reason: String,
+    },
+}
+
+impl ConsulClient {
+    /// Builds a client for `config` (validated here too).
+    pub fn new(config: &ConsulConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mut builder = reqwest::Client::builder()
+            .pool_max_idle_per_host(config.max_connections)
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        // With a CA file, trust only that CA (Consul clusters use a private CA); otherwise the
+        // platform's roots.
+        if let Some(certs) = ca_certificates(config)? {
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ConfigError::Client(e.to_string()))?;
+        Ok(Self {
+            http,
+            base: config.address.trim_end_matches('/').to_string(),
+            token: config.token.clone(),
+            datacenter: config.datacenter.clone(),
+            stale: config.stale,
+        })
+    }
+
+    /// GETs `path` as a blocking query: returns the body and `X-Consul-Index`. `index` 0 makes
+    /// a plain (non-blocking) read.
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<(T, u64), ConsulError> {
+        let url = format!("{}{}", self.base, path);
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if index > 0 {
+            query.push(("index", index.to_string()));
+            query.push(("wait", format!("{}ms", wait.as_millis())));
+        }
+        if self.stale {
+            query.push(("stale", String::new()));
+        }
+        if let Some(dc) = &self.datacenter {
+            query.push(("dc", dc.clone()));
+        }
+        let mut request = self
+            .http
+            .get(&url)
+            .query(&query)
+            // Consul may hold the request for wait + wait/16 (its jitter); never time out first.
+            .timeout(wait + wait / 16 + TIMEOUT_MARGIN);
+        if let Some(token) = &self.token {
+            request = request.header("X-Consul-Token", token);
+        }
+        let transport = |source| ConsulError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(ConsulError::Status {
+                url,
+                status: status.as_u16(),
+                body: body.chars().take(512).collect(),
+            });
+        }
+        let index = response
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| ConsulError::MissingIndex { url: url.clone() })?;
+        let bytes = response.bytes().await.map_err(transport)?;
+        let body = serde_json::from_slice(&bytes).map_err(|e| ConsulError::Body {
+            url,
+            reason: e.to_string(),
+        })?;
+        Ok((body, index))
+    }
+}
+
+fn ca_certificates(
+    config: &ConsulConfig,
+) -> Result<Option<Vec<reqwest::Certificate>>, ConfigError> {
+    let Some(path) = &config.ca_file else {
+        return Ok(None);
+    };
+    let ca_error = |reason: String| ConfigError::CaFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let pem = fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(ca_error("no CERTIFICATE block found".into()));
+    }
+    Ok(Some(certs))
+}

@@ -1,0 +1,90 @@
+use std::{path::PathBuf, time::Duration};
+
+/// How to reach and follow Consul. `Default` matches Consul's own defaults where one exists.
+#[derive(Clone, Debug)]
+pub struct ConsulConfig {
+    /// Base URL, e.g. `http://127.0.0.1:8500` or `https://consul.service:8501`.
+    pub address: String,
+    /// ACL token, sent as `X-Consul-Token`.
+    pub token: Option<String>,
+    /// Datacenter to query (`?dc=`); `None` means the agent's own.
+    pub datacenter: Option<String>,
+    /// PEM file with the CA that signed Consul's certificate (HTTPS only). Without it the
+    /// Mozilla root set is trusted.
+    pub ca_file: Option<PathBuf>,
+    /// Allow any server to answer (`?stale`), Consul's recommendation for watches: spreads load
+    /// over followers and keeps answering without a leader. Default `true`.
+    pub stale: bool,
+    /// Blocking wait per query (Consul's default: 5m, max 10m).
+    pub wait: Duration,
+    /// Most HTTP connections (= concurrent requests) the source holds: one for the catalog watch,
+    /// the rest shared by health watches. Default 100, half of Consul's default
+    /// `http_max_conns_per_client` of 200.
+    pub max_connections: usize,
+    /// When there are more services than health slots, watches take turns and each query
+    /// blocks for a shorter time so every service is re-read at least this often. Default 10s.
+    pub rotation: Duration,
+    /// Minimum time between two requests of the same watch, so a flapping index cannot cause
+    /// a hot loop. Default 50ms.
+    pub min_request_interval: Duration,
+    /// First retry delay after an error; doubles up to `max_retry` (with jitter).
+    pub min_retry: Duration,
+    /// Longest retry delay.
+    pub max_retry: Duration,
+    /// Source id the events carry (default `consul`).
+    pub source_id: String,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The address is not an http(s) URL.
+    #[error("invalid Consul address {0:?}: use a URL such as http://127.0.0.1:8500")]
+    Address(String),
+    /// The budget leaves no slot for health watches.
+    #[error("max_connections must be at least 2 (one catalog watch, one health watch); got {0}")]
+    Budget(usize),
+    /// The CA file could not be read or holds no certificate.
+    #[error("cannot use CA file {path}: {reason}; give a PEM file with the CA certificate")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("cannot build the Consul HTTP client: {0}")]
+    Client(String),
+}
+
+impl Default for ConsulConfig {
+    fn default() -> Self {
+        Self {
+            address: "http://127.0.0.1:8500".into(),
+            token: None,
+            datacenter: None,
+            ca_file: None,
+            stale: true,
+            wait: Duration::from_secs(5 * 60),
+            max_connections: 100,
+            rotation: Duration::from_secs(10),
+            min_request_interval: Duration::from_millis(50),
+            min_retry: Duration::from_millis(250),
+            max_retry: Duration::from_secs(30),
+            source_id: "consul".into(),
+        }
+    }
+}
+
+impl ConsulConfig {
+    /// Checks the configuration before anything connects.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.address.starts_with("http://") || self.address.starts_with("https://")) {
+            return Err(ConfigError::Address(self.address.clone()));
+        }
+        if self.max_connections < 2 {
+            return Err(ConfigError::Budget(self.max_connections));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! One blocking-query loop: request, apply Consul's index rules, hand the result over, and
+//! never spin — requests are spaced by a minimum interval, and errors back off with jitter.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use serde::de::DeserializeOwned;
+use tokio::{
+    sync::{Semaphore, mpsc},
+    time::{Instant, sleep_until},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Backoff, ConsulClient, ConsulConfig, ConsulError, next_index};
+
+/// Timing knobs shared by every watch of one source.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub min_request_interval: Duration,
+    pub min_retry: Duration,
+    pub max_retry: Duration,
+}
+
+/// The blocking wait to use, in milliseconds; shared so the coordinator can shorten it when
+/// watches must take turns.
+pub type SharedWait = Arc<AtomicU64>;
+
+/// Where a watch's results go: converts each outcome into the coordinator's message type.
+pub struct Deliver<T, U> {
+    pub tx: mpsc::Sender<U>,
+    pub convert: Box<dyn Fn(Result<T, ConsulError>) -> U + Send>,
+}
+
+// === impl Timing ===
+
+impl From<&ConsulConfig> for Timing {
+    fn from(c: &ConsulConfig) -> Self {
+        Self {
+            min_request_interval: c.min_request_interval,
+            min_retry: c.min_retry,
+            max_retry: c.max_retry,
+        }
+    }
+}
+
+/// Runs until `shutdown` is cancelled or the receiver is gone. When `permits` is given, each
+/// request holds one for its duration — that is what bounds the number of connections.
+pub async fn run<T: DeserializeOwned, U>(
+    client: ConsulClient,
+    path: String,
+    timing: Timing,
+    permits: Option<Arc<Semaphore>>,
+    wait: SharedWait,
+    deliver: Deliver<T, U>,
+    shutdown: CancellationToken,
+) {
+    let mut index = 0u64;
+    let mut backoff = Backoff::new(timing.min_retry, timing.max_retry);
+    let mut next_request = Instant::now();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = sleep_until(next_request) => {}
+        }
+        let permit = match &permits {
+            Some(p) => tokio::select! {
+                () = shutdown.cancelled() => return,
+                permit = p.clone().acquire_owned() => match permit {
+                    Ok(permit) => Some(permit),
+                    Err(_) => return,
+                },
+            },
+            None => None,
+        };
+        let wait = Duration::from_millis(wait.load(Ordering::Relaxed));
+        let started = Instant::now();
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = client.get::<T>(&path, index, wait) => result,
+        };
+        drop(permit);
+        next_request = started + timing.min_request_interval;
+        match &result {
+            Ok((_, returned)) => {
+                let sent = index;
+                index = next_index(sent, *returned);
+                if index == 0 {
+                    tracing::info!(%path, sent, returned, "Consul index went backwards; re-reading from scratch");
+                }
+                backoff.reset();
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::debug!(%path, error = %e, ?delay, "Consul request failed; retrying");
+                next_request = Instant::now() + delay;
+            }
+        }
+        let update = (deliver.convert)(result.map(|(body, _)| body));
+        if deliver.tx.send(update).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The Consul source against the embedded registry's Consul-compatible API, in-process.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use meshplane_registry::{RegistrySource, Store, event_channel, store};
+use meshplane_registry_consul::{ConsulConfig, ConsulSource};
+use meshplane_registry_embedded::{EmbeddedConfig, EmbeddedRegistry};
+use serde_json::json;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+struct Registry {
+    url: String,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+async fn start_registry(dir: &std::path::Path, addr: SocketAddr) -> Registry {
+    let config = EmbeddedConfig {
+        listen_addr: addr,
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    let registry = EmbeddedRegistry::bind(config).await.expect("bind");
+    let addr = registry.local_addr();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(registry.serve(shutdown.clone()).map_ok_unit());
+    Registry {
+        url: format!("http://{addr}"),
+        addr,
+        shutdown,
+        task,
+    }
+}
+
+trait MapOkUnit {
+    fn map_ok_unit(self) -> impl std::future::Future<Output = ()> + Send;
+}
+impl<F: std::future::Future<Output = Result<(), meshplane_registry_embedded::EmbeddedError>> + Send>
+    MapOkUnit for F
+{
+    async fn map_ok_unit(self) {
+        self.await.expect("registry serves");
+    }
+}
+
+impl Registry {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("registry task");
+    }
+
+    async fn register(&self, body: serde_json::Value) {
+        let r = reqwest::Client::new()
+            .put(format!("{}/v1/agent/service/register", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("register");
+        assert!(
+            r.status().is_success(),
+            "{}",
+            r.text().await.unwrap_or_default()
+        );
+    }
+}
+
+struct Running {
+    store: Store,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn fast_config(url: &str) -> ConsulConfig {
+    ConsulConfig {
+        address: url.to_string(),
+        wait: Duration::from_secs(30),
+        min_retry: Duration::from_millis(20),
+        max_retry: Duration::from_millis(200),
+        min_request_interval: Duration::from_millis(10),
+        ..ConsulConfig::default()
+    }
+}
+
+fn run_source(config: ConsulConfig) -> Running {
+    let (reader, writer) = store();
+    let (sink, events) = event_channel(256);
+    let shutdown = CancellationToken::new();
+    let source = ConsulSource::new(config).expect("valid config");
+    let tasks = vec![
+        tokio::spawn(writer.run(events, shutdown.clone())),
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { source.run(sink, shutdown).await.expect("source runs") }
+        }),
+    ];
+    Running {
+        store: reader,
+        shutdown,
+        tasks,
+    }
+}
+
+impl Running {
+    async fn until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&meshplane_registry::Snapshot) -> bool,
+    ) {
+        let mut rx = self.store.subscribe();
+        let res = tokio::time::timeout(timeout, rx.wait_for(|s| pred(s))).await;
+        assert!(
+            matches!(res, Ok(Ok(_))),
+            "timed out after {timeout:?} waiting for {what}"
+        );
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            t.await.expect("task");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_reaches_the_store_within_200ms() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = start_registry(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    registry
+        .register(json!({"Name": "web", "ID": "web-1", "Port": 80}))
+        .await;
+    let running = run_source(fast_config(&registry.url));
+    running
+        .until(Duration::from_secs(5), "initial sync", |s| {
+            s.is_synced() && s.service("web").is_some()
+        })
+        .await;
+
+    for i in 0..5 {
+        let id = format!("api-{i}");
+        let started = Instant::now();
+        registry
+            .register(json!({"Name": "api", "ID": id, "Port": 81}))
+            .await;
+        running
+            .until(
+                Duration::from_millis(200),
+                "registration in the store",
+                |s| {
+                    s.service("api")
+                        .is_some_and(|e| e.instances.iter().any(|inst| inst.id.as_str() == id))
+                },
+            )
+            .await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(200), "{took:?}");
+    }
+    running.stop().await;
+    registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_down_keeps_state_marks_stale_and_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = start_registry(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let addr = registry.addr;
+    registry.register(json!({"Name": "web", "ID": "web-1", "Port": 80, "Check": {"TTL": "1h", "Status": "passing"}})).await;
+    let running = run_source(fast_config(&registry.url));
+    running
+        .until(Duration::from_secs(5), "initial sync", |s| {
+            s.service("web").is_some()
+        })
+        .await;
+
+    registry.stop().await;
+    running
+        .until(Duration::from_secs(5), "stale", |s| s.is_stale())
+        .await;
+    let snap = running.store.snapshot();
+    assert_eq!(
+        snap.service("web").map(|s| s.instances.len()),
+        Some(1),
+        "a failing registry never empties services"
+    );
+
+    let registry = start_registry(dir.path(), addr).await;
+    registry
+        .register(json!({"Name": "web", "ID": "web-2", "Port": 81}))
+        .await;
+    running
+        .until(Duration::from_secs(5), "recovery", |s| {
+            !s.is_stale() && s.service("web").is_some_and(|e| e.instances.len() == 2)
+        })
+        .await;
+    running.stop().await;
+    registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_stay_within_the_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = start_registry(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    for i in 0..30 {
+        registry
+            .register(json!({"Name": format!("svc-{i}"), "Port": 1000 + i}))
+            .await;
+    }
+    let proxy = CountingProxy::start(registry.addr).await;
+    let config = ConsulConfig {
+        max_connections: 4,
+        rotation: Duration::from_secs(2),
+        ..fast_config(&format!("http://{}", proxy.addr))
+    };
+    let running = run_source(config);
+    running
+        .until(Duration::from_secs(10), "all 30 services", |s| {
+            s.services.len() == 30
+        })
+        .await;
+    // A change to a service whose watch is not currently in flight still arrives (rotation).
+    registry
+        .register(json!({"Name": "svc-7", "ID": "svc-7b", "Port": 9}))
+        .await;
+    running
+        .until(Duration::from_secs(10), "change under rotation", |s| {
+            s.service("svc-7").is_some_and(|e| e.instances.len() == 2)
+        })
+        .await;
+    let peak = proxy.peak.load(Ordering::SeqCst);
+    assert!(
+        peak <= 4,
+        "peak of {peak} concurrent connections exceeds the budget of 4"
+    );
+    running.stop().await;
+    registry.stop().await;
+}
+
+/// A TCP forwarder that counts concurrent connections.
+struct CountingProxy {
+    addr: SocketAddr,
+    peak: Arc<AtomicUsize>,
+}
+
+impl CountingProxy {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let (active, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, p) = (active.clone(), peak.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let (a, p) = (a.clone(), p.clone());
+                let now = a.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(now, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                    a.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        CountingProxy { addr, peak }
+    }
+}

@@ -1,0 +1,147 @@
+//! Read routes: catalog, health, agent listings and status. Per-service reads block on that
+//! service's index; `/v1/catalog/services` blocks on registrations and deregistrations.
+
+use axum::{
+    Json,
+    extract::{Path, RawQuery, State},
+    http::{HeaderMap, HeaderName, HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Map, Value, json};
+
+use super::{
+    ApiError, ApiState,
+    query::{Query, block},
+    render,
+};
+use crate::{catalog::Catalog, registration::Registration};
+
+type ApiResult = Result<Response, ApiError>;
+
+pub async fn catalog_services(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> ApiResult {
+    let query = Query::parse(raw.as_deref())?;
+    query.check_dc(&state)?;
+    let index = block(&state, &query, Catalog::services_index).await;
+    let body: Map<String, Value> = read(&state, |c| {
+        c.services()
+            .into_iter()
+            .map(|(name, tags)| (name.to_string(), json!(tags)))
+            .collect()
+    });
+    Ok(blocking_response(index, &query, Value::Object(body)))
+}
+
+pub async fn catalog_service(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let query = Query::parse(raw.as_deref())?;
+    query.check_dc(&state)?;
+    let index = block(&state, &query, |c| c.name_index(&name)).await;
+    let body = read(&state, |c| {
+        c.instances(&name)
+            .filter(|r| has_tags(r, &query.tags))
+            .map(|r| render::catalog_entry(r, c.node()))
+            .collect::<Vec<_>>()
+    });
+    Ok(blocking_response(index, &query, Value::Array(body)))
+}
+
+pub async fn health_service(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let query = Query::parse(raw.as_deref())?;
+    query.check_dc(&state)?;
+    let index = block(&state, &query, |c| c.name_index(&name)).await;
+    let body = read(&state, |c| {
+        let node = c.node();
+        c.instances(&name)
+            .filter(|r| has_tags(r, &query.tags))
+            .filter(|r| !query.passing || r.checks.iter().all(|ch| ch.status == meshplane_model::Health::Passing))
+            .map(|r| {
+                let mut checks = vec![render::serf_health(node)];
+                checks.extend(r.checks.iter().map(|ch| render::check(ch, r, node)));
+                json!({ "Node": render::node(node), "Service": render::service(r, node), "Checks": checks })
+            })
+            .collect::<Vec<_>>()
+    });
+    Ok(blocking_response(index, &query, Value::Array(body)))
+}
+
+pub async fn agent_services(State(state): State<ApiState>) -> ApiResult {
+    let body: Map<String, Value> = read(&state, |c| {
+        c.registrations()
+            .map(|r| (r.service.id.to_string(), render::service(r, c.node())))
+            .collect()
+    });
+    Ok(Json(Value::Object(body)).into_response())
+}
+
+pub async fn agent_checks(State(state): State<ApiState>) -> ApiResult {
+    let body: Map<String, Value> = read(&state, |c| {
+        c.registrations()
+            .flat_map(|r| {
+                r.checks
+                    .iter()
+                    .map(move |ch| (ch.id.clone(), render::check(ch, r, c.node())))
+            })
+            .collect()
+    });
+    Ok(Json(Value::Object(body)).into_response())
+}
+
+pub async fn datacenters(State(state): State<ApiState>) -> Json<Value> {
+    Json(json!([&*state.datacenter]))
+}
+
+pub async fn leader(State(state): State<ApiState>) -> Response {
+    with_consul_headers(Json(json!(&*state.leader)).into_response())
+}
+
+pub async fn peers(State(state): State<ApiState>) -> Response {
+    with_consul_headers(Json(json!([&*state.leader])).into_response())
+}
+
+fn read<T>(state: &ApiState, f: impl FnOnce(&Catalog) -> T) -> T {
+    f(&state
+        .catalog
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+/// Consul's `tag` filter: every requested tag must be present.
+fn has_tags(reg: &Registration, tags: &[String]) -> bool {
+    tags.iter().all(|t| reg.service.tags.contains(t))
+}
+
+fn blocking_response(index: u64, query: &Query, body: Value) -> Response {
+    let mut response = with_consul_headers(Json(body).into_response());
+    let headers = response.headers_mut();
+    headers.insert(
+        HeaderName::from_static("x-consul-index"),
+        HeaderValue::from(index.max(1)),
+    );
+    let consistency = if query.stale { "stale" } else { "leader" };
+    headers.insert(
+        HeaderName::from_static("x-consul-effective-consistency"),
+        HeaderValue::from_static(consistency),
+    );
+    response
+}
+
+fn with_consul_headers(mut response: Response) -> Response {
+    let headers: &mut HeaderMap = response.headers_mut();
+    headers.insert(
+        HeaderName::from_static("x-consul-knownleader"),
+        HeaderValue::from_static("true"),
+    );
+    headers.insert(
+        HeaderName::from_static("x-consul-lastcontact"),
+        HeaderValue::from_static("0"),
+    );
+    headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    response
+}

@@ -1,0 +1,370 @@
+//! `meshplane demo`: a control plane on the embedded registry, three services with real Envoy
+//! sidecars calling each other through the mesh (one with a canary instance, one calling an
+//! external-looking HTTPS domain served locally), live traffic and a summary table.
+
+mod apps;
+mod certs;
+mod sidecars;
+mod traffic;
+
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ControlPlaneConfig;
+use crate::control_plane;
+use apps::PARTNER_HOST;
+use sidecars::{Sidecar, free_port};
+use traffic::{RouteStats, measure};
+
+/// Options of `meshplane demo`.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Run one round of traffic, print it and exit.
+    pub once: bool,
+    /// Requests per route per round.
+    pub requests: usize,
+}
+
+fn progress(step: &str) {
+    let mut err = std::io::stderr();
+    let _ = write!(err, "\r\x1b[2K[meshplane demo] {step}…");
+    let _ = err.flush();
+}
+
+fn done_progress() {
+    let _ = write!(std::io::stderr(), "\r\x1b[2K");
+}
+
+struct Ports {
+    app: u16,
+    ingress: u16,
+    egress: Option<u16>,
+}
+
+fn descriptor(service: &str, ports: &Ports, tags: &[&str], dependencies: &str) -> String {
+    let mut d = format!(
+        "service: {service}\nport: {}\ningress: {{ port: {} }}\n",
+        ports.app, ports.ingress
+    );
+    if let Some(e) = ports.egress {
+        d.push_str(&format!("egress: {{ port: {e} }}\n"));
+    }
+    if !tags.is_empty() {
+        d.push_str(&format!("tags: [{}]\n", tags.join(", ")));
+    }
+    if !dependencies.is_empty() {
+        d.push_str("dependencies:\n");
+        d.push_str(dependencies);
+    }
+    d
+}
+
+/// Runs the demo until `shutdown` (or after one round with `--once`).
+pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("meshplane-demo-")
+        .tempdir()?;
+    progress("generating the demo CA");
+    let pki = certs::generate(dir.path(), PARTNER_HOST)?;
+
+    progress("starting the control plane (embedded registry + xDS)");
+    let config = ControlPlaneConfig {
+        xds_addr: (Ipv4Addr::LOCALHOST, 0).into(),
+        registry_addr: (Ipv4Addr::LOCALHOST, 0).into(),
+        data_dir: dir.path().join("data"),
+        domain_ca_file: Some(pki.ca_file.display().to_string()),
+        domain_addresses: [(PARTNER_HOST.to_owned(), IpAddr::V4(Ipv4Addr::LOCALHOST))]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    let cp_shutdown = shutdown.child_token();
+    let cp = control_plane::start(config, cp_shutdown.clone()).await?;
+    let registry = cp
+        .registry_addr
+        .context("the demo runs on the embedded registry")?;
+
+    progress("starting the demo apps");
+    let apps_shutdown = shutdown.child_token();
+    let partner = apps::partner(&pki.cert_pem, &pki.key_pem, apps_shutdown.clone()).await?;
+    let pay1 = Ports {
+        app: apps::payments("payments-1", apps_shutdown.clone())
+            .await?
+            .port(),
+        ingress: free_port()?,
+        egress: None,
+    };
+    let pay2 = Ports {
+        app: apps::payments("payments-2", apps_shutdown.clone())
+            .await?
+            .port(),
+        ingress: free_port()?,
+        egress: None,
+    };
+    let orders_egress = free_port()?;
+    let orders = Ports {
+        app: apps::orders(orders_egress, apps_shutdown.clone())
+            .await?
+            .port(),
+        ingress: free_port()?,
+        egress: Some(orders_egress),
+    };
+    let web_egress = free_port()?;
+    let web = Ports {
+        app: apps::web(web_egress, apps_shutdown.clone()).await?.port(),
+        ingress: free_port()?,
+        egress: Some(web_egress),
+    };
+
+    let orders_deps = format!(
+        "  - service: payments\n    timeout: 2s\n    retries: {{ attempts: 2, on: [connect-failure, reset, \"503\"] }}\n  - domain: https://{PARTNER_HOST}:{}\n",
+        partner.port()
+    );
+    let plan = [
+        ("payments-1", descriptor("payments", &pay1, &[], "")),
+        ("payments-2", descriptor("payments", &pay2, &["canary"], "")),
+        ("orders-1", descriptor("orders", &orders, &[], &orders_deps)),
+        (
+            "web-1",
+            descriptor("web", &web, &[], "  - service: orders\n"),
+        ),
+    ];
+    let mut sidecars = Vec::new();
+    for (id, d) in &plan {
+        progress(&format!("starting sidecar {id} (Envoy)"));
+        sidecars.push(sidecars::spawn(dir.path(), id, d, cp.xds_addr, registry)?);
+    }
+
+    let outcome: anyhow::Result<()> = async {
+        wait_until_ready(registry, &mut sidecars).await?;
+        done_progress();
+        println!("meshplane demo: control plane xDS on {}, registry (Consul API) on http://{registry}", cp.xds_addr);
+        println!("  try: curl http://{registry}/v1/health/service/payments   |   curl http://127.0.0.1:{}/", web.ingress);
+        println!("  proxies connected: {}", cp.status.len());
+        loop {
+            let routes = round(&options, &orders, &web, &pay1, partner, &pki.ca_file).await?;
+            println!("\n{}", traffic::table(&routes));
+            check(&routes)?;
+            if options.once {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+    }
+    .await;
+    if let Err(e) = &outcome {
+        done_progress();
+        for s in &sidecars {
+            eprintln!("--- {} log ({}):\n{}", s.id, s.log.display(), s.log_tail());
+        }
+        eprintln!("demo failed: {e:#}");
+    }
+
+    progress("stopping sidecars (they deregister first)");
+    let mut stop_errors = Vec::new();
+    for s in sidecars {
+        if let Err(e) = s.stop().await {
+            stop_errors.push(e.to_string());
+        }
+    }
+    let remaining = cp.store.snapshot().instance_count();
+    done_progress();
+    println!(
+        "sidecars stopped: {} errors; instances left in the registry: {remaining}",
+        stop_errors.len()
+    );
+    apps_shutdown.cancel();
+    cp_shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), cp.wait(cp_shutdown)).await;
+    outcome?;
+    anyhow::ensure!(
+        stop_errors.is_empty(),
+        "sidecars did not stop cleanly: {}",
+        stop_errors.join("; ")
+    );
+    Ok(())
+}
+
+async fn wait_until_ready(registry: SocketAddr, sidecars: &mut [Sidecar]) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let expected = [("payments", 2), ("orders", 1), ("web", 1)];
+    loop {
+        progress("waiting for sidecars to register and pass their health checks");
+        for s in sidecars.iter_mut() {
+            anyhow::ensure!(s.is_running(), "sidecar {} exited during start-up", s.id);
+        }
+        let mut ready = true;
+        for (service, count) in expected {
+            let url = format!("http://{registry}/v1/health/service/{service}?passing");
+            let passing = match client.get(&url).send().await {
+                Ok(r) => r
+                    .json::<Vec<serde_json::Value>>()
+                    .await
+                    .map(|v| v.len())
+                    .unwrap_or(0),
+                Err(_) => 0,
+            };
+            ready &= passing >= count;
+        }
+        if ready {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "sidecars were not all healthy within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn round(
+    options: &DemoOptions,
+    orders: &Ports,
+    web: &Ports,
+    pay1: &Ports,
+    partner: SocketAddr,
+    ca_file: &std::path::Path,
+) -> anyhow::Result<Vec<RouteStats>> {
+    let n = options.requests;
+    let via_orders = apps::egress_client(orders.egress.unwrap_or_default())?;
+    let direct = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca_file)?)?;
+    let direct_tls = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .resolve(PARTNER_HOST, partner)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let mut routes = Vec::new();
+
+    let (out, mesh) = measure(&via_orders, "http://payments/pay", None, n).await;
+    let (_, direct_lat) = measure(
+        &direct,
+        &format!("http://127.0.0.1:{}/pay", pay1.app),
+        None,
+        n,
+    )
+    .await;
+    let mut r = RouteStats::new(
+        "orders → payments (egress proxy, by Host)",
+        &out,
+        mesh,
+        direct_lat,
+    );
+    r.note = split_note(&out);
+    routes.push(r);
+
+    let (out, mesh) = measure(
+        &via_orders,
+        "http://payments/pay",
+        Some(("x-canary", "1")),
+        n,
+    )
+    .await;
+    let mut r = RouteStats::new("orders → payments with x-canary: 1", &out, mesh, Vec::new());
+    r.note = split_note(&out);
+    routes.push(r);
+
+    let (out, mesh) = measure(
+        &via_orders,
+        &format!("http://{PARTNER_HOST}/rates"),
+        None,
+        n,
+    )
+    .await;
+    let (_, direct_lat) = measure(
+        &direct_tls,
+        &format!("https://{PARTNER_HOST}:{}/rates", partner.port()),
+        None,
+        n,
+    )
+    .await;
+    let mut r = RouteStats::new(
+        "orders → https://api.partner.example (TLS by Envoy)",
+        &out,
+        mesh,
+        direct_lat,
+    );
+    r.note = "Envoy originates TLS, verifies the demo CA".to_owned();
+    routes.push(r);
+
+    let (out, mesh) = measure(
+        &direct,
+        &format!("http://127.0.0.1:{}/", web.ingress),
+        None,
+        n,
+    )
+    .await;
+    let (_, direct_lat) =
+        measure(&direct, &format!("http://127.0.0.1:{}/", web.app), None, n).await;
+    let mut r = RouteStats::new(
+        "client → web → orders → payments + partner",
+        &out,
+        mesh,
+        direct_lat,
+    );
+    r.note = "direct skips web's ingress Envoy only".to_owned();
+    routes.push(r);
+
+    let (out, mesh) = measure(&via_orders, "http://billing/anything", None, n.min(20)).await;
+    let mut r = RouteStats::new(
+        "orders → billing (not a dependency)",
+        &out,
+        mesh,
+        Vec::new(),
+    );
+    r.note = "503 by design".to_owned();
+    routes.push(r);
+    Ok(routes)
+}
+
+fn split_note(outcomes: &[(u16, String)]) -> String {
+    let one = outcomes
+        .iter()
+        .filter(|(_, b)| b.contains("payments-1"))
+        .count();
+    let two = outcomes
+        .iter()
+        .filter(|(_, b)| b.contains("payments-2"))
+        .count();
+    format!("payments-1: {one}, payments-2 (canary): {two}")
+}
+
+fn check(routes: &[RouteStats]) -> anyhow::Result<()> {
+    for r in &routes[..4] {
+        anyhow::ensure!(
+            r.ok == r.requests,
+            "route `{}`: {} of {} requests failed; sample: {}",
+            r.name,
+            r.requests - r.ok,
+            r.requests,
+            r.sample
+        );
+    }
+    let canary = &routes[1];
+    anyhow::ensure!(
+        canary
+            .note
+            .ends_with(&format!("(canary): {}", canary.requests)),
+        "x-canary did not prefer the canary: {}",
+        canary.note
+    );
+    let undeclared = &routes[4];
+    anyhow::ensure!(
+        undeclared.server_errors == undeclared.requests && undeclared.sample.contains("billing"),
+        "undeclared host did not get a 503 naming it: {}",
+        undeclared.sample
+    );
+    Ok(())
+}

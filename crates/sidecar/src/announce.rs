@@ -1,0 +1,72 @@
+//! Announcing a new Envoy: wait until it is live (admin `/ready`), then register the
+//! instance, retrying while the registry is down. One announcement runs per Envoy start
+//! (first start, restart after a crash, hot restart); re-registering is idempotent and
+//! picks up a reloaded descriptor.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::envoy::AdminClient;
+use crate::registration::{RegistryClient, ServiceRegistration};
+use crate::status::SidecarStatus;
+
+/// What an announcement needs; cheap to clone into a task.
+#[derive(Debug, Clone)]
+pub(crate) struct Announcer {
+    pub admin: AdminClient,
+    pub registry: RegistryClient,
+    pub ready_timeout: Duration,
+    /// Set once a registration may have reached the registry: shutdown then deregisters.
+    pub attempted: Arc<AtomicBool>,
+    pub status_tx: watch::Sender<SidecarStatus>,
+}
+
+impl Announcer {
+    /// Waits for `/ready`, then registers; stops early when `cancel` fires.
+    pub async fn announce(self, registration: ServiceRegistration, cancel: CancellationToken) {
+        if !self.wait_ready(&cancel).await {
+            return;
+        }
+        tracing::info!(id = %registration.id, port = registration.port, "Envoy is ready; registering");
+        self.attempted.store(true, Ordering::SeqCst);
+        if self
+            .registry
+            .register_until_done(&registration, &cancel)
+            .await
+        {
+            tracing::info!(id = %registration.id, "registered");
+            self.status_tx.send_modify(|s| s.registered = true);
+        }
+    }
+
+    /// Polls `/ready` until it answers 200 (`true`) or `cancel` fires (`false`). Past
+    /// `ready_timeout` it warns once and keeps polling: Envoy waits for the control plane.
+    async fn wait_ready(&self, cancel: &CancellationToken) -> bool {
+        let deadline = Instant::now() + self.ready_timeout;
+        let mut warned = false;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            if self.admin.is_ready().await {
+                return true;
+            }
+            if !warned && Instant::now() >= deadline {
+                warned = true;
+                tracing::warn!(
+                    after = ?self.ready_timeout,
+                    "Envoy is not ready yet (it waits for its first clusters and listeners from \
+                     the control plane: is --control-plane reachable?); not registering until it is"
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = cancel.cancelled() => return false,
+            }
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+}

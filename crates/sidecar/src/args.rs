@@ -1,0 +1,175 @@
+//! The `meshplane sidecar` and `meshplane bootstrap` flags (clap), turned into a
+//! [`SidecarConfig`]. Each flag can also come from a `MESHPLANE_*` environment variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use meshplane_model::descriptor::parse_duration;
+
+use crate::config::{ControlPlaneAddr, SidecarConfig, XdsFlavour};
+use crate::error::SidecarError;
+
+/// Admin port `meshplane bootstrap` writes when none is given (Envoy's customary one).
+pub const BOOTSTRAP_ADMIN_PORT: u16 = 9901;
+
+/// Flags shared by `sidecar` and `bootstrap`: who the proxy is and where its control plane is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// The service descriptor.
+    #[arg(long, env = "MESHPLANE_DESCRIPTOR", default_value = "meshplane.yaml")]
+    pub descriptor: PathBuf,
+    /// Control-plane xDS addresses, HOST:PORT[,HOST:PORT…], in failover order.
+    #[arg(
+        long,
+        env = "MESHPLANE_CONTROL_PLANE",
+        default_value = "127.0.0.1:18000"
+    )]
+    pub control_plane: String,
+    /// This proxy's datacenter (node.locality.zone).
+    #[arg(long, env = "MESHPLANE_DATACENTER", default_value = "dc1")]
+    pub datacenter: String,
+    /// Instance id (registry id and node.id) [default: <service>-<hostname>-<ingress port>].
+    #[arg(long, env = "MESHPLANE_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Envoy admin port on 127.0.0.1 [sidecar default: a free port; bootstrap: 9901].
+    #[arg(long, env = "MESHPLANE_ADMIN_PORT")]
+    pub admin_port: Option<u16>,
+    /// Address Envoy's ingress listener binds [default: all interfaces].
+    #[arg(long, env = "MESHPLANE_LISTEN_ADDRESS")]
+    pub listen_address: Option<std::net::IpAddr>,
+    /// Use delta (incremental) xDS instead of state-of-the-world.
+    #[arg(long, env = "MESHPLANE_XDS_DELTA")]
+    pub xds_delta: bool,
+}
+
+/// `meshplane bootstrap`: print the Envoy bootstrap for hosts that run Envoy themselves.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BootstrapArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// `meshplane sidecar`: run Envoy for a service, register it, supervise it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SidecarArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Consul-compatible registry URL.
+    #[arg(
+        long,
+        env = "MESHPLANE_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8500"
+    )]
+    pub registry: String,
+    /// Registry ACL token (sent as X-Consul-Token).
+    #[arg(long, env = "MESHPLANE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Address advertised in the registry and used by its health check.
+    #[arg(long, env = "MESHPLANE_ADDRESS", default_value = "127.0.0.1")]
+    pub address: String,
+    /// Envoy binary [default: MESHPLANE_ENVOY, PATH, then .tools/envoy from install-envoy.sh].
+    #[arg(long, env = "MESHPLANE_ENVOY")]
+    pub envoy: Option<PathBuf>,
+    /// Hot-restart base id [default: derived from the instance id].
+    #[arg(long, env = "MESHPLANE_BASE_ID")]
+    pub base_id: Option<u32>,
+    /// Directory for the bootstrap file [default: a per-instance temporary directory].
+    #[arg(long, env = "MESHPLANE_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Envoy's log level.
+    #[arg(long, env = "MESHPLANE_ENVOY_LOG_LEVEL", default_value = "info")]
+    pub envoy_log_level: String,
+    /// Envoy worker threads [default: Envoy's, one per core].
+    #[arg(long, env = "MESHPLANE_ENVOY_CONCURRENCY")]
+    pub envoy_concurrency: Option<u32>,
+    /// How long an old Envoy drains after a hot restart.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub drain_time: Duration,
+    /// When an old Envoy exits after a hot restart.
+    #[arg(long, value_parser = duration, default_value = "15s")]
+    pub parent_shutdown_time: Duration,
+    /// How long Envoy may take to stop after SIGTERM before SIGKILL.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub stop_timeout: Duration,
+    /// Registry health-check interval.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub check_interval: Duration,
+    /// Registry health-check timeout.
+    #[arg(long, value_parser = duration, default_value = "2s")]
+    pub check_timeout: Duration,
+    /// The registry drops the instance after its check is critical this long.
+    #[arg(long, value_parser = duration, default_value = "10m")]
+    pub deregister_critical_after: Duration,
+    /// Envoy crashes tolerated within --crash-window before the sidecar gives up.
+    #[arg(long, default_value_t = 5)]
+    pub max_crashes: u32,
+    /// Window in which crashes are counted.
+    #[arg(long, value_parser = duration, default_value = "5m")]
+    pub crash_window: Duration,
+    /// Warn when Envoy is not ready (has no config from the control plane) after this long.
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    pub ready_timeout: Duration,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text)
+}
+
+// === impl NodeArgs ===
+
+impl NodeArgs {
+    fn config(&self, default_admin_port: u16) -> Result<SidecarConfig, SidecarError> {
+        let control_plane = ControlPlaneAddr::parse_list(&self.control_plane)?;
+        let mut c = SidecarConfig::new(self.descriptor.clone(), control_plane);
+        c.datacenter = self.datacenter.clone();
+        c.instance_id = self.instance_id.clone();
+        c.admin_port = self.admin_port.unwrap_or(default_admin_port);
+        c.listen_address = self.listen_address;
+        if self.xds_delta {
+            c.xds = XdsFlavour::Delta;
+        }
+        Ok(c)
+    }
+}
+
+// === impl BootstrapArgs ===
+
+impl BootstrapArgs {
+    /// The configuration `meshplane bootstrap` renders.
+    pub fn into_config(self) -> Result<SidecarConfig, SidecarError> {
+        self.node.config(BOOTSTRAP_ADMIN_PORT)
+    }
+}
+
+// === impl SidecarArgs ===
+
+impl SidecarArgs {
+    /// The sidecar's configuration.
+    pub fn into_config(self) -> Result<SidecarConfig, SidecarError> {
+        let mut c = self.node.config(0)?;
+        c.registry = self.registry;
+        c.token = self.token.filter(|t| !t.is_empty());
+        c.address = self.address;
+        c.envoy = self.envoy;
+        c.base_id = self.base_id;
+        c.work_dir = self.work_dir;
+        c.envoy_log_level = self.envoy_log_level;
+        c.envoy_concurrency = self.envoy_concurrency;
+        c.drain.drain_time = self.drain_time;
+        c.drain.parent_shutdown_time = self.parent_shutdown_time;
+        c.drain.stop_timeout = self.stop_timeout;
+        c.check.interval = self.check_interval;
+        c.check.timeout = self.check_timeout;
+        c.check.deregister_critical_after = self.deregister_critical_after;
+        c.crash.max_crashes = self.max_crashes;
+        c.crash.window = self.crash_window;
+        c.ready_timeout = self.ready_timeout;
+        if c.drain.parent_shutdown_time <= c.drain.drain_time {
+            return Err(SidecarError::Flag {
+                flag: "parent-shutdown-time",
+                message: "must be longer than --drain-time (Envoy requires it)".to_owned(),
+            });
+        }
+        Ok(c)
+    }
+}

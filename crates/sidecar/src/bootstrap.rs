@@ -1,0 +1,164 @@
+//! The Envoy bootstrap: a pure function of the descriptor and the sidecar's settings.
+//!
+//! Everything Envoy serves comes over ADS from the control plane; the bootstrap only says
+//! who this proxy is (`node`), where the control plane is (the static `meshplane_xds`
+//! cluster, one failover priority per address), and where the admin API listens (127.0.0.1
+//! only). Output is JSON, which Envoy reads as YAML.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde_json::{Value, json};
+
+use crate::config::{ControlPlaneAddr, XdsFlavour};
+
+/// Name of the static cluster that reaches the control plane.
+pub const XDS_CLUSTER: &str = "meshplane_xds";
+
+/// Metadata key under which the admin address is advertised (not a descriptor field: the
+/// control plane strips it before parsing the descriptor).
+pub const ADMIN_METADATA_KEY: &str = "admin";
+
+/// Metadata key for the address Envoy's listeners bind (optional; the control plane
+/// defaults to all interfaces). Not a descriptor field either.
+pub const LISTEN_ADDRESS_METADATA_KEY: &str = "address";
+
+/// Cap on downstream connections, so Envoy's overload manager has a limit (and does not warn).
+const MAX_DOWNSTREAM_CONNECTIONS: u64 = 50_000;
+
+/// What the bootstrap is built from.
+#[derive(Debug, Clone)]
+pub struct BootstrapSpec<'a> {
+    /// The descriptor as written (YAML converted to JSON, same keys and values).
+    pub descriptor: &'a Value,
+    /// `node.id`: the instance id.
+    pub instance_id: &'a str,
+    /// `node.cluster`: the service name.
+    pub service: &'a str,
+    /// `node.locality.zone`: the datacenter.
+    pub datacenter: &'a str,
+    /// Envoy's admin address (always loopback).
+    pub admin: SocketAddr,
+    /// Control-plane addresses, in failover order.
+    pub control_plane: &'a [ControlPlaneAddr],
+    /// State-of-the-world or delta ADS.
+    pub xds: XdsFlavour,
+    /// Address the ingress listener binds, if not all interfaces.
+    pub listen_address: Option<IpAddr>,
+}
+
+/// Builds the bootstrap document.
+pub fn bootstrap(spec: &BootstrapSpec<'_>) -> Value {
+    json!({
+        "node": node(spec),
+        "admin": {
+            "address": socket_address(&spec.admin.ip().to_string(), spec.admin.port()),
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": spec.xds.api_type(),
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": XDS_CLUSTER } }],
+            },
+            "cds_config": { "ads": {}, "resource_api_version": "V3" },
+            "lds_config": { "ads": {}, "resource_api_version": "V3" },
+        },
+        "static_resources": { "clusters": [xds_cluster(spec.control_plane)] },
+        "layered_runtime": {
+            "layers": [
+                { "name": "static", "static_layer": {} },
+                // Lets an operator flip runtime flags through the (loopback-only) admin API.
+                { "name": "admin", "admin_layer": {} },
+            ],
+        },
+        "overload_manager": {
+            "resource_monitors": [{
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+                },
+            }],
+        },
+    })
+}
+
+/// The node: identity plus the descriptor (as written) and the admin address as metadata.
+fn node(spec: &BootstrapSpec<'_>) -> Value {
+    let mut metadata = match spec.descriptor {
+        Value::Object(fields) => fields.clone(),
+        _ => serde_json::Map::new(),
+    };
+    metadata.insert(
+        ADMIN_METADATA_KEY.to_owned(),
+        json!({ "address": spec.admin.ip().to_string(), "port": spec.admin.port() }),
+    );
+    if let Some(ip) = spec.listen_address {
+        metadata.insert(
+            LISTEN_ADDRESS_METADATA_KEY.to_owned(),
+            json!(ip.to_string()),
+        );
+    }
+    json!({
+        "id": spec.instance_id,
+        "cluster": spec.service,
+        "locality": { "zone": spec.datacenter },
+        "metadata": metadata,
+    })
+}
+
+/// The control-plane cluster: HTTP/2 (gRPC), TCP and HTTP/2 keepalives, one priority per
+/// address so Envoy uses the first reachable one. Outlier detection on local connect
+/// failures ejects a dead address (priorities fail over on unhealthy hosts); it costs the
+/// control plane nothing, unlike active health checks from thousands of proxies.
+fn xds_cluster(addrs: &[ControlPlaneAddr]) -> Value {
+    let all_ips = addrs.iter().all(|a| a.host.parse::<IpAddr>().is_ok());
+    let endpoints: Vec<Value> = addrs
+        .iter()
+        .enumerate()
+        .map(|(priority, a)| {
+            json!({
+                "priority": priority,
+                "lb_endpoints": [{ "endpoint": { "address": socket_address(&a.host, a.port) } }],
+            })
+        })
+        .collect();
+    let mut cluster = json!({
+        "name": XDS_CLUSTER,
+        "type": if all_ips { "STATIC" } else { "STRICT_DNS" },
+        "connect_timeout": "2s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": { "interval": "30s", "timeout": "5s" },
+                    },
+                },
+            },
+        },
+        "upstream_connection_options": {
+            "tcp_keepalive": {
+                "keepalive_probes": 3,
+                "keepalive_time": 30,
+                "keepalive_interval": 10,
+            },
+        },
+        "outlier_detection": {
+            "split_external_local_origin_errors": true,
+            "consecutive_local_origin_failure": 2,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "base_ejection_time": "5s",
+            "max_ejection_percent": 100,
+        },
+        "load_assignment": { "cluster_name": XDS_CLUSTER, "endpoints": endpoints },
+    });
+    if !all_ips && let Some(obj) = cluster.as_object_mut() {
+        obj.insert("dns_lookup_family".to_owned(), json!("V4_PREFERRED"));
+    }
+    cluster
+}
+
+fn socket_address(address: &str, port: u16) -> Value {
+    json!({ "socket_address": { "address": address, "port_value": port } })
+}

@@ -1,0 +1,230 @@
+//! The sidecar's settings as plain values (the CLI flags in `args` fill them in), and the
+//! small types they use: control-plane addresses and the xDS flavour.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Everything `meshplane sidecar` needs. Build one with [`SidecarConfig::new`] and adjust
+/// fields; `args::SidecarArgs` does that for the command line.
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    /// Path of the service descriptor (`meshplane.yaml`).
+    pub descriptor: PathBuf,
+    /// Control-plane xDS addresses, in failover order.
+    pub control_plane: Vec<ControlPlaneAddr>,
+    /// Consul-compatible registry base URL.
+    pub registry: String,
+    /// Registry ACL token (`X-Consul-Token`).
+    pub token: Option<String>,
+    /// Address advertised in the registry (and used by the health check).
+    pub address: String,
+    /// Instance id; `None` means `<service>-<hostname>-<ingress port>`.
+    pub instance_id: Option<String>,
+    /// This proxy's datacenter (`node.locality.zone`).
+    pub datacenter: String,
+    /// Envoy binary; `None` means discovery (`MESHPLANE_ENVOY`, `PATH`, `.tools/envoy`).
+    pub envoy: Option<PathBuf>,
+    /// Envoy's admin port on 127.0.0.1; 0 picks a free port once at start (kept across
+    /// Envoy restarts, so the advertised metadata stays true).
+    pub admin_port: u16,
+    /// Delta xDS instead of state-of-the-world.
+    pub xds: XdsFlavour,
+    /// Address Envoy's ingress listener binds; `None` lets the control plane choose (all
+    /// interfaces).
+    pub listen_address: Option<std::net::IpAddr>,
+    /// Hot-restart base id; `None` derives it from the instance id.
+    pub base_id: Option<u32>,
+    /// Where the bootstrap file is written; `None` means a per-instance temporary directory.
+    pub work_dir: Option<PathBuf>,
+    /// Envoy's `--log-level`.
+    pub envoy_log_level: String,
+    /// Envoy's `--concurrency` (worker threads); `None` leaves Envoy's default.
+    pub envoy_concurrency: Option<u32>,
+    /// Hot restart and shutdown timings.
+    pub drain: DrainTimes,
+    /// Registry health check settings.
+    pub check: CheckTimes,
+    /// When to give up on a crashing Envoy.
+    pub crash: CrashPolicy,
+    /// How long to wait for Envoy's `/ready` before warning (polling goes on).
+    pub ready_timeout: Duration,
+}
+
+/// Hot restart and stop timings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainTimes {
+    /// Envoy `--drain-time-s`: how long an old epoch drains its listeners.
+    pub drain_time: Duration,
+    /// Envoy `--parent-shutdown-time-s`: when the old epoch exits.
+    pub parent_shutdown_time: Duration,
+    /// After SIGTERM, how long Envoy may take before it gets SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+/// The registry health check (Consul `Check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckTimes {
+    /// How often the registry calls the health path through Envoy.
+    pub interval: Duration,
+    /// Per-call timeout.
+    pub timeout: Duration,
+    /// The registry drops the instance after the check has been critical this long.
+    pub deregister_critical_after: Duration,
+}
+
+/// Restarting a crashed Envoy: exponential backoff, and a limit after which the sidecar
+/// exits with Envoy's exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashPolicy {
+    /// Crashes tolerated within `window`; one more and the sidecar gives up.
+    pub max_crashes: u32,
+    /// The window crashes are counted in.
+    pub window: Duration,
+    /// First restart delay.
+    pub backoff_initial: Duration,
+    /// Longest restart delay.
+    pub backoff_max: Duration,
+}
+
+/// One control-plane address (`HOST:PORT`, IPv6 as `[::1]:18000`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlaneAddr {
+    /// Host name or IP literal (without brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+/// Which ADS variant Envoy speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdsFlavour {
+    /// State of the world (`GRPC`).
+    #[default]
+    StateOfTheWorld,
+    /// Incremental (`DELTA_GRPC`).
+    Delta,
+}
+
+/// A control-plane address that is not `HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not HOST:PORT (e.g. 127.0.0.1:18000 or [::1]:18000)")]
+pub struct BadControlPlaneAddr(String);
+
+// === impl SidecarConfig ===
+
+impl SidecarConfig {
+    /// Defaults for everything but the descriptor and the control plane.
+    pub fn new(descriptor: impl Into<PathBuf>, control_plane: Vec<ControlPlaneAddr>) -> Self {
+        SidecarConfig {
+            descriptor: descriptor.into(),
+            control_plane,
+            registry: "http://127.0.0.1:8500".to_owned(),
+            token: None,
+            address: "127.0.0.1".to_owned(),
+            instance_id: None,
+            datacenter: "dc1".to_owned(),
+            envoy: None,
+            admin_port: 0,
+            xds: XdsFlavour::default(),
+            listen_address: None,
+            base_id: None,
+            work_dir: None,
+            envoy_log_level: "info".to_owned(),
+            envoy_concurrency: None,
+            drain: DrainTimes {
+                drain_time: Duration::from_secs(10),
+                parent_shutdown_time: Duration::from_secs(15),
+                stop_timeout: Duration::from_secs(10),
+            },
+            check: CheckTimes {
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(2),
+                deregister_critical_after: Duration::from_secs(600),
+            },
+            crash: CrashPolicy {
+                max_crashes: 5,
+                window: Duration::from_secs(300),
+                backoff_initial: Duration::from_millis(200),
+                backoff_max: Duration::from_secs(30),
+            },
+            ready_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The default instance id: `<service>-<hostname>-<ingress port>`, unique per host and
+/// listener, stable across restarts (so a restarted sidecar replaces its own registration).
+pub fn default_instance_id(service: &str, ingress_port: u16) -> String {
+    let host = rustix::system::uname();
+    let host = host.nodename().to_string_lossy();
+    let host = if host.is_empty() {
+        "localhost".into()
+    } else {
+        host
+    };
+    format!("{service}-{host}-{ingress_port}")
+}
+
+// === impl ControlPlaneAddr ===
+
+impl ControlPlaneAddr {
+    /// Parses a comma-separated list (`a:1,b:2`).
+    pub fn parse_list(list: &str) -> Result<Vec<Self>, BadControlPlaneAddr> {
+        list.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .collect()
+    }
+}
+
+impl FromStr for ControlPlaneAddr {
+    type Err = BadControlPlaneAddr;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            return Ok(ControlPlaneAddr {
+                host: sa.ip().to_string(),
+                port: sa.port(),
+            });
+        }
+        let bad = || BadControlPlaneAddr(s.to_owned());
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let valid_host = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !valid_host || port == 0 {
+            return Err(bad());
+        }
+        Ok(ControlPlaneAddr {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for ControlPlaneAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+// === impl XdsFlavour ===
+
+impl XdsFlavour {
+    /// Envoy's `ads_config.api_type`.
+    pub fn api_type(self) -> &'static str {
+        match self {
+            XdsFlavour::StateOfTheWorld => "GRPC",
+            XdsFlavour::Delta => "DELTA_GRPC",
+        }
+    }
+}

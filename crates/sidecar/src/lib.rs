@@ -1,0 +1,127 @@
+//! `meshplane sidecar` and `meshplane bootstrap`: from a service descriptor to a running,
+//! registered, supervised Envoy.
+//!
+//! This crate owns the sidecar's side of the mesh: validating `meshplane.yaml` before Envoy
+//! starts, the Envoy bootstrap (node identity and the descriptor as node metadata, ADS to the
+//! control plane with failover, admin on 127.0.0.1), finding and launching Envoy, restarting
+//! it after crashes, hot-restarting it on SIGHUP (same base id, next epoch), and
+//! registering the **Envoy ingress port** in a Consul-compatible registry once Envoy is live
+//! (deregistering on SIGTERM/SIGINT).
+//!
+//! Start reading at [`Sidecar::run`], then `setup` (what is decided before Envoy starts),
+//! `supervisor` (the loop), [`bootstrap`] (the pure bootstrap), `announce` and
+//! [`registration`]. [`args`] holds the command-line flags the `meshplane` binary embeds.
+
+pub mod args;
+pub mod bootstrap;
+pub mod config;
+pub mod descriptor;
+pub mod envoy;
+pub mod registration;
+pub mod restart_policy;
+
+mod announce;
+mod error;
+mod setup;
+mod signals;
+mod status;
+mod supervisor;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use args::{BootstrapArgs, SidecarArgs};
+pub use config::{ControlPlaneAddr, SidecarConfig, XdsFlavour};
+pub use error::SidecarError;
+pub use status::{Outcome, SidecarStatus};
+
+/// A sidecar: configured, not yet running. [`Sidecar::status`] can be watched while it runs.
+#[derive(Debug)]
+pub struct Sidecar {
+    config: SidecarConfig,
+    status_tx: watch::Sender<SidecarStatus>,
+}
+
+impl Sidecar {
+    /// A sidecar for `config`.
+    pub fn new(config: SidecarConfig) -> Self {
+        let (status_tx, _) = watch::channel(SidecarStatus::default());
+        Sidecar { config, status_tx }
+    }
+
+    /// Follows what the sidecar is doing (current Envoy, draining epochs, registration).
+    pub fn status(&self) -> watch::Receiver<SidecarStatus> {
+        self.status_tx.subscribe()
+    }
+
+    /// Validates the descriptor, starts Envoy, registers it once ready and supervises it
+    /// until `shutdown` is cancelled (then deregisters and stops Envoy: [`Outcome::Stopped`])
+    /// or Envoy keeps crashing ([`Outcome::EnvoyFailed`], also after deregistering). Each
+    /// message on `hot_restart_rx` hot-restarts Envoy. A bad descriptor is an error
+    /// returned before Envoy is started.
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        hot_restart_rx: mpsc::Receiver<()>,
+    ) -> Result<Outcome, SidecarError> {
+        let prepared = setup::Prepared::new(self.config)?;
+        tracing::info!(
+            instance_id = %prepared.instance_id,
+            service = %prepared.loaded.descriptor.service,
+            admin = %prepared.admin,
+            base_id = prepared.base_id,
+            envoy = %prepared.envoy.display(),
+            bootstrap = %prepared.bootstrap_path.display(),
+            "starting sidecar"
+        );
+        self.status_tx.send_modify(|s| {
+            s.instance_id = prepared.instance_id.clone();
+            s.admin = Some(prepared.admin);
+            s.base_id = prepared.base_id;
+        });
+        supervisor::Supervisor::new(prepared, self.status_tx)
+            .run(shutdown, hot_restart_rx)
+            .await
+    }
+}
+
+/// `meshplane sidecar`: runs the sidecar with process signals wired in (SIGTERM/SIGINT stop,
+/// SIGHUP hot-restarts). The exit code to use is [`Outcome::exit_code`].
+pub async fn run_sidecar(args: SidecarArgs) -> Result<Outcome, SidecarError> {
+    let config = args.into_config()?;
+    let shutdown = CancellationToken::new();
+    let hot_restart_rx = signals::install(shutdown.clone())
+        .map_err(SidecarError::io("cannot listen for signals"))?;
+    let outcome = Sidecar::new(config)
+        .run(shutdown.clone(), hot_restart_rx)
+        .await;
+    shutdown.cancel();
+    outcome
+}
+
+/// `meshplane bootstrap`: the bootstrap JSON the sidecar would write, for hosts that run
+/// Envoy themselves. Envoy is neither found nor started; the descriptor is validated.
+pub fn render_bootstrap(args: BootstrapArgs) -> Result<String, SidecarError> {
+    let config = args.into_config()?;
+    let loaded = descriptor::load(&config.descriptor)?;
+    if config.control_plane.is_empty() {
+        return Err(SidecarError::NoControlPlane);
+    }
+    let d = &loaded.descriptor;
+    let instance_id = config
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| config::default_instance_id(d.service.as_ref(), d.ingress.port));
+    let value = bootstrap::bootstrap(&bootstrap::BootstrapSpec {
+        descriptor: &loaded.written,
+        instance_id: &instance_id,
+        service: d.service.as_ref(),
+        datacenter: &config.datacenter,
+        admin: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, config.admin_port)),
+        control_plane: &config.control_plane,
+        xds: config.xds,
+        listen_address: config.listen_address,
+    });
+    serde_json::to_string_pretty(&value)
+        .map_err(|e| SidecarError::io("cannot encode the bootstrap")(std::io::Error::other(e)))
+}

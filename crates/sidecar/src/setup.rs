@@ -1,0 +1,139 @@
+//! Everything decided before Envoy starts, in order: validate the descriptor (a bad one
+//! stops here, Envoy never started), fix the instance id, admin port and base id, find
+//! Envoy, write the bootstrap.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use crate::bootstrap::{BootstrapSpec, bootstrap};
+use crate::config::SidecarConfig;
+use crate::descriptor::{self, LoadError, LoadedDescriptor};
+use crate::envoy::{EnvoyCommand, base_id_for, find_envoy, free_loopback_port};
+use crate::error::SidecarError;
+use crate::registration::ServiceRegistration;
+
+/// The sidecar's fixed decisions plus the current descriptor.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub config: SidecarConfig,
+    pub loaded: LoadedDescriptor,
+    pub instance_id: String,
+    pub admin: SocketAddr,
+    pub base_id: u32,
+    pub envoy: PathBuf,
+    pub bootstrap_path: PathBuf,
+    /// The bootstrap lives in a directory the sidecar made (removed on exit).
+    owns_dir: bool,
+}
+
+impl Prepared {
+    pub(crate) fn new(config: SidecarConfig) -> Result<Self, SidecarError> {
+        let loaded = descriptor::load(&config.descriptor)?;
+        if config.control_plane.is_empty() {
+            return Err(SidecarError::NoControlPlane);
+        }
+        let d = &loaded.descriptor;
+        let instance_id = config.instance_id.clone().unwrap_or_else(|| {
+            crate::config::default_instance_id(d.service.as_ref(), d.ingress.port)
+        });
+        let admin_port = match config.admin_port {
+            0 => free_loopback_port().map_err(SidecarError::io("cannot pick a free admin port"))?,
+            p => p,
+        };
+        let base_id = config.base_id.unwrap_or_else(|| base_id_for(&instance_id));
+        let envoy = find_envoy(config.envoy.as_deref())?;
+        let (dir, owns_dir) = match &config.work_dir {
+            Some(dir) => (dir.clone(), false),
+            None => (
+                std::env::temp_dir().join(format!("meshplane-sidecar-{instance_id}")),
+                true,
+            ),
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(SidecarError::io(format!("cannot create {}", dir.display())))?;
+        let prepared = Prepared {
+            admin: SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port)),
+            bootstrap_path: dir.join("envoy-bootstrap.json"),
+            config,
+            loaded,
+            instance_id,
+            base_id,
+            envoy,
+            owns_dir,
+        };
+        prepared.write_bootstrap()?;
+        Ok(prepared)
+    }
+
+    /// Re-reads the descriptor (SIGHUP) and rewrites the bootstrap. The service may not
+    /// change: the instance id, registration and base id belong to it.
+    pub(crate) fn reload(&mut self) -> Result<(), SidecarError> {
+        let loaded = descriptor::load(&self.config.descriptor)?;
+        if loaded.descriptor.service != self.loaded.descriptor.service {
+            return Err(SidecarError::Descriptor(LoadError::ServiceChanged {
+                path: self.config.descriptor.clone(),
+                was: self.loaded.descriptor.service.to_string(),
+                now: loaded.descriptor.service.to_string(),
+            }));
+        }
+        self.loaded = loaded;
+        self.write_bootstrap()
+    }
+
+    pub(crate) fn bootstrap(&self) -> serde_json::Value {
+        bootstrap(&BootstrapSpec {
+            descriptor: &self.loaded.written,
+            instance_id: &self.instance_id,
+            service: self.loaded.descriptor.service.as_ref(),
+            datacenter: &self.config.datacenter,
+            admin: self.admin,
+            control_plane: &self.config.control_plane,
+            xds: self.config.xds,
+            listen_address: self.config.listen_address,
+        })
+    }
+
+    fn write_bootstrap(&self) -> Result<(), SidecarError> {
+        let text = serde_json::to_string_pretty(&self.bootstrap()).map_err(|e| {
+            SidecarError::io("cannot encode the bootstrap")(std::io::Error::other(e))
+        })?;
+        // Write-then-rename: an Envoy starting concurrently never reads half a file.
+        let tmp = self.bootstrap_path.with_extension("json.tmp");
+        let what = format!(
+            "cannot write the bootstrap {}",
+            self.bootstrap_path.display()
+        );
+        std::fs::write(&tmp, text).map_err(SidecarError::io(what.clone()))?;
+        std::fs::rename(&tmp, &self.bootstrap_path).map_err(SidecarError::io(what))
+    }
+
+    pub(crate) fn envoy_command(&self) -> EnvoyCommand {
+        EnvoyCommand {
+            binary: self.envoy.clone(),
+            config_path: self.bootstrap_path.clone(),
+            base_id: self.base_id,
+            log_level: self.config.envoy_log_level.clone(),
+            concurrency: self.config.envoy_concurrency,
+            drain: self.config.drain,
+        }
+    }
+
+    pub(crate) fn registration(&self) -> ServiceRegistration {
+        ServiceRegistration::new(
+            &self.loaded.descriptor,
+            &self.instance_id,
+            &self.config.address,
+            self.config.check,
+        )
+    }
+
+    /// Removes the bootstrap (and its directory when the sidecar made it).
+    pub(crate) fn cleanup(&self) {
+        let _ = std::fs::remove_file(&self.bootstrap_path);
+        if self.owns_dir
+            && let Some(dir) = self.bootstrap_path.parent()
+        {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}

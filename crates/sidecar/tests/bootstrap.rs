@@ -1,0 +1,217 @@
+//! The bootstrap: golden output, metadata as written, and Envoy's own verdict on it.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use meshplane_sidecar::bootstrap::{BootstrapSpec, bootstrap};
+use meshplane_sidecar::descriptor;
+use meshplane_sidecar::{BootstrapArgs, ControlPlaneAddr, XdsFlavour, render_bootstrap};
+use serde_json::{Value, json};
+
+fn golden_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden"))
+}
+
+fn orders() -> descriptor::LoadedDescriptor {
+    descriptor::load(&golden_dir().join("orders.yaml")).unwrap()
+}
+
+fn mk_bootstrap(written: &Value, control_plane: &[ControlPlaneAddr], xds: XdsFlavour) -> Value {
+    bootstrap(&BootstrapSpec {
+        descriptor: written,
+        instance_id: "orders-host1-31001",
+        service: "orders",
+        datacenter: "dc2",
+        admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
+        control_plane,
+        xds,
+        listen_address: None,
+    })
+}
+
+fn cps(list: &str) -> Vec<ControlPlaneAddr> {
+    ControlPlaneAddr::parse_list(list).unwrap()
+}
+
+/// Compares with `tests/golden/<name>`; `UPDATE_GOLDEN=1` rewrites it.
+fn assert_golden(name: &str, actual: &Value) {
+    let path = golden_dir().join(name);
+    let text = serde_json::to_string_pretty(actual).unwrap() + "\n";
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        text, expected,
+        "{name} differs; rerun with UPDATE_GOLDEN=1 if the change is intended"
+    );
+}
+
+#[test]
+fn bootstrap_matches_golden() {
+    let loaded = orders();
+    let value = mk_bootstrap(
+        &loaded.written,
+        &cps("10.0.0.1:18000,cp2.internal:18000"),
+        XdsFlavour::StateOfTheWorld,
+    );
+    assert_golden("orders-bootstrap.json", &value);
+}
+
+#[test]
+fn metadata_is_the_descriptor_as_written_plus_admin() {
+    let loaded = orders();
+    let value = mk_bootstrap(
+        &loaded.written,
+        &cps("127.0.0.1:18000"),
+        XdsFlavour::StateOfTheWorld,
+    );
+    let node = &value["node"];
+    assert_eq!(node["id"], "orders-host1-31001");
+    assert_eq!(node["cluster"], "orders");
+    assert_eq!(node["locality"], json!({ "zone": "dc2" }));
+    let mut metadata = node["metadata"].as_object().unwrap().clone();
+    assert_eq!(
+        metadata.remove("admin"),
+        Some(json!({ "address": "127.0.0.1", "port": 9901 }))
+    );
+    assert_eq!(Value::Object(metadata.clone()), loaded.written);
+    // Integers stay integers; strings stay strings (`"503"` was quoted in the YAML).
+    assert!(metadata["port"].is_u64());
+    assert_eq!(
+        metadata["dependencies"][0]["retries"]["on"][2],
+        json!("503")
+    );
+    // And the control plane can parse it back (after removing `admin`).
+    let parsed = meshplane_model::Descriptor::from_json(Value::Object(metadata)).unwrap();
+    assert_eq!(parsed, loaded.descriptor);
+}
+
+#[test]
+fn ads_flavour_and_failover_priorities() {
+    let loaded = orders();
+    let sotw = mk_bootstrap(
+        &loaded.written,
+        &cps("127.0.0.1:1"),
+        XdsFlavour::StateOfTheWorld,
+    );
+    assert_eq!(sotw["dynamic_resources"]["ads_config"]["api_type"], "GRPC");
+    assert_eq!(sotw["static_resources"]["clusters"][0]["type"], "STATIC");
+    let delta = mk_bootstrap(
+        &loaded.written,
+        &cps("a:1, b:2 ,[::1]:3"),
+        XdsFlavour::Delta,
+    );
+    assert_eq!(
+        delta["dynamic_resources"]["ads_config"]["api_type"],
+        "DELTA_GRPC"
+    );
+    let cluster = &delta["static_resources"]["clusters"][0];
+    assert_eq!(cluster["type"], "STRICT_DNS");
+    let endpoints = cluster["load_assignment"]["endpoints"].as_array().unwrap();
+    let summary: Vec<(u64, String, u64)> = endpoints
+        .iter()
+        .map(|e| {
+            let sa = &e["lb_endpoints"][0]["endpoint"]["address"]["socket_address"];
+            (
+                e["priority"].as_u64().unwrap(),
+                sa["address"].as_str().unwrap().to_owned(),
+                sa["port_value"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![(0, "a".into(), 1), (1, "b".into(), 2), (2, "::1".into(), 3)]
+    );
+}
+
+#[test]
+fn control_plane_addresses_are_checked() {
+    for bad in ["nohost", "host:", ":80", "host:99999", "host:0", "ho st:80"] {
+        assert!(
+            bad.parse::<ControlPlaneAddr>().is_err(),
+            "{bad} should be rejected"
+        );
+    }
+    assert_eq!(
+        "[::1]:18000"
+            .parse::<ControlPlaneAddr>()
+            .unwrap()
+            .to_string(),
+        "[::1]:18000"
+    );
+}
+
+#[test]
+fn bootstrap_command_renders_valid_json_with_defaults() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BootstrapArgs,
+    }
+    let path = golden_dir().join("orders.yaml");
+    let cli = Cli::parse_from([
+        "x",
+        "--descriptor",
+        path.to_str().unwrap(),
+        "--control-plane",
+        "127.0.0.1:18000",
+        "--listen-address",
+        "127.0.0.1",
+    ]);
+    let value: Value = serde_json::from_str(&render_bootstrap(cli.args).unwrap()).unwrap();
+    assert_eq!(
+        value["admin"]["address"]["socket_address"]["port_value"],
+        9901
+    );
+    assert_eq!(value["node"]["metadata"]["address"], "127.0.0.1");
+    assert!(value["node"]["id"].as_str().unwrap().starts_with("orders-"));
+    assert!(value["node"]["id"].as_str().unwrap().ends_with("-31001"));
+}
+
+/// Envoy itself accepts every variant (`--mode validate` neither binds nor connects).
+#[test]
+fn envoy_validates_the_bootstrap() {
+    let envoy = support::envoy_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = orders();
+    let variants = [
+        (
+            "sotw",
+            mk_bootstrap(
+                &loaded.written,
+                &cps("127.0.0.1:18000"),
+                XdsFlavour::StateOfTheWorld,
+            ),
+        ),
+        (
+            "delta-failover",
+            mk_bootstrap(
+                &loaded.written,
+                &cps("127.0.0.1:18000,localhost:18001"),
+                XdsFlavour::Delta,
+            ),
+        ),
+    ];
+    for (name, value) in variants {
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
+        let out = std::process::Command::new(&envoy)
+            .args(["--mode", "validate", "--log-level", "warning", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: Envoy rejected the bootstrap:\n{log}"
+        );
+        assert!(!log.contains("[warning]"), "{name}: Envoy warned:\n{log}");
+    }
+}

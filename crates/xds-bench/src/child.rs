@@ -1,0 +1,161 @@
+//! The client in its own process, so the server process's memory is the server's alone.
+//!
+//! The server process spawns this same binary as `client` and talks to it over pipes, one
+//! line per message: the child prints `SYNCED <ns>` once every stream is synced; for each
+//! round the parent writes `ARM <round>`, the child answers `ARMED <round>`, and once every
+//! stream has ACKed that round's change it prints `ACKED <round> <ack ns>...` (monotonic
+//! clock, shared by both processes). `STOP` or the end of stdin ends the child.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+use crate::client::{Fleet, FleetConfig};
+use crate::probe::{cpu_ns_of, mono_ns, raise_nofile_limit};
+
+/// The parent's handle on a client child.
+pub struct ChildClient {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+// === impl ChildClient ===
+
+impl ChildClient {
+    /// Spawns this binary as a client of `config.addr`.
+    pub fn spawn(config: &FleetConfig, timeouts: &Timeouts) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating this binary")?;
+        let mut child = tokio::process::Command::new(exe)
+            .arg("client")
+            .args(["--addr", &config.addr.to_string()])
+            .args(["--streams", &config.streams.to_string()])
+            .args(["--streams-per-conn", &config.streams_per_conn.to_string()])
+            .args(["--mode", &config.mode.to_string()])
+            .args(["--layout", &config.layout.to_string()])
+            .args(["--sync-timeout-secs", &timeouts.sync.as_secs().to_string()])
+            .args(["--ack-timeout-secs", &timeouts.ack.as_secs().to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning the client process")?;
+        let stdin = child.stdin.take().context("client stdin")?;
+        let stdout = child.stdout.take().context("client stdout")?;
+        Ok(ChildClient {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+        })
+    }
+
+    /// Time the child took to connect and sync every stream.
+    pub async fn synced(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
+        let line = self.expect("SYNCED", timeout).await?;
+        Ok(Duration::from_nanos(
+            line.trim().parse().context("SYNCED line")?,
+        ))
+    }
+
+    /// Arms `round`; returns once the child has.
+    pub async fn arm(&mut self, round: u64) -> anyhow::Result<()> {
+        self.send(&format!("ARM {round}")).await?;
+        self.expect("ARMED", Duration::from_secs(30))
+            .await
+            .map(drop)
+    }
+
+    /// Every stream's ACK time (monotonic ns) for `round`.
+    pub async fn acked(&mut self, round: u64, timeout: Duration) -> anyhow::Result<Vec<u64>> {
+        let line = self.expect("ACKED", timeout).await?;
+        let mut fields = line.split_whitespace();
+        anyhow::ensure!(
+            fields.next() == Some(round.to_string().as_str()),
+            "ACKED for another round: {line:.40}"
+        );
+        fields.map(|f| f.parse().context("ACKED time")).collect()
+    }
+
+    /// CPU time the child has used so far (ns).
+    pub fn cpu_ns(&self) -> anyhow::Result<u64> {
+        let pid = self.child.id().context("client process already reaped")?;
+        cpu_ns_of(&pid.to_string())
+    }
+
+    /// Ends the child and reaps it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.send("STOP").await;
+        drop(self.stdin);
+        match tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await {
+            Ok(status) => {
+                status?;
+            }
+            Err(_) => {
+                self.child.kill().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, line: &str) -> anyhow::Result<()> {
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await?;
+        Ok(self.stdin.flush().await?)
+    }
+
+    /// The rest of the next line, which must start with `tag` (`ERROR` lines fail).
+    async fn expect(&mut self, tag: &str, timeout: Duration) -> anyhow::Result<String> {
+        let line = tokio::time::timeout(timeout, self.lines.next_line())
+            .await
+            .map_err(|_| anyhow::anyhow!("client process: no {tag} within {timeout:?}"))??
+            .with_context(|| format!("client process exited before {tag}"))?;
+        match line.split_once(' ') {
+            Some((t, rest)) if t == tag => Ok(rest.to_owned()),
+            _ => anyhow::bail!("client process: expected {tag}, got `{line:.200}`"),
+        }
+    }
+}
+
+/// How long to wait for the fleet.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// Connect and sync every stream.
+    pub sync: Duration,
+    /// Every stream ACKs one change.
+    pub ack: Duration,
+}
+
+/// The `client` mode: runs a fleet and answers the parent on stdout.
+pub async fn run_client(config: FleetConfig, timeouts: Timeouts) -> anyhow::Result<()> {
+    raise_nofile_limit()?;
+    let mut out = tokio::io::stdout();
+    let start = mono_ns();
+    let mut fleet = Fleet::start(&config).await?;
+    let done = fleet.synced(timeouts.sync).await?;
+    out.write_all(format!("SYNCED {}\n", done.saturating_sub(start)).as_bytes())
+        .await?;
+    out.flush().await?;
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let Some(round) = line.strip_prefix("ARM ") else {
+            break;
+        };
+        let round: u64 = round.trim().parse().context("ARM line")?;
+        fleet.arm(round);
+        out.write_all(format!("ARMED {round}\n").as_bytes()).await?;
+        out.flush().await?;
+        let times = fleet.acked(round, timeouts.ack).await?;
+        let mut reply = format!("ACKED {round}");
+        for t in times {
+            reply.push_str(&format!(" {t}"));
+        }
+        reply.push('\n');
+        out.write_all(reply.as_bytes()).await?;
+        out.flush().await?;
+    }
+    fleet.stop().await;
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! Fan-out benchmark of Meshplane's xDS server (DESIGN.md §5): N Envoy-like ADS streams,
+//! state-of-the-world or delta, against the real [`meshplane_xds::XdsServer`] on 127.0.0.1.
+//!
+//! ```text
+//! cargo run --release -p meshplane-xds-bench -- --streams 100,1000,10000 --mode sotw,delta
+//! ```
+//!
+//! Each scenario runs in a fresh server process ([`bench`]) that spawns this binary again as
+//! the client ([`child`]), so the server's memory growth per stream is measured without the
+//! client's. The client ([`client`]) behaves like Envoy: wildcard CDS and LDS with the node
+//! on the first request, then EDS and RDS for the names received, every response ACKed.
+//! [`scenario`] says what is published and changed; [`report`] turns results into rows.
+
+pub mod bench;
+pub mod child;
+pub mod client;
+pub mod probe;
+pub mod report;
+pub mod scenario;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use bench::{Placement, ScenarioConfig};
+use child::Timeouts;
+use client::{FleetConfig, Mode};
+use scenario::Layout;
+
+/// Fan-out benchmark of the xDS server.
+#[derive(Debug, Parser)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// One scenario, with the client in a child process (used by the default command).
+    #[command(hide = true)]
+    Scenario(ScenarioArgs),
+    /// The client side of a scenario (spawned by `scenario`).
+    #[command(hide = true)]
+    Client(ClientArgs),
+}
+
+/// Every combination of the lists is a scenario, each in a fresh server process.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Numbers of ADS streams (proxies).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    streams: Vec<usize>,
+    /// Protocol flavours: `sotw`, `delta`.
+    #[arg(long, value_delimiter = ',', default_value = "sotw,delta")]
+    mode: Vec<Mode>,
+    /// `groups`: five proxies per group, five clusters each, every group changes per round;
+    /// `shared`: one group of 1,000 clusters × 20 endpoints, one service changes per round.
+    #[arg(long, value_delimiter = ',', default_value = "groups,shared")]
+    layout: Vec<Layout>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+struct CommonArgs {
+    /// ADS streams per HTTP/2 connection (a real Envoy uses one connection; sharing keeps
+    /// descriptors and client cost down; below the server's 200 concurrent-streams default).
+    #[arg(long, default_value_t = 100)]
+    streams_per_conn: usize,
+    /// Changes published per scenario.
+    #[arg(long, default_value_t = 5)]
+    rounds: u64,
+    /// Seconds allowed to connect and sync every stream.
+    #[arg(long, default_value_t = 600)]
+    sync_timeout_secs: u64,
+    /// Seconds allowed for every stream to ACK one change.
+    #[arg(long, default_value_t = 120)]
+    ack_timeout_secs: u64,
+}
+
+impl CommonArgs {
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            sync: Duration::from_secs(self.sync_timeout_secs),
+            ack: Duration::from_secs(self.ack_timeout_secs),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct ScenarioArgs {
+    #[arg(long)]
+    layout: Layout,
+    #[arg(long)]
+    mode: Mode,
+    #[arg(long)]
+    streams: usize,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    #[arg(long)]
+    addr: SocketAddr,
+    #[arg(long)]
+    layout: Layout,
+    #[arg(long)]
+    mode: Mode,
+    #[arg(long)]
+    streams: usize,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+/// Runs what the command line asks for.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => run_all(cli.run).await,
+        Some(Command::Scenario(args)) => {
+            let result = bench::run_scenario(ScenarioConfig {
+                layout: args.layout,
+                mode: args.mode,
+                streams: args.streams,
+                streams_per_conn: args.common.streams_per_conn,
+                rounds: args.common.rounds,
+                placement: Placement::Child,
+                timeouts: args.common.timeouts(),
+            })
+            .await?;
+            println!("ROW {}", report::row(&result));
+            Ok(())
+        }
+        Some(Command::Client(args)) => {
+            let config = FleetConfig {
+                addr: args.addr,
+                streams: args.streams,
+                streams_per_conn: args.common.streams_per_conn,
+                mode: args.mode,
+                layout: args.layout,
+            };
+            child::run_client(config, args.common.timeouts()).await
+        }
+    }
+}
+
+/// Runs every scenario, each in its own server process, and prints the table.
+async fn run_all(args: RunArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    println!("{}", report::HEADER);
+    let mut failures = 0;
+    for &layout in &args.layout {
+        for &mode in &args.mode {
+            for &streams in &args.streams {
+                let c = &args.common;
+                let mut child = tokio::process::Command::new(&exe)
+                    .arg("scenario")
+                    .args(["--layout", &layout.to_string(), "--mode", &mode.to_string()])
+                    .args(["--streams", &streams.to_string()])
+                    .args(["--streams-per-conn", &c.streams_per_conn.to_string()])
+                    .args(["--rounds", &c.rounds.to_string()])
+                    .args(["--sync-timeout-secs", &c.sync_timeout_secs.to_string()])
+                    .args(["--ack-timeout-secs", &c.ack_timeout_secs.to_string()])
+                    .stdout(Stdio::piped())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .context("spawning a scenario process")?;
+                let stdout = child.stdout.take().context("scenario stdout")?;
+                let mut lines = BufReader::new(stdout).lines();
+                while let Some(line) = lines.next_line().await? {
+                    match line.strip_prefix("ROW ") {
+                        Some(row) => println!("{row}"),
+                        None => eprintln!("{line}"),
+                    }
+                }
+                if !child.wait().await?.success() {
+                    failures += 1;
+                    println!("| {layout} | {mode} | {streams} | failed: see stderr |");
+                }
+            }
+        }
+    }
+    anyhow::ensure!(failures == 0, "{failures} scenario(s) failed");
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! The harness's one error type.
+
+use std::path::PathBuf;
+
+/// Why a harness step failed. Test code `expect`s these, so each message says what was
+/// being done and, where it helps, what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No Envoy binary was found.
+    #[error(
+        "no Envoy binary found (looked at $MESHPLANE_ENVOY, `envoy` on PATH and {looked_at}); \
+         run `scripts/install-envoy.sh` or set MESHPLANE_ENVOY to an Envoy binary"
+    )]
+    EnvoyNotFound {
+        /// The project-local path that was checked last.
+        looked_at: PathBuf,
+    },
+    /// Envoy exited while the test still needed it.
+    #[error("Envoy exited early ({status}); its log:\n{log}")]
+    EnvoyExited {
+        /// The exit status.
+        status: String,
+        /// Envoy's log.
+        log: String,
+    },
+    /// A condition did not hold before its deadline.
+    #[error("timed out after {waited_ms} ms waiting for {what}; last observation: {last}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        waited_ms: u128,
+        /// The last reason the condition did not hold.
+        last: String,
+    },
+    /// A local I/O operation failed (temp files, sockets, spawning a process).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An HTTP request (Envoy admin API or traffic through Envoy) failed.
+    #[error("{context}: {source}")]
+    Http {
+        /// What was being done.
+        context: String,
+        /// The client error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The control plane refused a snapshot or failed to serve.
+    #[error("control plane: {0}")]
+    ControlPlane(String),
+    /// Envoy's admin API answered something unexpected.
+    #[error("unexpected admin API answer for {what}: {detail}")]
+    Admin {
+        /// The admin route.
+        what: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// Result with the harness's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Adds context to I/O errors.
+pub(crate) trait IoContext<T> {
+    fn io_context(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn io_context(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            context: context(),
+            source,
+        })
+    }
+}
