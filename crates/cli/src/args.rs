@@ -1,6 +1,7 @@
 //! Command-line arguments. Each control-plane flag can also come from `MESHPLANE_<FLAG>`
 //! or the `--config` YAML file (flag > environment > file > default).
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,12 @@ struct ControlPlaneArgs {
     /// Consul HTTP address, for --registry consul.
     #[arg(long, env = "MESHPLANE_CONSUL_ADDR")]
     consul_addr: Option<String>,
+    /// Consul ACL token, for --registry consul.
+    #[arg(long, env = "MESHPLANE_CONSUL_TOKEN", hide_env_values = true)]
+    consul_token: Option<String>,
+    /// CA of Consul's HTTPS certificate, for --registry consul.
+    #[arg(long, env = "MESHPLANE_CONSUL_CA_FILE")]
+    consul_ca_file: Option<PathBuf>,
     /// Services YAML file, for --registry file.
     #[arg(long, env = "MESHPLANE_SERVICES_FILE")]
     services_file: Option<PathBuf>,
@@ -104,6 +111,12 @@ impl ControlPlaneArgs {
         if self.consul_addr.is_some() {
             c.consul_addr = self.consul_addr;
         }
+        if self.consul_token.is_some() {
+            c.consul_token = self.consul_token;
+        }
+        if self.consul_ca_file.is_some() {
+            c.consul_ca_file = self.consul_ca_file;
+        }
         if self.services_file.is_some() {
             c.services_file = self.services_file;
         }
@@ -136,8 +149,12 @@ impl Cli {
 /// Runs the chosen command; the result is the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Bootstrap(args) = cli.command {
-        println!("{}", meshplane_sidecar::render_bootstrap(args)?);
-        return Ok(ExitCode::SUCCESS);
+        let text = meshplane_sidecar::render_bootstrap(args)?;
+        // `meshplane bootstrap | head` closing the pipe is not an error.
+        return match writeln!(std::io::stdout(), "{text}") {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+            _ => Ok(ExitCode::SUCCESS),
+        };
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {

@@ -49,6 +49,10 @@ pub struct ControlPlaneConfig {
     pub registry_addr: SocketAddr,
     /// Consul HTTP address (`--registry consul`).
     pub consul_addr: Option<String>,
+    /// Consul ACL token (`X-Consul-Token`), for `--registry consul`.
+    pub consul_token: Option<String>,
+    /// CA that signed Consul's HTTPS certificate, for `--registry consul`.
+    pub consul_ca_file: Option<PathBuf>,
     /// Services file (`--registry file`).
     pub services_file: Option<PathBuf>,
     /// Where durable state (registry, CA) lives.
@@ -73,6 +77,8 @@ impl Default for ControlPlaneConfig {
             registry: RegistryKind::Embedded,
             registry_addr: ([127, 0, 0, 1], 8500).into(),
             consul_addr: None,
+            consul_token: None,
+            consul_ca_file: None,
             services_file: None,
             data_dir: PathBuf::from("./meshplane-data"),
             datacenter: "dc1".to_owned(),

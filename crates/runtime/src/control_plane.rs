@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use meshplane_registry::{RegistrySource, Store, event_channel};
+use meshplane_registry_consul::{ConsulConfig, ConsulSource};
 use meshplane_registry_embedded::{EmbeddedConfig, EmbeddedRegistry};
+use meshplane_registry_file::{FileConfig, FileSource};
 use meshplane_translate::MeshOptions;
 use meshplane_xds::{ServerConfig, SnapshotCache, StatusBoard, XdsServer};
 use tokio::net::TcpListener;
@@ -94,11 +96,30 @@ pub async fn start(
             tasks
                 .spawn(async move { registry.serve(s).await.context("embedded registry stopped") });
         }
-        RegistryKind::Consul | RegistryKind::File => {
-            anyhow::bail!(
-                "--registry {:?} is not wired into the control plane yet; use --registry embedded",
-                config.registry
-            )
+        RegistryKind::Consul => {
+            registry_addr = None;
+            let source = ConsulSource::new(ConsulConfig {
+                address: config.consul_addr.clone().unwrap_or_default(),
+                token: config.consul_token.clone(),
+                datacenter: Some(config.datacenter.clone()),
+                ca_file: config.consul_ca_file.clone(),
+                ..Default::default()
+            })
+            .context("invalid Consul settings")?;
+            let (sink, s) = (sink.clone(), shutdown.clone());
+            tasks.spawn(async move { source.run(sink, s).await.context("Consul source stopped") });
+        }
+        RegistryKind::File => {
+            registry_addr = None;
+            let source = FileSource::new(FileConfig {
+                path: config.services_file.clone().unwrap_or_default(),
+                datacenter: config.datacenter.clone(),
+                ..Default::default()
+            })
+            .await
+            .context("cannot use the services file")?;
+            let (sink, s) = (sink.clone(), shutdown.clone());
+            tasks.spawn(async move { source.run(sink, s).await.context("file source stopped") });
         }
     }
     drop(sink);

@@ -1,0 +1,182 @@
+//! `meshplane sidecar` and `meshplane bootstrap` as a user runs them: exit codes, messages,
+//! and nothing started when the descriptor is bad. (Envoy supervision, registration and
+//! hot restart are tested in `crates/sidecar/tests`.)
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// A scratch directory for one test, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("meshplane-cli-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn meshplane() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_meshplane"))
+}
+
+#[test]
+fn sidecar_with_a_bad_descriptor_fails_naming_the_field_and_starts_nothing() {
+    let dir = Scratch::new("bad");
+    let descriptor = dir.0.join("meshplane.yaml");
+    std::fs::write(
+        &descriptor,
+        "service: orders\nport: 8080\ningress: { port: 31001 }\nweight: 0\n",
+    )
+    .unwrap();
+    let marker = dir.0.join("envoy-was-started");
+    let envoy = dir.0.join("envoy");
+    std::fs::write(
+        &envoy,
+        format!("#!/bin/sh\ntouch '{}'\nsleep 60\n", marker.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&envoy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = meshplane()
+        .args([
+            "sidecar",
+            "--control-plane",
+            "127.0.0.1:1",
+            "--registry",
+            "http://127.0.0.1:1",
+        ])
+        .arg("--descriptor")
+        .arg(&descriptor)
+        .arg("--envoy")
+        .arg(&envoy)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail: {stderr}");
+    assert!(stderr.contains("weight"), "names the field: {stderr}");
+    assert!(!marker.exists(), "Envoy must not be started");
+}
+
+#[test]
+fn bootstrap_prints_the_envoy_bootstrap() {
+    let dir = Scratch::new("bootstrap");
+    let descriptor = dir.0.join("meshplane.yaml");
+    std::fs::write(
+        &descriptor,
+        "service: orders\nport: 8080\ningress: { port: 31001 }\n",
+    )
+    .unwrap();
+    let out = meshplane()
+        .args([
+            "bootstrap",
+            "--control-plane",
+            "10.0.0.1:18000,10.0.0.2:18000",
+            "--instance-id",
+            "orders-1",
+        ])
+        .arg("--descriptor")
+        .arg(&descriptor)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "\"id\": \"orders-1\"",
+        "\"cluster\": \"orders\"",
+        "meshplane_xds",
+        "\"priority\": 1",
+        "\"port_value\": 9901",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "`{needle}` missing from:\n{stdout}"
+        );
+    }
+}
+
+/// Children of `pid` (every thread's).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Even a SIGKILLed sidecar (no chance to clean up) leaves no Envoy behind.
+#[test]
+fn envoy_dies_with_a_killed_sidecar() {
+    let Some(envoy) = [".tools/envoy/envoy/_bin/envoy"]
+        .iter()
+        .map(|p| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join(p))
+        .find(|p| p.exists())
+    else {
+        panic!("Envoy is needed: run scripts/install-envoy.sh");
+    };
+    let dir = Scratch::new("orphan");
+    let descriptor = dir.0.join("meshplane.yaml");
+    std::fs::write(
+        &descriptor,
+        "service: orders\nport: 8080\ningress: { port: 31001 }\n",
+    )
+    .unwrap();
+    let mut sidecar = meshplane()
+        .args([
+            "sidecar",
+            "--control-plane",
+            "127.0.0.1:1",
+            "--registry",
+            "http://127.0.0.1:1",
+        ])
+        .args(["--envoy-log-level", "critical", "--envoy-concurrency", "1"])
+        .arg("--descriptor")
+        .arg(&descriptor)
+        .arg("--envoy")
+        .arg(&envoy)
+        .arg("--work-dir")
+        .arg(&dir.0)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let envoy_pid = eventually("Envoy to start", || children(sidecar.id()).first().copied());
+    sidecar.kill().unwrap();
+    sidecar.wait().unwrap();
+    eventually("Envoy to die with its sidecar", || {
+        let stat = std::fs::read_to_string(format!("/proc/{envoy_pid}/stat")).unwrap_or_default();
+        // Gone, or a zombie waiting for init to reap it.
+        (stat.is_empty() || stat.contains(") Z ")).then_some(())
+    });
+}

@@ -1,0 +1,271 @@
+//! A mesh for tests: the control plane in-process (ports 0, temp data dir), `meshplane
+//! sidecar` processes with real Envoys, and small upstream HTTP servers on 127.0.0.1.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use meshplane_runtime::ControlPlaneConfig;
+use meshplane_runtime::control_plane::{self, ControlPlane};
+use tokio_util::sync::CancellationToken;
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct Mesh {
+    pub cp: ControlPlane,
+    pub shutdown: CancellationToken,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    sidecars: Vec<Sidecar>,
+}
+
+pub struct Sidecar {
+    pub id: String,
+    pub admin_port: u16,
+    pub log: std::path::PathBuf,
+    child: Child,
+}
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl Mesh {
+    pub async fn start(configure: impl FnOnce(&mut ControlPlaneConfig, &std::path::Path)) -> Mesh {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut config = ControlPlaneConfig {
+            xds_addr: ([127, 0, 0, 1], 0).into(),
+            registry_addr: ([127, 0, 0, 1], 0).into(),
+            data_dir: dir.path().join("data"),
+            ..Default::default()
+        };
+        configure(&mut config, dir.path());
+        let shutdown = CancellationToken::new();
+        let cp = control_plane::start(config, shutdown.clone())
+            .await
+            .expect("control plane starts");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .expect("client");
+        Mesh {
+            cp,
+            shutdown,
+            dir,
+            http,
+            sidecars: Vec::new(),
+        }
+    }
+
+    pub fn registry(&self) -> SocketAddr {
+        self.cp.registry_addr.expect("embedded registry")
+    }
+
+    /// Registers an instance directly (no sidecar), passing, in the embedded registry.
+    pub async fn register(&self, id: &str, service: &str, port: u16, tags: &[&str], weight: u32) {
+        let body = serde_json::json!({
+            "ID": id, "Name": service, "Address": "127.0.0.1", "Port": port,
+            "Tags": tags, "Weights": { "Passing": weight, "Warning": 1 },
+        });
+        let r = self
+            .http
+            .put(format!(
+                "http://{}/v1/agent/service/register",
+                self.registry()
+            ))
+            .json(&body)
+            .send()
+            .await
+            .expect("registry reachable");
+        assert!(r.status().is_success(), "register {id}: {}", r.status());
+    }
+
+    pub async fn deregister(&self, id: &str) {
+        let r = self
+            .http
+            .put(format!(
+                "http://{}/v1/agent/service/deregister/{id}",
+                self.registry()
+            ))
+            .send()
+            .await
+            .expect("registry reachable");
+        assert!(r.status().is_success(), "deregister {id}: {}", r.status());
+    }
+
+    /// Starts `meshplane sidecar` for `descriptor` and waits until its Envoy has
+    /// `listeners` active listeners.
+    pub async fn sidecar(&mut self, id: &str, descriptor: &str, listeners: u32) -> &Sidecar {
+        let file = self.dir.path().join(format!("{id}.yaml"));
+        std::fs::write(&file, descriptor).expect("write descriptor");
+        let log = self.dir.path().join(format!("{id}.log"));
+        let out = std::fs::File::create(&log).expect("log");
+        let admin_port = free_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshplane"));
+        cmd.arg("sidecar")
+            .args(["--descriptor", &file.display().to_string()])
+            .args(["--control-plane", &self.cp.xds_addr.to_string()])
+            .args(["--instance-id", id])
+            .args(["--admin-port", &admin_port.to_string()])
+            // Tests run in parallel with the same instance ids; the admin port is unique.
+            .args(["--base-id", &admin_port.to_string()])
+            .args(["--address", "127.0.0.1"])
+            .args([
+                "--work-dir",
+                &self.dir.path().join(id).display().to_string(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out);
+        if let Some(registry) = self.cp.registry_addr {
+            cmd.args(["--registry", &format!("http://{registry}")]);
+        }
+        let child = cmd.spawn().expect("meshplane sidecar starts");
+        self.sidecars.push(Sidecar {
+            id: id.to_owned(),
+            admin_port,
+            log,
+            child,
+        });
+        let sidecar = self.sidecars.last().expect("just pushed");
+        let stat = "listener_manager.total_listeners_active";
+        let ok = poll(|| async {
+            envoy_stat(&self.http, admin_port, stat).await.unwrap_or(0) >= u64::from(listeners)
+        })
+        .await;
+        if !ok {
+            panic!(
+                "sidecar {id}: Envoy never had {listeners} listeners\n{}",
+                sidecar.log_text()
+            );
+        }
+        sidecar
+    }
+}
+
+impl Mesh {
+    /// The Envoy admin port of a sidecar started by [`Mesh::sidecar`].
+    pub fn sidecar_admin(&self, id: &str) -> u16 {
+        self.sidecars
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.admin_port)
+            .expect("known sidecar")
+    }
+}
+
+impl Sidecar {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for s in &mut self.sidecars {
+            if let Some(pid) = rustix::process::Pid::from_raw(s.child.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match s.child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => {
+                        let _ = s.child.kill();
+                        let _ = s.child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        self.shutdown.cancel();
+    }
+}
+
+/// Polls `check` until it returns true or [`DEADLINE`] passes.
+pub async fn poll<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+pub async fn envoy_stat(http: &reqwest::Client, admin_port: u16, name: &str) -> Option<u64> {
+    let text = http
+        .get(format!(
+            "http://127.0.0.1:{admin_port}/stats?filter=^{}$",
+            regex_escape(name)
+        ))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn regex_escape(s: &str) -> String {
+    s.replace('.', "\\.")
+}
+
+/// An upstream that answers every path with its name.
+pub async fn upstream(name: &'static str) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let router = Router::new().fallback(get(move || async move { name }));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    port
+}
+
+/// GET through an egress port with `Host: host` (and optional header).
+pub async fn via_egress(
+    http: &reqwest::Client,
+    egress: u16,
+    host: &str,
+    header: Option<(&str, &str)>,
+) -> (u16, String) {
+    let mut r = http
+        .get(format!("http://127.0.0.1:{egress}/"))
+        .header("host", host);
+    if let Some((k, v)) = header {
+        r = r.header(k, v);
+    }
+    match r.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// A caller descriptor with an egress listener and the given dependencies block.
+pub fn caller(service: &str, app: u16, ingress: u16, egress: u16, dependencies: &str) -> String {
+    format!(
+        "service: {service}\nport: {app}\ningress: {{ port: {ingress} }}\negress: {{ port: {egress} }}\ndependencies:\n{dependencies}"
+    )
+}
