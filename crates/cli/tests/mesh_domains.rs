@@ -173,3 +173,57 @@ async fn connect_tunnels_only_to_declared_domains() {
         "CONNECT to an undeclared host must be refused: {refused:?}"
     );
 }
+
+/// Opens a `CONNECT host:port` tunnel through `egress` and sends one HTTP request inside it.
+async fn connect_and_get(egress: u16, authority: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", egress))
+        .await
+        .expect("egress");
+    let connect = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    tcp.write_all(connect.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = tcp.read(&mut buf).await.expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    if !head.starts_with("HTTP/1.1 200") {
+        return head;
+    }
+    let get = format!("GET /inside HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(get.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn domain_patterns_tunnel_through_the_dynamic_forward_proxy() {
+    let upstream = support::upstream("pattern-upstream").await;
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let egress = free_port();
+    // `*.0.0.1` matches the IP literal 127.0.0.1, so no DNS is needed in the test.
+    let d = caller(
+        "orders",
+        free_port(),
+        free_port(),
+        egress,
+        "  - domain_pattern: \"*.0.0.1\"\n",
+    );
+    mesh.sidecar("orders-1", &d, 2).await;
+    let ok = poll(|| async {
+        connect_and_get(egress, &format!("127.0.0.1:{upstream}"))
+            .await
+            .contains("pattern-upstream")
+    })
+    .await;
+    assert!(
+        ok,
+        "CONNECT to a host matching the pattern: {}",
+        connect_and_get(egress, &format!("127.0.0.1:{upstream}")).await
+    );
+    let refused = connect_and_get(egress, &format!("localhost:{upstream}")).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 503"),
+        "a host outside the pattern is refused: {refused}"
+    );
+}

@@ -52,7 +52,7 @@ pub const MAX_RETRIES: u32 = 64;
 /// to any instance) and `x-service-tag` (no fallback), outlier detection (5 consecutive 5xx
 /// or gateway errors eject a host for 30 s, at most 50% of hosts), circuit breakers above.
 pub fn service_cluster(service: &ServiceName) -> Cluster {
-    Cluster {
+    with_http1_options(Cluster {
         name: service.to_string(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::Eds as i32,
@@ -74,7 +74,7 @@ pub fn service_cluster(service: &ServiceName) -> Cluster {
             ..Default::default()
         }),
         ..Default::default()
-    }
+    })
 }
 
 fn subset_config() -> cluster::LbSubsetConfig {
@@ -140,10 +140,10 @@ pub(crate) fn preserve_case_http1() -> Http1ProtocolOptions {
     }
 }
 
-fn http1_upstream(preserve_case: bool) -> Option<(String, envoy_types::pb::google::protobuf::Any)> {
-    if !preserve_case {
-        return None;
-    }
+/// Upstream HTTP/1.1 options with the case-preserving header formatter. Set on every
+/// cluster: it only records the case the upstream used, and a listener writes it back only
+/// when its service asked for `preserve_header_case`, so shared clusters serve both kinds.
+fn http1_upstream() -> (String, envoy_types::pb::google::protobuf::Any) {
     let options = HttpProtocolOptions {
         upstream_protocol_options: Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
             http_protocol_options::ExplicitHttpConfig {
@@ -156,20 +156,22 @@ fn http1_upstream(preserve_case: bool) -> Option<(String, envoy_types::pb::googl
         )),
         ..Default::default()
     };
-    Some((
+    (
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
         any(&options),
-    ))
+    )
+}
+
+fn with_http1_options(mut c: Cluster) -> Cluster {
+    let (k, v) = http1_upstream();
+    c.typed_extension_protocol_options = stable_map();
+    c.typed_extension_protocol_options.insert(k, v);
+    c
 }
 
 /// The local application, `127.0.0.1:<port>`.
 pub(crate) fn local_app(d: &Descriptor) -> Cluster {
-    let mut c = static_cluster(names::LOCAL_APP, "127.0.0.1", d.port);
-    if let Some((k, v)) = http1_upstream(d.preserve_header_case) {
-        c.typed_extension_protocol_options = stable_map();
-        c.typed_extension_protocol_options.insert(k, v);
-    }
-    c
+    with_http1_options(static_cluster(names::LOCAL_APP, "127.0.0.1", d.port))
 }
 
 fn static_cluster(name: &str, host: &str, port: u16) -> Cluster {
@@ -207,7 +209,7 @@ pub(crate) fn domain(d: &Domain, options: &MeshOptions) -> Cluster {
     if d.tls {
         c.transport_socket = Some(upstream_tls(d, options));
     }
-    c
+    with_http1_options(c)
 }
 
 /// Plain TCP to an `https://` domain for `CONNECT` tunnels (the app speaks TLS inside).
