@@ -62,6 +62,8 @@ impl ConsulClient {
     pub fn new(config: &ConsulConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         let mut builder = reqwest::Client::builder()
+            // Keep every finished connection for reuse: the request cap (ConnectionPlan) is what
+            // bounds their number, and a small idle pool would churn connections instead.
             .pool_max_idle_per_host(config.max_connections)
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);

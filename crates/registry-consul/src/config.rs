@@ -17,9 +17,8 @@ pub struct ConsulConfig {
     pub stale: bool,
     /// Blocking wait per query (Consul's default: 5m, max 10m).
     pub wait: Duration,
-    /// Most HTTP connections (= concurrent requests) the source holds: one for the catalog watch,
-    /// the rest shared by health watches. Default 100, half of Consul's default
-    /// `http_max_conns_per_client` of 200.
+    /// Most TCP connections the source ever holds to Consul (see [`ConnectionPlan`]). Default
+    /// 100, half of Consul's default `http_max_conns_per_client` of 200.
     pub max_connections: usize,
     /// When there are more services than health slots, watches take turns and each query
     /// blocks for a shorter time so every service is re-read at least this often. Default 10s.
@@ -42,7 +41,9 @@ pub enum ConfigError {
     #[error("invalid Consul address {0:?}: use a URL such as http://127.0.0.1:8500")]
     Address(String),
     /// The budget leaves no slot for health watches.
-    #[error("max_connections must be at least 2 (one catalog watch, one health watch); got {0}")]
+    #[error(
+        "max_connections must be at least 4 (catalog watch, one health watch, two spare); got {0}"
+    )]
     Budget(usize),
     /// The CA file could not be read or holds no certificate.
     #[error("cannot use CA file {path}: {reason}; give a PEM file with the CA certificate")]
@@ -82,9 +83,34 @@ impl ConsulConfig {
         if !(self.address.starts_with("http://") || self.address.starts_with("https://")) {
             return Err(ConfigError::Address(self.address.clone()));
         }
-        if self.max_connections < 2 {
+        if self.max_connections < 4 {
             return Err(ConfigError::Budget(self.max_connections));
         }
         Ok(())
+    }
+}
+
+/// How `max_connections` is spent. HTTP/1.1 carries one request per connection. Requests in
+/// flight are capped at `1 + health_slots` (the catalog watch has its own); finished connections
+/// stay in the idle pool and are reused, never churned. A connection that just finished is
+/// briefly neither in use nor back in the pool, so a request starting at that instant opens
+/// another one, which then joins the pool: the `spare` connections absorb those.
+/// 100 → 1 + 89 in flight, 10 spare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionPlan {
+    /// Concurrent health-watch requests.
+    pub health_slots: usize,
+    /// Connections kept free for the transitions described above.
+    pub spare: usize,
+}
+
+impl ConnectionPlan {
+    /// The plan for a budget (at least 4, see [`ConsulConfig::validate`]).
+    pub fn for_budget(max_connections: usize) -> Self {
+        let spare = (max_connections / 10).max(2);
+        Self {
+            health_slots: max_connections.saturating_sub(1 + spare).max(1),
+            spare,
+        }
     }
 }

@@ -18,6 +18,6 @@ mod watch;
 pub mod wire;
 
 pub use client::{ConsulClient, ConsulError};
-pub use config::{ConfigError, ConsulConfig};
+pub use config::{ConfigError, ConnectionPlan, ConsulConfig};
 pub use index::{Backoff, next_index};
 pub use source::ConsulSource;

@@ -1,14 +1,17 @@
 //! The coordinator: one catalog watch, one health watch per service, and the bookkeeping that
 //! turns their results into store events without ever emptying services on failure.
 //!
-//! Connections: the catalog watch holds one connection; health watches share
-//! `max_connections - 1` slots (a semaphore held for the duration of each request; HTTP/1.1
-//! means one connection per in-flight request, and idle connections are reused). With at most
-//! that many services every service has its own long-blocking query; with more, they take
-//! turns and each query blocks for `rotation × slots / services` (at least 1s), so every
-//! service is re-read about every `rotation` while a change on an in-flight service is seen at
-//! once. With the defaults and 1,000 services: ≤ 100 connections (Consul allows 200 per client
-//! address), each service re-read about every 10s, ~100 requests/s against Consul.
+//! Connections ([`ConnectionPlan`]): the catalog watch holds one connection; health watches
+//! share `health_slots` permits (a FIFO semaphore held for the duration of each request; HTTP/1.1
+//! means one connection per in-flight request), idle connections are reused, and `spare`
+//! connections absorb those caught in transition, keeping the source within `max_connections`. With at
+//! most `health_slots` services each has its own long-blocking query (a change arrives at once);
+//! with more, they take turns and each query blocks for `rotation × slots / services` (at least
+//! 200ms), so every service is re-read about every `rotation`, and a change waits for its
+//! service's turn unless its query is in flight. Defaults with 1,000 services: ≤ 100 connections
+//! (Consul allows 200 per client address), 89 health slots, each service re-read about every
+//! 10s (~100 requests/s to Consul); changes reach the store in ~5s median, ≤ ~10s (see
+//! `BENCHMARKS-registry.md`). Lower `rotation` or raise `max_connections` for faster changes.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -27,13 +30,13 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ConfigError, ConsulClient, ConsulConfig, ConsulError,
+    ConfigError, ConnectionPlan, ConsulClient, ConsulConfig, ConsulError,
     watch::{self, Deliver, SharedWait, Timing},
     wire::{self, CatalogServices, HealthEntry},
 };
 
 /// Shortest blocking wait used when watches take turns.
-const MIN_ROTATION_WAIT: Duration = Duration::from_secs(1);
+const MIN_ROTATION_WAIT: Duration = Duration::from_millis(200);
 /// The key used for the catalog watch in the set of failing watches.
 const CATALOG: &str = "catalog (/v1/catalog/services)";
 
@@ -86,37 +89,41 @@ impl RegistrySource for ConsulSource {
 
     async fn run(self, sink: EventSink, shutdown: CancellationToken) -> Result<(), SinkClosed> {
         let source = self.id();
-        let timing = Timing::from(&self.config);
-        let slots = self.config.max_connections.saturating_sub(1).max(1);
-        let permits = Arc::new(Semaphore::new(slots));
+        let slots = ConnectionPlan::for_budget(self.config.max_connections).health_slots;
         let full_wait = self.config.wait.as_millis() as u64;
-        let catalog_wait: SharedWait = Arc::new(AtomicU64::new(full_wait));
-        let health_wait: SharedWait = Arc::new(AtomicU64::new(full_wait));
         let (tx, mut rx) = mpsc::channel::<Update>(1024);
         let watches = shutdown.child_token();
+        let status = SourceStatus::Syncing;
         sink.send(RegistryEvent::Status {
             source: source.clone(),
-            status: SourceStatus::Syncing,
+            status,
         })
         .await?;
 
-        let deliver = Deliver {
+        let catalog = Deliver {
             tx: tx.clone(),
             convert: Box::new(|r: Result<CatalogServices, ConsulError>| {
                 Update::Catalog(r.map(|c| wire::service_names(&c)))
             }),
         };
-        let catalog_path = "/v1/catalog/services".to_string();
         tokio::spawn(watch::run(
             self.client.clone(),
-            catalog_path,
-            timing.clone(),
-            None,
-            catalog_wait,
-            deliver,
+            "/v1/catalog/services".to_string(),
+            Timing::from(&self.config),
+            None, // the catalog watch has its own connection, outside the health slots
+            Arc::new(AtomicU64::new(full_wait)),
+            catalog,
             watches.clone(),
         ));
-
+        let health = HealthWatches {
+            client: self.client.clone(),
+            timing: Timing::from(&self.config),
+            permits: Arc::new(Semaphore::new(slots)),
+            slots,
+            wait: Arc::new(AtomicU64::new(full_wait)),
+            tx,
+            default_dc: self.config.datacenter.clone().unwrap_or_default(),
+        };
         let mut coordinator = Coordinator {
             source,
             sink,
@@ -128,7 +135,6 @@ impl RegistrySource for ConsulSource {
             synced: false,
             stale: false,
         };
-        let default_dc = self.config.datacenter.clone().unwrap_or_default();
         let result = loop {
             let update = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
@@ -137,57 +143,49 @@ impl RegistrySource for ConsulSource {
                     None => break Ok(()),
                 },
             };
-            let step = match update {
-                Update::Catalog(Ok(names)) => {
-                    let started = coordinator.catalog(names).await;
-                    for name in started {
-                        let deliver = Deliver {
-                            tx: tx.clone(),
-                            convert: health_converter(name.clone(), default_dc.clone()),
-                        };
-                        let path = format!("/v1/health/service/{name}");
-                        let token = coordinator
-                            .watches
-                            .get(&name)
-                            .cloned()
-                            .unwrap_or_else(|| watches.child_token());
-                        tokio::spawn(watch::run::<Vec<HealthEntry>, Update>(
-                            self.client.clone(),
-                            path,
-                            timing.clone(),
-                            Some(permits.clone()),
-                            health_wait.clone(),
-                            deliver,
-                            token,
-                        ));
-                    }
-                    health_wait.store(
-                        rotation_wait(&self.config, slots, coordinator.watches.len()),
-                        Ordering::Relaxed,
-                    );
-                    Ok(())
-                }
-                Update::Catalog(Err(e)) => {
-                    coordinator.failed(CATALOG.into(), e.to_string());
-                    Ok(())
-                }
-                Update::Health(name, Ok(instances)) => coordinator.health(name, instances).await,
-                Update::Health(name, Err(e)) => {
-                    if coordinator.watches.contains_key(&name) {
-                        coordinator.failed(name.to_string(), e);
-                    }
-                    Ok(())
-                }
-            };
-            if let Err(e) = step {
-                break Err(e);
-            }
-            if let Err(e) = coordinator.report().await {
+            if let Err(e) = coordinator.handle(update, &health, &self.config).await {
                 break Err(e);
             }
         };
         watches.cancel();
         result
+    }
+}
+
+/// Starts health watches; they share `slots` permits and the current blocking wait.
+struct HealthWatches {
+    client: ConsulClient,
+    timing: Timing,
+    permits: Arc<Semaphore>,
+    slots: usize,
+    wait: SharedWait,
+    tx: mpsc::Sender<Update>,
+    default_dc: String,
+}
+
+impl HealthWatches {
+    fn spawn(&self, name: ServiceName, token: CancellationToken) {
+        let deliver = Deliver {
+            tx: self.tx.clone(),
+            convert: health_converter(name.clone(), self.default_dc.clone()),
+        };
+        tokio::spawn(watch::run::<Vec<HealthEntry>, Update>(
+            self.client.clone(),
+            format!("/v1/health/service/{name}"),
+            self.timing.clone(),
+            Some(self.permits.clone()),
+            self.wait.clone(),
+            deliver,
+            token,
+        ));
+    }
+
+    /// Re-derives the blocking wait from the number of watched services.
+    fn resize(&self, config: &ConsulConfig, services: usize) {
+        self.wait.store(
+            rotation_wait(config, self.slots, services),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -216,6 +214,33 @@ fn rotation_wait(config: &ConsulConfig, slots: usize, services: usize) -> u64 {
 // === impl Coordinator ===
 
 impl Coordinator {
+    /// Applies one watch result, then reports what changed.
+    async fn handle(
+        &mut self,
+        update: Update,
+        health: &HealthWatches,
+        config: &ConsulConfig,
+    ) -> Result<(), SinkClosed> {
+        match update {
+            Update::Catalog(Ok(names)) => {
+                for name in self.catalog(names).await {
+                    if let Some(token) = self.watches.get(&name) {
+                        health.spawn(name, token.clone());
+                    }
+                }
+                health.resize(config, self.watches.len());
+            }
+            Update::Catalog(Err(e)) => self.failed(CATALOG.into(), e.to_string()),
+            Update::Health(name, Ok(instances)) => self.health(name, instances).await?,
+            Update::Health(name, Err(e)) => {
+                if self.watches.contains_key(&name) {
+                    self.failed(name.to_string(), e);
+                }
+            }
+        }
+        self.report().await
+    }
+
     /// Applies a new service list; returns the services whose watch must start.
     async fn catalog(&mut self, names: Vec<ServiceName>) -> Vec<ServiceName> {
         self.catalog_seen = true;

@@ -50,6 +50,15 @@ fn defaults_respect_consuls_limits() {
     let d = ConsulConfig::default();
     assert!(d.stale, "stale reads by default");
     assert_eq!(d.wait, Duration::from_secs(300));
+    let plan = meshplane_registry_consul::ConnectionPlan::for_budget(d.max_connections);
+    assert_eq!(
+        plan,
+        meshplane_registry_consul::ConnectionPlan {
+            health_slots: 89,
+            spare: 10
+        }
+    );
+    assert_eq!(1 + plan.health_slots + plan.spare, d.max_connections);
     assert!(
         d.max_connections < 200,
         "Consul's default http_max_conns_per_client is 200"

@@ -201,6 +201,17 @@ async fn blocking_query_wakes_on_change_and_times_out_on_wait() {
         "{took:?}"
     );
 
+    // An index from another timeline (say, a wiped data directory) is answered at once.
+    let started = Instant::now();
+    let (_, lower, _) = get(&format!(
+        "{}/v1/health/service/web?index={}&wait=30s",
+        s.url,
+        index + 1000
+    ))
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(lower, Some(index));
+
     // Wakes on change: a second instance registered while the query blocks.
     let url = format!("{}/v1/health/service/web?index={index}&wait=30s", s.url);
     let waiter = tokio::spawn(async move { get(&url).await });

@@ -165,3 +165,19 @@ async fn services_and_index(http: &reqwest::Client, url: &str) -> (Value, u64) {
         .expect("int");
     (r.json().await.expect("json"), index)
 }
+
+#[tokio::test]
+async fn a_second_registry_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = support::start(dir.path()).await;
+    let config = meshplane_registry_embedded::EmbeddedConfig {
+        listen_addr: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let err = meshplane_registry_embedded::EmbeddedRegistry::bind(config)
+        .await
+        .expect_err("locked");
+    assert!(err.to_string().contains("--data-dir"), "{err}");
+    first.stop().await;
+}

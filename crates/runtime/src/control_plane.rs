@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use meshplane_admin::AdminState;
 use meshplane_registry::{RegistrySource, Store, event_channel};
 use meshplane_registry_consul::{ConsulConfig, ConsulSource};
 use meshplane_registry_embedded::{EmbeddedConfig, EmbeddedRegistry};
@@ -21,6 +22,8 @@ use crate::mesh::{DescriptorGrouper, Groups, Translator};
 pub struct ControlPlane {
     /// The xDS server's address.
     pub xds_addr: SocketAddr,
+    /// The admin API's address.
+    pub admin_addr: SocketAddr,
     /// The embedded registry's Consul-compatible API, when `--registry embedded`.
     pub registry_addr: Option<SocketAddr>,
     /// The merged registry.
@@ -151,9 +154,31 @@ pub async fn start(
         }
     });
     tasks.spawn(async move { server.serve(listener).await.context("xDS server failed") });
+    let admin_listener = TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind the admin address {}; pick a free --admin-addr",
+                config.admin_addr
+            )
+        })?;
+    let admin_addr = admin_listener.local_addr()?;
+    let admin = AdminState {
+        store: store.clone(),
+        status: status.clone(),
+        cache: cache.clone(),
+        xds_addr,
+    };
+    let s = shutdown.clone();
+    tasks.spawn(async move {
+        meshplane_admin::serve(admin_listener, admin, s)
+            .await
+            .context("admin API failed")
+    });
     tracing::info!(%xds_addr, registry = ?registry_addr, "control plane serving");
     Ok(ControlPlane {
         xds_addr,
+        admin_addr,
         registry_addr,
         store,
         status,

@@ -1,4 +1,4 @@
-//! Announcing a new Envoy: wait until it is live (admin `/ready`), then register the
+//! Announcing a new Envoy: wait until it is live (admin `/server_info`), then register the
 //! instance, retrying while the registry is down. One announcement runs per Envoy start
 //! (first start, restart after a crash, hot restart); re-registering is idempotent and
 //! picks up a reloaded descriptor.
@@ -27,9 +27,15 @@ pub(crate) struct Announcer {
 }
 
 impl Announcer {
-    /// Waits for `/ready`, then registers; stops early when `cancel` fires.
-    pub async fn announce(self, registration: ServiceRegistration, cancel: CancellationToken) {
-        if !self.wait_ready(&cancel).await {
+    /// Waits until the Envoy at `epoch` is live, then registers; stops early when `cancel`
+    /// fires.
+    pub async fn announce(
+        self,
+        epoch: u32,
+        registration: ServiceRegistration,
+        cancel: CancellationToken,
+    ) {
+        if !self.wait_live(epoch, &cancel).await {
             return;
         }
         tracing::info!(id = %registration.id, port = registration.port, "Envoy is ready; registering");
@@ -44,14 +50,14 @@ impl Announcer {
         }
     }
 
-    /// Polls `/ready` until it answers 200 (`true`) or `cancel` fires (`false`). Past
-    /// `ready_timeout` it warns once and keeps polling: Envoy waits for the control plane.
-    async fn wait_ready(&self, cancel: &CancellationToken) -> bool {
+    /// Polls until Envoy is live (`true`) or `cancel` fires (`false`). Past `ready_timeout`
+    /// it warns once and keeps polling: Envoy waits for the control plane.
+    async fn wait_live(&self, epoch: u32, cancel: &CancellationToken) -> bool {
         let deadline = Instant::now() + self.ready_timeout;
         let mut warned = false;
         let mut pause = Duration::from_millis(50);
         loop {
-            if self.admin.is_ready().await {
+            if self.admin.is_live(epoch).await {
                 return true;
             }
             if !warned && Instant::now() >= deadline {

@@ -19,20 +19,20 @@ pub struct LoadedDescriptor {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file cannot be read.
-    #[error("cannot read the descriptor {path}: {source}")]
+    #[error("cannot read the descriptor {path}: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The descriptor is invalid; the error names the field.
-    #[error("invalid descriptor {path}: {source}")]
+    #[error("invalid descriptor {path}: {error}")]
     Invalid {
         /// The file.
         path: PathBuf,
         /// What is wrong, naming the field.
-        source: DescriptorError,
+        error: DescriptorError,
     },
     /// On reload (SIGHUP), the descriptor names another service.
     #[error(
@@ -50,18 +50,18 @@ pub enum LoadError {
 
 /// Reads and validates the descriptor at `path`.
 pub fn load(path: &Path) -> Result<LoadedDescriptor, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     parse(path, &text)
 }
 
 /// Validates `text` (read from `path`, named in errors).
 pub fn parse(path: &Path, text: &str) -> Result<LoadedDescriptor, LoadError> {
-    let invalid = |source| LoadError::Invalid {
+    let invalid = |error| LoadError::Invalid {
         path: path.to_owned(),
-        source,
+        error,
     };
     let descriptor = Descriptor::from_yaml(text).map_err(invalid)?;
     // Valid for the model means a YAML mapping with string keys (and no `admin` or `address`

@@ -31,26 +31,26 @@ pub enum SidecarError {
     #[error(transparent)]
     EnvoyNotFound(#[from] EnvoyNotFound),
     /// Envoy could not be started.
-    #[error("cannot start Envoy {binary}: {source}")]
+    #[error("cannot start Envoy {binary}: {error}")]
     Spawn {
         /// The binary.
         binary: PathBuf,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file or socket operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What was being done.
         what: String,
         /// The OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
 impl SidecarError {
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let what = what.into();
-        move |source| SidecarError::Io { what, source }
+        move |error| SidecarError::Io { what, error }
     }
 }

@@ -72,12 +72,12 @@ pub struct HttpCheck {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// No answer (connection refused, timeout...).
-    #[error("registry {url} unreachable: {source}")]
+    #[error("registry {url} unreachable: {error}")]
     Unreachable {
         /// The URL called.
         url: String,
         /// The transport error.
-        source: reqwest::Error,
+        error: reqwest::Error,
     },
     /// The registry refused the call.
     #[error("registry {url} answered {status}: {body}")]
@@ -225,9 +225,9 @@ impl RegistryClient {
         let response = request
             .send()
             .await
-            .map_err(|source| RegistryError::Unreachable {
+            .map_err(|error| RegistryError::Unreachable {
                 url: url.clone(),
-                source,
+                error,
             })?;
         let status = response.status();
         if status.is_success() {

@@ -106,9 +106,9 @@ impl Supervisor {
         let process = self
             .command
             .spawn(epoch, self.exits_tx.clone())
-            .map_err(|source| SidecarError::Spawn {
+            .map_err(|error| SidecarError::Spawn {
                 binary: self.command.binary.clone(),
-                source,
+                error,
             })?;
         tracing::info!(
             pid = process.pid,
@@ -125,11 +125,8 @@ impl Supervisor {
         }
         let cancel = CancellationToken::new();
         self.announcing = Some(cancel.clone());
-        tokio::spawn(
-            self.announcer
-                .clone()
-                .announce(self.registration.clone(), cancel),
-        );
+        let registration = self.registration.clone();
+        tokio::spawn(self.announcer.clone().announce(epoch, registration, cancel));
         self.publish();
         Ok(())
     }

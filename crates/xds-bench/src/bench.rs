@@ -192,7 +192,10 @@ async fn measure(
         for round in 1..=config.rounds {
             let snapshots = config.layout.snapshots(config.streams, round)?;
             client.arm(round).await?;
-            let emitted_watch = tokio::spawn(wait_emitted(server.clone(), config.streams as u64));
+            // The baseline is read before publishing, so the watcher cannot miss responses.
+            let target = responses(server, ResourceType::Endpoint) + config.streams as u64;
+            let emitted_watch =
+                tokio::spawn(wait_emitted(server.clone(), target, config.timeouts.ack));
             let (start, cpu_start, client_start) = (mono_ns(), cpu_ns()?, client.cpu_ns());
             for (group, snapshot) in snapshots {
                 cache.set_snapshot(&group, snapshot)?;
@@ -228,17 +231,23 @@ async fn measure(
     outcome
 }
 
-/// When (monotonic ns) the server's EDS response counter has grown by `streams`: every
-/// stream has been handed its response. Polled every millisecond; started before publishing.
-async fn wait_emitted(server: XdsServer, streams: u64) -> u64 {
+/// Responses of one type the server has emitted, over all streams.
+fn responses(server: &XdsServer, kind: ResourceType) -> u64 {
     // Counters are per type in `ResourceType::ALL` order.
-    let eds = ResourceType::ALL
+    let index = ResourceType::ALL
         .iter()
-        .position(|k| *k == ResourceType::Endpoint)
-        .unwrap_or(1);
-    let count = || server.status().counters().responses[eds].load(Ordering::Relaxed);
-    let target = count() + streams;
-    while count() < target {
+        .position(|k| *k == kind)
+        .unwrap_or(0);
+    server.status().counters().responses[index].load(Ordering::Relaxed)
+}
+
+/// When (monotonic ns) the server's EDS response counter has reached `target`: every stream
+/// has been handed its response. Polled every millisecond, for at most `timeout`.
+async fn wait_emitted(server: XdsServer, target: u64, timeout: Duration) -> u64 {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while responses(&server, ResourceType::Endpoint) < target
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     mono_ns()

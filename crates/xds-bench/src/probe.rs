@@ -31,6 +31,23 @@ pub fn rss_bytes() -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// Memory the kernel reports as available for new work (`MemAvailable`), in bytes.
+pub fn mem_available_bytes() -> anyhow::Result<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    let line = info
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .context("no MemAvailable line in /proc/meminfo")?;
+    let kib: u64 = line
+        .trim_start_matches("MemAvailable:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .context("parsing MemAvailable")?;
+    Ok(kib * 1024)
+}
+
 /// CPU time (user + system, every thread) this process has used, in nanoseconds, from
 /// `/proc/self/stat` (clock-tick resolution, usually 10 ms).
 pub fn cpu_ns() -> anyhow::Result<u64> {
@@ -78,6 +95,7 @@ mod tests {
         assert!(mono_ns() >= a);
         assert!(rss_bytes().expect("rss") > 1024 * 1024);
         assert!(cpu_ns().is_ok());
+        assert!(mem_available_bytes().expect("meminfo") > 0);
         assert!(raise_nofile_limit().expect("limit") >= 64);
     }
 }

@@ -66,6 +66,16 @@ impl Layout {
         }
     }
 
+    /// Rough memory a scenario needs, server and client together (measured: about 1 MiB
+    /// per stream on each side for `Shared`, whose responses are ~0.7 MiB; 0.05 for `Groups`).
+    pub fn memory_estimate(self, streams: usize) -> u64 {
+        let per_stream: u64 = match self {
+            Layout::Groups => 128 * 1024,
+            Layout::Shared => 2 * 1024 * 1024 + 512 * 1024,
+        };
+        256 * 1024 * 1024 + per_stream * streams as u64
+    }
+
     /// The `node.cluster` (service) of proxy `i`; the bench grouper groups by it.
     pub fn node_service(self, i: usize, streams: usize) -> String {
         match self {

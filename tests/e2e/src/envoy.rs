@@ -8,9 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::bootstrap;
 use crate::error::{Error, IoContext, Result};
 use crate::poll::{CONVERGE, eventually};
 
@@ -37,7 +38,11 @@ impl Flavour {
 /// folder (`scripts/install-envoy.sh`).
 pub fn find_envoy() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("MESHPLANE_ENVOY").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        if path.is_file() {
+            return Ok(path);
+        }
+        return Err(Error::EnvoyEnvInvalid { path });
     }
     let on_path = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
@@ -89,7 +94,7 @@ impl Envoy {
         let bootstrap_path = dir.path().join("bootstrap.json");
         let admin_path = dir.path().join("admin-address");
         let log_path = dir.path().join("envoy.log");
-        std::fs::write(&bootstrap_path, bootstrap(&config).to_string())
+        std::fs::write(&bootstrap_path, bootstrap::render(&config).to_string())
             .io_context(|| format!("writing {}", bootstrap_path.display()))?;
         let log =
             File::create(&log_path).io_context(|| format!("creating {}", log_path.display()))?;
@@ -312,55 +317,4 @@ pub(crate) fn http_client() -> reqwest::Client {
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap_or_default()
-}
-
-/// The bootstrap: ADS over gRPC to the control plane, admin on an ephemeral port.
-fn bootstrap(config: &EnvoyConfig) -> Value {
-    let ads_source = json!({ "ads": {}, "resource_api_version": "V3" });
-    json!({
-        "node": { "id": config.node_id, "cluster": config.service },
-        "admin": { "address": socket_address("127.0.0.1", 0) },
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": config.flavour.api_type(),
-                "transport_api_version": "V3",
-                "set_node_on_first_message_only": true,
-                "grpc_services": [{
-                    "envoy_grpc": {
-                        "cluster_name": "xds",
-                        // Reconnect quickly when the control plane restarts (default backoff
-                        // grows to 30 s).
-                        "retry_policy": {
-                            "retry_back_off": { "base_interval": "0.1s", "max_interval": "0.5s" }
-                        }
-                    }
-                }]
-            },
-            "cds_config": ads_source,
-            "lds_config": ads_source
-        },
-        "static_resources": {
-            "clusters": [{
-                "name": "xds",
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": { "http2_protocol_options": {} }
-                    }
-                },
-                "load_assignment": {
-                    "cluster_name": "xds",
-                    "endpoints": [{ "lb_endpoints": [{ "endpoint": {
-                        "address": socket_address(&config.xds_addr.ip().to_string(), config.xds_addr.port())
-                    } }] }]
-                }
-            }]
-        }
-    })
-}
-
-fn socket_address(ip: &str, port: u16) -> Value {
-    json!({ "socket_address": { "address": ip, "port_value": port } })
 }

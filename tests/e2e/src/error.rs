@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 /// Why a harness step failed. Test code `expect`s these, so each message says what was
-/// being done and, where it helps, what to do about it.
-#[derive(Debug, thiserror::Error)]
+/// being done and, where it helps, what to do about it; `Debug` prints that message too,
+/// since it is what `expect` shows.
+#[derive(thiserror::Error)]
 pub enum Error {
     /// No Envoy binary was found.
     #[error(
@@ -14,6 +15,15 @@ pub enum Error {
     EnvoyNotFound {
         /// The project-local path that was checked last.
         looked_at: PathBuf,
+    },
+    /// `MESHPLANE_ENVOY` is set but names no file.
+    #[error(
+        "MESHPLANE_ENVOY is {path}, which is not a file; point it at an Envoy binary, or unset \
+         it to use `envoy` on PATH or the one `scripts/install-envoy.sh` installs"
+    )]
+    EnvoyEnvInvalid {
+        /// The value of `MESHPLANE_ENVOY`.
+        path: PathBuf,
     },
     /// Envoy exited while the test still needed it.
     #[error("Envoy exited early ({status}); its log:\n{log}")]
@@ -62,6 +72,12 @@ pub enum Error {
         /// What was wrong.
         detail: String,
     },
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// Result with the harness's [`Error`].

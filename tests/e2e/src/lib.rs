@@ -7,6 +7,7 @@
 //! bare sleep. Every process is killed and reaped on drop, and a failing test prints
 //! Envoy's log. The tests themselves are in `tests/envoy/`.
 
+mod bootstrap;
 pub mod control_plane;
 pub mod envoy;
 pub mod error;
@@ -18,7 +19,7 @@ pub mod upstream;
 pub use control_plane::{ControlPlane, ServiceGrouper};
 pub use envoy::{DynamicClusters, Envoy, EnvoyConfig, Flavour, find_envoy};
 pub use error::{Error, Result};
-pub use mesh::{egress, free_port, rejected_eds_cluster};
+pub use mesh::{egress, free_port, rejected_eds_cluster, retimed_cluster};
 pub use poll::{CONVERGE, eventually};
 pub use traffic::{Client, Load, LoadReport, Reply};
 pub use upstream::Upstream;

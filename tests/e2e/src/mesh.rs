@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::google::protobuf::Duration;
 use meshplane_xds::Resource;
-use meshplane_xds::fixtures::{mk_eds_cluster, mk_endpoints, mk_http_listener, mk_routes};
+use meshplane_xds::fixtures::{mk_endpoints, mk_http_listener, mk_routes};
 
 use crate::error::{IoContext, Result};
 
@@ -32,7 +32,9 @@ pub fn free_port() -> Result<u16> {
 }
 
 /// The egress listener on `port` with routes `(host, cluster)`, and EDS clusters
-/// `(name, upstream ports)` (an empty port list is a service with no instances).
+/// `(name, upstream ports)` (an empty port list is a service with no instances). The
+/// clusters warm until their endpoints arrive, with no time limit, so a missing EDS
+/// response fails a test rather than slowing it down.
 pub fn egress(
     port: u16,
     routes: &[(&str, &str)],
@@ -44,7 +46,7 @@ pub fn egress(
     ];
     for (name, ports) in clusters {
         let endpoints: Vec<(&str, u16, u32)> = ports.iter().map(|p| ("127.0.0.1", *p, 1)).collect();
-        resources.push(mk_eds_cluster(name));
+        resources.push(Resource::cluster(&eds_cluster(name, 1)));
         resources.push(mk_endpoints(name, &endpoints));
     }
     resources
@@ -54,14 +56,32 @@ pub fn egress(
 /// `CLUSTER_PROVIDED`, invalid for EDS), with its endpoints: Envoy applies the other
 /// clusters of the update and never subscribes to this one's endpoints.
 pub fn rejected_eds_cluster(name: &str) -> Vec<Arc<Resource>> {
+    let mut cluster = eds_cluster(name, 1);
+    cluster.lb_policy = cluster::LbPolicy::ClusterProvided as i32;
+    vec![Resource::cluster(&cluster), mk_endpoints(name, &[])]
+}
+
+/// Cluster `name` of [`egress`] with a different connect timeout: a changed cluster with
+/// unchanged endpoints, which Envoy warms again.
+pub fn retimed_cluster(name: &str, connect_timeout_secs: i64) -> Arc<Resource> {
+    Resource::cluster(&eds_cluster(name, connect_timeout_secs))
+}
+
+fn eds_cluster(name: &str, connect_timeout_secs: i64) -> Cluster {
     let ads = ConfigSource {
         resource_api_version: ApiVersion::V3 as i32,
+        // Warm until the endpoints arrive, however long: Envoy's default gives up after
+        // 15 s, which would let a test pass slowly on a missing EDS response.
+        initial_fetch_timeout: Some(Duration {
+            seconds: 0,
+            nanos: 0,
+        }),
         config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
             AggregatedConfigSource {},
         )),
         ..Default::default()
     };
-    let cluster = Cluster {
+    Cluster {
         name: name.to_owned(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::Eds as i32,
@@ -70,12 +90,10 @@ pub fn rejected_eds_cluster(name: &str) -> Vec<Arc<Resource>> {
             eds_config: Some(ads),
             service_name: String::new(),
         }),
-        lb_policy: cluster::LbPolicy::ClusterProvided as i32,
         connect_timeout: Some(Duration {
-            seconds: 1,
+            seconds: connect_timeout_secs,
             nanos: 0,
         }),
         ..Default::default()
-    };
-    vec![Resource::cluster(&cluster), mk_endpoints(name, &[])]
+    }
 }

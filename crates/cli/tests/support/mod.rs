@@ -40,6 +40,7 @@ impl Mesh {
         let dir = tempfile::tempdir().expect("tmp");
         let mut config = ControlPlaneConfig {
             xds_addr: ([127, 0, 0, 1], 0).into(),
+            admin_addr: ([127, 0, 0, 1], 0).into(),
             registry_addr: ([127, 0, 0, 1], 0).into(),
             data_dir: dir.path().join("data"),
             ..Default::default()

@@ -101,23 +101,26 @@ impl Query {
 /// Blocks until `relevant(catalog) > index` or the wait elapses, when the query asked to block
 /// (`index` > 0). Returns the relevant index to report in `X-Consul-Index`.
 pub async fn block(state: &ApiState, query: &Query, relevant: impl Fn(&Catalog) -> u64) -> u64 {
+    // (the relevant index, the catalog's latest index), read under one lock.
     let current = || {
-        relevant(
-            &state
-                .catalog
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        let catalog = state
+            .catalog
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (relevant(&catalog), catalog.index())
     };
     let Some(min) = query.index.filter(|i| *i > 0) else {
-        return current();
+        return current().0;
     };
     let deadline = Instant::now() + query.wait_with_jitter();
     let mut index_rx = state.index_rx.clone();
     loop {
         index_rx.borrow_and_update();
-        let now = current();
-        if now > min {
+        let (now, latest) = current();
+        // An index from the future (the data directory was replaced) cannot be waited for:
+        // answer at once so the client sees the lower index and resets, as Consul clients do.
+        let from_the_future = min > latest;
+        if now > min || from_the_future {
             return now;
         }
         tokio::select! {

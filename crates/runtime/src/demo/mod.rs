@@ -74,6 +74,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     progress("starting the control plane (embedded registry + xDS)");
     let config = ControlPlaneConfig {
         xds_addr: (Ipv4Addr::LOCALHOST, 0).into(),
+        admin_addr: (Ipv4Addr::LOCALHOST, 0).into(),
         registry_addr: (Ipv4Addr::LOCALHOST, 0).into(),
         data_dir: dir.path().join("data"),
         domain_ca_file: Some(pki.ca_file.display().to_string()),
@@ -142,8 +143,8 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     let outcome: anyhow::Result<()> = async {
         wait_until_ready(registry, &mut sidecars).await?;
         done_progress();
-        println!("meshplane demo: control plane xDS on {}, registry (Consul API) on http://{registry}", cp.xds_addr);
-        println!("  try: curl http://{registry}/v1/health/service/payments   |   curl http://127.0.0.1:{}/", web.ingress);
+        println!("meshplane demo: admin API on http://{}  (xDS {}, registry Consul API http://{registry})", cp.admin_addr, cp.xds_addr);
+        println!("  try: curl http://{}/api/proxies   |   curl http://127.0.0.1:{}/", cp.admin_addr, web.ingress);
         println!("  proxies connected: {}", cp.status.len());
         loop {
             let routes = round(&options, &orders, &web, &pay1, partner, &pki.ca_file).await?;

@@ -1,8 +1,10 @@
-//! Envoy's admin API, as far as the sidecar needs it: is Envoy live (`/ready`)?
+//! Envoy's admin API, as far as the sidecar needs it: is *this* Envoy live?
 //!
-//! `/ready` answers 200 only once Envoy has initialised, which includes its first CDS and
-//! LDS responses from the control plane: a proxy that cannot reach the control plane is not
-//! registered.
+//! Envoy is live (`/ready` answers 200, `/server_info` says `LIVE`) only once it has
+//! initialised, which includes its first CDS and LDS responses from the control plane: a
+//! proxy that cannot reach the control plane is not registered. The sidecar reads
+//! `/server_info` rather than `/ready` because during a hot restart both epochs share the
+//! admin port, and only `/server_info` tells which epoch answered.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
@@ -10,7 +12,7 @@ use std::time::Duration;
 /// Talks to one Envoy admin address (which stays the same across hot restarts).
 #[derive(Debug, Clone)]
 pub struct AdminClient {
-    ready_url: String,
+    server_info_url: String,
     http: reqwest::Client,
 }
 
@@ -23,17 +25,21 @@ impl AdminClient {
             .build()
             .unwrap_or_default();
         AdminClient {
-            ready_url: format!("http://{addr}/ready"),
+            server_info_url: format!("http://{addr}/server_info"),
             http,
         }
     }
 
-    /// Whether Envoy answers `/ready` with 200.
-    pub async fn is_ready(&self) -> bool {
-        match self.http.get(&self.ready_url).send().await {
-            Ok(response) => response.status().is_success(),
-            Err(_) => false,
-        }
+    /// Whether the Envoy started at restart `epoch` answers and is live.
+    pub async fn is_live(&self, epoch: u32) -> bool {
+        let Ok(response) = self.http.get(&self.server_info_url).send().await else {
+            return false;
+        };
+        let Ok(info) = response.json::<serde_json::Value>().await else {
+            return false;
+        };
+        info["state"] == "LIVE"
+            && info["command_line_options"]["restart_epoch"].as_u64() == Some(u64::from(epoch))
     }
 }
 

@@ -203,20 +203,30 @@ impl SotwState {
         status: &StatusEntry,
         out: &mut Vec<SotwResponse>,
     ) {
-        if let Some(c) = self.desired(kind, snapshot)
-            && self.is_news(kind, &c)
-        {
+        let Some(c) = self.desired(kind, snapshot) else {
+            return;
+        };
+        if self.is_news(kind, &c) {
             out.push(self.emit(kind, c, status));
             if kind == ResourceType::Cluster {
                 self.force_endpoints();
             }
+        } else if let Some(st) = self.types[kind.index()].as_mut()
+            && st.sent.is_none()
+        {
+            // A reconnecting proxy reported exactly this version: remember what it has, as
+            // if sent on this stream, so later pushes still hold removed clusters until
+            // the routes have moved (make-before-break).
+            st.sent = Some((c.version, c.resources));
         }
     }
 
     /// Everything to send after the snapshot changed, in make-before-break order.
     fn push(&mut self, snapshot: &Snapshot, status: &StatusEntry) -> Vec<SotwResponse> {
         let mut out = Vec::new();
-        let before = self.sent_clusters().cloned().unwrap_or_default();
+        // The clusters the proxy had, kept only when new ones are sent (rarely: most pushes
+        // change endpoints only).
+        let mut before = None;
         let clusters = self.desired(ResourceType::Cluster, snapshot);
         let removed = self.removed_clusters(clusters.as_ref());
         let routing_changes = [ResourceType::Listener, ResourceType::Route]
@@ -237,17 +247,22 @@ impl SotwState {
                     resources,
                 };
                 if self.is_news(ResourceType::Cluster, &interim) {
+                    before = Some(self.sent_clusters().cloned().unwrap_or_default());
                     out.push(self.emit(ResourceType::Cluster, interim, status));
                     self.force_endpoints();
                 }
                 deferred_clusters = Some(final_clusters);
             } else if self.is_news(ResourceType::Cluster, &final_clusters) {
+                before = Some(self.sent_clusters().cloned().unwrap_or_default());
                 out.push(self.emit(ResourceType::Cluster, final_clusters, status));
                 self.force_endpoints();
             }
         }
         self.push_type(ResourceType::Endpoint, snapshot, status, &mut out);
-        self.await_endpoints(&before);
+        match &before {
+            Some(before) => self.await_endpoints(before),
+            None => self.endpoints_delivered(),
+        }
         if !self.awaiting_endpoints.is_empty() {
             // New clusters first get their endpoints; `on_request` resumes the push once
             // the proxy has asked for them and been sent them.

@@ -68,7 +68,8 @@ async fn rejected_snapshot_is_not_resent(flavour: Flavour) {
             .expect("publish")
     );
 
-    // Unrelated changes (endpoints) reach Envoy, and CDS is not re-sent with them.
+    // Unrelated changes (endpoints, then routes) reach Envoy, and CDS is not re-sent with
+    // them.
     let payments_2 = Upstream::start("payments-2").await.expect("start upstream");
     let second = [payments_2.port()];
     assert!(
@@ -80,6 +81,14 @@ async fn rejected_snapshot_is_not_resent(flavour: Flavour) {
         .wait_served_by("payments", "payments-2")
         .await
         .expect("the endpoint change reaches Envoy despite the rejected cluster");
+    let more_routes = [("payments", "payments"), ("pay", "payments")];
+    let mut resources = egress(web.port, &more_routes, &[("payments", &second)]);
+    resources.push(mk_rejected_cluster("broken"));
+    web.cp.publish(SERVICE, resources).expect("publish");
+    web.client
+        .wait_served_by("pay", "payments-2")
+        .await
+        .expect("the route change reaches Envoy despite the rejected cluster");
     let status = web.status();
     let cds = status.type_status(ResourceType::Cluster);
     assert_eq!(cds.responses, cds_rejected, "no CDS re-send: {status:?}");

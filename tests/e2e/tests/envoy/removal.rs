@@ -1,7 +1,8 @@
 //! A service with no instances, then no service at all: Envoy never keeps a cluster
 //! warming and keeps no stale cluster.
 
-use meshplane_e2e::{Flavour, egress};
+use meshplane_e2e::{Flavour, egress, retimed_cluster};
+use meshplane_xds::ResourceType;
 
 use crate::{NODE, SERVICE, Web, all_acked};
 
@@ -11,6 +12,27 @@ const STATIC_CLUSTERS: u64 = 1;
 async fn removed_service_leaves_nothing_warming(flavour: Flavour) {
     let web = Web::start(flavour).await;
     let payments = [web.payments_1.port()];
+
+    // The cluster's settings change, its endpoints do not: Envoy warms the new cluster
+    // until it receives its endpoints again, so they must be re-sent.
+    let modified = stat(&web, "cluster_manager.cluster_modified").await;
+    let mut resources = egress(
+        web.port,
+        &[("payments", "payments")],
+        &[("payments", &payments)],
+    );
+    resources.retain(|r| !(r.kind() == ResourceType::Cluster && r.name() == "payments"));
+    resources.push(retimed_cluster("payments", 2));
+    web.cp.publish(SERVICE, resources).expect("publish");
+    web.envoy
+        .wait_stat("cluster_manager.cluster_modified", modified + 1)
+        .await
+        .expect("Envoy takes the changed cluster");
+    wait_clusters(&web, &["payments"]).await;
+    web.client
+        .wait_served_by("payments", "payments-1")
+        .await
+        .expect("payments still served");
 
     // A new dependency with no instances yet: its cluster gets an empty assignment and
     // must not stay warming, and the existing service keeps working.
@@ -74,6 +96,11 @@ async fn removed_service_leaves_nothing_warming(flavour: Flavour) {
         .wait_for_proxy(NODE, "every type ACKed", all_acked)
         .await
         .expect("ACKs");
+}
+
+async fn stat(web: &Web, name: &str) -> u64 {
+    let value = web.envoy.stat(name).await.expect("stats");
+    value.unwrap_or_else(|| panic!("Envoy has no stat {name}"))
 }
 
 /// Waits until Envoy's xDS clusters are exactly `names`, all active, none warming.

@@ -105,10 +105,27 @@ async fn restart_keeps_serving_and_resends_nothing(flavour: Flavour) {
         "Envoy applied no CDS/LDS/RDS update"
     );
 
+    // The new instance knows what Envoy has, so make-before-break still holds: moving the
+    // route to a new cluster and removing the old one fails no request.
+    cp.publish(
+        SERVICE,
+        egress(
+            port,
+            &[("payments", "payments-v2")],
+            &[("payments-v2", &[payments_1.port()])],
+        ),
+    )
+    .expect("publish");
+    client
+        .wait_served_by("payments", "payments-1")
+        .await
+        .expect("the route moves to payments-v2");
+    load.wait_more_ok(20).await.expect("traffic flows");
+
     let report = load.stop().await;
     assert!(
         report.failures.is_empty(),
-        "requests failed during the restart: {:?}",
+        "requests failed during or after the restart: {:?}",
         report.failures
     );
     assert!(report.ok() > 60, "{report:?}");

@@ -1,0 +1,118 @@
+//! The admin API on `--admin-addr`: what the registry holds, what every connected proxy was
+//! sent and acknowledged, the translated snapshot of every group, Prometheus metrics, and
+//! health/readiness. Read handles only: nothing here can change the mesh.
+//!
+//! Start at [`router`]; [`views`] turns internal state into the JSON shapes, [`metrics`]
+//! renders Prometheus text.
+
+mod metrics;
+mod resources;
+pub mod views;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use meshplane_registry::Store;
+use meshplane_xds::{GroupKey, SnapshotCache, StatusBoard};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Read handles the admin API serves from.
+#[derive(Clone, Debug)]
+pub struct AdminState {
+    /// The merged registry.
+    pub store: Store,
+    /// Per-proxy xDS status.
+    pub status: StatusBoard,
+    /// Translated snapshots by group.
+    pub cache: SnapshotCache,
+    /// This control plane's xDS address (proxies are "connected to" it).
+    pub xds_addr: SocketAddr,
+}
+
+/// The admin API routes.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::render))
+        .route("/api/services", get(services))
+        .route("/api/services/{name}", get(service))
+        .route("/api/proxies", get(proxies))
+        .route("/api/state", get(registry_state))
+        .route("/api/groups", get(groups))
+        .route("/api/groups/{key}/resources", get(group_resources))
+        .with_state(state)
+}
+
+/// Serves the admin API until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn readyz(State(s): State<AdminState>) -> Response {
+    let snapshot = s.store.snapshot();
+    if snapshot.is_synced() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the registry has not completed its first full sync\n",
+        )
+            .into_response()
+    }
+}
+
+async fn services(State(s): State<AdminState>) -> Json<Vec<views::ServiceSummary>> {
+    Json(views::services(&s.store.snapshot()))
+}
+
+async fn service(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
+    match views::service(&s.store.snapshot(), &s.status, &name, s.xds_addr) {
+        Some(detail) => Json(detail).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no service `{name}` in the registry\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn proxies(State(s): State<AdminState>) -> Json<Vec<views::ProxyView>> {
+    Json(
+        s.status
+            .proxies()
+            .iter()
+            .map(|p| views::proxy(p, s.xds_addr))
+            .collect(),
+    )
+}
+
+async fn registry_state(State(s): State<AdminState>) -> Json<views::RegistryState> {
+    Json(views::registry_state(&s.store.snapshot()))
+}
+
+async fn groups(State(s): State<AdminState>) -> Json<Vec<views::GroupView>> {
+    Json(views::groups(&s.cache))
+}
+
+async fn group_resources(State(s): State<AdminState>, Path(key): Path<String>) -> Response {
+    match s.cache.snapshot(&GroupKey::new(key.as_str())) {
+        Some(snapshot) => Json(resources::describe(&snapshot)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no snapshot for group `{key}`\n"),
+        )
+            .into_response(),
+    }
+}

@@ -1,0 +1,180 @@
+//! HTTPS to Consul with a private CA: trusted through `ca_file`, refused without it. The server
+//! is a minimal TLS fake of the two watched endpoints (certificates made by rcgen).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use meshplane_registry::{RegistrySource, Store, event_channel, store};
+use meshplane_registry_consul::{ConsulConfig, ConsulSource};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        self,
+        pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer},
+    },
+};
+use tokio_util::sync::CancellationToken;
+
+const HEALTH: &str = r#"[{"Node": {"Node": "n1", "Address": "10.0.0.1", "Datacenter": "dc1"},
+  "Service": {"ID": "web-1", "Service": "web", "Port": 443}, "Checks": []}]"#;
+
+/// A CA certificate (PEM) and a server certificate for 127.0.0.1 signed by it.
+fn mk_pki() -> (String, rustls::ServerConfig) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "meshplane test Consul CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+    let leaf_key = KeyPair::generate().expect("key");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&leaf_key, &ca)
+        .expect("leaf");
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .expect("server config");
+    (ca.pem(), server)
+}
+
+/// Serves the catalog and one health entry over TLS; blocking queries never answer. Counts
+/// failed handshakes.
+async fn start_tls_fake(server: rustls::ServerConfig) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let acceptor = TlsAcceptor::from(Arc::new(server));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let failed_handshakes = failed.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, failed) = (acceptor.clone(), failed.clone());
+            tokio::spawn(async move {
+                match acceptor.accept(tcp).await {
+                    Ok(tls) => answer(tls).await,
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    (addr, failed_handshakes)
+}
+
+async fn answer(tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) {
+    let (read, mut write) = tokio::io::split(tls);
+    let mut reader = BufReader::new(read);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).await.is_err() {
+        return;
+    }
+    loop {
+        let mut header = String::new();
+        match reader.read_line(&mut header).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) if header == "\r\n" => break,
+            Ok(_) => {}
+        }
+    }
+    let target = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if query.split('&').any(|kv| kv.starts_with("index=")) {
+        std::future::pending::<()>().await; // a blocking query with no change
+    }
+    let (index, body) = match path {
+        "/v1/catalog/services" => (1, r#"{"web": []}"#),
+        "/v1/health/service/web" => (2, HEALTH),
+        _ => (1, "[]"),
+    };
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Consul-Index: {index}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = write.write_all(response.as_bytes()).await;
+    let _ = write.shutdown().await;
+}
+
+fn run(config: ConsulConfig) -> (Store, CancellationToken) {
+    let (reader, writer) = store();
+    let (sink, events) = event_channel(16);
+    let shutdown = CancellationToken::new();
+    let source = ConsulSource::new(config).expect("config");
+    tokio::spawn(writer.run(events, shutdown.clone()));
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { source.run(sink, shutdown).await.expect("source") }
+    });
+    (reader, shutdown)
+}
+
+fn tls_config(addr: SocketAddr, ca_file: Option<std::path::PathBuf>) -> ConsulConfig {
+    ConsulConfig {
+        address: format!("https://{addr}"),
+        ca_file,
+        min_retry: Duration::from_millis(20),
+        max_retry: Duration::from_millis(100),
+        ..ConsulConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_a_private_ca_file() {
+    let (ca_pem, server) = mk_pki();
+    let (addr, _) = start_tls_fake(server).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("consul-ca.pem");
+    std::fs::write(&ca_file, ca_pem).expect("write CA");
+
+    let (store, shutdown) = run(tls_config(addr, Some(ca_file)));
+    let mut rx = store.subscribe();
+    let synced = tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|s| s.service("web").is_some()),
+    )
+    .await;
+    assert!(
+        matches!(synced, Ok(Ok(_))),
+        "no sync over HTTPS with the CA file"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_without_the_ca_is_refused() {
+    let (_, server) = mk_pki();
+    let (addr, failed_handshakes) = start_tls_fake(server).await;
+    let (store, shutdown) = run(tls_config(addr, None));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while failed_handshakes.load(Ordering::SeqCst) < 3 {
+        assert!(Instant::now() < deadline, "the client never attempted TLS");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let snap = store.snapshot();
+    assert!(
+        snap.services.is_empty() && !snap.is_synced(),
+        "an untrusted server must not feed the store"
+    );
+    shutdown.cancel();
+}
