@@ -32,7 +32,7 @@ use meshplane_model::descriptor::Domain;
 use meshplane_model::{Descriptor, ServiceName};
 
 use crate::MeshOptions;
-use crate::endpoints::{CANARY_KEY, TAGS_KEY};
+use crate::endpoints::TAGS_KEY;
 use crate::names;
 use crate::proto::{ads, any, duration, socket, stable_map, u32_value};
 
@@ -77,25 +77,19 @@ pub fn service_cluster(service: &ServiceName) -> Cluster {
     })
 }
 
+/// One subset selector on the `tags` list (`list_as_any`): `x-canary` asks for tag `canary`
+/// and falls back to any instance when no instance has it. Tag routes exist only for tags some
+/// instance has (unknown tags get a direct 503 route), so they never fall back. One key per
+/// endpoint also keeps endpoint metadata a single-entry map, which encodes identically in
+/// every process (versions survive control-plane restarts).
 fn subset_config() -> cluster::LbSubsetConfig {
-    use cluster::lb_subset_config::{
-        LbSubsetFallbackPolicy, LbSubsetSelector,
-        lb_subset_selector::LbSubsetSelectorFallbackPolicy,
-    };
+    use cluster::lb_subset_config::{LbSubsetFallbackPolicy, LbSubsetSelector};
     cluster::LbSubsetConfig {
         fallback_policy: LbSubsetFallbackPolicy::AnyEndpoint as i32,
-        subset_selectors: vec![
-            LbSubsetSelector {
-                keys: vec![CANARY_KEY.to_owned()],
-                fallback_policy: LbSubsetSelectorFallbackPolicy::AnyEndpoint as i32,
-                ..Default::default()
-            },
-            LbSubsetSelector {
-                keys: vec![TAGS_KEY.to_owned()],
-                fallback_policy: LbSubsetSelectorFallbackPolicy::NoFallback as i32,
-                ..Default::default()
-            },
-        ],
+        subset_selectors: vec![LbSubsetSelector {
+            keys: vec![TAGS_KEY.to_owned()],
+            ..Default::default()
+        }],
         list_as_any: true,
         ..Default::default()
     }

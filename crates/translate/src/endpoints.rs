@@ -11,12 +11,10 @@ use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use meshplane_model::{Health, Instance, ServiceName};
 
 use crate::MeshOptions;
-use crate::proto::{bool_value, socket, stable_map, string_value, u32_value};
+use crate::proto::{socket, stable_map, string_value, u32_value};
 
 /// Metadata namespace the subset load balancer reads.
 pub(crate) const LB_NAMESPACE: &str = "envoy.lb";
-/// Endpoint metadata key set on canary instances.
-pub(crate) const CANARY_KEY: &str = "canary";
 /// Endpoint metadata key holding an instance's tags (matched with `list_as_any`).
 pub(crate) const TAGS_KEY: &str = "tags";
 /// The registry tag that puts an instance in the canary subset.
@@ -89,9 +87,6 @@ fn subset_metadata(i: &Instance) -> Option<Metadata> {
     tags.sort();
     tags.dedup();
     let mut fields = stable_map();
-    if tags.iter().any(|t| t == CANARY_TAG) {
-        fields.insert(CANARY_KEY.to_owned(), bool_value(true));
-    }
     fields.insert(
         TAGS_KEY.to_owned(),
         Value {

@@ -70,10 +70,3 @@ pub fn string_value(s: &str) -> pb::Value {
         kind: Some(pb::value::Kind::StringValue(s.to_owned())),
     }
 }
-
-/// A bool `Value`.
-pub fn bool_value(b: bool) -> pb::Value {
-    pb::Value {
-        kind: Some(pb::value::Kind::BoolValue(b)),
-    }
-}

@@ -17,9 +17,9 @@ use meshplane_model::descriptor::{Dependency, Domain, Retries, RetryOn, Target};
 use meshplane_model::{Descriptor, ServiceName};
 
 use crate::Catalog;
-use crate::endpoints::{CANARY_KEY, LB_NAMESPACE, TAGS_KEY};
+use crate::endpoints::{CANARY_TAG, LB_NAMESPACE, TAGS_KEY};
 use crate::names;
-use crate::proto::{any, bool_value, duration, stable_map, string_value, u32_value};
+use crate::proto::{any, duration, stable_map, string_value, u32_value};
 
 /// Header that prefers canary instances (`1`), falling back to any instance.
 pub const CANARY_HEADER: &str = "x-canary";
@@ -242,7 +242,11 @@ fn service_host(
     routes.push(mk_route(
         &format!("{name}/canary"),
         prefix_match(vec![header_exact(CANARY_HEADER, "1")]),
-        forward(name, dep, Some(lb_match(CANARY_KEY, bool_value(true)))),
+        forward(
+            name,
+            dep,
+            Some(lb_match(TAGS_KEY, string_value(CANARY_TAG))),
+        ),
     ));
     routes.push(mk_route(
         &format!("{name}/default"),

@@ -7,3 +7,6 @@ pub mod translator;
 
 pub use grouper::{DescriptorGrouper, Groups};
 pub use translator::Translator;
+
+#[cfg(test)]
+mod tests;

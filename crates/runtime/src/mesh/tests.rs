@@ -1,0 +1,194 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::Struct;
+use meshplane_model::{Health, Instance, InstanceId, Locality, ServiceName};
+use meshplane_registry::{RegistryEvent, SourceId};
+use meshplane_translate::MeshOptions;
+use meshplane_xds::{GroupError, GroupKey, NodeGrouper, PeerInfo, SnapshotCache};
+
+use super::{DescriptorGrouper, Groups, Translator};
+
+fn yaml_to_struct(yaml: &str) -> Struct {
+    let json: serde_json::Value = serde_norway::from_str(yaml).expect("yaml");
+    fn to_value(v: &serde_json::Value) -> envoy_types::pb::google::protobuf::Value {
+        use envoy_types::pb::google::protobuf::{ListValue, Value, value::Kind};
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+                values: a.iter().map(to_value).collect(),
+            }),
+            serde_json::Value::Object(o) => Kind::StructValue(Struct {
+                fields: o.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
+            }),
+        };
+        Value { kind: Some(kind) }
+    }
+    match to_value(&json).kind {
+        Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(s)) => s,
+        _ => panic!("descriptor is a map"),
+    }
+}
+
+fn mk_node(id: &str, yaml: &str) -> Node {
+    let metadata = yaml_to_struct(yaml);
+    let service = yaml
+        .lines()
+        .find_map(|l| l.strip_prefix("service: "))
+        .unwrap_or_default();
+    Node {
+        id: id.into(),
+        cluster: service.into(),
+        metadata: Some(metadata),
+        ..Default::default()
+    }
+}
+
+fn mk_instance(service: &str, id: &str, port: u16) -> Instance {
+    Instance {
+        id: InstanceId::new(id).expect("id"),
+        service: ServiceName::new(service).expect("name"),
+        node: "n".into(),
+        address: "127.0.0.1".into(),
+        port,
+        tags: vec![],
+        meta: BTreeMap::new(),
+        weight: 1,
+        health: Health::Passing,
+        locality: Locality {
+            datacenter: "dc1".into(),
+            zone: None,
+        },
+    }
+}
+
+const ORDERS: &str = "service: orders\nport: 1\ningress: { port: 2 }\negress: { port: 3 }\ndependencies: [{ service: payments }]\n";
+const WEB: &str = "service: web\nport: 1\ningress: { port: 2 }\negress: { port: 3 }\ndependencies: [{ service: orders }]\n";
+
+#[test]
+fn identical_descriptors_share_a_group_and_bad_ones_get_field_errors() {
+    let grouper = DescriptorGrouper::new(Groups::default(), Arc::new(MeshOptions::default()));
+    let peer = PeerInfo::default();
+    let a = grouper
+        .group(&mk_node("orders-1", ORDERS), &peer)
+        .expect("valid");
+    let b = grouper
+        .group(&mk_node("orders-2", ORDERS), &peer)
+        .expect("valid");
+    assert_eq!(a, b, "same descriptor, same group");
+    let c = grouper.group(&mk_node("web-1", WEB), &peer).expect("valid");
+    assert_ne!(a, c);
+
+    let bad = "service: orders\nport: 1\ningress: { port: 2 }\ndependencies: [{ service: payments, timeout: soon }]\n";
+    match grouper.group(&mk_node("orders-3", bad), &peer) {
+        Err(GroupError::InvalidArgument(m)) => {
+            assert!(m.contains("dependencies[0].timeout"), "{m}")
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    let mut liar = mk_node("orders-4", ORDERS);
+    liar.cluster = "payments".into();
+    match grouper.group(&liar, &peer) {
+        Err(GroupError::InvalidArgument(m)) => {
+            assert!(m.contains("differs from the descriptor's service"), "{m}")
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    let wildcard =
+        "service: hadoop\nport: 1\ningress: { port: 2 }\ndependencies: [{ service: \"*\" }]\n";
+    match grouper.group(&mk_node("hadoop-1", wildcard), &peer) {
+        Err(GroupError::InvalidArgument(m)) => {
+            assert!(m.contains("allow_wildcard_dependencies"), "{m}")
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_registry_change_recomputes_only_the_groups_that_see_it() {
+    let groups = Groups::default();
+    let grouper = DescriptorGrouper::new(groups.clone(), Arc::new(MeshOptions::default()));
+    let cache = SnapshotCache::new();
+    let mut translator = Translator::new(cache.clone(), groups, Arc::new(MeshOptions::default()));
+    let (store, mut writer) = meshplane_registry::store();
+    let source = SourceId::new("test");
+    let services = [
+        (
+            ServiceName::new("payments").expect("name"),
+            vec![mk_instance("payments", "p1", 10)],
+        ),
+        (
+            ServiceName::new("orders").expect("name"),
+            vec![mk_instance("orders", "o1", 20)],
+        ),
+    ]
+    .into_iter()
+    .collect();
+    writer.apply(RegistryEvent::Replace {
+        source: source.clone(),
+        services,
+    });
+    translator.on_registry(store.snapshot());
+
+    let peer = PeerInfo::default();
+    let orders: GroupKey = grouper
+        .group(&mk_node("orders-1", ORDERS), &peer)
+        .expect("valid");
+    let web: GroupKey = grouper.group(&mk_node("web-1", WEB), &peer).expect("valid");
+    let mut orders_rx = cache.subscribe(&orders);
+    let mut web_rx = cache.subscribe(&web);
+    translator.on_demand(&orders);
+    translator.on_demand(&web);
+    let orders_v1 = orders_rx
+        .borrow_and_update()
+        .clone()
+        .expect("orders snapshot");
+    let web_v1 = web_rx.borrow_and_update().clone().expect("web snapshot");
+    assert!(
+        orders_v1
+            .get(meshplane_xds::ResourceType::Cluster, "payments")
+            .is_some()
+    );
+    assert!(
+        web_v1
+            .get(meshplane_xds::ResourceType::Cluster, "payments")
+            .is_none(),
+        "web only sees its dependencies"
+    );
+
+    // payments changes: orders is recomputed, web is not touched.
+    writer.apply(RegistryEvent::Service {
+        source,
+        name: ServiceName::new("payments").expect("name"),
+        instances: vec![
+            mk_instance("payments", "p1", 10),
+            mk_instance("payments", "p2", 11),
+        ],
+    });
+    translator.on_registry(store.snapshot());
+    assert!(orders_rx.has_changed().expect("open"));
+    assert!(
+        !web_rx.has_changed().expect("open"),
+        "web does not depend on payments"
+    );
+    let orders_v2 = orders_rx.borrow_and_update().clone().expect("snapshot");
+    // The shared cluster resource is the same Arc; only endpoints changed.
+    let c1 = orders_v1
+        .get(meshplane_xds::ResourceType::Cluster, "payments")
+        .expect("cluster");
+    let c2 = orders_v2
+        .get(meshplane_xds::ResourceType::Cluster, "payments")
+        .expect("cluster");
+    assert_eq!(c1.version(), c2.version());
+    let e1 = orders_v1
+        .get(meshplane_xds::ResourceType::Endpoint, "payments")
+        .expect("eds");
+    let e2 = orders_v2
+        .get(meshplane_xds::ResourceType::Endpoint, "payments")
+        .expect("eds");
+    assert_ne!(e1.version(), e2.version());
+}

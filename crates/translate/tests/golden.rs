@@ -1,0 +1,135 @@
+//! Golden tests: a fixed registry and descriptor in, every resource out, compared with the
+//! files under `tests/golden/`. Run with `UPDATE_GOLDEN=1` to rewrite them after an intended
+//! change, and review the diff.
+
+use std::path::PathBuf;
+
+use meshplane_model::{Descriptor, Health, Instance, InstanceId, Locality, ServiceName};
+use meshplane_translate::{
+    Catalog, MeshOptions, ProxyGroup, group_config, service_cluster, service_endpoints,
+};
+
+struct Fixture(Vec<(ServiceName, Vec<Instance>)>);
+
+impl Catalog for Fixture {
+    fn services(&self) -> Vec<ServiceName> {
+        self.0.iter().map(|(n, _)| n.clone()).collect()
+    }
+    fn instances(&self, service: &ServiceName) -> Option<&[Instance]> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == service)
+            .map(|(_, i)| i.as_slice())
+    }
+}
+
+fn name(s: &str) -> ServiceName {
+    ServiceName::new(s).expect("valid")
+}
+
+fn mk_instance(id: &str, dc: &str, tags: &[&str], weight: u32, health: Health) -> Instance {
+    Instance {
+        id: InstanceId::new(id).expect("id"),
+        service: name("payments"),
+        node: "node-1".into(),
+        address: "10.0.0.7".into(),
+        port: 31001,
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        meta: Default::default(),
+        weight,
+        health,
+        locality: Locality {
+            datacenter: dc.into(),
+            zone: None,
+        },
+    }
+}
+
+fn catalog() -> Fixture {
+    Fixture(vec![(
+        name("payments"),
+        vec![
+            mk_instance("payments-1", "dc1", &[], 100, Health::Passing),
+            mk_instance(
+                "payments-2",
+                "dc1",
+                &["canary", "blue"],
+                50,
+                Health::Warning,
+            ),
+            mk_instance("payments-3", "dc2", &[], 100, Health::Passing),
+            mk_instance("payments-4", "dc1", &[], 100, Health::Critical),
+        ],
+    )])
+}
+
+const ORDERS: &str = r#"
+service: orders
+port: 8080
+ingress: { port: 31001, timeout: 30s }
+egress: { port: 31000 }
+preserve_header_case: true
+dependencies:
+  - service: payments
+    timeout: 2s
+    retries: { attempts: 2, per_try_timeout: 500ms, on: [connect-failure, reset, "503"] }
+  - domain: https://api.example.com
+  - domain_pattern: "*.example.org"
+"#;
+
+fn check(name: &str, rendered: String) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.txt"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &rendered).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("missing {}; run with UPDATE_GOLDEN=1", path.display()));
+    if expected != rendered {
+        let first = expected
+            .lines()
+            .zip(rendered.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(expected.lines().count().min(rendered.lines().count()));
+        panic!(
+            "{name} differs from {} at line {}:\n expected: {:?}\n   actual: {:?}\nrun with UPDATE_GOLDEN=1 if the change is intended",
+            path.display(),
+            first + 1,
+            expected.lines().nth(first),
+            rendered.lines().nth(first)
+        );
+    }
+}
+
+#[test]
+fn orders_group() {
+    let group = ProxyGroup {
+        descriptor: Descriptor::from_yaml(ORDERS).expect("valid"),
+        listen_address: "10.0.0.9".into(),
+    };
+    let options = MeshOptions::default();
+    let config = group_config(&group, &catalog(), &options).expect("translates");
+    check("orders-listeners", format!("{:#?}", config.listeners));
+    check("orders-routes", format!("{:#?}", config.routes));
+    check("orders-clusters", format!("{:#?}", config.clusters));
+}
+
+#[test]
+fn payments_shared_resources() {
+    let c = catalog();
+    let options = MeshOptions::default();
+    let instances = c.instances(&name("payments")).expect("known");
+    check(
+        "payments-cluster",
+        format!("{:#?}", service_cluster(&name("payments"))),
+    );
+    check(
+        "payments-endpoints",
+        format!(
+            "{:#?}",
+            service_endpoints(&name("payments"), instances, &options)
+        ),
+    );
+}
