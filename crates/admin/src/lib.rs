@@ -5,11 +5,15 @@
 //! Start at [`router`]; [`views`] turns internal state into the JSON shapes, [`metrics`]
 //! renders Prometheus text.
 
+mod auth;
+pub mod consistency;
 mod metrics;
+pub mod relay;
 mod resources;
 pub mod views;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -32,6 +36,14 @@ pub struct AdminState {
     pub cache: SnapshotCache,
     /// This control plane's xDS address (proxies are "connected to" it).
     pub xds_addr: SocketAddr,
+    /// Where each proxy's admin relay listens.
+    pub directory: Arc<dyn relay::ProxyDirectory>,
+    /// Token required on write routes (and sent to sidecar relays).
+    pub token: Option<Arc<str>>,
+    /// Admin URLs of the other control-plane instances.
+    pub peers: Arc<Vec<String>>,
+    /// Client for relays and peers.
+    pub http: reqwest::Client,
 }
 
 /// The admin API routes.
@@ -46,6 +58,15 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/state", get(registry_state))
         .route("/api/groups", get(groups))
         .route("/api/groups/{key}/resources", get(group_resources))
+        .route("/api/proxies/{id}/config_dump", get(relay::config_dump))
+        .route("/api/proxies/{id}/stats", get(relay::stats))
+        .route("/api/proxies/{id}/traffic", get(relay::traffic))
+        .route(
+            "/api/proxies/{id}/logging",
+            get(relay::logging).post(relay::set_logging),
+        )
+        .route("/api/state/digest", get(consistency::digest_route))
+        .route("/api/consistency", get(consistency::report))
         .with_state(state)
 }
 

@@ -38,6 +38,15 @@ fn mk_instance(id: &str, health: Health) -> Instance {
     }
 }
 
+#[derive(Debug)]
+struct NoRelays;
+
+impl meshplane_admin::relay::ProxyDirectory for NoRelays {
+    fn relay_addr(&self, _: &str) -> Option<std::net::SocketAddr> {
+        None
+    }
+}
+
 struct Setup {
     base: String,
     http: reqwest::Client,
@@ -83,6 +92,10 @@ async fn setup(synced: bool) -> Setup {
         status,
         cache: cache.clone(),
         xds_addr: xds,
+        directory: Arc::new(NoRelays),
+        token: Some(Arc::from("s3cret")),
+        peers: Arc::new(Vec::new()),
+        http: reqwest::Client::new(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -272,5 +285,33 @@ async fn proxies_show_sync_status_and_nacks_and_groups_their_resources() {
     assert!(
         metrics.contains("meshplane_registry_instances 2"),
         "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn log_level_writes_need_the_token() {
+    let s = setup(true).await;
+    let url = format!("{}/api/proxies/orders-1/logging?level=debug", s.base);
+    assert_eq!(s.http.post(&url).send().await.expect("up").status(), 401);
+    assert_eq!(
+        s.http
+            .post(&url)
+            .bearer_auth("guess")
+            .send()
+            .await
+            .expect("up")
+            .status(),
+        403
+    );
+    // With the token the request gets through authentication (and finds no such proxy).
+    assert_eq!(
+        s.http
+            .post(&url)
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .expect("up")
+            .status(),
+        404
     );
 }

@@ -75,6 +75,9 @@ struct ControlPlaneArgs {
     /// This control plane's datacenter [default: dc1].
     #[arg(long, env = "MESHPLANE_DATACENTER")]
     datacenter: Option<String>,
+    /// Admin URLs of the other control-plane instances (for /api/consistency), comma-separated.
+    #[arg(long, env = "MESHPLANE_PEERS", value_delimiter = ',')]
+    peers: Option<Vec<String>>,
     /// Token required on admin and registry write routes.
     #[arg(long, env = "MESHPLANE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -128,6 +131,9 @@ impl ControlPlaneArgs {
         }
         if self.token.is_some() {
             c.token = self.token;
+        }
+        if let Some(v) = self.peers {
+            c.peers = v;
         }
         if let Some(v) = self.allow_wildcard_dependencies {
             c.allow_wildcard_dependencies = v;

@@ -59,8 +59,10 @@ pub struct ControlPlaneConfig {
     pub data_dir: PathBuf,
     /// This control plane's datacenter.
     pub datacenter: String,
-    /// Token required on admin and registry write routes.
+    /// Token required on admin and registry write routes (and sent to sidecar relays).
     pub token: Option<String>,
+    /// Admin URLs of the other control-plane instances, for `/api/consistency`.
+    pub peers: Vec<String>,
     /// Services allowed to depend on every service (`service: "*"`).
     pub allow_wildcard_dependencies: Vec<meshplane_model::ServiceName>,
     /// CA bundle that verifies external `https://` domains (default: the system bundle).
@@ -83,6 +85,7 @@ impl Default for ControlPlaneConfig {
             data_dir: PathBuf::from("./meshplane-data"),
             datacenter: "dc1".to_owned(),
             token: None,
+            peers: Vec::new(),
             allow_wildcard_dependencies: Vec::new(),
             domain_ca_file: None,
             domain_addresses: Default::default(),

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ControlPlaneConfig, RegistryKind};
-use crate::mesh::{DescriptorGrouper, Groups, Translator};
+use crate::mesh::{DescriptorGrouper, Groups, RelayDirectory, Translator};
 
 /// A started control plane: where it listens and handles on its state.
 pub struct ControlPlane {
@@ -137,7 +137,9 @@ pub async fn start(
     let options = Arc::new(mesh_options(&config));
     let (cache, demand_rx) = SnapshotCache::with_demand();
     let groups = Groups::default();
-    let grouper = DescriptorGrouper::new(groups.clone(), options.clone());
+    let relays = RelayDirectory::default();
+    let grouper =
+        DescriptorGrouper::new(groups.clone(), options.clone()).with_relays(relays.clone());
     let server = XdsServer::new(
         cache.clone(),
         Arc::new(grouper),
@@ -168,7 +170,12 @@ pub async fn start(
         status: status.clone(),
         cache: cache.clone(),
         xds_addr,
+        directory: Arc::new(relays.clone()),
+        token: config.token.as_deref().map(Arc::from),
+        peers: Arc::new(config.peers.clone()),
+        http: reqwest::Client::builder().no_proxy().build()?,
     };
+    tasks.spawn(prune_relays(relays, status.clone(), shutdown.clone()));
     let s = shutdown.clone();
     tasks.spawn(async move {
         meshplane_admin::serve(admin_listener, admin, s)
@@ -201,6 +208,24 @@ impl ControlPlane {
             }
         }
         result
+    }
+}
+
+/// Forgets relay addresses of proxies that disconnected.
+async fn prune_relays(
+    relays: RelayDirectory,
+    status: StatusBoard,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {
+                let connected = status.proxies().into_iter().map(|p| p.node_id).collect();
+                relays.retain(&connected);
+            }
+        }
     }
 }
 

@@ -43,8 +43,45 @@ impl Groups {
     }
 }
 
+/// Metadata key where a sidecar advertises its admin relay (`{address, port}`).
+pub const ADMIN_RELAY_KEY: &str = "admin_relay";
+
+/// Where each proxy's admin relay listens, by node id (from node metadata).
+#[derive(Debug, Clone, Default)]
+pub struct RelayDirectory {
+    inner: Arc<RwLock<HashMap<String, std::net::SocketAddr>>>,
+}
+
+impl RelayDirectory {
+    fn record(&self, node_id: &str, addr: std::net::SocketAddr) {
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node_id.to_owned(), addr);
+    }
+
+    /// Forgets proxies not in `connected`.
+    pub fn retain(&self, connected: &std::collections::HashSet<String>) {
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| connected.contains(id));
+    }
+}
+
+impl meshplane_admin::relay::ProxyDirectory for RelayDirectory {
+    fn relay_addr(&self, node_id: &str) -> Option<std::net::SocketAddr> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node_id)
+            .copied()
+    }
+}
+
 /// The control plane's grouper.
 pub struct DescriptorGrouper {
+    relays: RelayDirectory,
     groups: Groups,
     options: Arc<MeshOptions>,
     limits: MetadataGrouper,
@@ -54,10 +91,17 @@ impl DescriptorGrouper {
     /// A grouper recording into `groups`, enforcing `options`.
     pub fn new(groups: Groups, options: Arc<MeshOptions>) -> Self {
         DescriptorGrouper {
+            relays: RelayDirectory::default(),
             groups,
             options,
             limits: MetadataGrouper::default(),
         }
+    }
+
+    /// Records advertised admin relays into `relays`.
+    pub fn with_relays(mut self, relays: RelayDirectory) -> Self {
+        self.relays = relays;
+        self
     }
 
     /// Parses and checks a node's descriptor (public for tests and the admin API).
@@ -74,6 +118,11 @@ impl DescriptorGrouper {
         let listen_address = match json.as_object_mut() {
             Some(map) => {
                 map.remove(ADMIN_KEY);
+                if let Some(relay) = map.remove(ADMIN_RELAY_KEY)
+                    && let Some(addr) = relay_addr(&relay)
+                {
+                    self.relays.record(&node.id, addr);
+                }
                 map.remove(ADDRESS_KEY)
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_else(|| "0.0.0.0".to_owned())
@@ -99,6 +148,12 @@ impl DescriptorGrouper {
             listen_address,
         })
     }
+}
+
+fn relay_addr(v: &serde_json::Value) -> Option<std::net::SocketAddr> {
+    let ip: std::net::IpAddr = v.get("address")?.as_str()?.parse().ok()?;
+    let port = u16::try_from(v.get("port")?.as_u64()?).ok()?;
+    Some((ip, port).into())
 }
 
 impl NodeGrouper for DescriptorGrouper {

@@ -5,7 +5,7 @@ pub mod grouper;
 pub mod metadata;
 pub mod translator;
 
-pub use grouper::{DescriptorGrouper, Groups};
+pub use grouper::{DescriptorGrouper, Groups, RelayDirectory};
 pub use translator::Translator;
 
 #[cfg(test)]
