@@ -7,7 +7,7 @@
 
 mod auth;
 pub mod consistency;
-mod metrics;
+pub mod metrics;
 pub mod relay;
 mod resources;
 pub mod views;
@@ -44,6 +44,8 @@ pub struct AdminState {
     pub peers: Arc<Vec<String>>,
     /// Client for relays and peers.
     pub http: reqwest::Client,
+    /// Translation metrics, written by the runtime.
+    pub metrics: Arc<metrics::ControlPlaneMetrics>,
 }
 
 /// The admin API routes.

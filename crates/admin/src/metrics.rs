@@ -10,6 +10,17 @@ use meshplane_xds::{ResourceType, StreamKind};
 
 use crate::AdminState;
 
+/// Control-plane work measured outside the xDS server.
+#[derive(Debug, Default)]
+pub struct ControlPlaneMetrics {
+    /// Time to translate one registry change or one newly demanded group.
+    pub translation: meshplane_xds::status::Histogram,
+    /// Groups that could not be translated or published.
+    pub translation_errors: std::sync::atomic::AtomicU64,
+    /// Group snapshots published.
+    pub snapshots_published: std::sync::atomic::AtomicU64,
+}
+
 pub(crate) async fn render(State(s): State<AdminState>) -> impl IntoResponse {
     let mut out = String::new();
     let proxies = s.status.proxies();
@@ -97,5 +108,46 @@ pub(crate) async fn render(State(s): State<AdminState>) -> impl IntoResponse {
         "meshplane_registry_stale {}",
         u8::from(registry.is_stale())
     );
+    out.push_str(&counters.push_ack_latency.render(
+        "meshplane_xds_push_ack_seconds",
+        "Time from sending a response to the proxy's ACK.",
+    ));
+    out.push_str(&s.metrics.translation.render(
+        "meshplane_translation_seconds",
+        "Time to translate a registry change or a newly demanded group.",
+    ));
+    let _ = writeln!(
+        out,
+        "# HELP meshplane_translation_errors_total Groups that could not be translated or published."
+    );
+    let _ = writeln!(out, "# TYPE meshplane_translation_errors_total counter");
+    let _ = writeln!(
+        out,
+        "meshplane_translation_errors_total {}",
+        s.metrics.translation_errors.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP meshplane_snapshots_published_total Group snapshots published."
+    );
+    let _ = writeln!(out, "# TYPE meshplane_snapshots_published_total counter");
+    let _ = writeln!(
+        out,
+        "meshplane_snapshots_published_total {}",
+        s.metrics.snapshots_published.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP meshplane_registry_source_up 1 when a registry source is synced, 0 while syncing or stale."
+    );
+    let _ = writeln!(out, "# TYPE meshplane_registry_source_up gauge");
+    for (source, status) in &registry.sources {
+        let up = u8::from(matches!(status, meshplane_registry::SourceStatus::Synced));
+        let _ = writeln!(
+            out,
+            "meshplane_registry_source_up{{source=\"{}\"}} {up}",
+            source.as_str()
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -96,6 +96,7 @@ async fn setup(synced: bool) -> Setup {
         token: Some(Arc::from("s3cret")),
         peers: Arc::new(Vec::new()),
         http: reqwest::Client::new(),
+        metrics: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

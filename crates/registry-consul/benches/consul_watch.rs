@@ -86,7 +86,10 @@ async fn bench() {
     let url = format!("http://{api}");
     let shutdown = CancellationToken::new();
     tokio::spawn(registry.serve(shutdown.clone()));
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
     let permits = Arc::new(Semaphore::new(64));
     let mut tasks = Vec::new();
     for s in 0..SERVICES {

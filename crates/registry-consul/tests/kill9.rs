@@ -97,7 +97,10 @@ async fn kill_9_of_the_registry_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut first = Child9::spawn(dir.path(), "127.0.0.1:0");
     let addr = first.1.clone();
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
     for i in 0..50 {
         let body =
             json!({"Name": format!("svc-{}", i % 5), "ID": format!("id-{i}"), "Port": 2000 + i});

@@ -59,7 +59,10 @@ impl Registry {
     }
 
     async fn register(&self, body: serde_json::Value) {
-        let r = reqwest::Client::new()
+        let r = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client")
             .put(format!("{}/v1/agent/service/register", self.url))
             .json(&body)
             .send()

@@ -140,7 +140,10 @@ async fn bench_api() {
     let source = registry.source();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(registry.serve(shutdown.clone()));
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
 
     // Register through the API: each 200 is durable (group commit).
     let permits = Arc::new(Semaphore::new(CONCURRENCY));

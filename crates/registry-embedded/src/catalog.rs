@@ -197,12 +197,11 @@ impl Catalog {
             match change {
                 Change::Put(reg) => {
                     let name = reg.service.name.clone();
-                    let is_new = !self.regs.contains_key(reg.service.id.as_str());
-                    let old_tags = self
-                        .regs
-                        .get(reg.service.id.as_str())
-                        .map(|r| r.service.tags.clone());
-                    if is_new || old_tags.as_ref() != Some(&reg.service.tags) {
+                    // `/v1/catalog/services` lists names and tags: it changes when a
+                    // registration is new, or renames or retags its service.
+                    let listed =
+                        |r: &Registration| (r.service.name.clone(), r.service.tags.clone());
+                    if self.regs.get(reg.service.id.as_str()).map(listed) != Some(listed(&reg)) {
                         self.services_index = reg.modify_index.max(self.services_index);
                     }
                     self.name_index.insert(name, index);

@@ -91,6 +91,29 @@ const CHECK_FIELDS: &[&str] = &[
 ];
 const WEIGHT_FIELDS: &[&str] = &["Passing", "Warning"];
 
+const CHECK_UPDATE_FIELDS: &[&str] = &["Status", "Output"];
+
+/// Decodes a `PUT /v1/agent/check/update/:id` body: `{"Status": "passing", "Output": "…"}`.
+pub fn decode_check_update(body: &[u8]) -> Result<(Health, String), DecodeError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let Value::Object(raw) = value else {
+        return Err(DecodeError::Json("expected a JSON object".into()));
+    };
+    let f = canonical(raw, CHECK_UPDATE_FIELDS);
+    let status = match opt_string(&f, "Status")?.as_deref() {
+        Some("passing") => Health::Passing,
+        Some("warning") => Health::Warning,
+        Some("critical") => Health::Critical,
+        other => {
+            return Err(invalid(format!(
+                "Invalid Status {other:?}: use passing, warning or critical"
+            )));
+        }
+    };
+    Ok((status, opt_string(&f, "Output")?.unwrap_or_default()))
+}
+
 /// Decodes and validates a registration body.
 pub fn decode_register(body: &[u8]) -> Result<RegisterRequest, DecodeError> {
     let value: Value =

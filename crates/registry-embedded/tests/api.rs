@@ -279,7 +279,7 @@ async fn ttl_checks_heartbeat_expire_and_reap() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = start(dir.path()).await;
     let reg = format!("{}/v1/agent/service/register", s.url);
-    let body = json!({"Name": "job", "ID": "job-1", "Check": {"TTL": "400ms", "DeregisterCriticalServiceAfter": "300ms"}});
+    let body = json!({"Name": "job", "ID": "job-1", "Check": {"TTL": "1s", "DeregisterCriticalServiceAfter": "300ms"}});
     assert_eq!(put(&reg, body).await.0, StatusCode::OK);
     let pass = format!("{}/v1/agent/check/pass/service:job-1?note=ok", s.url);
     assert_eq!(
@@ -289,6 +289,16 @@ async fn ttl_checks_heartbeat_expire_and_reap() {
     let (_, _, health) = get(&format!("{}/v1/health/service/job", s.url)).await;
     assert_eq!(health[0]["Checks"][1]["Status"], "passing");
     assert_eq!(health[0]["Checks"][1]["Output"], "ok");
+
+    // The body form: PUT /v1/agent/check/update/:id.
+    let update = format!("{}/v1/agent/check/update/service:job-1", s.url);
+    let (status, text) = put(&update, json!({"Status": "warning", "Output": "slow"})).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (_, _, health) = get(&format!("{}/v1/health/service/job", s.url)).await;
+    assert_eq!(health[0]["Checks"][1]["Status"], "warning");
+    assert_eq!(health[0]["Checks"][1]["Output"], "slow");
+    let (status, text) = put(&update, json!({"Status": "fine"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
 
     // No more heartbeats: critical after the TTL, then deregistered after 300ms more.
     let url = format!("{}/v1/health/service/job", s.url);
@@ -399,5 +409,31 @@ async fn reregistration_with_same_content_does_not_bump_the_index() {
     put(&reg, body).await;
     let (_, second, _) = get(&format!("{}/v1/health/service/web", s.url)).await;
     assert_eq!(first, second);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn renaming_a_registration_wakes_the_catalog_watch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path()).await;
+    let reg = format!("{}/v1/agent/service/register", s.url);
+    put(&reg, json!({"Name": "old", "ID": "x-1", "Port": 1})).await;
+    let (_, index, _) = get(&format!("{}/v1/catalog/services", s.url)).await;
+    let url = format!(
+        "{}/v1/catalog/services?index={}&wait=30s",
+        s.url,
+        index.expect("index")
+    );
+    let waiter = tokio::spawn(async move { get(&url).await });
+    put(&reg, json!({"Name": "new", "ID": "x-1", "Port": 1})).await;
+    let started = Instant::now();
+    let (_, _, services) = waiter.await.expect("waiter");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the rename must wake the query"
+    );
+    assert_eq!(services, json!({"new": []}));
+    let (_, _, old) = get(&format!("{}/v1/health/service/old", s.url)).await;
+    assert_eq!(old, json!([]));
     s.stop().await;
 }

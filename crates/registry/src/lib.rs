@@ -21,6 +21,6 @@ pub use snapshot::{Changes, ServiceEntry, Snapshot};
 pub use source::RegistrySource;
 pub use store::{Store, Writer, store};
 
-/// How many removed services the store remembers for [`Store::changed_since`]; a consumer
+/// How many removed services the store remembers for [`Snapshot::changed_since`]; a consumer
 /// further behind than this gets [`Changes::All`] and recomputes everything.
 pub const TOMBSTONE_CAPACITY: usize = 4096;

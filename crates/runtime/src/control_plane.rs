@@ -147,7 +147,8 @@ pub async fn start(
         shutdown.clone(),
     );
     let status = server.status();
-    let translator = Translator::new(cache.clone(), groups, options);
+    let metrics = Arc::new(meshplane_admin::metrics::ControlPlaneMetrics::default());
+    let translator = Translator::new(cache.clone(), groups, options).with_metrics(metrics.clone());
     tasks.spawn({
         let (store, shutdown) = (store.clone(), shutdown.clone());
         async move {
@@ -174,6 +175,7 @@ pub async fn start(
         token: config.token.as_deref().map(Arc::from),
         peers: Arc::new(config.peers.clone()),
         http: reqwest::Client::builder().no_proxy().build()?,
+        metrics,
     };
     tasks.spawn(prune_relays(relays, status.clone(), shutdown.clone()));
     let s = shutdown.clone();

@@ -49,6 +49,65 @@ pub struct TypeStatus {
     pub responses: u64,
     /// NACKs received on this stream.
     pub nacks: u64,
+    /// When the last response was sent (for the push-to-ACK latency).
+    pub sent_at: Option<std::time::Instant>,
+}
+
+/// Upper bounds (ms) of the latency histogram buckets.
+pub const LATENCY_BUCKETS_MS: [u64; 12] =
+    [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
+/// A latency histogram with fixed buckets, lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations at or under each bound of [`LATENCY_BUCKETS_MS`] (not cumulative).
+    pub buckets: [AtomicU64; 12],
+    /// Observations above the last bound.
+    pub overflow: AtomicU64,
+    /// Number of observations.
+    pub count: AtomicU64,
+    /// Sum of observations, microseconds.
+    pub sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        let ms = d.as_millis() as u64;
+        match LATENCY_BUCKETS_MS.iter().position(|b| ms <= *b) {
+            Some(i) => self.buckets[i].fetch_add(1, Ordering::Relaxed),
+            None => self.overflow.fetch_add(1, Ordering::Relaxed),
+        };
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Prometheus text for this histogram (seconds).
+    pub fn render(&self, name: &str, help: &str) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BUCKETS_MS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1000.0
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+        out
+    }
 }
 
 /// Status of one connected proxy (one stream).
@@ -90,6 +149,8 @@ pub struct Counters {
     pub streams_opened: AtomicU64,
     /// Streams refused or ended with an error status.
     pub streams_failed: AtomicU64,
+    /// Time from sending a response to its ACK.
+    pub push_ack_latency: Histogram,
 }
 
 /// Live status of every connected proxy.
@@ -189,12 +250,19 @@ impl StatusEntry {
             t.sent_version = Some(version.to_owned());
             t.sent_nonce = Some(nonce.to_owned());
             t.responses += 1;
+            t.sent_at = Some(std::time::Instant::now());
         });
     }
 
     /// Records an ACK.
     pub(crate) fn acked(&self, kind: ResourceType, version: &str) {
+        let latency = &self.board.counters.push_ack_latency;
         self.update(kind, |t| {
+            if t.sent_version.as_deref() == Some(version)
+                && let Some(at) = t.sent_at.take()
+            {
+                latency.observe(at.elapsed());
+            }
             if t.last_nack.as_ref().is_some_and(|n| n.version != version) {
                 t.last_nack = None;
             }

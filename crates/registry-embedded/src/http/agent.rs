@@ -14,7 +14,7 @@ use super::{
     query::{Query, authorize},
 };
 use crate::{
-    decode::decode_register,
+    decode::{decode_check_update, decode_register},
     writer::{Command, Op, OpError},
 };
 
@@ -26,13 +26,7 @@ pub async fn register(
 ) -> Result<(), ApiError> {
     let query = Query::parse(raw.as_deref())?;
     authorize(&state, &headers, &query)?;
-    let body = to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
-        ApiError::bad_request(format!(
-            "Request body too large or unreadable: the limit is {} KiB",
-            MAX_BODY_BYTES / 1024
-        ))
-    })?;
-    let request = decode_register(&body)?;
+    let request = decode_register(&read_body(body).await?)?;
     submit(
         &state,
         Op::Register {
@@ -81,6 +75,29 @@ pub async fn fail(
     ttl_update(state, headers, id, raw, Health::Critical).await
 }
 
+/// `PUT /v1/agent/check/update/:id` with `{"Status", "Output"}`: the body-based form of
+/// pass/warn/fail.
+pub async fn update(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(check_id): Path<String>,
+    RawQuery(raw): RawQuery,
+    body: Body,
+) -> Result<(), ApiError> {
+    let query = Query::parse(raw.as_deref())?;
+    authorize(&state, &headers, &query)?;
+    let (status, output) = decode_check_update(&read_body(body).await?)?;
+    submit(
+        &state,
+        Op::TtlUpdate {
+            check_id,
+            status,
+            output,
+        },
+    )
+    .await
+}
+
 async fn ttl_update(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -100,6 +117,16 @@ async fn ttl_update(
         },
     )
     .await
+}
+
+/// Reads a request body up to [`MAX_BODY_BYTES`].
+async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
+    to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
+        ApiError::bad_request(format!(
+            "Request body too large or unreadable: the limit is {} KiB",
+            MAX_BODY_BYTES / 1024
+        ))
+    })
 }
 
 /// Queues `op` and waits until it is committed (or refused).

@@ -60,6 +60,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agent/check/pass/{id}", put(agent::pass))
         .route("/v1/agent/check/warn/{id}", put(agent::warn))
         .route("/v1/agent/check/fail/{id}", put(agent::fail))
+        .route("/v1/agent/check/update/{id}", put(agent::update))
         .route("/v1/agent/services", get(read::agent_services))
         .route("/v1/agent/checks", get(read::agent_checks))
         .route("/v1/catalog/services", get(read::catalog_services))

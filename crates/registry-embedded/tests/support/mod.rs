@@ -90,6 +90,7 @@ where
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .no_proxy()
         .build()
         .expect("client")
 }

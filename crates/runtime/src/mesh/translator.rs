@@ -17,6 +17,8 @@ use meshplane_xds::{GroupKey, Resource, Snapshot, SnapshotCache};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use meshplane_admin::metrics::ControlPlaneMetrics;
+
 use super::grouper::Groups;
 
 /// How often groups without proxies are forgotten.
@@ -46,6 +48,7 @@ struct ActiveGroup {
 
 /// Translation state; see the module docs.
 pub struct Translator {
+    metrics: Arc<ControlPlaneMetrics>,
     cache: SnapshotCache,
     groups: Groups,
     options: Arc<MeshOptions>,
@@ -59,6 +62,7 @@ impl Translator {
     /// A translator publishing into `cache` the groups recorded in `groups`.
     pub fn new(cache: SnapshotCache, groups: Groups, options: Arc<MeshOptions>) -> Self {
         Translator {
+            metrics: Arc::default(),
             cache,
             groups,
             options,
@@ -69,9 +73,17 @@ impl Translator {
         }
     }
 
+    /// Records translation time and errors into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<ControlPlaneMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     /// A proxy needs a group that has no snapshot yet.
     pub fn on_demand(&mut self, key: &GroupKey) {
+        let started = Instant::now();
         self.publish(key);
+        self.metrics.translation.observe(started.elapsed());
     }
 
     /// The registry changed: rebuild changed services, then the groups that see them.
@@ -107,6 +119,7 @@ impl Translator {
             self.publish(key);
         }
         if !affected.is_empty() {
+            self.metrics.translation.observe(started.elapsed());
             tracing::debug!(groups = affected.len(), index = self.registry.index, elapsed = ?started.elapsed(), "registry change translated");
         }
     }
@@ -135,11 +148,22 @@ impl Translator {
         match self.build(&group) {
             Ok((snapshot, services)) => {
                 self.track(key, &group, services);
+                self.metrics
+                    .snapshots_published
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Err(e) = self.cache.set_snapshot(key, snapshot) {
+                    self.metrics
+                        .translation_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::error!(%key, error = %e, "refusing to publish an inconsistent snapshot; proxies keep their current config");
                 }
             }
-            Err(e) => tracing::warn!(%key, error = %e, "cannot translate group"),
+            Err(e) => {
+                self.metrics
+                    .translation_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(%key, error = %e, "cannot translate group");
+            }
         }
     }
 

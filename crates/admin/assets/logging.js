@@ -1,0 +1,70 @@
+// One proxy's Envoy log levels, and the control that changes them (a write route: the admin
+// token, kept in sessionStorage, is sent as a Bearer token).
+
+import { enc, getText, post, token } from './api.js';
+import { errorBox, h, replace, section } from './dom.js';
+
+const LEVELS = ['trace', 'debug', 'info', 'warning', 'error', 'critical', 'off'];
+
+export function loggingSection(id) {
+  const summary = h('div', { id: 'log-current' }, h('span', { class: 'muted' }, 'Loading…'));
+  const raw = h('pre', { class: 'raw' });
+  const select = h('select', { id: 'log-level', 'aria-label': 'Log level' },
+    LEVELS.map((l) => h('option', { value: l, selected: l === 'info' }, l)));
+  const tokenInput = h('input', {
+    type: 'password', id: 'admin-token', autocomplete: 'off', value: token.get(),
+    placeholder: 'Admin token (when the control plane has one)', 'aria-label': 'Admin token',
+    oninput: (e) => token.set(e.target.value.trim()),
+  });
+  const result = h('div', { id: 'log-result', role: 'status' });
+
+  const refresh = async () => {
+    try {
+      const text = await getText(`/api/proxies/${enc(id)}/logging`);
+      raw.textContent = text;
+      replace(summary, levelSummary(text));
+    } catch (e) {
+      replace(summary, errorBox(e));
+    }
+  };
+
+  const button = h('button', {
+    id: 'log-set', type: 'button',
+    onclick: async () => {
+      const level = select.value;
+      button.disabled = true;
+      replace(result);
+      try {
+        await post(`/api/proxies/${enc(id)}/logging?level=${enc(level)}`);
+        replace(result, h('div', { class: 'ok' }, `Every logger of ${id} is now at ${level}.`));
+        await refresh();
+      } catch (e) {
+        const hint = e.status === 401 || e.status === 403
+          ? 'Changing log levels needs the control plane’s admin token: enter it above.' : null;
+        replace(result, errorBox(e, hint));
+      } finally {
+        button.disabled = false;
+      }
+    },
+  }, 'Set level');
+
+  refresh();
+  return section('Log level',
+    summary,
+    h('div', { class: 'form' }, tokenInput),
+    h('div', { class: 'form' }, select, button),
+    result,
+    h('details', {}, h('summary', {}, 'All loggers (Envoy /logging)'), raw));
+}
+
+/** "info × 58, debug × 2" from Envoy's "active loggers:\n  admin: info\n…". */
+function levelSummary(text) {
+  const counts = new Map();
+  for (const line of text.split('\n')) {
+    const m = line.match(/^\s+[\w.-]+:\s*(\w+)\s*$/);
+    if (m) counts.set(m[1], (counts.get(m[1]) || 0) + 1);
+  }
+  if (!counts.size) return h('span', { class: 'muted' }, 'No loggers reported.');
+  return h('div', {}, 'Current: ', [...counts].sort((a, b) => b[1] - a[1]).map(([level, n]) =>
+    h('span', { class: 'tag', 'data-level': level }, `${level} × ${n}`)));
+}
