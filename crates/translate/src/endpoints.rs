@@ -28,7 +28,10 @@ pub fn service_endpoints(
     options: &MeshOptions,
 ) -> ClusterLoadAssignment {
     let mut by_dc: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
-    for i in instances {
+    // EDS endpoints must be IP addresses: a host name would make Envoy reject the whole
+    // assignment, taking every healthy instance of the service down with it. Registries
+    // allow host names, so such instances are left out (and the runtime logs them).
+    for i in instances.iter().filter(|i| routable_address(i)) {
         by_dc
             .entry(i.locality.datacenter.as_str())
             .or_default()
@@ -60,6 +63,11 @@ pub fn service_endpoints(
         endpoints,
         ..Default::default()
     }
+}
+
+/// Whether an instance's address can be an EDS endpoint (an IP address).
+pub fn routable_address(i: &Instance) -> bool {
+    i.address.parse::<std::net::IpAddr>().is_ok()
 }
 
 fn lb_endpoint(i: &Instance) -> LbEndpoint {

@@ -26,7 +26,7 @@ use meshplane_model::descriptor::Target;
 use meshplane_model::{Descriptor, Instance, ServiceName};
 
 pub use cluster::service_cluster;
-pub use endpoints::service_endpoints;
+pub use endpoints::{routable_address, service_endpoints};
 
 /// Control-plane-wide translation settings.
 #[derive(Debug, Clone)]

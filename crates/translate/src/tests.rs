@@ -161,3 +161,16 @@ fn equal_input_encodes_to_equal_bytes() {
         assert_eq!(a, b, "multi-key metadata must encode deterministically");
     }
 }
+
+#[test]
+fn host_name_addresses_are_left_out_of_endpoints() {
+    let mut named = mk_instance("payments", "p9", "dc1", &[]);
+    named.address = "payments-9.internal".into();
+    let instances = vec![mk_instance("payments", "p1", "dc1", &[]), named];
+    let cla = service_endpoints(&name("payments"), &instances, &MeshOptions::default());
+    assert_eq!(
+        cla.endpoints[0].lb_endpoints.len(),
+        1,
+        "only the IP instance is routable"
+    );
+}

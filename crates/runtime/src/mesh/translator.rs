@@ -133,6 +133,13 @@ impl Translator {
                 .get(name)
                 .map(|e| &*e.instances)
                 .unwrap_or_default();
+            for i in instances
+                .iter()
+                .filter(|i| !meshplane_translate::routable_address(i))
+            {
+                tracing::warn!(service = %name, instance = %i.id, address = %i.address,
+                    "instance address is not an IP address; register its IP (Envoy endpoints cannot be host names)");
+            }
             ServiceResources {
                 cluster: Resource::cluster(&service_cluster(name)),
                 endpoints: Resource::endpoints(&service_endpoints(name, instances, options)),
