@@ -1,12 +1,12 @@
 //! Write routes need the control plane's token when one is configured.
 
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 
 use crate::AdminState;
+use crate::relay::ApiError;
 
 /// `Ok` when no token is configured or the request carries `Authorization: Bearer <token>`.
-pub(crate) fn require_token(s: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+pub(crate) fn require_token(s: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(expected) = &s.token else {
         return Ok(());
     };
@@ -15,13 +15,12 @@ pub(crate) fn require_token(s: &AdminState, headers: &HeaderMap) -> Result<(), R
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        None => Err((
+        None => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "this route changes state: send Authorization: Bearer <token>\n",
-        )
-            .into_response()),
+            "this route changes state: send Authorization: Bearer <token>",
+        )),
         Some(g) if constant_time_eq(g.as_bytes(), expected.as_bytes()) => Ok(()),
-        Some(_) => Err((StatusCode::FORBIDDEN, "wrong token\n").into_response()),
+        Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "wrong token")),
     }
 }
 

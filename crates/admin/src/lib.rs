@@ -8,6 +8,7 @@
 mod auth;
 pub mod consistency;
 pub mod metrics;
+mod panel;
 pub mod relay;
 mod resources;
 pub mod views;
@@ -69,6 +70,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/api/state/digest", get(consistency::digest_route))
         .route("/api/consistency", get(consistency::report))
+        .merge(panel::routes())
         .with_state(state)
 }
 

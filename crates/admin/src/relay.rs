@@ -29,8 +29,31 @@ pub const LOG_LEVELS: [&str; 8] = [
     "trace", "debug", "info", "warning", "warn", "error", "critical", "off",
 ];
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, format!("{}\n", message.into())).into_response()
+/// An admin API error: a status and a message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, format!("{}\n", self.message)).into_response()
+    }
+}
+
+impl ApiError {
+    /// An error with a status and a message.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(status, message)
 }
 
 struct Relay {
@@ -39,7 +62,7 @@ struct Relay {
     token: Option<Arc<str>>,
 }
 
-fn relay_for(s: &AdminState, id: &str) -> Result<Relay, Response> {
+fn relay_for(s: &AdminState, id: &str) -> Result<Relay, ApiError> {
     if !s.status.proxies().iter().any(|p| p.node_id == id) {
         return Err(error(
             StatusCode::NOT_FOUND,
@@ -64,7 +87,7 @@ impl Relay {
         &self,
         method: reqwest::Method,
         path: &str,
-    ) -> Result<reqwest::Response, Response> {
+    ) -> Result<reqwest::Response, ApiError> {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.base))
@@ -92,7 +115,7 @@ impl Relay {
         Ok(response)
     }
 
-    async fn json(&self, path: &str) -> Result<Value, Response> {
+    async fn json(&self, path: &str) -> Result<Value, ApiError> {
         self.send(reqwest::Method::GET, path)
             .await?
             .json()
@@ -120,8 +143,8 @@ pub(crate) async fn config_dump(State(s): State<AdminState>, Path(id): Path<Stri
             .json("/config_dump")
             .await
             .map(json_response)
-            .unwrap_or_else(|e| e),
-        Err(e) => e,
+            .unwrap_or_else(IntoResponse::into_response),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -131,8 +154,8 @@ pub(crate) async fn stats(State(s): State<AdminState>, Path(id): Path<String>) -
             .json("/stats")
             .await
             .map(json_response)
-            .unwrap_or_else(|e| e),
-        Err(e) => e,
+            .unwrap_or_else(IntoResponse::into_response),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -218,7 +241,7 @@ pub fn summarise(stats: &Value, prefix: &str) -> Traffic {
 pub(crate) async fn traffic(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
     let relay = match relay_for(&s, &id) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     match relay.json("/stats").await {
         Ok(stats) => {
@@ -233,18 +256,18 @@ pub(crate) async fn traffic(State(s): State<AdminState>, Path(id): Path<String>)
             })
             .into_response()
         }
-        Err(e) => e,
+        Err(e) => e.into_response(),
     }
 }
 
 pub(crate) async fn logging(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
     let relay = match relay_for(&s, &id) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     match relay.send(reqwest::Method::GET, "/logging").await {
         Ok(r) => r.text().await.unwrap_or_default().into_response(),
-        Err(e) => e,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -261,17 +284,18 @@ pub(crate) async fn set_logging(
     Query(q): Query<LevelQuery>,
 ) -> Response {
     if let Err(e) = crate::auth::require_token(&s, &headers) {
-        return e;
+        return e.into_response();
     }
     let Some(level) = q.level.filter(|l| LOG_LEVELS.contains(&l.as_str())) else {
         return error(
             StatusCode::BAD_REQUEST,
             format!("give ?level= one of {}", LOG_LEVELS.join(", ")),
-        );
+        )
+        .into_response();
     };
     let relay = match relay_for(&s, &id) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     tracing::info!(proxy = %id, %level, "changing proxy log level");
     match relay
@@ -279,7 +303,7 @@ pub(crate) async fn set_logging(
         .await
     {
         Ok(r) => r.text().await.unwrap_or_default().into_response(),
-        Err(e) => e,
+        Err(e) => e.into_response(),
     }
 }
 

@@ -1,0 +1,95 @@
+// One proxy: who it is, whether it is in sync (per resource type), its traffic, its log
+// level, its live config dump (from Envoy, through the control plane), the control plane's
+// snapshot of its group, and all its stats.
+
+import { enc, getJson } from './api.js';
+import { ago, badge, errorBox, h, loading, replace, section, table, version } from './dom.js';
+import { loggingSection } from './logging.js';
+import { snapshotSection } from './snapshot.js';
+import { statsSection } from './stats.js';
+import { trafficSection } from './traffic.js';
+import { jsonTree } from './tree.js';
+
+export function proxyPage(scope, id) {
+  const head = h('div', { class: 'page-head' },
+    h('a', { href: '#/proxies', class: 'back' }, '← Proxies'),
+    h('h1', {}, id));
+  const overview = h('div', {}, loading());
+  const snapshot = h('div');
+  let group = null;
+
+  scope.every(5000, async () => {
+    try {
+      const proxies = await getJson('/api/proxies');
+      const p = proxies.find((x) => x.node_id === id);
+      if (!p) {
+        replace(overview, errorBox(new Error(`proxy ${id} is not connected to this control plane`),
+          'Showing what was last known; checking again every 5 s.'));
+        return;
+      }
+      replace(overview, summaryCard(p), syncCard(p));
+      if (group !== p.group) {
+        group = p.group;
+        replace(snapshot, snapshotSection(group));
+      }
+    } catch (e) {
+      replace(overview, errorBox(e));
+    }
+  });
+
+  return h('div', {},
+    head,
+    h('div', { class: 'columns' }, overview, loggingSection(id)),
+    trafficSection(scope, id),
+    configDumpSection(id),
+    snapshot,
+    statsSection(id));
+}
+
+function summaryCard(p) {
+  const row = (k, v) => h('tr', {}, h('th', {}, k), h('td', {}, v));
+  return section('Proxy',
+    h('table', { class: 'kv' }, h('tbody', {},
+      row('Service', h('a', { href: `#/services/${enc(p.service)}` }, p.service)),
+      row('Sync', badge(p.sync)),
+      row('Group', version(p.group)),
+      row('Connected to', h('code', {}, p.connected_to)),
+      row('From', h('code', {}, p.remote_addr || '—')),
+      row('Protocol', p.protocol),
+      row('Connected', ago(p.connected_since)))));
+}
+
+function syncCard(p) {
+  const rows = Object.entries(p.types).map(([type, t]) => h('tr', { 'data-type': type },
+    h('td', {}, h('strong', {}, type)),
+    h('td', {}, badge(t.sync)),
+    h('td', {}, version(t.sent_version)),
+    h('td', {}, version(t.acked_version)),
+    h('td', { class: 'num' }, t.responses),
+    h('td', { class: 'num' }, t.nacks),
+    h('td', {}, t.last_nack
+      ? h('div', { class: 'nack' }, h('div', {}, 'version ', version(t.last_nack.version), ', ', ago(t.last_nack.at)),
+        h('div', { class: 'nack-message' }, t.last_nack.message))
+      : h('span', { class: 'muted' }, '—'))));
+  return section('Sync status',
+    table(['Type', 'Sync', 'Sent', 'ACKed', 'Pushes', 'NACKs', 'Last NACK'], rows, { id: 'sync-status' }));
+}
+
+function configDumpSection(id) {
+  const body = h('div', { id: 'config-dump' }, loading('Fetching the config dump from the sidecar'));
+  const load = async () => {
+    replace(body, loading('Fetching the config dump from the sidecar'));
+    try {
+      const dump = await getJson(`/api/proxies/${enc(id)}/config_dump`);
+      replace(body, jsonTree(dump, { id: 'config-tree', label: 'config_dump' }));
+    } catch (e) {
+      replace(body, errorBox(e));
+    }
+  };
+  load();
+  return section('Config dump (live, from Envoy)',
+    h('div', { class: 'toolbar' },
+      h('span', { class: 'muted small' }, 'What the sidecar is actually running, fetched through the control plane.'),
+      h('button', { type: 'button', class: 'secondary', onclick: load }, 'Reload')),
+    body);
+}
