@@ -54,9 +54,10 @@ class Scope {
 let current = null;
 
 function route() {
-  const path = location.hash.replace(/^#/, '') || '/services';
+  const path = location.hash.replace(/^#/, '');
   const match = routes.map((r) => [r, path.match(r.pattern)]).find(([, m]) => m);
   if (!match) {
+    // The hashchange this causes routes again.
     location.replace('#/services');
     return;
   }

@@ -66,15 +66,19 @@ function grid(max, y, unit) {
 }
 
 function timeAxis(now, windowMs, x) {
-  const minutes = Math.round(windowMs / 60000);
+  const step = windowMs <= 90_000 ? 15_000 : windowMs <= 180_000 ? 30_000 : 60_000;
   const ticks = [];
-  for (let m = minutes; m >= 0; m -= 1) {
+  for (let back = 0; back <= windowMs; back += step) {
     ticks.push(h('text', {
-      x: x(now - m * 60000), y: H - 6, class: 'axis',
-      'text-anchor': m === minutes ? 'start' : m === 0 ? 'end' : 'middle',
-    }, m === 0 ? 'now' : `−${m}m`));
+      x: x(now - back), y: H - 6, class: 'axis', 'text-anchor': back === 0 ? 'end' : 'middle',
+    }, back === 0 ? 'now' : `−${ago(back / 1000)}`));
   }
   return h('g', {}, ticks);
+}
+
+function ago(s) {
+  if (s < 60) return `${s}s`;
+  return s % 60 ? `${Math.floor(s / 60)}m${s % 60}s` : `${s / 60}m`;
 }
 
 /** The smallest of 1, 2, 2.5, 5 × 10^k at or above v (at least 1). */

@@ -43,7 +43,7 @@ export function snapshotSection(group) {
 
 function resource(r, query) {
   const configHit = query && (r.config || '').toLowerCase().includes(query.toLowerCase());
-  return h('details', { class: 'resource', open: configHit, 'data-name': r.name, 'data-type': r.type },
+  return h('details', { class: 'resource', open: Boolean(configHit), 'data-name': r.name, 'data-type': r.type },
     h('summary', {},
       h('span', { class: `badge badge-type` }, r.type), ' ',
       h('span', { class: 'key' }, highlighted(r.name, query)), ' ',

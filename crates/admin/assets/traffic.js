@@ -20,7 +20,10 @@ export function trafficSection(scope, id) {
 
   const draw = () => {
     const now = samples.length ? samples[samples.length - 1].at_ms : Date.now();
-    const window = WINDOW_MS;
+    // The window grows with the samples (at least a minute, at most five), so a page opened a
+    // moment ago shows its first points across the chart rather than squeezed at the right edge.
+    const span = samples.length ? now - samples[0].at_ms : 0;
+    const window = Math.min(WINDOW_MS, Math.max(60_000, span));
     charts.requests.draw([rates(samples, 'ingress', 'requests'), rates(samples, 'egress', 'requests')], now, window);
     charts.errors.draw([rates(samples, 'ingress', 'errors_5xx'), rates(samples, 'egress', 'errors_5xx')], now, window);
     charts.ingress.draw([gauge(samples, 'ingress', 'p50_ms'), gauge(samples, 'ingress', 'p99_ms')], now, window);
@@ -40,7 +43,7 @@ export function trafficSection(scope, id) {
     draw();
   });
 
-  return section('HTTP traffic (last 5 minutes, sampled every 2 s)',
+  return section('HTTP traffic (sampled every 2 s while this page is open; up to the last 5 minutes)',
     status,
     h('div', { class: 'charts', id: 'traffic-charts' },
       charts.requests.node, charts.errors.node, charts.ingress.node, charts.egress.node));

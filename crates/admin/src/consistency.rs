@@ -120,10 +120,44 @@ pub(crate) async fn digest_route(State(s): State<AdminState>) -> Json<Digests> {
     Json(digests(&s))
 }
 
-pub(crate) async fn report(State(s): State<AdminState>) -> Json<Report> {
+/// Service under which control-plane instances may be registered; each instance's
+/// `meta.admin_url` is its admin API (e.g. `http://10.0.0.4:18080`).
+pub const CONTROL_PLANE_SERVICE: &str = "meshplane-control-plane";
+
+/// Peers from configuration plus control-plane instances found in the registry, without
+/// this instance and without duplicates.
+pub fn peers(s: &AdminState, own_admin: Option<&str>) -> Vec<String> {
+    let registry = s.store.snapshot();
+    let registered = registry
+        .service(CONTROL_PLANE_SERVICE)
+        .map(|e| {
+            e.instances
+                .iter()
+                .filter_map(|i| i.meta.get("admin_url").cloned())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let mut out: Vec<String> = Vec::new();
+    for url in s.peers.iter().cloned().chain(registered) {
+        let url = url.trim_end_matches('/').to_owned();
+        if Some(url.as_str()) != own_admin && !out.contains(&url) {
+            out.push(url);
+        }
+    }
+    out
+}
+
+pub(crate) async fn report(
+    State(s): State<AdminState>,
+    headers: axum::http::HeaderMap,
+) -> Json<Report> {
     let mine = digests(&s);
+    let own = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| format!("http://{h}"));
     let mut peers = Vec::new();
-    for peer in s.peers.iter() {
+    for peer in self::peers(&s, own.as_deref()).iter() {
         let url = format!("{}/api/state/digest", peer.trim_end_matches('/'));
         let fetched = async {
             s.http

@@ -316,3 +316,49 @@ async fn log_level_writes_need_the_token() {
         404
     );
 }
+
+#[tokio::test]
+async fn peers_come_from_configuration_and_the_registry() {
+    let (store, mut writer) = meshplane_registry::store();
+    let mut cp = mk_instance("cp-2", Health::Passing);
+    cp.service =
+        ServiceName::new(meshplane_admin::consistency::CONTROL_PLANE_SERVICE).expect("name");
+    cp.meta
+        .insert("admin_url".into(), "http://10.0.0.2:18080".into());
+    let mut me = cp.clone();
+    me.id = InstanceId::new("cp-1").expect("id");
+    me.meta
+        .insert("admin_url".into(), "http://10.0.0.1:18080".into());
+    let services = [(cp.service.clone(), vec![cp, me])].into_iter().collect();
+    writer.apply(RegistryEvent::Replace {
+        source: SourceId::new("test"),
+        services,
+    });
+    let shutdown = CancellationToken::new();
+    let cache = SnapshotCache::new();
+    let server = XdsServer::new(
+        cache.clone(),
+        Arc::new(MetadataGrouper::default()),
+        ServerConfig::default(),
+        shutdown,
+    );
+    let state = AdminState {
+        store,
+        status: server.status(),
+        cache,
+        xds_addr: "127.0.0.1:18000".parse().expect("addr"),
+        directory: Arc::new(NoRelays),
+        token: None,
+        peers: Arc::new(vec![
+            "http://10.0.0.3:18080/".into(),
+            "http://10.0.0.2:18080".into(),
+        ]),
+        http: reqwest::Client::new(),
+        metrics: Default::default(),
+    };
+    let peers = meshplane_admin::consistency::peers(&state, Some("http://10.0.0.1:18080"));
+    assert_eq!(
+        peers,
+        vec!["http://10.0.0.3:18080", "http://10.0.0.2:18080"]
+    );
+}
