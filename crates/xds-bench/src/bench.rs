@@ -187,48 +187,74 @@ async fn measure(
         // Let the last ACKs land and transient write buffers drain before reading RSS.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_synced = rss_bytes()?;
-        let (mut rounds, mut emitted) = (Vec::new(), Vec::new());
-        let (mut server_cpu, mut client_cpu) = (Vec::new(), Vec::new());
-        for round in 1..=config.rounds {
-            let snapshots = config.layout.snapshots(config.streams, round)?;
-            client.arm(round).await?;
-            // The baseline is read before publishing, so the watcher cannot miss responses.
-            let target = responses(server, ResourceType::Endpoint) + config.streams as u64;
-            let emitted_watch =
-                tokio::spawn(wait_emitted(server.clone(), target, config.timeouts.ack));
-            let (start, cpu_start, client_start) = (mono_ns(), cpu_ns()?, client.cpu_ns());
-            for (group, snapshot) in snapshots {
-                cache.set_snapshot(&group, snapshot)?;
-            }
-            let acks = client.acked(round, config.timeouts.ack).await?;
-            rounds.push(acks.into_iter().map(|t| t.saturating_sub(start)).collect());
-            emitted.push(emitted_watch.await?.saturating_sub(start));
-            // Let the server read the last ACKs, so the CPU figure covers the whole change
-            // and the next round starts from a quiet server.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            server_cpu.push(cpu_ns()?.saturating_sub(cpu_start));
-            if let (Some(a), Some(b)) = (client_start, client.cpu_ns()) {
-                client_cpu.push(b.saturating_sub(a));
-            }
-        }
-        let status_acked = settled_eds_acked(server, config.streams).await;
-        anyhow::Ok(ScenarioResult {
+        let mut result = ScenarioResult {
             config: config.clone(),
             groups,
             connections: fleet.connections(),
             sync,
             rss_before,
             rss_synced,
-            rounds,
-            emitted,
-            server_cpu,
-            client_cpu,
-            status_acked,
-        })
+            rounds: Vec::new(),
+            emitted: Vec::new(),
+            server_cpu: Vec::new(),
+            client_cpu: Vec::new(),
+            status_acked: 0,
+        };
+        for round in 1..=config.rounds {
+            let figures = run_round(config, cache, server, &mut client, round).await?;
+            result.rounds.push(figures.acks);
+            result.emitted.push(figures.emitted);
+            result.server_cpu.push(figures.server_cpu);
+            result.client_cpu.extend(figures.client_cpu);
+        }
+        result.status_acked = settled_eds_acked(server, config.streams).await;
+        anyhow::Ok(result)
     }
     .await;
     client.stop().await?;
     outcome
+}
+
+/// What one round measured (times in ns from the start of publishing).
+struct RoundFigures {
+    acks: Vec<u64>,
+    emitted: u64,
+    server_cpu: u64,
+    client_cpu: Option<u64>,
+}
+
+/// Publishes round `round`'s snapshots and waits for every stream's ACK.
+async fn run_round(
+    config: &ScenarioConfig,
+    cache: &SnapshotCache,
+    server: &XdsServer,
+    client: &mut ClientHandle,
+    round: u64,
+) -> anyhow::Result<RoundFigures> {
+    let snapshots = config.layout.snapshots(config.streams, round)?;
+    client.arm(round).await?;
+    // The baseline is read before publishing, so the watcher cannot miss responses.
+    let target = responses(server, ResourceType::Endpoint) + config.streams as u64;
+    let emitted = tokio::spawn(wait_emitted(server.clone(), target, config.timeouts.ack));
+    let (start, cpu_start, client_start) = (mono_ns(), cpu_ns()?, client.cpu_ns());
+    for (group, snapshot) in snapshots {
+        cache.set_snapshot(&group, snapshot)?;
+    }
+    let acks = client.acked(round, config.timeouts.ack).await?;
+    let emitted = emitted.await?.saturating_sub(start);
+    // Let the server read the last ACKs, so the CPU figure covers the whole change and the
+    // next round starts from a quiet server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client_cpu = match (client_start, client.cpu_ns()) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    Ok(RoundFigures {
+        acks: acks.into_iter().map(|t| t.saturating_sub(start)).collect(),
+        emitted,
+        server_cpu: cpu_ns()?.saturating_sub(cpu_start),
+        client_cpu,
+    })
 }
 
 /// Responses of one type the server has emitted, over all streams.

@@ -41,6 +41,8 @@ pub type ResourceMap = BTreeMap<String, Arc<Resource>>;
 pub struct Snapshot {
     by_type: [ResourceMap; 5],
     digest: String,
+    /// `version_of` each type's map, in `ResourceType::ALL` order.
+    type_versions: [String; 5],
 }
 
 impl Snapshot {
@@ -58,7 +60,12 @@ impl Snapshot {
             map.insert(r.name().to_owned(), r);
         }
         let digest = digest_of(&by_type);
-        let snapshot = Snapshot { by_type, digest };
+        let type_versions = std::array::from_fn(|i| version_of(&by_type[i]));
+        let snapshot = Snapshot {
+            by_type,
+            digest,
+            type_versions,
+        };
         snapshot.check()?;
         Ok(snapshot)
     }
@@ -86,6 +93,11 @@ impl Snapshot {
     /// Resources of one type.
     pub fn resources(&self, kind: ResourceType) -> &ResourceMap {
         &self.by_type[kind.index()]
+    }
+
+    /// The version of every resource of one type (changes iff any of them changes).
+    pub(crate) fn type_version(&self, kind: ResourceType) -> &str {
+        &self.type_versions[kind.index()]
     }
 
     /// One resource.

@@ -197,3 +197,34 @@ async fn nack_is_recorded_and_not_resent() {
     let r = c.expect().await;
     assert_eq!(names(&r), vec!["billing".to_string()]);
 }
+
+#[tokio::test]
+async fn resubscribing_resends_though_the_snapshot_is_unchanged() {
+    // Streams skip types whose snapshot content and subscription are unchanged; a changed
+    // subscription must still be answered.
+    let h = Harness::start().await;
+    h.cache
+        .set_snapshot(&group(), mk_snapshot(&[("payments", 1)]))
+        .expect("set");
+    let mut c = h.delta().await;
+    c.send(subscribe(EDS, &["payments"])).await;
+    let r = c.expect().await;
+    assert_eq!(names(&r), vec!["payments".to_string()]);
+    c.ack(&r).await;
+    c.expect_silence().await;
+    c.send(DeltaDiscoveryRequest {
+        type_url: EDS.type_url().into(),
+        resource_names_unsubscribe: vec!["payments".into()],
+        ..Default::default()
+    })
+    .await;
+    c.expect_silence().await;
+    c.send(DeltaDiscoveryRequest {
+        type_url: EDS.type_url().into(),
+        resource_names_subscribe: vec!["payments".into()],
+        ..Default::default()
+    })
+    .await;
+    let r = c.expect().await;
+    assert_eq!(names(&r), vec!["payments".to_string()]);
+}

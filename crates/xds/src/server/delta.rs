@@ -27,6 +27,9 @@ struct TypeState {
     has: HashMap<String, String>,
     /// Nonce → system version of responses not yet answered.
     pending: VecDeque<(String, String)>,
+    /// The snapshot type version `has` was last brought in line with, while the
+    /// subscription stayed the same: diffing again would find nothing.
+    evaluated: Option<String>,
 }
 
 /// Delta state of one stream.
@@ -199,6 +202,10 @@ impl DeltaState {
             for name in &diff.removed {
                 self.eds_aliases.remove(name);
             }
+            // Which clusters the proxy holds decides what its EDS diff keeps.
+            if let Some(eds) = self.types[ResourceType::Endpoint.index()].as_mut() {
+                eds.evaluated = None;
+            }
         }
         if let Some(st) = self.types[kind.index()].as_mut() {
             for r in &diff.updated {
@@ -222,12 +229,25 @@ impl DeltaState {
         }
     }
 
+    fn needs_diff(&self, kind: ResourceType, snapshot: &Snapshot) -> bool {
+        self.types[kind.index()]
+            .as_ref()
+            .is_some_and(|st| st.evaluated.as_deref() != Some(snapshot.type_version(kind)))
+    }
+
+    fn mark_evaluated(&mut self, kind: ResourceType, snapshot: &Snapshot) {
+        if let Some(st) = self.types[kind.index()].as_mut() {
+            st.evaluated = Some(snapshot.type_version(kind).to_owned());
+        }
+    }
+
     /// After clusters change, their EDS resources are re-sent: an updated cluster warms
     /// until it receives an EDS response, even an unchanged one.
     fn force_endpoints_of(&mut self, clusters: &[std::sync::Arc<Resource>]) {
         let Some(eds) = self.types[ResourceType::Endpoint.index()].as_mut() else {
             return;
         };
+        eds.evaluated = None;
         for c in clusters {
             for reference in c.references() {
                 if reference.kind == ResourceType::Endpoint {
@@ -244,7 +264,12 @@ impl DeltaState {
         status: &StatusEntry,
         out: &mut Vec<DeltaResponse>,
     ) {
-        if let Some(diff) = self.diff(kind, snapshot) {
+        if !self.needs_diff(kind, snapshot) {
+            return;
+        }
+        let diff = self.diff(kind, snapshot);
+        self.mark_evaluated(kind, snapshot);
+        if let Some(diff) = diff {
             let response = self.emit(kind, diff, status);
             if kind == ResourceType::Cluster {
                 self.force_endpoints_of(&response.resources);
@@ -259,7 +284,12 @@ impl DeltaState {
         let mut out = Vec::new();
         let mut removals = None;
         let mut new_endpoints = BTreeSet::new();
-        if let Some(mut diff) = self.diff(ResourceType::Cluster, snapshot) {
+        let clusters_diff = if self.needs_diff(ResourceType::Cluster, snapshot) {
+            self.diff(ResourceType::Cluster, snapshot)
+        } else {
+            None
+        };
+        if let Some(mut diff) = clusters_diff {
             let removed = std::mem::take(&mut diff.removed);
             if !diff.updated.is_empty() {
                 let response = self.emit(ResourceType::Cluster, diff, status);
@@ -296,6 +326,8 @@ impl DeltaState {
             };
             out.push(self.emit(ResourceType::Cluster, diff, status));
         }
+        // Only a push that ran to the end (removals sent) leaves clusters in line.
+        self.mark_evaluated(ResourceType::Cluster, snapshot);
         self.push_type(ResourceType::Secret, snapshot, status, &mut out);
         out
     }
@@ -372,6 +404,12 @@ impl Protocol for DeltaState {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
+        }
+        if first
+            || !req.resource_names_subscribe.is_empty()
+            || !req.resource_names_unsubscribe.is_empty()
+        {
+            st.evaluated = None;
         }
         for name in &req.resource_names_subscribe {
             if name == "*" {
