@@ -77,42 +77,121 @@ fn control_plane_bytes() -> Vec<u8> {
     out
 }
 
+/// A response made of small fields around the resources' shared, pre-encoded bodies. The
+/// stream body writes it part by part (see `server::body`), so no per-stream buffer ever
+/// holds a whole response.
+pub trait PartedMessage: Send + 'static {
+    /// Fields before the resources.
+    fn head(&self, out: &mut Vec<u8>);
+    /// Number of resources.
+    fn count(&self) -> usize;
+    /// Bytes before resource `i`'s shared body.
+    fn prefix(&self, i: usize, out: &mut Vec<u8>);
+    /// Resource `i`'s shared, pre-encoded body.
+    fn body(&self, i: usize) -> &bytes::Bytes;
+    /// Bytes after resource `i`'s body.
+    fn suffix(&self, i: usize, out: &mut Vec<u8>);
+    /// Fields after the resources.
+    fn tail(&self, out: &mut Vec<u8>);
+
+    /// Length of the whole encoded message.
+    fn encoded_len(&self) -> usize {
+        let mut scratch = Vec::new();
+        self.head(&mut scratch);
+        let mut len = scratch.len();
+        for i in 0..self.count() {
+            scratch.clear();
+            self.prefix(i, &mut scratch);
+            self.suffix(i, &mut scratch);
+            len += scratch.len() + self.body(i).len();
+        }
+        scratch.clear();
+        self.tail(&mut scratch);
+        len + scratch.len()
+    }
+}
+
+fn write_parts(m: &impl PartedMessage, buf: &mut impl BufMut) {
+    let mut scratch = Vec::new();
+    m.head(&mut scratch);
+    for i in 0..m.count() {
+        m.prefix(i, &mut scratch);
+        scratch.extend_from_slice(m.body(i));
+        m.suffix(i, &mut scratch);
+    }
+    m.tail(&mut scratch);
+    buf.put_slice(&scratch);
+}
+
+impl PartedMessage for SotwResponse {
+    // DiscoveryResponse: version_info=1, resources=2, type_url=4, nonce=5, control_plane=6.
+    fn head(&self, out: &mut Vec<u8>) {
+        put_string(1, &self.version, out);
+    }
+    fn count(&self) -> usize {
+        self.resources.len()
+    }
+    fn prefix(&self, i: usize, out: &mut Vec<u8>) {
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(self.resources[i].encoded_any().len() as u64, out);
+    }
+    fn body(&self, i: usize) -> &bytes::Bytes {
+        self.resources[i].encoded_any()
+    }
+    fn suffix(&self, _: usize, _: &mut Vec<u8>) {}
+    fn tail(&self, out: &mut Vec<u8>) {
+        put_string(4, self.kind.type_url(), out);
+        put_string(5, &self.nonce, out);
+        put_bytes_field(6, &control_plane_bytes(), out);
+    }
+}
+
+impl PartedMessage for DeltaResponse {
+    // DeltaDiscoveryResponse: system_version_info=1, resources=2, type_url=4, nonce=5,
+    // removed_resources=6, control_plane=7. Resource: version=1, resource=2 (Any), name=3.
+    fn head(&self, out: &mut Vec<u8>) {
+        put_string(1, &self.system_version, out);
+    }
+    fn count(&self) -> usize {
+        self.resources.len()
+    }
+    fn prefix(&self, i: usize, out: &mut Vec<u8>) {
+        let r = &self.resources[i];
+        let any = r.encoded_any();
+        let any_len =
+            prost::encoding::key_len(2) + encoded_len_varint(any.len() as u64) + any.len();
+        let len = string_field_len(1, r.version()) + any_len + string_field_len(3, r.name());
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(len as u64, out);
+        put_string(1, r.version(), out);
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(any.len() as u64, out);
+    }
+    fn body(&self, i: usize) -> &bytes::Bytes {
+        self.resources[i].encoded_any()
+    }
+    fn suffix(&self, i: usize, out: &mut Vec<u8>) {
+        put_string(3, self.resources[i].name(), out);
+    }
+    fn tail(&self, out: &mut Vec<u8>) {
+        put_string(4, self.kind.type_url(), out);
+        put_string(5, &self.nonce, out);
+        for name in &self.removed {
+            put_bytes_field(6, name.as_bytes(), out);
+        }
+        put_bytes_field(7, &control_plane_bytes(), out);
+    }
+}
+
 impl WireMessage for SotwResponse {
     fn write(&self, buf: &mut impl BufMut) {
-        // DiscoveryResponse: version_info=1, resources=2, type_url=4, nonce=5, control_plane=6.
-        put_string(1, &self.version, buf);
-        for r in &self.resources {
-            put_bytes_field(2, r.encoded_any(), buf);
-        }
-        put_string(4, self.kind.type_url(), buf);
-        put_string(5, &self.nonce, buf);
-        put_bytes_field(6, &control_plane_bytes(), buf);
+        write_parts(self, buf);
     }
 }
 
 impl WireMessage for DeltaResponse {
     fn write(&self, buf: &mut impl BufMut) {
-        // DeltaDiscoveryResponse: system_version_info=1, resources=2, type_url=4, nonce=5,
-        // removed_resources=6, control_plane=7.
-        // Resource: version=1, resource=2 (Any), name=3.
-        put_string(1, &self.system_version, buf);
-        for r in &self.resources {
-            let any = r.encoded_any();
-            let any_len =
-                prost::encoding::key_len(2) + encoded_len_varint(any.len() as u64) + any.len();
-            let len = string_field_len(1, r.version()) + any_len + string_field_len(3, r.name());
-            encode_key(2, WireType::LengthDelimited, buf);
-            encode_varint(len as u64, buf);
-            put_string(1, r.version(), buf);
-            put_bytes_field(2, any, buf);
-            put_string(3, r.name(), buf);
-        }
-        put_string(4, self.kind.type_url(), buf);
-        put_string(5, &self.nonce, buf);
-        for name in &self.removed {
-            put_bytes_field(6, name.as_bytes(), buf);
-        }
-        put_bytes_field(7, &control_plane_bytes(), buf);
+        write_parts(self, buf);
     }
 }
 
@@ -169,6 +248,12 @@ impl<E: WireMessage> Encoder for WireEncoder<E> {
 /// Decoder half of [`XdsCodec`].
 #[derive(Debug)]
 pub struct WireDecoder<D>(PhantomData<fn() -> D>);
+
+impl<D> Default for WireDecoder<D> {
+    fn default() -> Self {
+        WireDecoder(PhantomData)
+    }
+}
 
 impl<D: Message + Default> Decoder for WireDecoder<D> {
     type Item = D;

@@ -5,6 +5,7 @@
 //! The server owns protocol state (nonces, ACK/NACK, subscriptions, ordering); content comes
 //! from the [`SnapshotCache`].
 
+mod body;
 mod delta;
 pub mod node;
 mod service;

@@ -5,23 +5,21 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::{Body, BoxFuture, StdError};
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Shared;
+use super::body::ResponseBody;
 use super::delta::DeltaState;
 use super::node::PeerInfo;
 use super::sotw::SotwState;
 use super::stream::{Protocol, drive, parse_type};
 use crate::resource::ResourceType;
 use crate::status::StreamKind;
-use crate::wire::{DeltaResponse, Prost, SotwResponse, XdsCodec};
+use crate::wire::{PartedMessage, Prost, WireDecoder, XdsCodec};
 
 /// Names and methods of one discovery service.
 pub trait ServiceSpec: Send + Sync + 'static {
@@ -106,37 +104,44 @@ fn peer_info<T>(req: &Request<T>) -> PeerInfo {
     }
 }
 
-/// Spawns a stream driver and returns its response stream.
-struct StreamHandler<P> {
+/// Starts a stream: decodes requests with prost, spawns the protocol driver, and answers
+/// with a [`ResponseBody`] that writes responses from the resources' shared bytes.
+fn stream_response<P, B>(
     shared: Arc<Shared>,
     only: Option<ResourceType>,
     kind: StreamKind,
-    make: fn(Option<ResourceType>) -> P,
-}
-
-impl<P: Protocol> tonic::codegen::Service<Request<Streaming<P::Request>>> for StreamHandler<P> {
-    type Response = Response<ReceiverStream<Result<P::Response, Status>>>;
-    type Error = Status;
-    type Future = std::future::Ready<Result<Self::Response, Status>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Streaming<P::Request>>) -> Self::Future {
-        let peer = peer_info(&req);
-        let (tx, rx) = mpsc::channel(self.shared.config.stream_buffer);
-        let state = (self.make)(self.only);
-        tokio::spawn(drive(
-            self.shared.clone(),
-            state,
-            self.kind,
-            peer,
-            req.into_inner(),
-            tx,
-        ));
-        std::future::ready(Ok(Response::new(ReceiverStream::new(rx))))
-    }
+    state: P,
+    req: http::Request<B>,
+) -> http::Response<tonic::body::Body>
+where
+    P: Protocol,
+    P::Response: PartedMessage + Unpin,
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    let _ = only;
+    let (parts, body) = req.into_parts();
+    let peer = PeerInfo {
+        remote_addr: parts
+            .extensions
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|i| i.remote_addr),
+        uri_sans: Vec::new(),
+    };
+    let requests = Streaming::new_request(
+        WireDecoder::<P::Request>::default(),
+        body,
+        None,
+        Some(shared.config.max_request_bytes),
+    );
+    let (tx, rx) = mpsc::channel(shared.config.stream_buffer);
+    tokio::spawn(drive(shared, state, kind, peer, requests, tx));
+    let mut response = http::Response::new(tonic::body::Body::new(ResponseBody::new(rx)));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    response
 }
 
 /// Answers `Fetch*` from the current snapshot.
@@ -213,27 +218,21 @@ where
         );
         Box::pin(async move {
             let response = if method == S::STREAM {
-                let handler = StreamHandler {
+                stream_response(
                     shared,
-                    only: S::ONLY,
-                    kind: StreamKind::Sotw,
-                    make: SotwState::new,
-                };
-                tonic::server::Grpc::new(XdsCodec::<SotwResponse, DiscoveryRequest>::default())
-                    .apply_max_message_size_config(Some(max_in), Some(max_out))
-                    .streaming(handler, req)
-                    .await
+                    S::ONLY,
+                    StreamKind::Sotw,
+                    SotwState::new(S::ONLY),
+                    req,
+                )
             } else if method == S::DELTA {
-                let handler = StreamHandler {
+                stream_response(
                     shared,
-                    only: S::ONLY,
-                    kind: StreamKind::Delta,
-                    make: DeltaState::new,
-                };
-                tonic::server::Grpc::new(XdsCodec::<DeltaResponse, DeltaDiscoveryRequest>::default())
-                    .apply_max_message_size_config(Some(max_in), Some(max_out))
-                    .streaming(handler, req)
-                    .await
+                    S::ONLY,
+                    StreamKind::Delta,
+                    DeltaState::new(S::ONLY),
+                    req,
+                )
             } else if let (Some(fetch), Some(only)) = (S::FETCH, S::ONLY)
                 && fetch == method
             {
