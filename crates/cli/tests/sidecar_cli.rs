@@ -136,7 +136,16 @@ fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-/// Even a SIGKILLed sidecar (no chance to clean up) leaves no Envoy behind.
+/// A port free on 127.0.0.1 right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Even a SIGKILLed sidecar (no chance to clean up) leaves no running Envoy behind.
 #[test]
 fn envoy_dies_with_a_killed_sidecar() {
     let Some(envoy) = [".tools/envoy/envoy/_bin/envoy"]
@@ -153,6 +162,7 @@ fn envoy_dies_with_a_killed_sidecar() {
         "service: orders\nport: 8080\ningress: { port: 31001 }\n",
     )
     .unwrap();
+    let admin_port = free_port();
     let mut sidecar = meshplane()
         .args([
             "sidecar",
@@ -166,12 +176,19 @@ fn envoy_dies_with_a_killed_sidecar() {
         .arg(&descriptor)
         .arg("--envoy")
         .arg(&envoy)
+        .args(["--admin-port", &admin_port.to_string()])
         .arg("--work-dir")
         .arg(&dir.0)
+        // Not the test's own pipes: a leaked Envoy would hold them open.
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let envoy_pid = eventually("Envoy to start", || children(sidecar.id()).first().copied());
+    // Envoy arms its parent-death signal while starting; its admin port means it is up.
+    eventually("Envoy's admin port", || {
+        std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()
+    });
     sidecar.kill().unwrap();
     sidecar.wait().unwrap();
     eventually("Envoy to die with its sidecar", || {

@@ -143,10 +143,8 @@ async fn make_before_break_when_a_route_moves_to_a_new_cluster() {
     c.send(request(EDS, &["billing", "payments"])).await;
     let eds = c.expect().await;
     assert_eq!(eds.type_url, EDS.type_url());
-    assert_eq!(
-        endpoint_counts(&eds),
-        vec![("billing".to_string(), 1), ("payments".to_string(), 1)]
-    );
+    // SotW EDS is incremental: payments is unchanged, only billing's endpoints are sent.
+    assert_eq!(endpoint_counts(&eds), vec![("billing".to_string(), 1)]);
     // 4. Routes now name only the new cluster.
     let rds = c.expect().await;
     assert_eq!(rds.type_url, RDS.type_url());
@@ -231,10 +229,8 @@ async fn stale_nonces_are_ignored() {
     })
     .await;
     let third = c.expect().await;
-    assert_eq!(
-        names_of(&third),
-        vec!["other".to_string(), "payments".to_string()]
-    );
+    // Only what the proxy lacks: the (empty) assignment for the new name.
+    assert_eq!(names_of(&third), vec!["other".to_string()]);
 }
 
 #[tokio::test]
@@ -335,4 +331,28 @@ async fn shutdown_ends_streams_with_unavailable() {
     let status = c.next().await.expect_err("ended");
     assert_eq!(status.code(), tonic::Code::Unavailable);
     support::eventually(|| h.server.status().is_empty()).await;
+}
+
+#[tokio::test]
+async fn eds_responses_carry_only_the_assignments_that_changed() {
+    let h = Harness::start().await;
+    let snapshot = |port: u16| {
+        Snapshot::new([
+            mk_eds_cluster("a"),
+            mk_endpoints("a", &[("127.0.0.1", 1, 1)]),
+            mk_eds_cluster("b"),
+            mk_endpoints("b", &[("127.0.0.1", port, 1)]),
+        ])
+        .expect("consistent")
+    };
+    h.cache.set_snapshot(&group(), snapshot(2)).expect("set");
+    let mut c = h.sotw().await;
+    c.send(request(EDS, &["a", "b"])).await;
+    let first = c.expect().await;
+    assert_eq!(names_of(&first), vec!["a".to_string(), "b".to_string()]);
+    c.ack(&first, &["a", "b"]).await;
+    h.cache.set_snapshot(&group(), snapshot(3)).expect("set");
+    let second = c.expect().await;
+    assert_eq!(names_of(&second), vec!["b".to_string()], "a did not change");
+    assert_ne!(second.version_info, first.version_info);
 }

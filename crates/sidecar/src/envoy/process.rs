@@ -4,9 +4,13 @@
 //! supervisor keeps only the pid (to signal) and matches reports by pid. Children are
 //! spawned with `kill_on_drop`, so dropping the runtime (e.g. a panicking test) reaps them,
 //! and in their own process group, so a terminal's Ctrl-C reaches the sidecar first and it
-//! can deregister before Envoy stops. A SIGKILLed sidecar leaves no orphan either: Envoy
-//! asks the kernel for SIGTERM when its parent dies (checked by the `meshplane` binary's
-//! `envoy_dies_with_a_killed_sidecar` test).
+//! can deregister before Envoy stops.
+//!
+//! A SIGKILLed sidecar leaves no orphaned Envoy holding its ports: Envoy asks the kernel for
+//! SIGTERM when its parent dies (checked by the `meshplane` binary's
+//! `envoy_dies_with_a_killed_sidecar` test). Envoy does so while starting, so a sidecar
+//! killed within Envoy's first milliseconds can still leak it; closing that window would
+//! need `prctl` in `pre_exec`, which is `unsafe` (forbidden here).
 
 use std::ffi::OsString;
 use std::path::PathBuf;

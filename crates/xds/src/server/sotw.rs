@@ -164,12 +164,34 @@ impl SotwState {
         }
     }
 
+    /// What a response for `candidate` must carry. CDS and LDS responses are the full set
+    /// (absence means deletion). EDS, RDS and SDS responses are incremental in SotW too: only
+    /// resources that changed since the last response are sent, unless a re-send was forced
+    /// (the sent version is then empty). A wildcard proxy whose one service changed gets one
+    /// assignment, not a thousand.
+    fn to_send(&self, kind: ResourceType, candidate: &Candidate) -> Vec<Arc<Resource>> {
+        let previous = self.types[kind.index()]
+            .as_ref()
+            .and_then(|st| st.sent.as_ref())
+            .filter(|(version, _)| !version.is_empty());
+        match previous {
+            Some((_, sent)) if !kind.is_full_state() => candidate
+                .resources
+                .iter()
+                .filter(|(name, r)| sent.get(*name).is_none_or(|s| s.version() != r.version()))
+                .map(|(_, r)| r.clone())
+                .collect(),
+            _ => candidate.resources.values().cloned().collect(),
+        }
+    }
+
     fn emit(
         &mut self,
         kind: ResourceType,
         candidate: Candidate,
         status: &StatusEntry,
     ) -> SotwResponse {
+        let resources = self.to_send(kind, &candidate);
         self.nonces += 1;
         let nonce = self.nonces.to_string();
         status.sent(kind, &candidate.version, &nonce);
@@ -177,7 +199,7 @@ impl SotwState {
             version: candidate.version.clone(),
             kind,
             nonce: nonce.clone(),
-            resources: candidate.resources.values().cloned().collect(),
+            resources,
         };
         if let Some(st) = self.types[kind.index()].as_mut() {
             st.last_nonce = Some(nonce);
