@@ -13,7 +13,7 @@ export function loggingSection(id) {
     LEVELS.map((l) => h('option', { value: l, selected: l === 'info' }, l)));
   const tokenInput = h('input', {
     type: 'password', id: 'admin-token', autocomplete: 'off', value: token.get(),
-    placeholder: 'Admin token (when the control plane has one)', 'aria-label': 'Admin token',
+    placeholder: 'Admin token (if the control plane has one)', 'aria-label': 'Admin token',
     oninput: (e) => token.set(e.target.value.trim()),
   });
   const result = h('div', { id: 'log-result', role: 'status' });

@@ -52,7 +52,7 @@ function summaryCard(p) {
     h('table', { class: 'kv' }, h('tbody', {},
       row('Service', h('a', { href: `#/services/${enc(p.service)}` }, p.service)),
       row('Sync', badge(p.sync)),
-      row('Group', version(p.group)),
+      row('Group', h('code', {}, p.group)),
       row('Connected to', h('code', {}, p.connected_to)),
       row('From', h('code', {}, p.remote_addr || '—')),
       row('Protocol', p.protocol),

@@ -2,7 +2,7 @@
 // proxies of that service.
 
 import { enc, getJson } from './api.js';
-import { ago, badge, errorBox, h, highlighted, replace, searchBox, section, table, version } from './dom.js';
+import { ago, badge, errorBox, h, highlighted, replace, searchBox, section, table } from './dom.js';
 
 const REFRESH_MS = 5000;
 
@@ -108,7 +108,7 @@ export function proxyTable(proxies, query, id) {
     h('td', {}, h('a', { href: `#/proxies/${enc(p.node_id)}` }, highlighted(p.node_id, query))),
     h('td', {}, h('a', { href: `#/services/${enc(p.service)}` }, highlighted(p.service, query))),
     h('td', {}, badge(p.sync)),
-    h('td', {}, version(p.group)),
+    h('td', {}, h('code', {}, p.group)),
     h('td', {}, p.protocol),
     h('td', {}, h('code', {}, p.connected_to)),
     h('td', {}, ago(p.connected_since))));

@@ -61,6 +61,11 @@ pub struct SidecarArgs {
         default_value = "http://127.0.0.1:8500"
     )]
     pub registry: String,
+    /// Where the admin relay listens: the control plane reads this Envoy's config dump and
+    /// stats and sets its log level through it (with --token). `off` disables it
+    /// [default: <--address>:0].
+    #[arg(long, env = "MESHPLANE_ADMIN_RELAY_ADDR")]
+    pub admin_relay_addr: Option<String>,
     /// Registry ACL token (sent as X-Consul-Token).
     #[arg(long, env = "MESHPLANE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -149,6 +154,19 @@ impl SidecarArgs {
         let mut c = self.node.config(0)?;
         c.registry = self.registry;
         c.token = self.token.filter(|t| !t.is_empty());
+        c.admin_relay = match self.admin_relay_addr.as_deref() {
+            Some("off") => None,
+            Some(addr) => Some(addr.parse().map_err(|_| SidecarError::Flag {
+                flag: "admin-relay-addr",
+                message: format!("`{addr}` is not IP:PORT or `off`"),
+            })?),
+            None => Some(std::net::SocketAddr::new(
+                self.address
+                    .parse()
+                    .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+                0,
+            )),
+        };
         c.address = self.address;
         c.envoy = self.envoy;
         c.base_id = self.base_id;

@@ -21,6 +21,8 @@ pub const ADMIN_METADATA_KEY: &str = "admin";
 /// Metadata key for the address Envoy's listeners bind (optional; the control plane
 /// defaults to all interfaces). Not a descriptor field either.
 pub const LISTEN_ADDRESS_METADATA_KEY: &str = "address";
+/// Node metadata key of the admin relay's address (`{address, port}`).
+pub const ADMIN_RELAY_METADATA_KEY: &str = "admin_relay";
 
 /// Cap on downstream connections, so Envoy's overload manager has a limit (and does not warn).
 const MAX_DOWNSTREAM_CONNECTIONS: u64 = 50_000;
@@ -44,6 +46,8 @@ pub struct BootstrapSpec<'a> {
     pub xds: XdsFlavour,
     /// Address the ingress listener binds, if not all interfaces.
     pub listen_address: Option<IpAddr>,
+    /// Where the admin relay listens, advertised to the control plane.
+    pub admin_relay: Option<SocketAddr>,
 }
 
 /// Builds the bootstrap document.
@@ -93,6 +97,12 @@ fn node(spec: &BootstrapSpec<'_>) -> Value {
         ADMIN_METADATA_KEY.to_owned(),
         json!({ "address": spec.admin.ip().to_string(), "port": spec.admin.port() }),
     );
+    if let Some(relay) = spec.admin_relay {
+        metadata.insert(
+            ADMIN_RELAY_METADATA_KEY.to_owned(),
+            json!({ "address": relay.ip().to_string(), "port": relay.port() }),
+        );
+    }
     if let Some(ip) = spec.listen_address {
         metadata.insert(
             LISTEN_ADDRESS_METADATA_KEY.to_owned(),

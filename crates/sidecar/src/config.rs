@@ -36,6 +36,8 @@ pub struct SidecarConfig {
     pub listen_address: Option<std::net::IpAddr>,
     /// Hot-restart base id; `None` derives it from the instance id.
     pub base_id: Option<u32>,
+    /// Where the admin relay listens (see `relay`); `None` disables it. Port 0 picks one.
+    pub admin_relay: Option<std::net::SocketAddr>,
     /// Where the bootstrap file is written; `None` means a per-instance temporary directory.
     pub work_dir: Option<PathBuf>,
     /// Envoy's `--log-level`.
@@ -130,6 +132,7 @@ impl SidecarConfig {
             xds: XdsFlavour::default(),
             listen_address: None,
             base_id: None,
+            admin_relay: None,
             work_dir: None,
             envoy_log_level: "info".to_owned(),
             envoy_concurrency: None,

@@ -22,6 +22,7 @@ pub mod restart_policy;
 
 mod announce;
 mod error;
+mod relay;
 mod setup;
 mod signals;
 mod status;
@@ -64,7 +65,23 @@ impl Sidecar {
         shutdown: CancellationToken,
         hot_restart_rx: mpsc::Receiver<()>,
     ) -> Result<Outcome, SidecarError> {
-        let prepared = setup::Prepared::new(self.config)?;
+        let mut prepared = setup::Prepared::new(self.config)?;
+        if let Some((listener, addr)) = prepared.relay.as_mut()
+            && let Some(listener) = listener.take()
+        {
+            listener
+                .set_nonblocking(true)
+                .map_err(SidecarError::io("cannot set up the admin relay"))?;
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(SidecarError::io("cannot set up the admin relay"))?;
+            tracing::info!(relay = %addr, "admin relay listening");
+            tokio::spawn(relay::serve(
+                listener,
+                prepared.admin,
+                prepared.config.token.clone(),
+                shutdown.clone(),
+            ));
+        }
         tracing::info!(
             instance_id = %prepared.instance_id,
             service = %prepared.loaded.descriptor.service,
@@ -121,6 +138,7 @@ pub fn render_bootstrap(args: BootstrapArgs) -> Result<String, SidecarError> {
         control_plane: &config.control_plane,
         xds: config.xds,
         listen_address: config.listen_address,
+        admin_relay: None,
     });
     serde_json::to_string_pretty(&value)
         .map_err(|e| SidecarError::io("cannot encode the bootstrap")(std::io::Error::other(e)))

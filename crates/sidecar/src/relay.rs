@@ -20,7 +20,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Log levels Envoy accepts.
-const LOG_LEVELS: [&str; 8] = ["trace", "debug", "info", "warning", "warn", "error", "critical", "off"];
+const LOG_LEVELS: [&str; 8] = [
+    "trace", "debug", "info", "warning", "warn", "error", "critical", "off",
+];
 
 #[derive(Clone)]
 struct Relay {
@@ -42,7 +44,11 @@ pub async fn serve(
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(std::io::Error::other)?;
-    let relay = Relay { envoy_admin, token, client };
+    let relay = Relay {
+        envoy_admin,
+        token,
+        client,
+    };
     let router = Router::new()
         .route("/config_dump", get(config_dump))
         .route("/stats", get(stats))
@@ -54,19 +60,28 @@ pub async fn serve(
 }
 
 fn authorized(relay: &Relay, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(expected) = &relay.token else { return Ok(()) };
+    let Some(expected) = &relay.token else {
+        return Ok(());
+    };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let ok = given.is_some_and(|g| {
         g.len() == expected.len()
-            && g.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+            && g.bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     });
     if ok {
         Ok(())
     } else {
-        Err((StatusCode::UNAUTHORIZED, "the admin relay needs the control plane's token\n").into_response())
+        Err((
+            StatusCode::UNAUTHORIZED,
+            "the admin relay needs the control plane's token\n",
+        )
+            .into_response())
     }
 }
 
@@ -74,7 +89,8 @@ async fn forward(relay: &Relay, method: reqwest::Method, path: &str) -> Response
     let url = format!("http://{}{path}", relay.envoy_admin);
     match relay.client.request(method, &url).send().await {
         Ok(r) => {
-            let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let status =
+                StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             let content_type = r
                 .headers()
                 .get(reqwest::header::CONTENT_TYPE)
@@ -84,7 +100,11 @@ async fn forward(relay: &Relay, method: reqwest::Method, path: &str) -> Response
             let body = r.bytes().await.unwrap_or_default();
             (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
         }
-        Err(e) => (StatusCode::BAD_GATEWAY, format!("Envoy's admin interface is not answering: {e}\n")).into_response(),
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            format!("Envoy's admin interface is not answering: {e}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -116,12 +136,27 @@ struct LevelQuery {
     level: Option<String>,
 }
 
-async fn set_logging(State(relay): State<Relay>, headers: HeaderMap, Query(q): Query<LevelQuery>) -> Response {
+async fn set_logging(
+    State(relay): State<Relay>,
+    headers: HeaderMap,
+    Query(q): Query<LevelQuery>,
+) -> Response {
     if let Err(e) = authorized(&relay, &headers) {
         return e;
     }
     match q.level.filter(|l| LOG_LEVELS.contains(&l.as_str())) {
-        Some(level) => forward(&relay, reqwest::Method::POST, &format!("/logging?level={level}")).await,
-        None => (StatusCode::BAD_REQUEST, format!("give ?level= one of {}\n", LOG_LEVELS.join(", "))).into_response(),
+        Some(level) => {
+            forward(
+                &relay,
+                reqwest::Method::POST,
+                &format!("/logging?level={level}"),
+            )
+            .await
+        }
+        None => (
+            StatusCode::BAD_REQUEST,
+            format!("give ?level= one of {}\n", LOG_LEVELS.join(", ")),
+        )
+            .into_response(),
     }
 }

@@ -22,6 +22,8 @@ pub(crate) struct Prepared {
     pub base_id: u32,
     pub envoy: PathBuf,
     pub bootstrap_path: PathBuf,
+    /// The admin relay's bound socket (taken by `Sidecar::run`) and its address.
+    pub relay: Option<(Option<std::net::TcpListener>, SocketAddr)>,
     /// The bootstrap lives in a directory the sidecar made (removed on exit).
     owns_dir: bool,
 }
@@ -51,7 +53,20 @@ impl Prepared {
         };
         std::fs::create_dir_all(&dir)
             .map_err(SidecarError::io(format!("cannot create {}", dir.display())))?;
+        let relay = match config.admin_relay {
+            Some(addr) => {
+                let listener = std::net::TcpListener::bind(addr).map_err(SidecarError::io(format!(
+                    "cannot bind the admin relay on {addr}; pick another --admin-relay-addr or `off`"
+                )))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(SidecarError::io("cannot read the admin relay address"))?;
+                Some((Some(listener), bound))
+            }
+            None => None,
+        };
         let prepared = Prepared {
+            relay,
             admin: SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port)),
             bootstrap_path: dir.join("envoy-bootstrap.json"),
             config,
@@ -90,6 +105,7 @@ impl Prepared {
             control_plane: &self.config.control_plane,
             xds: self.config.xds,
             listen_address: self.config.listen_address,
+            admin_relay: self.relay.as_ref().map(|(_, addr)| *addr),
         })
     }
 

@@ -29,6 +29,7 @@ fn mk_bootstrap(written: &Value, control_plane: &[ControlPlaneAddr], xds: XdsFla
         control_plane,
         xds,
         listen_address: None,
+        admin_relay: None,
     })
 }
 

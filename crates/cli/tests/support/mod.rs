@@ -17,6 +17,8 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Mesh {
     pub cp: ControlPlane,
+    /// The control plane's token, passed to sidecars.
+    pub token: Option<String>,
     pub shutdown: CancellationToken,
     pub dir: tempfile::TempDir,
     pub http: reqwest::Client,
@@ -46,6 +48,7 @@ impl Mesh {
             ..Default::default()
         };
         configure(&mut config, dir.path());
+        let token = config.token.clone();
         let shutdown = CancellationToken::new();
         let cp = control_plane::start(config, shutdown.clone())
             .await
@@ -57,6 +60,7 @@ impl Mesh {
             .expect("client");
         Mesh {
             cp,
+            token,
             shutdown,
             dir,
             http,
@@ -80,6 +84,7 @@ impl Mesh {
                 "http://{}/v1/agent/service/register",
                 self.registry()
             ))
+            .header("x-consul-token", self.token.clone().unwrap_or_default())
             .json(&body)
             .send()
             .await
@@ -94,6 +99,7 @@ impl Mesh {
                 "http://{}/v1/agent/service/deregister/{id}",
                 self.registry()
             ))
+            .header("x-consul-token", self.token.clone().unwrap_or_default())
             .send()
             .await
             .expect("registry reachable");
@@ -124,6 +130,9 @@ impl Mesh {
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
             .stderr(out);
+        if let Some(token) = &self.token {
+            cmd.args(["--token", token]);
+        }
         if let Some(registry) = self.cp.registry_addr {
             cmd.args(["--registry", &format!("http://{registry}")]);
         }

@@ -1,0 +1,201 @@
+//! The web panel in headless Chromium: a real control plane, a real sidecar with Envoy, and
+//! `tests/browser/panel.mjs` (playwright-core driving Debian's chromium) clicking through the
+//! panel. The log level is changed in the browser and checked on Envoy's own `/logging`.
+//!
+//! Needs `scripts/install-test-deps.sh` (chromium + `tests/browser/node_modules`). Without them
+//! the test skips loudly, except under CI (`CI` set), where it fails.
+//! Screenshots: `target/artifacts/panel-*.png`.
+
+mod support;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{Mesh, caller, free_port, upstream};
+use tokio_util::sync::CancellationToken;
+
+/// Chromium start, a dozen steps and the charts' samples (2 s apart) fit well within this.
+const BROWSER_DEADLINE: Duration = Duration::from_secs(200);
+
+struct BrowserTools {
+    node: PathBuf,
+    chromium: PathBuf,
+    script: PathBuf,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// The browser tooling, or `None` (after saying so loudly) when it is missing outside CI.
+fn browser_tools() -> Option<BrowserTools> {
+    let root = workspace_root();
+    let chromium = std::env::var_os("MESHPLANE_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into());
+    let node = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("node"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.is_file());
+    let playwright = root.join("tests/browser/node_modules/playwright-core/package.json");
+    let mut missing = Vec::new();
+    if !chromium.is_file() {
+        missing.push(format!("chromium ({})", chromium.display()));
+    }
+    if node.is_none() {
+        missing.push("node on PATH".to_owned());
+    }
+    if !playwright.is_file() {
+        missing.push(format!("playwright-core ({})", playwright.display()));
+    }
+    if missing.is_empty() {
+        return Some(BrowserTools {
+            node: node.expect("checked"),
+            chromium,
+            script: root.join("tests/browser/panel.mjs"),
+        });
+    }
+    let message = format!(
+        "the web panel browser test needs {}: run scripts/install-test-deps.sh (as root for chromium)",
+        missing.join(", ")
+    );
+    if in_ci() {
+        panic!("{message}. CI is set, so this fails instead of skipping.");
+    }
+    // Straight to stderr, not eprintln!: the test harness would swallow that for a passing test.
+    let bar = "!".repeat(78);
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{bar}\n!!! SKIPPED: {message}\n{bar}\n"
+    );
+    None
+}
+
+/// Envoy's `/logging`: logger → level. Envoy lists its loggers on a POST without parameters
+/// (a GET is refused as a mutation) and changes nothing then.
+async fn envoy_log_levels(http: &reqwest::Client, admin_port: u16) -> Vec<(String, String)> {
+    let text = http
+        .post(format!("http://127.0.0.1:{admin_port}/logging"))
+        .send()
+        .await
+        .expect("Envoy admin reachable")
+        .text()
+        .await
+        .expect("body");
+    text.lines()
+        .filter_map(|l| l.trim().split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// Steady traffic while the browser samples: ingress requests to the app, egress requests to
+/// `orders`, and every fifth egress request to an undeclared host (a 503) so the 5xx chart has
+/// something to draw.
+fn generate_traffic(http: reqwest::Client, ingress: u16, egress: u16, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        for n in 0u64.. {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let _ = http
+                .get(format!("http://127.0.0.1:{ingress}/"))
+                .send()
+                .await;
+            let host = if n % 5 == 0 { "undeclared" } else { "orders" };
+            let _ = http
+                .get(format!("http://127.0.0.1:{egress}/"))
+                .header("host", host)
+                .send()
+                .await;
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn panel_works_in_headless_chromium() {
+    let Some(tools) = browser_tools() else {
+        return;
+    };
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let orders = upstream("orders-app").await;
+    mesh.register("orders-1", "orders", orders, &[], 1).await;
+    let app = upstream("payments-app").await;
+    let (ingress, egress) = (free_port(), free_port());
+    let descriptor = caller("payments", app, ingress, egress, "  - service: orders\n");
+    mesh.sidecar("payments-1", &descriptor, 2).await;
+    let envoy_admin = mesh.sidecar_admin("payments-1");
+
+    let before = envoy_log_levels(&mesh.http, envoy_admin).await;
+    assert!(
+        before.iter().any(|(_, level)| level != "debug"),
+        "Envoy must not start at debug, or the check below proves nothing: {before:?}"
+    );
+
+    let stop_traffic = CancellationToken::new();
+    generate_traffic(mesh.http.clone(), ingress, egress, stop_traffic.clone());
+
+    let artifacts = workspace_root().join("target/artifacts");
+    let admin_url = format!("http://{}", mesh.cp.admin_addr);
+    let browser = tokio::process::Command::new(&tools.node)
+        .arg(&tools.script)
+        .arg(&admin_url)
+        .arg(&artifacts)
+        .args(["--service", "payments", "--hidden", "orders"])
+        .args(["--proxy", "payments-1", "--listener", "ingress"])
+        .args(["--level", "debug", "--expect-traffic"])
+        .arg("--chromium")
+        .arg(&tools.chromium)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // A timed-out run is killed when the future is dropped.
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node starts");
+    let output = tokio::time::timeout(BROWSER_DEADLINE, browser.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("panel.mjs did not finish within {BROWSER_DEADLINE:?}"))
+        .expect("node ran");
+    stop_traffic.cancel();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("--- panel.mjs ---\n{log}");
+    assert!(
+        output.status.success(),
+        "the browser test failed ({}); screenshots in {}\n{log}",
+        output.status,
+        artifacts.display()
+    );
+    assert!(
+        artifacts.join("panel-proxy.png").is_file(),
+        "screenshot saved"
+    );
+
+    // The click in the browser reached Envoy itself, through the control plane and the relay.
+    let after = envoy_log_levels(&mesh.http, envoy_admin).await;
+    assert!(after.len() > 10, "Envoy lists its loggers: {after:?}");
+    let not_debug: Vec<_> = after.iter().filter(|(_, l)| l != "debug").collect();
+    assert!(
+        not_debug.is_empty(),
+        "every Envoy logger is at debug after the panel changed it; not: {not_debug:?}"
+    );
+}
