@@ -59,30 +59,30 @@ pub async fn serve(
         .await
 }
 
-fn authorized(relay: &Relay, headers: &HeaderMap) -> Result<(), Response> {
+/// Whether the request carries the token (always true when none is configured).
+fn authorized(relay: &Relay, headers: &HeaderMap) -> bool {
     let Some(expected) = &relay.token else {
-        return Ok(());
+        return true;
     };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let ok = given.is_some_and(|g| {
+    given.is_some_and(|g| {
         g.len() == expected.len()
             && g.bytes()
                 .zip(expected.bytes())
                 .fold(0u8, |acc, (a, b)| acc | (a ^ b))
                 == 0
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err((
-            StatusCode::UNAUTHORIZED,
-            "the admin relay needs the control plane's token\n",
-        )
-            .into_response())
-    }
+    })
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        "the admin relay needs the control plane's token\n",
+    )
+        .into_response()
 }
 
 async fn forward(relay: &Relay, method: reqwest::Method, path: &str) -> Response {
@@ -109,26 +109,27 @@ async fn forward(relay: &Relay, method: reqwest::Method, path: &str) -> Response
 }
 
 async fn config_dump(State(relay): State<Relay>, headers: HeaderMap) -> Response {
-    match authorized(&relay, &headers) {
-        Ok(()) => forward(&relay, reqwest::Method::GET, "/config_dump").await,
-        Err(e) => e,
+    if authorized(&relay, &headers) {
+        forward(&relay, reqwest::Method::GET, "/config_dump").await
+    } else {
+        unauthorized()
     }
 }
 
 async fn stats(State(relay): State<Relay>, headers: HeaderMap) -> Response {
-    match authorized(&relay, &headers) {
-        Ok(()) => forward(&relay, reqwest::Method::GET, "/stats?format=json").await,
-        Err(e) => e,
+    if authorized(&relay, &headers) {
+        forward(&relay, reqwest::Method::GET, "/stats?format=json").await
+    } else {
+        unauthorized()
     }
 }
 
 async fn get_logging(State(relay): State<Relay>, headers: HeaderMap) -> Response {
-    match authorized(&relay, &headers) {
-        // Envoy lists the levels on GET /logging only in recent versions; POST without a
-        // level is the documented way to list them.
-        Ok(()) => forward(&relay, reqwest::Method::POST, "/logging").await,
-        Err(e) => e,
+    if !authorized(&relay, &headers) {
+        return unauthorized();
     }
+    // POST without a level is Envoy's documented way to list the levels.
+    forward(&relay, reqwest::Method::POST, "/logging").await
 }
 
 #[derive(Deserialize)]
@@ -141,8 +142,8 @@ async fn set_logging(
     headers: HeaderMap,
     Query(q): Query<LevelQuery>,
 ) -> Response {
-    if let Err(e) = authorized(&relay, &headers) {
-        return e;
+    if !authorized(&relay, &headers) {
+        return unauthorized();
     }
     match q.level.filter(|l| LOG_LEVELS.contains(&l.as_str())) {
         Some(level) => {
