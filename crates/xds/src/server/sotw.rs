@@ -109,9 +109,14 @@ impl SotwState {
             return None;
         }
         let all = snapshot.resources(kind);
-        let resources: ResourceMap = if st.wildcard {
-            all.clone()
-        } else {
+        if st.wildcard {
+            // The whole type: its version is computed once per snapshot, not per stream.
+            return Some(Candidate {
+                version: snapshot.type_version(kind).to_owned(),
+                resources: all.clone(),
+            });
+        }
+        let resources: ResourceMap = {
             st.names
                 .iter()
                 .filter_map(|name| match all.get(name) {
