@@ -19,6 +19,8 @@ pub struct ControlPlaneMetrics {
     pub translation_errors: std::sync::atomic::AtomicU64,
     /// Group snapshots published.
     pub snapshots_published: std::sync::atomic::AtomicU64,
+    /// The registry index the translator last caught up with.
+    pub translated_index: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) async fn render(State(s): State<AdminState>) -> impl IntoResponse {
@@ -35,6 +37,22 @@ pub(crate) async fn render(State(s): State<AdminState>) -> impl IntoResponse {
     for (label, kind) in [("sotw", StreamKind::Sotw), ("delta", StreamKind::Delta)] {
         let n = proxies.iter().filter(|p| p.kind == kind).count();
         let _ = writeln!(out, "meshplane_xds_streams{{protocol=\"{label}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP meshplane_xds_proxies_by_type Proxies that were sent each resource type."
+    );
+    let _ = writeln!(out, "# TYPE meshplane_xds_proxies_by_type gauge");
+    for k in ResourceType::ALL {
+        let n = proxies
+            .iter()
+            .filter(|p| p.type_status(k).sent_version.is_some())
+            .count();
+        let _ = writeln!(
+            out,
+            "meshplane_xds_proxies_by_type{{type=\"{}\"}} {n}",
+            k.short_name()
+        );
     }
     let _ = writeln!(
         out,
@@ -98,6 +116,17 @@ pub(crate) async fn render(State(s): State<AdminState>) -> impl IntoResponse {
     let _ = writeln!(out, "# HELP meshplane_registry_index Registry index.");
     let _ = writeln!(out, "# TYPE meshplane_registry_index gauge");
     let _ = writeln!(out, "meshplane_registry_index {}", registry.index);
+    let translated = s.metrics.translated_index.load(Ordering::Relaxed);
+    let _ = writeln!(
+        out,
+        "# HELP meshplane_registry_translation_lag Registry index steps not yet translated."
+    );
+    let _ = writeln!(out, "# TYPE meshplane_registry_translation_lag gauge");
+    let _ = writeln!(
+        out,
+        "meshplane_registry_translation_lag {}",
+        registry.index.saturating_sub(translated)
+    );
     let _ = writeln!(
         out,
         "# HELP meshplane_registry_stale 1 while a registry source serves possibly outdated data."

@@ -91,6 +91,9 @@ impl Translator {
         let started = Instant::now();
         let changes = next.changed_since(self.registry.index);
         self.registry = next;
+        self.metrics
+            .translated_index
+            .store(self.registry.index, std::sync::atomic::Ordering::Relaxed);
         let affected: BTreeSet<GroupKey> = match changes {
             Changes::All => {
                 self.services.clear();
