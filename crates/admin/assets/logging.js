@@ -9,7 +9,9 @@ const LEVELS = ['trace', 'debug', 'info', 'warning', 'error', 'critical', 'off']
 export function loggingSection(id) {
   const summary = h('div', { id: 'log-current' }, h('span', { class: 'muted' }, 'Loading…'));
   const raw = h('pre', { class: 'raw' });
-  const select = h('select', { id: 'log-level', 'aria-label': 'Log level' },
+  // Follows the proxy's current level until the user picks one.
+  let picked = false;
+  const select = h('select', { id: 'log-level', 'aria-label': 'Log level', onchange: () => { picked = true; } },
     LEVELS.map((l) => h('option', { value: l, selected: l === 'info' }, l)));
   const tokenInput = h('input', {
     type: 'password', id: 'admin-token', autocomplete: 'off', value: token.get(),
@@ -22,7 +24,9 @@ export function loggingSection(id) {
     try {
       const text = await getText(`/api/proxies/${enc(id)}/logging`);
       raw.textContent = text;
-      replace(summary, levelSummary(text));
+      const levels = levelCounts(text);
+      replace(summary, levelSummary(levels));
+      if (!picked && levels.length && LEVELS.includes(levels[0][0])) select.value = levels[0][0];
     } catch (e) {
       replace(summary, errorBox(e));
     }
@@ -57,14 +61,19 @@ export function loggingSection(id) {
     h('details', {}, h('summary', {}, 'All loggers (Envoy /logging)'), raw));
 }
 
-/** "info × 58, debug × 2" from Envoy's "active loggers:\n  admin: info\n…". */
-function levelSummary(text) {
+/** [[level, loggers]], most used first, from Envoy's "active loggers:\n  admin: info\n…". */
+function levelCounts(text) {
   const counts = new Map();
   for (const line of text.split('\n')) {
     const m = line.match(/^\s+[\w.-]+:\s*(\w+)\s*$/);
     if (m) counts.set(m[1], (counts.get(m[1]) || 0) + 1);
   }
-  if (!counts.size) return h('span', { class: 'muted' }, 'No loggers reported.');
-  return h('div', {}, 'Current: ', [...counts].sort((a, b) => b[1] - a[1]).map(([level, n]) =>
+  return [...counts].sort((a, b) => b[1] - a[1]);
+}
+
+/** "info × 58, debug × 2". */
+function levelSummary(levels) {
+  if (!levels.length) return h('span', { class: 'muted' }, 'No loggers reported.');
+  return h('div', {}, 'Current: ', levels.map(([level, n]) =>
     h('span', { class: 'tag', 'data-level': level }, `${level} × ${n}`)));
 }

@@ -23,160 +23,164 @@ pub struct ControlPlaneMetrics {
     pub translated_index: std::sync::atomic::AtomicU64,
 }
 
+/// Writes one metric family: HELP, TYPE and its samples (`labels` is `{...}` or empty).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
+/// One unlabelled sample.
+fn single(value: u64) -> Vec<(String, u64)> {
+    vec![(String::new(), value)]
+}
+
+/// One sample per resource type, labelled `type="CDS"` etc.
+fn per_type(value: impl Fn(ResourceType) -> u64) -> Vec<(String, u64)> {
+    ResourceType::ALL
+        .iter()
+        .map(|k| (format!("{{type=\"{}\"}}", k.short_name()), value(*k)))
+        .collect()
+}
+
 pub(crate) async fn render(State(s): State<AdminState>) -> impl IntoResponse {
     let mut out = String::new();
     let proxies = s.status.proxies();
-    let counters = s.status.counters();
+    let c = s.status.counters();
     let registry = s.store.snapshot();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
 
-    let _ = writeln!(
-        out,
-        "# HELP meshplane_xds_streams Connected xDS streams by protocol."
+    let by_protocol = [("sotw", StreamKind::Sotw), ("delta", StreamKind::Delta)]
+        .iter()
+        .map(|(label, kind)| {
+            let n = proxies.iter().filter(|p| p.kind == *kind).count() as u64;
+            (format!("{{protocol=\"{label}\"}}"), n)
+        })
+        .collect::<Vec<_>>();
+    family(
+        &mut out,
+        "meshplane_xds_streams",
+        "gauge",
+        "Connected xDS streams by protocol.",
+        &by_protocol,
     );
-    let _ = writeln!(out, "# TYPE meshplane_xds_streams gauge");
-    for (label, kind) in [("sotw", StreamKind::Sotw), ("delta", StreamKind::Delta)] {
-        let n = proxies.iter().filter(|p| p.kind == kind).count();
-        let _ = writeln!(out, "meshplane_xds_streams{{protocol=\"{label}\"}} {n}");
-    }
-    let _ = writeln!(
-        out,
-        "# HELP meshplane_xds_proxies_by_type Proxies that were sent each resource type."
-    );
-    let _ = writeln!(out, "# TYPE meshplane_xds_proxies_by_type gauge");
-    for k in ResourceType::ALL {
-        let n = proxies
+    let sent_type = per_type(|k| {
+        proxies
             .iter()
             .filter(|p| p.type_status(k).sent_version.is_some())
-            .count();
-        let _ = writeln!(
-            out,
-            "meshplane_xds_proxies_by_type{{type=\"{}\"}} {n}",
-            k.short_name()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP meshplane_xds_responses_total xDS responses sent, by type."
+            .count() as u64
+    });
+    family(
+        &mut out,
+        "meshplane_xds_proxies_by_type",
+        "gauge",
+        "Proxies that were sent each resource type.",
+        &sent_type,
     );
-    let _ = writeln!(out, "# TYPE meshplane_xds_responses_total counter");
-    for k in ResourceType::ALL {
-        let n = counters.responses[k as usize].load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "meshplane_xds_responses_total{{type=\"{}\"}} {n}",
-            k.short_name()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP meshplane_xds_nacks_total Responses rejected by proxies, by type."
+    family(
+        &mut out,
+        "meshplane_xds_responses_total",
+        "counter",
+        "xDS responses sent, by type.",
+        &per_type(|k| load(&c.responses[k as usize])),
     );
-    let _ = writeln!(out, "# TYPE meshplane_xds_nacks_total counter");
-    for k in ResourceType::ALL {
-        let n = counters.nacks[k as usize].load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "meshplane_xds_nacks_total{{type=\"{}\"}} {n}",
-            k.short_name()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP meshplane_xds_streams_failed_total Streams refused or ended with an error."
+    family(
+        &mut out,
+        "meshplane_xds_nacks_total",
+        "counter",
+        "Responses rejected by proxies, by type.",
+        &per_type(|k| load(&c.nacks[k as usize])),
     );
-    let _ = writeln!(out, "# TYPE meshplane_xds_streams_failed_total counter");
-    let _ = writeln!(
-        out,
-        "meshplane_xds_streams_failed_total {}",
-        counters.streams_failed.load(Ordering::Relaxed)
+    family(
+        &mut out,
+        "meshplane_xds_streams_failed_total",
+        "counter",
+        "Streams refused or ended with an error.",
+        &single(load(&c.streams_failed)),
     );
-    let _ = writeln!(out, "# HELP meshplane_groups Groups with a snapshot.");
-    let _ = writeln!(out, "# TYPE meshplane_groups gauge");
-    let _ = writeln!(out, "meshplane_groups {}", s.cache.groups().len());
-    let _ = writeln!(
-        out,
-        "# HELP meshplane_registry_services Services in the registry."
-    );
-    let _ = writeln!(out, "# TYPE meshplane_registry_services gauge");
-    let _ = writeln!(
-        out,
-        "meshplane_registry_services {}",
-        registry.services.len()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP meshplane_registry_instances Instances in the registry."
-    );
-    let _ = writeln!(out, "# TYPE meshplane_registry_instances gauge");
-    let _ = writeln!(
-        out,
-        "meshplane_registry_instances {}",
-        registry.instance_count()
-    );
-    let _ = writeln!(out, "# HELP meshplane_registry_index Registry index.");
-    let _ = writeln!(out, "# TYPE meshplane_registry_index gauge");
-    let _ = writeln!(out, "meshplane_registry_index {}", registry.index);
-    let translated = s.metrics.translated_index.load(Ordering::Relaxed);
-    let _ = writeln!(
-        out,
-        "# HELP meshplane_registry_translation_lag Registry index steps not yet translated."
-    );
-    let _ = writeln!(out, "# TYPE meshplane_registry_translation_lag gauge");
-    let _ = writeln!(
-        out,
-        "meshplane_registry_translation_lag {}",
-        registry.index.saturating_sub(translated)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP meshplane_registry_stale 1 while a registry source serves possibly outdated data."
-    );
-    let _ = writeln!(out, "# TYPE meshplane_registry_stale gauge");
-    let _ = writeln!(
-        out,
-        "meshplane_registry_stale {}",
-        u8::from(registry.is_stale())
-    );
-    out.push_str(&counters.push_ack_latency.render(
+    out.push_str(&c.push_ack_latency.render(
         "meshplane_xds_push_ack_seconds",
         "Time from sending a response to the proxy's ACK.",
     ));
+    family(
+        &mut out,
+        "meshplane_groups",
+        "gauge",
+        "Groups with a snapshot.",
+        &single(s.cache.groups().len() as u64),
+    );
     out.push_str(&s.metrics.translation.render(
         "meshplane_translation_seconds",
         "Time to translate a registry change or a newly demanded group.",
     ));
-    let _ = writeln!(
-        out,
-        "# HELP meshplane_translation_errors_total Groups that could not be translated or published."
+    family(
+        &mut out,
+        "meshplane_translation_errors_total",
+        "counter",
+        "Groups that could not be translated or published.",
+        &single(load(&s.metrics.translation_errors)),
     );
-    let _ = writeln!(out, "# TYPE meshplane_translation_errors_total counter");
-    let _ = writeln!(
-        out,
-        "meshplane_translation_errors_total {}",
-        s.metrics.translation_errors.load(Ordering::Relaxed)
+    family(
+        &mut out,
+        "meshplane_snapshots_published_total",
+        "counter",
+        "Group snapshots published.",
+        &single(load(&s.metrics.snapshots_published)),
     );
-    let _ = writeln!(
-        out,
-        "# HELP meshplane_snapshots_published_total Group snapshots published."
+    family(
+        &mut out,
+        "meshplane_registry_services",
+        "gauge",
+        "Services in the registry.",
+        &single(registry.services.len() as u64),
     );
-    let _ = writeln!(out, "# TYPE meshplane_snapshots_published_total counter");
-    let _ = writeln!(
-        out,
-        "meshplane_snapshots_published_total {}",
-        s.metrics.snapshots_published.load(Ordering::Relaxed)
+    family(
+        &mut out,
+        "meshplane_registry_instances",
+        "gauge",
+        "Instances in the registry.",
+        &single(registry.instance_count() as u64),
     );
-    let _ = writeln!(
-        out,
-        "# HELP meshplane_registry_source_up 1 when a registry source is synced, 0 while syncing or stale."
+    family(
+        &mut out,
+        "meshplane_registry_index",
+        "gauge",
+        "Registry index.",
+        &single(registry.index),
     );
-    let _ = writeln!(out, "# TYPE meshplane_registry_source_up gauge");
-    for (source, status) in &registry.sources {
-        let up = u8::from(matches!(status, meshplane_registry::SourceStatus::Synced));
-        let _ = writeln!(
-            out,
-            "meshplane_registry_source_up{{source=\"{}\"}} {up}",
-            source.as_str()
-        );
-    }
+    let lag = registry
+        .index
+        .saturating_sub(load(&s.metrics.translated_index));
+    family(
+        &mut out,
+        "meshplane_registry_translation_lag",
+        "gauge",
+        "Registry index steps not yet translated.",
+        &single(lag),
+    );
+    family(
+        &mut out,
+        "meshplane_registry_stale",
+        "gauge",
+        "1 while a registry source serves possibly outdated data.",
+        &single(u64::from(registry.is_stale())),
+    );
+    let sources = registry
+        .sources
+        .iter()
+        .map(|(source, status)| {
+            let up = u64::from(matches!(status, meshplane_registry::SourceStatus::Synced));
+            (format!("{{source=\"{}\"}}", source.as_str()), up)
+        })
+        .collect::<Vec<_>>();
+    family(
+        &mut out,
+        "meshplane_registry_source_up",
+        "gauge",
+        "1 when a registry source is synced, 0 while syncing or stale.",
+        &sources,
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
