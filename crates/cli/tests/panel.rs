@@ -1,6 +1,7 @@
 //! The web panel in headless Chromium: a real control plane, a real sidecar with Envoy, and
 //! `tests/browser/panel.mjs` (playwright-core driving Debian's chromium) clicking through the
-//! panel. The log level is changed in the browser and checked on Envoy's own `/logging`.
+//! panel. The log level is changed in the browser (refused without the control plane's token,
+//! accepted with it) and checked on Envoy's own `/logging`.
 //!
 //! Needs `scripts/install-test-deps.sh` (chromium + `tests/browser/node_modules`). Without them
 //! the test skips loudly, except under CI (`CI` set), where it fails.
@@ -15,6 +16,9 @@ use std::time::Duration;
 
 use support::{Mesh, caller, free_port, upstream};
 use tokio_util::sync::CancellationToken;
+
+/// The control plane's token: the panel must be refused without it and accepted with it.
+const TOKEN: &str = "panel-test-token";
 
 /// Chromium start, a dozen steps and the charts' samples (2 s apart) fit well within this.
 const BROWSER_DEADLINE: Duration = Duration::from_secs(200);
@@ -132,7 +136,7 @@ async fn panel_works_in_headless_chromium() {
     let Some(tools) = browser_tools() else {
         return;
     };
-    let mut mesh = Mesh::start(|_, _| {}).await;
+    let mut mesh = Mesh::start(|c, _| c.token = Some(TOKEN.to_owned())).await;
     let orders = upstream("orders-app").await;
     mesh.register("orders-1", "orders", orders, &[], 1).await;
     let app = upstream("payments-app").await;
@@ -158,7 +162,7 @@ async fn panel_works_in_headless_chromium() {
         .arg(&artifacts)
         .args(["--service", "payments", "--hidden", "orders"])
         .args(["--proxy", "payments-1", "--listener", "ingress"])
-        .args(["--level", "debug", "--expect-traffic"])
+        .args(["--level", "debug", "--token", TOKEN, "--expect-traffic"])
         .arg("--chromium")
         .arg(&tools.chromium)
         .stdin(Stdio::null())

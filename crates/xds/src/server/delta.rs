@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tonic::Status;
 
-use super::stream::{Protocol, parse_type};
+use super::stream::{Protocol, Pushes, answer, parse_type};
 use crate::resource::{Resource, ResourceType};
 use crate::snapshot::{ResourceMap, Snapshot, version_of};
 use crate::status::{Nack, StatusEntry};
@@ -376,6 +376,32 @@ impl DeltaState {
     }
 }
 
+impl Pushes for DeltaState {
+    type Response = DeltaResponse;
+
+    fn push_type(
+        &mut self,
+        kind: ResourceType,
+        snapshot: &Snapshot,
+        status: &StatusEntry,
+        out: &mut Vec<DeltaResponse>,
+    ) {
+        Self::push_type(self, kind, snapshot, status, out);
+    }
+
+    fn push(&mut self, snapshot: &Snapshot, status: &StatusEntry) -> Vec<DeltaResponse> {
+        Self::push(self, snapshot, status)
+    }
+
+    fn endpoints_delivered(&mut self) {
+        Self::endpoints_delivered(self);
+    }
+
+    fn awaiting_endpoints(&self) -> bool {
+        !self.awaiting_endpoints.is_empty()
+    }
+}
+
 impl Protocol for DeltaState {
     type Request = DeltaDiscoveryRequest;
     type Response = DeltaResponse;
@@ -432,25 +458,7 @@ impl Protocol for DeltaState {
         let Some(snapshot) = snapshot else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
-        // While routing is held, only endpoints and secrets are answered: clusters (whose
-        // removal waits for the routes), listeners and routes go out with the resumed push.
-        let routing = matches!(
-            kind,
-            ResourceType::Cluster | ResourceType::Listener | ResourceType::Route
-        );
-        if !(routing && held) {
-            self.push_type(kind, snapshot, status, &mut out);
-            if kind == ResourceType::Cluster && !out.is_empty() {
-                self.push_type(ResourceType::Endpoint, snapshot, status, &mut out);
-            }
-        }
-        self.endpoints_delivered();
-        if held && self.awaiting_endpoints.is_empty() {
-            // The new clusters have their endpoints (or were rejected): resume the push.
-            out.extend(self.push(snapshot, status));
-        }
-        Ok(out)
+        Ok(answer(self, kind, held, snapshot, status))
     }
 
     fn on_snapshot(&mut self, snapshot: &Snapshot, status: &StatusEntry) -> Vec<DeltaResponse> {

@@ -1,0 +1,203 @@
+// Drives the Meshplane web panel in headless Chromium (Debian's /usr/bin/chromium through
+// playwright-core): service list and search → service page → proxy page (sync status, config
+// dump, charts, log level, group snapshot, stats) → consistency view, with screenshots.
+//
+//   node tests/browser/panel.mjs ADMIN_URL OUT_DIR [--service payments] [--hidden orders]
+//        [--proxy payments-1] [--listener ingress] [--level debug] [--token T] [--expect-traffic]
+//
+// Run by crates/cli/tests/panel.rs against a real control plane and a real sidecar; it checks
+// Envoy's own /logging afterwards. Exits non-zero with the failed step, the page's errors and a
+// panel-failure.png screenshot when something is wrong. Waits are conditions, never sleeps.
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { chromium } from 'playwright-core';
+
+const { values: opt, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    service: { type: 'string', default: 'payments' },
+    hidden: { type: 'string' },
+    proxy: { type: 'string' },
+    listener: { type: 'string', default: 'ingress' },
+    level: { type: 'string', default: 'debug' },
+    token: { type: 'string' },
+    'expect-traffic': { type: 'boolean', default: false },
+    chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
+    timeout: { type: 'string', default: '30000' },
+  },
+});
+if (positionals.length !== 2) {
+  console.error('usage: node panel.mjs ADMIN_URL OUT_DIR [options]');
+  process.exit(2);
+}
+const [adminUrl, outDir] = positionals;
+const base = adminUrl.replace(/\/$/, '');
+const proxyId = opt.proxy || `${opt.service}-1`;
+const timeout = Number(opt.timeout);
+fs.mkdirSync(outDir, { recursive: true });
+fs.rmSync(path.join(outDir, 'panel-failure.png'), { force: true });
+
+// A hung browser must not hang the test run: the Rust side has its own deadline too.
+const watchdog = setTimeout(() => {
+  console.error('panel.mjs: overall deadline (180 s) passed');
+  process.exit(3);
+}, 180_000);
+watchdog.unref();
+
+const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'meshplane-chromium-'));
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath: opt.chromium,
+  headless: true,
+  viewport: { width: 1400, height: 1000 },
+  args: [
+    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    '--no-proxy-server',
+  ],
+});
+const page = context.pages()[0] || await context.newPage();
+page.setDefaultTimeout(timeout);
+const pageErrors = [];
+page.on('pageerror', (e) => pageErrors.push(e.message));
+page.on('console', (m) => {
+  // Failed fetches (the 401 this script provokes) are logged by Chromium; report, don't fail.
+  if (m.type() === 'error') console.log(`  [console] ${m.text()}`);
+});
+
+async function step(name, body) {
+  const started = Date.now();
+  try {
+    await body();
+  } catch (e) {
+    e.message = `step "${name}" failed: ${e.message}`;
+    throw e;
+  }
+  console.log(`ok  ${name} (${Date.now() - started} ms)`);
+}
+
+const shot = async (name) => {
+  const file = path.join(outDir, `panel-${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  console.log(`    screenshot ${file}`);
+};
+
+/** Waits until the first series of chart `id` has at least `points` points drawn. */
+const chartPoints = (id, points) => page.waitForFunction(([sel, n]) => {
+  const d = document.querySelector(sel)?.getAttribute('d') || '';
+  return (d.match(/[ML]/g) || []).length >= n && d.includes('L');
+}, [`#${id} path.series-0`, points], { timeout: 60_000 });
+
+let failed = null;
+try {
+  await step('service list loads', async () => {
+    await page.goto(`${base}/`);
+    await page.waitForURL(/#\/services$/);
+    await page.locator(`#services tr[data-service="${opt.service}"]`).waitFor();
+    if (opt.hidden) await page.locator(`#services tr[data-service="${opt.hidden}"]`).waitFor();
+  });
+
+  await step(`search filters the list to ${opt.service}`, async () => {
+    await page.locator('#service-search').pressSequentially(opt.service);
+    if (opt.hidden) {
+      await page.locator(`#services tr[data-service="${opt.hidden}"]`).waitFor({ state: 'detached' });
+    }
+    await page.locator(`#services tr[data-service="${opt.service}"] mark`).first().waitFor();
+    await shot('services');
+  });
+
+  await step('service page shows instances and proxies', async () => {
+    await page.locator(`#services tr[data-service="${opt.service}"] a`).click();
+    await page.waitForURL(new RegExp(`#/services/${opt.service}$`));
+    await page.locator('#instances tr[data-instance]').first().waitFor();
+    await page.locator(`#service-proxies tr[data-proxy="${proxyId}"]`).waitFor();
+  });
+
+  await step('proxy page shows sync status', async () => {
+    await page.locator(`#service-proxies tr[data-proxy="${proxyId}"] a`).first().click();
+    await page.waitForURL(new RegExp(`#/proxies/${proxyId}$`));
+    await page.locator('#sync-status tr[data-type="LDS"] .badge-synced').waitFor();
+  });
+
+  await step(`config dump from Envoy contains listener ${opt.listener}`, async () => {
+    await page.locator('#config-tree').waitFor();
+    await page.locator('#config-tree-search').fill(opt.listener);
+    await page.locator('#config-tree .leaf', { hasText: `name: "${opt.listener}"` }).first().waitFor();
+    await page.locator('#config-tree mark').first().waitFor();
+    await page.locator('#config-tree-search').fill('');
+  });
+
+  await step('group snapshot lists the listener', async () => {
+    await page.locator(`#snapshot details.resource[data-type="LDS"][data-name="${opt.listener}"]`).waitFor();
+  });
+
+  await step(`log level set to ${opt.level} through the panel`, async () => {
+    await page.locator('#log-current .tag').first().waitFor();
+    await page.locator('#log-level').selectOption(opt.level);
+    if (opt.token) {
+      // Without the token the control plane refuses, and the panel says so.
+      await page.locator('#admin-token').fill('');
+      await page.locator('#log-set').click();
+      await page.locator('#log-result .error', { hasText: 'HTTP 401' }).waitFor();
+      await page.locator('#admin-token').fill(opt.token);
+    }
+    await page.locator('#log-set').click();
+    await page.locator('#log-result .ok').waitFor();
+    await page.locator(`#log-current [data-level="${opt.level}"]`).waitFor();
+  });
+
+  if (opt.token) {
+    await step('the token survives a reload (sessionStorage)', async () => {
+      await page.reload();
+      await page.locator('#sync-status').waitFor();
+      const kept = await page.locator('#admin-token').inputValue();
+      if (kept !== opt.token) throw new Error(`token input holds "${kept}" after reload`);
+    });
+  }
+
+  await step('stats table loads and filters', async () => {
+    await page.locator('#stats > summary').click();
+    await page.locator('#stats-search').fill(`http.${opt.listener}.downstream_rq_total`);
+    await page.locator('#stats table.stats tr', { hasText: `http.${opt.listener}.downstream_rq_total` }).waitFor();
+    await page.locator('#stats > summary').click();
+  });
+
+  await step('charts drawn from traffic samples', async () => {
+    // Six points (about 14 s of samples) make a chart worth a screenshot.
+    await chartPoints('chart-requests', 6);
+    await chartPoints('chart-errors', 6);
+    if (opt['expect-traffic']) {
+      await page.waitForFunction(() => {
+        const v = document.querySelector('#chart-requests .legend-item strong')?.textContent;
+        return Number.parseFloat(v) > 0;
+      });
+      await page.locator('#chart-latency-ingress path.series-0[d*="L"]').waitFor({ state: 'attached' });
+    }
+    await shot('proxy');
+  });
+
+  await step('an unknown proxy shows the control plane\'s error', async () => {
+    await page.goto(`${base}/#/proxies/no-such-proxy`);
+    await page.locator('#config-dump .error', { hasText: 'HTTP 404' }).waitFor();
+  });
+
+  await step('consistency view', async () => {
+    await page.goto(`${base}/#/consistency`);
+    await page.locator('#consistency-summary').waitFor();
+    await shot('consistency');
+  });
+
+  if (pageErrors.length) throw new Error(`uncaught errors in the page:\n  ${pageErrors.join('\n  ')}`);
+} catch (e) {
+  failed = e;
+  console.error(`FAIL ${e.message}`);
+  if (pageErrors.length) console.error(`page errors:\n  ${pageErrors.join('\n  ')}`);
+  await page.screenshot({ path: path.join(outDir, 'panel-failure.png'), fullPage: true }).catch(() => {});
+  console.error(`    screenshot ${path.join(outDir, 'panel-failure.png')}`);
+} finally {
+  await context.close().catch(() => {});
+  fs.rmSync(profile, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);
