@@ -34,7 +34,8 @@ pub struct NodeArgs {
     /// Envoy admin port on 127.0.0.1 [sidecar default: a free port; bootstrap: 9901].
     #[arg(long, env = "MESHPLANE_ADMIN_PORT")]
     pub admin_port: Option<u16>,
-    /// Address Envoy's ingress listener binds [default: all interfaces].
+    /// Address Envoy's ingress listener binds [sidecar default: the --address IP, the one
+    /// registered; bootstrap default: all interfaces]. Use 0.0.0.0 for every interface.
     #[arg(long, env = "MESHPLANE_LISTEN_ADDRESS")]
     pub listen_address: Option<std::net::IpAddr>,
     /// Use delta (incremental) xDS instead of state-of-the-world.
@@ -167,6 +168,10 @@ impl SidecarArgs {
                 0,
             )),
         };
+        if c.listen_address.is_none() {
+            // Listen where the registry sends callers, and nowhere else.
+            c.listen_address = self.address.parse().ok();
+        }
         c.address = self.address;
         c.envoy = self.envoy;
         c.base_id = self.base_id;

@@ -46,6 +46,10 @@ fn listener(name: &str, ip: &str, port: u16, hcm: HttpConnectionManager) -> List
             }],
             ..Default::default()
         }],
+        // Without SO_REUSEPORT a second process on the same port (a misconfigured sidecar)
+        // fails loudly with a NACK instead of silently taking half the connections. Hot
+        // restart hands sockets over without it.
+        enable_reuse_port: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
         ..Default::default()
     }
 }

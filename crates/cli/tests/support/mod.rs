@@ -144,6 +144,12 @@ impl Mesh {
             child,
         });
         let sidecar = self.sidecars.last().expect("just pushed");
+        // Listeners counted active must also accept connections before a test uses them.
+        let d =
+            meshplane_model::Descriptor::from_yaml(descriptor).expect("test descriptor is valid");
+        let ports: Vec<u16> = std::iter::once(d.ingress.port)
+            .chain(d.egress.map(|e| e.port))
+            .collect();
         let stat = "listener_manager.total_listeners_active";
         let ok = poll(|| async {
             envoy_stat(&self.http, admin_port, stat).await.unwrap_or(0) >= u64::from(listeners)
@@ -152,6 +158,19 @@ impl Mesh {
         if !ok {
             panic!(
                 "sidecar {id}: Envoy never had {listeners} listeners\n{}",
+                sidecar.log_text()
+            );
+        }
+        for port in ports {
+            let accepting = poll(|| async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            })
+            .await;
+            assert!(
+                accepting,
+                "sidecar {id}: nothing accepts on 127.0.0.1:{port}\n{}",
                 sidecar.log_text()
             );
         }
