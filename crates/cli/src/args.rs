@@ -81,6 +81,19 @@ struct ControlPlaneArgs {
     /// Token required on admin and registry write routes.
     #[arg(long, env = "MESHPLANE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// SPIFFE trust domain of service identities [default: meshplane.local].
+    #[arg(long, env = "MESHPLANE_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
+    /// Certificate (PEM) of the xDS server; with --xds-tls-key the xDS port speaks TLS.
+    #[arg(long, env = "MESHPLANE_XDS_TLS_CERT")]
+    xds_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the xDS server.
+    #[arg(long, env = "MESHPLANE_XDS_TLS_KEY")]
+    xds_tls_key: Option<PathBuf>,
+    /// CA (PEM) of proxies' client certificates: each proxy must then prove, with
+    /// spiffe://<trust-domain>/service/<name>, the service it asks configuration for.
+    #[arg(long, env = "MESHPLANE_XDS_CLIENT_CA")]
+    xds_client_ca: Option<PathBuf>,
     /// Services allowed to depend on every service (`service: "*"`), comma-separated.
     #[arg(
         long,
@@ -134,6 +147,18 @@ impl ControlPlaneArgs {
         }
         if let Some(v) = self.peers {
             c.peers = v;
+        }
+        if let Some(v) = self.trust_domain {
+            c.trust_domain = v;
+        }
+        if self.xds_tls_cert.is_some() {
+            c.xds_tls_cert = self.xds_tls_cert;
+        }
+        if self.xds_tls_key.is_some() {
+            c.xds_tls_key = self.xds_tls_key;
+        }
+        if self.xds_client_ca.is_some() {
+            c.xds_client_ca = self.xds_client_ca;
         }
         if let Some(v) = self.allow_wildcard_dependencies {
             c.allow_wildcard_dependencies = v;

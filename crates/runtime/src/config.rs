@@ -63,6 +63,15 @@ pub struct ControlPlaneConfig {
     pub token: Option<String>,
     /// Admin URLs of the other control-plane instances, for `/api/consistency`.
     pub peers: Vec<String>,
+    /// SPIFFE trust domain of service identities.
+    pub trust_domain: String,
+    /// Certificate (PEM) of the xDS server; with `xds_tls_key` it serves TLS.
+    pub xds_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the xDS server.
+    pub xds_tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) proxies' client certificates must chain to; requires each proxy's
+    /// certificate to prove the service it asks configuration for.
+    pub xds_client_ca: Option<PathBuf>,
     /// Services allowed to depend on every service (`service: "*"`).
     pub allow_wildcard_dependencies: Vec<meshplane_model::ServiceName>,
     /// CA bundle that verifies external `https://` domains (default: the system bundle).
@@ -86,6 +95,10 @@ impl Default for ControlPlaneConfig {
             datacenter: "dc1".to_owned(),
             token: None,
             peers: Vec::new(),
+            trust_domain: "meshplane.local".to_owned(),
+            xds_tls_cert: None,
+            xds_tls_key: None,
+            xds_client_ca: None,
             allow_wildcard_dependencies: Vec::new(),
             domain_ca_file: None,
             domain_addresses: Default::default(),
@@ -132,6 +145,16 @@ impl ControlPlaneConfig {
 
     /// Checks settings that depend on each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.xds_tls_cert.is_some() != self.xds_tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "--xds-tls-cert and --xds-tls-key go together".into(),
+            ));
+        }
+        if self.xds_client_ca.is_some() && self.xds_tls_cert.is_none() {
+            return Err(ConfigError::Invalid(
+                "--xds-client-ca needs TLS on the xDS port: also give --xds-tls-cert and --xds-tls-key".into(),
+            ));
+        }
         match self.registry {
             RegistryKind::Consul if self.consul_addr.is_none() => Err(ConfigError::Invalid(
                 "--registry consul needs --consul-addr (e.g. http://127.0.0.1:8500)".into(),

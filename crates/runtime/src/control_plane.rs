@@ -138,12 +138,19 @@ pub async fn start(
     let (cache, demand_rx) = SnapshotCache::with_demand();
     let groups = Groups::default();
     let relays = RelayDirectory::default();
-    let grouper =
+    let mut grouper =
         DescriptorGrouper::new(groups.clone(), options.clone()).with_relays(relays.clone());
+    let tls = xds_tls(&config)?;
+    if tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()) {
+        grouper = grouper.with_identity(&config.trust_domain);
+    }
     let server = XdsServer::new(
         cache.clone(),
         Arc::new(grouper),
-        ServerConfig::default(),
+        ServerConfig {
+            tls,
+            ..ServerConfig::default()
+        },
         shutdown.clone(),
     );
     let status = server.status();
@@ -211,6 +218,21 @@ impl ControlPlane {
         }
         result
     }
+}
+
+/// Reads the xDS TLS files, if configured.
+fn xds_tls(config: &ControlPlaneConfig) -> anyhow::Result<Option<meshplane_xds::server::XdsTls>> {
+    let (Some(cert), Some(key)) = (&config.xds_tls_cert, &config.xds_tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    Ok(Some(meshplane_xds::server::XdsTls {
+        cert_pem: read(cert)?,
+        key_pem: read(key)?,
+        client_ca_pem: config.xds_client_ca.as_ref().map(read).transpose()?,
+    }))
 }
 
 /// Forgets relay addresses of proxies that disconnected.

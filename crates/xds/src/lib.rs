@@ -20,6 +20,6 @@ pub mod wire;
 pub use cache::{GroupKey, SnapshotCache};
 pub use resource::{Resource, ResourceType};
 pub use server::node::{GroupError, MetadataGrouper, NodeGrouper, PeerInfo};
-pub use server::{ServerConfig, XdsServer};
+pub use server::{ServerConfig, XdsServer, XdsTls};
 pub use snapshot::{Snapshot, SnapshotError};
 pub use status::{Nack, ProxyStatus, StatusBoard, StreamKind, TypeStatus};

@@ -81,6 +81,9 @@ impl meshplane_admin::relay::ProxyDirectory for RelayDirectory {
 
 /// The control plane's grouper.
 pub struct DescriptorGrouper {
+    /// With client certificates on the xDS port: the trust domain whose SPIFFE id must name
+    /// the proxy's service (`spiffe://<trust-domain>/service/<name>`).
+    identity: Option<String>,
     relays: RelayDirectory,
     groups: Groups,
     options: Arc<MeshOptions>,
@@ -91,11 +94,18 @@ impl DescriptorGrouper {
     /// A grouper recording into `groups`, enforcing `options`.
     pub fn new(groups: Groups, options: Arc<MeshOptions>) -> Self {
         DescriptorGrouper {
+            identity: None,
             relays: RelayDirectory::default(),
             groups,
             options,
             limits: MetadataGrouper::default(),
         }
+    }
+
+    /// Requires every proxy's client certificate to prove the service its descriptor names.
+    pub fn with_identity(mut self, trust_domain: &str) -> Self {
+        self.identity = Some(trust_domain.to_owned());
+        self
     }
 
     /// Records advertised admin relays into `relays`.
@@ -161,6 +171,20 @@ impl NodeGrouper for DescriptorGrouper {
         // Size and depth limits first: hostile metadata must not reach the parser.
         self.limits.group(node, peer)?;
         let group = self.proxy_group(node)?;
+        if let Some(trust_domain) = &self.identity {
+            let expected = format!(
+                "spiffe://{trust_domain}/service/{}",
+                group.descriptor.service
+            );
+            if !peer.uri_sans.iter().any(|s| *s == expected) {
+                tracing::warn!(node = %node.id, claimed = %group.descriptor.service, proven = ?peer.uri_sans, peer = ?peer.remote_addr,
+                    "refusing a proxy whose certificate does not prove the service it claims");
+                return Err(GroupError::PermissionDenied(format!(
+                    "the client certificate proves {:?}, not `{expected}`: a proxy only gets configuration for its own service",
+                    peer.uri_sans
+                )));
+            }
+        }
         let canonical = serde_json::to_string(&(&group.descriptor, &group.listen_address))
             .map_err(|e| GroupError::InvalidArgument(e.to_string()))?;
         let hash = xxhash_rust::xxh3::xxh3_64(canonical.as_bytes());

@@ -26,6 +26,29 @@ pub use service::{
     AdsSpec, CdsSpec, DiscoveryService, EdsSpec, LdsSpec, RdsSpec, SdsSpec, ServiceSpec,
 };
 
+/// TLS on the xDS port: the server's certificate and, to require client certificates, the
+/// CA that signs the proxies' certificates (PEM).
+#[derive(Clone)]
+pub struct XdsTls {
+    /// Server certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// Server private key. Never logged.
+    pub key_pem: Vec<u8>,
+    /// CA bundle that client certificates must chain to; `None` accepts clients without one.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for XdsTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsTls")
+            .field(
+                "client_certificates_required",
+                &self.client_ca_pem.is_some(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
 /// Server limits and buffers.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -38,6 +61,8 @@ pub struct ServerConfig {
     pub stream_buffer: usize,
     /// HTTP/2 keepalive ping interval: detects dead proxies behind silent networks.
     pub keepalive_interval: Duration,
+    /// TLS on the xDS port; `None` serves plaintext.
+    pub tls: Option<XdsTls>,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +72,7 @@ impl Default for ServerConfig {
             max_response_bytes: 128 * 1024 * 1024,
             stream_buffer: 8,
             keepalive_interval: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -127,6 +153,15 @@ impl XdsServer {
             .http2_keepalive_interval(Some(self.shared.config.keepalive_interval))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .tcp_nodelay(true);
+        if let Some(tls) = &self.shared.config.tls {
+            let mut config = tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+            );
+            if let Some(ca) = &tls.client_ca_pem {
+                config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+            }
+            builder = builder.tls_config(config)?;
+        }
         let router = self.router(&mut builder);
         let shutdown = self.shared.shutdown.clone();
         router

@@ -21,6 +21,45 @@ pub struct PeerInfo {
     pub uri_sans: Vec<String>,
 }
 
+/// What the connection proves: the remote address and, over TLS with a verified client
+/// certificate, that certificate's URI SANs (SPIFFE ids).
+pub(crate) fn peer_from_extensions(ext: &http::Extensions) -> PeerInfo {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    if let Some(tls) = ext.get::<TlsConnectInfo<TcpConnectInfo>>() {
+        let uri_sans = tls
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| uri_sans(c.as_ref())))
+            .unwrap_or_default();
+        return PeerInfo {
+            remote_addr: tls.get_ref().remote_addr,
+            uri_sans,
+        };
+    }
+    PeerInfo {
+        remote_addr: ext.get::<TcpConnectInfo>().and_then(|i| i.remote_addr),
+        uri_sans: Vec::new(),
+    }
+}
+
+/// URI SANs of a DER certificate (empty if it cannot be parsed).
+pub fn uri_sans(der: &[u8]) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let Ok((_, cert)) = X509Certificate::from_der(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(uri) => Some((*uri).to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Why a proxy cannot be served. Mapped to a gRPC status on that stream only.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GroupError {

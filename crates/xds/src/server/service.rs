@@ -98,10 +98,7 @@ impl<S: ServiceSpec> NamedService for DiscoveryService<S> {
 }
 
 fn peer_info<T>(req: &Request<T>) -> PeerInfo {
-    PeerInfo {
-        remote_addr: req.remote_addr(),
-        uri_sans: Vec::new(),
-    }
+    super::node::peer_from_extensions(req.extensions())
 }
 
 /// Starts a stream: decodes requests with prost, spawns the protocol driver, and answers
@@ -121,13 +118,7 @@ where
 {
     let _ = only;
     let (parts, body) = req.into_parts();
-    let peer = PeerInfo {
-        remote_addr: parts
-            .extensions
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|i| i.remote_addr),
-        uri_sans: Vec::new(),
-    };
+    let peer = super::node::peer_from_extensions(&parts.extensions);
     let requests = Streaming::new_request(
         WireDecoder::<P::Request>::default(),
         body,

@@ -1,0 +1,174 @@
+//! An authenticated xDS port: with client certificates required, a proxy gets configuration
+//! only for the service its certificate proves (`spiffe://<trust-domain>/service/<name>`).
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use meshplane_runtime::ControlPlaneConfig;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca(name: &str) -> Ca {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    let cert = params.self_signed(&key).expect("ca");
+    Ca {
+        pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+fn leaf(ca: &Ca, sans: Vec<SanType>) -> (String, String) {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.subject_alt_names = sans;
+    let cert = params.signed_by(&key, &ca.issuer).expect("cert");
+    (cert.pem(), key.serialize_pem())
+}
+
+fn spiffe(service: &str) -> SanType {
+    SanType::URI(
+        format!("spiffe://meshplane.local/service/{service}")
+            .try_into()
+            .expect("uri"),
+    )
+}
+
+fn node(service: &str) -> Node {
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.into())),
+    };
+    let n = |v: f64| Value {
+        kind: Some(Kind::NumberValue(v)),
+    };
+    let port = |p: f64| Value {
+        kind: Some(Kind::StructValue(Struct {
+            fields: [("port".to_string(), n(p))].into_iter().collect(),
+        })),
+    };
+    let metadata = Struct {
+        fields: [
+            ("service".to_string(), s(service)),
+            ("port".to_string(), n(8080.0)),
+            ("ingress".to_string(), port(31001.0)),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    Node {
+        id: format!("{service}-1"),
+        cluster: service.into(),
+        metadata: Some(metadata),
+        ..Default::default()
+    }
+}
+
+async fn ask(
+    addr: std::net::SocketAddr,
+    tls: ClientTlsConfig,
+    service: &str,
+) -> Result<(), tonic::Status> {
+    let channel = Channel::from_shared(format!("https://localhost:{}", addr.port()))
+        .expect("uri")
+        .tls_config(tls)
+        .expect("tls")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connect: {e}")))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tx.send(DiscoveryRequest {
+        node: Some(node(service)),
+        type_url: "type.googleapis.com/envoy.config.listener.v3.Listener".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let mut stream = client
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+        Ok(Ok(Some(_))) => Ok(()),
+        Ok(Ok(None)) => Err(tonic::Status::cancelled("ended")),
+        Ok(Err(status)) => Err(status),
+        Err(_) => Err(tonic::Status::deadline_exceeded("no answer")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_gets_configuration_only_for_the_service_its_certificate_proves() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mesh_ca = ca("mesh CA");
+    let (server_cert, server_key) = leaf(
+        &mesh_ca,
+        vec![SanType::DnsName("localhost".try_into().expect("dns"))],
+    );
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let config = ControlPlaneConfig {
+        xds_addr: ([127, 0, 0, 1], 0).into(),
+        admin_addr: ([127, 0, 0, 1], 0).into(),
+        registry_addr: ([127, 0, 0, 1], 0).into(),
+        data_dir: dir.path().join("data"),
+        xds_tls_cert: Some(write("server.pem", &server_cert)),
+        xds_tls_key: Some(write("server-key.pem", &server_key)),
+        xds_client_ca: Some(write("ca.pem", &mesh_ca.pem)),
+        ..Default::default()
+    };
+    let shutdown = CancellationToken::new();
+    let cp = meshplane_runtime::control_plane::start(config, shutdown.clone())
+        .await
+        .expect("starts");
+    let tls_with = |cert: Option<(String, String)>| {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&mesh_ca.pem))
+            .domain_name("localhost");
+        if let Some((c, k)) = cert {
+            tls = tls.identity(Identity::from_pem(c, k));
+        }
+        tls
+    };
+    let orders_cert = leaf(&mesh_ca, vec![spiffe("orders")]);
+
+    // The certificate proves `orders`: configuration for orders.
+    ask(cp.xds_addr, tls_with(Some(orders_cert.clone())), "orders")
+        .await
+        .expect("served");
+    // The same certificate claiming `payments` in its metadata: refused.
+    let status = ask(cp.xds_addr, tls_with(Some(orders_cert)), "payments")
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("spiffe://meshplane.local/service/payments"),
+        "{}",
+        status.message()
+    );
+    // No client certificate, or one from another CA: the handshake fails.
+    assert!(ask(cp.xds_addr, tls_with(None), "orders").await.is_err());
+    let rogue = ca("rogue CA");
+    let rogue_cert = leaf(&rogue, vec![spiffe("orders")]);
+    let err = ask(cp.xds_addr, tls_with(Some(rogue_cert)), "orders")
+        .await
+        .expect_err("untrusted");
+    assert_ne!(err.code(), tonic::Code::Ok);
+    shutdown.cancel();
+}
