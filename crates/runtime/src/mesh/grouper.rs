@@ -176,7 +176,7 @@ impl NodeGrouper for DescriptorGrouper {
                 "spiffe://{trust_domain}/service/{}",
                 group.descriptor.service
             );
-            if !peer.uri_sans.iter().any(|s| *s == expected) {
+            if !peer.uri_sans.contains(&expected) {
                 tracing::warn!(node = %node.id, claimed = %group.descriptor.service, proven = ?peer.uri_sans, peer = ?peer.remote_addr,
                     "refusing a proxy whose certificate does not prove the service it claims");
                 return Err(GroupError::PermissionDenied(format!(
