@@ -1,6 +1,8 @@
 //! An authenticated xDS port: with client certificates required, a proxy gets configuration
 //! only for the service its certificate proves (`spiffe://<trust-domain>/service/<name>`).
 
+mod support;
+
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -171,4 +173,59 @@ async fn a_proxy_gets_configuration_only_for_the_service_its_certificate_proves(
         .expect_err("untrusted");
     assert_ne!(err.code(), tonic::Code::Ok);
     shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sidecar_with_a_host_certificate_is_served_over_authenticated_xds() {
+    let pki = tempfile::tempdir().expect("tmp");
+    let mesh_ca = ca("mesh CA");
+    let (server_cert, server_key) = leaf(
+        &mesh_ca,
+        vec![
+            SanType::DnsName("localhost".try_into().expect("dns")),
+            SanType::IpAddress("127.0.0.1".parse().expect("ip")),
+        ],
+    );
+    let (orders_cert, orders_key) = leaf(&mesh_ca, vec![spiffe("orders")]);
+    let write = |name: &str, text: &str| {
+        let p = pki.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let (sc, sk, ca_file) = (
+        write("s.pem", &server_cert),
+        write("sk.pem", &server_key),
+        write("ca.pem", &mesh_ca.pem),
+    );
+    let (oc, ok) = (
+        write("orders.pem", &orders_cert),
+        write("orders-key.pem", &orders_key),
+    );
+    let mut mesh = support::Mesh::start(move |c, _| {
+        c.xds_tls_cert = Some(sc);
+        c.xds_tls_key = Some(sk);
+        c.xds_client_ca = Some(ca_file);
+    })
+    .await;
+    let d = support::caller(
+        "orders",
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+        "  - service: payments\n",
+    );
+    let (oc, ok, ca) = (
+        oc.display().to_string(),
+        ok.display().to_string(),
+        pki.path().join("ca.pem").display().to_string(),
+    );
+    // Envoy presents the host certificate proving `orders` and gets both listeners.
+    mesh.sidecar_with(
+        "orders-1",
+        &d,
+        2,
+        &["--cert-file", &oc, "--key-file", &ok, "--ca-file", &ca],
+    )
+    .await;
+    assert_eq!(mesh.cp.status.proxies().len(), 1);
 }

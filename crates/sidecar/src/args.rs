@@ -38,6 +38,16 @@ pub struct NodeArgs {
     /// registered; bootstrap default: all interfaces]. Use 0.0.0.0 for every interface.
     #[arg(long, env = "MESHPLANE_LISTEN_ADDRESS")]
     pub listen_address: Option<std::net::IpAddr>,
+    /// Host certificate (PEM) Envoy presents to the control plane over TLS; with --key-file
+    /// and --ca-file.
+    #[arg(long, env = "MESHPLANE_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file. Only Envoy reads it.
+    #[arg(long, env = "MESHPLANE_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signs the control plane's certificate.
+    #[arg(long, env = "MESHPLANE_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Use delta (incremental) xDS instead of state-of-the-world.
     #[arg(long, env = "MESHPLANE_XDS_DELTA")]
     pub xds_delta: bool,
@@ -131,6 +141,20 @@ impl NodeArgs {
         c.instance_id = self.instance_id.clone();
         c.admin_port = self.admin_port.unwrap_or(default_admin_port);
         c.listen_address = self.listen_address;
+        c.xds_tls = match (&self.cert_file, &self.key_file, &self.ca_file) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(crate::config::XdsClientTls {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                ca_file: ca.clone(),
+            }),
+            _ => {
+                return Err(SidecarError::Flag {
+                    flag: "cert-file",
+                    message: "--cert-file, --key-file and --ca-file go together".into(),
+                });
+            }
+        };
         if self.xds_delta {
             c.xds = XdsFlavour::Delta;
         }

@@ -48,6 +48,8 @@ pub struct BootstrapSpec<'a> {
     pub listen_address: Option<IpAddr>,
     /// Where the admin relay listens, advertised to the control plane.
     pub admin_relay: Option<SocketAddr>,
+    /// TLS with a host certificate on the connection to the control plane.
+    pub xds_tls: Option<&'a crate::config::XdsClientTls>,
 }
 
 /// Builds the bootstrap document.
@@ -67,7 +69,7 @@ pub fn bootstrap(spec: &BootstrapSpec<'_>) -> Value {
             "cds_config": { "ads": {}, "resource_api_version": "V3" },
             "lds_config": { "ads": {}, "resource_api_version": "V3" },
         },
-        "static_resources": { "clusters": [xds_cluster(spec.control_plane)] },
+        "static_resources": { "clusters": [xds_cluster(spec.control_plane, spec.xds_tls)] },
         "layered_runtime": {
             "layers": [
                 { "name": "static", "static_layer": {} },
@@ -121,7 +123,7 @@ fn node(spec: &BootstrapSpec<'_>) -> Value {
 /// address so Envoy uses the first reachable one. Outlier detection on local connect
 /// failures ejects a dead address (priorities fail over on unhealthy hosts); it costs the
 /// control plane nothing, unlike active health checks from thousands of proxies.
-fn xds_cluster(addrs: &[ControlPlaneAddr]) -> Value {
+fn xds_cluster(addrs: &[ControlPlaneAddr], tls: Option<&crate::config::XdsClientTls>) -> Value {
     let all_ips = addrs.iter().all(|a| a.host.parse::<IpAddr>().is_ok());
     let endpoints: Vec<Value> = addrs
         .iter()
@@ -166,7 +168,30 @@ fn xds_cluster(addrs: &[ControlPlaneAddr]) -> Value {
     if !all_ips && let Some(obj) = cluster.as_object_mut() {
         obj.insert("dns_lookup_family".to_owned(), json!("V4_PREFERRED"));
     }
+    if let (Some(tls), Some(obj)) = (tls, cluster.as_object_mut()) {
+        obj.insert("transport_socket".to_owned(), xds_tls_socket(tls));
+    }
     cluster
+}
+
+/// Envoy presents the host certificate and verifies the control plane against the CA.
+fn xds_tls_socket(tls: &crate::config::XdsClientTls) -> Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{
+                    "certificate_chain": { "filename": tls.cert_file.display().to_string() },
+                    "private_key": { "filename": tls.key_file.display().to_string() },
+                }],
+                "validation_context": {
+                    "trusted_ca": { "filename": tls.ca_file.display().to_string() },
+                },
+            },
+        },
+    })
 }
 
 fn socket_address(address: &str, port: u16) -> Value {

@@ -38,6 +38,8 @@ pub struct SidecarConfig {
     pub base_id: Option<u32>,
     /// Where the admin relay listens (see `relay`); `None` disables it. Port 0 picks one.
     pub admin_relay: Option<std::net::SocketAddr>,
+    /// Host certificate Envoy presents to the control plane (TLS on the xDS connection).
+    pub xds_tls: Option<XdsClientTls>,
     /// Where the bootstrap file is written; `None` means a per-instance temporary directory.
     pub work_dir: Option<PathBuf>,
     /// Envoy's `--log-level`.
@@ -114,6 +116,18 @@ pub enum XdsFlavour {
 #[error("`{0}` is not HOST:PORT (e.g. 127.0.0.1:18000 or [::1]:18000)")]
 pub struct BadControlPlaneAddr(String);
 
+/// Files of the host certificate the deployment put on the host: Envoy presents the
+/// certificate to the control plane, which serves only the service it proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsClientTls {
+    /// Certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Private key (PEM); read by Envoy only, never by the sidecar.
+    pub key_file: PathBuf,
+    /// CA bundle (PEM) that signs the control plane's certificate.
+    pub ca_file: PathBuf,
+}
+
 // === impl SidecarConfig ===
 
 impl SidecarConfig {
@@ -133,6 +147,7 @@ impl SidecarConfig {
             listen_address: None,
             base_id: None,
             admin_relay: None,
+            xds_tls: None,
             work_dir: None,
             envoy_log_level: "info".to_owned(),
             envoy_concurrency: None,

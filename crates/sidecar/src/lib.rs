@@ -139,6 +139,7 @@ pub fn render_bootstrap(args: BootstrapArgs) -> Result<String, SidecarError> {
         xds: config.xds,
         listen_address: config.listen_address,
         admin_relay: None,
+        xds_tls: config.xds_tls.as_ref(),
     });
     serde_json::to_string_pretty(&value)
         .map_err(|e| SidecarError::io("cannot encode the bootstrap")(std::io::Error::other(e)))

@@ -106,6 +106,7 @@ impl Prepared {
             xds: self.config.xds,
             listen_address: self.config.listen_address,
             admin_relay: self.relay.as_ref().map(|(_, addr)| *addr),
+            xds_tls: self.config.xds_tls.as_ref(),
         })
     }
 

@@ -30,6 +30,7 @@ fn mk_bootstrap(written: &Value, control_plane: &[ControlPlaneAddr], xds: XdsFla
         xds,
         listen_address: None,
         admin_relay: None,
+        xds_tls: None,
     })
 }
 

@@ -109,6 +109,17 @@ impl Mesh {
     /// Starts `meshplane sidecar` for `descriptor` and waits until its Envoy has
     /// `listeners` active listeners.
     pub async fn sidecar(&mut self, id: &str, descriptor: &str, listeners: u32) -> &Sidecar {
+        self.sidecar_with(id, descriptor, listeners, &[]).await
+    }
+
+    /// [`Mesh::sidecar`] with extra `meshplane sidecar` arguments.
+    pub async fn sidecar_with(
+        &mut self,
+        id: &str,
+        descriptor: &str,
+        listeners: u32,
+        extra: &[&str],
+    ) -> &Sidecar {
         let file = self.dir.path().join(format!("{id}.yaml"));
         std::fs::write(&file, descriptor).expect("write descriptor");
         let log = self.dir.path().join(format!("{id}.log"));
@@ -133,6 +144,7 @@ impl Mesh {
         if let Some(token) = &self.token {
             cmd.args(["--token", token]);
         }
+        cmd.args(extra);
         if let Some(registry) = self.cp.registry_addr {
             cmd.args(["--registry", &format!("http://{registry}")]);
         }
