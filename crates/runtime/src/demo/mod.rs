@@ -143,7 +143,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     let outcome: anyhow::Result<()> = async {
         wait_until_ready(registry, &mut sidecars).await?;
         done_progress();
-        println!("meshplane demo: admin API on http://{}  (xDS {}, registry Consul API http://{registry})", cp.admin_addr, cp.xds_addr);
+        println!("meshplane demo: web panel and admin API on http://{}/  (xDS {}, registry Consul API http://{registry})", cp.admin_addr, cp.xds_addr);
         println!("  try: curl http://{}/api/proxies   |   curl http://127.0.0.1:{}/", cp.admin_addr, web.ingress);
         println!("  proxies connected: {}", cp.status.len());
         loop {
