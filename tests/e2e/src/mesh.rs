@@ -22,13 +22,23 @@ pub const ROUTES: &str = "egress-routes";
 /// A port for Envoy to listen on: bound to 127.0.0.1:0 and released. Another process could
 /// take it before Envoy binds it; the window is tiny and a test that loses the race fails
 /// with Envoy's bind error in its log rather than passing wrongly.
+/// A port is never handed out twice in one test process, so parallel tests cannot be given
+/// the same released port.
 pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .io_context(|| "finding a free port on 127.0.0.1".to_owned())?;
-    let addr = listener
-        .local_addr()
-        .io_context(|| "reading a free port".to_owned())?;
-    Ok(addr.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .io_context(|| "finding a free port on 127.0.0.1".to_owned())?;
+        let port = listener
+            .local_addr()
+            .io_context(|| "reading a free port".to_owned())?
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 /// The egress listener on `port` with routes `(host, cluster)`, and EDS clusters

@@ -21,8 +21,18 @@ pub struct Sidecar {
 /// A free TCP port on 127.0.0.1 (bound and released; the demo owns the machine's loopback
 /// for its lifetime, so the window for a collision is tiny).
 pub fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    // The kernel may hand a released port out again: never give the same one twice, so the
+    // demo's listeners and Envoy admin ports cannot collide with each other.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
 }
 
 /// Writes `descriptor` and starts `meshplane sidecar` for it.
@@ -51,6 +61,8 @@ pub fn spawn(
         .arg("127.0.0.1")
         .arg("--instance-id")
         .arg(id)
+        .arg("--admin-port")
+        .arg(free_port()?.to_string())
         .env("MESHPLANE_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(out)

@@ -21,13 +21,21 @@ use tokio_util::sync::CancellationToken;
 /// How long anything involving a real Envoy may take to converge.
 pub const CONVERGE: Duration = Duration::from_secs(30);
 
-/// A port free on 127.0.0.1 right now.
+/// A port free on 127.0.0.1 right now, never handed out twice in this test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `check` until it returns `Ok`, or panics with its last error after `timeout`.
