@@ -4,8 +4,8 @@
 //! produce [`Instance`]s grouped by [`ServiceName`]; the translator turns them into Envoy
 //! resources. Start with [`Instance`], then [`ServiceName`].
 //!
-//! A later addition will put the sidecar `Descriptor` (`meshplane.yaml`) here as well; it belongs
-//! in its own module next to `instance`.
+//! The sidecar's `Descriptor` (`meshplane.yaml`) lives in [`descriptor`]; the identity
+//! vocabulary (SPIFFE ids, secret names, the CA's wire shapes) in [`identity`].
 
 mod instance;
 mod name;
@@ -15,3 +15,5 @@ pub use name::{NameError, ServiceName};
 
 pub mod descriptor;
 pub use descriptor::{Descriptor, DescriptorError};
+
+pub mod identity;
