@@ -22,7 +22,7 @@ pub const SDS_CLUSTER: &str = "meshplane_sds";
 
 /// Registry metadata key carrying an instance's mTLS mode (`permissive`, `strict`,
 /// `disabled`); absent means the instance accepts plaintext only.
-pub const MTLS_META_KEY: &str = "meshplane_mtls";
+pub const MTLS_META_KEY: &str = "mtls";
 
 /// Admin API path of the CA: `POST` a [`SignRequest`], get a [`SignResponse`].
 pub const SIGN_PATH: &str = "/api/ca/sign";

@@ -54,6 +54,7 @@ fn mesh_options(config: &ControlPlaneConfig) -> MeshOptions {
             .clone()
             .unwrap_or(defaults.domain_ca_file),
         domain_addresses: config.domain_addresses.clone(),
+        trust_domain: config.trust_domain.clone(),
     }
 }
 

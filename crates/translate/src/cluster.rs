@@ -28,13 +28,14 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::Struct;
 use meshplane_model::descriptor::Domain;
 use meshplane_model::{Descriptor, ServiceName};
 
 use crate::MeshOptions;
 use crate::endpoints::TAGS_KEY;
-use crate::names;
-use crate::proto::{ads, any, duration, socket, stable_map, u32_value};
+use crate::proto::{ads, any, duration, socket, stable_map, string_value, u32_value};
+use crate::{names, security};
 
 /// Connect timeout of every mesh cluster. Short, because a connect failure is retried on
 /// another instance (see the route's retry policy) instead of surfacing as a 503.
@@ -51,8 +52,24 @@ pub const MAX_RETRIES: u32 = 64;
 /// round robin honouring endpoint weights, subset load balancing for `x-canary` (falls back
 /// to any instance) and `x-service-tag` (no fallback), outlier detection (5 consecutive 5xx
 /// or gateway errors eject a host for 30 s, at most 50% of hosts), circuit breakers above.
-pub fn service_cluster(service: &ServiceName) -> Cluster {
+pub fn service_cluster(service: &ServiceName, options: &MeshOptions) -> Cluster {
     with_http1_options(Cluster {
+        // Instances that accept mTLS (endpoint metadata, see `security`) get it; others,
+        // like apps without a sidecar, get plaintext.
+        transport_socket_matches: vec![cluster::TransportSocketMatch {
+            name: security::TLS_MATCH_NAME.to_owned(),
+            r#match: Some(Struct {
+                fields: {
+                    let mut f = stable_map();
+                    f.insert(
+                        security::TLS_MATCH_KEY.to_owned(),
+                        string_value(security::TLS_MATCH_MTLS),
+                    );
+                    f
+                },
+            }),
+            transport_socket: Some(security::upstream_mtls(service, &options.trust_domain)),
+        }],
         name: service.to_string(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::Eds as i32,

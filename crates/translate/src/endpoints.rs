@@ -12,6 +12,7 @@ use meshplane_model::{Health, Instance, ServiceName};
 
 use crate::MeshOptions;
 use crate::proto::{socket, stable_map, string_value, u32_value};
+use crate::security;
 
 /// Metadata namespace the subset load balancer reads.
 pub(crate) const LB_NAMESPACE: &str = "envoy.lb";
@@ -87,24 +88,38 @@ fn lb_endpoint(i: &Instance) -> LbEndpoint {
     }
 }
 
+/// Tags for subset selection (`envoy.lb`) and whether the instance accepts mTLS
+/// (`envoy.transport_socket_match`). Maps are built with `stable_map`, so equal content
+/// encodes to equal bytes within a process.
 fn subset_metadata(i: &Instance) -> Option<Metadata> {
-    if i.tags.is_empty() {
+    let mtls = security::accepts_mtls(&i.meta);
+    if i.tags.is_empty() && !mtls {
         return None;
     }
-    let mut tags = i.tags.clone();
-    tags.sort();
-    tags.dedup();
-    let mut fields = stable_map();
-    fields.insert(
-        TAGS_KEY.to_owned(),
-        Value {
-            kind: Some(Kind::ListValue(ListValue {
-                values: tags.iter().map(|t| string_value(t)).collect(),
-            })),
-        },
-    );
     let mut filter_metadata = stable_map();
-    filter_metadata.insert(LB_NAMESPACE.to_owned(), Struct { fields });
+    if !i.tags.is_empty() {
+        let mut tags = i.tags.clone();
+        tags.sort();
+        tags.dedup();
+        let mut fields = stable_map();
+        fields.insert(
+            TAGS_KEY.to_owned(),
+            Value {
+                kind: Some(Kind::ListValue(ListValue {
+                    values: tags.iter().map(|t| string_value(t)).collect(),
+                })),
+            },
+        );
+        filter_metadata.insert(LB_NAMESPACE.to_owned(), Struct { fields });
+    }
+    if mtls {
+        let mut fields = stable_map();
+        fields.insert(
+            security::TLS_MATCH_KEY.to_owned(),
+            string_value(security::TLS_MATCH_MTLS),
+        );
+        filter_metadata.insert(security::TLS_MATCH_NAMESPACE.to_owned(), Struct { fields });
+    }
     Some(Metadata {
         filter_metadata,
         ..Default::default()

@@ -14,7 +14,9 @@ mod endpoints;
 mod listener;
 pub mod names;
 mod proto;
+mod rbac;
 mod route;
+mod security;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -27,6 +29,7 @@ use meshplane_model::{Descriptor, Instance, ServiceName};
 
 pub use cluster::service_cluster;
 pub use endpoints::{routable_address, service_endpoints};
+pub use rbac::{AUDIT_PREFIX, ENFORCE_PREFIX};
 
 /// Control-plane-wide translation settings.
 #[derive(Debug, Clone)]
@@ -39,6 +42,8 @@ pub struct MeshOptions {
     pub domain_ca_file: String,
     /// Fixed addresses for external domains (split-horizon DNS, demos, tests).
     pub domain_addresses: BTreeMap<String, IpAddr>,
+    /// SPIFFE trust domain of service identities (`spiffe://<trust_domain>/service/<name>`).
+    pub trust_domain: String,
 }
 
 impl Default for MeshOptions {
@@ -48,6 +53,7 @@ impl Default for MeshOptions {
             allow_wildcard_dependencies: BTreeSet::new(),
             domain_ca_file: "/etc/ssl/certs/ca-certificates.crt".to_owned(),
             domain_addresses: BTreeMap::new(),
+            trust_domain: meshplane_model::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
         }
     }
 }
@@ -130,7 +136,7 @@ pub fn group_config(
     check_policy(d, options)?;
     let services = dependency_services(d, catalog);
     let mut config = GroupConfig {
-        listeners: vec![listener::ingress(group)],
+        listeners: vec![listener::ingress(group, options)],
         routes: Vec::new(),
         clusters: vec![cluster::local_app(d)],
         services: services.clone(),

@@ -7,21 +7,24 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
 use envoy_types::pb::envoy::config::core::v3::{
     DataSource, SubstitutionFormatString, data_source, substitution_format_string,
 };
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
+};
 use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3::{
     FilterConfig, filter_config,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, LocalReplyConfig, Rds, ResponseMapper,
     http_connection_manager, http_filter,
 };
 use meshplane_model::Descriptor;
-use meshplane_model::descriptor::Target;
+use meshplane_model::descriptor::{MtlsMode, Target};
 
 use crate::cluster::{dns_cache, preserve_case_http1};
 use crate::proto::{ads, any, socket, u32_value};
-use crate::{ProxyGroup, names, route};
+use crate::{MeshOptions, ProxyGroup, names, rbac, route, security};
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 
@@ -35,15 +38,19 @@ fn router() -> HttpFilter {
     }
 }
 
+fn hcm_filter(hcm: HttpConnectionManager) -> Filter {
+    Filter {
+        name: HCM.to_owned(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+    }
+}
+
 fn listener(name: &str, ip: &str, port: u16, hcm: HttpConnectionManager) -> Listener {
     Listener {
         name: name.to_owned(),
         address: Some(socket(ip, port)),
         filter_chains: vec![FilterChain {
-            filters: vec![Filter {
-                name: HCM.to_owned(),
-                config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
-            }],
+            filters: vec![hcm_filter(hcm)],
             ..Default::default()
         }],
         // Without SO_REUSEPORT a second process on the same port (a misconfigured sidecar)
@@ -55,23 +62,89 @@ fn listener(name: &str, ip: &str, port: u16, hcm: HttpConnectionManager) -> List
 }
 
 /// The public listener on `listen_address:ingress.port`, forwarding to the app.
-pub(crate) fn ingress(group: &ProxyGroup) -> Listener {
+///
+/// By the descriptor's `mtls`: `disabled` accepts plaintext; `permissive` inspects the
+/// first bytes and accepts mTLS and plaintext; `strict` accepts mTLS, and plaintext only
+/// for the health path (the registry's check cannot present a certificate), answering any
+/// other plaintext request with 403. `incoming` permissions apply on every chain.
+pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
     let d = &group.descriptor;
-    let hcm = HttpConnectionManager {
-        stat_prefix: names::INGRESS_LISTENER.to_owned(),
-        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
-            route::ingress(d),
-        )),
-        http_filters: vec![router()],
-        http_protocol_options: d.preserve_header_case.then(preserve_case_http1),
-        ..Default::default()
+    let hcm = |tls: bool| {
+        let mut http_filters = rbac::filters(d, &options.trust_domain);
+        http_filters.push(router());
+        let mut hcm = HttpConnectionManager {
+            stat_prefix: names::INGRESS_LISTENER.to_owned(),
+            route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
+                route::ingress(d),
+            )),
+            http_filters,
+            access_log: rbac::access_logs(d),
+            http_protocol_options: d.preserve_header_case.then(preserve_case_http1),
+            ..Default::default()
+        };
+        if tls {
+            // The app learns the verified caller (`x-forwarded-client-cert: ...;URI=spiffe://...`);
+            // a header sent by the caller is replaced, never trusted.
+            hcm.forward_client_cert_details =
+                http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32;
+            hcm.set_current_client_cert_details =
+                Some(http_connection_manager::SetCurrentClientCertDetails {
+                    uri: true,
+                    ..Default::default()
+                });
+        }
+        hcm
     };
-    listener(
+    let mut l = listener(
         names::INGRESS_LISTENER,
         &group.listen_address,
         d.ingress.port,
-        hcm,
-    )
+        hcm(false),
+    );
+    let plaintext = |hcm: HttpConnectionManager| FilterChain {
+        name: "plaintext".to_owned(),
+        filter_chain_match: Some(FilterChainMatch {
+            transport_protocol: "raw_buffer".to_owned(),
+            ..Default::default()
+        }),
+        filters: vec![hcm_filter(hcm)],
+        ..Default::default()
+    };
+    let chains = match d.mtls {
+        MtlsMode::Disabled => return l,
+        MtlsMode::Permissive => vec![plaintext(hcm(false))],
+        MtlsMode::Strict => {
+            let mut health_only = hcm(false);
+            health_only.http_filters = vec![router()];
+            health_only.access_log = Vec::new();
+            health_only.route_specifier = Some(
+                http_connection_manager::RouteSpecifier::RouteConfig(route::strict_plaintext(d)),
+            );
+            vec![plaintext(health_only)]
+        }
+    };
+    let mut tls_chain = FilterChain {
+        name: "mtls".to_owned(),
+        filter_chain_match: Some(FilterChainMatch {
+            transport_protocol: "tls".to_owned(),
+            ..Default::default()
+        }),
+        filters: vec![hcm_filter(hcm(true))],
+        transport_socket: Some(security::downstream_mtls()),
+        ..Default::default()
+    };
+    tls_chain.transport_socket_connect_timeout =
+        Some(crate::proto::duration(std::time::Duration::from_secs(10)));
+    l.filter_chains = vec![tls_chain];
+    l.filter_chains.extend(chains);
+    l.listener_filters = vec![ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".to_owned(),
+        config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+            &TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }];
+    l
 }
 
 /// The egress listener on `127.0.0.1:port` (local only: it is the app's proxy).

@@ -20,6 +20,23 @@ pub fn any<M: Message + Name>(msg: &M) -> Any {
     }
 }
 
+/// Wraps parts of one message in `Any`, concatenated: protobuf parsers merge repeated
+/// occurrences (nested messages merge, map entries accumulate), so Envoy reads the whole
+/// message. Used for messages with multi-entry maps: each part carries one entry, in sorted
+/// order, so the bytes (and so the version) are the same in every process — a single
+/// encoded `HashMap` iterates in a per-process random order.
+pub fn merged_any<M: Message + Name>(parts: &[M]) -> Any {
+    let mut value = Vec::new();
+    for part in parts {
+        part.encode(&mut value)
+            .expect("a Vec grows to fit the encoding");
+    }
+    Any {
+        type_url: M::type_url(),
+        value,
+    }
+}
+
 /// A protobuf duration.
 pub fn duration(d: Duration) -> pb::Duration {
     pb::Duration {

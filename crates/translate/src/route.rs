@@ -343,3 +343,29 @@ pub(crate) fn ingress(d: &Descriptor) -> RouteConfiguration {
         ..Default::default()
     }
 }
+
+/// The plaintext side of a `strict` ingress: the health path reaches the app (the
+/// registry's check has no certificate); everything else is refused with a 403 that says why.
+pub(crate) fn strict_plaintext(d: &Descriptor) -> RouteConfiguration {
+    let mut config = ingress(d);
+    let refuse = route::Action::DirectResponse(DirectResponseAction {
+        status: 403,
+        body: Some(DataSource {
+            specifier: Some(data_source::Specifier::InlineString(format!(
+                "meshplane: `{}` accepts only mutual TLS (mtls: strict); call it through a sidecar\n",
+                d.service
+            ))),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    if let Some(vh) = config.virtual_hosts.first_mut() {
+        vh.routes.truncate(1);
+        vh.routes.push(mk_route(
+            "plaintext-refused",
+            prefix_match(Vec::new()),
+            refuse,
+        ));
+    }
+    config
+}

@@ -49,7 +49,10 @@ fn catalog() -> Fixture {
     Fixture(vec![(
         name("payments"),
         vec![
-            mk_instance("payments-1", "dc1", &[], 100, Health::Passing),
+            Instance {
+                meta: [("mtls".to_owned(), "strict".to_owned())].into(),
+                ..mk_instance("payments-1", "dc1", &[], 100, Health::Passing)
+            },
             mk_instance(
                 "payments-2",
                 "dc1",
@@ -75,6 +78,14 @@ dependencies:
     retries: { attempts: 2, per_try_timeout: 500ms, on: [connect-failure, reset, "503"] }
   - domain: https://api.example.com
   - domain_pattern: "*.example.org"
+incoming:
+  unlisted_endpoints: log
+  endpoints:
+    - { path_prefix: /api/, methods: [GET, POST], clients: [web, "role:backoffice"] }
+    - { path: /status/health }
+    - { path_regex: "/admin/[a-z]+", clients: [ops], unlisted_clients: log }
+  roles:
+    - { name: backoffice, clients: [admin-ui, reports] }
 "#;
 
 fn check(name: &str, rendered: String) {
@@ -123,7 +134,10 @@ fn payments_shared_resources() {
     let instances = c.instances(&name("payments")).expect("known");
     check(
         "payments-cluster",
-        format!("{:#?}", service_cluster(&name("payments"))),
+        format!(
+            "{:#?}",
+            service_cluster(&name("payments"), &MeshOptions::default())
+        ),
     );
     check(
         "payments-endpoints",

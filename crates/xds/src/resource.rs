@@ -148,12 +148,16 @@ impl Resource {
 
     /// Endpoints of a cluster.
     pub fn endpoints(cla: &ClusterLoadAssignment) -> Arc<Self> {
-        Self::build(
+        let mut resource = Self::encode(
             ResourceType::Endpoint,
             cla.cluster_name.clone(),
             cla,
             Vec::new(),
-        )
+        );
+        if let Some(version) = canonical_endpoints_version(cla) {
+            resource.version = version;
+        }
+        Arc::new(resource)
     }
 
     /// An empty `ClusterLoadAssignment`: what a proxy gets for a cluster whose service
@@ -204,6 +208,15 @@ impl Resource {
         msg: &M,
         references: Vec<Reference>,
     ) -> Arc<Self> {
+        Arc::new(Self::encode(kind, name, msg, references))
+    }
+
+    fn encode<M: Message>(
+        kind: ResourceType,
+        name: String,
+        msg: &M,
+        references: Vec<Reference>,
+    ) -> Self {
         let any = Any {
             type_url: kind.type_url().to_owned(),
             value: msg.encode_to_vec(),
@@ -214,13 +227,13 @@ impl Resource {
         // fields are encoded in hash-map order, so a resource with multi-entry maps may get a
         // new version after a restart (a harmless re-send, never a missed change).
         let version = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&any));
-        Arc::new(Resource {
+        Resource {
             kind,
             name,
             version,
             any,
             references,
-        })
+        }
     }
 
     /// The resource type.
@@ -253,6 +266,39 @@ impl Resource {
     pub fn to_any(&self) -> Any {
         Any::decode(self.any.clone()).unwrap_or_default()
     }
+}
+
+/// Endpoint metadata with several namespaces (subset tags and the mTLS transport-socket
+/// match) encodes in a per-process order; its version is then computed over a canonical
+/// form (namespaces sorted) so equal content has equal versions in every control plane.
+/// `None` when every metadata map has at most one entry (the encoding is canonical).
+fn canonical_endpoints_version(cla: &ClusterLoadAssignment) -> Option<String> {
+    let multi = cla.endpoints.iter().flat_map(|l| &l.lb_endpoints).any(|e| {
+        e.metadata
+            .as_ref()
+            .is_some_and(|m| m.filter_metadata.len() > 1)
+    });
+    if !multi {
+        return None;
+    }
+    let mut stripped = cla.clone();
+    let mut canonical = Vec::new();
+    for (l, locality) in stripped.endpoints.iter_mut().enumerate() {
+        for (e, endpoint) in locality.lb_endpoints.iter_mut().enumerate() {
+            let Some(metadata) = endpoint.metadata.take() else {
+                continue;
+            };
+            let mut namespaces: Vec<_> = metadata.filter_metadata.into_iter().collect();
+            namespaces.sort_by(|a, b| a.0.cmp(&b.0));
+            for (namespace, value) in namespaces {
+                canonical.extend_from_slice(format!("{l}/{e}/{namespace}/").as_bytes());
+                // Each namespace's struct holds one key (see the translator).
+                canonical.extend_from_slice(&value.encode_to_vec());
+            }
+        }
+    }
+    canonical.extend_from_slice(&stripped.encode_to_vec());
+    Some(format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&canonical)))
 }
 
 impl fmt::Debug for Resource {

@@ -144,7 +144,7 @@ impl Translator {
                     "instance address is not an IP address; register its IP (Envoy endpoints cannot be host names)");
             }
             ServiceResources {
-                cluster: Resource::cluster(&service_cluster(name)),
+                cluster: Resource::cluster(&service_cluster(name, options)),
                 endpoints: Resource::endpoints(&service_endpoints(name, instances, options)),
             }
         })
