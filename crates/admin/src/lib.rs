@@ -6,6 +6,7 @@
 //! renders Prometheus text.
 
 mod auth;
+mod ca;
 pub mod consistency;
 pub mod metrics;
 mod panel;
@@ -47,6 +48,8 @@ pub struct AdminState {
     pub http: reqwest::Client,
     /// Translation metrics, written by the runtime.
     pub metrics: Arc<metrics::ControlPlaneMetrics>,
+    /// The built-in CA, when this control plane runs one.
+    pub ca: Option<Arc<meshplane_ca::Authority>>,
 }
 
 /// The admin API routes.
@@ -70,6 +73,11 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/api/state/digest", get(consistency::digest_route))
         .route("/api/consistency", get(consistency::report))
+        .route(
+            meshplane_model::identity::SIGN_PATH,
+            axum::routing::post(ca::sign)
+                .layer(axum::extract::DefaultBodyLimit::max(ca::MAX_SIGN_BODY)),
+        )
         .merge(panel::routes())
         .with_state(state)
 }

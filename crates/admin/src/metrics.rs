@@ -21,6 +21,10 @@ pub struct ControlPlaneMetrics {
     pub snapshots_published: std::sync::atomic::AtomicU64,
     /// The registry index the translator last caught up with.
     pub translated_index: std::sync::atomic::AtomicU64,
+    /// Certificates the built-in CA signed.
+    pub certificates_issued: std::sync::atomic::AtomicU64,
+    /// Sign requests the built-in CA refused (bad CSR, wrong identity).
+    pub certificates_refused: std::sync::atomic::AtomicU64,
 }
 
 /// Writes one metric family: HELP, TYPE and its samples (`labels` is `{...}` or empty).
@@ -128,6 +132,20 @@ pub(crate) async fn render(State(s): State<AdminState>) -> impl IntoResponse {
         "counter",
         "Group snapshots published.",
         &single(load(&s.metrics.snapshots_published)),
+    );
+    family(
+        &mut out,
+        "meshplane_ca_certificates_issued_total",
+        "counter",
+        "Certificates the built-in CA signed.",
+        &single(load(&s.metrics.certificates_issued)),
+    );
+    family(
+        &mut out,
+        "meshplane_ca_sign_refused_total",
+        "counter",
+        "Sign requests the built-in CA refused (malformed CSR, wrong identity, bad token not counted).",
+        &single(load(&s.metrics.certificates_refused)),
     );
     family(
         &mut out,

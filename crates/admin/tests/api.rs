@@ -97,6 +97,7 @@ async fn setup(synced: bool) -> Setup {
         peers: Arc::new(Vec::new()),
         http: reqwest::Client::new(),
         metrics: Default::default(),
+        ca: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -355,6 +356,7 @@ async fn peers_come_from_configuration_and_the_registry() {
         ]),
         http: reqwest::Client::new(),
         metrics: Default::default(),
+        ca: None,
     };
     let peers = meshplane_admin::consistency::peers(&state, Some("http://10.0.0.1:18080"));
     assert_eq!(

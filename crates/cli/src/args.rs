@@ -94,6 +94,17 @@ struct ControlPlaneArgs {
     /// spiffe://<trust-domain>/service/<name>, the service it asks configuration for.
     #[arg(long, env = "MESHPLANE_XDS_CLIENT_CA")]
     xds_client_ca: Option<PathBuf>,
+    /// Operator CA certificate (PEM) of the built-in CA [default: one generated and kept
+    /// under --data-dir].
+    #[arg(long, env = "MESHPLANE_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Operator CA private key (PEM).
+    #[arg(long, env = "MESHPLANE_CA_KEY")]
+    ca_key: Option<PathBuf>,
+    /// Lifetime of certificates the built-in CA signs; sidecars renew at half of it
+    /// [default: 24h].
+    #[arg(long, env = "MESHPLANE_CERT_TTL")]
+    cert_ttl: Option<String>,
     /// Services allowed to depend on every service (`service: "*"`), comma-separated.
     #[arg(
         long,
@@ -159,6 +170,15 @@ impl ControlPlaneArgs {
         }
         if self.xds_client_ca.is_some() {
             c.xds_client_ca = self.xds_client_ca;
+        }
+        if self.ca_cert.is_some() {
+            c.ca_cert = self.ca_cert;
+        }
+        if self.ca_key.is_some() {
+            c.ca_key = self.ca_key;
+        }
+        if let Some(v) = self.cert_ttl {
+            c.cert_ttl = v;
         }
         if let Some(v) = self.allow_wildcard_dependencies {
             c.allow_wildcard_dependencies = v;

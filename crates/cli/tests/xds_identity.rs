@@ -224,7 +224,15 @@ async fn a_sidecar_with_a_host_certificate_is_served_over_authenticated_xds() {
         "orders-1",
         &d,
         2,
-        &["--cert-file", &oc, "--key-file", &ok, "--ca-file", &ca],
+        &[
+            "--cert-file",
+            &oc,
+            "--key-file",
+            &ok,
+            "--ca-file",
+            &ca,
+            "--xds-tls",
+        ],
     )
     .await;
     assert_eq!(mesh.cp.status.proxies().len(), 1);

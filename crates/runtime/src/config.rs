@@ -72,6 +72,14 @@ pub struct ControlPlaneConfig {
     /// CA bundle (PEM) proxies' client certificates must chain to; requires each proxy's
     /// certificate to prove the service it asks configuration for.
     pub xds_client_ca: Option<PathBuf>,
+    /// Operator CA certificate (PEM) for the built-in CA; without it (and `ca_key`) a CA is
+    /// generated once and kept under `data_dir/ca/`.
+    pub ca_cert: Option<PathBuf>,
+    /// Operator CA private key (PEM).
+    pub ca_key: Option<PathBuf>,
+    /// Lifetime of certificates the built-in CA signs (sidecars renew at half of it), e.g.
+    /// `24h`, `30m`.
+    pub cert_ttl: String,
     /// Services allowed to depend on every service (`service: "*"`).
     pub allow_wildcard_dependencies: Vec<meshplane_model::ServiceName>,
     /// CA bundle that verifies external `https://` domains (default: the system bundle).
@@ -99,6 +107,9 @@ impl Default for ControlPlaneConfig {
             xds_tls_cert: None,
             xds_tls_key: None,
             xds_client_ca: None,
+            ca_cert: None,
+            ca_key: None,
+            cert_ttl: "24h".to_owned(),
             allow_wildcard_dependencies: Vec::new(),
             domain_ca_file: None,
             domain_addresses: Default::default(),
@@ -143,6 +154,12 @@ impl ControlPlaneConfig {
         })
     }
 
+    /// `cert_ttl` as a duration.
+    pub fn cert_ttl(&self) -> Result<std::time::Duration, ConfigError> {
+        meshplane_model::descriptor::parse_duration(&self.cert_ttl)
+            .map_err(|e| ConfigError::Invalid(format!("--cert-ttl {:?}: {e}", self.cert_ttl)))
+    }
+
     /// Checks settings that depend on each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.xds_tls_cert.is_some() != self.xds_tls_key.is_some() {
@@ -154,6 +171,18 @@ impl ControlPlaneConfig {
             return Err(ConfigError::Invalid(
                 "--xds-client-ca needs TLS on the xDS port: also give --xds-tls-cert and --xds-tls-key".into(),
             ));
+        }
+        if self.ca_cert.is_some() != self.ca_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "--ca-cert and --ca-key go together".into(),
+            ));
+        }
+        let ttl = self.cert_ttl()?;
+        if ttl < std::time::Duration::from_secs(10) {
+            return Err(ConfigError::Invalid(format!(
+                "--cert-ttl {}: certificates must live at least 10s",
+                self.cert_ttl
+            )));
         }
         match self.registry {
             RegistryKind::Consul if self.consul_addr.is_none() => Err(ConfigError::Invalid(

@@ -58,6 +58,31 @@ fn mesh_options(config: &ControlPlaneConfig) -> MeshOptions {
     }
 }
 
+/// The built-in CA: the operator's (`--ca-cert/--ca-key`) or one kept under `data_dir/ca`.
+fn certificate_authority(config: &ControlPlaneConfig) -> anyhow::Result<meshplane_ca::Authority> {
+    let ttl = config.cert_ttl()?;
+    let ca = match (&config.ca_cert, &config.ca_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &std::path::Path| {
+                std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+            };
+            meshplane_ca::Authority::from_pem(&read(cert)?, &read(key)?, &config.trust_domain, ttl)
+                .with_context(|| format!("cannot use the CA {}", cert.display()))?
+        }
+        _ => {
+            let dir = config.data_dir.join("ca");
+            meshplane_ca::Authority::load_or_generate(&dir, &config.trust_domain, ttl)
+                .with_context(|| format!("cannot set up the CA under {}", dir.display()))?
+        }
+    };
+    if config.token.is_none() {
+        tracing::warn!(
+            "no --token: the CA signs certificates for anyone who can reach the admin address; set a token in production"
+        );
+    }
+    Ok(ca)
+}
+
 /// Binds every port and starts every task; returns once the control plane is serving.
 pub async fn start(
     config: ControlPlaneConfig,
@@ -184,6 +209,7 @@ pub async fn start(
         peers: Arc::new(config.peers.clone()),
         http: reqwest::Client::builder().no_proxy().build()?,
         metrics,
+        ca: Some(Arc::new(certificate_authority(&config)?)),
     };
     tasks.spawn(prune_relays(relays, status.clone(), shutdown.clone()));
     let s = shutdown.clone();

@@ -38,16 +38,28 @@ pub struct NodeArgs {
     /// registered; bootstrap default: all interfaces]. Use 0.0.0.0 for every interface.
     #[arg(long, env = "MESHPLANE_LISTEN_ADDRESS")]
     pub listen_address: Option<std::net::IpAddr>,
-    /// Host certificate (PEM) Envoy presents to the control plane over TLS; with --key-file
-    /// and --ca-file.
+    /// Host certificate (PEM) with the service's SPIFFE id: the proxy's mTLS identity
+    /// (watched: a replaced file is picked up without a restart); with --key-file and
+    /// --ca-file. Without them the sidecar gets a certificate from the control plane's CA.
     #[arg(long, env = "MESHPLANE_CERT_FILE")]
     pub cert_file: Option<PathBuf>,
-    /// Private key (PEM) of --cert-file. Only Envoy reads it.
+    /// Private key (PEM) of --cert-file. Never sent anywhere.
     #[arg(long, env = "MESHPLANE_KEY_FILE")]
     pub key_file: Option<PathBuf>,
-    /// CA bundle (PEM) that signs the control plane's certificate.
+    /// CA bundle (PEM) peers' (and, with --xds-tls, the control plane's) certificates chain to.
     #[arg(long, env = "MESHPLANE_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+    /// Connect to the control plane over TLS, presenting the host certificate
+    /// (needs --cert-file, --key-file, --ca-file).
+    #[arg(long, env = "MESHPLANE_XDS_TLS")]
+    pub xds_tls: bool,
+    /// The control plane's admin URL, where its CA signs certificates
+    /// [default: http://<first --control-plane host>:18080].
+    #[arg(long, env = "MESHPLANE_CA_URL")]
+    pub ca_url: Option<String>,
+    /// SPIFFE trust domain of service identities [default: meshplane.local].
+    #[arg(long, env = "MESHPLANE_TRUST_DOMAIN", default_value = meshplane_model::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
     /// Use delta (incremental) xDS instead of state-of-the-world.
     #[arg(long, env = "MESHPLANE_XDS_DELTA")]
     pub xds_delta: bool,
@@ -141,7 +153,7 @@ impl NodeArgs {
         c.instance_id = self.instance_id.clone();
         c.admin_port = self.admin_port.unwrap_or(default_admin_port);
         c.listen_address = self.listen_address;
-        c.xds_tls = match (&self.cert_file, &self.key_file, &self.ca_file) {
+        c.host_certs = match (&self.cert_file, &self.key_file, &self.ca_file) {
             (None, None, None) => None,
             (Some(cert), Some(key), Some(ca)) => Some(crate::config::XdsClientTls {
                 cert_file: cert.clone(),
@@ -155,6 +167,15 @@ impl NodeArgs {
                 });
             }
         };
+        if self.xds_tls && c.host_certs.is_none() {
+            return Err(SidecarError::Flag {
+                flag: "xds-tls",
+                message: "needs the host certificate: --cert-file, --key-file and --ca-file".into(),
+            });
+        }
+        c.xds_tls = self.xds_tls;
+        c.ca_url = self.ca_url.clone();
+        c.trust_domain = self.trust_domain.clone();
         if self.xds_delta {
             c.xds = XdsFlavour::Delta;
         }

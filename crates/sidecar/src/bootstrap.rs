@@ -50,6 +50,8 @@ pub struct BootstrapSpec<'a> {
     pub admin_relay: Option<SocketAddr>,
     /// TLS with a host certificate on the connection to the control plane.
     pub xds_tls: Option<&'a crate::config::XdsClientTls>,
+    /// Unix socket where the sidecar serves this proxy's certificate and trust bundle (SDS).
+    pub sds_socket: &'a std::path::Path,
 }
 
 /// Builds the bootstrap document.
@@ -69,7 +71,9 @@ pub fn bootstrap(spec: &BootstrapSpec<'_>) -> Value {
             "cds_config": { "ads": {}, "resource_api_version": "V3" },
             "lds_config": { "ads": {}, "resource_api_version": "V3" },
         },
-        "static_resources": { "clusters": [xds_cluster(spec.control_plane, spec.xds_tls)] },
+        "static_resources": {
+            "clusters": [xds_cluster(spec.control_plane, spec.xds_tls), sds_cluster(spec.sds_socket)],
+        },
         "layered_runtime": {
             "layers": [
                 { "name": "static", "static_layer": {} },
@@ -190,6 +194,30 @@ fn xds_tls_socket(tls: &crate::config::XdsClientTls) -> Value {
                     "trusted_ca": { "filename": tls.ca_file.display().to_string() },
                 },
             },
+        },
+    })
+}
+
+/// The sidecar's local SDS server (a Unix socket only this user can open): the mTLS
+/// certificate, its key and the trust bundle never travel over the network.
+fn sds_cluster(socket: &std::path::Path) -> Value {
+    json!({
+        "name": meshplane_model::identity::SDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} },
+            },
+        },
+        "load_assignment": {
+            "cluster_name": meshplane_model::identity::SDS_CLUSTER,
+            "endpoints": [{
+                "lb_endpoints": [{
+                    "endpoint": { "address": { "pipe": { "path": socket.display().to_string() } } },
+                }],
+            }],
         },
     })
 }

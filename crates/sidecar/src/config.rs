@@ -38,8 +38,16 @@ pub struct SidecarConfig {
     pub base_id: Option<u32>,
     /// Where the admin relay listens (see `relay`); `None` disables it. Port 0 picks one.
     pub admin_relay: Option<std::net::SocketAddr>,
-    /// Host certificate Envoy presents to the control plane (TLS on the xDS connection).
-    pub xds_tls: Option<XdsClientTls>,
+    /// Host certificate files: the proxy's mTLS identity (and, with `xds_tls`, what Envoy
+    /// presents to the control plane). `None`: a certificate from the control plane's CA.
+    pub host_certs: Option<XdsClientTls>,
+    /// TLS with the host certificate on the xDS connection.
+    pub xds_tls: bool,
+    /// The control plane's admin URL (its CA); `None` means port 18080 on the first
+    /// control-plane host.
+    pub ca_url: Option<String>,
+    /// SPIFFE trust domain of the identity requested from the CA.
+    pub trust_domain: String,
     /// Where the bootstrap file is written; `None` means a per-instance temporary directory.
     pub work_dir: Option<PathBuf>,
     /// Envoy's `--log-level`.
@@ -147,7 +155,10 @@ impl SidecarConfig {
             listen_address: None,
             base_id: None,
             admin_relay: None,
-            xds_tls: None,
+            host_certs: None,
+            xds_tls: false,
+            ca_url: None,
+            trust_domain: meshplane_model::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
             work_dir: None,
             envoy_log_level: "info".to_owned(),
             envoy_concurrency: None,
@@ -168,6 +179,26 @@ impl SidecarConfig {
                 backoff_max: Duration::from_secs(30),
             },
             ready_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl SidecarConfig {
+    /// The CA's admin URL: `ca_url`, or port 18080 (the control plane's default admin
+    /// port) on the first control-plane host.
+    pub fn ca_admin_url(&self) -> String {
+        if let Some(url) = &self.ca_url {
+            return url.trim_end_matches('/').to_owned();
+        }
+        let host = self
+            .control_plane
+            .first()
+            .map(|a| a.host.as_str())
+            .unwrap_or("127.0.0.1");
+        if host.contains(':') {
+            format!("http://[{host}]:18080")
+        } else {
+            format!("http://{host}:18080")
         }
     }
 }

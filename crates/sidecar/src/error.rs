@@ -19,6 +19,9 @@ pub enum SidecarError {
     /// No control-plane address at all.
     #[error("--control-plane: give at least one HOST:PORT")]
     NoControlPlane,
+    /// The proxy's certificate could not be loaded or obtained; Envoy was not started.
+    #[error("identity: {0}")]
+    Identity(crate::identity::IdentityError),
     /// A flag has a bad value.
     #[error("--{flag}: {message}")]
     Flag {

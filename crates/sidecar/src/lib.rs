@@ -17,6 +17,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod descriptor;
 pub mod envoy;
+pub mod identity;
 pub mod registration;
 pub mod restart_policy;
 
@@ -82,6 +83,18 @@ impl Sidecar {
                 shutdown.clone(),
             ));
         }
+        let identity = identity::start(
+            identity::IdentityConfig::new(prepared.identity_source(), prepared.sds_socket()),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(SidecarError::Identity)?;
+        let cert = identity.current();
+        tracing::info!(
+            identity = cert.identity.as_deref().unwrap_or("-"),
+            serial = %cert.serial_hex,
+            "serving the proxy's certificate over SDS"
+        );
         tracing::info!(
             instance_id = %prepared.instance_id,
             service = %prepared.loaded.descriptor.service,
@@ -129,6 +142,11 @@ pub fn render_bootstrap(args: BootstrapArgs) -> Result<String, SidecarError> {
         .instance_id
         .clone()
         .unwrap_or_else(|| config::default_instance_id(d.service.as_ref(), d.ingress.port));
+    let sds_socket = config
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| setup::default_work_dir(&instance_id))
+        .join(setup::SDS_SOCKET);
     let value = bootstrap::bootstrap(&bootstrap::BootstrapSpec {
         descriptor: &loaded.written,
         instance_id: &instance_id,
@@ -139,7 +157,8 @@ pub fn render_bootstrap(args: BootstrapArgs) -> Result<String, SidecarError> {
         xds: config.xds,
         listen_address: config.listen_address,
         admin_relay: None,
-        xds_tls: config.xds_tls.as_ref(),
+        xds_tls: config.host_certs.as_ref().filter(|_| config.xds_tls),
+        sds_socket: &sds_socket,
     });
     serde_json::to_string_pretty(&value)
         .map_err(|e| SidecarError::io("cannot encode the bootstrap")(std::io::Error::other(e)))

@@ -112,7 +112,10 @@ impl ServiceRegistration {
         };
         let meta = BTreeMap::from([
             ("meshplane_sidecar".to_owned(), "true".to_owned()),
-            (meshplane_model::identity::MTLS_META_KEY.to_owned(), mtls_name(descriptor)),
+            (
+                meshplane_model::identity::MTLS_META_KEY.to_owned(),
+                mtls_name(descriptor),
+            ),
         ]);
         ServiceRegistration {
             id: id.to_owned(),

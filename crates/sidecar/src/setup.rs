@@ -10,7 +10,16 @@ use crate::config::SidecarConfig;
 use crate::descriptor::{self, LoadError, LoadedDescriptor};
 use crate::envoy::{EnvoyCommand, base_id_for, find_envoy, free_loopback_port};
 use crate::error::SidecarError;
+use crate::identity::IdentitySource;
 use crate::registration::ServiceRegistration;
+
+/// File name of the SDS socket in the work directory.
+pub(crate) const SDS_SOCKET: &str = "sds.sock";
+
+/// The work directory when none is given: per instance, under the temporary directory.
+pub(crate) fn default_work_dir(instance_id: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("meshplane-sidecar-{instance_id}"))
+}
 
 /// The sidecar's fixed decisions plus the current descriptor.
 #[derive(Debug)]
@@ -46,10 +55,7 @@ impl Prepared {
         let envoy = find_envoy(config.envoy.as_deref())?;
         let (dir, owns_dir) = match &config.work_dir {
             Some(dir) => (dir.clone(), false),
-            None => (
-                std::env::temp_dir().join(format!("meshplane-sidecar-{instance_id}")),
-                true,
-            ),
+            None => (default_work_dir(&instance_id), true),
         };
         std::fs::create_dir_all(&dir)
             .map_err(SidecarError::io(format!("cannot create {}", dir.display())))?;
@@ -106,7 +112,12 @@ impl Prepared {
             xds: self.config.xds,
             listen_address: self.config.listen_address,
             admin_relay: self.relay.as_ref().map(|(_, addr)| *addr),
-            xds_tls: self.config.xds_tls.as_ref(),
+            xds_tls: self
+                .config
+                .host_certs
+                .as_ref()
+                .filter(|_| self.config.xds_tls),
+            sds_socket: &self.sds_socket(),
         })
     }
 
@@ -122,6 +133,28 @@ impl Prepared {
         );
         std::fs::write(&tmp, text).map_err(SidecarError::io(what.clone()))?;
         std::fs::rename(&tmp, &self.bootstrap_path).map_err(SidecarError::io(what))
+    }
+
+    /// Where the identity (SDS) server listens: next to the bootstrap.
+    pub(crate) fn sds_socket(&self) -> PathBuf {
+        self.bootstrap_path.with_file_name(SDS_SOCKET)
+    }
+
+    /// Where this proxy's certificate comes from.
+    pub(crate) fn identity_source(&self) -> IdentitySource {
+        match &self.config.host_certs {
+            Some(files) => IdentitySource::HostFiles {
+                cert: files.cert_file.clone(),
+                key: files.key_file.clone(),
+                ca: files.ca_file.clone(),
+            },
+            None => IdentitySource::ControlPlaneCa {
+                admin_url: self.config.ca_admin_url(),
+                token: self.config.token.clone(),
+                service: self.loaded.descriptor.service.clone(),
+                trust_domain: self.config.trust_domain.clone(),
+            },
+        }
     }
 
     pub(crate) fn envoy_command(&self) -> EnvoyCommand {
@@ -144,9 +177,10 @@ impl Prepared {
         )
     }
 
-    /// Removes the bootstrap (and its directory when the sidecar made it).
+    /// Removes the bootstrap and the SDS socket (and the directory when the sidecar made it).
     pub(crate) fn cleanup(&self) {
         let _ = std::fs::remove_file(&self.bootstrap_path);
+        let _ = std::fs::remove_file(self.sds_socket());
         if self.owns_dir
             && let Some(dir) = self.bootstrap_path.parent()
         {

@@ -31,6 +31,7 @@ fn mk_bootstrap(written: &Value, control_plane: &[ControlPlaneAddr], xds: XdsFla
         listen_address: None,
         admin_relay: None,
         xds_tls: None,
+        sds_socket: Path::new("/run/meshplane/orders/sds.sock"),
     })
 }
 

@@ -144,6 +144,7 @@ impl Mesh {
             // Tests run in parallel with the same instance ids; the admin port is unique.
             .args(["--base-id", &admin_port.to_string()])
             .args(["--address", "127.0.0.1"])
+            .args(["--ca-url", &format!("http://{}", self.cp.admin_addr)])
             .args([
                 "--work-dir",
                 &self.dir.path().join(id).display().to_string(),
@@ -201,6 +202,15 @@ impl Mesh {
 }
 
 impl Mesh {
+    /// Everything a sidecar (and its Envoy) printed so far.
+    pub fn sidecar_log(&self, id: &str) -> String {
+        self.sidecars
+            .iter()
+            .find(|s| s.id == id)
+            .map(Sidecar::log_text)
+            .expect("known sidecar")
+    }
+
     /// The Envoy admin port of a sidecar started by [`Mesh::sidecar`].
     pub fn sidecar_admin(&self, id: &str) -> u16 {
         self.sidecars

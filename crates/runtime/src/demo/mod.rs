@@ -137,7 +137,14 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     let mut sidecars = Vec::new();
     for (id, d) in &plan {
         progress(&format!("starting sidecar {id} (Envoy)"));
-        sidecars.push(sidecars::spawn(dir.path(), id, d, cp.xds_addr, registry)?);
+        sidecars.push(sidecars::spawn(
+            dir.path(),
+            id,
+            d,
+            cp.xds_addr,
+            registry,
+            cp.admin_addr,
+        )?);
     }
 
     let outcome: anyhow::Result<()> = async {

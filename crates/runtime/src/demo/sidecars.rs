@@ -42,6 +42,7 @@ pub fn spawn(
     descriptor: &str,
     xds: SocketAddr,
     registry: SocketAddr,
+    admin: SocketAddr,
 ) -> anyhow::Result<Sidecar> {
     let file = dir.join(format!("{id}.yaml"));
     std::fs::write(&file, descriptor)?;
@@ -59,6 +60,8 @@ pub fn spawn(
         .arg(format!("http://{registry}"))
         .arg("--address")
         .arg("127.0.0.1")
+        .arg("--ca-url")
+        .arg(format!("http://{admin}"))
         .arg("--instance-id")
         .arg(id)
         .arg("--admin-port")

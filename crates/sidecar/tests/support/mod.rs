@@ -113,6 +113,37 @@ pub fn write_descriptor(dir: &Path, service: &str, app_port: u16, ingress_port: 
     path
 }
 
+/// A CA and a certificate for the descriptor's service, written under `dir` (what a
+/// deployment puts on the host).
+pub fn host_certs(dir: &Path, descriptor: &Path) -> meshplane_sidecar::config::XdsClientTls {
+    let text = std::fs::read_to_string(descriptor).unwrap();
+    let service = meshplane_model::Descriptor::from_yaml(&text)
+        .unwrap()
+        .service;
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        meshplane_model::identity::spiffe_id("meshplane.local", &service)
+            .try_into()
+            .unwrap(),
+    )];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let files = meshplane_sidecar::config::XdsClientTls {
+        cert_file: dir.join("host.crt"),
+        key_file: dir.join("host.key"),
+        ca_file: dir.join("ca.crt"),
+    };
+    std::fs::write(&files.cert_file, cert.pem()).unwrap();
+    std::fs::write(&files.key_file, key.serialize_pem()).unwrap();
+    std::fs::write(&files.ca_file, ca.pem()).unwrap();
+    files
+}
+
 /// A config for tests: quiet single-threaded Envoy, short drains, files under `dir`.
 pub fn test_config(
     dir: &Path,
@@ -128,6 +159,7 @@ pub fn test_config(
         }],
     );
     c.registry = format!("http://{registry}");
+    c.host_certs = Some(host_certs(dir, &c.descriptor));
     c.envoy = Some(envoy_binary());
     c.work_dir = Some(dir.to_owned());
     c.envoy_log_level = "warning".to_owned();

@@ -1,0 +1,499 @@
+//! mTLS between real Envoy sidecars with certificates from the control plane's CA, and
+//! `incoming` permissions enforced by Envoy's RBAC filter on the caller's certificate.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderMap, Method, Uri};
+use support::{Mesh, caller, envoy_stat, free_port, poll};
+
+/// What the protected app received: method, path and the client-certificate header Envoy set.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    xfcc: String,
+}
+
+/// An app that records every request and answers 200 `app`.
+async fn recording_app() -> (u16, Arc<Mutex<Vec<Seen>>>) {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let log = seen.clone();
+    let router = Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap| {
+        let log = log.clone();
+        async move {
+            let xfcc = headers
+                .get("x-forwarded-client-cert")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            log.lock().expect("lock").push(Seen {
+                method: method.to_string(),
+                path: uri.path().to_owned(),
+                xfcc,
+            });
+            "app"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (port, seen)
+}
+
+/// A request through a caller's egress port (`Host: host`).
+async fn call(
+    mesh: &Mesh,
+    egress: u16,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let method = Method::from_bytes(method.as_bytes()).expect("method");
+    let mut r = mesh
+        .http
+        .request(method, format!("http://127.0.0.1:{egress}{path}"))
+        .header("host", host);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    match r.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Polls until `egress` reaches `host` with status `want` for `path`.
+async fn until_status(mesh: &Mesh, egress: u16, host: &str, path: &str, want: u16) -> bool {
+    poll(|| async { call(mesh, egress, host, "GET", path, &[]).await.0 == want }).await
+}
+
+const ORDERS_INCOMING: &str = r#"
+incoming:
+  unlisted_endpoints: block
+  endpoints:
+    - { path_prefix: /api/, methods: [GET, POST], clients: [web, "role:backoffice"] }
+    - { path: /status/health }
+    - { path_prefix: /reports/, clients: [web], unlisted_clients: log }
+  roles:
+    - { name: backoffice, clients: [admin-ui] }
+"#;
+
+/// JSON access-log lines of RBAC decisions in a sidecar's output.
+fn decisions(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["meshplane"] == "rbac")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn permissions_are_enforced_on_the_certificate_identity() {
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let (app, seen) = recording_app().await;
+    let orders_ingress = free_port();
+    let orders = format!(
+        "service: orders\nport: {app}\ningress: {{ port: {orders_ingress} }}\n{ORDERS_INCOMING}"
+    );
+    mesh.sidecar("orders-1", &orders, 1).await;
+
+    let deps = "  - service: orders\n";
+    let mut egress = std::collections::BTreeMap::new();
+    for svc in ["web", "admin-ui", "stranger"] {
+        let port = free_port();
+        let (caller_app, _) = recording_app().await;
+        mesh.sidecar(
+            &format!("{svc}-1"),
+            &caller(svc, caller_app, free_port(), port, deps),
+            2,
+        )
+        .await;
+        egress.insert(svc, port);
+    }
+
+    // Allowed client: 200, and the app learns the verified caller from Envoy.
+    assert!(
+        until_status(&mesh, egress["web"], "orders", "/api/orders", 200).await,
+        "web reaches orders /api/orders\n{}",
+        mesh.sidecar_log("orders-1")
+    );
+    let last = seen.lock().expect("lock").last().cloned().expect("seen");
+    assert_eq!(
+        (last.method.as_str(), last.path.as_str()),
+        ("GET", "/api/orders")
+    );
+    assert!(
+        last.xfcc
+            .contains("URI=spiffe://meshplane.local/service/web"),
+        "the app sees the caller's certificate identity: {last:?}"
+    );
+
+    // Role expansion: admin-ui is in role backoffice.
+    assert!(until_status(&mesh, egress["admin-ui"], "orders", "/api/orders", 200).await);
+
+    // Unlisted client: 403 from Envoy, the app never sees it, one log line says why.
+    let before = seen.lock().expect("lock").len();
+    let (status, body) = call(
+        &mesh,
+        egress["stranger"],
+        "orders",
+        "POST",
+        "/api/orders",
+        &[("x-request-id", "req-stranger-1")],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        seen.lock().expect("lock").len(),
+        before,
+        "the app was not called"
+    );
+    let denied = poll(|| async {
+        decisions(&mesh.sidecar_log("orders-1"))
+            .iter()
+            .any(|d| d["request_id"] == "req-stranger-1")
+    })
+    .await;
+    assert!(
+        denied,
+        "a log line for the denied request\n{}",
+        mesh.sidecar_log("orders-1")
+    );
+    let line = decisions(&mesh.sidecar_log("orders-1"))
+        .into_iter()
+        .find(|d| d["request_id"] == "req-stranger-1")
+        .expect("line");
+    assert_eq!(line["decision"], "denied");
+    assert_eq!(line["caller"], "spiffe://meshplane.local/service/stranger");
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], "/api/orders");
+    assert_eq!(line["service"], "orders");
+
+    // A listed client with a method the endpoint does not list: an unlisted endpoint, blocked.
+    let (status, _) = call(&mesh, egress["web"], "orders", "DELETE", "/api/orders", &[]).await;
+    assert_eq!(status, 403);
+
+    // An endpoint without clients is open, to mesh callers and plaintext callers alike.
+    let (status, _) = call(
+        &mesh,
+        egress["stranger"],
+        "orders",
+        "GET",
+        "/status/health",
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let direct = format!("http://127.0.0.1:{orders_ingress}");
+    let health = mesh
+        .http
+        .get(format!("{direct}/status/health"))
+        .send()
+        .await
+        .expect("plaintext health");
+    assert_eq!(health.status(), 200, "permissive accepts plaintext");
+
+    // `log` mode for unlisted clients: let through, logged.
+    let (status, _) = call(
+        &mesh,
+        egress["stranger"],
+        "orders",
+        "GET",
+        "/reports/q3",
+        &[("x-request-id", "req-stranger-2")],
+    )
+    .await;
+    assert_eq!(status, 200, "log mode lets the request through");
+    assert!(
+        poll(|| async {
+            decisions(&mesh.sidecar_log("orders-1"))
+                .iter()
+                .any(|d| d["request_id"] == "req-stranger-2" && d["decision"] == "logged")
+        })
+        .await,
+        "a `logged` line for the let-through request\n{}",
+        mesh.sidecar_log("orders-1")
+    );
+    // The allowed client on the same endpoint produces no line.
+    let (status, _) = call(
+        &mesh,
+        egress["web"],
+        "orders",
+        "GET",
+        "/reports/q3",
+        &[("x-request-id", "req-web-reports")],
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // A plain header never grants access: plaintext with a forged client-cert header.
+    let forged = mesh
+        .http
+        .get(format!("{direct}/api/orders"))
+        .header(
+            "x-forwarded-client-cert",
+            "URI=spiffe://meshplane.local/service/web",
+        )
+        .send()
+        .await
+        .expect("plaintext call");
+    assert_eq!(forged.status(), 403, "a forged header is not an identity");
+
+    // One counter per decision, in the proxy's own stats.
+    let admin = mesh.sidecar_admin("orders-1");
+    let denied = envoy_stat(&mesh.http, admin, "http.ingress.rbac.enforce_.denied")
+        .await
+        .unwrap_or(0);
+    assert!(denied >= 3, "denied counter: {denied}");
+    let logged = envoy_stat(&mesh.http, admin, "http.ingress.rbac.audit_.shadow_denied")
+        .await
+        .unwrap_or(0);
+    assert_eq!(
+        logged, 1,
+        "exactly the one let-through request is counted as logged"
+    );
+    assert!(
+        !decisions(&mesh.sidecar_log("orders-1"))
+            .iter()
+            .any(|d| d["request_id"] == "req-web-reports"),
+        "allowed requests are not logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn strict_refuses_plaintext_and_untrusted_certificates() {
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let (app, seen) = recording_app().await;
+    let vault_ingress = free_port();
+    let vault = format!(
+        "service: vault\nport: {app}\nmtls: strict\ningress: {{ port: {vault_ingress}, health_path: /healthz }}\n"
+    );
+    mesh.sidecar("vault-1", &vault, 1).await;
+    let web_egress = free_port();
+    let (web_app, _) = recording_app().await;
+    mesh.sidecar(
+        "web-1",
+        &caller(
+            "web",
+            web_app,
+            free_port(),
+            web_egress,
+            "  - service: vault\n",
+        ),
+        2,
+    )
+    .await;
+    assert!(
+        until_status(&mesh, web_egress, "vault", "/secret", 200).await,
+        "a mesh caller reaches the strict service over mTLS\n{}",
+        mesh.sidecar_log("vault-1")
+    );
+
+    // Plaintext: refused with an explanation, except the health path the registry calls.
+    let before = seen.lock().expect("lock").len();
+    let plain = mesh
+        .http
+        .get(format!("http://127.0.0.1:{vault_ingress}/secret"))
+        .send()
+        .await
+        .expect("plaintext answer");
+    assert_eq!(plain.status(), 403);
+    assert!(
+        plain
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("accepts only mutual TLS"),
+    );
+    assert_eq!(
+        seen.lock().expect("lock").len(),
+        before,
+        "the app was not called"
+    );
+    let health = mesh
+        .http
+        .get(format!("http://127.0.0.1:{vault_ingress}/healthz"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), 200);
+
+    // A caller whose certificate comes from another CA (claiming web's identity) fails the
+    // handshake: the request never reaches the app.
+    let dir = tempfile::tempdir().expect("tmp");
+    let rogue = rogue_certificate(dir.path(), "spiffe://meshplane.local/service/web");
+    let rogue_egress = free_port();
+    let (rogue_app, _) = recording_app().await;
+    mesh.sidecar_with(
+        "rogue-1",
+        &caller(
+            "rogue",
+            rogue_app,
+            free_port(),
+            rogue_egress,
+            "  - service: vault\n",
+        ),
+        2,
+        &[
+            "--cert-file",
+            &rogue.0,
+            "--key-file",
+            &rogue.1,
+            "--ca-file",
+            &rogue.2,
+        ],
+    )
+    .await;
+    let before = seen.lock().expect("lock").len();
+    let (status, body) = call(&mesh, rogue_egress, "vault", "GET", "/secret", &[]).await;
+    assert_eq!(status, 503, "untrusted certificate: {body}");
+    assert_eq!(
+        seen.lock().expect("lock").len(),
+        before,
+        "the app was not called"
+    );
+    let handshake_failures = envoy_stat(
+        &mesh.http,
+        mesh.sidecar_admin("vault-1"),
+        &format!("listener.127.0.0.1_{vault_ingress}.ssl.connection_error"),
+    )
+    .await
+    .unwrap_or(0);
+    assert!(
+        handshake_failures >= 1,
+        "vault's listener saw a failed handshake"
+    );
+}
+
+/// A CA nobody trusts and a certificate from it for `uri`: (cert, key, ca) file paths.
+fn rogue_certificate(dir: &std::path::Path, uri: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().expect("uri"))];
+    let cert = params.signed_by(&key, &issuer).expect("cert");
+    let path = |name: &str| dir.join(name).display().to_string();
+    std::fs::write(path("rogue.crt"), cert.pem()).expect("write");
+    std::fs::write(path("rogue.key"), key.serialize_pem()).expect("write");
+    std::fs::write(path("rogue-ca.crt"), ca.pem()).expect("write");
+    (path("rogue.crt"), path("rogue.key"), path("rogue-ca.crt"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificates_rotate_under_load_without_a_failed_request() {
+    // 12 s certificates: renewed every ~6 s.
+    let mut mesh = Mesh::start(|c, _| c.cert_ttl = "12s".to_owned()).await;
+    let (app, _) = recording_app().await;
+    let ingress = free_port();
+    mesh.sidecar(
+        "payments-1",
+        &format!("service: payments\nport: {app}\nmtls: strict\ningress: {{ port: {ingress} }}\n"),
+        1,
+    )
+    .await;
+    let egress = free_port();
+    let (web_app, _) = recording_app().await;
+    mesh.sidecar(
+        "web-1",
+        &caller(
+            "web",
+            web_app,
+            free_port(),
+            egress,
+            "  - service: payments\n",
+        ),
+        2,
+    )
+    .await;
+    assert!(until_status(&mesh, egress, "payments", "/pay", 200).await);
+    let admin = mesh.sidecar_admin("payments-1");
+    let first = serial(&mesh, admin)
+        .await
+        .expect("payments has a certificate");
+
+    // Continuous load until both proxies have rotated twice (or the deadline).
+    let started = tokio::time::Instant::now();
+    let mut failures = Vec::new();
+    let mut requests = 0u32;
+    let mut serials = vec![first.clone()];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while serials.len() < 3 && tokio::time::Instant::now() < deadline {
+        let (status, body) = call(&mesh, egress, "payments", "GET", "/pay", &[]).await;
+        requests += 1;
+        if status != 200 {
+            failures.push((status, body));
+        }
+        if requests.is_multiple_of(20)
+            && let Some(s) = serial(&mesh, admin).await
+            && serials.last() != Some(&s)
+        {
+            serials.push(s);
+        }
+    }
+    assert!(
+        serials.len() >= 3,
+        "two rotations within the deadline: {serials:?}\n{}",
+        mesh.sidecar_log("payments-1")
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed during rotation: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    // Renewal at half the lifetime, not a storm: two sidecars, one certificate each per ~6 s.
+    let metrics = mesh
+        .http
+        .get(format!("http://{}/metrics", mesh.cp.admin_addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let issued: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("meshplane_ca_certificates_issued_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("issued counter");
+    let bound = 2.0 * (started.elapsed().as_secs_f64() / 6.0 + 2.0);
+    assert!(
+        issued <= bound,
+        "{issued} certificates issued in {:?}: renewals come too early",
+        started.elapsed()
+    );
+}
+
+/// The serial number of the certificate payments' Envoy currently serves (admin `/certs`).
+async fn serial(mesh: &Mesh, admin: u16) -> Option<String> {
+    let certs: serde_json::Value = mesh
+        .http
+        .get(format!("http://127.0.0.1:{admin}/certs"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    certs["certificates"]
+        .as_array()?
+        .iter()
+        .flat_map(|c| c["cert_chain"].as_array().cloned().unwrap_or_default())
+        .filter_map(|c| c["serial_number"].as_str().map(str::to_owned))
+        .next()
+}

@@ -1,0 +1,249 @@
+//! Certificates from the control plane's CA: a key generated here, a CSR naming the
+//! service's SPIFFE id, and renewal with a new key well before expiry.
+//!
+//! Only the CSR (public key and requested name) is sent; the private key stays in this
+//! process and in Envoy, which gets it over the local socket.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use meshplane_model::ServiceName;
+use meshplane_model::identity::{SIGN_PATH, SignRequest, SignResponse, spiffe_id};
+use rcgen::string::Ia5String;
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+use tokio_util::sync::CancellationToken;
+
+use super::error::{IdentityError, chain};
+use super::material::{Leaf, Material, Origins, display_time};
+use super::sds::Publisher;
+
+/// One signing request, end to end.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest CA error body quoted in an error.
+const MAX_BODY_CHARS: usize = 1024;
+
+/// Talks to the control plane's CA for one service.
+pub(super) struct CaClient {
+    http: reqwest::Client,
+    url: String,
+    token: Option<String>,
+    service: ServiceName,
+    identity: String,
+    origins: Origins,
+}
+
+/// When to renew and how to retry.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Renewal {
+    pub(super) renew_fraction: f64,
+    pub(super) retry_min: Duration,
+    pub(super) retry_max: Duration,
+}
+
+// === impl CaClient ===
+
+impl CaClient {
+    pub(super) fn new(
+        admin_url: &str,
+        token: Option<String>,
+        service: &ServiceName,
+        trust_domain: &str,
+    ) -> Result<Self, IdentityError> {
+        let url = format!("{}{SIGN_PATH}", admin_url.trim_end_matches('/'));
+        reqwest::Url::parse(&url).map_err(|e| {
+            IdentityError::Config(format!(
+                "the control plane's admin URL `{admin_url}` is not a URL ({e}); give e.g. http://10.0.0.1:18080"
+            ))
+        })?;
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| IdentityError::CaUnreachable {
+                url: url.clone(),
+                reason: chain(&e),
+            })?;
+        let origins = Origins {
+            cert: format!("the certificate from {url}"),
+            key: "the key generated for the CSR".to_owned(),
+            ca: format!("the CA bundle from {url}"),
+        };
+        Ok(CaClient {
+            http,
+            url,
+            token,
+            service: service.clone(),
+            identity: spiffe_id(trust_domain, service),
+            origins,
+        })
+    }
+
+    /// A new key and a certificate for it, checked: the key matches, the certificate names
+    /// this service's SPIFFE id and has not expired.
+    pub(super) async fn obtain(&self) -> Result<(Material, Leaf), IdentityError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| IdentityError::Csr(e.to_string()))?;
+        let signed = self.sign(csr(&key, &self.service, &self.identity)?).await?;
+        let material = Material::new(
+            signed.certificate_chain.into_bytes(),
+            key.serialize_pem().into_bytes(),
+            signed.ca_bundle.into_bytes(),
+        );
+        let leaf = material.check(&self.origins, SystemTime::now())?;
+        if leaf.identity.as_deref() != Some(self.identity.as_str()) {
+            return Err(IdentityError::CaResponse {
+                url: self.url.clone(),
+                reason: format!(
+                    "the certificate names {}, not the requested {}",
+                    leaf.identity.as_deref().unwrap_or("no URI SAN"),
+                    self.identity
+                ),
+            });
+        }
+        Ok((material, leaf))
+    }
+
+    async fn sign(&self, csr: String) -> Result<SignResponse, IdentityError> {
+        let request = SignRequest {
+            service: self.service.to_string(),
+            csr,
+        };
+        let mut post = self.http.post(&self.url).json(&request);
+        if let Some(token) = &self.token {
+            post = post.bearer_auth(token);
+        }
+        let response = post
+            .send()
+            .await
+            .map_err(|e| IdentityError::CaUnreachable {
+                url: self.url.clone(),
+                reason: chain(&e.without_url()),
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            return Err(IdentityError::CaRefused {
+                url: self.url.clone(),
+                status,
+                body: body.trim().chars().take(MAX_BODY_CHARS).collect(),
+            });
+        }
+        response
+            .json::<SignResponse>()
+            .await
+            .map_err(|e| IdentityError::CaResponse {
+                url: self.url.clone(),
+                reason: format!("not a signing response: {}", chain(&e.without_url())),
+            })
+    }
+
+    /// Renews the certificate described by `leaf` after `renew_fraction` of its lifetime,
+    /// with a new key each time, until `shutdown`. Failures are retried with exponential
+    /// backoff while the current certificate stays served.
+    pub(super) async fn keep_renewed(
+        self,
+        mut leaf: Leaf,
+        renewal: Renewal,
+        publisher: Publisher,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let wait = renewal.delay(&leaf, SystemTime::now());
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let Some((material, next)) = self.renew(&renewal, &leaf, &shutdown).await else {
+                return;
+            };
+            match publisher.publish(&material, &next) {
+                Ok(generation) => tracing::info!(
+                    identity = %self.identity,
+                    serial = %next.serial_hex,
+                    not_after = %display_time(next.not_after),
+                    generation,
+                    "renewed the service certificate"
+                ),
+                Err(e) => tracing::error!(error = %e, "cannot serve the renewed certificate"),
+            }
+            leaf = next;
+        }
+    }
+
+    /// Obtains a new certificate, retrying until it works; `None` on shutdown.
+    async fn renew(
+        &self,
+        renewal: &Renewal,
+        current: &Leaf,
+        shutdown: &CancellationToken,
+    ) -> Option<(Material, Leaf)> {
+        let mut delay = renewal.retry_min;
+        loop {
+            let obtained = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                obtained = self.obtain() => obtained,
+            };
+            match obtained {
+                Ok(next) => return Some(next),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    retry_in = ?delay,
+                    current_not_after = %display_time(current.not_after),
+                    "certificate renewal failed; still serving the current certificate"
+                ),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = delay.saturating_mul(2).min(renewal.retry_max);
+        }
+    }
+}
+
+impl fmt::Debug for CaClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaClient")
+            .field("url", &self.url)
+            .field("token_set", &self.token.is_some())
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A PEM CSR for `key` whose only SAN is the URI `identity` (CN = the service, for people
+/// reading the certificate; peers only look at the SAN).
+pub(super) fn csr(
+    key: &KeyPair,
+    service: &ServiceName,
+    identity: &str,
+) -> Result<String, IdentityError> {
+    let failed = |e: rcgen::Error| IdentityError::Csr(e.to_string());
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, service.as_ref());
+    params.distinguished_name = name;
+    let uri = Ia5String::try_from(identity).map_err(|e| IdentityError::Csr(e.to_string()))?;
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    params
+        .serialize_request(key)
+        .and_then(|csr| csr.pem())
+        .map_err(failed)
+}
+
+// === impl Renewal ===
+
+impl Renewal {
+    /// How long to wait before renewing `leaf`, asked when it arrives: `renew_fraction` of
+    /// the validity it has left from now (the CA backdates `not_before` for clock skew, so
+    /// a fraction of the nominal lifetime would renew a short-lived certificate at once),
+    /// but at least `retry_min` (a CA handing out certificates with no lifetime must not
+    /// be asked in a tight loop).
+    pub(super) fn delay(&self, leaf: &Leaf, now: SystemTime) -> Duration {
+        let from = leaf.not_before.max(now);
+        let left = leaf
+            .not_after
+            .duration_since(from)
+            .unwrap_or(Duration::ZERO);
+        left.mul_f64(self.renew_fraction).max(self.retry_min)
+    }
+}

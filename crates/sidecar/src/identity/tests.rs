@@ -1,0 +1,306 @@
+//! Unit tests: checking material, the secrets' shapes, the CSR, renewal timing and the
+//! socket. The served-over-SDS behaviour is tested end to end in `tests/identity.rs`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, SystemTime};
+
+use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret;
+use meshplane_model::ServiceName;
+use meshplane_model::identity::{IDENTITY_SECRET, TRUST_SECRET};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+
+use super::ca_client::{Renewal, csr};
+use super::material::{Material, Origins};
+use super::*;
+
+const ID: &str = "spiffe://example.org/service/orders";
+
+struct Pki {
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn mk_pki() -> Pki {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().expect("key");
+    let ca_pem = params.self_signed(&key).expect("ca").pem();
+    Pki {
+        ca_pem,
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// A leaf for `uri` valid between the two years; returns (cert PEM, key PEM).
+fn mk_leaf(pki: &Pki, uri: &str, from: i32, to: i32) -> (String, String) {
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(uri.try_into().expect("uri"))];
+    params.not_before = rcgen::date_time_ymd(from, 1, 1);
+    params.not_after = rcgen::date_time_ymd(to, 1, 1);
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &pki.issuer).expect("leaf");
+    (cert.pem(), key.serialize_pem())
+}
+
+fn mk_material(cert: &str, key: &str, ca: &str) -> Material {
+    Material::new(cert.into(), key.into(), ca.into())
+}
+
+fn origins() -> Origins {
+    Origins {
+        cert: "`cert.pem`".into(),
+        key: "`key.pem`".into(),
+        ca: "`ca.pem`".into(),
+    }
+}
+
+#[test]
+fn a_matching_pair_is_accepted_and_described() {
+    let pki = mk_pki();
+    let (cert, key) = mk_leaf(&pki, ID, 2020, 2100);
+    let leaf = mk_material(&cert, &key, &pki.ca_pem)
+        .check(&origins(), SystemTime::now())
+        .expect("valid");
+    assert_eq!(leaf.identity.as_deref(), Some(ID));
+    assert!(leaf.not_after > SystemTime::now() + Duration::from_secs(365 * 24 * 3600));
+    assert!(!leaf.serial_hex.is_empty());
+    assert!(leaf.serial_hex.chars().all(|c| c.is_ascii_hexdigit()));
+}
+
+#[test]
+fn a_key_of_another_certificate_is_refused_naming_both_files() {
+    let pki = mk_pki();
+    let (cert, _) = mk_leaf(&pki, ID, 2020, 2100);
+    let (_, other_key) = mk_leaf(&pki, ID, 2020, 2100);
+    let err = mk_material(&cert, &other_key, &pki.ca_pem)
+        .check(&origins(), SystemTime::now())
+        .expect_err("mismatch");
+    assert!(matches!(err, IdentityError::KeyMismatch { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("`key.pem`") && text.contains("`cert.pem`"),
+        "{text}"
+    );
+    assert!(text.contains("does not match"), "{text}");
+}
+
+#[test]
+fn an_expired_certificate_is_refused() {
+    let pki = mk_pki();
+    let (cert, key) = mk_leaf(&pki, ID, 2000, 2001);
+    let err = mk_material(&cert, &key, &pki.ca_pem)
+        .check(&origins(), SystemTime::now())
+        .expect_err("expired");
+    let text = err.to_string();
+    assert!(
+        text.contains("`cert.pem`") && text.contains("expired"),
+        "{text}"
+    );
+    assert!(text.contains("2001"), "names the expiry: {text}");
+}
+
+#[test]
+fn unusable_files_are_refused_without_quoting_the_key() {
+    let pki = mk_pki();
+    let (cert, key) = mk_leaf(&pki, ID, 2020, 2100);
+
+    let err = mk_material(&cert, &key, "not a bundle")
+        .check(&origins(), SystemTime::now())
+        .expect_err("no CA");
+    assert!(err.to_string().contains("`ca.pem`"), "{err}");
+
+    let err = mk_material("", &key, &pki.ca_pem)
+        .check(&origins(), SystemTime::now())
+        .expect_err("no cert");
+    assert!(err.to_string().contains("no PEM CERTIFICATE"), "{err}");
+
+    let encrypted =
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+    let err = mk_material(&cert, encrypted, &pki.ca_pem)
+        .check(&origins(), SystemTime::now())
+        .expect_err("encrypted");
+    assert!(err.to_string().contains("encrypted"), "{err}");
+
+    // A damaged key: the error says so without echoing the file.
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let damaged = key.replacen(&body[..20], "AAAAAAAAAAAAAAAAAAAA", 1);
+    let err = mk_material(&cert, &damaged, &pki.ca_pem)
+        .check(&origins(), SystemTime::now())
+        .expect_err("damaged");
+    let shown = format!("{err} {err:?}");
+    assert!(shown.contains("`key.pem`"), "{shown}");
+    for line in key
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+    {
+        assert!(!shown.contains(line), "key material in the error: {shown}");
+    }
+}
+
+#[test]
+fn secrets_have_the_shapes_envoy_expects_and_debug_hides_the_key() {
+    let pki = mk_pki();
+    let (cert, key) = mk_leaf(&pki, ID, 2020, 2100);
+    let material = mk_material(&cert, &key, &pki.ca_pem);
+
+    let identity = material.identity_secret();
+    assert_eq!(identity.name, IDENTITY_SECRET);
+    let Some(secret::Type::TlsCertificate(tls)) = identity.r#type else {
+        panic!("not a TlsCertificate");
+    };
+    let inline = |d: Option<envoy_types::pb::envoy::config::core::v3::DataSource>| match d
+        .and_then(|d| d.specifier)
+    {
+        Some(Specifier::InlineBytes(b)) => b,
+        other => panic!("not inline bytes: {other:?}"),
+    };
+    assert_eq!(inline(tls.certificate_chain), cert.as_bytes());
+    assert_eq!(inline(tls.private_key), key.as_bytes());
+
+    let trust = material.trust_secret();
+    assert_eq!(trust.name, TRUST_SECRET);
+    let Some(secret::Type::ValidationContext(ctx)) = trust.r#type else {
+        panic!("not a validation context");
+    };
+    assert_eq!(inline(ctx.trusted_ca), pki.ca_pem.as_bytes());
+
+    let debug = format!("{material:?}");
+    assert!(!debug.contains("PRIVATE KEY"), "{debug}");
+}
+
+#[test]
+fn the_csr_names_only_the_spiffe_id() {
+    use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509CertificationRequest};
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let orders = ServiceName::new("orders").expect("name");
+    let pem = csr(&key, &orders, ID).expect("csr");
+    assert!(!pem.contains("PRIVATE KEY"));
+    let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("pem");
+    assert_eq!(der.label, "CERTIFICATE REQUEST");
+    let (_, req) = X509CertificationRequest::from_der(&der.contents).expect("csr");
+    let sans: Vec<String> = req
+        .requested_extensions()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| match e {
+            ParsedExtension::SubjectAlternativeName(san) => Some(san),
+            _ => None,
+        })
+        .flat_map(|san| san.general_names.iter())
+        .map(|n| match n {
+            GeneralName::URI(uri) => format!("URI:{uri}"),
+            other => format!("other:{other:?}"),
+        })
+        .collect();
+    assert_eq!(sans, vec![format!("URI:{ID}")]);
+    assert_eq!(
+        req.certification_request_info
+            .subject_pki
+            .subject_public_key
+            .data
+            .as_ref(),
+        key.public_key_raw()
+    );
+}
+
+#[test]
+fn renewal_waits_for_the_fraction_of_the_lifetime_but_never_less_than_retry_min() {
+    let pki = mk_pki();
+    let (cert, key) = mk_leaf(&pki, ID, 2020, 2100);
+    let mut leaf = mk_material(&cert, &key, &pki.ca_pem)
+        .check(&origins(), SystemTime::now())
+        .expect("valid");
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    leaf.not_before = t0;
+    leaf.not_after = t0 + Duration::from_secs(100);
+    let renewal = Renewal {
+        renew_fraction: 0.5,
+        retry_min: Duration::from_secs(1),
+        retry_max: Duration::from_secs(8),
+    };
+    assert_eq!(
+        renewal.delay(&leaf, t0 + Duration::from_secs(10)),
+        Duration::from_secs(45)
+    );
+    assert_eq!(
+        renewal.delay(&leaf, t0 + Duration::from_secs(70)),
+        Duration::from_secs(15)
+    );
+    // A CA backdating not_before by 60 s for clock skew: 12 s left, renew in 6 s.
+    leaf.not_before = t0 - Duration::from_secs(60);
+    leaf.not_after = t0 + Duration::from_secs(12);
+    assert_eq!(renewal.delay(&leaf, t0), Duration::from_secs(6));
+    leaf.not_after = t0;
+    assert_eq!(renewal.delay(&leaf, t0), Duration::from_secs(1));
+}
+
+#[test]
+fn config_is_checked_and_debug_hides_the_token() {
+    let source = IdentitySource::ControlPlaneCa {
+        admin_url: "http://127.0.0.1:18080".into(),
+        token: Some("s3cret-token".into()),
+        service: ServiceName::new("orders").expect("name"),
+        trust_domain: "example.org".into(),
+    };
+    let mut config = IdentityConfig::new(source, "/tmp/x.sock".into());
+    assert!(config.check().is_ok());
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("s3cret-token"), "{debug}");
+    assert!(debug.contains("token_set: true"), "{debug}");
+
+    for bad in [0.0, -1.0, 1.5, f64::NAN] {
+        config.renew_fraction = bad;
+        let err = config.check().expect_err("bad fraction");
+        assert!(err.to_string().contains("renew_fraction"), "{err}");
+    }
+    config.renew_fraction = 0.5;
+    config.retry_min = Duration::from_secs(10);
+    config.retry_max = Duration::from_secs(1);
+    assert!(config.check().is_err());
+}
+
+#[tokio::test]
+async fn the_socket_is_private_and_replaces_only_stale_sockets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("run").join("sds.sock");
+
+    let first = sds::bind(&path).expect("bind");
+    let mode = std::fs::metadata(&path)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    let dir_mode = std::fs::metadata(path.parent().expect("parent"))
+        .expect("dir")
+        .permissions()
+        .mode();
+    assert_eq!(
+        dir_mode & 0o777,
+        0o700,
+        "created directory mode {dir_mode:o}"
+    );
+
+    // Still served: refused.
+    let err = sds::bind(&path).expect_err("in use");
+    assert!(err.to_string().contains("another process"), "{err}");
+
+    // Stale (its server is gone): replaced.
+    drop(first);
+    let _second = sds::bind(&path).expect("stale socket replaced");
+
+    // Not a socket: left alone.
+    let file = dir.path().join("file");
+    std::fs::write(&file, "keep me").expect("write");
+    let err = sds::bind(&file).expect_err("not a socket");
+    assert!(err.to_string().contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).expect("kept"), "keep me");
+    // No staging directories left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("run"))
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .filter(|n| n != "sds.sock")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -1,0 +1,582 @@
+//! The identity module end to end: a real SDS client over the Unix socket, host files
+//! replaced on disk, and a real HTTP CA (axum on 127.0.0.1) signing the sidecar's CSRs.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use envoy_types::pb::envoy::config::core::v3::{Node, data_source::Specifier};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+use hyper_util::rt::TokioIo;
+use meshplane_model::ServiceName;
+use meshplane_model::identity::{
+    IDENTITY_SECRET, SignRequest, SignResponse, TRUST_SECRET, spiffe_id,
+};
+use meshplane_sidecar::identity::{self, IdentityConfig, IdentityHandle, IdentitySource};
+use prost::Message;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, IsCa, Issuer, KeyPair,
+    PublicKeyData, SanType,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+const WAIT: Duration = Duration::from_secs(10);
+/// How long "nothing changes" is observed for (many host-file polls).
+const QUIET: Duration = Duration::from_millis(600);
+const POLL: Duration = Duration::from_millis(50);
+
+// === PKI ===
+
+struct Pki {
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn mk_pki() -> Pki {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().expect("key");
+    let ca_pem = params.self_signed(&key).expect("ca").pem();
+    Pki {
+        ca_pem,
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// A leaf for `orders` valid for years: (cert PEM, key PEM).
+fn mk_leaf(pki: &Pki) -> (String, String) {
+    let mut params = CertificateParams::default();
+    let uri = "spiffe://example.org/service/orders";
+    params.subject_alt_names = vec![SanType::URI(uri.try_into().expect("uri"))];
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &pki.issuer).expect("leaf");
+    (cert.pem(), key.serialize_pem())
+}
+
+// === host files ===
+
+struct Files {
+    _dir: tempfile::TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    socket: PathBuf,
+}
+
+fn mk_files(pki: &Pki, cert: &str, key: &str) -> Files {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = Files {
+        cert: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+        ca: dir.path().join("ca.pem"),
+        socket: dir.path().join("sds.sock"),
+        _dir: dir,
+    };
+    replace(&files.cert, cert);
+    replace(&files.key, key);
+    replace(&files.ca, &pki.ca_pem);
+    files
+}
+
+/// Replaces a file the way rotation tools do: write a temporary file, rename it over.
+fn replace(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+fn host_config(files: &Files) -> IdentityConfig {
+    let mut config = IdentityConfig::new(
+        IdentitySource::HostFiles {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            ca: files.ca.clone(),
+        },
+        files.socket.clone(),
+    );
+    config.poll_interval = POLL;
+    config
+}
+
+// === SDS client ===
+
+async fn sds_client(socket: &Path) -> SecretDiscoveryServiceClient<Channel> {
+    let socket = socket.to_owned();
+    let channel = Endpoint::from_static("http://sds.local")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+        .expect("connect to the SDS socket");
+    SecretDiscoveryServiceClient::new(channel)
+}
+
+fn mk_request(version: &str, nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        version_info: version.into(),
+        node: Some(Node {
+            id: "orders-1".into(),
+            cluster: "orders".into(),
+            ..Default::default()
+        }),
+        resource_names: vec![IDENTITY_SECRET.into(), TRUST_SECRET.into()],
+        type_url: SECRET_TYPE.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+/// A `StreamSecrets` stream subscribed to both secrets, acknowledging what it receives.
+struct SdsStream {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    rx: Streaming<DiscoveryResponse>,
+}
+
+impl SdsStream {
+    async fn open(socket: &Path) -> Self {
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(mk_request("", "")).await.expect("send");
+        let rx = sds_client(socket)
+            .await
+            .stream_secrets(ReceiverStream::new(rx))
+            .await
+            .expect("StreamSecrets")
+            .into_inner();
+        SdsStream { tx, rx }
+    }
+
+    /// The next response (acknowledged), within [`WAIT`].
+    async fn next(&mut self) -> BTreeMap<String, Secret> {
+        let response = tokio::time::timeout(WAIT, self.rx.message())
+            .await
+            .expect("a response in time")
+            .expect("stream healthy")
+            .expect("stream open");
+        self.tx
+            .send(mk_request(&response.version_info, &response.nonce))
+            .await
+            .expect("ack");
+        secrets(&response)
+    }
+
+    /// Asserts nothing is pushed for [`QUIET`].
+    async fn expect_silence(&mut self) {
+        if let Ok(r) = tokio::time::timeout(QUIET, self.rx.message()).await {
+            panic!("expected no push, got {r:?}");
+        }
+    }
+}
+
+async fn fetch(socket: &Path) -> BTreeMap<String, Secret> {
+    let response = sds_client(socket)
+        .await
+        .fetch_secrets(mk_request("", ""))
+        .await
+        .expect("FetchSecrets")
+        .into_inner();
+    secrets(&response)
+}
+
+fn secrets(response: &DiscoveryResponse) -> BTreeMap<String, Secret> {
+    response
+        .resources
+        .iter()
+        .map(|any| {
+            assert_eq!(any.type_url, SECRET_TYPE);
+            let s = Secret::decode(any.value.as_slice()).expect("a Secret");
+            (s.name.clone(), s)
+        })
+        .collect()
+}
+
+fn inline(d: Option<envoy_types::pb::envoy::config::core::v3::DataSource>) -> String {
+    match d.and_then(|d| d.specifier) {
+        Some(Specifier::InlineBytes(b)) => String::from_utf8(b).expect("PEM text"),
+        other => panic!("expected inline bytes, got {other:?}"),
+    }
+}
+
+/// (certificate chain, private key) of [`IDENTITY_SECRET`].
+fn served_pair(secrets: &BTreeMap<String, Secret>) -> (String, String) {
+    match secrets.get(IDENTITY_SECRET).and_then(|s| s.r#type.clone()) {
+        Some(secret::Type::TlsCertificate(tls)) => {
+            (inline(tls.certificate_chain), inline(tls.private_key))
+        }
+        other => panic!("{IDENTITY_SECRET} is not a TlsCertificate: {other:?}"),
+    }
+}
+
+fn served_ca(secrets: &BTreeMap<String, Secret>) -> String {
+    match secrets.get(TRUST_SECRET).and_then(|s| s.r#type.clone()) {
+        Some(secret::Type::ValidationContext(ctx)) => inline(ctx.trusted_ca),
+        other => panic!("{TRUST_SECRET} is not a validation context: {other:?}"),
+    }
+}
+
+async fn wait_for_generation(handle: &IdentityHandle, generation: u64) {
+    let mut rx = handle.subscribe();
+    tokio::time::timeout(WAIT, rx.wait_for(|i| i.generation >= generation))
+        .await
+        .expect("generation in time")
+        .expect("identity running");
+}
+
+/// Waits until `path` no longer exists.
+async fn wait_gone(path: &Path) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while path.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path:?} still exists"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// === host files: tests ===
+
+#[tokio::test]
+async fn host_file_identity_is_served_and_replacements_picked_up() {
+    let pki = mk_pki();
+    let (cert1, key1) = mk_leaf(&pki);
+    let files = mk_files(&pki, &cert1, &key1);
+    let shutdown = CancellationToken::new();
+    let handle = identity::start(host_config(&files), shutdown.clone())
+        .await
+        .expect("start");
+    let info = handle.current();
+    assert_eq!(info.generation, 1);
+    assert_eq!(
+        info.identity.as_deref(),
+        Some("spiffe://example.org/service/orders")
+    );
+
+    let mode = std::fs::metadata(&files.socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+
+    let mut stream = SdsStream::open(&files.socket).await;
+    let first = stream.next().await;
+    assert_eq!(served_pair(&first), (cert1.clone(), key1.clone()));
+    assert_eq!(served_ca(&first), pki.ca_pem);
+    assert_eq!(fetch(&files.socket).await, first);
+
+    // A complete rotation (key first, then certificate): pushed on the open stream.
+    let (cert2, key2) = mk_leaf(&pki);
+    replace(&files.key, &key2);
+    replace(&files.cert, &cert2);
+    let second = stream.next().await;
+    assert_eq!(served_pair(&second), (cert2.clone(), key2.clone()));
+    wait_for_generation(&handle, 2).await;
+    assert_ne!(handle.current().serial_hex, info.serial_hex);
+
+    // A half-written rotation (certificate without its key): the previous pair stays.
+    let (cert3, key3) = mk_leaf(&pki);
+    replace(&files.cert, &cert3);
+    stream.expect_silence().await;
+    assert_eq!(served_pair(&fetch(&files.socket).await), (cert2, key2));
+    assert_eq!(handle.current().generation, 2);
+
+    // The key arrives: the new pair is served.
+    replace(&files.key, &key3);
+    assert_eq!(served_pair(&stream.next().await), (cert3, key3));
+    wait_for_generation(&handle, 3).await;
+
+    shutdown.cancel();
+    wait_gone(&files.socket).await;
+}
+
+#[tokio::test]
+async fn bad_host_files_fail_identity_start_naming_the_file() {
+    let pki = mk_pki();
+    let (cert, key) = mk_leaf(&pki);
+    let (_, other_key) = mk_leaf(&pki);
+
+    let files = mk_files(&pki, &cert, &other_key);
+    let err = identity::start(host_config(&files), CancellationToken::new())
+        .await
+        .expect_err("mismatched key");
+    let text = err.to_string();
+    assert!(text.contains("does not match"), "{text}");
+    assert!(text.contains(&files.key.display().to_string()), "{text}");
+    assert!(!files.socket.exists(), "no socket without an identity");
+    assert!(!text.contains("PRIVATE KEY") && !format!("{err:?}").contains("PRIVATE KEY"));
+
+    let files = mk_files(&pki, &cert, &key);
+    std::fs::remove_file(&files.ca).expect("remove");
+    let err = identity::start(host_config(&files), CancellationToken::new())
+        .await
+        .expect_err("missing CA file");
+    let text = err.to_string();
+    assert!(text.contains(&files.ca.display().to_string()), "{text}");
+    assert!(text.contains("No such file"), "{text}");
+}
+
+// === control-plane CA ===
+
+/// What the test CA saw in one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    authorization: Option<String>,
+    body: String,
+    sans: Vec<SanType>,
+    public_key: Vec<u8>,
+    issued: Option<String>,
+}
+
+struct TestCaState {
+    pki: Pki,
+    ttl: Duration,
+    refuse: Mutex<Option<(StatusCode, String)>>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+#[derive(Clone)]
+struct TestCa(Arc<TestCaState>);
+
+impl TestCa {
+    /// Serves on 127.0.0.1 until `shutdown`; returns the admin URL.
+    async fn start(ttl: Duration, shutdown: &CancellationToken) -> (TestCa, String) {
+        let ca = TestCa(Arc::new(TestCaState {
+            pki: mk_pki(),
+            ttl,
+            refuse: Mutex::new(None),
+            seen: Mutex::new(Vec::new()),
+        }));
+        let app = axum::Router::new()
+            .route(
+                meshplane_model::identity::SIGN_PATH,
+                axum::routing::post(sign),
+            )
+            .with_state(ca.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let stop = shutdown.clone().cancelled_owned();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        });
+        (ca, url)
+    }
+
+    fn refuse(&self, answer: Option<(StatusCode, &str)>) {
+        *self.0.refuse.lock().expect("lock") = answer.map(|(s, b)| (s, b.to_owned()));
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.0.seen.lock().expect("lock").clone()
+    }
+}
+
+async fn sign(State(ca): State<TestCa>, headers: HeaderMap, body: String) -> Response {
+    let request: SignRequest = serde_json::from_str(&body).expect("a SignRequest");
+    let mut csr = CertificateSigningRequestParams::from_pem(&request.csr).expect("a CSR");
+    let mut seen = Seen {
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        body,
+        sans: csr.params.subject_alt_names.clone(),
+        public_key: csr.public_key.der_bytes().to_vec(),
+        issued: None,
+    };
+    let refusal = ca.0.refuse.lock().expect("lock").clone();
+    if let Some((status, text)) = refusal {
+        ca.0.seen.lock().expect("lock").push(seen);
+        return (status, text).into_response();
+    }
+    let now = SystemTime::now();
+    csr.params.not_before = now.into();
+    csr.params.not_after = (now + ca.0.ttl).into();
+    let cert = csr.signed_by(&ca.0.pki.issuer).expect("signed").pem();
+    seen.issued = Some(cert.clone());
+    ca.0.seen.lock().expect("lock").push(seen);
+    let unix = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+    };
+    axum::Json(SignResponse {
+        identity: spiffe_id("example.org", &orders()),
+        certificate_chain: cert,
+        ca_bundle: ca.0.pki.ca_pem.clone(),
+        not_after_unix: unix(now + ca.0.ttl),
+        not_before_unix: unix(now),
+    })
+    .into_response()
+}
+
+fn orders() -> ServiceName {
+    ServiceName::new("orders").expect("name")
+}
+
+fn ca_config(url: &str, socket: &Path) -> IdentityConfig {
+    let mut config = IdentityConfig::new(
+        IdentitySource::ControlPlaneCa {
+            admin_url: url.to_owned(),
+            token: Some("s3cret-token".into()),
+            service: orders(),
+            trust_domain: "example.org".into(),
+        },
+        socket.to_owned(),
+    );
+    config.retry_min = Duration::from_millis(100);
+    config.retry_max = Duration::from_millis(800);
+    config
+}
+
+#[tokio::test]
+async fn ca_identity_is_renewed_before_expiry_with_new_keys() {
+    let shutdown = CancellationToken::new();
+    let (ca, url) = TestCa::start(Duration::from_secs(4), &shutdown).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("sds.sock");
+    let handle = identity::start(ca_config(&url, &socket), shutdown.clone())
+        .await
+        .expect("start");
+    let expected_id = spiffe_id("example.org", &orders());
+    assert_eq!(handle.current().identity.as_deref(), Some(&*expected_id));
+
+    let mut stream = SdsStream::open(&socket).await;
+    let first = stream.next().await;
+    assert_eq!(served_ca(&first), ca.0.pki.ca_pem);
+
+    // Two renewals, each before the certificate it replaces expires.
+    let mut info_rx = handle.subscribe();
+    let mut previous = info_rx.borrow_and_update().clone();
+    while previous.generation < 3 {
+        tokio::time::timeout(WAIT, info_rx.changed())
+            .await
+            .expect("renewed in time")
+            .expect("running");
+        let next = info_rx.borrow_and_update().clone();
+        assert!(
+            SystemTime::now() < previous.not_after,
+            "renewed only after expiry"
+        );
+        assert_ne!(next.serial_hex, previous.serial_hex);
+        previous = next;
+    }
+
+    let seen = ca.seen();
+    assert!(seen.len() >= 3, "{seen:?}");
+    for s in &seen {
+        assert_eq!(s.authorization.as_deref(), Some("Bearer s3cret-token"));
+        assert!(
+            !s.body.contains("PRIVATE KEY"),
+            "a key was sent: {}",
+            s.body
+        );
+        assert_eq!(
+            s.sans,
+            vec![SanType::URI(expected_id.as_str().try_into().expect("uri"))]
+        );
+    }
+    let mut keys: Vec<&Vec<u8>> = seen.iter().map(|s| &s.public_key).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), seen.len(), "a key was reused");
+
+    // The stream follows: it ends up with the latest certificate and its own key.
+    let latest = seen.last().and_then(|s| s.issued.clone()).expect("issued");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (cert, key) = loop {
+        let pair = served_pair(&stream.next().await);
+        if pair.0 == latest || tokio::time::Instant::now() > deadline {
+            break pair;
+        }
+    };
+    assert_eq!(cert, latest);
+    let key = KeyPair::from_pem(&key).expect("served key");
+    assert_eq!(key.public_key_raw(), seen.last().expect("seen").public_key);
+
+    shutdown.cancel();
+    wait_gone(&socket).await;
+}
+
+#[tokio::test]
+async fn failed_identity_renewals_are_retried_while_the_old_one_is_served() {
+    let shutdown = CancellationToken::new();
+    let (ca, url) = TestCa::start(Duration::from_secs(6), &shutdown).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("sds.sock");
+    let handle = identity::start(ca_config(&url, &socket), shutdown.clone())
+        .await
+        .expect("start");
+    let first = served_pair(&fetch(&socket).await);
+    ca.refuse(Some((StatusCode::SERVICE_UNAVAILABLE, "CA restarting")));
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ca.seen().len() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "no retries");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(handle.current().generation, 1);
+    assert_eq!(served_pair(&fetch(&socket).await), first);
+
+    ca.refuse(None);
+    wait_for_generation(&handle, 2).await;
+    let renewed = served_pair(&fetch(&socket).await);
+    assert_ne!(renewed.0, first.0);
+    assert_ne!(renewed.1, first.1, "a renewal uses a new key");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn ca_refusal_and_unreachable_ca_fail_identity_start_clearly() {
+    let shutdown = CancellationToken::new();
+    let (ca, url) = TestCa::start(Duration::from_secs(60), &shutdown).await;
+    ca.refuse(Some((
+        StatusCode::FORBIDDEN,
+        "service `orders` may not request identities with this token",
+    )));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("sds.sock");
+    let err = identity::start(ca_config(&url, &socket), shutdown.clone())
+        .await
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(text.contains("403"), "{text}");
+    assert!(text.contains("may not request identities"), "{text}");
+    assert!(text.contains(&format!("{url}/api/ca/sign")), "{text}");
+    assert!(!format!("{text} {err:?}").contains("s3cret-token"));
+    assert!(!socket.exists());
+
+    // Nothing listens on this port any more.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let closed_url = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let err = identity::start(ca_config(&closed_url, &socket), shutdown.clone())
+        .await
+        .expect_err("unreachable");
+    let text = err.to_string();
+    assert!(text.contains("cannot reach"), "{text}");
+    assert!(text.contains(&closed_url), "{text}");
+    shutdown.cancel();
+}
