@@ -376,22 +376,133 @@ async fn strict_refuses_plaintext_and_untrusted_certificates() {
     );
 }
 
+/// A CA of the test's own (the deployment's, or a rogue one), writing files under `dir`.
+struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    ca_file: String,
+    dir: std::path::PathBuf,
+}
+
+impl TestCa {
+    fn new(dir: &std::path::Path, name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).expect("ca");
+        let ca_file = dir.join(format!("{name}-ca.crt"));
+        std::fs::write(&ca_file, ca.pem()).expect("write");
+        TestCa {
+            issuer: rcgen::Issuer::new(params, key),
+            ca_file: ca_file.display().to_string(),
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// A certificate for `uri` written (replaced atomically, as a deployment tool would) to
+    /// `<name>.crt` / `<name>.key`; returns (cert, key, ca) paths and the serial (hex).
+    fn issue(&self, name: &str, uri: &str) -> (String, String, String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().expect("uri"))];
+        let serial: [u8; 8] = rand_serial();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let cert = params.signed_by(&key, &self.issuer).expect("cert");
+        let path = |ext: &str| self.dir.join(format!("{name}.{ext}"));
+        for (ext, text) in [("key", key.serialize_pem()), ("crt", cert.pem())] {
+            let tmp = path(&format!("{ext}.tmp"));
+            std::fs::write(&tmp, text).expect("write");
+            std::fs::rename(&tmp, path(ext)).expect("rename");
+        }
+        let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+        (
+            path("crt").display().to_string(),
+            path("key").display().to_string(),
+            self.ca_file.clone(),
+            hex,
+        )
+    }
+}
+
+/// Eight bytes that differ per call (a positive serial: top bit clear).
+fn rand_serial() -> [u8; 8] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos(),
+    );
+    let mut b = h.finish().to_be_bytes();
+    b[0] &= 0x7f;
+    b[0] |= 0x10;
+    b
+}
+
 /// A CA nobody trusts and a certificate from it for `uri`: (cert, key, ca) file paths.
 fn rogue_certificate(dir: &std::path::Path, uri: &str) -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().expect("uri"))];
-    let cert = params.signed_by(&key, &issuer).expect("cert");
-    let path = |name: &str| dir.join(name).display().to_string();
-    std::fs::write(path("rogue.crt"), cert.pem()).expect("write");
-    std::fs::write(path("rogue.key"), key.serialize_pem()).expect("write");
-    std::fs::write(path("rogue-ca.crt"), ca.pem()).expect("write");
-    (path("rogue.crt"), path("rogue.key"), path("rogue-ca.crt"))
+    let (cert, key, ca, _) = TestCa::new(dir, "rogue").issue("rogue", uri);
+    (cert, key, ca)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_certificates_are_used_and_replaced_files_picked_up_without_restart() {
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca = TestCa::new(dir.path(), "deployment");
+    let (app, seen) = recording_app().await;
+    let ingress = free_port();
+    let (oc, ok, oca, _) = ca.issue("orders", "spiffe://meshplane.local/service/orders");
+    mesh.sidecar_with(
+        "orders-1",
+        &format!("service: orders\nport: {app}\nmtls: strict\ningress: {{ port: {ingress} }}\n"),
+        1,
+        &["--cert-file", &oc, "--key-file", &ok, "--ca-file", &oca],
+    )
+    .await;
+    let egress = free_port();
+    let (web_app, _) = recording_app().await;
+    let (wc, wk, wca, first) = ca.issue("web", "spiffe://meshplane.local/service/web");
+    mesh.sidecar_with(
+        "web-1",
+        &caller("web", web_app, free_port(), egress, "  - service: orders\n"),
+        2,
+        &["--cert-file", &wc, "--key-file", &wk, "--ca-file", &wca],
+    )
+    .await;
+    assert!(
+        until_status(&mesh, egress, "orders", "/x", 200).await,
+        "mTLS with host certificates\n{}",
+        mesh.sidecar_log("orders-1")
+    );
+    let web_admin = mesh.sidecar_admin("web-1");
+    let pid_before = envoy_stat(&mesh.http, web_admin, "server.hot_restart_epoch").await;
+    assert_eq!(
+        serial(&mesh, web_admin).await.as_deref(),
+        Some(first.as_str())
+    );
+
+    // The deployment replaces web's certificate: Envoy serves the new one, no restart.
+    let (_, _, _, second) = ca.issue("web", "spiffe://meshplane.local/service/web");
+    assert_ne!(first, second);
+    assert!(
+        poll(|| async { serial(&mesh, web_admin).await.as_deref() == Some(second.as_str()) }).await,
+        "Envoy picked up the replaced files\n{}",
+        mesh.sidecar_log("web-1")
+    );
+    assert_eq!(
+        envoy_stat(&mesh.http, web_admin, "server.hot_restart_epoch").await,
+        pid_before,
+        "no restart"
+    );
+    let (status, _) = call(&mesh, egress, "orders", "GET", "/after-rotation", &[]).await;
+    assert_eq!(status, 200);
+    let last = seen.lock().expect("lock").last().cloned().expect("seen");
+    assert!(
+        last.xfcc
+            .contains("URI=spiffe://meshplane.local/service/web"),
+        "{last:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

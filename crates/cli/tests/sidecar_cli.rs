@@ -163,6 +163,8 @@ fn envoy_dies_with_a_killed_sidecar() {
     )
     .unwrap();
     let admin_port = free_port();
+    // No control plane here, so no CA: the identity comes from host certificate files.
+    let certs = host_certificate(&dir.0, "spiffe://meshplane.local/service/orders");
     let mut sidecar = meshplane()
         .args([
             "sidecar",
@@ -170,6 +172,14 @@ fn envoy_dies_with_a_killed_sidecar() {
             "127.0.0.1:1",
             "--registry",
             "http://127.0.0.1:1",
+        ])
+        .args([
+            "--cert-file",
+            &certs[0],
+            "--key-file",
+            &certs[1],
+            "--ca-file",
+            &certs[2],
         ])
         .args(["--envoy-log-level", "critical", "--envoy-concurrency", "1"])
         .arg("--descriptor")
@@ -196,4 +206,22 @@ fn envoy_dies_with_a_killed_sidecar() {
         // Gone, or a zombie waiting for init to reap it.
         (stat.is_empty() || stat.contains(") Z ")).then_some(())
     });
+}
+
+/// A self-signed CA and a certificate for `uri` under `dir`: [cert, key, ca] paths.
+fn host_certificate(dir: &std::path::Path, uri: &str) -> [String; 3] {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = ["host.crt", "host.key", "ca.crt"].map(|f| dir.join(f).display().to_string());
+    std::fs::write(&paths[0], cert.pem()).unwrap();
+    std::fs::write(&paths[1], key.serialize_pem()).unwrap();
+    std::fs::write(&paths[2], ca.pem()).unwrap();
+    paths
 }

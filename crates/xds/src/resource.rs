@@ -372,4 +372,60 @@ mod tests {
             None
         );
     }
+
+    /// Endpoint metadata with two namespaces, each map built with its own random hasher (as
+    /// two control-plane processes would): the encoded order differs, the version must not.
+    #[test]
+    fn endpoint_versions_ignore_metadata_map_order() {
+        use envoy_types::pb::envoy::config::core::v3::Metadata;
+        use envoy_types::pb::envoy::config::endpoint::v3::{LbEndpoint, LocalityLbEndpoints};
+        use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+        let build = |weight: u32| {
+            let namespace = |key: &str, value: &str| {
+                let mut fields = std::collections::HashMap::new();
+                fields.insert(
+                    key.to_owned(),
+                    Value {
+                        kind: Some(Kind::StringValue(value.to_owned())),
+                    },
+                );
+                Struct { fields }
+            };
+            let mut filter_metadata = std::collections::HashMap::new();
+            for ns in [
+                "envoy.lb",
+                "envoy.transport_socket_match",
+                "zz.other",
+                "aa.other",
+            ] {
+                filter_metadata.insert(ns.to_owned(), namespace("k", ns));
+            }
+            ClusterLoadAssignment {
+                cluster_name: "payments".to_owned(),
+                endpoints: vec![LocalityLbEndpoints {
+                    lb_endpoints: vec![LbEndpoint {
+                        metadata: Some(Metadata {
+                            filter_metadata,
+                            ..Default::default()
+                        }),
+                        load_balancing_weight: Some(
+                            envoy_types::pb::google::protobuf::UInt32Value { value: weight },
+                        ),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        };
+        let first = Resource::endpoints(&build(1));
+        let mut orders = std::collections::BTreeSet::new();
+        for _ in 0..32 {
+            let again = Resource::endpoints(&build(1));
+            orders.insert(again.encoded_any().clone());
+            assert_eq!(again.version(), first.version());
+        }
+        assert!(orders.len() > 1, "the maps did encode in different orders");
+        assert_ne!(Resource::endpoints(&build(2)).version(), first.version());
+    }
 }

@@ -502,6 +502,17 @@ impl RawEndpoint {
                         "empty regular expression",
                     ));
                 }
+                // Envoy uses RE2; its syntax is (nearly) that of `regex-syntax`, so a typo is
+                // reported here instead of as a rejected listener.
+                if let Err(e) = regex_syntax::Parser::new().parse(&r) {
+                    return Err(DescriptorError::field(
+                        format!("{at}.path_regex"),
+                        format!(
+                            "not a valid regular expression: {}",
+                            last_line(&e.to_string())
+                        ),
+                    ));
+                }
                 PathMatch::Regex(r)
             }
             _ => {
@@ -553,6 +564,16 @@ impl RawEndpoint {
             unlisted_clients: unlisted(self.unlisted_clients.unwrap_or(default_unlisted)),
         })
     }
+}
+
+/// The last non-empty line of a multi-line message (`regex-syntax` ends with the reason).
+fn last_line(s: &str) -> String {
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or(s)
+        .trim()
+        .to_owned()
 }
 
 fn absolute_path(field: &str, p: String) -> Result<String, DescriptorError> {
