@@ -388,6 +388,7 @@ impl TestCa {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name = common_name(&format!("{name} CA"));
         let ca = params.self_signed(&key).expect("ca");
         let ca_file = dir.join(format!("{name}-ca.crt"));
         std::fs::write(&ca_file, ca.pem()).expect("write");
@@ -404,6 +405,8 @@ impl TestCa {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().expect("uri"))];
+        // Not the CA's name (rcgen's default), or the leaf would look self-signed.
+        params.distinguished_name = common_name(name);
         let serial: [u8; 8] = rand_serial();
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
         let cert = params.signed_by(&key, &self.issuer).expect("cert");
@@ -421,6 +424,12 @@ impl TestCa {
             hex,
         )
     }
+}
+
+fn common_name(cn: &str) -> rcgen::DistinguishedName {
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, cn);
+    dn
 }
 
 /// Eight bytes that differ per call (a positive serial: top bit clear).
