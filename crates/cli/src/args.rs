@@ -26,6 +26,8 @@ enum Command {
     Sidecar(meshplane_sidecar::SidecarArgs),
     /// Print the Envoy bootstrap for a descriptor (for hosts that run Envoy themselves).
     Bootstrap(meshplane_sidecar::BootstrapArgs),
+    /// Serve a self-run Envoy its certificate over SDS (next to `meshplane bootstrap`).
+    Identity(meshplane_sidecar::IdentityArgs),
     /// Run the demo: control plane, three services with Envoy sidecars, traffic, a summary.
     Demo(DemoArgs),
 }
@@ -220,6 +222,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Sidecar(args) => {
                 let outcome = meshplane_sidecar::run_sidecar(args).await?;
                 Ok(ExitCode::from(outcome.exit_code()))
+            }
+            Command::Identity(args) => {
+                meshplane_sidecar::run_identity(args).await?;
+                Ok(ExitCode::SUCCESS)
             }
             Command::Demo(args) => {
                 let shutdown = CancellationToken::new();

@@ -617,3 +617,139 @@ async fn serial(mesh: &Mesh, admin: u16) -> Option<String> {
         .filter_map(|c| c["serial_number"].as_str().map(str::to_owned))
         .next()
 }
+
+/// Kills and reaps a child process when dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A host that runs Envoy itself (`meshplane bootstrap`) with `meshplane identity` serving
+/// its certificate from the control plane's CA: a strict service reachable over mTLS.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_self_run_envoy_gets_its_identity_from_meshplane_identity() {
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (app, seen) = recording_app().await;
+    let ingress = free_port();
+    let descriptor = dir.path().join("legacy.yaml");
+    std::fs::write(
+        &descriptor,
+        format!("service: legacy\nport: {app}\nmtls: strict\ningress: {{ port: {ingress} }}\n"),
+    )
+    .expect("write");
+    let work = dir.path().join("run");
+    let admin = free_port();
+    let common = [
+        "--descriptor".to_owned(),
+        descriptor.display().to_string(),
+        "--control-plane".to_owned(),
+        mesh.cp.xds_addr.to_string(),
+        "--instance-id".to_owned(),
+        "legacy-1".to_owned(),
+        "--work-dir".to_owned(),
+        work.display().to_string(),
+        "--ca-url".to_owned(),
+        format!("http://{}", mesh.cp.admin_addr),
+    ];
+    let meshplane = env!("CARGO_BIN_EXE_meshplane");
+    let out = std::process::Command::new(meshplane)
+        .arg("bootstrap")
+        .args(&common)
+        .args([
+            "--admin-port",
+            &admin.to_string(),
+            "--listen-address",
+            "127.0.0.1",
+        ])
+        .output()
+        .expect("meshplane bootstrap runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::create_dir_all(&work).expect("mkdir");
+    let bootstrap = work.join("envoy.json");
+    std::fs::write(&bootstrap, &out.stdout).expect("write bootstrap");
+
+    let log = std::fs::File::create(dir.path().join("identity.log")).expect("log");
+    let _identity = Reaped(
+        std::process::Command::new(meshplane)
+            .arg("identity")
+            .args(&common)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("meshplane identity starts"),
+    );
+    let socket = work.join("sds.sock");
+    assert!(
+        poll(|| async { socket.exists() }).await,
+        "meshplane identity serves {}: {}",
+        socket.display(),
+        std::fs::read_to_string(dir.path().join("identity.log")).unwrap_or_default()
+    );
+    let envoy = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .join(".tools/envoy/envoy/_bin/envoy");
+    let envoy_log = std::fs::File::create(dir.path().join("envoy.log")).expect("log");
+    let _envoy = Reaped(
+        std::process::Command::new(envoy)
+            .args(["-c", &bootstrap.display().to_string()])
+            .args(["--base-id", &admin.to_string(), "--concurrency", "1"])
+            .args(["--log-level", "warning"])
+            .stdin(std::process::Stdio::null())
+            .stdout(envoy_log.try_clone().expect("log"))
+            .stderr(envoy_log)
+            .spawn()
+            .expect("envoy starts"),
+    );
+    // Registered by the host's own tooling, with its mTLS mode.
+    let registration = serde_json::json!({
+        "ID": "legacy-1", "Name": "legacy", "Address": "127.0.0.1", "Port": ingress,
+        "Meta": { "mtls": "strict" },
+    });
+    let r = mesh
+        .http
+        .put(format!(
+            "http://{}/v1/agent/service/register",
+            mesh.registry()
+        ))
+        .json(&registration)
+        .send()
+        .await
+        .expect("registry");
+    assert!(r.status().is_success());
+
+    let egress = free_port();
+    let (web_app, _) = recording_app().await;
+    mesh.sidecar(
+        "web-1",
+        &caller("web", web_app, free_port(), egress, "  - service: legacy\n"),
+        2,
+    )
+    .await;
+    assert!(
+        until_status(&mesh, egress, "legacy", "/old", 200).await,
+        "web reaches the self-run Envoy over mTLS\n{}",
+        std::fs::read_to_string(dir.path().join("envoy.log")).unwrap_or_default()
+    );
+    let last = seen.lock().expect("lock").last().cloned().expect("seen");
+    assert!(
+        last.xfcc
+            .contains("URI=spiffe://meshplane.local/service/web"),
+        "{last:?}"
+    );
+    let plain = mesh
+        .http
+        .get(format!("http://127.0.0.1:{ingress}/old"))
+        .send()
+        .await
+        .expect("plaintext answer");
+    assert_eq!(plain.status(), 403, "strict: plaintext refused");
+}

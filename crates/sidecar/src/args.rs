@@ -70,6 +70,24 @@ pub struct NodeArgs {
 pub struct BootstrapArgs {
     #[command(flatten)]
     pub node: NodeArgs,
+    /// Directory whose `sds.sock` Envoy fetches its certificate from (where
+    /// `meshplane identity --work-dir` serves it) [default: a per-instance temporary directory].
+    #[arg(long, env = "MESHPLANE_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+}
+
+/// `meshplane identity`: serve a self-run Envoy its certificate (what `meshplane sidecar`
+/// does for the Envoy it runs), at the socket `meshplane bootstrap` points Envoy to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdentityArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Directory of the SDS socket (`sds.sock`); the same as `meshplane bootstrap --work-dir`.
+    #[arg(long, env = "MESHPLANE_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Token for the control plane's CA (Bearer).
+    #[arg(long, env = "MESHPLANE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// `meshplane sidecar`: run Envoy for a service, register it, supervise it.
@@ -188,7 +206,19 @@ impl NodeArgs {
 impl BootstrapArgs {
     /// The configuration `meshplane bootstrap` renders.
     pub fn into_config(self) -> Result<SidecarConfig, SidecarError> {
-        self.node.config(BOOTSTRAP_ADMIN_PORT)
+        let mut c = self.node.config(BOOTSTRAP_ADMIN_PORT)?;
+        c.work_dir = self.work_dir;
+        Ok(c)
+    }
+}
+
+impl IdentityArgs {
+    /// The configuration `meshplane identity` serves for.
+    pub fn into_config(self) -> Result<SidecarConfig, SidecarError> {
+        let mut c = self.node.config(BOOTSTRAP_ADMIN_PORT)?;
+        c.work_dir = self.work_dir;
+        c.token = self.token.filter(|t| !t.is_empty());
+        Ok(c)
     }
 }
 

@@ -184,6 +184,26 @@ impl SidecarConfig {
 }
 
 impl SidecarConfig {
+    /// Where `service`'s certificate comes from: the host files, else the control plane's CA.
+    pub fn identity_source(
+        &self,
+        service: meshplane_model::ServiceName,
+    ) -> crate::identity::IdentitySource {
+        match &self.host_certs {
+            Some(files) => crate::identity::IdentitySource::HostFiles {
+                cert: files.cert_file.clone(),
+                key: files.key_file.clone(),
+                ca: files.ca_file.clone(),
+            },
+            None => crate::identity::IdentitySource::ControlPlaneCa {
+                admin_url: self.ca_admin_url(),
+                token: self.token.clone(),
+                service,
+                trust_domain: self.trust_domain.clone(),
+            },
+        }
+    }
+
     /// The CA's admin URL: `ca_url`, or port 18080 (the control plane's default admin
     /// port) on the first control-plane host.
     pub fn ca_admin_url(&self) -> String {

@@ -32,7 +32,7 @@ mod supervisor;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-pub use args::{BootstrapArgs, SidecarArgs};
+pub use args::{BootstrapArgs, IdentityArgs, SidecarArgs};
 pub use config::{ControlPlaneAddr, SidecarConfig, XdsFlavour};
 pub use error::SidecarError;
 pub use status::{Outcome, SidecarStatus};
@@ -127,6 +127,43 @@ pub async fn run_sidecar(args: SidecarArgs) -> Result<Outcome, SidecarError> {
         .await;
     shutdown.cancel();
     outcome
+}
+
+/// `meshplane identity`: serves the certificate of the descriptor's service over SDS at
+/// `<work dir>/sds.sock` (the socket `meshplane bootstrap` points Envoy to) until SIGTERM or
+/// SIGINT, for hosts that run Envoy themselves. Host files or the control plane's CA, as for
+/// `meshplane sidecar`.
+pub async fn run_identity(args: IdentityArgs) -> Result<(), SidecarError> {
+    let config = args.into_config()?;
+    let loaded = descriptor::load(&config.descriptor)?;
+    let service = loaded.descriptor.service.clone();
+    let instance_id = config.instance_id.clone().unwrap_or_else(|| {
+        config::default_instance_id(service.as_ref(), loaded.descriptor.ingress.port)
+    });
+    let socket = config
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| setup::default_work_dir(&instance_id))
+        .join(setup::SDS_SOCKET);
+    let source = config.identity_source(service);
+    let shutdown = CancellationToken::new();
+    let _hot_restart = signals::install(shutdown.clone())
+        .map_err(SidecarError::io("cannot listen for signals"))?;
+    let handle = identity::start(
+        identity::IdentityConfig::new(source, socket.clone()),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(SidecarError::Identity)?;
+    let cert = handle.current();
+    tracing::info!(
+        socket = %socket.display(),
+        identity = cert.identity.as_deref().unwrap_or("-"),
+        serial = %cert.serial_hex,
+        "serving the certificate for a self-run Envoy"
+    );
+    shutdown.cancelled().await;
+    Ok(())
 }
 
 /// `meshplane bootstrap`: the bootstrap JSON the sidecar would write, for hosts that run

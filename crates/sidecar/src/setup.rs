@@ -142,19 +142,8 @@ impl Prepared {
 
     /// Where this proxy's certificate comes from.
     pub(crate) fn identity_source(&self) -> IdentitySource {
-        match &self.config.host_certs {
-            Some(files) => IdentitySource::HostFiles {
-                cert: files.cert_file.clone(),
-                key: files.key_file.clone(),
-                ca: files.ca_file.clone(),
-            },
-            None => IdentitySource::ControlPlaneCa {
-                admin_url: self.config.ca_admin_url(),
-                token: self.config.token.clone(),
-                service: self.loaded.descriptor.service.clone(),
-                trust_domain: self.config.trust_domain.clone(),
-            },
-        }
+        self.config
+            .identity_source(self.loaded.descriptor.service.clone())
     }
 
     pub(crate) fn envoy_command(&self) -> EnvoyCommand {
