@@ -83,12 +83,13 @@ impl Sidecar {
                 shutdown.clone(),
             ));
         }
-        let identity = identity::start(
-            identity::IdentityConfig::new(prepared.identity_source(), prepared.sds_socket()),
-            shutdown.clone(),
-        )
-        .await
-        .map_err(SidecarError::Identity)?;
+        let mut identity_config =
+            identity::IdentityConfig::new(prepared.identity_source(), prepared.sds_socket());
+        // The last CA certificate, so a restart during a control-plane outage still serves.
+        identity_config.cache_dir = Some(prepared.identity_cache_dir());
+        let identity = identity::start(identity_config, shutdown.clone())
+            .await
+            .map_err(SidecarError::Identity)?;
         let cert = identity.current();
         tracing::info!(
             identity = cert.identity.as_deref().unwrap_or("-"),
@@ -149,12 +150,11 @@ pub async fn run_identity(args: IdentityArgs) -> Result<(), SidecarError> {
     let shutdown = CancellationToken::new();
     let _hot_restart = signals::install(shutdown.clone())
         .map_err(SidecarError::io("cannot listen for signals"))?;
-    let handle = identity::start(
-        identity::IdentityConfig::new(source, socket.clone()),
-        shutdown.clone(),
-    )
-    .await
-    .map_err(SidecarError::Identity)?;
+    let mut identity_config = identity::IdentityConfig::new(source, socket.clone());
+    identity_config.cache_dir = socket.parent().map(|dir| dir.join(setup::IDENTITY_CACHE));
+    let handle = identity::start(identity_config, shutdown.clone())
+        .await
+        .map_err(SidecarError::Identity)?;
     let cert = handle.current();
     tracing::info!(
         socket = %socket.display(),

@@ -15,6 +15,8 @@ use crate::registration::ServiceRegistration;
 
 /// File name of the SDS socket in the work directory.
 pub(crate) const SDS_SOCKET: &str = "sds.sock";
+/// Directory (in the work directory) of the last certificate from the CA.
+pub(crate) const IDENTITY_CACHE: &str = "identity";
 
 /// The work directory when none is given: per instance, under the temporary directory.
 pub(crate) fn default_work_dir(instance_id: &str) -> PathBuf {
@@ -138,6 +140,11 @@ impl Prepared {
     /// Where the identity (SDS) server listens: next to the bootstrap.
     pub(crate) fn sds_socket(&self) -> PathBuf {
         self.bootstrap_path.with_file_name(SDS_SOCKET)
+    }
+
+    /// Where the last certificate from the CA is kept (kept across restarts).
+    pub(crate) fn identity_cache_dir(&self) -> PathBuf {
+        self.bootstrap_path.with_file_name(IDENTITY_CACHE)
     }
 
     /// Where this proxy's certificate comes from.

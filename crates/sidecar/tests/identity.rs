@@ -57,11 +57,16 @@ fn mk_pki() -> Pki {
 
 /// A leaf for `orders` valid for years: (cert PEM, key PEM).
 fn mk_leaf(pki: &Pki) -> (String, String) {
+    mk_leaf_between(pki, 2020, 2100)
+}
+
+/// A leaf for `orders` valid from the first year to the second: (cert PEM, key PEM).
+fn mk_leaf_between(pki: &Pki, from: i32, to: i32) -> (String, String) {
     let mut params = CertificateParams::default();
     let uri = "spiffe://example.org/service/orders";
     params.subject_alt_names = vec![SanType::URI(uri.try_into().expect("uri"))];
-    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-    params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+    params.not_before = rcgen::date_time_ymd(from, 1, 1);
+    params.not_after = rcgen::date_time_ymd(to, 1, 1);
     let key = KeyPair::generate().expect("key");
     let cert = params.signed_by(&key, &pki.issuer).expect("leaf");
     (cert.pem(), key.serialize_pem())
@@ -435,12 +440,16 @@ fn orders() -> ServiceName {
 }
 
 fn ca_config(url: &str, socket: &Path) -> IdentityConfig {
+    ca_config_for(url, socket, "orders", "example.org")
+}
+
+fn ca_config_for(url: &str, socket: &Path, service: &str, trust_domain: &str) -> IdentityConfig {
     let mut config = IdentityConfig::new(
         IdentitySource::ControlPlaneCa {
             admin_url: url.to_owned(),
             token: Some("s3cret-token".into()),
-            service: orders(),
-            trust_domain: "example.org".into(),
+            service: ServiceName::new(service).expect("name"),
+            trust_domain: trust_domain.into(),
         },
         socket.to_owned(),
     );
@@ -579,4 +588,266 @@ async fn ca_refusal_and_unreachable_ca_fail_identity_start_clearly() {
     assert!(text.contains("cannot reach"), "{text}");
     assert!(text.contains(&closed_url), "{text}");
     shutdown.cancel();
+}
+
+// === control-plane CA: the certificate cache ===
+
+/// Lifetime of cached certificates: renewing at half of it would take far longer than
+/// [`WAIT`], so a renewal seen in time can only be the immediate one after a cached start.
+const LONG_TTL: Duration = Duration::from_secs(3600);
+
+/// A sidecar's work directory: the SDS socket and the certificate cache.
+struct WorkDir {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    cache_dir: PathBuf,
+}
+
+impl WorkDir {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        WorkDir {
+            socket: dir.path().join("sds.sock"),
+            cache_dir: dir.path().join("work").join("identity"),
+            _dir: dir,
+        }
+    }
+
+    fn cache_file(&self) -> PathBuf {
+        self.cache_dir.join("identity.pem")
+    }
+
+    fn config(&self, url: &str) -> IdentityConfig {
+        self.config_for(url, "orders", "example.org")
+    }
+
+    fn config_for(&self, url: &str, service: &str, trust_domain: &str) -> IdentityConfig {
+        let mut config = ca_config_for(url, &self.socket, service, trust_domain);
+        config.cache_dir = Some(self.cache_dir.clone());
+        config
+    }
+
+    /// Runs an identity until it has served its first certificate, then stops it; returns
+    /// the pair served.
+    async fn run_once(&self, config: IdentityConfig) -> (String, String) {
+        let shutdown = CancellationToken::new();
+        identity::start(config, shutdown.clone())
+            .await
+            .expect("start");
+        let pair = served_pair(&fetch(&self.socket).await);
+        shutdown.cancel();
+        wait_gone(&self.socket).await;
+        pair
+    }
+}
+
+/// An admin URL nothing listens on.
+async fn closed_url() -> String {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    url
+}
+
+/// (serial, lowercase hex; subject public key) of the first certificate in `pem`.
+fn cert_facts(pem: &str) -> (String, Vec<u8>) {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("PEM");
+    let (_, cert) = X509Certificate::from_der(&block.contents).expect("certificate");
+    (
+        format!("{:x}", cert.serial),
+        cert.public_key().subject_public_key.data.to_vec(),
+    )
+}
+
+/// The private key blocks of `pem`.
+fn private_keys(pem: &str) -> Vec<KeyPair> {
+    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+        .map(|b| b.expect("PEM"))
+        .filter(|b| b.label.ends_with("PRIVATE KEY"))
+        .map(|b| KeyPair::try_from(b.contents.as_slice()).expect("a key"))
+        .collect()
+}
+
+/// Waits until the CA has seen `count` signing requests.
+async fn wait_for_requests(ca: &TestCa, count: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ca.seen().len() < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the CA saw {} requests, expected {count}",
+            ca.seen().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn ca_identity_is_cached_privately_with_its_key() {
+    let ca_shutdown = CancellationToken::new();
+    let (ca, url) = TestCa::start(LONG_TTL, &ca_shutdown).await;
+    let work = WorkDir::new();
+    let shutdown = CancellationToken::new();
+    let handle = identity::start(work.config(&url), shutdown.clone())
+        .await
+        .expect("start");
+    let (cert, key) = served_pair(&fetch(&work.socket).await);
+
+    let mode = |p: &Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    assert_eq!(mode(&work.cache_file()), 0o600);
+    assert_eq!(mode(&work.cache_dir), 0o700);
+
+    let cached = std::fs::read_to_string(work.cache_file()).expect("cache file");
+    assert!(cached.contains(&cert), "the served chain is cached");
+    assert!(cached.contains(&ca.0.pki.ca_pem), "the CA bundle is cached");
+    let (serial, public_key) = cert_facts(&cached);
+    assert_eq!(serial, handle.current().serial_hex);
+    let keys = private_keys(&cached);
+    assert_eq!(keys.len(), 1, "one private key");
+    assert_eq!(
+        keys[0].public_key_raw(),
+        public_key,
+        "the certificate's key"
+    );
+    assert_eq!(keys[0].serialize_pem(), key, "the key served");
+    shutdown.cancel();
+    wait_gone(&work.socket).await;
+    ca_shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_restart_during_a_ca_outage_serves_the_cached_identity_then_renews() {
+    let ca_shutdown = CancellationToken::new();
+    let (ca, url) = TestCa::start(LONG_TTL, &ca_shutdown).await;
+    let work = WorkDir::new();
+    let first = work.run_once(work.config(&url)).await;
+    let (first_serial, _) = cert_facts(&first.0);
+
+    // The control plane is down: nothing listens.
+    let shutdown = CancellationToken::new();
+    let handle = identity::start(work.config(&closed_url().await), shutdown.clone())
+        .await
+        .expect("start from the cache with the CA unreachable");
+    assert_eq!(handle.current().serial_hex, first_serial);
+    assert_eq!(served_pair(&fetch(&work.socket).await), first);
+    shutdown.cancel();
+    wait_gone(&work.socket).await;
+
+    // The control plane is up but its CA answers 503.
+    ca.refuse(Some((StatusCode::SERVICE_UNAVAILABLE, "CA restarting")));
+    let before = ca.seen().len();
+    let shutdown = CancellationToken::new();
+    let handle = identity::start(work.config(&url), shutdown.clone())
+        .await
+        .expect("start from the cache with the CA answering 503");
+    let mut stream = SdsStream::open(&work.socket).await;
+    assert_eq!(served_pair(&stream.next().await), first);
+    assert_eq!(handle.current().serial_hex, first_serial);
+    // Retried at once, not after half the cached certificate's lifetime.
+    wait_for_requests(&ca, before + 2).await;
+    assert_eq!(handle.current().generation, 1);
+
+    ca.refuse(None);
+    let renewed = served_pair(&stream.next().await);
+    assert_ne!(renewed, first);
+    let (renewed_serial, _) = cert_facts(&renewed.0);
+    assert_ne!(renewed_serial, first_serial);
+    wait_for_generation(&handle, 2).await;
+    assert_eq!(handle.current().serial_hex, renewed_serial);
+    // The renewal replaced the cached certificate.
+    let cached = std::fs::read_to_string(work.cache_file()).expect("cache file");
+    assert_eq!(cert_facts(&cached).0, renewed_serial);
+    shutdown.cancel();
+    wait_gone(&work.socket).await;
+    ca_shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_ca_refusal_at_restart_fails_identity_start_even_with_a_valid_cache() {
+    let ca_shutdown = CancellationToken::new();
+    let (ca, url) = TestCa::start(LONG_TTL, &ca_shutdown).await;
+    let work = WorkDir::new();
+    work.run_once(work.config(&url)).await;
+    assert!(work.cache_file().exists());
+
+    ca.refuse(Some((
+        StatusCode::FORBIDDEN,
+        "service `orders` may not request identities with this token",
+    )));
+    let err = identity::start(work.config(&url), CancellationToken::new())
+        .await
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(text.contains("403"), "{text}");
+    assert!(text.contains("may not request identities"), "{text}");
+    assert!(
+        !text.contains("cached"),
+        "a refusal does not look at the cache: {text}"
+    );
+    assert!(!work.socket.exists(), "no socket without an identity");
+    ca_shutdown.cancel();
+}
+
+#[tokio::test]
+async fn an_expired_or_foreign_cached_identity_is_not_served_during_a_ca_outage() {
+    let ca_shutdown = CancellationToken::new();
+    let (ca, url) = TestCa::start(LONG_TTL, &ca_shutdown).await;
+    let down = closed_url().await;
+    let start_err = |work: &WorkDir, url: &str| {
+        let config = work.config(url);
+        async move {
+            identity::start(config, CancellationToken::new())
+                .await
+                .expect_err("no usable cache")
+                .to_string()
+        }
+    };
+
+    // Nothing cached yet.
+    let work = WorkDir::new();
+    let text = start_err(&work, &down).await;
+    assert!(
+        text.contains("cannot reach") && text.contains(&down),
+        "{text}"
+    );
+    assert!(text.contains("no usable cached certificate"), "{text}");
+    assert!(text.contains("none has been cached"), "{text}");
+    assert!(!work.socket.exists());
+
+    // Another service's certificate.
+    let work = WorkDir::new();
+    work.run_once(work.config_for(&url, "payments", "example.org"))
+        .await;
+    let text = start_err(&work, &down).await;
+    assert!(text.contains("cannot reach"), "{text}");
+    assert!(
+        text.contains("names spiffe://example.org/service/payments"),
+        "{text}"
+    );
+
+    // This service's certificate, from another trust domain.
+    let work = WorkDir::new();
+    work.run_once(work.config_for(&url, "orders", "other.org"))
+        .await;
+    let text = start_err(&work, &down).await;
+    assert!(text.contains("trust domain `other.org`"), "{text}");
+
+    // An expired certificate, while the CA answers 503.
+    let work = WorkDir::new();
+    let (cert, key) = mk_leaf_between(&ca.0.pki, 2000, 2001);
+    std::fs::create_dir_all(&work.cache_dir).expect("dir");
+    std::fs::write(work.cache_file(), format!("{cert}{key}{}", ca.0.pki.ca_pem)).expect("write");
+    ca.refuse(Some((StatusCode::SERVICE_UNAVAILABLE, "CA restarting")));
+    let text = start_err(&work, &url).await;
+    assert!(
+        text.contains("503") && text.contains("CA restarting"),
+        "{text}"
+    );
+    assert!(text.contains("no usable cached certificate"), "{text}");
+    assert!(text.contains("expired"), "{text}");
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    assert!(!work.socket.exists());
+    ca_shutdown.cancel();
 }

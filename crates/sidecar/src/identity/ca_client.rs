@@ -2,7 +2,8 @@
 //! service's SPIFFE id, and renewal with a new key well before expiry.
 //!
 //! Only the CSR (public key and requested name) is sent; the private key stays in this
-//! process and in Envoy, which gets it over the local socket.
+//! process, in Envoy, which gets it over the local socket, and in the optional on-disk
+//! cache (`cache`), which lets a restart during a CA outage serve the last certificate.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -13,6 +14,7 @@ use rcgen::string::Ia5String;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 use tokio_util::sync::CancellationToken;
 
+use super::cache::CertCache;
 use super::error::{IdentityError, chain};
 use super::material::{Leaf, Material, Origins, display_time};
 use super::sds::Publisher;
@@ -30,6 +32,17 @@ pub(super) struct CaClient {
     service: ServiceName,
     identity: String,
     origins: Origins,
+    cache: Option<CertCache>,
+}
+
+/// The certificate served first, and whether it must be replaced at once.
+#[derive(Debug)]
+pub(super) struct FirstCertificate {
+    pub(super) material: Material,
+    pub(super) leaf: Leaf,
+    /// It came from the cache because the CA was unavailable: renew now (with backoff),
+    /// not after a fraction of its lifetime.
+    pub(super) renew_now: bool,
 }
 
 /// When to renew and how to retry.
@@ -48,6 +61,7 @@ impl CaClient {
         token: Option<String>,
         service: &ServiceName,
         trust_domain: &str,
+        cache: Option<CertCache>,
     ) -> Result<Self, IdentityError> {
         let url = format!("{}{SIGN_PATH}", admin_url.trim_end_matches('/'));
         reqwest::Url::parse(&url).map_err(|e| {
@@ -74,7 +88,56 @@ impl CaClient {
             service: service.clone(),
             identity: spiffe_id(trust_domain, service),
             origins,
+            cache,
         })
+    }
+
+    /// The certificate to start with: a new one from the CA (cached), or, when the CA is
+    /// unavailable (unreachable or 5xx), a usable cached one. A refusal (4xx) fails even with
+    /// a cache: the control plane decided this sidecar gets no certificate.
+    pub(super) async fn first(&self) -> Result<FirstCertificate, IdentityError> {
+        let error = match self.obtain().await {
+            Ok((material, leaf)) => {
+                self.store_in_cache(&material).await;
+                return Ok(FirstCertificate {
+                    material,
+                    leaf,
+                    renew_now: false,
+                });
+            }
+            Err(e) => e,
+        };
+        let Some(cache) = self.cache.as_ref().filter(|_| error.is_ca_outage()) else {
+            return Err(error);
+        };
+        let (material, leaf) = match cache.load(&self.identity, SystemTime::now()).await {
+            Ok(cached) => cached,
+            Err(reason) => {
+                return Err(IdentityError::NoUsableCache {
+                    ca: Box::new(error),
+                    cache: cache.path().to_owned(),
+                    reason,
+                });
+            }
+        };
+        tracing::warn!(
+            error = %error,
+            cache = %cache.path().display(),
+            serial = %leaf.serial_hex,
+            not_after = %display_time(leaf.not_after),
+            "the control plane's CA is unavailable; serving the cached certificate and renewing as soon as the CA answers"
+        );
+        Ok(FirstCertificate {
+            material,
+            leaf,
+            renew_now: true,
+        })
+    }
+
+    async fn store_in_cache(&self, material: &Material) {
+        if let Some(cache) = &self.cache {
+            cache.store(material).await;
+        }
     }
 
     /// A new key and a certificate for it, checked: the key matches, the certificate names
@@ -136,18 +199,24 @@ impl CaClient {
             })
     }
 
-    /// Renews the certificate described by `leaf` after `renew_fraction` of its lifetime,
-    /// with a new key each time, until `shutdown`. Failures are retried with exponential
-    /// backoff while the current certificate stays served.
+    /// Renews the certificate described by `leaf` after `renew_fraction` of its lifetime
+    /// (the first time at once when `renew_now`), with a new key each time, until
+    /// `shutdown`. Each new certificate is cached before it is served. Failures are retried
+    /// with exponential backoff while the current certificate stays served.
     pub(super) async fn keep_renewed(
         self,
         mut leaf: Leaf,
+        renew_now: bool,
         renewal: Renewal,
         publisher: Publisher,
         shutdown: CancellationToken,
     ) {
+        let mut wait = if renew_now {
+            Duration::ZERO
+        } else {
+            renewal.delay(&leaf, SystemTime::now())
+        };
         loop {
-            let wait = renewal.delay(&leaf, SystemTime::now());
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -155,6 +224,8 @@ impl CaClient {
             let Some((material, next)) = self.renew(&renewal, &leaf, &shutdown).await else {
                 return;
             };
+            // Cached first: once a certificate is served, a restart finds it (or a newer one).
+            self.store_in_cache(&material).await;
             match publisher.publish(&material, &next) {
                 Ok(generation) => tracing::info!(
                     identity = %self.identity,
@@ -166,6 +237,7 @@ impl CaClient {
                 Err(e) => tracing::error!(error = %e, "cannot serve the renewed certificate"),
             }
             leaf = next;
+            wait = renewal.delay(&leaf, SystemTime::now());
         }
     }
 
@@ -206,6 +278,7 @@ impl fmt::Debug for CaClient {
             .field("url", &self.url)
             .field("token_set", &self.token.is_some())
             .field("identity", &self.identity)
+            .field("cache", &self.cache.as_ref().map(CertCache::path))
             .finish_non_exhaustive()
     }
 }

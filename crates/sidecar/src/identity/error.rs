@@ -77,6 +77,20 @@ pub enum IdentityError {
         /// What is wrong.
         reason: String,
     },
+    /// The control plane's CA is unavailable (unreachable or answering 5xx) at start, and
+    /// the cache holds no certificate that could be served until it is back.
+    ///
+    /// `ca` is part of the message rather than a `source`, so printing the error with its
+    /// causes does not repeat it.
+    #[error("{ca}; no usable cached certificate in `{}` to serve meanwhile: {reason}", cache.display())]
+    NoUsableCache {
+        /// Why the CA could not issue a certificate.
+        ca: Box<IdentityError>,
+        /// The cache file.
+        cache: PathBuf,
+        /// Why the cached certificate cannot be used (missing, expired, another identity…).
+        reason: String,
+    },
     /// The SDS socket could not be created.
     #[error("cannot serve SDS on `{}`: {error}", path.display())]
     Socket {
@@ -88,6 +102,21 @@ pub enum IdentityError {
     /// The secrets could not be published (a bug: two secrets with one name).
     #[error("cannot publish the secrets: {0}")]
     Snapshot(#[from] meshplane_xds::SnapshotError),
+}
+
+// === impl IdentityError ===
+
+impl IdentityError {
+    /// Whether the CA is unavailable rather than refusing: unreachable, or a 5xx answer.
+    /// Only then may a cached certificate stand in; a 4xx is a decision (wrong token,
+    /// service not allowed) that a cache must not override.
+    pub(super) fn is_ca_outage(&self) -> bool {
+        match self {
+            IdentityError::CaUnreachable { .. } => true,
+            IdentityError::CaRefused { status, .. } => status.is_server_error(),
+            _ => false,
+        }
+    }
 }
 
 /// An error and its causes on one line (transport errors hide the useful part in causes).

@@ -81,6 +81,11 @@ impl Material {
         Ok(leaf)
     }
 
+    /// The chain, key and CA bundle PEM, for the on-disk cache (never for logs).
+    pub(super) fn parts(&self) -> (&[u8], &[u8], &[u8]) {
+        (&self.chain_pem, &self.key_pem, &self.ca_pem)
+    }
+
     /// A digest of all three parts, to notice replaced files.
     pub(super) fn digest(&self) -> u64 {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();

@@ -8,12 +8,15 @@
 //!
 //! Start reading at [`start`]. `material` checks a certificate, key and CA bundle and turns
 //! them into `Secret`s; `sds` owns the socket and the server; `host_files` and `ca_client`
-//! keep the secrets fresh (file polling, renewal before expiry).
+//! keep the secrets fresh (file polling, renewal before expiry); `cache` keeps the last
+//! CA-issued certificate on disk, so a sidecar restarted while the CA is unavailable keeps
+//! serving (see [`IdentityConfig::cache_dir`]).
 //!
 //! [`IDENTITY_SECRET`]: meshplane_model::identity::IDENTITY_SECRET
 //! [`TRUST_SECRET`]: meshplane_model::identity::TRUST_SECRET
 
 mod ca_client;
+mod cache;
 mod error;
 mod host_files;
 mod material;
@@ -80,6 +83,13 @@ pub struct IdentityConfig {
     pub retry_min: Duration,
     /// Longest retry delay after failed renewals (the delay doubles up to this).
     pub retry_max: Duration,
+    /// Where CA-issued certificates are cached (`identity.pem`: chain, private key and CA
+    /// bundle; mode 0600, the directory created 0700). With a cache, a start while the CA is
+    /// unreachable or answering 5xx serves the cached certificate if it is still valid and
+    /// names this service in this trust domain, and renews it as soon as the CA answers.
+    /// A directory private to this sidecar and kept across restarts, e.g.
+    /// `<work dir>/identity`. `None`: no cache, such a start fails. Ignored for host files.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// The certificate currently served.
@@ -103,9 +113,9 @@ pub struct IdentityHandle {
 }
 
 /// Loads or obtains the first certificate (failing clearly and early: missing or unreadable
-/// file, key not matching the certificate, expired certificate, CA unreachable or refusing),
-/// binds the socket, serves SDS until `shutdown`, and keeps the secrets fresh in the
-/// background.
+/// file, key not matching the certificate, expired certificate, CA refusing, CA unavailable
+/// without a usable cached certificate), binds the socket, serves SDS until `shutdown`, and
+/// keeps the secrets fresh in the background.
 pub async fn start(
     config: IdentityConfig,
     shutdown: CancellationToken,
@@ -126,9 +136,16 @@ pub async fn start(
             service,
             trust_domain,
         } => {
-            let client = ca_client::CaClient::new(admin_url, token.clone(), service, trust_domain)?;
-            let (material, leaf) = client.obtain().await?;
-            (material, leaf.clone(), Refresher::Ca(client, leaf))
+            let cache = config.cache_dir.as_deref().map(cache::CertCache::new);
+            let client =
+                ca_client::CaClient::new(admin_url, token.clone(), service, trust_domain, cache)?;
+            let first = client.first().await?;
+            let leaf = first.leaf.clone();
+            (
+                first.material,
+                leaf,
+                Refresher::Ca(client, first.leaf, first.renew_now),
+            )
         }
     };
     if leaf.identity.is_none() {
@@ -144,13 +161,19 @@ pub async fn start(
         Refresher::HostFiles(files, digest) => {
             tokio::spawn(files.watch(digest, config.poll_interval, publisher.clone(), shutdown));
         }
-        Refresher::Ca(client, first) => {
+        Refresher::Ca(client, first, renew_now) => {
             let renewal = ca_client::Renewal {
                 renew_fraction: config.renew_fraction,
                 retry_min: config.retry_min,
                 retry_max: config.retry_max,
             };
-            tokio::spawn(client.keep_renewed(first, renewal, publisher.clone(), shutdown));
+            tokio::spawn(client.keep_renewed(
+                first,
+                renew_now,
+                renewal,
+                publisher.clone(),
+                shutdown,
+            ));
         }
     }
     tracing::info!(
@@ -169,7 +192,8 @@ pub async fn start(
 enum Refresher {
     /// The files and the digest of the content served.
     HostFiles(host_files::HostFiles, u64),
-    Ca(ca_client::CaClient, material::Leaf),
+    /// The client, the certificate served and whether to renew it at once.
+    Ca(ca_client::CaClient, material::Leaf, bool),
 }
 
 // === impl IdentityConfig ===
@@ -184,6 +208,7 @@ impl IdentityConfig {
             renew_fraction: DEFAULT_RENEW_FRACTION,
             retry_min: DEFAULT_RETRY_MIN,
             retry_max: DEFAULT_RETRY_MAX,
+            cache_dir: None,
         }
     }
 

@@ -304,3 +304,130 @@ async fn the_socket_is_private_and_replaces_only_stale_sockets() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+// === cache ===
+
+fn mk_cache(dir: &std::path::Path) -> cache::CertCache {
+    cache::CertCache::new(&dir.join("work").join("identity"))
+}
+
+#[test]
+fn the_cache_file_splits_back_into_the_same_parts() {
+    let pki = mk_pki();
+    let (cert, key) = mk_leaf(&pki, ID, 2020, 2100);
+    let (intermediate, _) = mk_leaf(&pki, ID, 2020, 2100);
+    let chain = format!("{cert}{intermediate}");
+    let bundle = format!("{}{}", pki.ca_pem, mk_pki().ca_pem);
+    let material = mk_material(&chain, &key, &bundle);
+
+    let decoded = cache::decode(&cache::encode(&material)).expect("decodes");
+    assert_eq!(decoded.parts(), material.parts());
+
+    // Parts without a final newline still give separate PEM blocks.
+    let trimmed = mk_material(cert.trim_end(), key.trim_end(), pki.ca_pem.trim_end());
+    let decoded = cache::decode(&cache::encode(&trimmed)).expect("decodes");
+    decoded
+        .check(&origins(), SystemTime::now())
+        .expect("still a valid pair");
+
+    assert!(cache::decode(cert.as_bytes()).is_none(), "no key block");
+    let truncated = format!("{cert}{}", &key[..key.len() / 2]);
+    assert!(cache::decode(truncated.as_bytes()).is_none(), "no key end");
+}
+
+#[test]
+fn only_an_unreachable_ca_or_a_5xx_counts_as_an_outage() {
+    let refused = |status: u16| IdentityError::CaRefused {
+        url: "http://ca/api/ca/sign".into(),
+        status: reqwest::StatusCode::from_u16(status).expect("status"),
+        body: String::new(),
+    };
+    let unreachable = IdentityError::CaUnreachable {
+        url: "http://ca/api/ca/sign".into(),
+        reason: "connection refused".into(),
+    };
+    assert!(unreachable.is_ca_outage());
+    assert!(refused(503).is_ca_outage());
+    assert!(refused(500).is_ca_outage());
+    assert!(!refused(403).is_ca_outage());
+    assert!(!refused(400).is_ca_outage());
+    let unusable = IdentityError::CaResponse {
+        url: "http://ca/api/ca/sign".into(),
+        reason: "not a signing response".into(),
+    };
+    assert!(!unusable.is_ca_outage());
+}
+
+#[tokio::test]
+async fn the_cache_is_written_privately_and_replaced_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = mk_cache(dir.path());
+    let pki = mk_pki();
+    let (cert1, key1) = mk_leaf(&pki, ID, 2020, 2100);
+    cache.store(&mk_material(&cert1, &key1, &pki.ca_pem)).await;
+    let (cert2, key2) = mk_leaf(&pki, ID, 2020, 2100);
+    cache.store(&mk_material(&cert2, &key2, &pki.ca_pem)).await;
+
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("exists").permissions().mode() & 0o777;
+    assert_eq!(mode(cache.path()), 0o600);
+    assert_eq!(mode(cache.path().parent().expect("dir")), 0o700);
+    let names: Vec<_> = std::fs::read_dir(cache.path().parent().expect("dir"))
+        .expect("dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, vec![cache::CACHE_FILE], "no temporary files left");
+
+    let (material, leaf) = cache.load(ID, SystemTime::now()).await.expect("usable");
+    assert_eq!(
+        material.parts(),
+        (cert2.as_bytes(), key2.as_bytes(), pki.ca_pem.as_bytes())
+    );
+    assert_eq!(leaf.identity.as_deref(), Some(ID));
+}
+
+#[tokio::test]
+async fn an_unusable_cache_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = mk_cache(dir.path());
+    let pki = mk_pki();
+    let now = SystemTime::now();
+
+    let err = cache.load(ID, now).await.expect_err("missing");
+    assert!(err.contains("none has been cached"), "{err}");
+
+    let (cert, key) = mk_leaf(&pki, ID, 2000, 2001);
+    cache.store(&mk_material(&cert, &key, &pki.ca_pem)).await;
+    let err = cache.load(ID, now).await.expect_err("expired");
+    assert!(err.contains("expired") && err.contains("2001"), "{err}");
+
+    let (cert, key) = mk_leaf(&pki, "spiffe://example.org/service/payments", 2020, 2100);
+    cache.store(&mk_material(&cert, &key, &pki.ca_pem)).await;
+    let err = cache.load(ID, now).await.expect_err("other service");
+    assert!(
+        err.contains("names spiffe://example.org/service/payments"),
+        "{err}"
+    );
+
+    let (cert, key) = mk_leaf(&pki, "spiffe://other.org/service/orders", 2020, 2100);
+    cache.store(&mk_material(&cert, &key, &pki.ca_pem)).await;
+    let err = cache.load(ID, now).await.expect_err("other trust domain");
+    assert!(
+        err.contains("trust domain `other.org`, not `example.org`"),
+        "{err}"
+    );
+
+    let (cert, _) = mk_leaf(&pki, ID, 2020, 2100);
+    let (_, other_key) = mk_leaf(&pki, ID, 2020, 2100);
+    cache
+        .store(&mk_material(&cert, &other_key, &pki.ca_pem))
+        .await;
+    let err = cache.load(ID, now).await.expect_err("mismatched key");
+    assert!(err.contains("does not match"), "{err}");
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+
+    std::fs::write(cache.path(), "garbage").expect("write");
+    let err = cache.load(ID, now).await.expect_err("garbage");
+    assert!(err.contains("not a cached identity"), "{err}");
+}

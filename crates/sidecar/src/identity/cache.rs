@@ -1,0 +1,190 @@
+//! The last certificate the control plane's CA issued, kept on disk so a sidecar that
+//! (re)starts while the CA is unavailable can serve it until the CA is back.
+//!
+//! One file, `identity.pem`: the certificate chain, the private key and the CA bundle, in
+//! that order, as PEM. One file rather than three so a replacement is atomic (written to a
+//! temporary file, then renamed over): a crash can never leave a certificate next to the
+//! key of another. The file is 0600 and its directory, when created here, 0700: it holds
+//! the private key, exactly like the SDS socket that serves it.
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use super::material::{Leaf, Material, Origins};
+
+/// The file in the cache directory.
+pub(super) const CACHE_FILE: &str = "identity.pem";
+
+/// Tells apart the temporary files of overlapping writes in one process (an identity
+/// shutting down while its successor already caches).
+static WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// The cached identity of one sidecar.
+#[derive(Debug, Clone)]
+pub(super) struct CertCache {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+// === impl CertCache ===
+
+impl CertCache {
+    pub(super) fn new(dir: &Path) -> Self {
+        CertCache {
+            dir: dir.to_owned(),
+            path: dir.join(CACHE_FILE),
+        }
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Replaces the cached identity with `material`. A failure is logged, not returned: the
+    /// certificate is served either way, only a restart during a CA outage would miss it.
+    pub(super) async fn store(&self, material: &Material) {
+        let cache = self.clone();
+        let material = material.clone();
+        let written = tokio::task::spawn_blocking(move || cache.write(&material))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(e)));
+        if let Err(e) = written {
+            tracing::warn!(
+                cache = %self.path.display(),
+                error = %e,
+                "cannot cache the service certificate; it is served, but a restart while the control plane's CA is unavailable will fail"
+            );
+        }
+    }
+
+    fn write(&self, material: &Material) -> io::Result<()> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
+        let tmp = self.dir.join(format!(
+            ".{CACHE_FILE}.tmp-{}-{}",
+            std::process::id(),
+            WRITES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = write_new(&tmp, &encode(material)).and_then(|()| {
+            std::fs::rename(&tmp, &self.path)?;
+            // The rename itself reaches the disk only with its directory.
+            File::open(&self.dir)?.sync_all()
+        });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    /// The cached identity if it can stand in for one from the CA: it parses, the key is
+    /// the certificate's, it has not expired at `now` and it names `identity` (so the same
+    /// service in the same trust domain). Otherwise why not, for the start error.
+    pub(super) async fn load(
+        &self,
+        identity: &str,
+        now: SystemTime,
+    ) -> Result<(Material, Leaf), String> {
+        let bytes = match tokio::fs::read(&self.path).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err("none has been cached yet".to_owned());
+            }
+            Err(e) => return Err(format!("cannot read it: {e}")),
+        };
+        let material = decode(&bytes).ok_or_else(|| {
+            "it is not a cached identity (a certificate chain, a private key and a CA bundle, as PEM)"
+                .to_owned()
+        })?;
+        let origins = Origins {
+            cert: "the cache file".to_owned(),
+            key: "the cache file".to_owned(),
+            ca: "the cache file".to_owned(),
+        };
+        let leaf = material.check(&origins, now).map_err(|e| e.to_string())?;
+        let cached = leaf.identity.as_deref().unwrap_or("no URI SAN");
+        if cached != identity {
+            return Err(match (trust_domain_of(cached), trust_domain_of(identity)) {
+                (Some(theirs), Some(ours)) if theirs != ours => format!(
+                    "its certificate (serial {}) was issued in trust domain `{theirs}`, not `{ours}`",
+                    leaf.serial_hex
+                ),
+                _ => format!(
+                    "its certificate (serial {}) names {cached}, not {identity}",
+                    leaf.serial_hex
+                ),
+            });
+        }
+        Ok((material, leaf))
+    }
+}
+
+/// Creates `path` (which must not exist) with mode 0600 and `content`, on disk.
+fn write_new(path: &Path, content: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    // The umask may only have narrowed the mode; make it exactly 0600.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(content)?;
+    file.sync_all()
+}
+
+// === file format ===
+
+/// Chain, key and bundle, each ending with a newline so PEM blocks never share a line.
+pub(super) fn encode(material: &Material) -> Vec<u8> {
+    let (chain, key, ca) = material.parts();
+    let mut out = Vec::with_capacity(chain.len() + key.len() + ca.len() + 3);
+    for part in [chain, key, ca] {
+        out.extend_from_slice(part);
+        if !part.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+/// Splits a cache file around its (first) private key block: what precedes it is the
+/// chain, what follows the bundle. `None` without a complete private key block; the parts
+/// themselves are checked by [`Material::check`].
+pub(super) fn decode(bytes: &[u8]) -> Option<Material> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut offset = 0;
+    let mut key_start = None;
+    for line in text.split_inclusive('\n') {
+        let label = line.trim_end();
+        let is_key = |prefix: &str| {
+            label
+                .strip_prefix(prefix)
+                .and_then(|l| l.strip_suffix("-----"))
+                .is_some_and(|l| l.ends_with("PRIVATE KEY"))
+        };
+        match key_start {
+            None if is_key("-----BEGIN ") => key_start = Some(offset),
+            Some(start) if is_key("-----END ") => {
+                let end = offset + line.len();
+                return Some(Material::new(
+                    bytes[..start].to_vec(),
+                    bytes[start..end].to_vec(),
+                    bytes[end..].to_vec(),
+                ));
+            }
+            _ => {}
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// `example.org` in `spiffe://example.org/service/orders`.
+fn trust_domain_of(uri: &str) -> Option<&str> {
+    uri.strip_prefix("spiffe://")?.split('/').next()
+}
