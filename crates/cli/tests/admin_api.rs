@@ -63,6 +63,22 @@ async fn sync_status_and_diagnosis_of_a_real_sidecar() {
         "egress listener in the dump"
     );
     assert!(dump.contains("payments"));
+    // The proxy's certificate is in the dump, its private key never is.
+    let parsed: Value = serde_json::from_str(&dump).expect("json dump");
+    let mut keys = Vec::new();
+    private_keys(&parsed, &mut keys);
+    assert!(
+        dump.contains("meshplane_identity"),
+        "the identity secret is dumped"
+    );
+    assert!(
+        !keys.is_empty(),
+        "the dump has the secret's private_key field"
+    );
+    for key in keys {
+        // Envoy's redaction: base64 of "[redacted]".
+        assert_eq!(key["inline_bytes"], "W3JlZGFjdGVkXQ==", "{key}");
+    }
     let (status, stats) = get(&mesh, "/api/proxies/orders-1/stats").await;
     assert_eq!(status, 200);
     assert!(
@@ -162,4 +178,20 @@ async fn sync_status_and_diagnosis_of_a_real_sidecar() {
         proxy(&mesh, "orders-1").await
     );
     let _ = Resource::empty_endpoints;
+}
+
+/// Every `private_key` object in a JSON document.
+fn private_keys(v: &Value, out: &mut Vec<Value>) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                if k == "private_key" {
+                    out.push(child.clone());
+                }
+                private_keys(child, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| private_keys(i, out)),
+        _ => {}
+    }
 }
