@@ -28,6 +28,11 @@ fn demo_once_shows_traffic_through_real_envoys() {
         "{stdout}"
     );
     assert!(stdout.contains("proxies connected: 4"), "{stdout}");
+    // mTLS with CA-issued identities, and permissions enforced by Envoy.
+    assert!(
+        stdout.contains("web → payments (not in payments' incoming)"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("instances left in the registry: 0"),
         "sidecars deregister: {stdout}"

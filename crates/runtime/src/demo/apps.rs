@@ -44,7 +44,8 @@ pub fn egress_client(egress_port: u16) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// `payments`: answers with its instance id.
+/// `payments`: answers with its instance id and the caller its Envoy verified (the URI in
+/// `x-forwarded-client-cert`, set from the client certificate).
 pub async fn payments(instance: &str, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
     let state = AppState {
         instance: instance.into(),
@@ -53,7 +54,15 @@ pub async fn payments(instance: &str, shutdown: CancellationToken) -> anyhow::Re
     let router = Router::new()
         .route(
             "/pay",
-            get(|State(s): State<AppState>| async move { format!("paid by {}\n", s.instance) }),
+            get(|State(s): State<AppState>, headers: HeaderMap| async move {
+                let caller = headers
+                    .get("x-forwarded-client-cert")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(';').find_map(|f| f.strip_prefix("URI=")))
+                    .unwrap_or("an unauthenticated caller")
+                    .to_owned();
+                format!("paid by {} for {caller}\n", s.instance)
+            }),
         )
         .route("/status/health", get(|| async { "ok\n" }))
         .with_state(state);

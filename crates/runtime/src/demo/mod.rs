@@ -45,9 +45,24 @@ struct Ports {
     egress: Option<u16>,
 }
 
-fn descriptor(service: &str, ports: &Ports, tags: &[&str], dependencies: &str) -> String {
+/// payments accepts only mTLS, and only `orders` may pay; its health path stays open.
+const PAYMENTS_SECURITY: &str = "mtls: strict
+incoming:
+  unlisted_endpoints: block
+  endpoints:
+    - { path: /pay, methods: [GET], clients: [orders] }
+    - { path: /status/health }
+";
+
+fn descriptor(
+    service: &str,
+    ports: &Ports,
+    tags: &[&str],
+    dependencies: &str,
+    security: &str,
+) -> String {
     let mut d = format!(
-        "service: {service}\nport: {}\ningress: {{ port: {} }}\n",
+        "service: {service}\nport: {}\ningress: {{ port: {} }}\n{security}",
         ports.app, ports.ingress
     );
     if let Some(e) = ports.egress {
@@ -126,12 +141,27 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         partner.port()
     );
     let plan = [
-        ("payments-1", descriptor("payments", &pay1, &[], "")),
-        ("payments-2", descriptor("payments", &pay2, &["canary"], "")),
-        ("orders-1", descriptor("orders", &orders, &[], &orders_deps)),
+        (
+            "payments-1",
+            descriptor("payments", &pay1, &[], "", PAYMENTS_SECURITY),
+        ),
+        (
+            "payments-2",
+            descriptor("payments", &pay2, &["canary"], "", PAYMENTS_SECURITY),
+        ),
+        (
+            "orders-1",
+            descriptor("orders", &orders, &[], &orders_deps, ""),
+        ),
         (
             "web-1",
-            descriptor("web", &web, &[], "  - service: orders\n"),
+            descriptor(
+                "web",
+                &web,
+                &[],
+                "  - service: orders\n  - service: payments\n",
+                "",
+            ),
         ),
     ];
     let mut sidecars = Vec::new();
@@ -153,6 +183,7 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         println!("meshplane demo: web panel and admin API on http://{}/  (xDS {}, registry Consul API http://{registry})", cp.admin_addr, cp.xds_addr);
         println!("  try: curl http://{}/api/proxies   |   curl http://127.0.0.1:{}/", cp.admin_addr, web.ingress);
         println!("  proxies connected: {}", cp.status.len());
+        println!("  identities: certificates from the control plane's CA (spiffe://meshplane.local/service/<name>); sidecars call each other over mTLS");
         loop {
             let routes = round(&options, &orders, &web, &pay1, partner, &pki.ca_file).await?;
             println!("\n{}", traffic::table(&routes));
@@ -334,6 +365,17 @@ async fn round(
     );
     r.note = "503 by design".to_owned();
     routes.push(r);
+
+    let via_web = apps::egress_client(web.egress.unwrap_or_default())?;
+    let (out, mesh) = measure(&via_web, "http://payments/pay", None, n.min(20)).await;
+    let mut r = RouteStats::new(
+        "web → payments (not in payments' incoming)",
+        &out,
+        mesh,
+        Vec::new(),
+    );
+    r.note = "403 by Envoy RBAC on web's certificate".to_owned();
+    routes.push(r);
     Ok(routes)
 }
 
@@ -367,6 +409,19 @@ fn check(routes: &[RouteStats]) -> anyhow::Result<()> {
             .ends_with(&format!("(canary): {}", canary.requests)),
         "x-canary did not prefer the canary: {}",
         canary.note
+    );
+    let mtls = &routes[0];
+    anyhow::ensure!(
+        mtls.sample
+            .contains("for spiffe://meshplane.local/service/orders"),
+        "payments did not see orders' certificate identity: {}",
+        mtls.sample
+    );
+    let denied = &routes[5];
+    anyhow::ensure!(
+        denied.other == denied.requests && denied.sample.contains("RBAC: access denied"),
+        "web was not refused by payments' permissions: {}",
+        denied.sample
     );
     let undeclared = &routes[4];
     anyhow::ensure!(
