@@ -753,3 +753,160 @@ async fn a_self_run_envoy_gets_its_identity_from_meshplane_identity() {
         .expect("plaintext answer");
     assert_eq!(plain.status(), 403, "strict: plaintext refused");
 }
+
+/// Accepts any server certificate: this client tests what the *server* accepts.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `GET /` over TLS presenting `cert_pem`/`key_pem`; the response head, or the error.
+async fn tls_get(port: u16, cert_pem: &str, key_pem: &str) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("vault").map_err(|e| e.to_string())?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tls.write_all(b"GET /secret HTTP/1.1\r\nHost: vault\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut out = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await {
+        Ok(Ok(_)) if !out.is_empty() => Ok(String::from_utf8_lossy(&out).into_owned()),
+        Ok(Ok(_)) => Err("closed without a response".to_owned()),
+        Ok(Err(e)) => Err(format!("read: {e}")),
+        Err(_) => Err("no answer".to_owned()),
+    }
+}
+
+/// The strict service's own listener refuses a client certificate from an untrusted CA
+/// (checked from a client that trusts any server, so only the server's check can fail),
+/// and accepts one the control plane's CA signed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ingress_refuses_client_certificates_from_an_untrusted_ca() {
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let (app, seen) = recording_app().await;
+    let ingress = free_port();
+    mesh.sidecar(
+        "vault-1",
+        &format!("service: vault\nport: {app}\nmtls: strict\ningress: {{ port: {ingress} }}\n"),
+        1,
+    )
+    .await;
+
+    // A key of our own, signed by the mesh CA for `web`: accepted.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://meshplane.local/service/web"
+            .try_into()
+            .expect("uri"),
+    )];
+    let csr = params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    let signed: serde_json::Value = mesh
+        .http
+        .post(format!("http://{}/api/ca/sign", mesh.cp.admin_addr))
+        .json(&serde_json::json!({ "service": "web", "csr": csr }))
+        .send()
+        .await
+        .expect("CA reachable")
+        .json()
+        .await
+        .expect("sign response");
+    let chain = signed["certificate_chain"].as_str().expect("chain");
+    let key_pem = key.serialize_pem();
+    // The listener may still be warming its secrets right after start.
+    let ok = poll(|| async {
+        tls_get(ingress, chain, &key_pem)
+            .await
+            .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+    })
+    .await;
+    assert!(
+        ok,
+        "a mesh certificate is accepted: {:?}",
+        tls_get(ingress, chain, &key_pem).await
+    );
+    let seen_before = seen.lock().expect("lock").len();
+
+    // The same identity from a CA nobody configured: the handshake is refused.
+    let dir = tempfile::tempdir().expect("tmp");
+    let (cert, key, _) = rogue_certificate(dir.path(), "spiffe://meshplane.local/service/web");
+    let cert = std::fs::read_to_string(cert).expect("cert");
+    let key = std::fs::read_to_string(key).expect("key");
+    let refused = tls_get(ingress, &cert, &key).await;
+    assert!(
+        refused.is_err(),
+        "an untrusted client certificate must not get a response: {refused:?}"
+    );
+    assert_eq!(
+        seen.lock().expect("lock").len(),
+        seen_before,
+        "the app was not called"
+    );
+}
