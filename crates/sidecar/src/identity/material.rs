@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use meshplane_model::identity::{IDENTITY_SECRET, TRUST_SECRET};
 use x509_parser::pem::Pem;
-use x509_parser::prelude::{ASN1Time, FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{ASN1Time, FromDer, X509Certificate};
 
 use super::error::IdentityError;
 
@@ -161,26 +161,14 @@ fn parse_leaf(chain_pem: &[u8], origin: &str) -> Result<Leaf, IdentityError> {
         .map_err(|e| bad(format!("the first certificate cannot be parsed: {e}")))?;
     let validity = cert.validity();
     Ok(Leaf {
-        identity: uri_sans(&cert).into_iter().next(),
+        identity: meshplane_xds::server::node::uri_sans(&first.contents)
+            .into_iter()
+            .next(),
         not_before: system_time(validity.not_before.timestamp()),
         not_after: system_time(validity.not_after.timestamp()),
         serial_hex: format!("{:x}", cert.serial),
         public_key: cert.public_key().subject_public_key.data.to_vec(),
     })
-}
-
-fn uri_sans(cert: &X509Certificate<'_>) -> Vec<String> {
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(uri) => Some((*uri).to_owned()),
-            _ => None,
-        })
-        .collect()
 }
 
 fn check_bundle(ca_pem: &[u8], origin: &str) -> Result<(), IdentityError> {
