@@ -121,6 +121,12 @@ try {
     await page.locator('#sync-status tr[data-type="LDS"] .badge-synced').waitFor();
   });
 
+  await step('proxy page shows the certificate identity Envoy uses', async () => {
+    await page.locator('#certs tr[data-role="identity"] code',
+      { hasText: `spiffe://meshplane.local/service/${opt.service}` }).first().waitFor();
+    await page.locator('#certs tr[data-role="trust"]').first().waitFor();
+  });
+
   await step(`config dump from Envoy contains listener ${opt.listener}`, async () => {
     await page.locator('#config-tree').waitFor();
     await page.locator('#config-tree-search').fill(opt.listener);

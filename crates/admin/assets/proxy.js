@@ -1,5 +1,5 @@
 // One proxy: who it is, whether it is in sync (per resource type), its traffic, its log
-// level, its live config dump (from Envoy, through the control plane), the control plane's
+// level, the certificates it uses, its live config dump (from Envoy, through the control plane), the control plane's
 // snapshot of its group, and all its stats.
 
 import { enc, getJson } from './api.js';
@@ -41,6 +41,7 @@ export function proxyPage(scope, id) {
     head,
     h('div', { class: 'columns' }, overview, loggingSection(id)),
     trafficSection(scope, id),
+    certificatesSection(scope, id),
     configDumpSection(id),
     snapshot,
     statsSection(id));
@@ -73,6 +74,29 @@ function syncCard(p) {
       : h('span', { class: 'muted' }, '—'))));
   return section('Sync status',
     table(['Type', 'Sync', 'Sent', 'ACKed', 'Pushes', 'NACKs', 'Last NACK'], rows, { id: 'sync-status' }));
+}
+
+// The certificates Envoy uses (public details only): its identity and the trust bundle,
+// refreshed every 30 s so a rotation shows up.
+function certificatesSection(scope, id) {
+  const body = h('div', {}, loading('Asking the sidecar which certificates Envoy uses'));
+  scope.every(30000, async () => {
+    try {
+      const certs = await getJson(`/api/proxies/${enc(id)}/certs`);
+      const rows = certs.map((c) => h('tr', { 'data-role': c.role },
+        h('td', {}, c.role),
+        h('td', {}, c.uris.length ? c.uris.map((u) => h('div', {}, h('code', {}, u))) : h('span', { class: 'muted' }, '—')),
+        h('td', {}, h('code', {}, c.serial)),
+        h('td', {}, c.expires),
+        h('td', { class: 'num' }, c.days_until_expiration ?? '—')));
+      replace(body, certs.length
+        ? table(['Role', 'Identity (URI SAN)', 'Serial', 'Expires', 'Days left'], rows, { id: 'certs' })
+        : h('p', { class: 'muted' }, 'Envoy uses no certificate yet.'));
+    } catch (e) {
+      replace(body, errorBox(e));
+    }
+  });
+  return section('Certificates (mTLS)', body);
 }
 
 function configDumpSection(id) {

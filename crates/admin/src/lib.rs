@@ -66,6 +66,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/groups/{key}/resources", get(group_resources))
         .route("/api/proxies/{id}/config_dump", get(relay::config_dump))
         .route("/api/proxies/{id}/stats", get(relay::stats))
+        .route("/api/proxies/{id}/certs", get(relay::certs))
         .route("/api/proxies/{id}/traffic", get(relay::traffic))
         .route(
             "/api/proxies/{id}/logging",

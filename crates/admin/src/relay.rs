@@ -159,6 +159,82 @@ pub(crate) async fn stats(State(s): State<AdminState>, Path(id): Path<String>) -
     }
 }
 
+/// One certificate a proxy's Envoy uses (public details from Envoy's `/certs`).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct CertSummary {
+    /// `identity` (the proxy's own chain) or `trust` (a CA it verifies peers with).
+    pub role: &'static str,
+    /// URI SANs (SPIFFE ids) of the certificate.
+    pub uris: Vec<String>,
+    /// Serial number (hex, as Envoy prints it).
+    pub serial: String,
+    /// Expiry, as Envoy prints it (RFC 3339).
+    pub expires: String,
+    /// Whole days left.
+    pub days_until_expiration: Option<u64>,
+}
+
+/// Distinct certificates in Envoy's `/certs` output, own identity first.
+pub fn summarise_certs(certs: &Value) -> Vec<CertSummary> {
+    let mut out: Vec<CertSummary> = Vec::new();
+    let contexts = certs
+        .get("certificates")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (role, key) in [("identity", "cert_chain"), ("trust", "ca_cert")] {
+        for c in contexts
+            .iter()
+            .filter_map(|ctx| ctx.get(key).and_then(Value::as_array))
+            .flatten()
+        {
+            let serial = c
+                .get("serial_number")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            if out.iter().any(|o| o.role == role && o.serial == serial) {
+                continue;
+            }
+            let uris = c
+                .get("subject_alt_names")
+                .and_then(Value::as_array)
+                .map(|sans| {
+                    sans.iter()
+                        .filter_map(|s| s.get("uri").and_then(Value::as_str).map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(CertSummary {
+                role,
+                uris,
+                serial,
+                expires: c
+                    .get("expiration_time")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                days_until_expiration: c
+                    .get("days_until_expiration")
+                    .and_then(|d| d.as_u64().or_else(|| d.as_str()?.parse().ok())),
+            });
+        }
+    }
+    out
+}
+
+/// `/api/proxies/:id/certs`: the certificates the proxy's Envoy uses (never a key).
+pub(crate) async fn certs(State(s): State<AdminState>, Path(id): Path<String>) -> Response {
+    match relay_for(&s, &id) {
+        Ok(relay) => relay
+            .json("/certs")
+            .await
+            .map(|v| Json(summarise_certs(&v)).into_response())
+            .unwrap_or_else(IntoResponse::into_response),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// Cumulative traffic of one listener.
 #[derive(Debug, Default, Serialize, PartialEq)]
 pub struct Traffic {

@@ -79,6 +79,32 @@ async fn sync_status_and_diagnosis_of_a_real_sidecar() {
         // Envoy's redaction: base64 of "[redacted]".
         assert_eq!(key["inline_bytes"], "W3JlZGFjdGVkXQ==", "{key}");
     }
+    // The certificates Envoy uses: its CA-issued identity and the trust bundle.
+    let (status, certs) = get(&mesh, "/api/proxies/orders-1/certs").await;
+    assert_eq!(status, 200, "{certs}");
+    let certs: Value = serde_json::from_str(&certs).expect("json");
+    let identity = certs
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|c| c["role"] == "identity")
+        .expect("an identity certificate");
+    assert_eq!(
+        identity["uris"],
+        serde_json::json!(["spiffe://meshplane.local/service/orders"])
+    );
+    assert!(
+        identity["days_until_expiration"].as_u64() <= Some(1),
+        "24 h certificates: {identity}"
+    );
+    assert!(
+        certs
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|c| c["role"] == "trust"),
+        "{certs}"
+    );
     let (status, stats) = get(&mesh, "/api/proxies/orders-1/stats").await;
     assert_eq!(status, 200);
     assert!(

@@ -2,8 +2,8 @@
 //!
 //! Envoy's admin interface can do anything (quit, drain, change every runtime flag) and stays
 //! bound to 127.0.0.1. The relay listens on an address the control plane can reach and
-//! forwards exactly four things: the config dump, the stats (JSON), reading the log levels and
-//! setting the log level. When a token is configured every request must carry it
+//! forwards exactly five things: the config dump, the stats (JSON), the certificates in use
+//! (`/certs`: public details only), reading the log levels and setting the log level. When a token is configured every request must carry it
 //! (`Authorization: Bearer`), so the relay is no more open than the control plane's own
 //! write routes. Envoy redacts private keys from config dumps; nothing else is exposed.
 
@@ -52,6 +52,7 @@ pub async fn serve(
     let router = Router::new()
         .route("/config_dump", get(config_dump))
         .route("/stats", get(stats))
+        .route("/certs", get(certs))
         .route("/logging", get(get_logging).post(set_logging))
         .with_state(relay);
     axum::serve(listener, router)
@@ -119,6 +120,14 @@ async fn config_dump(State(relay): State<Relay>, headers: HeaderMap) -> Response
 async fn stats(State(relay): State<Relay>, headers: HeaderMap) -> Response {
     if authorized(&relay, &headers) {
         forward(&relay, reqwest::Method::GET, "/stats?format=json").await
+    } else {
+        unauthorized()
+    }
+}
+
+async fn certs(State(relay): State<Relay>, headers: HeaderMap) -> Response {
+    if authorized(&relay, &headers) {
+        forward(&relay, reqwest::Method::GET, "/certs").await
     } else {
         unauthorized()
     }
