@@ -262,6 +262,18 @@ impl RawDescriptor {
             .map(|(i, d)| d.validate(&format!("dependencies[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
         let incoming = self.incoming.map(RawIncoming::validate).transpose()?;
+        if matches!(self.mtls, RawMtls::Disabled)
+            && let Some(i) = incoming
+                .iter()
+                .flat_map(|inc| inc.endpoints.iter())
+                .position(|e| !e.clients.is_empty())
+        {
+            return Err(DescriptorError::field(
+                format!("incoming.endpoints[{i}].clients"),
+                "callers are identified by their mTLS certificate, and with `mtls: disabled` none has one: \
+                 set `mtls: permissive` or `strict`, or drop the clients (open endpoint)",
+            ));
+        }
         Ok(Descriptor {
             service,
             port: app_port,

@@ -185,3 +185,18 @@ fn wildcard_dependency_is_parsed_as_all_services() {
     assert!(d.depends_on_all());
     assert_eq!(d.service_dependencies().count(), 0);
 }
+
+#[test]
+fn clients_need_mtls_to_be_identified() {
+    let base = "service: a\nport: 1\ningress: { port: 2 }\nincoming:\n  endpoints:\n    - { path: /open }\n    - { path_prefix: /api/, clients: [web] }\n";
+    let err = Descriptor::from_yaml(&format!("{base}mtls: disabled\n")).expect_err("no identity");
+    let DescriptorError::Field { field, message } = err else {
+        panic!("field error expected");
+    };
+    assert_eq!(field, "incoming.endpoints[1].clients");
+    assert!(message.contains("mtls: permissive"), "{message}");
+    assert!(Descriptor::from_yaml(&format!("{base}mtls: strict\n")).is_ok());
+    // Open endpoints only: fine without mTLS.
+    let open = "service: a\nport: 1\ningress: { port: 2 }\nmtls: disabled\nincoming:\n  endpoints: [{ path: /open }]\n";
+    assert!(Descriptor::from_yaml(open).is_ok());
+}
