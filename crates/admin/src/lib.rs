@@ -7,6 +7,7 @@
 
 mod auth;
 mod ca;
+pub use ca::EnrolmentTokens;
 pub mod consistency;
 pub mod metrics;
 mod panel;
@@ -28,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// Read handles the admin API serves from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AdminState {
     /// The merged registry.
     pub store: Store,
@@ -50,6 +51,22 @@ pub struct AdminState {
     pub metrics: Arc<metrics::ControlPlaneMetrics>,
     /// The built-in CA, when this control plane runs one.
     pub ca: Option<Arc<meshplane_ca::Authority>>,
+    /// Per-service enrolment tokens for the CA (service → token); empty: the control plane's
+    /// `token` enrols every service.
+    pub enrolment_tokens: Arc<EnrolmentTokens>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the tokens themselves.
+        f.debug_struct("AdminState")
+            .field("xds_addr", &self.xds_addr)
+            .field("peers", &self.peers)
+            .field("token_set", &self.token.is_some())
+            .field("ca", &self.ca)
+            .field("enrolment_tokens", &self.enrolment_tokens)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The admin API routes.

@@ -98,6 +98,7 @@ async fn setup(synced: bool) -> Setup {
         http: reqwest::Client::new(),
         metrics: Default::default(),
         ca: None,
+        enrolment_tokens: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -357,6 +358,7 @@ async fn peers_come_from_configuration_and_the_registry() {
         http: reqwest::Client::new(),
         metrics: Default::default(),
         ca: None,
+        enrolment_tokens: Default::default(),
     };
     let peers = meshplane_admin::consistency::peers(&state, Some("http://10.0.0.1:18080"));
     assert_eq!(

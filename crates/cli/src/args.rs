@@ -103,6 +103,10 @@ struct ControlPlaneArgs {
     /// Operator CA private key (PEM).
     #[arg(long, env = "MESHPLANE_CA_KEY")]
     ca_key: Option<PathBuf>,
+    /// YAML file of per-service enrolment tokens (`orders: <token>`): the CA then signs a
+    /// service's identity only for its own token (or --token).
+    #[arg(long, env = "MESHPLANE_ENROLMENT_TOKENS")]
+    enrolment_tokens: Option<PathBuf>,
     /// Lifetime of certificates the built-in CA signs; sidecars renew at half of it
     /// [default: 24h].
     #[arg(long, env = "MESHPLANE_CERT_TTL")]
@@ -178,6 +182,9 @@ impl ControlPlaneArgs {
         }
         if self.ca_key.is_some() {
             c.ca_key = self.ca_key;
+        }
+        if self.enrolment_tokens.is_some() {
+            c.enrolment_tokens = self.enrolment_tokens;
         }
         if let Some(v) = self.cert_ttl {
             c.cert_ttl = v;

@@ -856,30 +856,10 @@ async fn the_ingress_refuses_client_certificates_from_an_untrusted_ca() {
     .await;
 
     // A key of our own, signed by the mesh CA for `web`: accepted.
-    let key = rcgen::KeyPair::generate().expect("key");
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.subject_alt_names = vec![rcgen::SanType::URI(
-        "spiffe://meshplane.local/service/web"
-            .try_into()
-            .expect("uri"),
-    )];
-    let csr = params
-        .serialize_request(&key)
-        .expect("csr")
-        .pem()
-        .expect("pem");
-    let signed: serde_json::Value = mesh
-        .http
-        .post(format!("http://{}/api/ca/sign", mesh.cp.admin_addr))
-        .json(&serde_json::json!({ "service": "web", "csr": csr }))
-        .send()
-        .await
-        .expect("CA reachable")
-        .json()
-        .await
-        .expect("sign response");
+    let (key_pem, csr) = key_and_csr("web");
+    let (status, signed) = sign(&mesh, "web", &csr, None).await;
+    assert_eq!(status, 200, "{signed}");
     let chain = signed["certificate_chain"].as_str().expect("chain");
-    let key_pem = key.serialize_pem();
     // The listener may still be warming its secrets right after start.
     let ok = poll(|| async {
         tls_get(ingress, chain, &key_pem)
@@ -908,5 +888,88 @@ async fn the_ingress_refuses_client_certificates_from_an_untrusted_ca() {
         seen.lock().expect("lock").len(),
         seen_before,
         "the app was not called"
+    );
+}
+
+/// A fresh key and a CSR for `service`'s SPIFFE id: (key PEM, CSR PEM).
+fn key_and_csr(service: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    let uri = format!("spiffe://meshplane.local/service/{service}");
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri.as_str().try_into().expect("uri"))];
+    let csr = params
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    (key.serialize_pem(), csr)
+}
+
+/// `POST /api/ca/sign` for `service` with an optional Bearer token: (status, JSON or text).
+async fn sign(
+    mesh: &Mesh,
+    service: &str,
+    csr: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut r = mesh
+        .http
+        .post(format!("http://{}/api/ca/sign", mesh.cp.admin_addr))
+        .json(&serde_json::json!({ "service": service, "csr": csr }));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let resp = r.send().await.expect("CA reachable");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, body)
+}
+
+/// With per-service enrolment tokens, one service's token never yields another's identity;
+/// the operator's token still enrols any service; a sidecar enrols with its own token.
+#[tokio::test(flavor = "multi_thread")]
+async fn enrolment_tokens_bind_identities_to_services() {
+    let mut mesh = Mesh::start(|c, dir| {
+        let file = dir.join("enrolment.yaml");
+        std::fs::write(&file, "orders: orders-enrol\nweb: web-enrol\n").expect("write");
+        c.enrolment_tokens = Some(file);
+        c.token = Some("operator-secret".to_owned());
+    })
+    .await;
+    let (_, csr) = key_and_csr("web");
+    let (status, body) = sign(&mesh, "web", &csr, Some("orders-enrol")).await;
+    assert_eq!(
+        status, 403,
+        "orders' token must not get web's identity: {body}"
+    );
+    assert!(
+        body.as_str().unwrap_or_default().contains("`web`"),
+        "{body}"
+    );
+    let (status, _) = sign(&mesh, "web", &csr, None).await;
+    assert_eq!(status, 401);
+    let (status, body) = sign(&mesh, "web", &csr, Some("web-enrol")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["identity"], "spiffe://meshplane.local/service/web");
+    let (status, _) = sign(&mesh, "web", &csr, Some("operator-secret")).await;
+    assert_eq!(status, 200, "the operator's token enrols any service");
+
+    // A sidecar enrolling with its own token gets its identity and serves traffic.
+    let (app, _) = recording_app().await;
+    let ingress = free_port();
+    mesh.sidecar_with(
+        "orders-1",
+        &format!("service: orders\nport: {app}\ningress: {{ port: {ingress} }}\n"),
+        1,
+        &["--ca-token", "orders-enrol"],
+    )
+    .await;
+    assert!(
+        serial(&mesh, mesh.sidecar_admin("orders-1"))
+            .await
+            .is_some(),
+        "orders' Envoy has a certificate\n{}",
+        mesh.sidecar_log("orders-1")
     );
 }

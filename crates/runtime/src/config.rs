@@ -77,6 +77,9 @@ pub struct ControlPlaneConfig {
     pub ca_cert: Option<PathBuf>,
     /// Operator CA private key (PEM).
     pub ca_key: Option<PathBuf>,
+    /// YAML file of per-service enrolment tokens for the CA (`orders: <token>`): a sidecar
+    /// gets only the identity its token is for. Without it, `token` enrols every service.
+    pub enrolment_tokens: Option<PathBuf>,
     /// Lifetime of certificates the built-in CA signs (sidecars renew at half of it), e.g.
     /// `24h`, `30m`.
     pub cert_ttl: String,
@@ -109,6 +112,7 @@ impl Default for ControlPlaneConfig {
             xds_client_ca: None,
             ca_cert: None,
             ca_key: None,
+            enrolment_tokens: None,
             cert_ttl: "24h".to_owned(),
             allow_wildcard_dependencies: Vec::new(),
             domain_ca_file: None,
@@ -152,6 +156,29 @@ impl ControlPlaneConfig {
             path: path.to_owned(),
             source,
         })
+    }
+
+    /// The per-service enrolment tokens (empty without `enrolment_tokens`): every key a
+    /// valid service name, every token non-empty.
+    pub fn load_enrolment_tokens(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+        let Some(path) = &self.enrolment_tokens else {
+            return Ok(Default::default());
+        };
+        let bad =
+            |m: String| ConfigError::Invalid(format!("--enrolment-tokens {}: {m}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let tokens: std::collections::BTreeMap<String, String> = serde_norway::from_str(&text)
+            .map_err(|e| bad(format!("expected `service: token` lines: {e}")))?;
+        for (service, token) in &tokens {
+            meshplane_model::ServiceName::new(service.as_str())
+                .map_err(|e| bad(format!("`{service}`: {e}")))?;
+            if token.trim().is_empty() {
+                return Err(bad(format!("the token of `{service}` is empty")));
+            }
+        }
+        Ok(tokens)
     }
 
     /// `cert_ttl` as a duration.
@@ -229,5 +256,39 @@ mod tests {
                 .to_string()
                 .contains("--consul-addr")
         );
+    }
+
+    #[test]
+    fn enrolment_tokens_are_checked() {
+        let dir = std::env::temp_dir().join(format!("meshplane-enrol-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("tokens.yaml");
+        let cfg = ControlPlaneConfig {
+            enrolment_tokens: Some(path.clone()),
+            ..Default::default()
+        };
+        std::fs::write(&path, "orders: s3cret\nweb: other\n").expect("write");
+        let tokens = cfg.load_enrolment_tokens().expect("valid");
+        assert_eq!(tokens.get("orders").map(String::as_str), Some("s3cret"));
+        for (text, says) in [
+            ("Bad Name: x\n", "Bad Name"),
+            ("orders: \"  \"\n", "empty"),
+            ("- orders\n", "service: token"),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let err = cfg.load_enrolment_tokens().expect_err(text).to_string();
+            assert!(
+                err.contains(says) && err.contains("--enrolment-tokens"),
+                "{err}"
+            );
+            assert!(!err.contains("s3cret"), "tokens never in errors: {err}");
+        }
+        assert!(
+            ControlPlaneConfig::default()
+                .load_enrolment_tokens()
+                .expect("none")
+                .is_empty()
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

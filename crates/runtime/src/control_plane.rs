@@ -75,7 +75,7 @@ fn certificate_authority(config: &ControlPlaneConfig) -> anyhow::Result<meshplan
                 .with_context(|| format!("cannot set up the CA under {}", dir.display()))?
         }
     };
-    if config.token.is_none() {
+    if config.token.is_none() && config.enrolment_tokens.is_none() {
         tracing::warn!(
             "no --token: the CA signs certificates for anyone who can reach the admin address; set a token in production"
         );
@@ -210,6 +210,9 @@ pub async fn start(
         http: reqwest::Client::builder().no_proxy().build()?,
         metrics,
         ca: Some(Arc::new(certificate_authority(&config)?)),
+        enrolment_tokens: Arc::new(meshplane_admin::EnrolmentTokens::new(
+            config.load_enrolment_tokens()?,
+        )),
     };
     tasks.spawn(prune_relays(relays, status.clone(), shutdown.clone()));
     let s = shutdown.clone();

@@ -57,6 +57,10 @@ pub struct NodeArgs {
     /// [default: http://<first --control-plane host>:18080].
     #[arg(long, env = "MESHPLANE_CA_URL")]
     pub ca_url: Option<String>,
+    /// Token sent to the control plane's CA: this service's enrolment token when the control
+    /// plane has --enrolment-tokens [default: --token].
+    #[arg(long, env = "MESHPLANE_CA_TOKEN", hide_env_values = true)]
+    pub ca_token: Option<String>,
     /// SPIFFE trust domain of service identities [default: meshplane.local].
     #[arg(long, env = "MESHPLANE_TRUST_DOMAIN", default_value = meshplane_model::identity::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
@@ -193,6 +197,7 @@ impl NodeArgs {
         }
         c.xds_tls = self.xds_tls;
         c.ca_url = self.ca_url.clone();
+        c.ca_token = self.ca_token.clone().filter(|t| !t.is_empty());
         c.trust_domain = self.trust_domain.clone();
         if self.xds_delta {
             c.xds = XdsFlavour::Delta;

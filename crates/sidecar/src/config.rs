@@ -48,6 +48,8 @@ pub struct SidecarConfig {
     pub ca_url: Option<String>,
     /// SPIFFE trust domain of the identity requested from the CA.
     pub trust_domain: String,
+    /// Bearer token for the CA; `None` sends `token`.
+    pub ca_token: Option<String>,
     /// Where the bootstrap file is written; `None` means a per-instance temporary directory.
     pub work_dir: Option<PathBuf>,
     /// Envoy's `--log-level`.
@@ -159,6 +161,7 @@ impl SidecarConfig {
             xds_tls: false,
             ca_url: None,
             trust_domain: meshplane_model::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
+            ca_token: None,
             work_dir: None,
             envoy_log_level: "info".to_owned(),
             envoy_concurrency: None,
@@ -197,7 +200,7 @@ impl SidecarConfig {
             },
             None => crate::identity::IdentitySource::ControlPlaneCa {
                 admin_url: self.ca_admin_url(),
-                token: self.token.clone(),
+                token: self.ca_token.clone().or_else(|| self.token.clone()),
                 service,
                 trust_domain: self.trust_domain.clone(),
             },
