@@ -32,19 +32,10 @@ pub struct Sidecar {
     child: Child,
 }
 
-/// A port nothing listens on, never handed out twice in this test process (the kernel may
-/// give a released port out again, and parallel tests would then collide).
+/// A port nothing listens on, never handed out twice in this test process, and below the
+/// kernel's ephemeral range (no outgoing connection can take it before Envoy binds it).
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
+    meshplane_sidecar::envoy::free_loopback_port().expect("a free port on 127.0.0.1")
 }
 
 impl Mesh {

@@ -43,10 +43,32 @@ impl AdminClient {
     }
 }
 
-/// A port on 127.0.0.1 that is free now. Envoy binds it moments later; another process
-/// could take it in between, in which case Envoy fails to start and is restarted by the
-/// supervisor (pass `--admin-port` to avoid the race).
+/// Ports handed out by [`free_loopback_port`]: below Linux's default ephemeral range
+/// (32768–60999), which the kernel uses for outgoing connections and `bind(0)`.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port on 127.0.0.1 that is free now, never handed out twice by this process. It is
+/// taken below the ephemeral range, so no outgoing connection (Envoy's own, a test's) can be
+/// given it before Envoy binds it; processes start at different offsets (by pid). Another
+/// process binding it explicitly in between still makes Envoy fail to bind, loudly (pass
+/// `--admin-port` to rule that out).
 pub fn free_loopback_port() -> std::io::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
+    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    let span = PORTS.end - PORTS.start;
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let start = next.unwrap_or_else(|| {
+        // 120 slots of 100 ports: concurrent processes rarely start near each other.
+        PORTS.start + (std::process::id() % 120) as u16 * 100
+    });
+    for i in 0..span {
+        let port = PORTS.start + (start - PORTS.start + i) % span;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            *next = Some(PORTS.start + (port - PORTS.start + 1) % span);
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free port in 127.0.0.1:{}..{}", PORTS.start, PORTS.end),
+    ))
 }

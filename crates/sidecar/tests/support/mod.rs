@@ -6,7 +6,7 @@ pub mod registry;
 pub mod xds;
 
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,21 +21,10 @@ use tokio_util::sync::CancellationToken;
 /// How long anything involving a real Envoy may take to converge.
 pub const CONVERGE: Duration = Duration::from_secs(30);
 
-/// A port free on 127.0.0.1 right now, never handed out twice in this test process.
+/// A port free on 127.0.0.1 right now, never handed out twice in this test process, below
+/// the kernel's ephemeral range.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
+    meshplane_sidecar::envoy::free_loopback_port().unwrap()
 }
 
 /// Polls `check` until it returns `Ok`, or panics with its last error after `timeout`.
