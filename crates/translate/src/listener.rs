@@ -10,6 +10,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3::{
     FilterConfig, filter_config,
 };
@@ -38,21 +39,35 @@ fn router() -> HttpFilter {
     }
 }
 
-fn hcm_filter(hcm: HttpConnectionManager) -> Filter {
-    Filter {
-        name: HCM.to_owned(),
-        config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+/// A filter chain running `hcm`; `named` is (chain name, transport protocol it matches).
+fn chain(named: Option<(&str, &str)>, hcm: HttpConnectionManager) -> FilterChain {
+    let (name, filter_chain_match) = match named {
+        Some((name, protocol)) => (
+            name.to_owned(),
+            Some(FilterChainMatch {
+                transport_protocol: protocol.to_owned(),
+                ..Default::default()
+            }),
+        ),
+        None => (String::new(), None),
+    };
+    FilterChain {
+        name,
+        filter_chain_match,
+        filters: vec![Filter {
+            name: HCM.to_owned(),
+            config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+        }],
+        ..Default::default()
     }
 }
 
-fn listener(name: &str, ip: &str, port: u16, hcm: HttpConnectionManager) -> Listener {
+/// A listener on `(name, ip, port)`.
+fn listener((name, ip, port): (&str, &str, u16), filter_chains: Vec<FilterChain>) -> Listener {
     Listener {
         name: name.to_owned(),
         address: Some(socket(ip, port)),
-        filter_chains: vec![FilterChain {
-            filters: vec![hcm_filter(hcm)],
-            ..Default::default()
-        }],
+        filter_chains,
         // Without SO_REUSEPORT a second process on the same port (a misconfigured sidecar)
         // fails loudly with a NACK instead of silently taking half the connections. Hot
         // restart hands sockets over without it.
@@ -69,74 +84,51 @@ fn listener(name: &str, ip: &str, port: u16, hcm: HttpConnectionManager) -> List
 /// other plaintext request with 403. `incoming` permissions apply on every chain.
 pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
     let d = &group.descriptor;
-    let hcm = |tls: bool| {
-        let mut http_filters = rbac::filters(d, &options.trust_domain);
-        http_filters.push(router());
-        let mut hcm = HttpConnectionManager {
-            stat_prefix: names::INGRESS_LISTENER.to_owned(),
-            route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
-                route::ingress(d),
-            )),
-            http_filters,
-            access_log: rbac::access_logs(d),
-            http_protocol_options: d.preserve_header_case.then(preserve_case_http1),
+    let to_app = |route: RouteConfiguration, http_filters, access_log| HttpConnectionManager {
+        stat_prefix: names::INGRESS_LISTENER.to_owned(),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(route)),
+        http_filters,
+        access_log,
+        http_protocol_options: d.preserve_header_case.then(preserve_case_http1),
+        ..Default::default()
+    };
+    let mut http_filters = rbac::filters(d, &options.trust_domain);
+    http_filters.push(router());
+    let checked = to_app(route::ingress(d), http_filters, rbac::access_logs(d));
+    let address = (
+        names::INGRESS_LISTENER,
+        group.listen_address.as_str(),
+        d.ingress.port,
+    );
+    let plaintext = match d.mtls {
+        MtlsMode::Disabled => return listener(address, vec![chain(None, checked)]),
+        MtlsMode::Permissive => checked.clone(),
+        MtlsMode::Strict => to_app(route::strict_plaintext(d), vec![router()], Vec::new()),
+    };
+    let mut tls = checked;
+    // The app learns the verified caller (`x-forwarded-client-cert: ...;URI=spiffe://...`);
+    // a header sent by the caller is replaced, never trusted.
+    tls.forward_client_cert_details =
+        http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32;
+    tls.set_current_client_cert_details =
+        Some(http_connection_manager::SetCurrentClientCertDetails {
+            uri: true,
             ..Default::default()
-        };
-        if tls {
-            // The app learns the verified caller (`x-forwarded-client-cert: ...;URI=spiffe://...`);
-            // a header sent by the caller is replaced, never trusted.
-            hcm.forward_client_cert_details =
-                http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32;
-            hcm.set_current_client_cert_details =
-                Some(http_connection_manager::SetCurrentClientCertDetails {
-                    uri: true,
-                    ..Default::default()
-                });
-        }
-        hcm
+        });
+    let tls_chain = FilterChain {
+        transport_socket: Some(security::downstream_mtls()),
+        transport_socket_connect_timeout: Some(crate::proto::duration(
+            std::time::Duration::from_secs(10),
+        )),
+        ..chain(Some(("mtls", "tls")), tls)
     };
     let mut l = listener(
-        names::INGRESS_LISTENER,
-        &group.listen_address,
-        d.ingress.port,
-        hcm(false),
+        address,
+        vec![
+            tls_chain,
+            chain(Some(("plaintext", "raw_buffer")), plaintext),
+        ],
     );
-    let plaintext = |hcm: HttpConnectionManager| FilterChain {
-        name: "plaintext".to_owned(),
-        filter_chain_match: Some(FilterChainMatch {
-            transport_protocol: "raw_buffer".to_owned(),
-            ..Default::default()
-        }),
-        filters: vec![hcm_filter(hcm)],
-        ..Default::default()
-    };
-    let chains = match d.mtls {
-        MtlsMode::Disabled => return l,
-        MtlsMode::Permissive => vec![plaintext(hcm(false))],
-        MtlsMode::Strict => {
-            let mut health_only = hcm(false);
-            health_only.http_filters = vec![router()];
-            health_only.access_log = Vec::new();
-            health_only.route_specifier = Some(
-                http_connection_manager::RouteSpecifier::RouteConfig(route::strict_plaintext(d)),
-            );
-            vec![plaintext(health_only)]
-        }
-    };
-    let mut tls_chain = FilterChain {
-        name: "mtls".to_owned(),
-        filter_chain_match: Some(FilterChainMatch {
-            transport_protocol: "tls".to_owned(),
-            ..Default::default()
-        }),
-        filters: vec![hcm_filter(hcm(true))],
-        transport_socket: Some(security::downstream_mtls()),
-        ..Default::default()
-    };
-    tls_chain.transport_socket_connect_timeout =
-        Some(crate::proto::duration(std::time::Duration::from_secs(10)));
-    l.filter_chains = vec![tls_chain];
-    l.filter_chains.extend(chains);
     l.listener_filters = vec![ListenerFilter {
         name: "envoy.filters.listener.tls_inspector".to_owned(),
         config_type: Some(listener_filter::ConfigType::TypedConfig(any(
@@ -185,7 +177,10 @@ pub(crate) fn egress(d: &Descriptor, port: u16) -> Listener {
         local_reply_config: Some(not_a_dependency(d)),
         ..Default::default()
     };
-    listener(names::EGRESS_LISTENER, "127.0.0.1", port, hcm)
+    listener(
+        (names::EGRESS_LISTENER, "127.0.0.1", port),
+        vec![chain(None, hcm)],
+    )
 }
 
 /// No virtual host matched (`NR`): the host is not a dependency. Say so, naming the host,

@@ -68,45 +68,59 @@ pub(crate) fn filters(d: &Descriptor, trust_domain: &str) -> Vec<HttpFilter> {
     let Some(incoming) = &d.incoming else {
         return Vec::new();
     };
-    let enforce = rules(d, incoming, trust_domain, Mode::Enforce);
-    let mut parts = vec![RbacFilter {
-        rules: Some(Rbac {
-            action: rbac::Action::Allow as i32,
-            ..Default::default()
-        }),
-        rules_stat_prefix: ENFORCE_PREFIX.to_owned(),
-        ..Default::default()
-    }];
-    parts.extend(enforce.into_iter().map(|(name, p)| RbacFilter {
-        rules: Some(one_policy(name, p)),
-        ..Default::default()
-    }));
-    let mut out = vec![HttpFilter {
-        name: "meshplane.rbac.enforce".to_owned(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(merged_any(&parts))),
-        ..Default::default()
-    }];
+    let mut out = vec![rbac_filter(
+        Mode::Enforce,
+        rules(d, incoming, trust_domain, Mode::Enforce),
+    )];
     if has_log_mode(incoming) {
-        let audit = rules(d, incoming, trust_domain, Mode::Audit);
-        let mut parts = vec![RbacFilter {
-            shadow_rules: Some(Rbac {
-                action: rbac::Action::Allow as i32,
-                ..Default::default()
-            }),
-            shadow_rules_stat_prefix: AUDIT_PREFIX.to_owned(),
-            ..Default::default()
-        }];
-        parts.extend(audit.into_iter().map(|(name, p)| RbacFilter {
-            shadow_rules: Some(one_policy(name, p)),
-            ..Default::default()
-        }));
-        out.push(HttpFilter {
-            name: "meshplane.rbac.audit".to_owned(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(merged_any(&parts))),
-            ..Default::default()
-        });
+        out.push(rbac_filter(
+            Mode::Audit,
+            rules(d, incoming, trust_domain, Mode::Audit),
+        ));
     }
     out
+}
+
+/// One RBAC filter: enforced `rules` or, for the audit filter, `shadow_rules`. Written as a
+/// head part plus one part per policy (see `merged_any`), so its bytes are the same in every
+/// process.
+fn rbac_filter(mode: Mode, policies: BTreeMap<String, Policy>) -> HttpFilter {
+    let wrap = |rules: Rbac| match mode {
+        Mode::Enforce => RbacFilter {
+            rules: Some(rules),
+            ..Default::default()
+        },
+        Mode::Audit => RbacFilter {
+            shadow_rules: Some(rules),
+            ..Default::default()
+        },
+    };
+    let mut head = wrap(Rbac {
+        action: rbac::Action::Allow as i32,
+        ..Default::default()
+    });
+    let name = match mode {
+        Mode::Enforce => {
+            head.rules_stat_prefix = ENFORCE_PREFIX.to_owned();
+            "meshplane.rbac.enforce"
+        }
+        Mode::Audit => {
+            head.shadow_rules_stat_prefix = AUDIT_PREFIX.to_owned();
+            "meshplane.rbac.audit"
+        }
+    };
+    let parts: Vec<RbacFilter> = std::iter::once(head)
+        .chain(
+            policies
+                .into_iter()
+                .map(|(name, p)| wrap(one_policy(name, p))),
+        )
+        .collect();
+    HttpFilter {
+        name: name.to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(merged_any(&parts))),
+        ..Default::default()
+    }
 }
 
 /// One JSON line per denied (and per logged) request, on Envoy's stdout.
