@@ -187,12 +187,30 @@ impl SidecarConfig {
 }
 
 impl SidecarConfig {
-    /// Where `service`'s certificate comes from: the host files, else the control plane's CA.
-    pub fn identity_source(
+    /// The instance id: `instance_id`, or `<service>-<hostname>-<ingress port>`.
+    pub fn instance_id_for(&self, d: &meshplane_model::Descriptor) -> String {
+        self.instance_id
+            .clone()
+            .unwrap_or_else(|| default_instance_id(d.service.as_ref(), d.ingress.port))
+    }
+
+    /// The work directory (bootstrap, SDS socket, certificate cache): `work_dir`, or a
+    /// per-instance directory under the temporary directory.
+    pub fn work_dir_for(&self, instance_id: &str) -> PathBuf {
+        self.work_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("meshplane-sidecar-{instance_id}"))
+        })
+    }
+
+    /// The identity server for `service` in `work_dir`: the host files, else the control
+    /// plane's CA (with the last certificate cached in `work_dir/identity`, so a restart
+    /// during a control-plane outage still serves).
+    pub fn identity_config(
         &self,
         service: meshplane_model::ServiceName,
-    ) -> crate::identity::IdentitySource {
-        match &self.host_certs {
+        work_dir: &std::path::Path,
+    ) -> crate::identity::IdentityConfig {
+        let source = match &self.host_certs {
             Some(files) => crate::identity::IdentitySource::HostFiles {
                 cert: files.cert_file.clone(),
                 key: files.key_file.clone(),
@@ -204,7 +222,10 @@ impl SidecarConfig {
                 service,
                 trust_domain: self.trust_domain.clone(),
             },
-        }
+        };
+        let mut config = crate::identity::IdentityConfig::new(source, sds_socket(work_dir));
+        config.cache_dir = Some(work_dir.join(IDENTITY_CACHE));
+        config
     }
 
     /// The CA's admin URL: `ca_url`, or port 18080 (the control plane's default admin
@@ -224,6 +245,16 @@ impl SidecarConfig {
             format!("http://{host}:18080")
         }
     }
+}
+
+/// File name of the SDS socket in the work directory.
+const SDS_SOCKET: &str = "sds.sock";
+/// Directory (in the work directory) of the last certificate from the CA.
+const IDENTITY_CACHE: &str = "identity";
+
+/// Where the identity (SDS) server listens in `work_dir`, and where the bootstrap points Envoy.
+pub fn sds_socket(work_dir: &std::path::Path) -> PathBuf {
+    work_dir.join(SDS_SOCKET)
 }
 
 /// The default instance id: `<service>-<hostname>-<ingress port>`, unique per host and

@@ -83,19 +83,10 @@ impl Sidecar {
                 shutdown.clone(),
             ));
         }
-        let mut identity_config =
-            identity::IdentityConfig::new(prepared.identity_source(), prepared.sds_socket());
-        // The last CA certificate, so a restart during a control-plane outage still serves.
-        identity_config.cache_dir = Some(prepared.identity_cache_dir());
-        let identity = identity::start(identity_config, shutdown.clone())
+        // Kept until the sidecar stops: it serves Envoy's certificate.
+        let _identity = identity::start(prepared.identity_config(), shutdown.clone())
             .await
             .map_err(SidecarError::Identity)?;
-        let cert = identity.current();
-        tracing::info!(
-            identity = cert.identity.as_deref().unwrap_or("-"),
-            serial = %cert.serial_hex,
-            "serving the proxy's certificate over SDS"
-        );
         tracing::info!(
             instance_id = %prepared.instance_id,
             service = %prepared.loaded.descriptor.service,
@@ -137,31 +128,14 @@ pub async fn run_sidecar(args: SidecarArgs) -> Result<Outcome, SidecarError> {
 pub async fn run_identity(args: IdentityArgs) -> Result<(), SidecarError> {
     let config = args.into_config()?;
     let loaded = descriptor::load(&config.descriptor)?;
-    let service = loaded.descriptor.service.clone();
-    let instance_id = config.instance_id.clone().unwrap_or_else(|| {
-        config::default_instance_id(service.as_ref(), loaded.descriptor.ingress.port)
-    });
-    let socket = config
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| setup::default_work_dir(&instance_id))
-        .join(setup::SDS_SOCKET);
-    let source = config.identity_source(service);
+    let work_dir = config.work_dir_for(&config.instance_id_for(&loaded.descriptor));
     let shutdown = CancellationToken::new();
     let _hot_restart = signals::install(shutdown.clone())
         .map_err(SidecarError::io("cannot listen for signals"))?;
-    let mut identity_config = identity::IdentityConfig::new(source, socket.clone());
-    identity_config.cache_dir = socket.parent().map(|dir| dir.join(setup::IDENTITY_CACHE));
-    let handle = identity::start(identity_config, shutdown.clone())
+    let identity_config = config.identity_config(loaded.descriptor.service.clone(), &work_dir);
+    let _identity = identity::start(identity_config, shutdown.clone())
         .await
         .map_err(SidecarError::Identity)?;
-    let cert = handle.current();
-    tracing::info!(
-        socket = %socket.display(),
-        identity = cert.identity.as_deref().unwrap_or("-"),
-        serial = %cert.serial_hex,
-        "serving the certificate for a self-run Envoy"
-    );
     shutdown.cancelled().await;
     Ok(())
 }
@@ -175,15 +149,8 @@ pub fn render_bootstrap(args: BootstrapArgs) -> Result<String, SidecarError> {
         return Err(SidecarError::NoControlPlane);
     }
     let d = &loaded.descriptor;
-    let instance_id = config
-        .instance_id
-        .clone()
-        .unwrap_or_else(|| config::default_instance_id(d.service.as_ref(), d.ingress.port));
-    let sds_socket = config
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| setup::default_work_dir(&instance_id))
-        .join(setup::SDS_SOCKET);
+    let instance_id = config.instance_id_for(d);
+    let sds_socket = config::sds_socket(&config.work_dir_for(&instance_id));
     let value = bootstrap::bootstrap(&bootstrap::BootstrapSpec {
         descriptor: &loaded.written,
         instance_id: &instance_id,

@@ -10,18 +10,7 @@ use crate::config::SidecarConfig;
 use crate::descriptor::{self, LoadError, LoadedDescriptor};
 use crate::envoy::{EnvoyCommand, base_id_for, find_envoy, free_loopback_port};
 use crate::error::SidecarError;
-use crate::identity::IdentitySource;
 use crate::registration::ServiceRegistration;
-
-/// File name of the SDS socket in the work directory.
-pub(crate) const SDS_SOCKET: &str = "sds.sock";
-/// Directory (in the work directory) of the last certificate from the CA.
-pub(crate) const IDENTITY_CACHE: &str = "identity";
-
-/// The work directory when none is given: per instance, under the temporary directory.
-pub(crate) fn default_work_dir(instance_id: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("meshplane-sidecar-{instance_id}"))
-}
 
 /// The sidecar's fixed decisions plus the current descriptor.
 #[derive(Debug)]
@@ -46,19 +35,15 @@ impl Prepared {
             return Err(SidecarError::NoControlPlane);
         }
         let d = &loaded.descriptor;
-        let instance_id = config.instance_id.clone().unwrap_or_else(|| {
-            crate::config::default_instance_id(d.service.as_ref(), d.ingress.port)
-        });
+        let instance_id = config.instance_id_for(d);
         let admin_port = match config.admin_port {
             0 => free_loopback_port().map_err(SidecarError::io("cannot pick a free admin port"))?,
             p => p,
         };
         let base_id = config.base_id.unwrap_or_else(|| base_id_for(&instance_id));
         let envoy = find_envoy(config.envoy.as_deref())?;
-        let (dir, owns_dir) = match &config.work_dir {
-            Some(dir) => (dir.clone(), false),
-            None => (default_work_dir(&instance_id), true),
-        };
+        let dir = config.work_dir_for(&instance_id);
+        let owns_dir = config.work_dir.is_none();
         std::fs::create_dir_all(&dir)
             .map_err(SidecarError::io(format!("cannot create {}", dir.display())))?;
         let relay = match config.admin_relay {
@@ -119,7 +104,7 @@ impl Prepared {
                 .host_certs
                 .as_ref()
                 .filter(|_| self.config.xds_tls),
-            sds_socket: &self.sds_socket(),
+            sds_socket: &crate::config::sds_socket(self.work_dir()),
         })
     }
 
@@ -137,20 +122,17 @@ impl Prepared {
         std::fs::rename(&tmp, &self.bootstrap_path).map_err(SidecarError::io(what))
     }
 
-    /// Where the identity (SDS) server listens: next to the bootstrap.
-    pub(crate) fn sds_socket(&self) -> PathBuf {
-        self.bootstrap_path.with_file_name(SDS_SOCKET)
+    /// The directory of the bootstrap, the SDS socket and the certificate cache.
+    fn work_dir(&self) -> &std::path::Path {
+        self.bootstrap_path
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
     }
 
-    /// Where the last certificate from the CA is kept (kept across restarts).
-    pub(crate) fn identity_cache_dir(&self) -> PathBuf {
-        self.bootstrap_path.with_file_name(IDENTITY_CACHE)
-    }
-
-    /// Where this proxy's certificate comes from.
-    pub(crate) fn identity_source(&self) -> IdentitySource {
+    /// The identity server for this proxy (see [`SidecarConfig::identity_config`]).
+    pub(crate) fn identity_config(&self) -> crate::identity::IdentityConfig {
         self.config
-            .identity_source(self.loaded.descriptor.service.clone())
+            .identity_config(self.loaded.descriptor.service.clone(), self.work_dir())
     }
 
     pub(crate) fn envoy_command(&self) -> EnvoyCommand {
@@ -176,7 +158,7 @@ impl Prepared {
     /// Removes the bootstrap and the SDS socket (and the directory when the sidecar made it).
     pub(crate) fn cleanup(&self) {
         let _ = std::fs::remove_file(&self.bootstrap_path);
-        let _ = std::fs::remove_file(self.sds_socket());
+        let _ = std::fs::remove_file(crate::config::sds_socket(self.work_dir()));
         if self.owns_dir
             && let Some(dir) = self.bootstrap_path.parent()
         {
