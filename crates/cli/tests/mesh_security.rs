@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderMap, Method, Uri};
-use support::{Mesh, caller, envoy_stat, free_port, poll};
+use support::{Mesh, TestCa, caller, envoy_stat, free_port, poll};
 
 /// What the protected app received: method, path and the client-certificate header Envoy set.
 #[derive(Clone, Debug)]
@@ -374,78 +374,6 @@ async fn strict_refuses_plaintext_and_untrusted_certificates() {
         handshake_failures >= 1,
         "vault's listener saw a failed handshake"
     );
-}
-
-/// A CA of the test's own (the deployment's, or a rogue one), writing files under `dir`.
-struct TestCa {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    ca_file: String,
-    dir: std::path::PathBuf,
-}
-
-impl TestCa {
-    fn new(dir: &std::path::Path, name: &str) -> TestCa {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name = common_name(&format!("{name} CA"));
-        let ca = params.self_signed(&key).expect("ca");
-        let ca_file = dir.join(format!("{name}-ca.crt"));
-        std::fs::write(&ca_file, ca.pem()).expect("write");
-        TestCa {
-            issuer: rcgen::Issuer::new(params, key),
-            ca_file: ca_file.display().to_string(),
-            dir: dir.to_owned(),
-        }
-    }
-
-    /// A certificate for `uri` written (replaced atomically, as a deployment tool would) to
-    /// `<name>.crt` / `<name>.key`; returns (cert, key, ca) paths and the serial (hex).
-    fn issue(&self, name: &str, uri: &str) -> (String, String, String, String) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().expect("uri"))];
-        // Not the CA's name (rcgen's default), or the leaf would look self-signed.
-        params.distinguished_name = common_name(name);
-        let serial: [u8; 8] = rand_serial();
-        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
-        let cert = params.signed_by(&key, &self.issuer).expect("cert");
-        let path = |ext: &str| self.dir.join(format!("{name}.{ext}"));
-        for (ext, text) in [("key", key.serialize_pem()), ("crt", cert.pem())] {
-            let tmp = path(&format!("{ext}.tmp"));
-            std::fs::write(&tmp, text).expect("write");
-            std::fs::rename(&tmp, path(ext)).expect("rename");
-        }
-        let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
-        (
-            path("crt").display().to_string(),
-            path("key").display().to_string(),
-            self.ca_file.clone(),
-            hex,
-        )
-    }
-}
-
-fn common_name(cn: &str) -> rcgen::DistinguishedName {
-    let mut dn = rcgen::DistinguishedName::new();
-    dn.push(rcgen::DnType::CommonName, cn);
-    dn
-}
-
-/// Eight bytes that differ per call (a positive serial: top bit clear).
-fn rand_serial() -> [u8; 8] {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos(),
-    );
-    let mut b = h.finish().to_be_bytes();
-    b[0] &= 0x7f;
-    b[0] |= 0x10;
-    b
 }
 
 /// A CA nobody trusts and a certificate from it for `uri`: (cert, key, ca) file paths.

@@ -3,6 +3,8 @@
 //! hot restart are tested in `crates/sidecar/tests`.)
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -137,14 +139,6 @@ fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 }
 
 /// A port free on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Even a SIGKILLed sidecar (no chance to clean up) leaves no running Envoy behind.
 #[test]
 fn envoy_dies_with_a_killed_sidecar() {
@@ -162,9 +156,10 @@ fn envoy_dies_with_a_killed_sidecar() {
         "service: orders\nport: 8080\ningress: { port: 31001 }\n",
     )
     .unwrap();
-    let admin_port = free_port();
+    let admin_port = support::free_port();
     // No control plane here, so no CA: the identity comes from host certificate files.
-    let certs = host_certificate(&dir.0, "spiffe://meshplane.local/service/orders");
+    let (cert, key, ca, _) = support::TestCa::new(&dir.0, "host")
+        .issue("host", "spiffe://meshplane.local/service/orders");
     let mut sidecar = meshplane()
         .args([
             "sidecar",
@@ -173,14 +168,7 @@ fn envoy_dies_with_a_killed_sidecar() {
             "--registry",
             "http://127.0.0.1:1",
         ])
-        .args([
-            "--cert-file",
-            &certs[0],
-            "--key-file",
-            &certs[1],
-            "--ca-file",
-            &certs[2],
-        ])
+        .args(["--cert-file", &cert, "--key-file", &key, "--ca-file", &ca])
         .args(["--envoy-log-level", "critical", "--envoy-concurrency", "1"])
         .arg("--descriptor")
         .arg(&descriptor)
@@ -206,22 +194,4 @@ fn envoy_dies_with_a_killed_sidecar() {
         // Gone, or a zombie waiting for init to reap it.
         (stat.is_empty() || stat.contains(") Z ")).then_some(())
     });
-}
-
-/// A self-signed CA and a certificate for `uri` under `dir`: [cert, key, ca] paths.
-fn host_certificate(dir: &std::path::Path, uri: &str) -> [String; 3] {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let paths = ["host.crt", "host.key", "ca.crt"].map(|f| dir.join(f).display().to_string());
-    std::fs::write(&paths[0], cert.pem()).unwrap();
-    std::fs::write(&paths[1], key.serialize_pem()).unwrap();
-    std::fs::write(&paths[2], ca.pem()).unwrap();
-    paths
 }
