@@ -101,3 +101,16 @@ pub fn csr_spki(csr_pem: &str) -> Vec<u8> {
         x509_parser::certification_request::X509CertificationRequest::from_der(&der).expect("CSR");
     csr.certification_request_info.subject_pki.raw.to_vec()
 }
+
+/// OID of the P-256 curve.
+pub const P256: &str = "1.2.840.10045.3.1.7";
+
+/// The named curve of a certificate's EC public key, as a dotted OID.
+pub fn curve_oid(cert: &X509Certificate<'_>) -> Option<String> {
+    cert.public_key()
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|c| c.to_id_string())
+}
