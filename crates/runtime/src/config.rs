@@ -106,7 +106,7 @@ impl Default for ControlPlaneConfig {
             datacenter: "dc1".to_owned(),
             token: None,
             peers: Vec::new(),
-            trust_domain: "meshplane.local".to_owned(),
+            trust_domain: meshplane_model::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
             xds_tls_cert: None,
             xds_tls_key: None,
             xds_client_ca: None,

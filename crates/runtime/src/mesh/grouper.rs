@@ -172,10 +172,8 @@ impl NodeGrouper for DescriptorGrouper {
         self.limits.group(node, peer)?;
         let group = self.proxy_group(node)?;
         if let Some(trust_domain) = &self.identity {
-            let expected = format!(
-                "spiffe://{trust_domain}/service/{}",
-                group.descriptor.service
-            );
+            let expected =
+                meshplane_model::identity::spiffe_id(trust_domain, &group.descriptor.service);
             if !peer.uri_sans.contains(&expected) {
                 tracing::warn!(node = %node.id, claimed = %group.descriptor.service, proven = ?peer.uri_sans, peer = ?peer.remote_addr,
                     "refusing a proxy whose certificate does not prove the service it claims");
