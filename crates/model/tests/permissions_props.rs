@@ -129,7 +129,7 @@ fn yaml(i: &Incoming) -> String {
     out
 }
 
-/// Independent statement of the rules in DESIGN.md section 3.
+/// Independent statement of the rules in docs/descriptor.md (`incoming`).
 fn oracle_valid(i: &Incoming) -> bool {
     let unlisted_ok = |u: &str| matches!(u, "block" | "log");
     let service_ok = |s: &str| ServiceName::new(s).is_ok();

@@ -11,7 +11,7 @@
 //! service's turn unless its query is in flight. Defaults with 1,000 services: ≤ 100 connections
 //! (Consul allows 200 per client address), 89 health slots, each service re-read about every
 //! 10s (~100 requests/s to Consul); changes reach the store in ~5s median, ≤ ~10s (see
-//! `BENCHMARKS-registry.md`). Lower `rotation` or raise `max_connections` for faster changes.
+//! `BENCHMARKS.md`, "Consul source"). Lower `rotation` or raise `max_connections` for faster changes.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},

@@ -1,4 +1,4 @@
-//! Fan-out benchmark of Meshplane's xDS server (DESIGN.md §5): N Envoy-like ADS streams,
+//! Fan-out benchmark of Meshplane's xDS server (figures in BENCHMARKS.md): N Envoy-like ADS streams,
 //! state-of-the-world or delta, against the real [`meshplane_xds::XdsServer`] on 127.0.0.1.
 //!
 //! ```text

@@ -1,6 +1,6 @@
 //! What the server publishes: the groups, their snapshots, and the change made each round.
 //!
-//! Two layouts. [`Layout::Groups`] is the realistic mesh of DESIGN.md §1: proxies spread over
+//! Two layouts. [`Layout::Groups`] is the realistic mesh: proxies spread over
 //! groups (one per service, five proxies each), each group seeing its own service and four
 //! dependencies; a round changes the endpoints of every service, so every group changes.
 //! [`Layout::Shared`] is the wildcard worst case: every proxy in one group that sees 1,000
@@ -16,13 +16,13 @@ use meshplane_xds::fixtures::{mk_eds_cluster, mk_endpoints, mk_http_listener, mk
 use meshplane_xds::server::node::check_node_identity;
 use meshplane_xds::{GroupError, GroupKey, NodeGrouper, PeerInfo, Resource, Snapshot};
 
-/// Proxies per group in the realistic layout (DESIGN: 5,000 proxies ≈ 1,000 groups).
+/// Proxies per group in the realistic layout (a mesh of 5,000 proxies has ≈ 1,000 groups).
 pub const PROXIES_PER_GROUP: usize = 5;
 /// Dependencies each service's proxies route to, besides their own service.
 const DEPENDENCIES: usize = 4;
 /// Instances per service in the realistic layout.
 const GROUP_INSTANCES: usize = 3;
-/// Services seen by the shared group (DESIGN §5: 1,000 services × 20 instances).
+/// Services seen by the shared group (the wildcard target: 1,000 services × 20 instances).
 pub const SHARED_SERVICES: usize = 1_000;
 const SHARED_INSTANCES: usize = 20;
 

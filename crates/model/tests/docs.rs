@@ -1,0 +1,92 @@
+//! Every example of `docs/descriptor.md` goes through the real parser and validator: valid
+//! examples must be accepted, `yaml error` examples refused with the message they document, and
+//! the node-metadata example accepted once the sidecar's own keys are removed. A doc example
+//! that drifts from the code fails here.
+
+use meshplane_model::Descriptor;
+
+const DOC: &str = include_str!("../../../docs/descriptor.md");
+
+/// Keys the sidecar adds to node metadata that are not descriptor fields.
+const SIDECAR_KEYS: [&str; 3] = ["admin", "admin_relay", "address"];
+
+/// `(info string, body)` of every fenced block.
+fn fenced_blocks(markdown: &str) -> Vec<(String, String)> {
+    let mut blocks = Vec::new();
+    let mut open: Option<(String, String)> = None;
+    for line in markdown.lines() {
+        match (&mut open, line.strip_prefix("```")) {
+            (None, Some(info)) => open = Some((info.trim().to_owned(), String::new())),
+            (Some(_), Some(_)) => blocks.extend(open.take()),
+            (Some((_, body)), None) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    assert!(open.is_none(), "unclosed code fence");
+    blocks
+}
+
+/// The message a `yaml error` example documents in its first line.
+fn documented_error(body: &str) -> &str {
+    body.lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# error: "))
+        .unwrap_or_else(|| panic!("a `yaml error` example starts with `# error: MESSAGE`:\n{body}"))
+}
+
+#[test]
+fn valid_examples_parse() {
+    let examples: Vec<_> = fenced_blocks(DOC)
+        .into_iter()
+        .filter(|(info, _)| info == "yaml")
+        .collect();
+    assert!(examples.len() >= 5, "the page lost its examples");
+    for (_, body) in examples {
+        if let Err(e) = Descriptor::from_yaml(&body) {
+            panic!("documented example refused: {e}\n{body}");
+        }
+    }
+}
+
+#[test]
+fn error_examples_fail_with_the_documented_message() {
+    let examples: Vec<_> = fenced_blocks(DOC)
+        .into_iter()
+        .filter(|(info, _)| info == "yaml error")
+        .collect();
+    assert!(examples.len() >= 10, "the page lost its error examples");
+    let drifted: Vec<String> = examples
+        .iter()
+        .filter_map(|(_, body)| {
+            let expected = documented_error(body);
+            match Descriptor::from_yaml(body) {
+                Ok(_) => Some(format!("accepted, documented as refused:\n{body}")),
+                Err(e) if e.to_string() != expected => {
+                    Some(format!("documented: {expected}\nactual:     {e}"))
+                }
+                Err(_) => None,
+            }
+        })
+        .collect();
+    assert!(drifted.is_empty(), "{}", drifted.join("\n\n"));
+}
+
+#[test]
+fn the_node_metadata_example_is_a_valid_descriptor() {
+    let examples: Vec<_> = fenced_blocks(DOC)
+        .into_iter()
+        .filter(|(info, _)| info == "json")
+        .collect();
+    assert_eq!(examples.len(), 1, "one node example");
+    let node: serde_json::Value = serde_json::from_str(&examples[0].1).expect("valid JSON");
+    let mut metadata = node["metadata"].clone();
+    let map = metadata.as_object_mut().expect("metadata is an object");
+    for key in SIDECAR_KEYS {
+        map.remove(key);
+    }
+    let descriptor = Descriptor::from_json(metadata).expect("a valid descriptor");
+    assert_eq!(node["cluster"], descriptor.service.as_str(), "node.cluster");
+}
