@@ -1,13 +1,15 @@
 //! The ADS server: state-of-the-world and delta ADS plus the per-type CDS, EDS, LDS, RDS
 //! and SDS services, on one port.
 //!
-//! Each stream runs [`stream::drive`] with a [`sotw::SotwState`] or [`delta::DeltaState`].
+//! Each stream runs [`stream::drive`] with a [`sotw::SotwState`] or [`delta::DeltaState`];
+//! both render the steps of one [`planner::Planner`], which owns make-before-break ordering.
 //! The server owns protocol state (nonces, ACK/NACK, subscriptions, ordering); content comes
 //! from the [`SnapshotCache`].
 
 mod body;
 mod delta;
 pub mod node;
+mod planner;
 mod service;
 mod sotw;
 mod stream;

@@ -36,55 +36,6 @@ pub(crate) trait Protocol: Send + 'static {
     fn on_snapshot(&mut self, snapshot: &Snapshot, status: &StatusEntry) -> Vec<Self::Response>;
 }
 
-/// What both protocol flavours provide for answering a request while a push is held.
-pub(crate) trait Pushes {
-    type Response;
-
-    /// Sends what the proxy lacks of one type.
-    fn push_type(
-        &mut self,
-        kind: ResourceType,
-        snapshot: &Snapshot,
-        status: &StatusEntry,
-        out: &mut Vec<Self::Response>,
-    );
-    /// A full push in make-before-break order.
-    fn push(&mut self, snapshot: &Snapshot, status: &StatusEntry) -> Vec<Self::Response>;
-    /// Forgets awaited endpoints the proxy has now been sent.
-    fn endpoints_delivered(&mut self);
-    /// Whether new clusters still wait for their endpoints.
-    fn awaiting_endpoints(&self) -> bool;
-}
-
-/// Answers a request for `kind`. While routing is held (new clusters wait for their
-/// endpoints), only endpoints and secrets are answered: clusters (whose removal waits for the
-/// routes), listeners and routes go out with the resumed push.
-pub(crate) fn answer<S: Pushes>(
-    state: &mut S,
-    kind: ResourceType,
-    held: bool,
-    snapshot: &Snapshot,
-    status: &StatusEntry,
-) -> Vec<S::Response> {
-    let mut out = Vec::new();
-    let routing = matches!(
-        kind,
-        ResourceType::Cluster | ResourceType::Listener | ResourceType::Route
-    );
-    if !(routing && held) {
-        state.push_type(kind, snapshot, status, &mut out);
-        if kind == ResourceType::Cluster && !out.is_empty() {
-            state.push_type(ResourceType::Endpoint, snapshot, status, &mut out);
-        }
-    }
-    state.endpoints_delivered();
-    if held && !state.awaiting_endpoints() {
-        // The new clusters have their endpoints (or were rejected): resume the push.
-        out.extend(state.push(snapshot, status));
-    }
-    out
-}
-
 /// Parses a request's type URL. Per-type services accept an empty URL (their type is
 /// implied) and refuse any other type.
 pub(crate) fn parse_type(url: &str, only: Option<ResourceType>) -> Result<ResourceType, Status> {

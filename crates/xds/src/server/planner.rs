@@ -1,0 +1,641 @@
+//! The push planner: one pure, synchronous answer to "what does this proxy get next, and in
+//! which order", shared by both protocol flavours.
+//!
+//! It knows, per type, what the proxy holds (name → version, from our responses or reported
+//! on reconnect) and what it subscribes to, and turns a snapshot into ordered [`Step`]s. The
+//! flavours only render steps: SotW as full sets (CDS/LDS) or partial sets (EDS/RDS/SDS),
+//! delta as diffs with `removed_resources`. The make-before-break rules (DESIGN.md §4) live
+//! here only:
+//! - push order CDS → EDS → LDS → RDS, then cluster removals, then SDS;
+//! - a cluster (re)created by a CDS step warms until it gets its EDS, so the endpoints of
+//!   upserted clusters are re-sent even if unchanged, every subscribed EDS name is answered
+//!   (empty for unknown services), and listeners, routes and cluster removals wait until every
+//!   (re)created cluster has been sent its endpoints;
+//! - a cluster leaves only once the listeners and routes that named it have been replaced,
+//!   and until then keeps the endpoints it had;
+//! - nothing is sent that the proxy already holds, so a NACKed version is never re-sent in a
+//!   loop and a reconnect reporting what it holds gets nothing.
+//!
+//! Per-push work is proportional to the types whose content or subscription changed: a type
+//! is skipped when its snapshot version and subscription are those it was last brought in
+//! line with.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::resource::{Resource, ResourceType};
+use crate::snapshot::Snapshot;
+
+/// Which protocol renders the steps; they differ only in which endpoints a cluster update
+/// re-sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavour {
+    /// State of the world: CDS and LDS steps carry the full set the proxy holds afterwards,
+    /// and a cluster update re-sends every subscribed assignment (SotW Envoys re-request EDS
+    /// after each CDS response and warm on its answer).
+    Sotw,
+    /// Incremental: steps carry upserts and removals; a cluster update re-sends the
+    /// assignments of the clusters it (re)created.
+    Delta,
+}
+
+/// One response to send: a type, the resources it carries and the names it removes.
+#[derive(Debug)]
+pub(crate) struct Step {
+    /// The resource type.
+    pub(crate) kind: ResourceType,
+    /// SotW CDS/LDS: every resource the proxy holds afterwards. Otherwise the upserts.
+    pub(crate) resources: Vec<Arc<Resource>>,
+    /// Names the proxy no longer holds (delta renders them; SotW full sets imply them).
+    pub(crate) removals: Vec<String>,
+    /// Version of everything the proxy holds of this type afterwards (SotW `version_info`,
+    /// delta `system_version_info`).
+    pub(crate) version: String,
+}
+
+/// What the proxy holds of one resource.
+#[derive(Debug, Clone)]
+enum Held {
+    /// Sent on this stream.
+    Sent(Arc<Resource>),
+    /// Reported by the proxy on reconnect (delta `initial_resource_versions`).
+    Reported(String),
+    /// Held, but must be sent again (a cluster using it was (re)created); the content is
+    /// kept for clusters that are held while gone from the snapshot.
+    Stale(Option<Arc<Resource>>),
+}
+
+impl Held {
+    fn version(&self) -> &str {
+        match self {
+            Held::Sent(r) => r.version(),
+            Held::Reported(v) => v,
+            Held::Stale(_) => "",
+        }
+    }
+
+    fn resource(&self) -> Option<&Arc<Resource>> {
+        match self {
+            Held::Sent(r) | Held::Stale(Some(r)) => Some(r),
+            Held::Reported(_) | Held::Stale(None) => None,
+        }
+    }
+
+    /// Held and not due to be sent again.
+    fn fresh(&self) -> bool {
+        !matches!(self, Held::Stale(_))
+    }
+}
+
+/// Subscription and holdings of one type.
+#[derive(Debug, Default)]
+struct TypePlan {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    held: BTreeMap<String, Held>,
+    /// SotW reconnect: the version the proxy reported holding, adopted if the first target
+    /// has it.
+    reported: Option<String>,
+    /// Whether anything was sent or adopted since the type was (re)subscribed.
+    synced: bool,
+    /// The snapshot type version `held` was last brought fully in line with, while the
+    /// subscription and what it depends on stayed the same: planning again finds nothing.
+    evaluated: Option<String>,
+}
+
+impl TypePlan {
+    fn subscribed(&self) -> bool {
+        self.wildcard || !self.names.is_empty()
+    }
+}
+
+/// What one type should become: per name, the resource to hold.
+struct Diff {
+    kind: ResourceType,
+    upserts: Vec<Arc<Resource>>,
+    removals: Vec<String>,
+    /// The whole target equals the snapshot's map of the type (its version is precomputed).
+    whole_type: bool,
+    /// The proxy reported holding exactly the target (SotW reconnect): nothing to send.
+    adopt: bool,
+}
+
+/// The planner of one stream.
+#[derive(Debug)]
+pub(crate) struct Planner {
+    flavour: Flavour,
+    /// An ADS stream: a proxy that watches listeners on it asks for the endpoints of the
+    /// clusters it gets here, even its first ones (Envoy opens its EDS watch only once it has
+    /// an EDS cluster). Per-type CDS streams, and clients that watch clusters only, get no
+    /// routing from this stream and never wait.
+    ads: bool,
+    types: [Option<TypePlan>; 5],
+    /// EDS names of (re)created clusters not yet sent their endpoints: listeners, routes and
+    /// cluster removals wait for them (make-before-break). Settled by `await_endpoints`.
+    awaiting_endpoints: BTreeSet<String>,
+    /// SotW: the proxy rejected the latest clusters and kept older ones, so the next full set
+    /// may (re)create any cluster in it.
+    clusters_rejected: bool,
+}
+
+// === impl Planner ===
+
+impl Planner {
+    pub(crate) fn new(flavour: Flavour, ads: bool) -> Self {
+        Planner {
+            flavour,
+            ads,
+            types: Default::default(),
+            awaiting_endpoints: BTreeSet::new(),
+            clusters_rejected: false,
+        }
+    }
+
+    fn plan_mut(&mut self, kind: ResourceType) -> &mut TypePlan {
+        self.types[kind.index()].get_or_insert_with(TypePlan::default)
+    }
+
+    /// Whether the proxy has asked for `kind` on this stream.
+    pub(crate) fn knows(&self, kind: ResourceType) -> bool {
+        self.types[kind.index()].is_some()
+    }
+
+    /// Replaces the subscription of `kind` (SotW requests carry the whole set). An empty
+    /// subscription forgets what the proxy held: Envoy drops a type it no longer watches, and
+    /// a later subscription starts afresh.
+    pub(crate) fn set_subscription(
+        &mut self,
+        kind: ResourceType,
+        wildcard: bool,
+        names: BTreeSet<String>,
+    ) {
+        let tp = self.plan_mut(kind);
+        if tp.wildcard != wildcard || tp.names != names {
+            tp.wildcard = wildcard;
+            tp.names = names;
+            tp.evaluated = None;
+        }
+        if !tp.subscribed() {
+            tp.held.clear();
+            tp.reported = None;
+            tp.synced = false;
+            tp.evaluated = None;
+        }
+    }
+
+    /// Adds to (`subscribe`) or takes from the subscription of `kind` (delta); `*` is the
+    /// wildcard. An unsubscribed name is no longer held.
+    pub(crate) fn change_subscription(
+        &mut self,
+        kind: ResourceType,
+        subscribe: &[String],
+        unsubscribe: &[String],
+    ) {
+        let tp = self.plan_mut(kind);
+        for name in subscribe {
+            if name == "*" {
+                tp.wildcard = true;
+            } else {
+                tp.names.insert(name.clone());
+            }
+        }
+        for name in unsubscribe {
+            if name == "*" {
+                tp.wildcard = false;
+            } else {
+                tp.names.remove(name);
+                tp.held.remove(name);
+            }
+        }
+        if !subscribe.is_empty() || !unsubscribe.is_empty() {
+            tp.evaluated = None;
+        }
+        if !tp.subscribed() {
+            tp.held.clear();
+        }
+    }
+
+    /// Delta reconnect: what the proxy already holds of `kind` (`initial_resource_versions`).
+    pub(crate) fn report_held<'a>(
+        &mut self,
+        kind: ResourceType,
+        held: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) {
+        // Endpoints of clusters (re)created on this stream before the proxy reported them are
+        // due again: the new cluster warms until it gets them.
+        let awaited = (kind == ResourceType::Endpoint).then(|| self.awaiting_endpoints.clone());
+        let tp = self.plan_mut(kind);
+        tp.held = held
+            .into_iter()
+            .map(|(name, version)| {
+                let held = if awaited.as_ref().is_some_and(|a| a.contains(name)) {
+                    Held::Stale(None)
+                } else {
+                    Held::Reported(version.clone())
+                };
+                (name.clone(), held)
+            })
+            .collect();
+        tp.synced = !tp.held.is_empty();
+        tp.evaluated = None;
+    }
+
+    /// SotW reconnect: the version of `kind` the proxy reports holding. Ignored once the type
+    /// has been sent on this stream.
+    pub(crate) fn report_version(&mut self, kind: ResourceType, version: &str) {
+        let tp = self.plan_mut(kind);
+        if !tp.synced {
+            tp.reported = Some(version.to_owned());
+            tp.evaluated = None;
+        }
+    }
+
+    /// Whether the version the proxy would report for `kind` is worth recording (SotW).
+    pub(crate) fn synced(&self, kind: ResourceType) -> bool {
+        self.types[kind.index()]
+            .as_ref()
+            .is_some_and(|tp| tp.synced)
+    }
+
+    /// The proxy rejected a response of `kind`. It will not ask for the endpoints of clusters
+    /// it rejected, so they no longer hold routing.
+    pub(crate) fn rejected(&mut self, kind: ResourceType) {
+        if kind == ResourceType::Cluster {
+            self.awaiting_endpoints.clear();
+            self.clusters_rejected = true;
+        }
+    }
+
+    /// The proxy accepted the latest response of `kind`.
+    pub(crate) fn accepted(&mut self, kind: ResourceType) {
+        if kind == ResourceType::Cluster {
+            self.clusters_rejected = false;
+        }
+    }
+
+    /// Whether listeners, routes and cluster removals are held until (re)created clusters
+    /// have their endpoints.
+    pub(crate) fn holding(&self) -> bool {
+        !self.awaiting_endpoints.is_empty() && self.expects_endpoints()
+    }
+
+    /// Whether the proxy will ask this stream for the endpoints of the clusters it gets.
+    fn expects_endpoints(&self) -> bool {
+        self.knows(ResourceType::Endpoint) || (self.ads && self.knows(ResourceType::Listener))
+    }
+
+    /// Everything to send after the snapshot changed, in make-before-break order.
+    pub(crate) fn push(&mut self, snapshot: &Snapshot) -> Vec<Step> {
+        let mut out = Vec::new();
+        let mut deferred_removals = false;
+        if let Some(mut diff) = self.diff(ResourceType::Cluster, snapshot) {
+            // Delta also sends removals apart from additions when routing is unchanged: a
+            // removal-only response is cheap, and a proxy never sees a cluster replaced in
+            // one step.
+            let split = self.flavour == Flavour::Delta && !diff.upserts.is_empty();
+            if !diff.removals.is_empty() && (split || self.routing_changes(snapshot)) {
+                // Removed clusters stay until the listeners and routes naming them are
+                // replaced, below or in the push resumed once new clusters have endpoints.
+                diff.removals.clear();
+                deferred_removals = true;
+            }
+            out.extend(self.apply(diff, snapshot, !deferred_removals));
+        }
+        self.push_type(ResourceType::Endpoint, snapshot, &mut out);
+        self.await_endpoints(snapshot);
+        if self.holding() {
+            self.push_type(ResourceType::Secret, snapshot, &mut out);
+            return out;
+        }
+        self.push_type(ResourceType::Listener, snapshot, &mut out);
+        self.push_type(ResourceType::Route, snapshot, &mut out);
+        if deferred_removals {
+            self.push_type(ResourceType::Cluster, snapshot, &mut out);
+        }
+        self.push_type(ResourceType::Secret, snapshot, &mut out);
+        out
+    }
+
+    /// Answers a request for `kind`; `held` is [`Planner::holding`] before the request was
+    /// taken in. While routing is held, only endpoints and secrets are answered: clusters
+    /// (whose removal waits for the routes), listeners and routes go out with the push that
+    /// resumes once the awaited endpoints have been sent (or their clusters rejected).
+    pub(crate) fn answer(
+        &mut self,
+        kind: ResourceType,
+        held: bool,
+        snapshot: &Snapshot,
+    ) -> Vec<Step> {
+        let mut out = Vec::new();
+        let routing = matches!(
+            kind,
+            ResourceType::Cluster | ResourceType::Listener | ResourceType::Route
+        );
+        if !(routing && held) {
+            self.push_type(kind, snapshot, &mut out);
+            if kind == ResourceType::Cluster && !out.is_empty() {
+                self.push_type(ResourceType::Endpoint, snapshot, &mut out);
+                self.await_endpoints(snapshot);
+            }
+        }
+        self.endpoints_delivered();
+        if held && !self.holding() {
+            out.extend(self.push(snapshot));
+        }
+        out
+    }
+
+    /// One-shot answer for the `Fetch*` RPCs: `(version, resources)` of `names` (or every
+    /// resource of a full-state type when none are named).
+    pub(crate) fn fetch(
+        kind: ResourceType,
+        wildcard: bool,
+        names: BTreeSet<String>,
+        snapshot: &Snapshot,
+    ) -> (String, Vec<Arc<Resource>>) {
+        let mut planner = Planner::new(Flavour::Sotw, false);
+        planner.set_subscription(kind, wildcard, names);
+        let mut out = Vec::new();
+        planner.push_type(kind, snapshot, &mut out);
+        match out.pop() {
+            Some(step) => (step.version, step.resources),
+            None => (String::new(), Vec::new()),
+        }
+    }
+
+    fn push_type(&mut self, kind: ResourceType, snapshot: &Snapshot, out: &mut Vec<Step>) {
+        if let Some(diff) = self.diff(kind, snapshot)
+            && let Some(step) = self.apply(diff, snapshot, true)
+        {
+            out.push(step);
+        }
+    }
+
+    /// Whether listeners or routes would change: only then can a held route still name a
+    /// cluster the snapshot dropped.
+    fn routing_changes(&self, snapshot: &Snapshot) -> bool {
+        [ResourceType::Listener, ResourceType::Route]
+            .into_iter()
+            .any(|kind| {
+                self.diff(kind, snapshot)
+                    .is_some_and(|d| d.adopt || !d.upserts.is_empty() || !d.removals.is_empty())
+            })
+    }
+
+    /// What `kind` lacks against the snapshot, or `None` when it is in line (or unwatched).
+    fn diff(&self, kind: ResourceType, snapshot: &Snapshot) -> Option<Diff> {
+        let tp = self.types[kind.index()].as_ref()?;
+        if !tp.subscribed() || tp.evaluated.as_deref() == Some(snapshot.type_version(kind)) {
+            return None;
+        }
+        let all = snapshot.resources(kind);
+        let mut target: BTreeMap<&str, Want> = BTreeMap::new();
+        let mut whole_type = tp.wildcard;
+        if tp.wildcard {
+            target.extend(all.iter().map(|(n, r)| (n.as_str(), Want::Send(r.clone()))));
+        }
+        let mut users = None;
+        for name in &tp.names {
+            if let Some(r) = all.get(name) {
+                target.insert(name, Want::Send(r.clone()));
+                continue;
+            }
+            if kind != ResourceType::Endpoint {
+                continue;
+            }
+            // Never leave a cluster warming: unknown names get an empty assignment. But a
+            // cluster gone from the snapshot and still held is still routed to until the
+            // routes change: it keeps the endpoints it has.
+            whole_type = false;
+            let users = users.get_or_insert_with(|| self.held_cluster_endpoints(snapshot));
+            let kept = tp.held.get(name).filter(|_| users.contains(name.as_str()));
+            let want = match kept {
+                Some(Held::Reported(_)) => Want::Keep,
+                Some(h) => match h.resource() {
+                    Some(r) => Want::Send(r.clone()),
+                    None => Want::Send(Resource::empty_endpoints(name)),
+                },
+                None => Want::Send(Resource::empty_endpoints(name)),
+            };
+            target.insert(name, want);
+        }
+        // A reported version is adopted unless it predates clusters (re)created since.
+        let adopt = match (&tp.reported, tp.synced) {
+            (Some(reported), false) => {
+                !target.keys().any(|n| self.awaiting_endpoints.contains(*n))
+                    && *reported
+                        == hash_versions(target.iter().map(|(n, w)| (*n, w.version(tp, n))))
+            }
+            _ => false,
+        };
+        let mut upserts = Vec::new();
+        if adopt {
+            upserts.extend(target.values().filter_map(Want::resource).cloned());
+        } else {
+            for (name, want) in &target {
+                if let Want::Send(r) = want
+                    && tp
+                        .held
+                        .get(*name)
+                        .is_none_or(|h| h.version() != r.version())
+                {
+                    upserts.push(r.clone());
+                }
+            }
+        }
+        let removals = tp
+            .held
+            .keys()
+            .filter(|n| !target.contains_key(n.as_str()))
+            .cloned()
+            .collect();
+        Some(Diff {
+            kind,
+            upserts,
+            removals,
+            whole_type,
+            adopt,
+        })
+    }
+
+    /// Brings what the proxy holds in line with `diff`; the step to send, if any. `complete`
+    /// is false when removals were held back, so the type is not yet in line.
+    fn apply(&mut self, diff: Diff, snapshot: &Snapshot, complete: bool) -> Option<Step> {
+        let kind = diff.kind;
+        let flavour = self.flavour;
+        let tp = self.plan_mut(kind);
+        // A proxy waits for a first response to each subscription, even an empty one (its
+        // initial fetch; Envoy would otherwise stall until its timeout).
+        let first = !tp.synced;
+        tp.reported = None;
+        tp.synced = true;
+        if complete {
+            tp.evaluated = Some(snapshot.type_version(kind).to_owned());
+        }
+        for r in &diff.upserts {
+            tp.held.insert(r.name().to_owned(), Held::Sent(r.clone()));
+        }
+        for name in &diff.removals {
+            tp.held.remove(name);
+        }
+        if diff.adopt || (diff.upserts.is_empty() && diff.removals.is_empty() && !first) {
+            return None;
+        }
+        let version = if diff.whole_type && complete {
+            snapshot.type_version(kind).to_owned()
+        } else {
+            hash_versions(tp.held.iter().map(|(n, h)| (n.as_str(), h.version())))
+        };
+        let resources = if flavour == Flavour::Sotw && kind.is_full_state() {
+            tp.held
+                .values()
+                .filter_map(Held::resource)
+                .cloned()
+                .collect()
+        } else {
+            diff.upserts.clone()
+        };
+        if kind == ResourceType::Cluster {
+            let recreated = if self.clusters_rejected && flavour == Flavour::Sotw {
+                &resources
+            } else {
+                &diff.upserts
+            };
+            self.clusters_changed(recreated);
+            self.awaiting_endpoints.extend(
+                recreated
+                    .iter()
+                    .flat_map(|c| endpoint_names(c).map(str::to_owned)),
+            );
+        }
+        Some(Step {
+            kind,
+            resources,
+            removals: diff.removals,
+            version,
+        })
+    }
+
+    /// After clusters change, the endpoints they use are planned again (held clusters keep
+    /// theirs), and (re)created clusters warm until they receive an EDS response, even an
+    /// unchanged one.
+    fn clusters_changed(&mut self, upserts: &[Arc<Resource>]) {
+        let flavour = self.flavour;
+        let Some(eds) = self.types[ResourceType::Endpoint.index()].as_mut() else {
+            return;
+        };
+        eds.evaluated = None;
+        if upserts.is_empty() {
+            return;
+        }
+        let stale = |h: &mut Held| *h = Held::Stale(h.resource().cloned());
+        match flavour {
+            Flavour::Sotw => eds.held.values_mut().for_each(stale),
+            Flavour::Delta => {
+                for name in upserts.iter().flat_map(|c| endpoint_names(c)) {
+                    if let Some(h) = eds.held.get_mut(name) {
+                        stale(h);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Settles the awaited endpoints once clusters and then endpoints were sent. Per-type CDS
+    /// streams never wait: their endpoints come on another stream. An ADS stream keeps them
+    /// until the proxy shows it routes here (see [`Planner::holding`]).
+    fn await_endpoints(&mut self, snapshot: &Snapshot) {
+        if !self.ads && !self.knows(ResourceType::Endpoint) {
+            self.awaiting_endpoints.clear();
+            return;
+        }
+        let mut awaiting = std::mem::take(&mut self.awaiting_endpoints);
+        if !awaiting.is_empty() {
+            // Only clusters the proxy still holds matter.
+            let used = self.held_cluster_endpoints(snapshot);
+            awaiting.retain(|name| used.contains(name.as_str()));
+        }
+        self.awaiting_endpoints = awaiting;
+        self.endpoints_delivered();
+    }
+
+    /// Drops from the awaited endpoints those the proxy has now been sent.
+    fn endpoints_delivered(&mut self) {
+        let Some(eds) = self.types[ResourceType::Endpoint.index()].as_ref() else {
+            return;
+        };
+        self.awaiting_endpoints
+            .retain(|name| !eds.held.get(name).is_some_and(Held::fresh));
+    }
+
+    /// The EDS names used by the clusters the proxy holds. A cluster it reported holding
+    /// uses what the snapshot's cluster of that name uses, or its own name when gone.
+    fn held_cluster_endpoints(&self, snapshot: &Snapshot) -> BTreeSet<String> {
+        let Some(cds) = self.types[ResourceType::Cluster.index()].as_ref() else {
+            return BTreeSet::new();
+        };
+        let mut used = BTreeSet::new();
+        for (name, held) in &cds.held {
+            match held
+                .resource()
+                .or_else(|| snapshot.get(ResourceType::Cluster, name))
+            {
+                Some(c) => used.extend(endpoint_names(c).map(str::to_owned)),
+                None => {
+                    used.insert(name.clone());
+                }
+            }
+        }
+        used
+    }
+}
+
+/// What a type's target holds for one name.
+enum Want {
+    /// This resource.
+    Send(Arc<Resource>),
+    /// Whatever the proxy reported holding (endpoints of a held cluster after a reconnect).
+    Keep,
+}
+
+impl Want {
+    fn resource(&self) -> Option<&Arc<Resource>> {
+        match self {
+            Want::Send(r) => Some(r),
+            Want::Keep => None,
+        }
+    }
+
+    fn version<'a>(&'a self, tp: &'a TypePlan, name: &str) -> &'a str {
+        match self {
+            Want::Send(r) => r.version(),
+            Want::Keep => tp.held.get(name).map_or("", Held::version),
+        }
+    }
+}
+
+/// The version of a set of resources, from their names and versions in name order: the same
+/// hash as the snapshot's per-type version, so a proxy holding a whole type reports the
+/// snapshot's version.
+fn hash_versions<'a>(entries: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for (name, version) in entries {
+        hasher.update(name.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(version.as_bytes());
+        hasher.update(&[0]);
+    }
+    format!("{:016x}", hasher.digest())
+}
+
+/// The EDS resources a cluster uses.
+fn endpoint_names(cluster: &Resource) -> impl Iterator<Item = &str> {
+    cluster
+        .references()
+        .iter()
+        .filter(|r| r.kind == ResourceType::Endpoint)
+        .map(|r| r.name.as_str())
+}
+
+#[cfg(test)]
+mod tests;
