@@ -3,10 +3,8 @@
 
 mod args;
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    let cli = args::Cli::parse();
+    let (cli, matches) = args::Cli::parse_with_sources();
     // The demo prints its own progress and summary; keep the control plane's logs for problems.
     let default_level = if cli.is_demo() { "warn" } else { "info" };
     tracing_subscriber::fmt()
@@ -16,7 +14,7 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match args::run(cli) {
+    match args::run(cli, &matches) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

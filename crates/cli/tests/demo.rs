@@ -1,11 +1,32 @@
-//! The README's main job, end to end: `meshplane demo --once` with real Envoy sidecars.
+//! The README's main job, end to end: `meshplane demo` with real Envoy sidecars, and what it
+//! leaves behind (nothing: its work directories hold private keys) when it succeeds, fails or
+//! is interrupted.
 
-use std::process::Command;
+use std::io::BufRead as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `meshplane demo` with its temporary directory (and its sidecars' and Envoys') in `tmp`.
+fn demo(tmp: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_meshplane"));
+    command.arg("demo").env("TMPDIR", tmp);
+    command
+}
+
+fn assert_empty(tmp: &Path) {
+    let left: Vec<_> = std::fs::read_dir(tmp)
+        .expect("tmp dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(left.is_empty(), "the demo left files behind: {left:?}");
+}
 
 #[test]
 fn demo_once_shows_traffic_through_real_envoys() {
-    let output = Command::new(env!("CARGO_BIN_EXE_meshplane"))
-        .args(["demo", "--once", "--requests", "30"])
+    let tmp = tempfile::tempdir().expect("tmp");
+    let output = demo(tmp.path())
+        .args(["--once", "--requests", "30"])
         .output()
         .expect("meshplane runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -37,4 +58,73 @@ fn demo_once_shows_traffic_through_real_envoys() {
         stdout.contains("instances left in the registry: 0"),
         "sidecars deregister: {stdout}"
     );
+    assert_empty(tmp.path());
+}
+
+#[test]
+fn a_failed_demo_removes_what_it_created() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // An explicit Envoy that does not exist: every sidecar refuses to start.
+    let output = demo(tmp.path())
+        .arg("--once")
+        .env("MESHPLANE_ENVOY", tmp.path().join("no-such-envoy"))
+        .output()
+        .expect("meshplane runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("exited during start-up"), "{stderr}");
+    assert_empty(tmp.path());
+}
+
+#[test]
+fn an_interrupted_demo_removes_what_it_created() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut child = demo(tmp.path())
+        .args(["--requests", "5"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("meshplane runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    // Interrupt once traffic flows: sidecars with certificates and Envoys are running.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("orders → payments"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines_rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no traffic within 120 s: {seen:?}");
+            }
+        }
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the demo did not stop within 60 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}");
+    assert_empty(tmp.path());
 }

@@ -1,13 +1,38 @@
-//! Control-plane configuration: defaults, overridden by a `--config` YAML file, overridden
-//! by `MESHPLANE_*` environment variables and flags (the binary merges those).
+//! Control-plane configuration, declared once.
+//!
+//! [`ControlPlaneConfig`] is at the same time the flags of `meshplane control-plane` (clap
+//! derive: a field's doc comment is its `--help` text, `default_value` its default, `env` its
+//! `MESHPLANE_<FLAG>` variable), the `--config` YAML file (serde: the keys are the flag
+//! names) and what [`crate::control_plane::start`] takes. [`ControlPlaneConfig::layered`]
+//! merges the layers: flags > `MESHPLANE_<FLAG>` > `--config` file > defaults;
+//! [`ControlPlaneConfig::to_yaml`] prints the result (`--print-config`) in the file's format.
+//!
+//! Adding a control-plane flag is one field on [`ControlPlaneConfig`], nothing else:
+//!
+//! ```ignore
+//! /// What it does, for `--help` (the first sentence is the short help).
+//! #[arg(long, env = "MESHPLANE_MY_FLAG", default_value = "x")]
+//! pub my_flag: String,
+//! ```
+//!
+//! - An optional setting is an `Option<T>` without `default_value`; a list is a `Vec<T>` with
+//!   `value_delimiter = ','`; `T` parses with `FromStr` (or derives `clap::ValueEnum`) and
+//!   (de)serializes with serde.
+//! - A secret (a token) adds `hide_env_values = true`: that also keeps it out of
+//!   `--print-config`.
+//! - A setting too structured for a flag (a map) is `#[arg(skip)]`: a YAML-only key.
+//!
+//! The tests below check that every flag has its `MESHPLANE_<FLAG>` variable and its YAML key.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches};
+use serde::{Deserialize, Serialize};
 
 /// Which registry feeds the control plane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum RegistryKind {
     /// The embedded, durable registry with a Consul-compatible API (default).
@@ -19,106 +44,126 @@ pub enum RegistryKind {
     File,
 }
 
-impl std::str::FromStr for RegistryKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "embedded" => Ok(RegistryKind::Embedded),
-            "consul" => Ok(RegistryKind::Consul),
-            "file" => Ok(RegistryKind::File),
-            other => Err(format!(
-                "unknown registry `{other}`: use embedded, consul or file"
-            )),
-        }
-    }
-}
-
-/// Settings of `meshplane control-plane`. Every field is optional in the YAML file; keys
-/// are the flag names (`xds-addr`, `data-dir`, ...).
-#[derive(Debug, Clone, Deserialize)]
+/// Settings of `meshplane control-plane`: its flags, its `MESHPLANE_<FLAG>` variables and
+/// its `--config` YAML keys (the flag names, e.g. `xds-addr`). Absent YAML keys keep their
+/// defaults; unknown keys are an error naming the key.
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
 #[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ControlPlaneConfig {
-    /// Address of the xDS (ADS) gRPC server.
+    /// xDS (ADS) gRPC address.
+    #[arg(long, env = "MESHPLANE_XDS_ADDR", default_value = "127.0.0.1:18000")]
     pub xds_addr: SocketAddr,
-    /// Address of the admin API and web panel.
+    /// Admin API and web panel address.
+    #[arg(long, env = "MESHPLANE_ADMIN_ADDR", default_value = "127.0.0.1:18080")]
     pub admin_addr: SocketAddr,
-    /// Registry source.
+    /// Registry that feeds the control plane.
+    #[arg(
+        long,
+        env = "MESHPLANE_REGISTRY",
+        value_enum,
+        default_value = "embedded"
+    )]
     pub registry: RegistryKind,
     /// Embedded registry's Consul-compatible API address.
+    #[arg(
+        long,
+        env = "MESHPLANE_REGISTRY_ADDR",
+        default_value = "127.0.0.1:8500"
+    )]
     pub registry_addr: SocketAddr,
-    /// Consul HTTP address (`--registry consul`).
+    /// Consul HTTP address, for --registry consul.
+    #[arg(long, env = "MESHPLANE_CONSUL_ADDR")]
     pub consul_addr: Option<String>,
-    /// Consul ACL token (`X-Consul-Token`), for `--registry consul`.
+    /// Consul ACL token (`X-Consul-Token`), for --registry consul.
+    #[arg(long, env = "MESHPLANE_CONSUL_TOKEN", hide_env_values = true)]
     pub consul_token: Option<String>,
-    /// CA that signed Consul's HTTPS certificate, for `--registry consul`.
+    /// CA (PEM) of Consul's HTTPS certificate, for --registry consul.
+    #[arg(long, env = "MESHPLANE_CONSUL_CA_FILE")]
     pub consul_ca_file: Option<PathBuf>,
-    /// Services file (`--registry file`).
+    /// Services YAML file, for --registry file.
+    #[arg(long, env = "MESHPLANE_SERVICES_FILE")]
     pub services_file: Option<PathBuf>,
-    /// Where durable state (registry, CA) lives.
+    /// Directory for durable state (the embedded registry, the generated CA).
+    #[arg(long, env = "MESHPLANE_DATA_DIR", default_value = "./meshplane-data")]
     pub data_dir: PathBuf,
     /// This control plane's datacenter.
+    #[arg(long, env = "MESHPLANE_DATACENTER", default_value = "dc1")]
     pub datacenter: String,
     /// Token required on admin and registry write routes (and sent to sidecar relays).
+    #[arg(long, env = "MESHPLANE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Admin URLs of the other control-plane instances, for `/api/consistency`.
+    /// Admin URLs of the other control-plane instances (for /api/consistency),
+    /// comma-separated.
+    #[arg(long, env = "MESHPLANE_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
     /// SPIFFE trust domain of service identities.
+    #[arg(
+        long,
+        env = "MESHPLANE_TRUST_DOMAIN",
+        default_value = meshplane_model::identity::DEFAULT_TRUST_DOMAIN
+    )]
     pub trust_domain: String,
-    /// Certificate (PEM) of the xDS server; with `xds_tls_key` it serves TLS.
+    /// Certificate (PEM) of the xDS server; with --xds-tls-key the xDS port speaks TLS.
+    #[arg(long, env = "MESHPLANE_XDS_TLS_CERT")]
     pub xds_tls_cert: Option<PathBuf>,
     /// Private key (PEM) of the xDS server.
+    #[arg(long, env = "MESHPLANE_XDS_TLS_KEY")]
     pub xds_tls_key: Option<PathBuf>,
-    /// CA bundle (PEM) proxies' client certificates must chain to; requires each proxy's
-    /// certificate to prove the service it asks configuration for.
+    /// CA (PEM) of proxies' client certificates: each proxy must then prove, with
+    /// spiffe://<trust-domain>/service/<name>, the service it asks configuration for.
+    #[arg(long, env = "MESHPLANE_XDS_CLIENT_CA")]
     pub xds_client_ca: Option<PathBuf>,
-    /// Operator CA certificate (PEM) for the built-in CA; without it (and `ca_key`) a CA is
-    /// generated once and kept under `data_dir/ca/`.
+    /// Operator CA certificate (PEM) of the built-in CA; without it (and --ca-key) a CA is
+    /// generated once and kept under --data-dir.
+    #[arg(long, env = "MESHPLANE_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
     /// Operator CA private key (PEM).
+    #[arg(long, env = "MESHPLANE_CA_KEY")]
     pub ca_key: Option<PathBuf>,
-    /// YAML file of per-service enrolment tokens for the CA (`orders: <token>`): a sidecar
-    /// gets only the identity its token is for. Without it, `token` enrols every service.
+    /// YAML file of per-service enrolment tokens (`orders: <token>`): the CA then signs a
+    /// service's identity only for its own token (or --token). Without it, --token enrols
+    /// every service.
+    #[arg(long, env = "MESHPLANE_ENROLMENT_TOKENS")]
     pub enrolment_tokens: Option<PathBuf>,
-    /// Lifetime of certificates the built-in CA signs (sidecars renew at half of it), e.g.
-    /// `24h`, `30m`.
+    /// Lifetime of certificates the built-in CA signs (e.g. 24h, 30m); sidecars renew at
+    /// half of it.
+    #[arg(long, env = "MESHPLANE_CERT_TTL", default_value = "24h")]
     pub cert_ttl: String,
-    /// Services allowed to depend on every service (`service: "*"`).
+    /// Services allowed to depend on every service (`service: "*"`), comma-separated.
+    #[arg(
+        long,
+        env = "MESHPLANE_ALLOW_WILDCARD_DEPENDENCIES",
+        value_delimiter = ','
+    )]
     pub allow_wildcard_dependencies: Vec<meshplane_model::ServiceName>,
-    /// CA bundle that verifies external `https://` domains (default: the system bundle).
+    /// CA bundle (PEM) verifying external https:// domains [default: the system bundle].
+    #[arg(long, env = "MESHPLANE_DOMAIN_CA_FILE")]
     pub domain_ca_file: Option<String>,
-    /// Fixed addresses for external domains (split-horizon DNS).
+    /// Fixed addresses for external domains (split-horizon DNS), e.g.
+    /// `{api.partner.example: 10.1.2.3}`. YAML only.
+    #[arg(skip)]
     pub domain_addresses: std::collections::BTreeMap<String, std::net::IpAddr>,
 }
 
 impl Default for ControlPlaneConfig {
+    /// The defaults declared on the fields (what `--help` shows), without the environment.
     fn default() -> Self {
-        ControlPlaneConfig {
-            xds_addr: ([127, 0, 0, 1], 18000).into(),
-            admin_addr: ([127, 0, 0, 1], 18080).into(),
-            registry: RegistryKind::Embedded,
-            registry_addr: ([127, 0, 0, 1], 8500).into(),
-            consul_addr: None,
-            consul_token: None,
-            consul_ca_file: None,
-            services_file: None,
-            data_dir: PathBuf::from("./meshplane-data"),
-            datacenter: "dc1".to_owned(),
-            token: None,
-            peers: Vec::new(),
-            trust_domain: meshplane_model::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
-            xds_tls_cert: None,
-            xds_tls_key: None,
-            xds_client_ca: None,
-            ca_cert: None,
-            ca_key: None,
-            enrolment_tokens: None,
-            cert_ttl: "24h".to_owned(),
-            allow_wildcard_dependencies: Vec::new(),
-            domain_ca_file: None,
-            domain_addresses: Default::default(),
-        }
+        let command = flags().mut_args(|arg| arg.env(None));
+        command
+            .try_get_matches_from(["control-plane"])
+            .and_then(|matches| Self::from_arg_matches(&matches))
+            .expect("the defaults declared on ControlPlaneConfig parse (tested)")
     }
+}
+
+/// The control-plane flags alone, as clap sees them.
+fn flags() -> clap::Command {
+    ControlPlaneConfig::augment_args(clap::Command::new("control-plane"))
+}
+
+/// The YAML key of a flag (`xds_addr` → `xds-addr`).
+fn yaml_key(arg: &clap::Arg) -> String {
+    arg.get_id().as_str().replace('_', "-")
 }
 
 /// A configuration file could not be used.
@@ -147,7 +192,7 @@ pub enum ConfigError {
 
 impl ControlPlaneConfig {
     /// Reads a YAML configuration file; absent keys keep their defaults.
-    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -156,6 +201,69 @@ impl ControlPlaneConfig {
             path: path.to_owned(),
             source,
         })
+    }
+
+    /// The effective configuration: `parsed` (what clap made of the flags, the environment
+    /// and the defaults, with `matches` its parse) for every setting given by a flag or a
+    /// `MESHPLANE_<FLAG>` variable; the `file`, when there is one, for the rest.
+    pub fn layered(
+        parsed: Self,
+        matches: &ArgMatches,
+        file: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let Some(path) = file else {
+            return Ok(parsed);
+        };
+        let mut merged = Self::from_file(path)?.to_mapping()?;
+        let given = parsed.to_mapping()?;
+        for arg in flags().get_arguments() {
+            let id = arg.get_id().as_str();
+            let explicit = matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            );
+            let key = serde_norway::Value::from(yaml_key(arg));
+            if let (true, Some(value)) = (explicit, given.get(&key)) {
+                merged.insert(key, value.clone());
+            }
+        }
+        serde_norway::from_value(serde_norway::Value::Mapping(merged))
+            .map_err(|e| ConfigError::Invalid(format!("cannot merge the configuration: {e}")))
+    }
+
+    /// The configuration as a `--config` file (`--print-config`). Secrets are left out and
+    /// only said to be set or not: a printed configuration is shared, a token is not.
+    pub fn to_yaml(&self) -> Result<String, ConfigError> {
+        let mut mapping = self.to_mapping()?;
+        let mut secrets = String::new();
+        for arg in flags()
+            .get_arguments()
+            .filter(|a| a.is_hide_env_values_set())
+        {
+            let key = yaml_key(arg);
+            let set = mapping
+                .shift_remove(key.as_str())
+                .is_some_and(|v| !v.is_null());
+            let state = if set { "set (not printed)" } else { "not set" };
+            secrets.push_str(&format!("# {key}: {state}\n"));
+        }
+        let body = serde_norway::to_string(&mapping)
+            .map_err(|e| ConfigError::Invalid(format!("cannot print the configuration: {e}")))?;
+        Ok(format!(
+            "# meshplane control-plane: effective configuration (flags > MESHPLANE_<FLAG> > --config file > defaults)\n{body}{secrets}"
+        ))
+    }
+
+    fn to_mapping(&self) -> Result<serde_norway::Mapping, ConfigError> {
+        match serde_norway::to_value(self) {
+            Ok(serde_norway::Value::Mapping(m)) => Ok(m),
+            Ok(other) => Err(ConfigError::Invalid(format!(
+                "the configuration is not a mapping: {other:?}"
+            ))),
+            Err(e) => Err(ConfigError::Invalid(format!(
+                "cannot encode the configuration: {e}"
+            ))),
+        }
     }
 
     /// The per-service enrolment tokens (empty without `enrolment_tokens`): every key a
@@ -226,6 +334,96 @@ impl ControlPlaneConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(args: &[&str]) -> (ControlPlaneConfig, ArgMatches) {
+        let matches = flags()
+            .mut_args(|arg| arg.env(None))
+            .try_get_matches_from(std::iter::once("control-plane").chain(args.iter().copied()))
+            .expect("valid flags");
+        let parsed = ControlPlaneConfig::from_arg_matches(&matches).expect("config");
+        (parsed, matches)
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let d = ControlPlaneConfig::default();
+        assert_eq!(d.xds_addr.to_string(), "127.0.0.1:18000");
+        assert_eq!(d.admin_addr.to_string(), "127.0.0.1:18080");
+        assert_eq!(d.registry, RegistryKind::Embedded);
+        assert_eq!(d.registry_addr.to_string(), "127.0.0.1:8500");
+        assert_eq!(d.data_dir, PathBuf::from("./meshplane-data"));
+        assert_eq!(d.datacenter, "dc1");
+        assert_eq!(d.trust_domain, "meshplane.local");
+        assert_eq!(d.cert_ttl, "24h");
+        assert!(d.token.is_none() && d.peers.is_empty() && d.domain_addresses.is_empty());
+    }
+
+    #[test]
+    fn every_flag_has_its_variable_and_its_yaml_key() {
+        let keys = ControlPlaneConfig::default().to_mapping().expect("mapping");
+        for arg in flags().get_arguments() {
+            let long = arg.get_long().expect("every setting is a long flag");
+            let env = format!("MESHPLANE_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new(&env)), "--{long}");
+            assert_eq!(yaml_key(arg), long);
+            assert!(keys.contains_key(long), "--{long} has no YAML key");
+        }
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().expect("tmp dir");
+        let path = dir.path().join("cp.yaml");
+        std::fs::write(
+            &path,
+            "xds-addr: 127.0.0.1:19000\ndatacenter: dc2\npeers: [http://a:1]\ncert-ttl: 1h\n\
+             domain-addresses: {api.partner.example: 10.1.2.3}\n",
+        )
+        .expect("write");
+        let (parsed, matches) = parse(&[
+            "--xds-addr",
+            "127.0.0.1:19001",
+            "--peers",
+            "http://b:2,http://c:3",
+        ]);
+        let cfg = ControlPlaneConfig::layered(parsed, &matches, Some(&path)).expect("merged");
+        assert_eq!(cfg.xds_addr.port(), 19001, "flag over file");
+        assert_eq!(cfg.peers, ["http://b:2", "http://c:3"], "flag over file");
+        assert_eq!(cfg.datacenter, "dc2", "file over default");
+        assert_eq!(cfg.cert_ttl, "1h", "file over default");
+        assert_eq!(cfg.admin_addr.port(), 18080, "default");
+        assert_eq!(
+            cfg.domain_addresses
+                .get("api.partner.example")
+                .map(ToString::to_string),
+            Some("10.1.2.3".to_owned()),
+            "YAML-only keys"
+        );
+        // A flag given with its default value still wins over the file.
+        let (parsed, matches) = parse(&["--datacenter", "dc1"]);
+        let cfg = ControlPlaneConfig::layered(parsed, &matches, Some(&path)).expect("merged");
+        assert_eq!(cfg.datacenter, "dc1");
+    }
+
+    #[test]
+    fn printed_configuration_reads_back_without_its_secrets() {
+        let cfg = ControlPlaneConfig {
+            token: Some("s3cret".into()),
+            registry: RegistryKind::File,
+            services_file: Some("services.yaml".into()),
+            peers: vec!["http://peer:18080".into()],
+            domain_addresses: [("api.partner.example".to_owned(), [10, 1, 2, 3].into())]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let yaml = cfg.to_yaml().expect("yaml");
+        assert!(!yaml.contains("s3cret"), "{yaml}");
+        assert!(yaml.contains("# token: set (not printed)"), "{yaml}");
+        assert!(yaml.contains("# consul-token: not set"), "{yaml}");
+        let back: ControlPlaneConfig = serde_norway::from_str(&yaml).expect("reads back");
+        assert_eq!(back, ControlPlaneConfig { token: None, ..cfg });
+    }
 
     #[test]
     fn yaml_keys_are_flag_names_and_unknown_keys_are_errors() {

@@ -5,7 +5,6 @@
 
 pub mod config;
 pub mod control_plane;
-pub mod demo;
 pub mod mesh;
 
 pub use config::{ConfigError, ControlPlaneConfig, RegistryKind};

@@ -35,7 +35,8 @@ pub fn free_port() -> anyhow::Result<u16> {
     }
 }
 
-/// Writes `descriptor` and starts `meshplane sidecar` for it.
+/// Writes `descriptor` and starts `meshplane sidecar` for it, with its work directory
+/// (bootstrap, SDS socket, certificate and key) under `dir`.
 pub fn spawn(
     dir: &Path,
     id: &str,
@@ -64,6 +65,8 @@ pub fn spawn(
         .arg(format!("http://{admin}"))
         .arg("--instance-id")
         .arg(id)
+        .arg("--work-dir")
+        .arg(dir.join(id))
         .arg("--admin-port")
         .arg(free_port()?.to_string())
         .env("MESHPLANE_LOG", "warn")

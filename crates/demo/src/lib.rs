@@ -1,6 +1,12 @@
 //! `meshplane demo`: a control plane on the embedded registry, three services with real Envoy
 //! sidecars calling each other through the mesh (one with a canary instance, one calling an
 //! external-looking HTTPS domain served locally), live traffic and a summary table.
+//!
+//! This crate owns the demo only: its apps (`apps.rs`), its PKI for the partner domain
+//! (`certs.rs`), the sidecar processes (`sidecars.rs`) and the traffic table (`traffic.rs`).
+//! The control plane it runs is `meshplane-runtime`'s, started as any embedder would. Start
+//! reading at [`run`]. Everything the demo writes lives in one temporary directory that is
+//! removed when [`run`] returns, whether it succeeded, failed or was interrupted.
 
 mod apps;
 mod certs;
@@ -14,9 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ControlPlaneConfig;
-use crate::control_plane;
 use apps::PARTNER_HOST;
+use meshplane_runtime::{ControlPlaneConfig, control_plane};
 use sidecars::{Sidecar, free_port};
 use traffic::{RouteStats, measure};
 
@@ -80,18 +85,36 @@ fn descriptor(
 
 /// Runs the demo until `shutdown` (or after one round with `--once`).
 pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // The CA, the registry's data, descriptors, logs and each sidecar's work directory
+    // (bootstrap, SDS socket, its private key) all live here, so that one removal at the end
+    // leaves nothing behind: the sidecars' default work directories outlive them on purpose
+    // (a restarted sidecar reuses its cached certificate), which the demo must not.
     let dir = tempfile::Builder::new()
         .prefix("meshplane-demo-")
         .tempdir()?;
+    let outcome = run_in(dir.path(), &options, &shutdown).await;
+    let path = dir.path().to_owned();
+    let removed = dir
+        .close()
+        .with_context(|| format!("cannot remove the demo's directory {}", path.display()));
+    outcome.and(removed)
+}
+
+/// The demo with every file under `dir`; stops what it started on every path.
+async fn run_in(
+    dir: &std::path::Path,
+    options: &DemoOptions,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     progress("generating the demo CA");
-    let pki = certs::generate(dir.path(), PARTNER_HOST)?;
+    let pki = certs::generate(dir, PARTNER_HOST)?;
 
     progress("starting the control plane (embedded registry + xDS)");
     let config = ControlPlaneConfig {
         xds_addr: (Ipv4Addr::LOCALHOST, 0).into(),
         admin_addr: (Ipv4Addr::LOCALHOST, 0).into(),
         registry_addr: (Ipv4Addr::LOCALHOST, 0).into(),
-        data_dir: dir.path().join("data"),
+        data_dir: dir.join("data"),
         domain_ca_file: Some(pki.ca_file.display().to_string()),
         domain_addresses: [(PARTNER_HOST.to_owned(), IpAddr::V4(Ipv4Addr::LOCALHOST))]
             .into_iter()
@@ -100,12 +123,67 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
     };
     let cp_shutdown = shutdown.child_token();
     let cp = control_plane::start(config, cp_shutdown.clone()).await?;
+    let apps_shutdown = shutdown.child_token();
+    let mut sidecars = Vec::new();
+    let outcome = run_mesh(
+        dir,
+        options,
+        shutdown,
+        &cp,
+        &pki,
+        &apps_shutdown,
+        &mut sidecars,
+    )
+    .await;
+    if let Err(e) = &outcome {
+        done_progress();
+        for s in &sidecars {
+            eprintln!("--- {} log ({}):\n{}", s.id, s.log.display(), s.log_tail());
+        }
+        eprintln!("demo failed: {e:#}");
+    }
+
+    progress("stopping sidecars (they deregister first)");
+    let mut stop_errors = Vec::new();
+    for s in sidecars {
+        if let Err(e) = s.stop().await {
+            stop_errors.push(e.to_string());
+        }
+    }
+    let remaining = cp.store.snapshot().instance_count();
+    done_progress();
+    println!(
+        "sidecars stopped: {} errors; instances left in the registry: {remaining}",
+        stop_errors.len()
+    );
+    apps_shutdown.cancel();
+    cp_shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), cp.wait(cp_shutdown)).await;
+    outcome?;
+    anyhow::ensure!(
+        stop_errors.is_empty(),
+        "sidecars did not stop cleanly: {}",
+        stop_errors.join("; ")
+    );
+    Ok(())
+}
+
+/// Starts the apps and their sidecars (pushed to `sidecars` as they start, so the caller
+/// stops them whatever happens here) and runs the traffic rounds.
+async fn run_mesh(
+    dir: &std::path::Path,
+    options: &DemoOptions,
+    shutdown: &CancellationToken,
+    cp: &control_plane::ControlPlane,
+    pki: &certs::DemoPki,
+    apps_shutdown: &CancellationToken,
+    sidecars: &mut Vec<Sidecar>,
+) -> anyhow::Result<()> {
     let registry = cp
         .registry_addr
         .context("the demo runs on the embedded registry")?;
 
     progress("starting the demo apps");
-    let apps_shutdown = shutdown.child_token();
     let partner = apps::partner(&pki.cert_pem, &pki.key_pem, apps_shutdown.clone()).await?;
     let pay1 = Ports {
         app: apps::payments("payments-1", apps_shutdown.clone())
@@ -164,11 +242,10 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
             ),
         ),
     ];
-    let mut sidecars = Vec::new();
     for (id, d) in &plan {
         progress(&format!("starting sidecar {id} (Envoy)"));
         sidecars.push(sidecars::spawn(
-            dir.path(),
+            dir,
             id,
             d,
             cp.xds_addr,
@@ -177,61 +254,39 @@ pub async fn run(options: DemoOptions, shutdown: CancellationToken) -> anyhow::R
         )?);
     }
 
-    let outcome: anyhow::Result<()> = async {
-        wait_until_ready(registry, &mut sidecars).await?;
-        done_progress();
-        println!("meshplane demo: web panel and admin API on http://{}/  (xDS {}, registry Consul API http://{registry})", cp.admin_addr, cp.xds_addr);
-        println!("  try: curl http://{}/api/proxies   |   curl http://127.0.0.1:{}/", cp.admin_addr, web.ingress);
-        println!("  proxies connected: {}", cp.status.len());
-        println!("  identities: certificates from the control plane's CA (spiffe://meshplane.local/service/<name>); sidecars call each other over mTLS");
-        loop {
-            let routes = round(&options, &orders, &web, &pay1, partner, &pki.ca_file).await?;
-            println!("\n{}", traffic::table(&routes));
-            check(&routes)?;
-            if options.once {
-                return Ok(());
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            }
-        }
-    }
-    .await;
-    if let Err(e) = &outcome {
-        done_progress();
-        for s in &sidecars {
-            eprintln!("--- {} log ({}):\n{}", s.id, s.log.display(), s.log_tail());
-        }
-        eprintln!("demo failed: {e:#}");
-    }
-
-    progress("stopping sidecars (they deregister first)");
-    let mut stop_errors = Vec::new();
-    for s in sidecars {
-        if let Err(e) = s.stop().await {
-            stop_errors.push(e.to_string());
-        }
-    }
-    let remaining = cp.store.snapshot().instance_count();
+    wait_until_ready(registry, sidecars, shutdown).await?;
     done_progress();
     println!(
-        "sidecars stopped: {} errors; instances left in the registry: {remaining}",
-        stop_errors.len()
+        "meshplane demo: web panel and admin API on http://{}/  (xDS {}, registry Consul API http://{registry})",
+        cp.admin_addr, cp.xds_addr
     );
-    apps_shutdown.cancel();
-    cp_shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), cp.wait(cp_shutdown)).await;
-    outcome?;
-    anyhow::ensure!(
-        stop_errors.is_empty(),
-        "sidecars did not stop cleanly: {}",
-        stop_errors.join("; ")
+    println!(
+        "  try: curl http://{}/api/proxies   |   curl http://127.0.0.1:{}/",
+        cp.admin_addr, web.ingress
     );
-    Ok(())
+    println!("  proxies connected: {}", cp.status.len());
+    println!(
+        "  identities: certificates from the control plane's CA (spiffe://meshplane.local/service/<name>); sidecars call each other over mTLS"
+    );
+    loop {
+        let routes = round(options, &orders, &web, &pay1, partner, &pki.ca_file).await?;
+        println!("\n{}", traffic::table(&routes));
+        check(&routes)?;
+        if options.once {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
 }
 
-async fn wait_until_ready(registry: SocketAddr, sidecars: &mut [Sidecar]) -> anyhow::Result<()> {
+async fn wait_until_ready(
+    registry: SocketAddr,
+    sidecars: &mut [Sidecar],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()?;
@@ -262,7 +317,10 @@ async fn wait_until_ready(registry: SocketAddr, sidecars: &mut [Sidecar]) -> any
             Instant::now() < deadline,
             "sidecars were not all healthy within 120 s"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => anyhow::bail!("interrupted before the sidecars were ready"),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
     }
 }
 
