@@ -68,9 +68,7 @@ pub(crate) async fn sign(
     authorize(&s, &headers, &req.service)?;
     match ca.sign(&req, SystemTime::now()) {
         Ok(issued) => {
-            s.metrics
-                .certificates_issued
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            s.metrics.ca().issued();
             tracing::info!(
                 service = %req.service,
                 identity = %issued.identity,
@@ -80,9 +78,7 @@ pub(crate) async fn sign(
             Ok(Json(issued))
         }
         Err(e) => {
-            s.metrics
-                .certificates_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            s.metrics.ca().refused();
             tracing::warn!(service = %req.service, error = %e, "refused to sign");
             let status = match e {
                 // The CA's own failure, not the request's.

@@ -2,14 +2,14 @@
 //! sent and acknowledged, the translated snapshot of every group, Prometheus metrics, and
 //! health/readiness. Read handles only: nothing here can change the mesh.
 //!
-//! Start at [`router`]; [`views`] turns internal state into the JSON shapes, [`metrics`]
-//! renders Prometheus text.
+//! Start at [`router`]; [`views`] turns internal state into the JSON shapes. `/metrics` only
+//! serves the families that `meshplane-telemetry` owns and others record into.
 
 mod auth;
 mod ca;
 pub use ca::EnrolmentTokens;
 pub mod consistency;
-pub mod metrics;
+mod metrics;
 mod panel;
 pub mod relay;
 mod resources;
@@ -47,8 +47,8 @@ pub struct AdminState {
     pub peers: Arc<Vec<String>>,
     /// Client for relays and peers.
     pub http: reqwest::Client,
-    /// Translation metrics, written by the runtime.
-    pub metrics: Arc<metrics::ControlPlaneMetrics>,
+    /// The control plane's metrics: served on `/metrics`; the CA routes record into them.
+    pub metrics: meshplane_telemetry::Metrics,
     /// The built-in CA, when this control plane runs one.
     pub ca: Option<Arc<meshplane_ca::Authority>>,
     /// Per-service enrolment tokens for the CA (service → token); empty: the control plane's

@@ -12,6 +12,7 @@ use envoy_types::pb::google::rpc;
 use meshplane_admin::AdminState;
 use meshplane_model::{Health, Instance, InstanceId, Locality, ServiceName};
 use meshplane_registry::{RegistryEvent, SourceId};
+use meshplane_telemetry::Metrics;
 use meshplane_xds::fixtures::{mk_eds_cluster, mk_endpoints};
 use meshplane_xds::{
     MetadataGrouper, NodeGrouper, PeerInfo, ResourceType, ServerConfig, Snapshot, SnapshotCache,
@@ -75,12 +76,14 @@ async fn setup(synced: bool) -> Setup {
     }
     let cache = SnapshotCache::new();
     let shutdown = CancellationToken::new();
+    let metrics = Metrics::new(store.clone(), cache.clone());
     let server = XdsServer::new(
         cache.clone(),
         Arc::new(MetadataGrouper::default()),
         ServerConfig::default(),
         shutdown.clone(),
-    );
+    )
+    .with_observer(Arc::new(metrics.xds().clone()));
     let xds_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -96,7 +99,7 @@ async fn setup(synced: bool) -> Setup {
         token: Some(Arc::from("s3cret")),
         peers: Arc::new(Vec::new()),
         http: reqwest::Client::new(),
-        metrics: Default::default(),
+        metrics,
         ca: None,
         enrolment_tokens: Default::default(),
     };
@@ -345,6 +348,7 @@ async fn peers_come_from_configuration_and_the_registry() {
         shutdown,
     );
     let state = AdminState {
+        metrics: Metrics::new(store.clone(), cache.clone()),
         store,
         status: server.status(),
         cache,
@@ -356,7 +360,6 @@ async fn peers_come_from_configuration_and_the_registry() {
             "http://10.0.0.2:18080".into(),
         ]),
         http: reqwest::Client::new(),
-        metrics: Default::default(),
         ca: None,
         enrolment_tokens: Default::default(),
     };

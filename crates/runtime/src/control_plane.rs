@@ -170,6 +170,7 @@ pub async fn start(
     if tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()) {
         grouper = grouper.with_identity(&config.trust_domain);
     }
+    let metrics = meshplane_telemetry::Metrics::new(store.clone(), cache.clone());
     let server = XdsServer::new(
         cache.clone(),
         Arc::new(grouper),
@@ -178,10 +179,11 @@ pub async fn start(
             ..ServerConfig::default()
         },
         shutdown.clone(),
-    );
+    )
+    .with_observer(Arc::new(metrics.xds().clone()));
     let status = server.status();
-    let metrics = Arc::new(meshplane_admin::metrics::ControlPlaneMetrics::default());
-    let translator = Translator::new(cache.clone(), groups, options).with_metrics(metrics.clone());
+    let translator =
+        Translator::new(cache.clone(), groups, options).with_metrics(metrics.translation().clone());
     tasks.spawn({
         let (store, shutdown) = (store.clone(), shutdown.clone());
         async move {

@@ -3,10 +3,10 @@
 //! per round and time it until every stream has ACKed.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
+use meshplane_telemetry::XdsMetrics;
 use meshplane_xds::{ResourceType, ServerConfig, SnapshotCache, XdsServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -151,12 +151,16 @@ pub async fn run_scenario(config: ScenarioConfig) -> anyhow::Result<ScenarioResu
         .context("binding 127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
+    // The control plane's own metrics observer: the bench measures the server as deployed,
+    // and reads the responses emitted from it.
+    let metrics = XdsMetrics::default();
     let server = XdsServer::new(
         cache.clone(),
         Arc::new(ServiceGrouper),
         ServerConfig::default(),
         shutdown.clone(),
-    );
+    )
+    .with_observer(Arc::new(metrics.clone()));
     let serving = tokio::spawn(server.clone().serve(listener));
     let fleet = FleetConfig {
         addr,
@@ -165,7 +169,7 @@ pub async fn run_scenario(config: ScenarioConfig) -> anyhow::Result<ScenarioResu
         mode: config.mode,
         layout: config.layout,
     };
-    let result = measure(&config, &fleet, &cache, &server, groups).await;
+    let result = measure(&config, &fleet, &cache, (&server, &metrics), groups).await;
     shutdown.cancel();
     match tokio::time::timeout(Duration::from_secs(30), serving).await {
         Ok(joined) => joined?.context("xDS server")?,
@@ -178,7 +182,7 @@ async fn measure(
     config: &ScenarioConfig,
     fleet: &FleetConfig,
     cache: &SnapshotCache,
-    server: &XdsServer,
+    (server, metrics): (&XdsServer, &XdsMetrics),
     groups: usize,
 ) -> anyhow::Result<ScenarioResult> {
     let rss_before = rss_bytes()?;
@@ -201,7 +205,7 @@ async fn measure(
             status_acked: 0,
         };
         for round in 1..=config.rounds {
-            let figures = run_round(config, cache, server, &mut client, round).await?;
+            let figures = run_round(config, cache, metrics, &mut client, round).await?;
             result.rounds.push(figures.acks);
             result.emitted.push(figures.emitted);
             result.server_cpu.push(figures.server_cpu);
@@ -227,15 +231,15 @@ struct RoundFigures {
 async fn run_round(
     config: &ScenarioConfig,
     cache: &SnapshotCache,
-    server: &XdsServer,
+    metrics: &XdsMetrics,
     client: &mut ClientHandle,
     round: u64,
 ) -> anyhow::Result<RoundFigures> {
     let snapshots = config.layout.snapshots(config.streams, round)?;
     client.arm(round).await?;
     // The baseline is read before publishing, so the watcher cannot miss responses.
-    let target = responses(server, ResourceType::Endpoint) + config.streams as u64;
-    let emitted = tokio::spawn(wait_emitted(server.clone(), target, config.timeouts.ack));
+    let target = metrics.responses(ResourceType::Endpoint) + config.streams as u64;
+    let emitted = tokio::spawn(wait_emitted(metrics.clone(), target, config.timeouts.ack));
     let (start, cpu_start, client_start) = (mono_ns(), cpu_ns()?, client.cpu_ns());
     for (group, snapshot) in snapshots {
         cache.set_snapshot(&group, snapshot)?;
@@ -257,21 +261,11 @@ async fn run_round(
     })
 }
 
-/// Responses of one type the server has emitted, over all streams.
-fn responses(server: &XdsServer, kind: ResourceType) -> u64 {
-    // Counters are per type in `ResourceType::ALL` order.
-    let index = ResourceType::ALL
-        .iter()
-        .position(|k| *k == kind)
-        .unwrap_or(0);
-    server.status().counters().responses[index].load(Ordering::Relaxed)
-}
-
 /// When (monotonic ns) the server's EDS response counter has reached `target`: every stream
 /// has been handed its response. Polled every millisecond, for at most `timeout`.
-async fn wait_emitted(server: XdsServer, target: u64, timeout: Duration) -> u64 {
+async fn wait_emitted(metrics: XdsMetrics, target: u64, timeout: Duration) -> u64 {
     let deadline = tokio::time::Instant::now() + timeout;
-    while responses(&server, ResourceType::Endpoint) < target
+    while metrics.responses(ResourceType::Endpoint) < target
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(1)).await;

@@ -5,8 +5,10 @@
 //! into the [`SnapshotCache`] and supply a [`NodeGrouper`] that maps a connecting proxy to
 //! its group. Start reading at [`resource`] (encoded-once resources with content versions),
 //! then [`snapshot`] and [`cache`], then [`server`] (`stream.rs` drives a stream; `sotw.rs`
-//! and `delta.rs` hold each flavour's protocol rules). [`status`] records what every proxy
-//! was sent, acknowledged and rejected.
+//! and `delta.rs` hold each flavour's protocol rules). [`status`] defines what streams report
+//! ([`XdsObserver`]) and records what every proxy was sent, acknowledged and rejected
+//! ([`StatusBoard`], always registered); callers add their own observers (metrics) with
+//! [`XdsServer::with_observer`].
 
 pub mod cache;
 #[cfg(any(test, feature = "fixtures"))]
@@ -22,4 +24,6 @@ pub use resource::{Resource, ResourceType};
 pub use server::node::{GroupError, MetadataGrouper, NodeGrouper, PeerInfo};
 pub use server::{ServerConfig, XdsServer, XdsTls};
 pub use snapshot::{Snapshot, SnapshotError};
-pub use status::{Nack, ProxyStatus, StatusBoard, StreamKind, TypeStatus};
+pub use status::{
+    Nack, ProxyStatus, StatusBoard, StreamInfo, StreamKind, StreamObserver, TypeStatus, XdsObserver,
+};

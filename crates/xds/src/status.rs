@@ -1,13 +1,18 @@
-//! What each connected proxy has been sent, has acknowledged and has rejected.
+//! What streams report, and the first thing they report to: what each connected proxy has
+//! been sent, has acknowledged and has rejected.
 //!
-//! Streams write their own entry; the admin API reads [`StatusBoard::proxies`]. Each entry
-//! has its own small lock, so 10,000 streams never contend on one.
+//! A stream tells its [`StatusEntry`] what happens (response sent, ACK, NACK, failure, close);
+//! the entry passes each event to every [`XdsObserver`] registered with the server. The
+//! [`StatusBoard`] is one such observer (the admin API reads [`StatusBoard::proxies`]); the
+//! control plane's metrics are another, outside this crate, so the xDS layer knows nothing of
+//! how its events are exported. Each board entry has its own small lock, so 10,000 streams
+//! never contend on one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::cache::GroupKey;
 use crate::resource::ResourceType;
@@ -49,65 +54,6 @@ pub struct TypeStatus {
     pub responses: u64,
     /// NACKs received on this stream.
     pub nacks: u64,
-    /// When the last response was sent (for the push-to-ACK latency).
-    pub sent_at: Option<std::time::Instant>,
-}
-
-/// Upper bounds (ms) of the latency histogram buckets.
-pub const LATENCY_BUCKETS_MS: [u64; 12] =
-    [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
-
-/// A latency histogram with fixed buckets, lock-free.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// Observations at or under each bound of [`LATENCY_BUCKETS_MS`] (not cumulative).
-    pub buckets: [AtomicU64; 12],
-    /// Observations above the last bound.
-    pub overflow: AtomicU64,
-    /// Number of observations.
-    pub count: AtomicU64,
-    /// Sum of observations, microseconds.
-    pub sum_us: AtomicU64,
-}
-
-impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, d: std::time::Duration) {
-        let ms = d.as_millis() as u64;
-        match LATENCY_BUCKETS_MS.iter().position(|b| ms <= *b) {
-            Some(i) => self.buckets[i].fetch_add(1, Ordering::Relaxed),
-            None => self.overflow.fetch_add(1, Ordering::Relaxed),
-        };
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    /// Prometheus text for this histogram (seconds).
-    pub fn render(&self, name: &str, help: &str) -> String {
-        use std::fmt::Write as _;
-        let mut out = String::new();
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, bucket) in LATENCY_BUCKETS_MS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{}\"}} {cumulative}",
-                *bound as f64 / 1000.0
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {count}");
-        out
-    }
 }
 
 /// Status of one connected proxy (one stream).
@@ -138,35 +84,167 @@ impl ProxyStatus {
     }
 }
 
-/// Totals across all streams since start (for metrics).
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Responses sent, per type.
-    pub responses: [AtomicU64; 5],
-    /// NACKs received, per type.
-    pub nacks: [AtomicU64; 5],
-    /// Streams accepted.
-    pub streams_opened: AtomicU64,
-    /// Streams refused or ended with an error status.
-    pub streams_failed: AtomicU64,
-    /// Time from sending a response to its ACK.
-    pub push_ack_latency: Histogram,
+// === Observers ===
+
+/// Who a stream serves, as observers see it when it opens.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    /// Server-assigned stream id, unique per server.
+    pub stream_id: u64,
+    /// `node.id`: the proxy's instance id.
+    pub node_id: String,
+    /// `node.cluster`: the proxy's service.
+    pub service: String,
+    /// The group the proxy belongs to.
+    pub group: GroupKey,
+    /// Protocol flavour.
+    pub kind: StreamKind,
+    /// Remote address of the connection, when known.
+    pub remote_addr: Option<SocketAddr>,
+    /// When the stream opened.
+    pub connected_since: SystemTime,
 }
 
-/// Live status of every connected proxy.
+/// Watches the streams of an xDS server; register one with
+/// [`XdsServer::with_observer`](crate::XdsServer::with_observer).
+///
+/// Calls come from the streams' own tasks, so they must be quick and must not block.
+pub trait XdsObserver: Send + Sync + 'static {
+    /// A stream was admitted; the returned observer sees its events until it closes.
+    fn stream_opened(&self, stream: &StreamInfo) -> Box<dyn StreamObserver>;
+
+    /// A stream was refused before admission (no node, a node the grouper rejects, a
+    /// malformed first request); `error` is the status message sent to the proxy.
+    fn stream_refused(&self, error: &str) {
+        let _ = error;
+    }
+}
+
+/// The events of one admitted stream, in the order they happen.
+pub trait StreamObserver: Send + Sync {
+    /// A response of `kind` went to the proxy.
+    fn sent(&self, kind: ResourceType, version: &str, nonce: &str) {
+        let _ = (kind, version, nonce);
+    }
+
+    /// The proxy acknowledged `version`. `push_to_ack` is the time since the response it
+    /// acknowledges was sent, when it acknowledges the last response of that type.
+    fn acked(&self, kind: ResourceType, version: &str, push_to_ack: Option<Duration>) {
+        let _ = (kind, version, push_to_ack);
+    }
+
+    /// The proxy rejected a response.
+    fn nacked(&self, kind: ResourceType, nack: &Nack) {
+        let _ = (kind, nack);
+    }
+
+    /// The stream is ending with an error status sent to the proxy.
+    fn failed(&self, error: &str) {
+        let _ = error;
+    }
+
+    /// The stream closed, for whatever reason; the last call.
+    fn closed(&self) {}
+}
+
+// === impl StatusEntry ===
+
+/// A stream's handle on its observers: every event goes to each of them. Closes them when
+/// dropped, however the stream ends.
+pub struct StatusEntry {
+    node_id: String,
+    observers: Vec<Box<dyn StreamObserver>>,
+    /// Per type, a hash of the last version sent and when: what an ACK's latency is measured
+    /// against. Only this stream's task touches it, so the lock is never contended.
+    last_sent: Mutex<[Option<(u64, Instant)>; 5]>,
+}
+
+impl std::fmt::Debug for StatusEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusEntry")
+            .field("node_id", &self.node_id)
+            .field("observers", &self.observers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StatusEntry {
+    /// Opens a stream on every observer.
+    pub(crate) fn open(observers: &[Arc<dyn XdsObserver>], stream: &StreamInfo) -> Self {
+        StatusEntry {
+            node_id: stream.node_id.clone(),
+            observers: observers.iter().map(|o| o.stream_opened(stream)).collect(),
+            last_sent: Mutex::new(Default::default()),
+        }
+    }
+
+    /// The node id of the stream.
+    pub(crate) fn node_id(&self) -> String {
+        self.node_id.clone()
+    }
+
+    /// Records a response sent.
+    pub(crate) fn sent(&self, kind: ResourceType, version: &str, nonce: &str) {
+        self.last_sent.lock().unwrap_or_else(|e| e.into_inner())[kind.index()] =
+            Some((version_hash(version), Instant::now()));
+        for o in &self.observers {
+            o.sent(kind, version, nonce);
+        }
+    }
+
+    /// Records an ACK.
+    pub(crate) fn acked(&self, kind: ResourceType, version: &str) {
+        let push_to_ack = {
+            let mut last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = &mut last[kind.index()];
+            // Only the first ACK of the last response sent measures a push.
+            match *slot {
+                Some((hash, at)) if hash == version_hash(version) => {
+                    *slot = None;
+                    Some(at.elapsed())
+                }
+                _ => None,
+            }
+        };
+        for o in &self.observers {
+            o.acked(kind, version, push_to_ack);
+        }
+    }
+
+    /// Records a NACK.
+    pub(crate) fn nacked(&self, kind: ResourceType, nack: Nack) {
+        for o in &self.observers {
+            o.nacked(kind, &nack);
+        }
+    }
+
+    /// Records that the stream ends with `error`.
+    pub(crate) fn failed(&self, error: &str) {
+        for o in &self.observers {
+            o.failed(error);
+        }
+    }
+}
+
+impl Drop for StatusEntry {
+    fn drop(&mut self) {
+        for o in &self.observers {
+            o.closed();
+        }
+    }
+}
+
+fn version_hash(version: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(version.as_bytes())
+}
+
+// === impl StatusBoard ===
+
+/// Live status of every connected proxy: the observer the admin API reads.
 #[derive(Debug, Clone, Default)]
 pub struct StatusBoard {
     entries: Arc<RwLock<HashMap<u64, Arc<Mutex<ProxyStatus>>>>>,
-    counters: Arc<Counters>,
     next_id: Arc<AtomicU64>,
-}
-
-/// A stream's handle on its own entry; removes the entry when dropped.
-#[derive(Debug)]
-pub struct StatusEntry {
-    board: StatusBoard,
-    entry: Arc<Mutex<ProxyStatus>>,
-    stream_id: u64,
 }
 
 impl StatusBoard {
@@ -178,22 +256,6 @@ impl StatusBoard {
     /// A fresh stream id.
     pub(crate) fn next_stream_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Registers a stream.
-    pub(crate) fn register(&self, status: ProxyStatus) -> StatusEntry {
-        let stream_id = status.stream_id;
-        let entry = Arc::new(Mutex::new(status));
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(stream_id, entry.clone());
-        self.counters.streams_opened.fetch_add(1, Ordering::Relaxed);
-        StatusEntry {
-            board: self.clone(),
-            entry,
-            stream_id,
-        }
     }
 
     /// A copy of every connected proxy's status, ordered by node id.
@@ -226,43 +288,57 @@ impl StatusBoard {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
 
-    /// Process-wide counters.
-    pub fn counters(&self) -> &Counters {
-        &self.counters
+impl XdsObserver for StatusBoard {
+    fn stream_opened(&self, stream: &StreamInfo) -> Box<dyn StreamObserver> {
+        let entry = Arc::new(Mutex::new(ProxyStatus {
+            stream_id: stream.stream_id,
+            node_id: stream.node_id.clone(),
+            service: stream.service.clone(),
+            group: stream.group.clone(),
+            kind: stream.kind,
+            remote_addr: stream.remote_addr,
+            connected_since: stream.connected_since,
+            types: Default::default(),
+        }));
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(stream.stream_id, entry.clone());
+        Box::new(BoardEntry {
+            board: self.clone(),
+            entry,
+            stream_id: stream.stream_id,
+        })
     }
 }
 
-impl StatusEntry {
-    /// The node id of the stream.
-    pub(crate) fn node_id(&self) -> String {
-        self.entry
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .node_id
-            .clone()
-    }
+/// One stream's row on the board; removed when the stream closes.
+struct BoardEntry {
+    board: StatusBoard,
+    entry: Arc<Mutex<ProxyStatus>>,
+    stream_id: u64,
+}
 
-    /// Records a response sent.
-    pub(crate) fn sent(&self, kind: ResourceType, version: &str, nonce: &str) {
-        self.board.counters.responses[kind.index()].fetch_add(1, Ordering::Relaxed);
+impl BoardEntry {
+    fn update(&self, kind: ResourceType, f: impl FnOnce(&mut TypeStatus)) {
+        let mut status = self.entry.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut status.types[kind.index()]);
+    }
+}
+
+impl StreamObserver for BoardEntry {
+    fn sent(&self, kind: ResourceType, version: &str, nonce: &str) {
         self.update(kind, |t| {
             t.sent_version = Some(version.to_owned());
             t.sent_nonce = Some(nonce.to_owned());
             t.responses += 1;
-            t.sent_at = Some(std::time::Instant::now());
         });
     }
 
-    /// Records an ACK.
-    pub(crate) fn acked(&self, kind: ResourceType, version: &str) {
-        let latency = &self.board.counters.push_ack_latency;
+    fn acked(&self, kind: ResourceType, version: &str, _push_to_ack: Option<Duration>) {
         self.update(kind, |t| {
-            if t.sent_version.as_deref() == Some(version)
-                && let Some(at) = t.sent_at.take()
-            {
-                latency.observe(at.elapsed());
-            }
             if t.last_nack.as_ref().is_some_and(|n| n.version != version) {
                 t.last_nack = None;
             }
@@ -270,23 +346,14 @@ impl StatusEntry {
         });
     }
 
-    /// Records a NACK.
-    pub(crate) fn nacked(&self, kind: ResourceType, nack: Nack) {
-        self.board.counters.nacks[kind.index()].fetch_add(1, Ordering::Relaxed);
+    fn nacked(&self, kind: ResourceType, nack: &Nack) {
         self.update(kind, |t| {
             t.nacks += 1;
-            t.last_nack = Some(nack);
+            t.last_nack = Some(nack.clone());
         });
     }
 
-    fn update(&self, kind: ResourceType, f: impl FnOnce(&mut TypeStatus)) {
-        let mut status = self.entry.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut status.types[kind.index()]);
-    }
-}
-
-impl Drop for StatusEntry {
-    fn drop(&mut self) {
+    fn closed(&self) {
         self.board
             .entries
             .write()

@@ -10,14 +10,13 @@ use std::time::{Duration, Instant};
 
 use meshplane_model::{Instance, ServiceName};
 use meshplane_registry::{Changes, Snapshot as RegistrySnapshot, Store};
+use meshplane_telemetry::TranslationMetrics;
 use meshplane_translate::{
     Catalog, MeshOptions, ProxyGroup, group_config, service_cluster, service_endpoints,
 };
 use meshplane_xds::{GroupKey, Resource, Snapshot, SnapshotCache};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-use meshplane_admin::metrics::ControlPlaneMetrics;
 
 use super::grouper::Groups;
 
@@ -48,7 +47,7 @@ struct ActiveGroup {
 
 /// Translation state; see the module docs.
 pub struct Translator {
-    metrics: Arc<ControlPlaneMetrics>,
+    metrics: TranslationMetrics,
     cache: SnapshotCache,
     groups: Groups,
     options: Arc<MeshOptions>,
@@ -62,7 +61,7 @@ impl Translator {
     /// A translator publishing into `cache` the groups recorded in `groups`.
     pub fn new(cache: SnapshotCache, groups: Groups, options: Arc<MeshOptions>) -> Self {
         Translator {
-            metrics: Arc::default(),
+            metrics: TranslationMetrics::default(),
             cache,
             groups,
             options,
@@ -74,7 +73,7 @@ impl Translator {
     }
 
     /// Records translation time and errors into `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<ControlPlaneMetrics>) -> Self {
+    pub fn with_metrics(mut self, metrics: TranslationMetrics) -> Self {
         self.metrics = metrics;
         self
     }
@@ -83,7 +82,7 @@ impl Translator {
     pub fn on_demand(&mut self, key: &GroupKey) {
         let started = Instant::now();
         self.publish(key);
-        self.metrics.translation.observe(started.elapsed());
+        self.metrics.translated(started.elapsed());
     }
 
     /// The registry changed: rebuild changed services, then the groups that see them.
@@ -91,9 +90,7 @@ impl Translator {
         let started = Instant::now();
         let changes = next.changed_since(self.registry.index);
         self.registry = next;
-        self.metrics
-            .translated_index
-            .store(self.registry.index, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.caught_up(self.registry.index);
         let affected: BTreeSet<GroupKey> = match changes {
             Changes::All => {
                 self.services.clear();
@@ -122,7 +119,7 @@ impl Translator {
             self.publish(key);
         }
         if !affected.is_empty() {
-            self.metrics.translation.observe(started.elapsed());
+            self.metrics.translated(started.elapsed());
             tracing::debug!(groups = affected.len(), index = self.registry.index, elapsed = ?started.elapsed(), "registry change translated");
         }
     }
@@ -158,20 +155,14 @@ impl Translator {
         match self.build(&group) {
             Ok((snapshot, services)) => {
                 self.track(key, &group, services);
-                self.metrics
-                    .snapshots_published
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.published();
                 if let Err(e) = self.cache.set_snapshot(key, snapshot) {
-                    self.metrics
-                        .translation_errors
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.error();
                     tracing::error!(%key, error = %e, "refusing to publish an inconsistent snapshot; proxies keep their current config");
                 }
             }
             Err(e) => {
-                self.metrics
-                    .translation_errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.error();
                 tracing::warn!(%key, error = %e, "cannot translate group");
             }
         }

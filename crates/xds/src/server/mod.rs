@@ -22,7 +22,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::SnapshotCache;
-use crate::status::StatusBoard;
+use crate::status::{StatusBoard, XdsObserver};
 use node::NodeGrouper;
 pub use service::{
     AdsSpec, CdsSpec, DiscoveryService, EdsSpec, LdsSpec, RdsSpec, SdsSpec, ServiceSpec,
@@ -83,6 +83,8 @@ impl Default for ServerConfig {
 pub(crate) struct Shared {
     pub(crate) cache: SnapshotCache,
     pub(crate) status: StatusBoard,
+    /// Every stream's events go to each, the status board first.
+    pub(crate) observers: Vec<Arc<dyn XdsObserver>>,
     pub(crate) grouper: Arc<dyn NodeGrouper>,
     pub(crate) config: ServerConfig,
     pub(crate) shutdown: CancellationToken,
@@ -111,12 +113,33 @@ impl XdsServer {
         config: ServerConfig,
         shutdown: CancellationToken,
     ) -> Self {
+        let status = StatusBoard::new();
         let shared = Shared {
             cache,
-            status: StatusBoard::new(),
+            observers: vec![Arc::new(status.clone())],
+            status,
             grouper,
             config,
             shutdown,
+        };
+        XdsServer {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Adds an observer of every stream's events (see [`XdsObserver`]). Call before serving:
+    /// streams already open keep the observers they started with.
+    pub fn with_observer(self, observer: Arc<dyn XdsObserver>) -> Self {
+        let s = &self.shared;
+        let mut observers = s.observers.clone();
+        observers.push(observer);
+        let shared = Shared {
+            cache: s.cache.clone(),
+            status: s.status.clone(),
+            observers,
+            grouper: s.grouper.clone(),
+            config: s.config.clone(),
+            shutdown: s.shutdown.clone(),
         };
         XdsServer {
             shared: Arc::new(shared),

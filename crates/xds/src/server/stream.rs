@@ -13,7 +13,7 @@ use super::Shared;
 use super::node::PeerInfo;
 use crate::resource::{ResourceType, is_type_url};
 use crate::snapshot::Snapshot;
-use crate::status::{ProxyStatus, StatusEntry, StreamKind};
+use crate::status::{StatusEntry, StreamInfo, StreamKind};
 use crate::wire::WireMessage;
 
 /// One protocol flavour's per-stream state machine.
@@ -77,16 +77,12 @@ pub(crate) async fn drive<P: Protocol>(
     let first = match first {
         Ok(Some(req)) => req,
         Ok(None) => return,
-        Err(status) => return reply_to_bad_request(&shared, &tx, status).await,
+        Err(status) => return reply_to_bad_request(&shared, None, &tx, status).await,
     };
     let entry = match admit::<P>(&shared, &first, kind, &peer) {
         Ok(entry) => entry,
         Err(status) => {
-            shared
-                .status
-                .counters()
-                .streams_failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            refused(&shared, &status);
             tracing::warn!(peer = ?peer.remote_addr, code = ?status.code(), error = %status.message(), "refused xDS stream");
             let _ = tx.send(Err(status)).await;
             return;
@@ -106,11 +102,7 @@ pub(crate) async fn drive<P: Protocol>(
                 }
             }
             Err(err) => {
-                shared
-                    .status
-                    .counters()
-                    .streams_failed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                status.failed(err.message());
                 tracing::warn!(node = %status.node_id(), code = ?err.code(), error = %err.message(), "ending xDS stream");
                 let _ = tx.send(Err(err)).await;
                 return;
@@ -129,7 +121,7 @@ pub(crate) async fn drive<P: Protocol>(
                     state.on_request(req, snapshot.as_deref(), &status)
                 }
                 Ok(None) => return,
-                Err(status) => return reply_to_bad_request(&shared, &tx, status).await,
+                Err(err) => return reply_to_bad_request(&shared, Some(&status), &tx, err).await,
             },
             changed = snapshots.changed() => {
                 if changed.is_err() {
@@ -145,20 +137,27 @@ pub(crate) async fn drive<P: Protocol>(
 }
 
 /// A request that failed to decode ends the stream with the decoder's `INVALID_ARGUMENT`;
-/// transport errors (the proxy went away) just end it.
+/// transport errors (the proxy went away) just end it. `entry` is `None` before admission.
 async fn reply_to_bad_request<R>(
     shared: &Shared,
+    entry: Option<&StatusEntry>,
     tx: &mpsc::Sender<Result<R, Status>>,
     status: Status,
 ) {
     if status.code() == tonic::Code::InvalidArgument {
-        shared
-            .status
-            .counters()
-            .streams_failed
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match entry {
+            Some(entry) => entry.failed(status.message()),
+            None => refused(shared, &status),
+        }
         tracing::warn!(error = %status.message(), "ending xDS stream: malformed request");
         let _ = tx.send(Err(status)).await;
+    }
+}
+
+/// Tells the observers a stream was refused before admission.
+fn refused(shared: &Shared, status: &Status) {
+    for o in &shared.observers {
+        o.stream_refused(status.message());
     }
 }
 
@@ -176,7 +175,7 @@ fn admit<P: Protocol>(
     let group = shared.grouper.group(node, peer)?;
     let stream_id = shared.status.next_stream_id();
     tracing::debug!(node = %node.id, service = %node.cluster, %group, stream_id, "xDS stream admitted");
-    let entry = shared.status.register(ProxyStatus {
+    let stream = StreamInfo {
         stream_id,
         node_id: node.id.clone(),
         service: node.cluster.clone(),
@@ -184,7 +183,6 @@ fn admit<P: Protocol>(
         kind,
         remote_addr: peer.remote_addr,
         connected_since: SystemTime::now(),
-        types: Default::default(),
-    });
-    Ok((group, entry))
+    };
+    Ok((group, StatusEntry::open(&shared.observers, &stream)))
 }

@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use meshplane_xds::server::node::check_node_identity;
 use meshplane_xds::{
     GroupError, GroupKey, MetadataGrouper, NodeGrouper, PeerInfo, ServerConfig, SnapshotCache,
-    XdsServer,
+    XdsObserver, XdsServer,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -50,18 +50,26 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Harness {
+        Harness::start_observed(None).await
+    }
+
+    /// A server that also reports every stream's events to `observer`.
+    pub async fn start_observed(observer: Option<Arc<dyn XdsObserver>>) -> Harness {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let cache = SnapshotCache::new();
         let shutdown = CancellationToken::new();
-        let server = XdsServer::new(
+        let mut server = XdsServer::new(
             cache.clone(),
             Arc::new(ByCluster),
             ServerConfig::default(),
             shutdown.clone(),
         );
+        if let Some(observer) = observer {
+            server = server.with_observer(observer);
+        }
         let served = tokio::spawn(server.clone().serve(listener));
         Harness {
             addr,
