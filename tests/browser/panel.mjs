@@ -139,6 +139,13 @@ try {
     await page.locator(`#snapshot details.resource[data-type="LDS"][data-name="${opt.listener}"]`).waitFor();
   });
 
+  await step('group snapshot shows the listener in Envoy\'s JSON form', async () => {
+    await page.locator('#snapshot-search').fill('envoy.config.listener.v3.Listener');
+    await page.locator(`#snapshot details.resource[data-type="LDS"][data-name="${opt.listener}"] pre.raw`,
+      { hasText: '"@type": "type.googleapis.com/envoy.config.listener.v3.Listener"' }).waitFor();
+    await page.locator('#snapshot-search').fill('');
+  });
+
   await step(`log level set to ${opt.level} through the panel`, async () => {
     await page.locator('#log-current .tag').first().waitFor();
     await page.locator('#log-level').selectOption(opt.level);

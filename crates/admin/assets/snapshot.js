@@ -22,7 +22,11 @@ export function snapshotSection(group) {
 
   const load = async () => {
     try {
-      resources = await getJson(`/api/groups/${enc(group)}/resources`);
+      // `config` is Envoy's JSON form of the resource: shown (and searched) as Envoy's own
+      // config dump prints it, so the two compare line by line.
+      resources = (await getJson(`/api/groups/${enc(group)}/resources`)).map((r) => ({
+        ...r, config: r.config === null ? null : JSON.stringify(r.config, null, 2),
+      }));
       render();
     } catch (e) {
       replace(list, errorBox(e));

@@ -1,12 +1,8 @@
-//! A group's translated resources for people: name, version and the decoded message.
-//! Secrets are never shown: only their names and versions.
+//! A group's translated resources for people: name, version and the message in Envoy's own
+//! JSON form (as in its `/config_dump`), so both compare field by field. Secrets are never
+//! shown: only their names and versions.
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use meshplane_xds::{ResourceType, Snapshot};
-use prost::Message;
 use serde::Serialize;
 
 /// One resource.
@@ -21,22 +17,15 @@ pub struct ResourceView {
     pub version: String,
     /// Encoded size in bytes.
     pub bytes: usize,
-    /// The decoded message (protobuf text as Rust debug output); absent for secrets.
-    pub config: Option<String>,
+    /// The message as Envoy's JSON (with `@type`); `null` for secrets.
+    pub config: Option<serde_json::Value>,
 }
 
-fn decoded(kind: ResourceType, value: &[u8]) -> Option<String> {
+fn decoded(kind: ResourceType, type_url: &str, value: &[u8]) -> Option<serde_json::Value> {
     match kind {
-        ResourceType::Cluster => Cluster::decode(value).ok().map(|m| format!("{m:#?}")),
-        ResourceType::Endpoint => ClusterLoadAssignment::decode(value)
-            .ok()
-            .map(|m| format!("{m:#?}")),
-        ResourceType::Listener => Listener::decode(value).ok().map(|m| format!("{m:#?}")),
-        ResourceType::Route => RouteConfiguration::decode(value)
-            .ok()
-            .map(|m| format!("{m:#?}")),
         // Private keys must never leave the control plane through the admin API.
         ResourceType::Secret => None,
+        _ => Some(meshplane_envoy_json::to_json(type_url, value)),
     }
 }
 
@@ -52,7 +41,7 @@ pub fn describe(snapshot: &Snapshot) -> Vec<ResourceView> {
                     name: r.name().to_owned(),
                     version: r.version().to_owned(),
                     bytes: r.encoded_any().len(),
-                    config: decoded(*kind, &any.value),
+                    config: decoded(*kind, &any.type_url, &any.value),
                 }
             })
         })

@@ -264,12 +264,13 @@ async fn proxies_show_sync_status_and_nacks_and_groups_their_resources() {
     assert_eq!(groups[0]["resources"]["CDS"], 1);
     let resources = get_json(&s, &format!("/api/groups/{key}/resources")).await;
     assert_eq!(resources[0]["type"], "CDS");
-    assert!(
-        resources[0]["config"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("payments")
+    // Envoy's JSON form, as in its config dump.
+    assert_eq!(
+        resources[0]["config"]["@type"],
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster"
     );
+    assert_eq!(resources[0]["config"]["name"], "payments");
+    assert_eq!(resources[0]["config"]["type"], "EDS");
 
     let metrics = s
         .http
