@@ -166,6 +166,9 @@ pub async fn start(
     let relays = RelayDirectory::default();
     let mut grouper =
         DescriptorGrouper::new(groups.clone(), options.clone()).with_relays(relays.clone());
+    // The CA exists before the xDS TLS files are read: with the generated CA,
+    // `--xds-client-ca <data-dir>/ca/ca.crt` then works from the very first start.
+    let ca = Arc::new(certificate_authority(&config)?);
     let tls = xds_tls(&config)?;
     if tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()) {
         grouper = grouper.with_identity(&config.trust_domain);
@@ -209,7 +212,7 @@ pub async fn start(
         peers: Arc::new(config.peers.clone()),
         http: reqwest::Client::builder().no_proxy().build()?,
         metrics,
-        ca: Some(Arc::new(certificate_authority(&config)?)),
+        ca: Some(ca),
         enrolment_tokens: Arc::new(meshplane_admin::EnrolmentTokens::new(
             config.load_enrolment_tokens()?,
         )),
