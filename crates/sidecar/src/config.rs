@@ -247,6 +247,7 @@ impl SidecarConfig {
                 token: self.ca_token.clone().or_else(|| self.token.clone()),
                 service,
                 trust_domain: self.trust_domain.clone(),
+                ca_bundle: self.control_plane_ca_file.clone(),
             },
         };
         let mut config = crate::identity::IdentityConfig::new(source, sds_socket(work_dir));
@@ -331,6 +332,29 @@ pub fn create_work_dir(dir: &std::path::Path) -> std::io::Result<()> {
         .mode(0o700)
         .create(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// A CA bundle could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("--control-plane-ca-file {}: {reason}", path.display())]
+pub struct BadCaBundle {
+    path: PathBuf,
+    reason: String,
+}
+
+/// The certificates of a PEM CA bundle, for HTTPS clients of the control plane.
+pub fn read_ca_bundle(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, BadCaBundle> {
+    let bad = |reason: String| BadCaBundle {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| bad(format!("not a PEM CA bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("holds no PEM CERTIFICATE".to_owned()));
+    }
+    Ok(certs)
 }
 
 /// File name of the SDS socket in the work directory.

@@ -24,6 +24,8 @@ pub(crate) struct Prepared {
     pub bootstrap_path: PathBuf,
     /// The admin relay's bound socket (taken by `Sidecar::run`) and its address.
     pub relay: Option<(Option<std::net::TcpListener>, SocketAddr)>,
+    /// `--control-plane-ca-file`'s certificates, for the https:// registry.
+    pub control_plane_roots: Option<Vec<reqwest::Certificate>>,
 }
 
 impl Prepared {
@@ -40,6 +42,15 @@ impl Prepared {
         };
         let base_id = config.base_id.unwrap_or_else(|| base_id_for(&instance_id));
         let envoy = find_envoy(config.envoy.as_deref())?;
+        let control_plane_roots = config
+            .control_plane_ca_file
+            .as_deref()
+            .map(crate::config::read_ca_bundle)
+            .transpose()
+            .map_err(|e| SidecarError::Flag {
+                flag: "control-plane-ca-file",
+                message: e.to_string(),
+            })?;
         let dir = config.work_dir_for(&instance_id);
         crate::config::create_work_dir(&dir).map_err(SidecarError::io(format!(
             "cannot create the work directory {} (mode 0700); give a writable --work-dir",
@@ -66,6 +77,7 @@ impl Prepared {
             instance_id,
             base_id,
             envoy,
+            control_plane_roots,
         };
         prepared.write_bootstrap()?;
         Ok(prepared)

@@ -450,6 +450,7 @@ fn ca_config(url: &str, socket: &Path) -> IdentityConfig {
 fn ca_config_for(url: &str, socket: &Path, service: &str, trust_domain: &str) -> IdentityConfig {
     let mut config = IdentityConfig::new(
         IdentitySource::ControlPlaneCa {
+            ca_bundle: None,
             admin_url: url.to_owned(),
             token: Some("s3cret-token".into()),
             service: ServiceName::new(service).expect("name"),

@@ -61,6 +61,7 @@ impl CaClient {
         token: Option<String>,
         service: &ServiceName,
         trust_domain: &str,
+        ca_bundle: Option<&std::path::Path>,
         cache_dir: Option<&std::path::Path>,
     ) -> Result<Self, IdentityError> {
         let url = format!("{}{SIGN_PATH}", admin_url.trim_end_matches('/'));
@@ -69,13 +70,17 @@ impl CaClient {
                 "the control plane's admin URL `{admin_url}` is not a URL ({e}); give e.g. http://10.0.0.1:18080"
             ))
         })?;
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| IdentityError::CaUnreachable {
-                url: url.clone(),
-                reason: chain(&e),
-            })?;
+        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+        if let Some(path) = ca_bundle {
+            builder = builder.tls_certs_only(
+                crate::config::read_ca_bundle(path)
+                    .map_err(|e| IdentityError::Config(e.to_string()))?,
+            );
+        }
+        let http = builder.build().map_err(|e| IdentityError::CaUnreachable {
+            url: url.clone(),
+            reason: chain(&e),
+        })?;
         let origins = Origins {
             cert: format!("the certificate from {url}"),
             key: "the key generated for the CSR".to_owned(),
@@ -200,13 +205,20 @@ impl CaClient {
         if let Some(token) = &self.token {
             post = post.bearer_auth(token);
         }
-        let response = post
-            .send()
-            .await
-            .map_err(|e| IdentityError::CaUnreachable {
-                url: self.url.clone(),
-                reason: chain(&e.without_url()),
-            })?;
+        let response = post.send().await.map_err(|e| {
+            let reason = chain(&e.without_url());
+            if reason.contains("invalid peer certificate") {
+                IdentityError::CaCertificate {
+                    url: self.url.clone(),
+                    reason,
+                }
+            } else {
+                IdentityError::CaUnreachable {
+                    url: self.url.clone(),
+                    reason,
+                }
+            }
+        })?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();

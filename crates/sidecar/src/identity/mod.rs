@@ -65,6 +65,9 @@ pub enum IdentitySource {
         service: ServiceName,
         /// Trust domain of the SPIFFE id requested.
         trust_domain: String,
+        /// CA bundle (PEM file) the admin API's certificate must chain to when `admin_url`
+        /// is `https://`; `None`: the system's roots.
+        ca_bundle: Option<PathBuf>,
     },
 }
 
@@ -137,12 +140,14 @@ pub async fn start(
             token,
             service,
             trust_domain,
+            ca_bundle,
         } => {
             let client = ca_client::CaClient::new(
                 admin_url,
                 token.clone(),
                 service,
                 trust_domain,
+                ca_bundle.as_deref(),
                 config.cache_dir.as_deref(),
             )?;
             let first = client.first().await?;
@@ -249,12 +254,14 @@ impl fmt::Debug for IdentitySource {
                 token,
                 service,
                 trust_domain,
+                ca_bundle,
             } => f
                 .debug_struct("ControlPlaneCa")
                 .field("admin_url", admin_url)
                 .field("token_set", &token.is_some())
                 .field("service", service)
                 .field("trust_domain", trust_domain)
+                .field("ca_bundle", ca_bundle)
                 .finish(),
         }
     }

@@ -238,6 +238,7 @@ fn renewal_waits_for_the_fraction_of_the_lifetime_but_never_less_than_retry_min(
 #[test]
 fn config_is_checked_and_debug_hides_the_token() {
     let source = IdentitySource::ControlPlaneCa {
+        ca_bundle: None,
         admin_url: "http://127.0.0.1:18080".into(),
         token: Some("s3cret-token".into()),
         service: ServiceName::new("orders").expect("name"),
