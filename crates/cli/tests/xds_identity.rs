@@ -237,3 +237,174 @@ async fn a_sidecar_with_a_host_certificate_is_served_over_authenticated_xds() {
     .await;
     assert_eq!(mesh.cp.status.proxies().len(), 1);
 }
+
+/// Serial numbers (lowercase hex, no leading zeros) of the certificates Envoy presents, in
+/// every TLS context it has (listeners, mesh clusters and the xDS cluster).
+async fn presented_serials(http: &reqwest::Client, admin_port: u16) -> Vec<String> {
+    let Ok(response) = http
+        .get(format!("http://127.0.0.1:{admin_port}/certs"))
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    let certs: serde_json::Value = response.json().await.unwrap_or_default();
+    let mut serials: Vec<String> = certs["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|context| context["cert_chain"].as_array().into_iter().flatten())
+        .filter_map(|cert| cert["serial_number"].as_str())
+        .map(|serial| serial.trim_start_matches('0').to_ascii_lowercase())
+        .collect();
+    serials.sort();
+    serials.dedup();
+    serials
+}
+
+/// `text` without ANSI colour sequences (the sidecar's log colours field names).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip to the end of the sequence (`ESC [ … m`).
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The serials of the certificates the sidecar has served, in order (first, renewals).
+fn served_serials(log: &str) -> Vec<String> {
+    without_colours(log)
+        .lines()
+        .filter(|l| {
+            l.contains("serving the service identity over SDS")
+                || l.contains("renewed the service certificate")
+        })
+        .filter_map(|l| l.split("serial=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(|serial| serial.trim_start_matches('0').to_ascii_lowercase())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ca_issued_identity_authenticates_xds_and_renews_under_the_live_stream() {
+    let pki = tempfile::tempdir().expect("tmp");
+    // The control plane's own server certificate comes from the operator's PKI; proxies
+    // present certificates from the generated built-in CA.
+    let server_pki = support::TestCa::new(pki.path(), "control-plane");
+    let (server_cert, server_key) = server_pki.issue_server("xds");
+    let mut mesh = support::Mesh::start(move |c, _| {
+        c.xds_tls_cert = Some(server_cert.into());
+        c.xds_tls_key = Some(server_key.into());
+        // The generated CA's certificate: it exists before the xDS port reads it.
+        c.xds_client_ca = Some(c.data_dir.join("ca").join("ca.crt"));
+        c.cert_ttl = "10s".into();
+    })
+    .await;
+    let egress = support::free_port();
+    let d = support::caller(
+        "orders",
+        support::free_port(),
+        support::free_port(),
+        egress,
+        "  - service: payments\n",
+    );
+    let cp_ca = server_pki.ca_file().to_owned();
+    mesh.sidecar_with(
+        "orders-1",
+        &d,
+        2,
+        &["--xds-tls", "--control-plane-ca-file", &cp_ca],
+    )
+    .await;
+    let admin = mesh.sidecar_admin("orders-1");
+    let stream = |mesh: &support::Mesh| {
+        let proxies = mesh.cp.status.proxies();
+        assert_eq!(proxies.len(), 1, "{proxies:?}");
+        assert_eq!(proxies[0].service, "orders");
+        proxies[0].stream_id
+    };
+    let stream_id = stream(&mesh);
+    let xds_connections = "cluster.meshplane_xds.upstream_cx_total";
+    let connections = support::envoy_stat(&mesh.http, admin, xds_connections)
+        .await
+        .expect("stat");
+
+    // Certificates live 10 s and are renewed at half their remaining life: wait for two
+    // renewals, and for Envoy to present only the newest one (the xDS cluster included).
+    let renewed = support::poll(|| async {
+        let served = served_serials(&mesh.sidecar_log("orders-1"));
+        served.len() >= 3
+            && presented_serials(&mesh.http, admin).await == [served[served.len() - 1].clone()]
+    })
+    .await;
+    assert!(
+        renewed,
+        "two renewals, the newest presented everywhere: {:?} presented {:?}\n{}",
+        served_serials(&mesh.sidecar_log("orders-1")),
+        presented_serials(&mesh.http, admin).await,
+        mesh.sidecar_log("orders-1")
+    );
+
+    // Configuration keeps flowing on the same stream: a new instance reaches Envoy.
+    let upstream = support::upstream("payments-1").await;
+    mesh.register("payments-1", "payments", upstream, &[], 1)
+        .await;
+    let reached = support::poll(|| async {
+        support::via_egress(&mesh.http, egress, "payments", None).await
+            == (200, "payments-1".to_owned())
+    })
+    .await;
+    assert!(reached, "{}", mesh.sidecar_log("orders-1"));
+    assert_eq!(stream(&mesh), stream_id, "the xDS stream was not replaced");
+    assert_eq!(
+        support::envoy_stat(&mesh.http, admin, xds_connections).await,
+        Some(connections),
+        "Envoy opened no new xDS connection"
+    );
+    assert_eq!(
+        support::envoy_stat(&mesh.http, admin, "control_plane.connected_state").await,
+        Some(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_rooted_ca_checks_the_control_plane_with_the_trust_bundle() {
+    let pki = tempfile::tempdir().expect("tmp");
+    // One operator CA: the built-in CA signs with it, and it signed the xDS certificate.
+    let operator = support::TestCa::new(pki.path(), "operator");
+    let (server_cert, server_key) = operator.issue_server("xds");
+    let (ca_cert, ca_key) = (
+        operator.ca_file().to_owned(),
+        operator.key_file().to_owned(),
+    );
+    let mut mesh = support::Mesh::start(move |c, _| {
+        c.xds_tls_cert = Some(server_cert.into());
+        c.xds_tls_key = Some(server_key.into());
+        c.xds_client_ca = Some(ca_cert.clone().into());
+        c.ca_cert = Some(ca_cert.into());
+        c.ca_key = Some(ca_key.into());
+    })
+    .await;
+    let d = support::caller(
+        "orders",
+        support::free_port(),
+        support::free_port(),
+        support::free_port(),
+        "  - service: payments\n",
+    );
+    // No --control-plane-ca-file: the control plane is checked against `meshplane_trust`.
+    mesh.sidecar_with("orders-1", &d, 2, &["--xds-tls"]).await;
+    let proxies = mesh.cp.status.proxies();
+    assert_eq!(proxies.len(), 1);
+    assert_eq!(proxies[0].service, "orders");
+}

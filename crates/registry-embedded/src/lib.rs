@@ -58,6 +58,9 @@ pub struct EmbeddedConfig {
     pub token: Option<String>,
     /// Node name reported for every registration (default `meshplane`).
     pub node_name: String,
+    /// HTTPS: the server configuration (`meshplane_https::TlsFiles::load`); `None` serves
+    /// plain HTTP.
+    pub tls: Option<std::sync::Arc<meshplane_https::ServerConfig>>,
 }
 
 /// Why the embedded registry could not start or stopped.
@@ -103,6 +106,7 @@ impl Default for EmbeddedConfig {
             datacenter: "dc1".into(),
             token: None,
             node_name: "meshplane".into(),
+            tls: None,
         }
     }
 }
@@ -196,10 +200,16 @@ impl EmbeddedRegistry {
         ));
         drop(self.commands);
         tracing::info!(addr = %local, "embedded registry serving Consul-compatible API");
-        let served = axum::serve(self.listener, http::router(state))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .map_err(EmbeddedError::Serve);
+        let router = http::router(state);
+        let served = match self.config.tls.clone() {
+            Some(tls) => meshplane_https::serve(self.listener, router, tls, shutdown.clone()).await,
+            None => {
+                axum::serve(self.listener, router)
+                    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                    .await
+            }
+        }
+        .map_err(EmbeddedError::Serve);
         shutdown.cancel();
         let _ = checks.await;
         let writer = self.writer;

@@ -113,6 +113,21 @@ pub struct ControlPlaneConfig {
     /// spiffe://<trust-domain>/service/<name>, the service it asks configuration for.
     #[arg(long, env = "MESHPLANE_XDS_CLIENT_CA")]
     pub xds_client_ca: Option<PathBuf>,
+    /// Certificate chain (PEM) of the admin API (and the CA's signing route); with
+    /// --admin-tls-key it serves HTTPS only. Sidecars then use --ca-url https://… and check
+    /// it with --control-plane-ca-file.
+    #[arg(long, env = "MESHPLANE_ADMIN_TLS_CERT")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --admin-tls-cert.
+    #[arg(long, env = "MESHPLANE_ADMIN_TLS_KEY")]
+    pub admin_tls_key: Option<PathBuf>,
+    /// Certificate chain (PEM) of the embedded registry's Consul-compatible API; with
+    /// --registry-tls-key it serves HTTPS only (sidecars: --registry https://…).
+    #[arg(long, env = "MESHPLANE_REGISTRY_TLS_CERT")]
+    pub registry_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --registry-tls-cert.
+    #[arg(long, env = "MESHPLANE_REGISTRY_TLS_KEY")]
+    pub registry_tls_key: Option<PathBuf>,
     /// Operator CA certificate (PEM) of the built-in CA; without it (and --ca-key) a CA is
     /// generated once and kept under --data-dir.
     #[arg(long, env = "MESHPLANE_CA_CERT")]
@@ -289,6 +304,16 @@ impl ControlPlaneConfig {
         Ok(tokens)
     }
 
+    /// The admin API's certificate and key, when it serves HTTPS.
+    pub fn admin_tls(&self) -> Option<meshplane_https::TlsFiles> {
+        tls_files(&self.admin_tls_cert, &self.admin_tls_key)
+    }
+
+    /// The embedded registry's certificate and key, when it serves HTTPS.
+    pub fn registry_tls(&self) -> Option<meshplane_https::TlsFiles> {
+        tls_files(&self.registry_tls_cert, &self.registry_tls_key)
+    }
+
     /// `cert_ttl` as a duration.
     pub fn cert_ttl(&self) -> Result<std::time::Duration, ConfigError> {
         meshplane_model::descriptor::parse_duration(&self.cert_ttl)
@@ -306,6 +331,22 @@ impl ControlPlaneConfig {
             return Err(ConfigError::Invalid(
                 "--xds-client-ca needs TLS on the xDS port: also give --xds-tls-cert and --xds-tls-key".into(),
             ));
+        }
+        for (cert, key, flags) in [
+            (
+                &self.admin_tls_cert,
+                &self.admin_tls_key,
+                "--admin-tls-cert and --admin-tls-key",
+            ),
+            (
+                &self.registry_tls_cert,
+                &self.registry_tls_key,
+                "--registry-tls-cert and --registry-tls-key",
+            ),
+        ] {
+            if cert.is_some() != key.is_some() {
+                return Err(ConfigError::Invalid(format!("{flags} go together")));
+            }
         }
         if self.ca_cert.is_some() != self.ca_key.is_some() {
             return Err(ConfigError::Invalid(
@@ -328,6 +369,16 @@ impl ControlPlaneConfig {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+fn tls_files(cert: &Option<PathBuf>, key: &Option<PathBuf>) -> Option<meshplane_https::TlsFiles> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Some(meshplane_https::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
     }
 }
 

@@ -100,6 +100,9 @@ pub async fn start(
         }
     });
 
+    // Read before anything binds: a bad certificate stops the start, naming the file.
+    let admin_tls = load_tls(config.admin_tls(), "--admin-tls-cert")?;
+    let registry_tls = load_tls(config.registry_tls(), "--registry-tls-cert")?;
     let registry_addr;
     match config.registry {
         RegistryKind::Embedded => {
@@ -108,6 +111,7 @@ pub async fn start(
                 data_dir: config.data_dir.clone(),
                 datacenter: config.datacenter.clone(),
                 token: config.token.clone(),
+                tls: registry_tls,
                 ..Default::default()
             })
             .await
@@ -166,6 +170,9 @@ pub async fn start(
     let relays = RelayDirectory::default();
     let mut grouper =
         DescriptorGrouper::new(groups.clone(), options.clone()).with_relays(relays.clone());
+    // The CA exists before the xDS TLS files are read: with the generated CA,
+    // `--xds-client-ca <data-dir>/ca/ca.crt` then works from the very first start.
+    let ca = Arc::new(certificate_authority(&config)?);
     let tls = xds_tls(&config)?;
     if tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()) {
         grouper = grouper.with_identity(&config.trust_domain);
@@ -211,7 +218,7 @@ pub async fn start(
         peers: Arc::new(config.peers.clone()),
         http: reqwest::Client::builder().no_proxy().build()?,
         metrics,
-        ca: Some(Arc::new(certificate_authority(&config)?)),
+        ca: Some(ca),
         enrolment_tokens: Arc::new(meshplane_admin::EnrolmentTokens::new(
             config.load_enrolment_tokens()?,
         )),
@@ -219,9 +226,13 @@ pub async fn start(
     tasks.spawn(prune_relays(relays, status.clone(), shutdown.clone()));
     let s = shutdown.clone();
     tasks.spawn(async move {
-        meshplane_admin::serve(admin_listener, admin, s)
-            .await
-            .context("admin API failed")
+        match admin_tls {
+            Some(tls) => {
+                meshplane_https::serve(admin_listener, meshplane_admin::router(admin), tls, s).await
+            }
+            None => meshplane_admin::serve(admin_listener, admin, s).await,
+        }
+        .context("admin API failed")
     });
     tracing::info!(%xds_addr, registry = ?registry_addr, "control plane serving");
     Ok(ControlPlane {
@@ -250,6 +261,16 @@ impl ControlPlane {
         }
         result
     }
+}
+
+/// Reads and checks an HTTPS certificate and key, if configured.
+fn load_tls(
+    files: Option<meshplane_https::TlsFiles>,
+    flag: &str,
+) -> anyhow::Result<Option<Arc<meshplane_https::ServerConfig>>> {
+    files
+        .map(|f| f.load().with_context(|| format!("cannot use {flag}")))
+        .transpose()
 }
 
 /// Reads the xDS TLS files, if configured.

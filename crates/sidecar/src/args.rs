@@ -49,10 +49,17 @@ pub struct NodeArgs {
     /// CA bundle (PEM) peers' (and, with --xds-tls, the control plane's) certificates chain to.
     #[arg(long, env = "MESHPLANE_CA_FILE")]
     pub ca_file: Option<PathBuf>,
-    /// Connect to the control plane over TLS, presenting the host certificate
-    /// (needs --cert-file, --key-file, --ca-file).
+    /// Connect to the control plane's xDS port over TLS, presenting the proxy's identity:
+    /// the host certificate (--cert-file), or else the certificate from the control plane's
+    /// CA (served over SDS and renewed without dropping the xDS stream). The control plane's
+    /// certificate is checked against --control-plane-ca-file, else --ca-file, else the
+    /// mesh's trust bundle (then it must also name the --control-plane host).
     #[arg(long, env = "MESHPLANE_XDS_TLS")]
     pub xds_tls: bool,
+    /// CA bundle (PEM) that signs the control plane's own certificates: its xDS port (with
+    /// --xds-tls) and its https:// admin API (--ca-url).
+    #[arg(long, env = "MESHPLANE_CONTROL_PLANE_CA_FILE")]
+    pub control_plane_ca_file: Option<PathBuf>,
     /// The control plane's admin URL, where its CA signs certificates
     /// [default: http://<first --control-plane host>:18080].
     #[arg(long, env = "MESHPLANE_CA_URL")]
@@ -75,7 +82,8 @@ pub struct BootstrapArgs {
     #[command(flatten)]
     pub node: NodeArgs,
     /// Directory whose `sds.sock` Envoy fetches its certificate from (where
-    /// `meshplane identity --work-dir` serves it) [default: a per-instance temporary directory].
+    /// `meshplane identity --work-dir` serves it) [default: <state dir>/<instance id>, see
+    /// `meshplane sidecar --help`].
     #[arg(long, env = "MESHPLANE_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
 }
@@ -86,7 +94,8 @@ pub struct BootstrapArgs {
 pub struct IdentityArgs {
     #[command(flatten)]
     pub node: NodeArgs,
-    /// Directory of the SDS socket (`sds.sock`); the same as `meshplane bootstrap --work-dir`.
+    /// Directory of the SDS socket (`sds.sock`) and the certificate cache; the same as
+    /// `meshplane bootstrap --work-dir` [default: <state dir>/<instance id>].
     #[arg(long, env = "MESHPLANE_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
     /// Token for the control plane's CA (Bearer).
@@ -123,7 +132,10 @@ pub struct SidecarArgs {
     /// Hot-restart base id [default: derived from the instance id].
     #[arg(long, env = "MESHPLANE_BASE_ID")]
     pub base_id: Option<u32>,
-    /// Directory for the bootstrap file [default: a per-instance temporary directory].
+    /// Directory (0700) of the bootstrap, the SDS socket and the last certificate from the CA;
+    /// keep it across restarts [default: <state dir>/<instance id>, the state dir being
+    /// /var/lib/meshplane/sidecars for root, else $XDG_STATE_HOME/meshplane/sidecars or
+    /// ~/.local/state/meshplane/sidecars].
     #[arg(long, env = "MESHPLANE_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
     /// Envoy's log level.
@@ -189,13 +201,8 @@ impl NodeArgs {
                 });
             }
         };
-        if self.xds_tls && c.host_certs.is_none() {
-            return Err(SidecarError::Flag {
-                flag: "xds-tls",
-                message: "needs the host certificate: --cert-file, --key-file and --ca-file".into(),
-            });
-        }
         c.xds_tls = self.xds_tls;
+        c.control_plane_ca_file = self.control_plane_ca_file.clone();
         c.ca_url = self.ca_url.clone();
         c.ca_token = self.ca_token.clone().filter(|t| !t.is_empty());
         c.trust_domain = self.trust_domain.clone();

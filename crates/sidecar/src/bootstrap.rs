@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use meshplane_model::identity::{IDENTITY_SECRET, TRUST_SECRET};
 use serde_json::{Value, json};
 
 use crate::config::{ControlPlaneAddr, XdsFlavour};
@@ -48,10 +49,34 @@ pub struct BootstrapSpec<'a> {
     pub listen_address: Option<IpAddr>,
     /// Where the admin relay listens, advertised to the control plane.
     pub admin_relay: Option<SocketAddr>,
-    /// TLS with a host certificate on the connection to the control plane.
-    pub xds_tls: Option<&'a crate::config::XdsClientTls>,
+    /// TLS on the connection to the control plane, and the certificate Envoy presents.
+    pub xds_tls: Option<XdsTlsMode<'a>>,
     /// Unix socket where the sidecar serves this proxy's certificate and trust bundle (SDS).
     pub sds_socket: &'a std::path::Path,
+}
+
+/// How Envoy authenticates to the control plane on the xDS connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdsTlsMode<'a> {
+    /// Host files, read by Envoy: the certificate and key it presents, and the CA bundle the
+    /// control plane's certificate must chain to.
+    HostFiles {
+        /// Certificate chain (PEM).
+        cert_file: &'a std::path::Path,
+        /// Its private key (PEM).
+        key_file: &'a std::path::Path,
+        /// CA bundle (PEM) for the control plane's certificate.
+        ca_file: &'a std::path::Path,
+    },
+    /// The identity the sidecar serves over SDS (the CA-issued certificate, renewed: new
+    /// connections use the new certificate, the live stream stays up). The control plane's
+    /// certificate must chain to `ca_file`, or else to the mesh's trust bundle, and name the
+    /// control-plane host dialled (DNS or IP SAN), so no workload certificate of the mesh
+    /// can stand in for the control plane.
+    Sds {
+        /// CA bundle (PEM) for the control plane's certificate; `None`: the trust bundle.
+        ca_file: Option<&'a std::path::Path>,
+    },
 }
 
 /// Builds the bootstrap document.
@@ -127,7 +152,7 @@ fn node(spec: &BootstrapSpec<'_>) -> Value {
 /// address so Envoy uses the first reachable one. Outlier detection on local connect
 /// failures ejects a dead address (priorities fail over on unhealthy hosts); it costs the
 /// control plane nothing, unlike active health checks from thousands of proxies.
-fn xds_cluster(addrs: &[ControlPlaneAddr], tls: Option<&crate::config::XdsClientTls>) -> Value {
+fn xds_cluster(addrs: &[ControlPlaneAddr], tls: Option<XdsTlsMode<'_>>) -> Value {
     let all_ips = addrs.iter().all(|a| a.host.parse::<IpAddr>().is_ok());
     let endpoints: Vec<Value> = addrs
         .iter()
@@ -173,26 +198,89 @@ fn xds_cluster(addrs: &[ControlPlaneAddr], tls: Option<&crate::config::XdsClient
         obj.insert("dns_lookup_family".to_owned(), json!("V4_PREFERRED"));
     }
     if let (Some(tls), Some(obj)) = (tls, cluster.as_object_mut()) {
-        obj.insert("transport_socket".to_owned(), xds_tls_socket(tls));
+        obj.insert("transport_socket".to_owned(), xds_tls_socket(tls, addrs));
     }
     cluster
 }
 
-/// Envoy presents the host certificate and verifies the control plane against the CA.
-fn xds_tls_socket(tls: &crate::config::XdsClientTls) -> Value {
+/// Envoy presents the proxy's certificate and verifies the control plane's.
+fn xds_tls_socket(tls: XdsTlsMode<'_>, addrs: &[ControlPlaneAddr]) -> Value {
+    let common = match tls {
+        XdsTlsMode::HostFiles {
+            cert_file,
+            key_file,
+            ca_file,
+        } => json!({
+            "alpn_protocols": ["h2"],
+            "tls_certificates": [{
+                "certificate_chain": { "filename": cert_file.display().to_string() },
+                "private_key": { "filename": key_file.display().to_string() },
+            }],
+            "validation_context": {
+                "trusted_ca": { "filename": ca_file.display().to_string() },
+            },
+        }),
+        XdsTlsMode::Sds { ca_file } => {
+            let sans = control_plane_sans(addrs);
+            let validation = match ca_file {
+                Some(ca) => json!({ "validation_context": {
+                    "trusted_ca": { "filename": ca.display().to_string() },
+                    "match_typed_subject_alt_names": sans,
+                }}),
+                None => json!({ "combined_validation_context": {
+                    "default_validation_context": { "match_typed_subject_alt_names": sans },
+                    "validation_context_sds_secret_config": sds_secret(TRUST_SECRET),
+                }}),
+            };
+            let mut common = json!({
+                "alpn_protocols": ["h2"],
+                "tls_certificate_sds_secret_configs": [sds_secret(IDENTITY_SECRET)],
+            });
+            if let (Some(obj), Value::Object(validation)) = (common.as_object_mut(), validation) {
+                obj.extend(validation);
+            }
+            common
+        }
+    };
     json!({
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "common_tls_context": {
-                "alpn_protocols": ["h2"],
-                "tls_certificates": [{
-                    "certificate_chain": { "filename": tls.cert_file.display().to_string() },
-                    "private_key": { "filename": tls.key_file.display().to_string() },
-                }],
-                "validation_context": {
-                    "trusted_ca": { "filename": tls.ca_file.display().to_string() },
-                },
+            "common_tls_context": common,
+        },
+    })
+}
+
+/// The control plane's certificate must name one of the hosts dialled: an IP SAN for an
+/// address, a DNS SAN for a name. Workload certificates carry only a SPIFFE URI, so they
+/// never match.
+fn control_plane_sans(addrs: &[ControlPlaneAddr]) -> Vec<Value> {
+    let mut hosts: Vec<&str> = addrs.iter().map(|a| a.host.as_str()).collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    hosts
+        .into_iter()
+        .map(|host| {
+            let san_type = if host.parse::<IpAddr>().is_ok() {
+                "IP_ADDRESS"
+            } else {
+                "DNS"
+            };
+            json!({ "san_type": san_type, "matcher": { "exact": host } })
+        })
+        .collect()
+}
+
+/// A secret from the sidecar's SDS server (the `meshplane_sds` cluster).
+fn sds_secret(name: &str) -> Value {
+    json!({
+        "name": name,
+        "sds_config": {
+            "resource_api_version": "V3",
+            "api_config_source": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": meshplane_model::identity::SDS_CLUSTER } }],
             },
         },
     })

@@ -41,8 +41,12 @@ pub struct SidecarConfig {
     /// Host certificate files: the proxy's mTLS identity (and, with `xds_tls`, what Envoy
     /// presents to the control plane). `None`: a certificate from the control plane's CA.
     pub host_certs: Option<XdsClientTls>,
-    /// TLS with the host certificate on the xDS connection.
+    /// TLS on the xDS connection, Envoy presenting the proxy's identity: the host
+    /// certificate files, or else the CA-issued certificate the sidecar serves over SDS.
     pub xds_tls: bool,
+    /// CA bundle (PEM) the control plane's own certificates (xDS with `xds_tls`) are checked
+    /// against; `None`: the host `--ca-file`, else the mesh's trust bundle.
+    pub control_plane_ca_file: Option<PathBuf>,
     /// The control plane's admin URL (its CA); `None` means port 18080 on the first
     /// control-plane host.
     pub ca_url: Option<String>,
@@ -50,7 +54,8 @@ pub struct SidecarConfig {
     pub trust_domain: String,
     /// Bearer token for the CA; `None` sends `token`.
     pub ca_token: Option<String>,
-    /// Where the bootstrap file is written; `None` means a per-instance temporary directory.
+    /// Where the bootstrap, the SDS socket and the certificate cache live; `None` means
+    /// [`default_work_dir`] for the instance.
     pub work_dir: Option<PathBuf>,
     /// Envoy's `--log-level`.
     pub envoy_log_level: String,
@@ -159,6 +164,7 @@ impl SidecarConfig {
             admin_relay: None,
             host_certs: None,
             xds_tls: false,
+            control_plane_ca_file: None,
             ca_url: None,
             trust_domain: meshplane_model::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
             ca_token: None,
@@ -194,11 +200,31 @@ impl SidecarConfig {
             .unwrap_or_else(|| default_instance_id(d.service.as_ref(), d.ingress.port))
     }
 
-    /// The work directory (bootstrap, SDS socket, certificate cache): `work_dir`, or a
-    /// per-instance directory under the temporary directory.
+    /// The work directory (bootstrap, SDS socket, certificate cache): `work_dir`, or
+    /// [`default_work_dir`] for the instance.
     pub fn work_dir_for(&self, instance_id: &str) -> PathBuf {
-        self.work_dir.clone().unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("meshplane-sidecar-{instance_id}"))
+        self.work_dir
+            .clone()
+            .unwrap_or_else(|| default_work_dir(instance_id))
+    }
+
+    /// How Envoy authenticates on the xDS connection, if it does (`xds_tls`).
+    pub fn xds_tls_mode(&self) -> Option<crate::bootstrap::XdsTlsMode<'_>> {
+        if !self.xds_tls {
+            return None;
+        }
+        Some(match &self.host_certs {
+            Some(files) => crate::bootstrap::XdsTlsMode::HostFiles {
+                cert_file: &files.cert_file,
+                key_file: &files.key_file,
+                ca_file: self
+                    .control_plane_ca_file
+                    .as_deref()
+                    .unwrap_or(&files.ca_file),
+            },
+            None => crate::bootstrap::XdsTlsMode::Sds {
+                ca_file: self.control_plane_ca_file.as_deref(),
+            },
         })
     }
 
@@ -221,6 +247,7 @@ impl SidecarConfig {
                 token: self.ca_token.clone().or_else(|| self.token.clone()),
                 service,
                 trust_domain: self.trust_domain.clone(),
+                ca_bundle: self.control_plane_ca_file.clone(),
             },
         };
         let mut config = crate::identity::IdentityConfig::new(source, sds_socket(work_dir));
@@ -245,6 +272,89 @@ impl SidecarConfig {
             format!("http://{host}:18080")
         }
     }
+}
+
+/// The state directory under which each instance's work directory lives by default:
+/// `/var/lib/meshplane/sidecars` for root, else `$XDG_STATE_HOME/meshplane/sidecars`
+/// (`~/.local/state/meshplane/sidecars`), and the root's path when there is no home either
+/// (creating it then fails clearly unless permitted). Kept across restarts, because the
+/// work directory holds the last certificate from the CA that a restart during a CA outage
+/// serves.
+pub fn default_state_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/meshplane/sidecars");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .map(|home| home.join(".local").join("state"))
+        })
+        .map(|base| base.join("meshplane").join("sidecars"));
+    state.unwrap_or_else(|| PathBuf::from("/var/lib/meshplane/sidecars"))
+}
+
+/// The default work directory of an instance: `<default_state_dir>/<instance id>`, the id
+/// reduced to characters safe in one path component.
+pub fn default_work_dir(instance_id: &str) -> PathBuf {
+    default_state_dir().join(path_component(instance_id))
+}
+
+/// `id` with everything but ASCII letters, digits, `.`, `-` and `_` replaced by `_`, never
+/// empty, `.` or `..`.
+fn path_component(id: &str) -> String {
+    let safe: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe.is_empty() || safe.chars().all(|c| c == '.') {
+        safe.replace('.', "_") + "_"
+    } else {
+        safe
+    }
+}
+
+/// Creates the work directory (and its parents) and makes it private (0700): it holds the
+/// SDS socket and the cached private key.
+pub fn create_work_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// A CA bundle could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("--control-plane-ca-file {}: {reason}", path.display())]
+pub struct BadCaBundle {
+    path: PathBuf,
+    reason: String,
+}
+
+/// The certificates of a PEM CA bundle, for HTTPS clients of the control plane.
+pub fn read_ca_bundle(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, BadCaBundle> {
+    let bad = |reason: String| BadCaBundle {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| bad(format!("not a PEM CA bundle: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("holds no PEM CERTIFICATE".to_owned()));
+    }
+    Ok(certs)
 }
 
 /// File name of the SDS socket in the work directory.
@@ -329,5 +439,59 @@ impl XdsFlavour {
             XdsFlavour::StateOfTheWorld => "GRPC",
             XdsFlavour::Delta => "DELTA_GRPC",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_default_work_dir_is_one_safe_component_per_instance_under_the_state_dir() {
+        let state = default_state_dir();
+        assert!(state.is_absolute(), "{}", state.display());
+        assert_eq!(default_work_dir("orders-1"), state.join("orders-1"));
+        assert_eq!(default_work_dir("a/../b c"), state.join("a_.._b_c"));
+        for id in ["", ".", ".."] {
+            let dir = default_work_dir(id);
+            assert_eq!(dir.parent(), Some(state.as_path()), "{id:?}");
+            let name = dir
+                .file_name()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned();
+            assert!(
+                !name.is_empty() && name != "." && name != "..",
+                "{id:?}: {name}"
+            );
+        }
+        let mut c = SidecarConfig::new("meshplane.yaml", Vec::new());
+        assert_eq!(c.work_dir_for("orders-1"), state.join("orders-1"));
+        c.work_dir = Some(PathBuf::from("/srv/orders"));
+        assert_eq!(c.work_dir_for("orders-1"), PathBuf::from("/srv/orders"));
+    }
+
+    #[test]
+    fn the_work_dir_is_created_private() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("state").join("orders-1");
+        create_work_dir(&dir).expect("created");
+        let mode = std::fs::metadata(&dir)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
+        // An existing, too open directory is narrowed.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        create_work_dir(&dir).expect("again");
+        let mode = std::fs::metadata(&dir)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
     }
 }

@@ -161,7 +161,7 @@ pub fn render_bootstrap(args: BootstrapArgs) -> Result<String, SidecarError> {
         xds: config.xds,
         listen_address: config.listen_address,
         admin_relay: None,
-        xds_tls: config.host_certs.as_ref().filter(|_| config.xds_tls),
+        xds_tls: config.xds_tls_mode(),
         sds_socket: &sds_socket,
     });
     serde_json::to_string_pretty(&value)

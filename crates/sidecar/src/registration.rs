@@ -162,10 +162,21 @@ pub fn go_duration(d: Duration) -> String {
 impl RegistryClient {
     /// A client for the registry at `base` (e.g. `http://127.0.0.1:8500`).
     pub fn new(base: &str, token: Option<String>) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
+        Self::with_roots(base, token, None)
+    }
+
+    /// [`RegistryClient::new`] for an `https://` registry whose certificate chains to
+    /// `roots` (`None`: the system's roots).
+    pub fn with_roots(
+        base: &str,
+        token: Option<String>,
+        roots: Option<Vec<reqwest::Certificate>>,
+    ) -> Self {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        if let Some(roots) = roots {
+            builder = builder.tls_certs_only(roots);
+        }
+        let http = builder.build().unwrap_or_default();
         RegistryClient {
             base: base.trim_end_matches('/').to_owned(),
             token,

@@ -24,8 +24,8 @@ pub(crate) struct Prepared {
     pub bootstrap_path: PathBuf,
     /// The admin relay's bound socket (taken by `Sidecar::run`) and its address.
     pub relay: Option<(Option<std::net::TcpListener>, SocketAddr)>,
-    /// The bootstrap lives in a directory the sidecar made (removed on exit).
-    owns_dir: bool,
+    /// `--control-plane-ca-file`'s certificates, for the https:// registry.
+    pub control_plane_roots: Option<Vec<reqwest::Certificate>>,
 }
 
 impl Prepared {
@@ -42,10 +42,20 @@ impl Prepared {
         };
         let base_id = config.base_id.unwrap_or_else(|| base_id_for(&instance_id));
         let envoy = find_envoy(config.envoy.as_deref())?;
+        let control_plane_roots = config
+            .control_plane_ca_file
+            .as_deref()
+            .map(crate::config::read_ca_bundle)
+            .transpose()
+            .map_err(|e| SidecarError::Flag {
+                flag: "control-plane-ca-file",
+                message: e.to_string(),
+            })?;
         let dir = config.work_dir_for(&instance_id);
-        let owns_dir = config.work_dir.is_none();
-        std::fs::create_dir_all(&dir)
-            .map_err(SidecarError::io(format!("cannot create {}", dir.display())))?;
+        crate::config::create_work_dir(&dir).map_err(SidecarError::io(format!(
+            "cannot create the work directory {} (mode 0700); give a writable --work-dir",
+            dir.display()
+        )))?;
         let relay = match config.admin_relay {
             Some(addr) => {
                 let listener = std::net::TcpListener::bind(addr).map_err(SidecarError::io(format!(
@@ -67,7 +77,7 @@ impl Prepared {
             instance_id,
             base_id,
             envoy,
-            owns_dir,
+            control_plane_roots,
         };
         prepared.write_bootstrap()?;
         Ok(prepared)
@@ -99,11 +109,7 @@ impl Prepared {
             xds: self.config.xds,
             listen_address: self.config.listen_address,
             admin_relay: self.relay.as_ref().map(|(_, addr)| *addr),
-            xds_tls: self
-                .config
-                .host_certs
-                .as_ref()
-                .filter(|_| self.config.xds_tls),
+            xds_tls: self.config.xds_tls_mode(),
             sds_socket: &crate::config::sds_socket(self.work_dir()),
         })
     }
@@ -155,14 +161,10 @@ impl Prepared {
         )
     }
 
-    /// Removes the bootstrap and the SDS socket (and the directory when the sidecar made it).
+    /// Removes the bootstrap and the SDS socket. The directory stays: it keeps the
+    /// certificate cache for the next start.
     pub(crate) fn cleanup(&self) {
         let _ = std::fs::remove_file(&self.bootstrap_path);
         let _ = std::fs::remove_file(crate::config::sds_socket(self.work_dir()));
-        if self.owns_dir
-            && let Some(dir) = self.bootstrap_path.parent()
-        {
-            let _ = std::fs::remove_dir(dir);
-        }
     }
 }

@@ -43,9 +43,10 @@ impl Supervisor {
         let (exits_tx, exits_rx) = mpsc::unbounded_channel();
         let announcer = Announcer {
             admin: crate::envoy::AdminClient::new(prepared.admin),
-            registry: crate::registration::RegistryClient::new(
+            registry: crate::registration::RegistryClient::with_roots(
                 &prepared.config.registry,
                 prepared.config.token.clone(),
+                prepared.control_plane_roots.clone(),
             ),
             ready_timeout: prepared.config.ready_timeout,
             attempted: Arc::new(AtomicBool::new(false)),

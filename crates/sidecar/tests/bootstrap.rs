@@ -6,7 +6,7 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use meshplane_sidecar::bootstrap::{BootstrapSpec, bootstrap};
+use meshplane_sidecar::bootstrap::{BootstrapSpec, XdsTlsMode, bootstrap};
 use meshplane_sidecar::descriptor;
 use meshplane_sidecar::{BootstrapArgs, ControlPlaneAddr, XdsFlavour, render_bootstrap};
 use serde_json::{Value, json};
@@ -20,6 +20,15 @@ fn orders() -> descriptor::LoadedDescriptor {
 }
 
 fn mk_bootstrap(written: &Value, control_plane: &[ControlPlaneAddr], xds: XdsFlavour) -> Value {
+    mk_bootstrap_tls(written, control_plane, xds, None)
+}
+
+fn mk_bootstrap_tls(
+    written: &Value,
+    control_plane: &[ControlPlaneAddr],
+    xds: XdsFlavour,
+    xds_tls: Option<XdsTlsMode<'_>>,
+) -> Value {
     bootstrap(&BootstrapSpec {
         descriptor: written,
         instance_id: "orders-host1-31001",
@@ -30,7 +39,7 @@ fn mk_bootstrap(written: &Value, control_plane: &[ControlPlaneAddr], xds: XdsFla
         xds,
         listen_address: None,
         admin_relay: None,
-        xds_tls: None,
+        xds_tls,
         sds_socket: Path::new("/run/meshplane/orders/sds.sock"),
     })
 }
@@ -177,12 +186,57 @@ fn bootstrap_command_renders_valid_json_with_defaults() {
     assert!(value["node"]["id"].as_str().unwrap().ends_with("-31001"));
 }
 
+#[test]
+fn xds_tls_over_sds_presents_the_identity_and_checks_the_control_plane_host() {
+    let loaded = orders();
+    let value = mk_bootstrap_tls(
+        &loaded.written,
+        &cps("127.0.0.1:18000,cp.example:18000"),
+        XdsFlavour::StateOfTheWorld,
+        Some(XdsTlsMode::Sds { ca_file: None }),
+    );
+    let xds = &value["static_resources"]["clusters"][0];
+    assert_eq!(xds["name"], "meshplane_xds");
+    let common = &xds["transport_socket"]["typed_config"]["common_tls_context"];
+    let sds = |v: &Value| {
+        (
+            v["name"].as_str().unwrap().to_owned(),
+            v["sds_config"]["api_config_source"]["grpc_services"][0]["envoy_grpc"]["cluster_name"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        )
+    };
+    assert_eq!(
+        sds(&common["tls_certificate_sds_secret_configs"][0]),
+        ("meshplane_identity".to_owned(), "meshplane_sds".to_owned())
+    );
+    let combined = &common["combined_validation_context"];
+    assert_eq!(
+        sds(&combined["validation_context_sds_secret_config"]),
+        ("meshplane_trust".to_owned(), "meshplane_sds".to_owned())
+    );
+    assert_eq!(
+        combined["default_validation_context"]["match_typed_subject_alt_names"],
+        json!([
+            { "san_type": "IP_ADDRESS", "matcher": { "exact": "127.0.0.1" } },
+            { "san_type": "DNS", "matcher": { "exact": "cp.example" } },
+        ])
+    );
+    assert!(common.get("tls_certificates").is_none(), "no key file");
+}
+
 /// Envoy itself accepts every variant (`--mode validate` neither binds nor connects).
 #[test]
 fn envoy_validates_the_bootstrap() {
     let envoy = support::envoy_binary();
     let dir = tempfile::tempdir().unwrap();
     let loaded = orders();
+    let ca_file = dir.path().join("control-plane-ca.pem");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&ca_file, ca_params.self_signed(&ca_key).unwrap().pem()).unwrap();
     let variants = [
         (
             "sotw",
@@ -198,6 +252,26 @@ fn envoy_validates_the_bootstrap() {
                 &loaded.written,
                 &cps("127.0.0.1:18000,localhost:18001"),
                 XdsFlavour::Delta,
+            ),
+        ),
+        (
+            "xds-tls-sds",
+            mk_bootstrap_tls(
+                &loaded.written,
+                &cps("127.0.0.1:18000,localhost:18001"),
+                XdsFlavour::StateOfTheWorld,
+                Some(XdsTlsMode::Sds { ca_file: None }),
+            ),
+        ),
+        (
+            "xds-tls-sds-ca-file",
+            mk_bootstrap_tls(
+                &loaded.written,
+                &cps("127.0.0.1:18000"),
+                XdsFlavour::Delta,
+                Some(XdsTlsMode::Sds {
+                    ca_file: Some(&ca_file),
+                }),
             ),
         ),
     ];

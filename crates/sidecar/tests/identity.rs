@@ -368,15 +368,19 @@ impl TestCa {
             refuse: Mutex::new(None),
             seen: Mutex::new(Vec::new()),
         }));
+        let url = ca.serve("127.0.0.1:0", shutdown).await;
+        (ca, url)
+    }
+
+    /// Serves this CA (again) on `addr` until `shutdown`; returns the admin URL.
+    async fn serve(&self, addr: &str, shutdown: &CancellationToken) -> String {
         let app = axum::Router::new()
             .route(
                 meshplane_model::identity::SIGN_PATH,
                 axum::routing::post(sign),
             )
-            .with_state(ca.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+            .with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let stop = shutdown.clone().cancelled_owned();
         tokio::spawn(async move {
@@ -384,7 +388,7 @@ impl TestCa {
                 .with_graceful_shutdown(stop)
                 .await
         });
-        (ca, url)
+        url
     }
 
     fn refuse(&self, answer: Option<(StatusCode, &str)>) {
@@ -446,6 +450,7 @@ fn ca_config(url: &str, socket: &Path) -> IdentityConfig {
 fn ca_config_for(url: &str, socket: &Path, service: &str, trust_domain: &str) -> IdentityConfig {
     let mut config = IdentityConfig::new(
         IdentitySource::ControlPlaneCa {
+            ca_bundle: None,
             admin_url: url.to_owned(),
             token: Some("s3cret-token".into()),
             service: ServiceName::new(service).expect("name"),
@@ -638,6 +643,21 @@ impl WorkDir {
     }
 }
 
+/// Stops the CA served until `shutdown` and waits until nothing answers at `url` (the
+/// control plane is down; the sidecar's configuration is unchanged).
+async fn stop_ca(shutdown: &CancellationToken, url: &str) {
+    shutdown.cancel();
+    let addr = url.trim_start_matches("http://").to_owned();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(&addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the CA at {url} never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// An admin URL nothing listens on.
 async fn closed_url() -> String {
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -723,8 +743,9 @@ async fn a_restart_during_a_ca_outage_serves_the_cached_identity_then_renews() {
     let (first_serial, _) = cert_facts(&first.0);
 
     // The control plane is down: nothing listens.
+    stop_ca(&ca_shutdown, &url).await;
     let shutdown = CancellationToken::new();
-    let handle = identity::start(work.config(&closed_url().await), shutdown.clone())
+    let handle = identity::start(work.config(&url), shutdown.clone())
         .await
         .expect("start from the cache with the CA unreachable");
     assert_eq!(handle.current().serial_hex, first_serial);
@@ -732,7 +753,10 @@ async fn a_restart_during_a_ca_outage_serves_the_cached_identity_then_renews() {
     shutdown.cancel();
     wait_gone(&work.socket).await;
 
-    // The control plane is up but its CA answers 503.
+    // The control plane is up again but its CA answers 503.
+    let ca_shutdown = CancellationToken::new();
+    ca.serve(url.trim_start_matches("http://"), &ca_shutdown)
+        .await;
     ca.refuse(Some((StatusCode::SERVICE_UNAVAILABLE, "CA restarting")));
     let before = ca.seen().len();
     let shutdown = CancellationToken::new();
@@ -791,7 +815,6 @@ async fn a_ca_refusal_at_restart_fails_identity_start_even_with_a_valid_cache() 
 async fn an_expired_or_foreign_cached_identity_is_not_served_during_a_ca_outage() {
     let ca_shutdown = CancellationToken::new();
     let (ca, url) = TestCa::start(LONG_TTL, &ca_shutdown).await;
-    let down = closed_url().await;
     let start_err = |work: &WorkDir, url: &str| {
         let config = work.config(url);
         async move {
@@ -803,6 +826,7 @@ async fn an_expired_or_foreign_cached_identity_is_not_served_during_a_ca_outage(
     };
 
     // Nothing cached yet.
+    let down = closed_url().await;
     let work = WorkDir::new();
     let text = start_err(&work, &down).await;
     assert!(
@@ -813,29 +837,42 @@ async fn an_expired_or_foreign_cached_identity_is_not_served_during_a_ca_outage(
     assert!(text.contains("none has been cached"), "{text}");
     assert!(!work.socket.exists());
 
-    // Another service's certificate.
-    let work = WorkDir::new();
-    work.run_once(work.config_for(&url, "payments", "example.org"))
+    // Another service's certificate, from this CA, which then goes down.
+    let payments = WorkDir::new();
+    payments
+        .run_once(payments.config_for(&url, "payments", "example.org"))
         .await;
-    let text = start_err(&work, &down).await;
+    // This service's certificate, from another trust domain.
+    let other_domain = WorkDir::new();
+    other_domain
+        .run_once(other_domain.config_for(&url, "orders", "other.org"))
+        .await;
+    stop_ca(&ca_shutdown, &url).await;
+    let text = start_err(&payments, &url).await;
     assert!(text.contains("cannot reach"), "{text}");
     assert!(
         text.contains("names spiffe://example.org/service/payments"),
         "{text}"
     );
-
-    // This service's certificate, from another trust domain.
-    let work = WorkDir::new();
-    work.run_once(work.config_for(&url, "orders", "other.org"))
-        .await;
-    let text = start_err(&work, &down).await;
+    let text = start_err(&other_domain, &url).await;
     assert!(text.contains("trust domain `other.org`"), "{text}");
 
     // An expired certificate, while the CA answers 503.
+    let ca_shutdown = CancellationToken::new();
+    ca.serve(url.trim_start_matches("http://"), &ca_shutdown)
+        .await;
     let work = WorkDir::new();
     let (cert, key) = mk_leaf_between(&ca.0.pki, 2000, 2001);
     std::fs::create_dir_all(&work.cache_dir).expect("dir");
-    std::fs::write(work.cache_file(), format!("{cert}{key}{}", ca.0.pki.ca_pem)).expect("write");
+    let header = format!(
+        "# meshplane identity cache\n# trust-domain: example.org\n# ca-url: {url}{}\n",
+        meshplane_model::identity::SIGN_PATH
+    );
+    std::fs::write(
+        work.cache_file(),
+        format!("{header}{cert}{key}{}", ca.0.pki.ca_pem),
+    )
+    .expect("write");
     ca.refuse(Some((StatusCode::SERVICE_UNAVAILABLE, "CA restarting")));
     let text = start_err(&work, &url).await;
     assert!(
@@ -847,4 +884,58 @@ async fn an_expired_or_foreign_cached_identity_is_not_served_during_a_ca_outage(
     assert!(!text.contains("PRIVATE KEY"), "{text}");
     assert!(!work.socket.exists());
     ca_shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_cached_identity_of_another_ca_is_discarded_and_never_served() {
+    // The same instance (same work directory) first belongs to CA A's mesh, then to CA B's.
+    let a_shutdown = CancellationToken::new();
+    let (ca_a, url_a) = TestCa::start(LONG_TTL, &a_shutdown).await;
+    let b_shutdown = CancellationToken::new();
+    let (ca_b, url_b) = TestCa::start(LONG_TTL, &b_shutdown).await;
+    let work = WorkDir::new();
+    let from_a = work.run_once(work.config(&url_a)).await;
+    assert!(
+        std::fs::read_to_string(work.cache_file())
+            .expect("cached")
+            .contains(&ca_a.0.pki.ca_pem)
+    );
+
+    // B is down at the first start in its mesh: A's certificate is not served.
+    stop_ca(&b_shutdown, &url_b).await;
+    let err = identity::start(work.config(&url_b), CancellationToken::new())
+        .await
+        .expect_err("A's certificate is not B's")
+        .to_string();
+    assert!(err.contains("no usable cached certificate"), "{err}");
+    assert!(
+        err.contains("discarded") && err.contains(&url_a),
+        "says it came from A: {err}"
+    );
+    assert!(!work.cache_file().exists(), "A's certificate is discarded");
+    assert!(!work.socket.exists());
+
+    // B answers: a certificate from B, cached for B.
+    let b_shutdown = CancellationToken::new();
+    ca_b.serve(url_b.trim_start_matches("http://"), &b_shutdown)
+        .await;
+    let from_b = work.run_once(work.config(&url_b)).await;
+    assert_ne!(from_b, from_a);
+    assert!(
+        ca_b.seen()
+            .iter()
+            .any(|s| s.issued.as_deref() == Some(from_b.0.as_str()))
+    );
+    let cached = std::fs::read_to_string(work.cache_file()).expect("cached");
+    assert!(cached.contains(&ca_b.0.pki.ca_pem) && !cached.contains(&ca_a.0.pki.ca_pem));
+
+    // Back to A while A is down: B's certificate is not served there either.
+    stop_ca(&a_shutdown, &url_a).await;
+    let err = identity::start(work.config(&url_a), CancellationToken::new())
+        .await
+        .expect_err("B's certificate is not A's")
+        .to_string();
+    assert!(err.contains("no usable cached certificate"), "{err}");
+    assert!(!work.cache_file().exists(), "B's certificate is discarded");
+    b_shutdown.cancel();
 }

@@ -22,6 +22,8 @@ pub struct Mesh {
     pub shutdown: CancellationToken,
     pub dir: tempfile::TempDir,
     pub http: reqwest::Client,
+    /// `http` or `https`: how sidecars reach the admin API (the CA) and the registry.
+    pub scheme: &'static str,
     sidecars: Vec<Sidecar>,
 }
 
@@ -65,6 +67,7 @@ impl Mesh {
             shutdown,
             dir,
             http,
+            scheme: "http",
             sidecars: Vec::new(),
         }
     }
@@ -135,7 +138,10 @@ impl Mesh {
             // Tests run in parallel with the same instance ids; the admin port is unique.
             .args(["--base-id", &admin_port.to_string()])
             .args(["--address", "127.0.0.1"])
-            .args(["--ca-url", &format!("http://{}", self.cp.admin_addr)])
+            .args([
+                "--ca-url",
+                &format!("{}://{}", self.scheme, self.cp.admin_addr),
+            ])
             .args([
                 "--work-dir",
                 &self.dir.path().join(id).display().to_string(),
@@ -148,7 +154,7 @@ impl Mesh {
         }
         cmd.args(extra);
         if let Some(registry) = self.cp.registry_addr {
-            cmd.args(["--registry", &format!("http://{registry}")]);
+            cmd.args(["--registry", &format!("{}://{registry}", self.scheme)]);
         }
         let child = cmd.spawn().expect("meshplane sidecar starts");
         self.sidecars.push(Sidecar {
@@ -326,6 +332,7 @@ pub fn caller(service: &str, app: u16, ingress: u16, egress: u16, dependencies: 
 pub struct TestCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     ca_file: String,
+    key_file: String,
     dir: std::path::PathBuf,
 }
 
@@ -338,11 +345,44 @@ impl TestCa {
         let ca = params.self_signed(&key).expect("ca");
         let ca_file = dir.join(format!("{name}-ca.crt"));
         std::fs::write(&ca_file, ca.pem()).expect("write");
+        let key_file = dir.join(format!("{name}-ca.key"));
+        std::fs::write(&key_file, key.serialize_pem()).expect("write");
         TestCa {
             issuer: rcgen::Issuer::new(params, key),
             ca_file: ca_file.display().to_string(),
+            key_file: key_file.display().to_string(),
             dir: dir.to_owned(),
         }
+    }
+
+    /// The CA's certificate (PEM file).
+    pub fn ca_file(&self) -> &str {
+        &self.ca_file
+    }
+
+    /// The CA's private key (PEM file), for a control plane that uses this CA as its own.
+    pub fn key_file(&self) -> &str {
+        &self.key_file
+    }
+
+    /// A server certificate for `localhost` and 127.0.0.1 written to `<name>.crt` /
+    /// `<name>.key`; returns (cert, key) paths.
+    pub fn issue_server(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.subject_alt_names = vec![
+            rcgen::SanType::DnsName("localhost".try_into().expect("dns")),
+            rcgen::SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+        ];
+        params.distinguished_name = common_name(name);
+        let cert = params.signed_by(&key, &self.issuer).expect("cert");
+        let path = |ext: &str| self.dir.join(format!("{name}.{ext}"));
+        std::fs::write(path("crt"), cert.pem()).expect("write");
+        std::fs::write(path("key"), key.serialize_pem()).expect("write");
+        (
+            path("crt").display().to_string(),
+            path("key").display().to_string(),
+        )
     }
 
     /// A certificate for `uri` written (replaced atomically, as a deployment tool would) to

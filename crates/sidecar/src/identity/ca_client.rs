@@ -14,7 +14,7 @@ use rcgen::string::Ia5String;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 use tokio_util::sync::CancellationToken;
 
-use super::cache::CertCache;
+use super::cache::{CertCache, MeshBinding, Sweep};
 use super::error::{IdentityError, chain};
 use super::material::{Leaf, Material, Origins, display_time};
 use super::sds::Publisher;
@@ -61,7 +61,8 @@ impl CaClient {
         token: Option<String>,
         service: &ServiceName,
         trust_domain: &str,
-        cache: Option<CertCache>,
+        ca_bundle: Option<&std::path::Path>,
+        cache_dir: Option<&std::path::Path>,
     ) -> Result<Self, IdentityError> {
         let url = format!("{}{SIGN_PATH}", admin_url.trim_end_matches('/'));
         reqwest::Url::parse(&url).map_err(|e| {
@@ -69,18 +70,31 @@ impl CaClient {
                 "the control plane's admin URL `{admin_url}` is not a URL ({e}); give e.g. http://10.0.0.1:18080"
             ))
         })?;
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|e| IdentityError::CaUnreachable {
-                url: url.clone(),
-                reason: chain(&e),
-            })?;
+        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+        if let Some(path) = ca_bundle {
+            builder = builder.tls_certs_only(
+                crate::config::read_ca_bundle(path)
+                    .map_err(|e| IdentityError::Config(e.to_string()))?,
+            );
+        }
+        let http = builder.build().map_err(|e| IdentityError::CaUnreachable {
+            url: url.clone(),
+            reason: chain(&e),
+        })?;
         let origins = Origins {
             cert: format!("the certificate from {url}"),
             key: "the key generated for the CSR".to_owned(),
             ca: format!("the CA bundle from {url}"),
         };
+        let cache = cache_dir.map(|dir| {
+            CertCache::new(
+                dir,
+                MeshBinding {
+                    trust_domain: trust_domain.to_owned(),
+                    ca_url: url.clone(),
+                },
+            )
+        });
         Ok(CaClient {
             http,
             url,
@@ -93,11 +107,22 @@ impl CaClient {
     }
 
     /// The certificate to start with: a new one from the CA (cached), or, when the CA is
-    /// unavailable (unreachable or 5xx), a usable cached one. A refusal (4xx) fails even with
-    /// a cache: the control plane decided this sidecar gets no certificate.
+    /// unavailable (unreachable or 5xx), a usable cached one of this mesh. A refusal (4xx)
+    /// fails even with a cache: the control plane decided this sidecar gets no certificate.
+    /// A cached certificate of another mesh is discarded first, whatever the CA answers.
     pub(super) async fn first(&self) -> Result<FirstCertificate, IdentityError> {
+        let sweep = match &self.cache {
+            Some(cache) => cache.discard_foreign().await,
+            None => Sweep::Nothing,
+        };
         let error = match self.obtain().await {
             Ok((material, leaf)) => {
+                if matches!(&sweep, Sweep::Ours { ca_bundle } if ca_bundle != material.parts().2) {
+                    tracing::warn!(
+                        ca = %self.url,
+                        "the CA's bundle is not the one of the cached certificate (a new CA behind the same URL?); the cached certificate is replaced"
+                    );
+                }
                 self.store_in_cache(&material).await;
                 return Ok(FirstCertificate {
                     material,
@@ -110,7 +135,13 @@ impl CaClient {
         let Some(cache) = self.cache.as_ref().filter(|_| error.is_ca_outage()) else {
             return Err(error);
         };
-        let (material, leaf) = match cache.load(&self.identity, SystemTime::now()).await {
+        let loaded = match sweep {
+            Sweep::Discarded { reason } => {
+                Err(format!("the cached certificate was discarded: {reason}"))
+            }
+            _ => cache.load(&self.identity, SystemTime::now()).await,
+        };
+        let (material, leaf) = match loaded {
             Ok(cached) => cached,
             Err(reason) => {
                 return Err(IdentityError::NoUsableCache {
@@ -174,13 +205,20 @@ impl CaClient {
         if let Some(token) = &self.token {
             post = post.bearer_auth(token);
         }
-        let response = post
-            .send()
-            .await
-            .map_err(|e| IdentityError::CaUnreachable {
-                url: self.url.clone(),
-                reason: chain(&e.without_url()),
-            })?;
+        let response = post.send().await.map_err(|e| {
+            let reason = chain(&e.without_url());
+            if reason.contains("invalid peer certificate") {
+                IdentityError::CaCertificate {
+                    url: self.url.clone(),
+                    reason,
+                }
+            } else {
+                IdentityError::CaUnreachable {
+                    url: self.url.clone(),
+                    reason,
+                }
+            }
+        })?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();

@@ -1,11 +1,16 @@
 //! The last certificate the control plane's CA issued, kept on disk so a sidecar that
 //! (re)starts while the CA is unavailable can serve it until the CA is back.
 //!
-//! One file, `identity.pem`: the certificate chain, the private key and the CA bundle, in
-//! that order, as PEM. One file rather than three so a replacement is atomic (written to a
-//! temporary file, then renamed over): a crash can never leave a certificate next to the
-//! key of another. The file is 0600 and its directory, when created here, 0700: it holds
-//! the private key, exactly like the SDS socket that serves it.
+//! One file, `identity.pem`: a header naming the mesh the certificate belongs to (trust
+//! domain and CA URL), then the certificate chain, the private key and the CA bundle, in
+//! that order, as PEM. One file rather than several so a replacement is atomic (written to
+//! a temporary file, then renamed over): a crash can never leave a certificate next to the
+//! key of another, or under another mesh's header. The file is 0600 and its directory, when
+//! created here, 0700: it holds the private key, exactly like the SDS socket that serves it.
+//!
+//! The cache is bound to its mesh: a work directory reused by the same instance id in
+//! another mesh (another trust domain or CA) must never serve that mesh's certificate, so a
+//! cache whose header differs (or is missing) is discarded before enrolling.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
@@ -23,20 +28,54 @@ pub(super) const CACHE_FILE: &str = "identity.pem";
 /// shutting down while its successor already caches).
 static WRITES: AtomicU64 = AtomicU64::new(0);
 
-/// The cached identity of one sidecar.
+/// First line of the header.
+const HEADER: &str = "# meshplane identity cache: certificate chain, private key, CA bundle";
+const TRUST_DOMAIN_KEY: &str = "# trust-domain: ";
+const CA_URL_KEY: &str = "# ca-url: ";
+
+/// The mesh a cached certificate belongs to: who issued it, for which trust domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct MeshBinding {
+    pub(super) trust_domain: String,
+    /// The CA's signing URL.
+    pub(super) ca_url: String,
+}
+
+/// What [`CertCache::discard_foreign`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Sweep {
+    /// No cache (or one `load` will explain).
+    Nothing,
+    /// This mesh's cache, kept; its CA bundle, to notice a CA replaced behind the same URL.
+    Ours { ca_bundle: Vec<u8> },
+    /// Another mesh's cache, removed, and why it is another mesh's.
+    Discarded { reason: String },
+}
+
+/// A decoded cache file.
+#[derive(Debug)]
+pub(super) struct Cached {
+    /// `None` for a file without a header (written before caches were bound to a mesh).
+    pub(super) binding: Option<MeshBinding>,
+    pub(super) material: Material,
+}
+
+/// The cached identity of one sidecar, in one mesh.
 #[derive(Debug, Clone)]
 pub(super) struct CertCache {
     dir: PathBuf,
     path: PathBuf,
+    binding: MeshBinding,
 }
 
 // === impl CertCache ===
 
 impl CertCache {
-    pub(super) fn new(dir: &Path) -> Self {
+    pub(super) fn new(dir: &Path, binding: MeshBinding) -> Self {
         CertCache {
             dir: dir.to_owned(),
             path: dir.join(CACHE_FILE),
+            binding,
         }
     }
 
@@ -71,7 +110,7 @@ impl CertCache {
             std::process::id(),
             WRITES.fetch_add(1, Ordering::Relaxed)
         ));
-        let written = write_new(&tmp, &encode(material)).and_then(|()| {
+        let written = write_new(&tmp, &encode(material, &self.binding)).and_then(|()| {
             std::fs::rename(&tmp, &self.path)?;
             // The rename itself reaches the disk only with its directory.
             File::open(&self.dir)?.sync_all()
@@ -97,10 +136,14 @@ impl CertCache {
             }
             Err(e) => return Err(format!("cannot read it: {e}")),
         };
-        let material = decode(&bytes).ok_or_else(|| {
+        let cached = decode(&bytes).ok_or_else(|| {
             "it is not a cached identity (a certificate chain, a private key and a CA bundle, as PEM)"
                 .to_owned()
         })?;
+        if let Some(foreign) = self.foreign(cached.binding.as_ref()) {
+            return Err(foreign);
+        }
+        let material = cached.material;
         let origins = Origins {
             cert: "the cache file".to_owned(),
             key: "the cache file".to_owned(),
@@ -124,6 +167,58 @@ impl CertCache {
     }
 }
 
+impl CertCache {
+    /// Why a cache bound to `binding` is not this mesh's, or `None` when it is.
+    fn foreign(&self, binding: Option<&MeshBinding>) -> Option<String> {
+        let ours = &self.binding;
+        match binding {
+            None => Some(
+                "it does not say which mesh it belongs to (cached by an older version)".to_owned(),
+            ),
+            Some(b) if b.trust_domain != ours.trust_domain => Some(format!(
+                "it belongs to another mesh: trust domain `{}`, not `{}`",
+                b.trust_domain, ours.trust_domain
+            )),
+            Some(b) if b.ca_url != ours.ca_url => Some(format!(
+                "it belongs to another mesh: issued by the CA at {}, not {}",
+                b.ca_url, ours.ca_url
+            )),
+            Some(_) => None,
+        }
+    }
+
+    /// Removes a cached identity that belongs to another mesh (logging why), so it can never
+    /// be served.
+    pub(super) async fn discard_foreign(&self) -> Sweep {
+        let Ok(bytes) = tokio::fs::read(&self.path).await else {
+            return Sweep::Nothing;
+        };
+        // An unreadable file is left for `load` to explain, should it be needed.
+        let Some(cached) = decode(&bytes) else {
+            return Sweep::Nothing;
+        };
+        let Some(reason) = self.foreign(cached.binding.as_ref()) else {
+            return Sweep::Ours {
+                ca_bundle: cached.material.parts().2.to_vec(),
+            };
+        };
+        match tokio::fs::remove_file(&self.path).await {
+            Ok(()) => tracing::warn!(
+                cache = %self.path.display(),
+                reason = %reason,
+                "discarded the cached service certificate: it is never served in this mesh; enrolling anew"
+            ),
+            Err(e) => tracing::warn!(
+                cache = %self.path.display(),
+                reason = %reason,
+                error = %e,
+                "cannot remove the cached service certificate of another mesh; it is not served"
+            ),
+        }
+        Sweep::Discarded { reason }
+    }
+}
+
 /// Creates `path` (which must not exist) with mode 0600 and `content`, on disk.
 fn write_new(path: &Path, content: &[u8]) -> io::Result<()> {
     let mut file = OpenOptions::new()
@@ -139,10 +234,16 @@ fn write_new(path: &Path, content: &[u8]) -> io::Result<()> {
 
 // === file format ===
 
-/// Chain, key and bundle, each ending with a newline so PEM blocks never share a line.
-pub(super) fn encode(material: &Material) -> Vec<u8> {
+/// The header, then chain, key and bundle, each ending with a newline so PEM blocks never
+/// share a line.
+pub(super) fn encode(material: &Material, binding: &MeshBinding) -> Vec<u8> {
     let (chain, key, ca) = material.parts();
-    let mut out = Vec::with_capacity(chain.len() + key.len() + ca.len() + 3);
+    let mut out = format!(
+        "{HEADER}\n{TRUST_DOMAIN_KEY}{}\n{CA_URL_KEY}{}\n",
+        one_line(&binding.trust_domain),
+        one_line(&binding.ca_url)
+    )
+    .into_bytes();
     for part in [chain, key, ca] {
         out.extend_from_slice(part);
         if !part.ends_with(b"\n") {
@@ -152,10 +253,39 @@ pub(super) fn encode(material: &Material) -> Vec<u8> {
     out
 }
 
-/// Splits a cache file around its (first) private key block: what precedes it is the
-/// chain, what follows the bundle. `None` without a complete private key block; the parts
-/// themselves are checked by [`Material::check`].
-pub(super) fn decode(bytes: &[u8]) -> Option<Material> {
+/// A header value on one line (a newline would forge another key).
+fn one_line(value: &str) -> String {
+    value.replace(['\n', '\r'], " ")
+}
+
+/// Reads the header's `#` lines, then splits the rest around its (first) private key
+/// block: what precedes it is the chain, what follows the bundle. `None` without a
+/// complete private key block; the parts themselves are checked by [`Material::check`].
+pub(super) fn decode(bytes: &[u8]) -> Option<Cached> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (mut trust_domain, mut ca_url) = (None, None);
+    let mut body = 0;
+    for line in text.split_inclusive('\n') {
+        if !line.starts_with('#') {
+            break;
+        }
+        let line_value = |key: &str| line.strip_prefix(key).map(|v| v.trim_end().to_owned());
+        trust_domain = trust_domain.or_else(|| line_value(TRUST_DOMAIN_KEY));
+        ca_url = ca_url.or_else(|| line_value(CA_URL_KEY));
+        body += line.len();
+    }
+    let binding = match (trust_domain, ca_url) {
+        (Some(trust_domain), Some(ca_url)) => Some(MeshBinding {
+            trust_domain,
+            ca_url,
+        }),
+        _ => None,
+    };
+    let material = split_material(&bytes[body..])?;
+    Some(Cached { binding, material })
+}
+
+fn split_material(bytes: &[u8]) -> Option<Material> {
     let text = std::str::from_utf8(bytes).ok()?;
     let mut offset = 0;
     let mut key_start = None;

@@ -59,6 +59,18 @@ pub enum IdentityError {
         /// The transport error, with its causes.
         reason: String,
     },
+    /// The control plane's admin API presented a certificate this sidecar does not trust.
+    /// Not an outage: a cached certificate does not stand in (the peer may not be the
+    /// control plane at all).
+    #[error(
+        "the control plane's CA at {url} presented a certificate that is not trusted: {reason} (give the CA bundle that signed the admin API's certificate as --control-plane-ca-file)"
+    )]
+    CaCertificate {
+        /// The signing URL.
+        url: String,
+        /// The TLS error, with its causes.
+        reason: String,
+    },
     /// The control plane's CA answered with an error status.
     #[error("the control plane's CA at {url} refused the request: {status}: {body}")]
     CaRefused {

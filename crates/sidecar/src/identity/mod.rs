@@ -65,6 +65,9 @@ pub enum IdentitySource {
         service: ServiceName,
         /// Trust domain of the SPIFFE id requested.
         trust_domain: String,
+        /// CA bundle (PEM file) the admin API's certificate must chain to when `admin_url`
+        /// is `https://`; `None`: the system's roots.
+        ca_bundle: Option<PathBuf>,
     },
 }
 
@@ -84,9 +87,11 @@ pub struct IdentityConfig {
     /// Longest retry delay after failed renewals (the delay doubles up to this).
     pub retry_max: Duration,
     /// Where CA-issued certificates are cached (`identity.pem`: chain, private key and CA
-    /// bundle; mode 0600, the directory created 0700). With a cache, a start while the CA is
-    /// unreachable or answering 5xx serves the cached certificate if it is still valid and
-    /// names this service in this trust domain, and renews it as soon as the CA answers.
+    /// bundle, under a header naming the trust domain and the CA URL; mode 0600, the
+    /// directory created 0700). With a cache, a start while the CA is unreachable or
+    /// answering 5xx serves the cached certificate if it is still valid, belongs to this
+    /// mesh (trust domain and CA URL) and names this service, and renews it as soon as the
+    /// CA answers. A cached certificate of another mesh is discarded (logged) at start.
     /// A directory private to this sidecar and kept across restarts, e.g.
     /// `<work dir>/identity`. `None`: no cache, such a start fails. Ignored for host files.
     pub cache_dir: Option<PathBuf>,
@@ -135,10 +140,16 @@ pub async fn start(
             token,
             service,
             trust_domain,
+            ca_bundle,
         } => {
-            let cache = config.cache_dir.as_deref().map(cache::CertCache::new);
-            let client =
-                ca_client::CaClient::new(admin_url, token.clone(), service, trust_domain, cache)?;
+            let client = ca_client::CaClient::new(
+                admin_url,
+                token.clone(),
+                service,
+                trust_domain,
+                ca_bundle.as_deref(),
+                config.cache_dir.as_deref(),
+            )?;
             let first = client.first().await?;
             let leaf = first.leaf.clone();
             (
@@ -243,12 +254,14 @@ impl fmt::Debug for IdentitySource {
                 token,
                 service,
                 trust_domain,
+                ca_bundle,
             } => f
                 .debug_struct("ControlPlaneCa")
                 .field("admin_url", admin_url)
                 .field("token_set", &token.is_some())
                 .field("service", service)
                 .field("trust_domain", trust_domain)
+                .field("ca_bundle", ca_bundle)
                 .finish(),
         }
     }

@@ -238,6 +238,7 @@ fn renewal_waits_for_the_fraction_of_the_lifetime_but_never_less_than_retry_min(
 #[test]
 fn config_is_checked_and_debug_hides_the_token() {
     let source = IdentitySource::ControlPlaneCa {
+        ca_bundle: None,
         admin_url: "http://127.0.0.1:18080".into(),
         token: Some("s3cret-token".into()),
         service: ServiceName::new("orders").expect("name"),
@@ -307,8 +308,21 @@ async fn the_socket_is_private_and_replaces_only_stale_sockets() {
 
 // === cache ===
 
+const CA_URL: &str = "http://ca.example:18080/api/ca/sign";
+
+fn mk_binding(trust_domain: &str, ca_url: &str) -> cache::MeshBinding {
+    cache::MeshBinding {
+        trust_domain: trust_domain.into(),
+        ca_url: ca_url.into(),
+    }
+}
+
 fn mk_cache(dir: &std::path::Path) -> cache::CertCache {
-    cache::CertCache::new(&dir.join("work").join("identity"))
+    mk_cache_in(dir, mk_binding("example.org", CA_URL))
+}
+
+fn mk_cache_in(dir: &std::path::Path, binding: cache::MeshBinding) -> cache::CertCache {
+    cache::CertCache::new(&dir.join("work").join("identity"), binding)
 }
 
 #[test]
@@ -320,15 +334,24 @@ fn the_cache_file_splits_back_into_the_same_parts() {
     let bundle = format!("{}{}", pki.ca_pem, mk_pki().ca_pem);
     let material = mk_material(&chain, &key, &bundle);
 
-    let decoded = cache::decode(&cache::encode(&material)).expect("decodes");
-    assert_eq!(decoded.parts(), material.parts());
+    let binding = mk_binding("example.org", CA_URL);
+    let decoded = cache::decode(&cache::encode(&material, &binding)).expect("decodes");
+    assert_eq!(decoded.material.parts(), material.parts());
+    assert_eq!(decoded.binding, Some(binding.clone()));
 
     // Parts without a final newline still give separate PEM blocks.
     let trimmed = mk_material(cert.trim_end(), key.trim_end(), pki.ca_pem.trim_end());
-    let decoded = cache::decode(&cache::encode(&trimmed)).expect("decodes");
+    let decoded = cache::decode(&cache::encode(&trimmed, &binding)).expect("decodes");
     decoded
+        .material
         .check(&origins(), SystemTime::now())
         .expect("still a valid pair");
+
+    // A file without a header (an older version's) decodes, bound to no mesh.
+    let legacy = format!("{cert}{key}{}", pki.ca_pem);
+    let decoded = cache::decode(legacy.as_bytes()).expect("decodes");
+    assert_eq!(decoded.binding, None);
+    assert_eq!(decoded.material.parts().0, cert.as_bytes());
 
     assert!(cache::decode(cert.as_bytes()).is_none(), "no key block");
     let truncated = format!("{cert}{}", &key[..key.len() / 2]);
@@ -430,4 +453,67 @@ async fn an_unusable_cache_says_why() {
     std::fs::write(cache.path(), "garbage").expect("write");
     let err = cache.load(ID, now).await.expect_err("garbage");
     assert!(err.contains("not a cached identity"), "{err}");
+}
+
+#[tokio::test]
+async fn a_cache_of_another_mesh_is_never_loaded_and_is_discarded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let now = SystemTime::now();
+    let ours = mk_cache(dir.path());
+    let pki = mk_pki();
+    let (cert, key) = mk_leaf(&pki, ID, 2020, 2100);
+    let material = mk_material(&cert, &key, &pki.ca_pem);
+
+    // Same instance (same work directory), same service and trust domain in the SPIFFE id,
+    // but cached while the sidecar belonged to the CA at another URL.
+    let elsewhere = mk_cache_in(
+        dir.path(),
+        mk_binding("example.org", "http://old-ca:18080/api/ca/sign"),
+    );
+    elsewhere.store(&material).await;
+    let err = ours.load(ID, now).await.expect_err("another CA");
+    assert!(
+        err.contains("another mesh") && err.contains("http://old-ca:18080"),
+        "{err}"
+    );
+    assert!(matches!(
+        ours.discard_foreign().await,
+        cache::Sweep::Discarded { .. }
+    ));
+    assert!(!ours.path().exists(), "discarded");
+
+    // Another trust domain.
+    let other_domain = mk_cache_in(dir.path(), mk_binding("other.org", CA_URL));
+    other_domain.store(&material).await;
+    let err = ours.load(ID, now).await.expect_err("another trust domain");
+    assert!(
+        err.contains("trust domain `other.org`, not `example.org`"),
+        "{err}"
+    );
+    assert!(matches!(
+        ours.discard_foreign().await,
+        cache::Sweep::Discarded { .. }
+    ));
+    assert!(!ours.path().exists(), "discarded");
+
+    // A header-less cache of an older version: not known to be ours, so not served.
+    std::fs::create_dir_all(ours.path().parent().expect("dir")).expect("dir");
+    std::fs::write(ours.path(), format!("{cert}{key}{}", pki.ca_pem)).expect("write");
+    let err = ours.load(ID, now).await.expect_err("unbound");
+    assert!(err.contains("does not say which mesh"), "{err}");
+    assert!(matches!(
+        ours.discard_foreign().await,
+        cache::Sweep::Discarded { .. }
+    ));
+    assert!(!ours.path().exists(), "discarded");
+
+    // Our own mesh's cache stays, and tells its CA bundle.
+    ours.store(&material).await;
+    assert_eq!(
+        ours.discard_foreign().await,
+        cache::Sweep::Ours {
+            ca_bundle: pki.ca_pem.clone().into_bytes()
+        }
+    );
+    ours.load(ID, now).await.expect("ours is served");
 }
