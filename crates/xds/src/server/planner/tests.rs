@@ -21,7 +21,7 @@ use crate::server::delta::DeltaState;
 use crate::server::sotw::SotwState;
 use crate::server::stream::Protocol;
 use crate::snapshot::Snapshot;
-use crate::status::{ProxyStatus, StatusBoard, StatusEntry, StreamKind};
+use crate::status::{StatusBoard, StatusEntry, StreamKind};
 
 const CDS: ResourceType = ResourceType::Cluster;
 const EDS: ResourceType = ResourceType::Endpoint;
@@ -122,16 +122,20 @@ enum Stream {
 }
 
 fn mk_status() -> StatusEntry {
-    StatusBoard::new().register(ProxyStatus {
-        stream_id: 1,
-        node_id: "orders-1".into(),
-        service: "orders".into(),
-        group: GroupKey::new("orders"),
-        kind: StreamKind::Sotw,
-        remote_addr: None,
-        connected_since: SystemTime::now(),
-        types: Default::default(),
-    })
+    let board: std::sync::Arc<dyn crate::status::XdsObserver> =
+        std::sync::Arc::new(StatusBoard::new());
+    StatusEntry::open(
+        &[board],
+        &crate::status::StreamInfo {
+            stream_id: 1,
+            node_id: "orders-1".into(),
+            service: "orders".into(),
+            group: GroupKey::new("orders"),
+            kind: StreamKind::Sotw,
+            remote_addr: None,
+            connected_since: SystemTime::now(),
+        },
+    )
 }
 
 impl Stream {
