@@ -155,7 +155,7 @@ pub async fn start(
             (
                 first.material,
                 leaf,
-                Refresher::Ca(client, first.leaf, first.renew_now),
+                Refresher::Ca(Box::new(client), first.leaf, first.renew_now),
             )
         }
     };
@@ -178,7 +178,7 @@ pub async fn start(
                 retry_min: config.retry_min,
                 retry_max: config.retry_max,
             };
-            tokio::spawn(client.keep_renewed(
+            tokio::spawn((*client).keep_renewed(
                 first,
                 renew_now,
                 renewal,
@@ -204,7 +204,7 @@ enum Refresher {
     /// The files and the digest of the content served.
     HostFiles(host_files::HostFiles, u64),
     /// The client, the certificate served and whether to renew it at once.
-    Ca(ca_client::CaClient, material::Leaf, bool),
+    Ca(Box<ca_client::CaClient>, material::Leaf, bool),
 }
 
 // === impl IdentityConfig ===
