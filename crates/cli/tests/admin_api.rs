@@ -272,7 +272,7 @@ async fn documented_responses_and_resource_views_match_reality() {
         let path = route
             .strip_prefix("GET ")
             .unwrap_or_else(|| panic!("only GET examples are fetched: {route}"))
-            .replace("{name}", "orders")
+            .replace("{name}", "payments")
             .replace("{id}", "orders-1")
             .replace("{key}", &group);
         let (status, body) = get(&mesh, &path).await;
@@ -315,7 +315,7 @@ async fn documented_responses_and_resource_views_match_reality() {
             .and_then(|configs| {
                 configs
                     .iter()
-                    .find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(section)))
+                    .find(|c| c["@type"] == format!("type.googleapis.com/envoy.admin.v3.{section}"))
             })
             .and_then(|c| c[list].as_array())
             .and_then(|entries| {
