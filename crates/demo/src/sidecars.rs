@@ -23,11 +23,11 @@ pub struct Sidecar {
 pub fn free_port() -> anyhow::Result<u16> {
     // The kernel may hand a released port out again: never give the same one twice, so the
     // demo's listeners and Envoy admin ports cannot collide with each other.
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static GIVEN: parking_lot::Mutex<Vec<u16>> = parking_lot::Mutex::new(Vec::new());
     loop {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = l.local_addr()?.port();
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        let mut given = GIVEN.lock();
         if !given.contains(&port) {
             given.push(port);
             return Ok(port);

@@ -4,11 +4,12 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, PoisonError, RwLock},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use meshplane_model::Health;
+use parking_lot::RwLock;
 use tokio::{
     sync::{Semaphore, mpsc},
     time::MissedTickBehavior,
@@ -52,7 +53,7 @@ pub async fn run(
         }
         let now = Instant::now();
         let (ops, due) = {
-            let catalog = catalog.read().unwrap_or_else(PoisonError::into_inner);
+            let catalog = catalog.read();
             let mut ops: Vec<Op> = catalog
                 .expired_ttls(now)
                 .into_iter()

@@ -23,9 +23,10 @@ use std::{
     hash::{DefaultHasher, Hash, Hasher},
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, RwLock},
+    sync::Arc,
 };
 
+use parking_lot::RwLock;
 use tokio::{
     net::TcpListener,
     sync::{mpsc, watch},
@@ -133,12 +134,9 @@ impl EmbeddedRegistry {
             })?;
         let local = listener.local_addr().map_err(EmbeddedError::Serve)?;
         let catalog = Arc::new(RwLock::new(Catalog::new(node(&config, local), index, regs)));
-        let start_index = catalog.read().map(|c| c.index()).unwrap_or(1);
+        let start_index = catalog.read().index();
         tracing::info!(
-            services = catalog
-                .read()
-                .map(|c| c.registrations().count())
-                .unwrap_or(0),
+            services = catalog.read().registrations().count(),
             index = start_index,
             "embedded registry loaded"
         );

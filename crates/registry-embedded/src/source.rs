@@ -1,12 +1,10 @@
 //! Feeds the embedded registry's catalog into the shared store as a [`RegistrySource`].
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, PoisonError, RwLock},
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use meshplane_model::{Instance, ServiceName};
 use meshplane_registry::{EventSink, RegistryEvent, RegistrySource, SinkClosed, SourceId};
+use parking_lot::RwLock;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +33,7 @@ impl RegistrySource for EmbeddedSource {
         let mut index_rx = self.index_rx.clone();
         index_rx.borrow_and_update();
         let (mut seen, services) = {
-            let catalog = self.catalog.read().unwrap_or_else(PoisonError::into_inner);
+            let catalog = self.catalog.read();
             let names: Vec<ServiceName> = catalog.services().into_keys().cloned().collect();
             let services: BTreeMap<ServiceName, Vec<Instance>> = names
                 .into_iter()
@@ -58,7 +56,7 @@ impl RegistrySource for EmbeddedSource {
             }
             index_rx.borrow_and_update();
             let updates: Vec<(ServiceName, Vec<Instance>)> = {
-                let catalog = self.catalog.read().unwrap_or_else(PoisonError::into_inner);
+                let catalog = self.catalog.read();
                 let updates = catalog
                     .names_changed_since(seen)
                     .into_iter()

@@ -6,13 +6,10 @@
 //! then answers each caller. Readers therefore never see a change that is not on disk, and a
 //! caller never gets a 200 for one that is not.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, PoisonError, RwLock},
-    time::Instant,
-};
+use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use meshplane_model::Health;
+use parking_lot::RwLock;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
@@ -126,7 +123,7 @@ impl WriterThread {
     }
 
     fn process(&mut self, commands: Vec<Command>) {
-        let catalog = self.catalog.read().unwrap_or_else(PoisonError::into_inner);
+        let catalog = self.catalog.read();
         let mut batch = Batch {
             catalog: &catalog,
             overlay: HashMap::new(),
@@ -154,7 +151,7 @@ impl WriterThread {
             return;
         }
         if !changes.is_empty() {
-            let mut catalog = self.catalog.write().unwrap_or_else(PoisonError::into_inner);
+            let mut catalog = self.catalog.write();
             catalog.apply(index, changes);
         }
         if index > base {

@@ -1,9 +1,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::Arc,
 };
 
 use meshplane_model::{Instance, ServiceName};
+use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -52,14 +53,6 @@ pub fn store() -> (Store, Writer) {
     (store, writer)
 }
 
-fn lock(
-    watchers: &ServiceWatchers,
-) -> MutexGuard<'_, HashMap<ServiceName, watch::Sender<Option<Arc<ServiceEntry>>>>> {
-    // Poisoning can only come from a panic while swapping watch values, which leaves the map
-    // itself intact; keep serving.
-    watchers.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 // === impl Store ===
 
 impl Store {
@@ -79,7 +72,7 @@ impl Store {
     pub fn watch_service(&self, name: &ServiceName) -> watch::Receiver<Option<Arc<ServiceEntry>>> {
         // Hold the map lock while reading the snapshot: the writer publishes under the same
         // lock, so a new watcher can never start from a value older than the last publish.
-        let mut watchers = lock(&self.service_watchers);
+        let mut watchers = self.service_watchers.lock();
         if let Some(tx) = watchers.get(name) {
             return tx.subscribe();
         }
@@ -240,7 +233,7 @@ impl Writer {
         }
         trim_tombstones(&mut next);
 
-        let mut watchers = lock(&self.service_watchers);
+        let mut watchers = self.service_watchers.lock();
         self.snapshot_tx.send_replace(Arc::new(next));
         for (name, entry) in changed {
             if let Some(tx) = watchers.get(&name) {

@@ -6,8 +6,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
+use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
 
 use crate::snapshot::{Snapshot, SnapshotError};
@@ -91,7 +92,7 @@ impl SnapshotCache {
 
     /// The current snapshot of a group.
     pub fn snapshot(&self, group: &GroupKey) -> Option<Arc<Snapshot>> {
-        let groups = self.groups.read().unwrap_or_else(|e| e.into_inner());
+        let groups = self.groups.read();
         groups.get(group).and_then(|tx| tx.borrow().clone())
     }
 
@@ -109,7 +110,7 @@ impl SnapshotCache {
 
     /// Groups that have a snapshot, with the number of streams subscribed to each.
     pub fn groups(&self) -> Vec<(GroupKey, usize)> {
-        let groups = self.groups.read().unwrap_or_else(|e| e.into_inner());
+        let groups = self.groups.read();
         let mut out: Vec<_> = groups
             .iter()
             .map(|(k, tx)| (k.clone(), tx.receiver_count()))
@@ -120,13 +121,13 @@ impl SnapshotCache {
 
     /// Drops a group's snapshot. Streams still subscribed keep the snapshot they have.
     pub fn remove(&self, group: &GroupKey) {
-        let mut groups = self.groups.write().unwrap_or_else(|e| e.into_inner());
+        let mut groups = self.groups.write();
         groups.remove(group);
     }
 
     /// Drops every group no stream subscribes to; returns the removed keys.
     pub fn prune_unwatched(&self) -> Vec<GroupKey> {
-        let mut groups = self.groups.write().unwrap_or_else(|e| e.into_inner());
+        let mut groups = self.groups.write();
         let unwatched: Vec<GroupKey> = groups
             .iter()
             .filter(|(_, tx)| tx.receiver_count() == 0)
@@ -140,12 +141,12 @@ impl SnapshotCache {
 
     fn sender(&self, group: &GroupKey) -> SnapshotTx {
         {
-            let groups = self.groups.read().unwrap_or_else(|e| e.into_inner());
+            let groups = self.groups.read();
             if let Some(tx) = groups.get(group) {
                 return tx.clone();
             }
         }
-        let mut groups = self.groups.write().unwrap_or_else(|e| e.into_inner());
+        let mut groups = self.groups.write();
         groups
             .entry(group.clone())
             .or_insert_with(|| watch::channel(None).0)

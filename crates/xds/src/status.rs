@@ -10,9 +10,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
 
 use crate::cache::GroupKey;
 use crate::resource::ResourceType;
@@ -185,8 +187,7 @@ impl StatusEntry {
 
     /// Records a response sent.
     pub(crate) fn sent(&self, kind: ResourceType, version: &str, nonce: &str) {
-        self.last_sent.lock().unwrap_or_else(|e| e.into_inner())[kind.index()] =
-            Some((version_hash(version), Instant::now()));
+        self.last_sent.lock()[kind.index()] = Some((version_hash(version), Instant::now()));
         for o in &self.observers {
             o.sent(kind, version, nonce);
         }
@@ -195,7 +196,7 @@ impl StatusEntry {
     /// Records an ACK.
     pub(crate) fn acked(&self, kind: ResourceType, version: &str) {
         let push_to_ack = {
-            let mut last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = self.last_sent.lock();
             let slot = &mut last[kind.index()];
             // Only the first ACK of the last response sent measures a push.
             match *slot {
@@ -260,17 +261,8 @@ impl StatusBoard {
 
     /// A copy of every connected proxy's status, ordered by node id.
     pub fn proxies(&self) -> Vec<ProxyStatus> {
-        let entries: Vec<_> = self
-            .entries
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let mut out: Vec<ProxyStatus> = entries
-            .iter()
-            .map(|e| e.lock().unwrap_or_else(|e| e.into_inner()).clone())
-            .collect();
+        let entries: Vec<_> = self.entries.read().values().cloned().collect();
+        let mut out: Vec<ProxyStatus> = entries.iter().map(|e| e.lock().clone()).collect();
         out.sort_by(|a, b| {
             a.node_id
                 .cmp(&b.node_id)
@@ -281,7 +273,7 @@ impl StatusBoard {
 
     /// Number of connected streams.
     pub fn len(&self) -> usize {
-        self.entries.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.entries.read().len()
     }
 
     /// True when no stream is connected.
@@ -302,10 +294,7 @@ impl XdsObserver for StatusBoard {
             connected_since: stream.connected_since,
             types: Default::default(),
         }));
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(stream.stream_id, entry.clone());
+        self.entries.write().insert(stream.stream_id, entry.clone());
         Box::new(BoardEntry {
             board: self.clone(),
             entry,
@@ -323,7 +312,7 @@ struct BoardEntry {
 
 impl BoardEntry {
     fn update(&self, kind: ResourceType, f: impl FnOnce(&mut TypeStatus)) {
-        let mut status = self.entry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut status = self.entry.lock();
         f(&mut status.types[kind.index()]);
     }
 }
@@ -354,10 +343,6 @@ impl StreamObserver for BoardEntry {
     }
 
     fn closed(&self) {
-        self.board
-            .entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.stream_id);
+        self.board.entries.write().remove(&self.stream_id);
     }
 }

@@ -6,7 +6,7 @@ mod query;
 mod read;
 mod render;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::{
     Router,
@@ -14,6 +14,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, put},
 };
+use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 

@@ -103,10 +103,7 @@ impl Query {
 pub async fn block(state: &ApiState, query: &Query, relevant: impl Fn(&Catalog) -> u64) -> u64 {
     // (the relevant index, the catalog's latest index), read under one lock.
     let current = || {
-        let catalog = state
-            .catalog
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let catalog = state.catalog.read();
         (relevant(&catalog), catalog.index())
     };
     let Some(min) = query.index.filter(|i| *i > 0) else {

@@ -106,10 +106,7 @@ pub async fn peers(State(state): State<ApiState>) -> Response {
 }
 
 fn read<T>(state: &ApiState, f: impl FnOnce(&Catalog) -> T) -> T {
-    f(&state
-        .catalog
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner))
+    f(&state.catalog.read())
 }
 
 /// Consul's `tag` filter: every requested tag must be present.

@@ -2,13 +2,14 @@
 //! it against the node and the mesh policy, and records the group for the translator.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meshplane_model::Descriptor;
 use meshplane_translate::{MeshOptions, ProxyGroup, check_policy};
 use meshplane_xds::server::node::check_node_identity;
 use meshplane_xds::{GroupError, GroupKey, MetadataGrouper, NodeGrouper, PeerInfo};
+use parking_lot::RwLock;
 
 use super::metadata::{ADDRESS_KEY, ADMIN_KEY, to_json};
 
@@ -22,21 +23,17 @@ pub struct Groups {
 impl Groups {
     /// The group behind a key.
     pub fn get(&self, key: &GroupKey) -> Option<Arc<ProxyGroup>> {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .cloned()
+        self.inner.read().get(key).cloned()
     }
 
     fn insert(&self, key: GroupKey, group: ProxyGroup) {
-        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.inner.write();
         map.entry(key).or_insert_with(|| Arc::new(group));
     }
 
     /// Forgets groups (their proxies are gone).
     pub fn remove(&self, keys: &[GroupKey]) {
-        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.inner.write();
         for k in keys {
             map.remove(k);
         }
@@ -54,28 +51,18 @@ pub struct RelayDirectory {
 
 impl RelayDirectory {
     fn record(&self, node_id: &str, addr: std::net::SocketAddr) {
-        self.inner
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(node_id.to_owned(), addr);
+        self.inner.write().insert(node_id.to_owned(), addr);
     }
 
     /// Forgets proxies not in `connected`.
     pub fn retain(&self, connected: &std::collections::HashSet<String>) {
-        self.inner
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|id, _| connected.contains(id));
+        self.inner.write().retain(|id, _| connected.contains(id));
     }
 }
 
 impl meshplane_admin::relay::ProxyDirectory for RelayDirectory {
     fn relay_addr(&self, node_id: &str) -> Option<std::net::SocketAddr> {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(node_id)
-            .copied()
+        self.inner.read().get(node_id).copied()
     }
 }
 

@@ -53,9 +53,9 @@ const PORTS: std::ops::Range<u16> = 20_000..32_000;
 /// process binding it explicitly in between still makes Envoy fail to bind, loudly (pass
 /// `--admin-port` to rule that out).
 pub fn free_loopback_port() -> std::io::Result<u16> {
-    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    static NEXT: parking_lot::Mutex<Option<u16>> = parking_lot::Mutex::new(None);
     let span = PORTS.end - PORTS.start;
-    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut next = NEXT.lock();
     let start = next.unwrap_or_else(|| {
         // 120 slots of 100 ports: concurrent processes rarely start near each other.
         PORTS.start + (std::process::id() % 120) as u16 * 100
