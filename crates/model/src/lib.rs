@@ -5,7 +5,8 @@
 //! resources. Start with [`Instance`], then [`ServiceName`].
 //!
 //! The sidecar's `Descriptor` (`meshplane.yaml`) lives in [`descriptor`]; the identity
-//! vocabulary (SPIFFE ids, secret names, the CA's wire shapes) in [`identity`].
+//! vocabulary (SPIFFE ids, secret names, the CA's wire shapes) in [`identity`]; the keys the
+//! sidecar adds to Envoy's node metadata in [`node_metadata`].
 
 mod instance;
 mod name;
@@ -17,3 +18,4 @@ pub mod descriptor;
 pub use descriptor::{Descriptor, DescriptorError};
 
 pub mod identity;
+pub mod node_metadata;

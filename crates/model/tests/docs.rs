@@ -4,11 +4,9 @@
 //! that drifts from the code fails here.
 
 use meshplane_model::Descriptor;
+use meshplane_model::node_metadata::SIDECAR_KEYS;
 
 const DOC: &str = include_str!("../../../docs/descriptor.md");
-
-/// Keys the sidecar adds to node metadata that are not descriptor fields.
-const SIDECAR_KEYS: [&str; 3] = ["admin", "admin_relay", "address"];
 
 /// `(info string, body)` of every fenced block.
 fn fenced_blocks(markdown: &str) -> Vec<(String, String)> {

@@ -8,22 +8,13 @@
 use std::net::{IpAddr, SocketAddr};
 
 use meshplane_model::identity::{IDENTITY_SECRET, TRUST_SECRET};
+use meshplane_model::node_metadata::{ADMIN_KEY, ADMIN_RELAY_KEY, LISTEN_ADDRESS_KEY};
 use serde_json::{Value, json};
 
 use crate::config::{ControlPlaneAddr, XdsFlavour};
 
 /// Name of the static cluster that reaches the control plane.
 pub const XDS_CLUSTER: &str = "meshplane_xds";
-
-/// Metadata key under which the admin address is advertised (not a descriptor field: the
-/// control plane strips it before parsing the descriptor).
-pub const ADMIN_METADATA_KEY: &str = "admin";
-
-/// Metadata key for the address Envoy's listeners bind (optional; the control plane
-/// defaults to all interfaces). Not a descriptor field either.
-pub const LISTEN_ADDRESS_METADATA_KEY: &str = "address";
-/// Node metadata key of the admin relay's address (`{address, port}`).
-pub const ADMIN_RELAY_METADATA_KEY: &str = "admin_relay";
 
 /// Cap on downstream connections, so Envoy's overload manager has a limit (and does not warn).
 const MAX_DOWNSTREAM_CONNECTIONS: u64 = 50_000;
@@ -125,20 +116,17 @@ fn node(spec: &BootstrapSpec<'_>) -> Value {
         _ => serde_json::Map::new(),
     };
     metadata.insert(
-        ADMIN_METADATA_KEY.to_owned(),
+        ADMIN_KEY.to_owned(),
         json!({ "address": spec.admin.ip().to_string(), "port": spec.admin.port() }),
     );
     if let Some(relay) = spec.admin_relay {
         metadata.insert(
-            ADMIN_RELAY_METADATA_KEY.to_owned(),
+            ADMIN_RELAY_KEY.to_owned(),
             json!({ "address": relay.ip().to_string(), "port": relay.port() }),
         );
     }
     if let Some(ip) = spec.listen_address {
-        metadata.insert(
-            LISTEN_ADDRESS_METADATA_KEY.to_owned(),
-            json!(ip.to_string()),
-        );
+        metadata.insert(LISTEN_ADDRESS_KEY.to_owned(), json!(ip.to_string()));
     }
     json!({
         "id": spec.instance_id,

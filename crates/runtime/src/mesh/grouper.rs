@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meshplane_model::Descriptor;
+use meshplane_model::node_metadata::{ADMIN_KEY, ADMIN_RELAY_KEY, LISTEN_ADDRESS_KEY};
 use meshplane_translate::{MeshOptions, ProxyGroup, check_policy};
 use meshplane_xds::server::node::check_node_identity;
 use meshplane_xds::{GroupError, GroupKey, MetadataGrouper, NodeGrouper, PeerInfo};
 use parking_lot::RwLock;
 
-use super::metadata::{ADDRESS_KEY, ADMIN_KEY, to_json};
+use super::metadata::to_json;
 
 /// Groups known to the control plane, by key. Written by the grouper when a proxy connects,
 /// read by the translator.
@@ -39,9 +40,6 @@ impl Groups {
         }
     }
 }
-
-/// Metadata key where a sidecar advertises its admin relay (`{address, port}`).
-pub const ADMIN_RELAY_KEY: &str = "admin_relay";
 
 /// Where each proxy's admin relay listens, by node id (from node metadata).
 #[derive(Debug, Clone, Default)]
@@ -120,7 +118,7 @@ impl DescriptorGrouper {
                 {
                     self.relays.record(&node.id, addr);
                 }
-                map.remove(ADDRESS_KEY)
+                map.remove(LISTEN_ADDRESS_KEY)
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_else(|| "0.0.0.0".to_owned())
             }
@@ -128,7 +126,7 @@ impl DescriptorGrouper {
         };
         if listen_address.parse::<std::net::IpAddr>().is_err() {
             return Err(invalid(format!(
-                "node.metadata.{ADDRESS_KEY} `{listen_address}` is not an IP address"
+                "node.metadata.{LISTEN_ADDRESS_KEY} `{listen_address}` is not an IP address"
             )));
         }
         let descriptor = Descriptor::from_json(json)

@@ -3,11 +3,6 @@
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use serde_json::Value as Json;
 
-/// Keys the sidecar adds beside the descriptor's own fields.
-pub const ADMIN_KEY: &str = "admin";
-/// The address the ingress listener binds (the registered address).
-pub const ADDRESS_KEY: &str = "address";
-
 /// Converts metadata to JSON. Protobuf numbers are doubles; integral ones become JSON
 /// integers so `port: 8080` reads as the integer it was written as.
 pub fn to_json(s: &Struct) -> Json {
