@@ -1,5 +1,10 @@
 //! Go-style durations (`10s`, `1m30s`, `500ms`), the format Consul uses for `TTL`, `Interval`,
 //! `Timeout`, `DeregisterCriticalServiceAfter` and the `wait` query parameter.
+//!
+//! Deliberately not `meshplane_model::descriptor::parse_duration` (the one parser for
+//! Meshplane's own flags, config and descriptor): this is Consul's wire format, which clients
+//! write with fractions (`1.5s`), `ns`/`us` units and bare seconds (`wait=10`), and which must
+//! be echoed back the way Go prints it.
 
 use std::time::Duration;
 

@@ -145,36 +145,32 @@ pub struct SidecarArgs {
     #[arg(long, env = "MESHPLANE_ENVOY_CONCURRENCY")]
     pub envoy_concurrency: Option<u32>,
     /// How long an old Envoy drains after a hot restart.
-    #[arg(long, value_parser = duration, default_value = "10s")]
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub drain_time: Duration,
     /// When an old Envoy exits after a hot restart.
-    #[arg(long, value_parser = duration, default_value = "15s")]
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
     pub parent_shutdown_time: Duration,
     /// How long Envoy may take to stop after SIGTERM before SIGKILL.
-    #[arg(long, value_parser = duration, default_value = "10s")]
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub stop_timeout: Duration,
     /// Registry health-check interval.
-    #[arg(long, value_parser = duration, default_value = "10s")]
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub check_interval: Duration,
     /// Registry health-check timeout.
-    #[arg(long, value_parser = duration, default_value = "2s")]
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
     pub check_timeout: Duration,
     /// The registry drops the instance after its check is critical this long.
-    #[arg(long, value_parser = duration, default_value = "10m")]
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
     pub deregister_critical_after: Duration,
     /// Envoy crashes tolerated within --crash-window before the sidecar gives up.
     #[arg(long, default_value_t = 5)]
     pub max_crashes: u32,
     /// Window in which crashes are counted.
-    #[arg(long, value_parser = duration, default_value = "5m")]
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
     pub crash_window: Duration,
     /// Warn when Envoy is not ready (has no config from the control plane) after this long.
-    #[arg(long, value_parser = duration, default_value = "60s")]
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub ready_timeout: Duration,
-}
-
-fn duration(text: &str) -> Result<Duration, String> {
-    parse_duration(text)
 }
 
 // === impl NodeArgs ===
