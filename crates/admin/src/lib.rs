@@ -1,6 +1,10 @@
 //! The admin API on `--admin-addr`: what the registry holds, what every connected proxy was
 //! sent and acknowledged, the translated snapshot of every group, Prometheus metrics, and
-//! health/readiness. Read handles only: nothing here can change the mesh.
+//! health/readiness. It holds read handles only: nothing here can change the registry, the
+//! translation or what proxies are sent. Two routes do act, and need the token when one is
+//! set: setting a proxy's Envoy log level (forwarded to its sidecar's relay, [`relay`]) and
+//! the built-in CA's signing route (`POST /api/ca/sign`, `ca.rs`, which also takes per-service
+//! enrolment tokens), which issues a sidecar's certificate.
 //!
 //! Start at [`router`]; [`views`] turns internal state into the JSON shapes. `/metrics` only
 //! serves the families that `meshplane-telemetry` owns and others record into.
@@ -28,7 +32,7 @@ use meshplane_xds::{GroupKey, SnapshotCache, StatusBoard};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Read handles the admin API serves from.
+/// Read handles the admin API serves from, plus the CA it signs with.
 #[derive(Clone)]
 pub struct AdminState {
     /// The merged registry.
