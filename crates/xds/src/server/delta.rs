@@ -77,9 +77,15 @@ impl DeltaState {
         let (nonce, version) = pending.remove(pos).unwrap_or_default();
         // Answers to older responses are implied by this one.
         pending.drain(..pos);
+        // A newer response of this type is still in flight: the proxy answers that one next,
+        // so a NACK of this superseded one must not make the planner re-send (SotW ignores
+        // such stale NACKs by their nonce).
+        let superseded = !pending.is_empty();
         match &req.error_detail {
             Some(err) => {
-                self.planner.rejected(kind);
+                if !superseded {
+                    self.planner.rejected(kind);
+                }
                 tracing::warn!(
                     type_url = %kind, node = %status.node_id(), %version, error = %err.message,
                     "proxy rejected configuration; keeping it until the content changes"
