@@ -173,13 +173,17 @@ async fn sotw_reconnected_proxy_keeps_old_cluster_until_routes_move() {
     let (first, versions) = sotw_synced_with_versions(&h).await;
     drop(first);
 
-    // Reconnect reporting what it has: nothing is re-sent.
+    // Reconnect reporting what it has: nothing is re-sent but the endpoints (a SotW version
+    // cannot say which assignments the proxy kept).
     let mut c = h.sotw().await;
     for ((kind, names), version) in SOTW_SUBSCRIPTIONS.into_iter().zip(versions) {
         let mut req = sotw_request(kind, names);
         req.version_info = version;
         c.send(req).await;
     }
+    let eds = sotw_expect(&mut c, EDS).await;
+    assert_eq!(endpoint_counts(&eds.resources), [("v1".to_string(), 1)]);
+    c.ack(&eds, &["v1"]).await;
     c.expect_silence().await;
 
     // The server knows v1 is in use, so it is kept until the routes have moved.

@@ -14,7 +14,12 @@
 //! - a cluster leaves only once the listeners and routes that named it have been replaced,
 //!   and until then keeps the endpoints it had;
 //! - nothing is sent that the proxy already holds, so a NACKed version is never re-sent in a
-//!   loop and a reconnect reporting what it holds gets nothing.
+//!   loop and a reconnect reporting what it holds gets nothing, but for SotW endpoints: one
+//!   version cannot say which assignments a proxy kept, so they are sent once more (a
+//!   delta proxy reports each; one whose cluster was re-created just before the stream
+//!   dropped warms until Envoy's initial fetch timeout, then uses the endpoints it holds);
+//! - a NACK of a superseded SotW CDS response means the full set on its way may (re)create
+//!   any cluster in it, so their endpoints are sent again.
 //!
 //! Per-push work is proportional to the types whose content or subscription changed: a type
 //! is skipped when its snapshot version and subscription are those it was last brought in
@@ -243,6 +248,13 @@ impl Planner {
     /// SotW reconnect: the version of `kind` the proxy reports holding. Ignored once the type
     /// has been sent on this stream.
     pub(crate) fn report_version(&mut self, kind: ResourceType, version: &str) {
+        // Endpoints are sent again: a SotW version names the last EDS response, not what the
+        // proxy kept of it. A cluster removed and re-added, or re-created just before the
+        // stream dropped, waits for an assignment the version says it has; it would warm
+        // until Envoy's initial fetch timeout and could then route to no hosts.
+        if kind == ResourceType::Endpoint {
+            return;
+        }
         let tp = self.plan_mut(kind);
         if !tp.synced {
             tp.reported = Some(version.to_owned());
@@ -264,6 +276,31 @@ impl Planner {
             self.awaiting_endpoints.clear();
             self.clusters_rejected = true;
         }
+    }
+
+    /// SotW: the proxy rejected a CDS response that a later one, already on its way, has
+    /// superseded. It kept older clusters than we thought, so the later full set may
+    /// (re)create any cluster in it: each warms until it gets its endpoints again, and routing
+    /// waits for them. Returns the steps to send now (the endpoints, and whatever was held).
+    pub(crate) fn superseded_clusters_rejected(&mut self, snapshot: &Snapshot) -> Vec<Step> {
+        let was_holding = self.holding();
+        let held: Vec<Arc<Resource>> = self.types[ResourceType::Cluster.index()]
+            .as_ref()
+            .map(|cds| {
+                cds.held
+                    .values()
+                    .filter_map(Held::resource)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.clusters_rejected = true;
+        self.clusters_changed(&held);
+        self.awaiting_endpoints.extend(
+            held.iter()
+                .flat_map(|c| endpoint_names(c).map(str::to_owned)),
+        );
+        self.answer(ResourceType::Endpoint, was_holding, snapshot)
     }
 
     /// The proxy accepted the latest response of `kind`.
@@ -310,7 +347,13 @@ impl Planner {
         self.push_type(ResourceType::Listener, snapshot, &mut out);
         self.push_type(ResourceType::Route, snapshot, &mut out);
         if deferred_removals {
+            let recreates = self.clusters_rejected && self.flavour == Flavour::Sotw;
             self.push_type(ResourceType::Cluster, snapshot, &mut out);
+            if recreates {
+                // After a rejection, that full set may (re)create the clusters it keeps.
+                self.push_type(ResourceType::Endpoint, snapshot, &mut out);
+                self.await_endpoints(snapshot);
+            }
         }
         self.push_type(ResourceType::Secret, snapshot, &mut out);
         out

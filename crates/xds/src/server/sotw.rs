@@ -105,7 +105,15 @@ impl Protocol for SotwState {
         if !req.response_nonce.is_empty() {
             if st.last_nonce.as_deref() != Some(req.response_nonce.as_str()) {
                 // Stale: answers a response that has since been superseded. Envoy will
-                // answer the newer one; acting on this one could undo it.
+                // answer the newer one; acting on this one could undo it. But rejected
+                // clusters mean the newer set may (re)create clusters the proxy then warms.
+                if kind == ResourceType::Cluster
+                    && req.error_detail.is_some()
+                    && let Some(snapshot) = snapshot
+                {
+                    let steps = self.planner.superseded_clusters_rejected(snapshot);
+                    return Ok(self.render(steps, status));
+                }
                 return Ok(Vec::new());
             }
             match &req.error_detail {
