@@ -126,10 +126,50 @@ async fn sotw_routes_wait_for_new_endpoints_and_old_endpoints_stay() {
     let eds = sotw_expect(&mut c, EDS).await;
     // SotW EDS responses are incremental: v1 is unchanged, only v2 is sent.
     assert_eq!(endpoint_counts(&eds.resources), [("v2".to_string(), 1)]);
-    sotw_expect(&mut c, RDS).await;
+    let rds = sotw_expect(&mut c, RDS).await;
+    // v1 leaves once the proxy has taken the routes that no longer name it.
+    c.expect_silence().await;
+    c.ack(&rds, &["egress-routes"]).await;
     let cds = sotw_expect(&mut c, CDS).await;
     assert_eq!(names_of(&cds), ["v2"]);
     c.ack(&cds, &[]).await;
+}
+
+#[tokio::test]
+async fn sotw_rejected_routes_keep_their_clusters() {
+    let h = Harness::start().await;
+    h.cache
+        .set_snapshot(&group(), mk_snapshot("v1", 8080))
+        .expect("set");
+    let mut c = sotw_synced(&h).await;
+    h.cache
+        .set_snapshot(&group(), mk_snapshot("v2", 8081))
+        .expect("set");
+    let cds = sotw_expect(&mut c, CDS).await;
+    let eds = sotw_expect(&mut c, EDS).await;
+    c.ack(&cds, &[]).await;
+    c.ack(&eds, &["v1"]).await;
+    c.send(sotw_request(EDS, &["v1", "v2"])).await;
+    sotw_expect(&mut c, EDS).await;
+    let rds = sotw_expect(&mut c, RDS).await;
+
+    // The proxy rejects the new routes: its old ones still name v1, which must stay.
+    c.send(DiscoveryRequest {
+        type_url: RDS.type_url().into(),
+        response_nonce: rds.nonce.clone(),
+        resource_names: vec!["egress-routes".into()],
+        error_detail: nack_detail(),
+        ..Default::default()
+    })
+    .await;
+    c.expect_silence().await;
+
+    // Routes that are accepted release it.
+    h.cache
+        .set_snapshot(&group(), mk_snapshot("v3", 8082))
+        .expect("set");
+    let cds = sotw_expect(&mut c, CDS).await;
+    assert_eq!(names_of(&cds), ["v1", "v2", "v3"], "v1 is still named");
 }
 
 #[tokio::test]
@@ -146,9 +186,9 @@ async fn sotw_unsubscribing_from_every_endpoint_gets_no_response() {
     .expect("consistent");
     h.cache.set_snapshot(&group(), no_services).expect("set");
     let rds = sotw_expect(&mut c, RDS).await;
+    c.ack(&rds, &["egress-routes"]).await;
     let cds = sotw_expect(&mut c, CDS).await;
     assert!(cds.resources.is_empty());
-    c.ack(&rds, &["egress-routes"]).await;
     c.ack(&cds, &[]).await;
 
     // Like Envoy once its last EDS cluster is gone: an empty EDS subscription. Envoy would
@@ -281,7 +321,10 @@ async fn delta_routes_wait_for_new_endpoints_and_old_endpoints_stay() {
         .filter_map(|r| r.resource.clone())
         .collect();
     assert_eq!(endpoint_counts(&resources), [("v2".to_string(), 1)]);
-    delta_expect(&mut c, RDS).await;
+    let rds = delta_expect(&mut c, RDS).await;
+    // v1 leaves once the proxy has taken the routes that no longer name it.
+    c.expect_silence().await;
+    c.ack(&rds).await;
     let cds = delta_expect(&mut c, CDS).await;
     assert_eq!(cds.removed_resources, ["v1"]);
 }

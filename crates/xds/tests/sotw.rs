@@ -148,7 +148,9 @@ async fn make_before_break_when_a_route_moves_to_a_new_cluster() {
     // 4. Routes now name only the new cluster.
     let rds = c.expect().await;
     assert_eq!(rds.type_url, RDS.type_url());
-    // 5. Then the old cluster goes.
+    // 5. Then, once the proxy has taken those routes, the old cluster goes.
+    c.expect_silence().await;
+    c.ack(&rds, &["egress-routes"]).await;
     let cds2 = c.expect().await;
     assert_eq!(cds2.type_url, CDS.type_url());
     assert_eq!(names_of(&cds2), vec!["billing".to_string()]);

@@ -100,7 +100,12 @@ impl DeltaState {
                     },
                 );
             }
-            None => status.acked(kind, &version),
+            None => {
+                if !superseded {
+                    self.planner.accepted(kind);
+                }
+                status.acked(kind, &version);
+            }
         }
     }
 }

@@ -11,8 +11,9 @@
 //!   upserted clusters are re-sent even if unchanged, every subscribed EDS name is answered
 //!   (empty for unknown services), and listeners, routes and cluster removals wait until every
 //!   (re)created cluster has been sent its endpoints;
-//! - a cluster leaves only once the listeners and routes that named it have been replaced,
-//!   and until then keeps the endpoints it had;
+//! - a cluster leaves only once the listeners and routes that named it have been replaced
+//!   and the proxy has ACKed them (a rejected route keeps naming it), and until then keeps
+//!   the endpoints it had;
 //! - nothing is sent that the proxy already holds, so a NACKed version is never re-sent in a
 //!   loop and a reconnect reporting what it holds gets nothing, but for SotW endpoints: one
 //!   version cannot say which assignments a proxy kept, so they are sent once more (a
@@ -141,6 +142,11 @@ pub(crate) struct Planner {
     /// SotW: the proxy rejected the latest clusters and kept older ones, so the next full set
     /// may (re)create any cluster in it.
     clusters_rejected: bool,
+    /// Per type (listeners, routes): a response is on its way or was rejected, so the proxy
+    /// may still hold what the previous one named. Cluster removals wait for the ACK.
+    routing_unacked: [bool; 5],
+    /// Cluster removals held back until the routing naming them has been replaced and ACKed.
+    removals_deferred: bool,
 }
 
 // === impl Planner ===
@@ -153,6 +159,8 @@ impl Planner {
             types: Default::default(),
             awaiting_endpoints: BTreeSet::new(),
             clusters_rejected: false,
+            routing_unacked: [false; 5],
+            removals_deferred: false,
         }
     }
 
@@ -305,9 +313,18 @@ impl Planner {
 
     /// The proxy accepted the latest response of `kind`.
     pub(crate) fn accepted(&mut self, kind: ResourceType) {
-        if kind == ResourceType::Cluster {
-            self.clusters_rejected = false;
+        match kind {
+            ResourceType::Cluster => self.clusters_rejected = false,
+            ResourceType::Listener | ResourceType::Route => {
+                self.routing_unacked[kind.index()] = false;
+            }
+            _ => {}
         }
+    }
+
+    /// Whether the proxy may still hold listeners or routes older than those sent.
+    fn routing_unacked(&self) -> bool {
+        self.routing_unacked.iter().any(|u| *u)
     }
 
     /// Whether listeners, routes and cluster removals are held until (re)created clusters
@@ -330,7 +347,9 @@ impl Planner {
             // removal-only response is cheap, and a proxy never sees a cluster replaced in
             // one step.
             let split = self.flavour == Flavour::Delta && !diff.upserts.is_empty();
-            if !diff.removals.is_empty() && (split || self.routing_changes(snapshot)) {
+            if !diff.removals.is_empty()
+                && (split || self.routing_unacked() || self.routing_changes(snapshot))
+            {
                 // Removed clusters stay until the listeners and routes naming them are
                 // replaced, below or in the push resumed once new clusters have endpoints.
                 diff.removals.clear();
@@ -346,7 +365,9 @@ impl Planner {
         }
         self.push_type(ResourceType::Listener, snapshot, &mut out);
         self.push_type(ResourceType::Route, snapshot, &mut out);
-        if deferred_removals {
+        self.removals_deferred = deferred_removals;
+        if deferred_removals && !self.routing_unacked() {
+            self.removals_deferred = false;
             let recreates = self.clusters_rejected && self.flavour == Flavour::Sotw;
             self.push_type(ResourceType::Cluster, snapshot, &mut out);
             if recreates {
@@ -374,15 +395,15 @@ impl Planner {
             kind,
             ResourceType::Cluster | ResourceType::Listener | ResourceType::Route
         );
-        if !(routing && held) {
+        if kind == ResourceType::Cluster && !held {
+            // Clusters go in push order: removals wait for the routing like a push's do.
+            out.extend(self.push(snapshot));
+        } else if !(routing && held) {
             self.push_type(kind, snapshot, &mut out);
-            if kind == ResourceType::Cluster && !out.is_empty() {
-                self.push_type(ResourceType::Endpoint, snapshot, &mut out);
-                self.await_endpoints(snapshot);
-            }
         }
         self.endpoints_delivered();
-        if held && !self.holding() {
+        let routing_acked = self.removals_deferred && !self.routing_unacked();
+        if (held || routing_acked) && !self.holding() {
             out.extend(self.push(snapshot));
         }
         out
@@ -512,9 +533,9 @@ impl Planner {
         let first = !tp.synced;
         tp.reported = None;
         tp.synced = true;
-        if complete {
-            tp.evaluated = Some(snapshot.type_version(kind).to_owned());
-        }
+        // Not in line while removals wait: a later snapshot equal to an older one must not
+        // find the type evaluated and leave them pending.
+        tp.evaluated = complete.then(|| snapshot.type_version(kind).to_owned());
         for r in &diff.upserts {
             tp.held.insert(r.name().to_owned(), Held::Sent(r.clone()));
         }
@@ -538,6 +559,9 @@ impl Planner {
         } else {
             diff.upserts.clone()
         };
+        if matches!(kind, ResourceType::Listener | ResourceType::Route) {
+            self.routing_unacked[kind.index()] = true;
+        }
         if kind == ResourceType::Cluster {
             let recreated = if self.clusters_rejected && flavour == Flavour::Sotw {
                 &resources
@@ -559,18 +583,19 @@ impl Planner {
         })
     }
 
-    /// After clusters change, the endpoints they use are planned again (held clusters keep
-    /// theirs), and (re)created clusters warm until they receive an EDS response, even an
-    /// unchanged one.
+    /// After clusters are (re)created, the endpoints they use are planned again (held
+    /// clusters keep theirs), and they warm until they receive an EDS response, even an
+    /// unchanged one. Removals alone change nothing here: the proxy unsubscribes from the
+    /// endpoints of removed clusters, and would not ACK an answer for them.
     fn clusters_changed(&mut self, upserts: &[Arc<Resource>]) {
         let flavour = self.flavour;
         let Some(eds) = self.types[ResourceType::Endpoint.index()].as_mut() else {
             return;
         };
-        eds.evaluated = None;
         if upserts.is_empty() {
             return;
         }
+        eds.evaluated = None;
         let stale = |h: &mut Held| *h = Held::Stale(h.resource().cloned());
         match flavour {
             Flavour::Sotw => eds.held.values_mut().for_each(stale),

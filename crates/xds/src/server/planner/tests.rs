@@ -215,6 +215,8 @@ struct Envoy {
     /// Whether the initial clusters have warmed and LDS was asked for.
     listeners_asked: bool,
     nack_next_cds: bool,
+    /// Rejects the next routes that change (it keeps the ones it has).
+    nack_next_rds: bool,
     /// Versions of clusters it finds invalid.
     poisoned: BTreeSet<String>,
     /// Some response was rejected: what the proxy holds may lag what it was sent.
@@ -283,6 +285,7 @@ impl Envoy {
             rds_names: BTreeSet::new(),
             listeners_asked: false,
             nack_next_cds: false,
+            nack_next_rds: false,
             poisoned: BTreeSet::new(),
             rejected: false,
             nacks: HashMap::new(),
@@ -387,6 +390,23 @@ impl Envoy {
         }
     }
 
+    /// Rejects `r`, keeping what it holds.
+    fn reject(&mut self, r: &Response) -> Request {
+        self.rejected = true;
+        self.nacks.insert(
+            r.nonce.clone(),
+            Rejected {
+                version: r.version.clone(),
+                resources: r
+                    .resources
+                    .iter()
+                    .map(|c| (c.name().to_owned(), c.version().to_owned()))
+                    .collect(),
+            },
+        );
+        self.ack(r, true)
+    }
+
     /// A subscription change for `kind` from `before` to the current names.
     fn resubscribe(&self, kind: ResourceType, before: &BTreeSet<String>) -> Request {
         let now = match kind {
@@ -469,19 +489,18 @@ impl Envoy {
         {
             // The server takes its clusters as (re)created all the same.
             self.recreated_since_reconnect |= !r.resources.is_empty();
-            self.rejected = true;
-            self.nacks.insert(
-                r.nonce.clone(),
-                Rejected {
-                    version: r.version.clone(),
-                    resources: r
-                        .resources
-                        .iter()
-                        .map(|c| (c.name().to_owned(), c.version().to_owned()))
-                        .collect(),
-                },
-            );
-            return Ok(vec![self.ack(&r, true)]);
+            return Ok(vec![self.reject(&r)]);
+        }
+        if r.kind == RDS
+            && self.nack_next_rds
+            && r.resources.iter().any(|route| {
+                self.held[k]
+                    .get(route.name())
+                    .is_none_or(|h| h.version() != route.version())
+            })
+        {
+            self.nack_next_rds = false;
+            return Ok(vec![self.reject(&r)]);
         }
         let before = std::mem::take(&mut self.held[k]);
         let mut now = if r.full {
@@ -685,6 +704,7 @@ enum Op {
     Request,
     Reconnect,
     NackNextCds,
+    NackNextRds,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -694,6 +714,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => Just(Op::Request),
         1 => Just(Op::Reconnect),
         1 => Just(Op::NackNextCds),
+        1 => Just(Op::NackNextRds),
     ]
 }
 
@@ -752,6 +773,9 @@ impl Run {
                     let superseded = self.to_proxy.iter().any(|q| q.kind == CDS);
                     let nack = std::mem::take(&mut self.envoy.nack_next_cds);
                     self.envoy.nack_next_cds = nack && !(r.kind == CDS && superseded);
+                    let routes_superseded = self.to_proxy.iter().any(|q| q.kind == RDS);
+                    let nack = std::mem::take(&mut self.envoy.nack_next_rds);
+                    self.envoy.nack_next_rds = nack && !(r.kind == RDS && routes_superseded);
                     let out = self.envoy.receive(r, &self.routes)?;
                     self.to_server.extend(out);
                 }
@@ -799,6 +823,7 @@ impl Run {
                 }
             }
             Op::NackNextCds => self.envoy.nack_next_cds = true,
+            Op::NackNextRds => self.envoy.nack_next_rds = true,
         }
         if self.to_proxy.is_empty() && self.to_server.is_empty() && self.snapshot.is_some() {
             self.envoy.check_settled()?;
@@ -848,6 +873,7 @@ fn run(delta: bool, first: Spec, ops: Vec<Op>, last: Spec) -> Result<(), String>
         run.step(op)?;
     }
     run.envoy.nack_next_cds = false;
+    run.envoy.nack_next_rds = false;
     run.drain()?;
     run.step(Op::Publish(last))?;
     run.drain()?;
@@ -873,7 +899,7 @@ fn seed() -> proptest::test_runner::RngSeed {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(400),
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(1500),
         rng_seed: seed(),
         ..ProptestConfig::default()
     })]
