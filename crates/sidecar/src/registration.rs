@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use meshplane_consul_api::{CheckDefinition, Weights};
-use meshplane_model::Descriptor;
+use meshplane_model::{Descriptor, descriptor::format_duration};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CheckTimes;
@@ -85,9 +85,12 @@ pub fn service_registration(
                 descriptor.ingress.health_path
             )),
             method: Some("GET".to_owned()),
-            interval: Some(go_duration(check.interval)),
-            timeout: Some(go_duration(check.timeout)),
-            deregister_critical_service_after: Some(go_duration(check.deregister_critical_after)),
+            // Meshplane's duration text (`10s`, `1500ms`) is also Go's, which Consul reads.
+            interval: Some(format_duration(check.interval)),
+            timeout: Some(format_duration(check.timeout)),
+            deregister_critical_service_after: Some(format_duration(
+                check.deregister_critical_after,
+            )),
             ..CheckDefinition::default()
         }),
         ..ServiceRegistration::default()
@@ -99,17 +102,6 @@ fn mtls_name(descriptor: &Descriptor) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()
-}
-
-/// A duration as Go (and so Consul) reads it, in whole seconds or milliseconds: `10s`,
-/// `1500ms`. Not `meshplane_consul_api::duration::format` (Go's own `1.5s`, `10m0s`): Consul
-/// reads both the same, and this is the form the sidecar has always sent.
-pub fn go_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
 }
 
 // === impl RegistryClient ===
