@@ -1,5 +1,6 @@
-//! The requester's side: a fresh key and a CSR the CA will accept. Used by the sidecar and
-//! by tests.
+//! The requester's side: a fresh key and a CSR the CA will accept. The one CSR builder of
+//! the project: the sidecar's CA client (`sidecar/src/identity/ca_client.rs`) sends what it
+//! builds, so the CA's tests, which sign it, are the tests of both sides.
 
 use meshplane_model::{ServiceName, identity::spiffe_id};
 use rcgen::{CertificateParams, KeyPair, SanType, string::Ia5String};

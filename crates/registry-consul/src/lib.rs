@@ -3,10 +3,12 @@
 //!
 //! This crate owns the Consul protocol rules: `/v1/catalog/services` and
 //! `/v1/health/service/<name>` watches, index sanity rules, backoff, the connection budget,
-//! staleness reporting, and the conversion of Consul's JSON into domain [`Instance`]s.
+//! staleness reporting, and the conversion of Consul's JSON (whose shapes
+//! `meshplane-consul-api` owns) into domain [`Instance`]s.
 //!
 //! Start reading at [`ConsulSource`] (the coordinator) and [`ConsulConfig`]; then `watch` (one
-//! blocking-query loop), `index` (Consul's index rules and backoff) and `wire` (JSON shapes).
+//! blocking-query loop), `index` (Consul's index rules and backoff) and `wire` (responses into
+//! instances).
 //!
 //! [`Instance`]: meshplane_model::Instance
 

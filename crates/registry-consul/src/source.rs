@@ -22,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use meshplane_consul_api::{CatalogServices, ServiceEntry};
 use meshplane_model::{Instance, ServiceName};
 use meshplane_registry::{
     EventSink, RegistryEvent, RegistrySource, SinkClosed, SourceId, SourceStatus,
@@ -32,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     ConfigError, ConnectionPlan, ConsulClient, ConsulConfig, ConsulError,
     watch::{self, Deliver, SharedWait, Timing},
-    wire::{self, CatalogServices, HealthEntry},
+    wire,
 };
 
 /// Shortest blocking wait used when watches take turns.
@@ -169,7 +170,7 @@ impl HealthWatches {
             tx: self.tx.clone(),
             convert: health_converter(name.clone(), self.default_dc.clone()),
         };
-        tokio::spawn(watch::run::<Vec<HealthEntry>, Update>(
+        tokio::spawn(watch::run::<Vec<ServiceEntry>, Update>(
             self.client.clone(),
             format!("/v1/health/service/{name}"),
             self.timing.clone(),
@@ -192,7 +193,7 @@ impl HealthWatches {
 fn health_converter(
     name: ServiceName,
     default_dc: String,
-) -> Box<dyn Fn(Result<Vec<HealthEntry>, ConsulError>) -> Update + Send> {
+) -> Box<dyn Fn(Result<Vec<ServiceEntry>, ConsulError>) -> Update + Send> {
     Box::new(move |r| {
         let instances = r
             .map_err(|e| e.to_string())

@@ -1,7 +1,8 @@
 //! Parsing Consul's documented response shapes (fixtures written from Consul's HTTP API docs).
 
+use meshplane_consul_api::{CatalogServices, ServiceEntry};
 use meshplane_model::Health;
-use meshplane_registry_consul::wire::{self, CatalogServices, HealthEntry};
+use meshplane_registry_consul::wire;
 
 #[test]
 fn catalog_services_with_null_tags() {
@@ -16,7 +17,7 @@ fn catalog_services_with_null_tags() {
 
 #[test]
 fn health_entries_become_instances() {
-    let entries: Vec<HealthEntry> =
+    let entries: Vec<ServiceEntry> =
         serde_json::from_str(include_str!("fixtures/health_service.json")).expect("parses");
     let instances = wire::instances(entries, "dc-default").expect("valid");
     assert_eq!(instances.len(), 3);
@@ -54,7 +55,7 @@ fn health_entries_become_instances() {
 fn invalid_service_names_are_rejected_with_the_name() {
     let json = r#"[{"Node": {"Node": "n", "Address": "1.2.3.4"},
         "Service": {"ID": "x", "Service": "bad name", "Port": 1}, "Checks": []}]"#;
-    let entries: Vec<HealthEntry> = serde_json::from_str(json).expect("parses");
+    let entries: Vec<ServiceEntry> = serde_json::from_str(json).expect("parses");
     let err = wire::instances(entries, "dc1").expect_err("bad name");
     assert!(err.to_string().contains("bad name"), "{err}");
 }
@@ -63,5 +64,5 @@ fn invalid_service_names_are_rejected_with_the_name() {
 fn out_of_range_ports_fail_to_parse() {
     let json = r#"[{"Node": {"Node": "n", "Address": "1.2.3.4"},
         "Service": {"ID": "x", "Service": "x", "Port": 70000}, "Checks": []}]"#;
-    assert!(serde_json::from_str::<Vec<HealthEntry>>(json).is_err());
+    assert!(serde_json::from_str::<Vec<ServiceEntry>>(json).is_err());
 }

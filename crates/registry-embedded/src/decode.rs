@@ -2,16 +2,21 @@
 //! case-insensitively and in snake_case (real clients send `name`, `ID`, `check_id`,
 //! `DeregisterCriticalServiceAfter` alike), unknown fields are ignored, and every invalid value
 //! is rejected with a message before anything is written.
+//!
+//! Two steps: the body's keys are renamed to Consul's spelling and read into the wire types
+//! of [`meshplane_consul_api`] (wrong JSON types fail there, named by their path), then the
+//! values are checked and defaulted the way Consul does into what this registry stores.
 
 use std::{collections::BTreeMap, time::Duration};
 
+use meshplane_consul_api::{
+    CheckDefinition, ServiceRegistration, Weights, agent::CheckUpdate, duration, health::status,
+};
 use meshplane_model::{Health, InstanceId, ServiceName};
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::{
-    duration,
-    registration::{CheckKind, ServiceDef},
-};
+use crate::registration::{CheckKind, ServiceDef};
 
 /// Consul's default HTTP check timeout.
 const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,125 +58,71 @@ pub enum DecodeError {
     Invalid(String),
 }
 
-const SERVICE_FIELDS: &[&str] = &[
-    "ID",
-    "Name",
-    "Tags",
-    "Address",
-    "Port",
-    "Meta",
-    "Weights",
-    "EnableTagOverride",
-    "Check",
-    "Checks",
-    "Kind",
-];
-const CHECK_FIELDS: &[&str] = &[
-    "CheckID",
-    "ID",
-    "Name",
-    "TTL",
-    "HTTP",
-    "Interval",
-    "Timeout",
-    "DeregisterCriticalServiceAfter",
-    "Status",
-    "Notes",
-    "Method",
-    "Header",
-    "TCP",
-    "GRPC",
-    "Args",
-    "ScriptArgs",
-    "DockerContainerID",
-    "H2PING",
-    "UDP",
-    "OSService",
-    "AliasService",
-];
-const WEIGHT_FIELDS: &[&str] = &["Passing", "Warning"];
-
-const CHECK_UPDATE_FIELDS: &[&str] = &["Status", "Output"];
-
 /// Decodes a `PUT /v1/agent/check/update/:id` body: `{"Status": "passing", "Output": "…"}`.
 pub fn decode_check_update(body: &[u8]) -> Result<(Health, String), DecodeError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
-    let Value::Object(raw) = value else {
-        return Err(DecodeError::Json("expected a JSON object".into()));
-    };
-    let f = canonical(raw, CHECK_UPDATE_FIELDS);
-    let status = match opt_string(&f, "Status")?.as_deref() {
-        Some("passing") => Health::Passing,
-        Some("warning") => Health::Warning,
-        Some("critical") => Health::Critical,
+    let raw = object(body)?;
+    let update: CheckUpdate = read(canonical(raw, CheckUpdate::FIELDS))?;
+    let status = match update.status.as_deref() {
+        Some(status::PASSING) => Health::Passing,
+        Some(status::WARNING) => Health::Warning,
+        Some(status::CRITICAL) => Health::Critical,
         other => {
             return Err(invalid(format!(
                 "Invalid Status {other:?}: use passing, warning or critical"
             )));
         }
     };
-    Ok((status, opt_string(&f, "Output")?.unwrap_or_default()))
+    Ok((status, update.output.unwrap_or_default()))
 }
 
 /// Decodes and validates a registration body.
 pub fn decode_register(body: &[u8]) -> Result<RegisterRequest, DecodeError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
-    let Value::Object(raw) = value else {
-        return Err(DecodeError::Json("expected a JSON object".into()));
-    };
-    let fields = canonical(raw, SERVICE_FIELDS);
-
-    let name = match fields.get("Name") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        None | Some(Value::Null) | Some(Value::String(_)) => {
-            return Err(invalid("Missing service name"));
-        }
-        Some(_) => return Err(invalid("Invalid Name: must be a string")),
-    };
+    let registration: ServiceRegistration = read(canonical_registration(object(body)?))?;
+    let id = registration.instance_id().to_owned();
+    let ServiceRegistration {
+        name,
+        tags,
+        address,
+        port,
+        meta: raw_meta,
+        weights: raw_weights,
+        enable_tag_override,
+        kind,
+        check: first_check,
+        checks: more_checks,
+        ..
+    } = registration;
+    if name.is_empty() {
+        return Err(invalid("Missing service name"));
+    }
     let name = ServiceName::new(name).map_err(|e| invalid(format!("Invalid service name: {e}")))?;
-    let id = match opt_string(&fields, "ID")? {
-        Some(id) if !id.is_empty() => id,
-        _ => name.to_string(),
-    };
-    let (weight_passing, weight_warning) = weights(fields.get("Weights"))?;
+    let Weights { passing, warning } = raw_weights.unwrap_or_default();
+    if passing == 0 {
+        return Err(invalid("Invalid Weights.Passing: must be greater than 0"));
+    }
     let service = ServiceDef {
         id: InstanceId::new(id).map_err(|e| invalid(e.to_string()))?,
         name,
-        tags: string_list(fields.get("Tags"), "Tags")?,
-        address: opt_string(&fields, "Address")?.unwrap_or_default(),
-        port: port(fields.get("Port"))?,
-        meta: meta(fields.get("Meta"))?,
-        weight_passing,
-        weight_warning,
-        enable_tag_override: matches!(fields.get("EnableTagOverride"), Some(Value::Bool(true))),
+        tags,
+        address,
+        port,
+        meta: meta(raw_meta)?,
+        weight_passing: passing,
+        weight_warning: warning,
+        enable_tag_override,
     };
-    if let Some(kind) = opt_string(&fields, "Kind")?.filter(|k| !k.is_empty()) {
+    if let Some(kind) = kind.filter(|k| !k.is_empty()) {
         return Err(invalid(format!(
             "Invalid Kind {kind:?}: the embedded registry only registers plain services"
         )));
     }
 
-    let mut raw_checks = Vec::new();
-    match fields.get("Check") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(c)) if c.is_empty() => {}
-        Some(Value::Object(c)) => raw_checks.push(c.clone()),
-        Some(_) => return Err(invalid("Invalid Check: must be an object")),
-    }
-    match fields.get("Checks") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(list)) => {
-            for c in list {
-                match c {
-                    Value::Object(c) => raw_checks.push(c.clone()),
-                    _ => return Err(invalid("Invalid Checks: every entry must be an object")),
-                }
-            }
-        }
-        Some(_) => return Err(invalid("Invalid Checks: must be an array of objects")),
-    }
+    // An empty `Check` object is how some clients say "no check".
+    let raw_checks: Vec<CheckDefinition> = first_check
+        .filter(|c| *c != CheckDefinition::default())
+        .into_iter()
+        .chain(more_checks)
+        .collect();
     let total = raw_checks.len();
     let checks = raw_checks
         .into_iter()
@@ -191,31 +142,30 @@ pub fn decode_register(body: &[u8]) -> Result<RegisterRequest, DecodeError> {
 }
 
 fn check(
-    raw: Map<String, Value>,
+    raw: CheckDefinition,
     service: &ServiceDef,
     i: usize,
     total: usize,
 ) -> Result<CheckSpec, DecodeError> {
-    let f = canonical(raw, CHECK_FIELDS);
-    for unsupported in [
-        "TCP",
-        "GRPC",
-        "Args",
-        "ScriptArgs",
-        "DockerContainerID",
-        "H2PING",
-        "UDP",
-        "OSService",
-        "AliasService",
-    ] {
-        if f.get(unsupported).is_some_and(|v| !v.is_null()) {
-            return Err(invalid(format!(
-                "Invalid check: {unsupported} checks are not supported by the embedded registry; use a TTL or HTTP check"
-            )));
-        }
+    let unsupported = [
+        ("TCP", raw.tcp.is_some()),
+        ("GRPC", raw.grpc.is_some()),
+        ("Args", raw.args.is_some()),
+        ("ScriptArgs", raw.script_args.is_some()),
+        ("DockerContainerID", raw.docker_container_id.is_some()),
+        ("H2PING", raw.h2ping.is_some()),
+        ("UDP", raw.udp.is_some()),
+        ("OSService", raw.os_service.is_some()),
+        ("AliasService", raw.alias_service.is_some()),
+    ];
+    if let Some((kind, _)) = unsupported.iter().find(|(_, set)| *set) {
+        return Err(invalid(format!(
+            "Invalid check: {kind} checks are not supported by the embedded registry; use a TTL or HTTP check"
+        )));
     }
-    let id = opt_string(&f, "CheckID")?
-        .or(opt_string(&f, "ID")?)
+    let id = raw
+        .check_id
+        .or(raw.id)
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| {
             // Consul's defaults: `service:<id>`, suffixed `:<n>` when there are several.
@@ -225,11 +175,12 @@ fn check(
                 format!("service:{}", service.id)
             }
         });
-    let name = opt_string(&f, "Name")?
+    let name = raw
+        .name
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| format!("Service '{}' check", service.name));
-    let ttl = opt_duration(&f, "TTL")?;
-    let http = opt_string(&f, "HTTP")?.filter(|s| !s.is_empty());
+    let ttl = opt_duration(raw.ttl, "TTL")?;
+    let http = raw.http.filter(|s| !s.is_empty());
     let kind = match (ttl, http) {
         (Some(_), Some(_)) => {
             return Err(invalid("Invalid check: give either TTL or HTTP, not both"));
@@ -239,7 +190,7 @@ fn check(
         }
         (Some(ttl), None) => CheckKind::Ttl { ttl },
         (None, Some(url)) => {
-            let interval = opt_duration(&f, "Interval")?.unwrap_or_default();
+            let interval = opt_duration(raw.interval, "Interval")?.unwrap_or_default();
             if interval.is_zero() {
                 return Err(invalid("Interval must be > 0 for HTTP checks"));
             }
@@ -251,11 +202,12 @@ fn check(
             CheckKind::Http {
                 url,
                 interval,
-                timeout: opt_duration(&f, "Timeout")?.unwrap_or(DEFAULT_HTTP_TIMEOUT),
-                method: opt_string(&f, "Method")?
+                timeout: opt_duration(raw.timeout, "Timeout")?.unwrap_or(DEFAULT_HTTP_TIMEOUT),
+                method: raw
+                    .method
                     .filter(|m| !m.is_empty())
                     .unwrap_or_else(|| "GET".into()),
-                header: header(f.get("Header"))?,
+                header: raw.header.unwrap_or_default(),
             }
         }
         (None, None) => {
@@ -264,10 +216,10 @@ fn check(
             ));
         }
     };
-    let status = match opt_string(&f, "Status")?.as_deref() {
-        None | Some("") | Some("critical") => Health::Critical,
-        Some("passing") => Health::Passing,
-        Some("warning") => Health::Warning,
+    let status = match raw.status.as_deref() {
+        None | Some("") | Some(status::CRITICAL) => Health::Critical,
+        Some(status::PASSING) => Health::Passing,
+        Some(status::WARNING) => Health::Warning,
         Some(other) => {
             return Err(invalid(format!(
                 "Invalid check Status {other:?}: use passing, warning or critical"
@@ -278,50 +230,84 @@ fn check(
         id,
         name,
         kind,
-        deregister_after: opt_duration(&f, "DeregisterCriticalServiceAfter")?,
-        notes: opt_string(&f, "Notes")?.unwrap_or_default(),
+        deregister_after: opt_duration(
+            raw.deregister_critical_service_after,
+            "DeregisterCriticalServiceAfter",
+        )?,
+        notes: raw.notes.unwrap_or_default(),
         status,
     })
 }
 
+fn object(body: &[u8]) -> Result<Map<String, Value>, DecodeError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
+    match value {
+        Value::Object(raw) => Ok(raw),
+        _ => Err(DecodeError::Json("expected a JSON object".into())),
+    }
+}
+
+/// A registration's keys in Consul's spelling, at every level that has Consul field names
+/// (not inside `Meta` or `Header`, whose keys are the user's).
+fn canonical_registration(raw: Map<String, Value>) -> Map<String, Value> {
+    let mut fields = canonical(raw, ServiceRegistration::FIELDS);
+    if let Some(Value::Object(check)) = fields.get_mut("Check") {
+        *check = canonical(std::mem::take(check), CheckDefinition::FIELDS);
+    }
+    if let Some(Value::Array(checks)) = fields.get_mut("Checks") {
+        for check in checks {
+            if let Value::Object(check) = check {
+                *check = canonical(std::mem::take(check), CheckDefinition::FIELDS);
+            }
+        }
+    }
+    if let Some(Value::Object(weights)) = fields.get_mut("Weights") {
+        *weights = canonical(std::mem::take(weights), Weights::FIELDS);
+    }
+    fields
+}
+
 /// Renames keys to their canonical Consul spelling, matching case-insensitively and ignoring
 /// `_`/`-` (Consul's `TranslateKeys` + mapstructure behaviour). Unknown keys are dropped.
-fn canonical(raw: Map<String, Value>, fields: &[&'static str]) -> BTreeMap<&'static str, Value> {
+fn canonical(raw: Map<String, Value>, fields: &[&'static str]) -> Map<String, Value> {
     let squash = |s: &str| {
         s.chars()
             .filter(|c| *c != '_' && *c != '-')
             .collect::<String>()
             .to_ascii_lowercase()
     };
-    let mut out = BTreeMap::new();
+    let mut out = Map::new();
     for (key, value) in raw {
         let key = squash(&key);
         if let Some(field) = fields.iter().find(|f| squash(f) == key) {
-            out.insert(*field, value);
+            out.insert((*field).to_owned(), value);
         }
     }
     out
+}
+
+/// Reads canonical fields into a wire type; a wrong JSON type is named by its path
+/// (`Port`, `Checks[1].TTL`, `Service Meta.owner`).
+fn read<T: DeserializeOwned>(fields: Map<String, Value>) -> Result<T, DecodeError> {
+    serde_path_to_error::deserialize(Value::Object(fields)).map_err(|e| {
+        let path = e.path().to_string();
+        // Consul's own word for the registration's `Meta`.
+        let path = if path == "Meta" || path.starts_with("Meta.") {
+            format!("Service {path}")
+        } else {
+            path
+        };
+        invalid(format!("Invalid {path}: {}", e.into_inner()))
+    })
 }
 
 fn invalid(msg: impl Into<String>) -> DecodeError {
     DecodeError::Invalid(msg.into())
 }
 
-fn opt_string(f: &BTreeMap<&'static str, Value>, key: &str) -> Result<Option<String>, DecodeError> {
-    match f.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(invalid(format!(
-            "Invalid {key}: expected a string, got {other}"
-        ))),
-    }
-}
-
-fn opt_duration(
-    f: &BTreeMap<&'static str, Value>,
-    key: &str,
-) -> Result<Option<Duration>, DecodeError> {
-    match opt_string(f, key)? {
+fn opt_duration(value: Option<String>, key: &str) -> Result<Option<Duration>, DecodeError> {
+    match value {
         None => Ok(None),
         Some(s) if s.is_empty() => Ok(None),
         Some(s) => duration::parse(&s).map(Some).ok_or_else(|| {
@@ -332,114 +318,31 @@ fn opt_duration(
     }
 }
 
-fn port(v: Option<&Value>) -> Result<u16, DecodeError> {
-    match v {
-        None | Some(Value::Null) => Ok(0),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .ok_or_else(|| {
-                invalid(format!(
-                    "Invalid Port {n}: must be an integer from 0 to 65535"
-                ))
-            }),
-        Some(other) => Err(invalid(format!(
-            "Invalid Port {other}: must be an integer from 0 to 65535"
-        ))),
-    }
-}
-
-fn string_list(v: Option<&Value>, key: &str) -> Result<Vec<String>, DecodeError> {
-    match v {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|t| match t {
-                Value::String(s) => Ok(s.clone()),
-                other => Err(invalid(format!(
-                    "Invalid {key}: expected strings, got {other}"
-                ))),
-            })
-            .collect(),
-        Some(other) => Err(invalid(format!(
-            "Invalid {key}: expected an array of strings, got {other}"
-        ))),
-    }
-}
-
-fn meta(v: Option<&Value>) -> Result<BTreeMap<String, String>, DecodeError> {
-    let Some(v) = v.filter(|v| !v.is_null()) else {
-        return Ok(BTreeMap::new());
-    };
-    let Value::Object(m) = v else {
-        return Err(invalid(
-            "Invalid Service Meta: expected an object of strings",
-        ));
-    };
+/// Consul's limits on service metadata.
+fn meta(m: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, DecodeError> {
     if m.len() > 64 {
         return Err(invalid(
             "Invalid Service Meta: at most 64 key/value pairs are allowed",
         ));
     }
-    m.iter()
-        .map(|(k, v)| {
-            if k.is_empty() || k.len() > 128 || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                return Err(invalid(format!(
-                    "Invalid Service Meta: key {k:?} must be 1-128 characters of letters, digits, '_' or '-'"
-                )));
-            }
-            match v {
-                Value::String(s) if s.len() <= 512 => Ok((k.clone(), s.clone())),
-                Value::String(_) => Err(invalid(format!("Invalid Service Meta: value of {k:?} is longer than 512 characters"))),
-                other => Err(invalid(format!("Invalid Service Meta: value of {k:?} must be a string, got {other}"))),
-            }
-        })
-        .collect()
-}
-
-fn weights(v: Option<&Value>) -> Result<(u32, u32), DecodeError> {
-    let Some(v) = v.filter(|v| !v.is_null()) else {
-        return Ok((1, 1));
-    };
-    let Value::Object(m) = v else {
-        return Err(invalid(
-            "Invalid Weights: expected {\"Passing\": n, \"Warning\": n}",
-        ));
-    };
-    let f = canonical(m.clone(), WEIGHT_FIELDS);
-    let num = |key: &str, default: u32| match f.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| {
-                invalid(format!(
-                    "Invalid Weights.{key} {n}: must be a non-negative integer"
-                ))
-            }),
-        Some(other) => Err(invalid(format!(
-            "Invalid Weights.{key} {other}: must be an integer"
-        ))),
-    };
-    let passing = num("Passing", 1)?;
-    if passing == 0 {
-        return Err(invalid("Invalid Weights.Passing: must be greater than 0"));
+    for (k, v) in &m {
+        if k.is_empty()
+            || k.len() > 128
+            || !k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(format!(
+                "Invalid Service Meta: key {k:?} must be 1-128 characters of letters, digits, '_' or '-'"
+            )));
+        }
+        if v.len() > 512 {
+            return Err(invalid(format!(
+                "Invalid Service Meta: value of {k:?} is longer than 512 characters"
+            )));
+        }
     }
-    Ok((passing, num("Warning", 1)?))
-}
-
-fn header(v: Option<&Value>) -> Result<BTreeMap<String, Vec<String>>, DecodeError> {
-    let Some(v) = v.filter(|v| !v.is_null()) else {
-        return Ok(BTreeMap::new());
-    };
-    let Value::Object(m) = v else {
-        return Err(invalid(
-            "Invalid Header: expected an object of string arrays",
-        ));
-    };
-    m.iter()
-        .map(|(k, v)| Ok((k.clone(), string_list(Some(v), "Header")?)))
-        .collect()
+    Ok(m)
 }
 
 #[cfg(test)]

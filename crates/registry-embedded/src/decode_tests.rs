@@ -81,3 +81,26 @@ fn both_ttl_and_http_is_ambiguous() {
     .expect_err("ambiguous");
     assert!(err.to_string().contains("not both"), "{err}");
 }
+
+#[test]
+fn wrong_json_types_are_named_by_their_path() {
+    for (body, expected) in [
+        (r#"{"Name": "web", "Port": 70000}"#, "Invalid Port: "),
+        (r#"{"Name": 5}"#, "Invalid Name: "),
+        (
+            r#"{"Name": "web", "checks": [{"ttl": "1s"}, {"ttl": 5}]}"#,
+            "Invalid Checks[1].TTL: ",
+        ),
+        (
+            r#"{"Name": "web", "Meta": {"k": 1}}"#,
+            "Invalid Service Meta.k: ",
+        ),
+        (
+            r#"{"Name": "web", "weights": {"passing": -1}}"#,
+            "Invalid Weights.Passing: ",
+        ),
+    ] {
+        let err = decode_register(body.as_bytes()).expect_err(body);
+        assert!(err.to_string().starts_with(expected), "{body}: {err}");
+    }
+}

@@ -6,14 +6,15 @@
 //!
 //! Start reading at [`EmbeddedRegistry::bind`] and [`EmbeddedRegistry::serve`]. Then `writer`
 //! (the single writer thread with group commit: nothing is acknowledged before it is fsynced),
-//! `catalog` (in-memory indexes), `http` (routes and Consul's JSON shapes) and `decode`
-//! (Consul's lenient, case-insensitive request decoding with strict validation).
+//! `catalog` (in-memory indexes), `http` (routes, and the catalog rendered in Consul's JSON
+//! shapes) and `decode` (Consul's lenient, case-insensitive request decoding with strict
+//! validation). The JSON shapes themselves, for requests and answers, are
+//! `meshplane-consul-api`'s.
 
 mod catalog;
 mod checks;
 mod db;
 mod decode;
-mod duration;
 mod http;
 mod registration;
 mod source;

@@ -38,14 +38,15 @@ impl Announcer {
         if !self.wait_live(epoch, &cancel).await {
             return;
         }
-        tracing::info!(id = %registration.id, port = registration.port, "Envoy is ready; registering");
+        let id = registration.instance_id();
+        tracing::info!(%id, port = registration.port, "Envoy is ready; registering");
         self.attempted.store(true, Ordering::SeqCst);
         if self
             .registry
             .register_until_done(&registration, &cancel)
             .await
         {
-            tracing::info!(id = %registration.id, "registered");
+            tracing::info!(%id, "registered");
             self.status_tx.send_modify(|s| s.registered = true);
         }
     }

@@ -6,67 +6,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use meshplane_model::Descriptor;
-use serde::Serialize;
+use meshplane_consul_api::{CheckDefinition, Weights};
+use meshplane_model::{Descriptor, descriptor::format_duration};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::CheckTimes;
 use crate::restart_policy::Backoff;
 
-/// Consul's `PUT /v1/agent/service/register` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct ServiceRegistration {
-    /// Instance id.
-    #[serde(rename = "ID")]
-    pub id: String,
-    /// Service name.
-    pub name: String,
-    /// Advertised address.
-    pub address: String,
-    /// Envoy's ingress port.
-    pub port: u16,
-    /// Descriptor tags.
-    pub tags: Vec<String>,
-    /// Load-balancing weights.
-    pub weights: Weights,
-    /// Free-form metadata.
-    pub meta: BTreeMap<String, String>,
-    /// The health check.
-    pub check: HttpCheck,
-}
-
-/// Consul `Weights`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Weights {
-    /// Weight while healthy: the descriptor's `weight`.
-    pub passing: u32,
-    /// Weight while warning.
-    pub warning: u32,
-}
-
-/// A Consul HTTP check.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct HttpCheck {
-    /// Check id.
-    #[serde(rename = "CheckID")]
-    pub check_id: String,
-    /// Display name.
-    pub name: String,
-    /// URL polled by the registry.
-    #[serde(rename = "HTTP")]
-    pub http: String,
-    /// HTTP method.
-    pub method: String,
-    /// Poll period (Go duration).
-    pub interval: String,
-    /// Per-poll timeout (Go duration).
-    pub timeout: String,
-    /// Drop the instance after being critical this long (Go duration).
-    pub deregister_critical_service_after: String,
-}
+pub use meshplane_consul_api::ServiceRegistration;
 
 /// A registry call failed.
 #[derive(Debug, thiserror::Error)]
@@ -99,45 +46,54 @@ pub struct RegistryClient {
     http: reqwest::Client,
 }
 
-// === impl ServiceRegistration ===
-
-impl ServiceRegistration {
-    /// The registration for `descriptor`'s instance `id`, advertised at `address`.
-    pub fn new(descriptor: &Descriptor, id: &str, address: &str, check: CheckTimes) -> Self {
-        let ingress = descriptor.ingress.port;
-        let host = if address.contains(':') {
-            format!("[{address}]")
-        } else {
-            address.to_owned()
-        };
-        let meta = BTreeMap::from([
-            ("meshplane_sidecar".to_owned(), "true".to_owned()),
-            (
-                meshplane_model::identity::MTLS_META_KEY.to_owned(),
-                mtls_name(descriptor),
-            ),
-        ]);
-        ServiceRegistration {
-            id: id.to_owned(),
-            name: descriptor.service.to_string(),
-            address: address.to_owned(),
-            port: ingress,
-            tags: descriptor.tags.clone(),
-            weights: Weights {
-                passing: descriptor.weight,
-                warning: 1,
-            },
-            meta,
-            check: HttpCheck {
-                check_id: format!("service:{id}"),
-                name: format!("{} via Envoy ingress", descriptor.service),
-                http: format!("http://{host}:{ingress}{}", descriptor.ingress.health_path),
-                method: "GET".to_owned(),
-                interval: go_duration(check.interval),
-                timeout: go_duration(check.timeout),
-                deregister_critical_service_after: go_duration(check.deregister_critical_after),
-            },
-        }
+/// The registration for `descriptor`'s instance `id`, advertised at `address`.
+pub fn service_registration(
+    descriptor: &Descriptor,
+    id: &str,
+    address: &str,
+    check: CheckTimes,
+) -> ServiceRegistration {
+    let ingress = descriptor.ingress.port;
+    let host = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_owned()
+    };
+    let meta = BTreeMap::from([
+        ("meshplane_sidecar".to_owned(), "true".to_owned()),
+        (
+            meshplane_model::identity::MTLS_META_KEY.to_owned(),
+            mtls_name(descriptor),
+        ),
+    ]);
+    ServiceRegistration {
+        id: Some(id.to_owned()),
+        name: descriptor.service.to_string(),
+        address: address.to_owned(),
+        port: ingress,
+        tags: descriptor.tags.clone(),
+        weights: Some(Weights {
+            passing: descriptor.weight,
+            warning: 1,
+        }),
+        meta,
+        check: Some(CheckDefinition {
+            check_id: Some(format!("service:{id}")),
+            name: Some(format!("{} via Envoy ingress", descriptor.service)),
+            http: Some(format!(
+                "http://{host}:{ingress}{}",
+                descriptor.ingress.health_path
+            )),
+            method: Some("GET".to_owned()),
+            // Meshplane's duration text (`10s`, `1500ms`) is also Go's, which Consul reads.
+            interval: Some(format_duration(check.interval)),
+            timeout: Some(format_duration(check.timeout)),
+            deregister_critical_service_after: Some(format_duration(
+                check.deregister_critical_after,
+            )),
+            ..CheckDefinition::default()
+        }),
+        ..ServiceRegistration::default()
     }
 }
 
@@ -146,15 +102,6 @@ fn mtls_name(descriptor: &Descriptor) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default()
-}
-
-/// A duration as Go (and so Consul) writes it: `10s`, `1500ms`.
-pub fn go_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
 }
 
 // === impl RegistryClient ===

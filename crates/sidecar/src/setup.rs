@@ -10,7 +10,7 @@ use crate::config::SidecarConfig;
 use crate::descriptor::{self, LoadError, LoadedDescriptor};
 use crate::envoy::{EnvoyCommand, base_id_for, find_envoy, free_loopback_port};
 use crate::error::SidecarError;
-use crate::registration::ServiceRegistration;
+use crate::registration::{ServiceRegistration, service_registration};
 
 /// The sidecar's fixed decisions plus the current descriptor.
 #[derive(Debug)]
@@ -153,7 +153,7 @@ impl Prepared {
     }
 
     pub(crate) fn registration(&self) -> ServiceRegistration {
-        ServiceRegistration::new(
+        service_registration(
             &self.loaded.descriptor,
             &self.instance_id,
             &self.config.address,

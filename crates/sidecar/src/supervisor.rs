@@ -215,7 +215,7 @@ impl Supervisor {
     }
 
     async fn deregister(&mut self) {
-        let id = &self.registration.id;
+        let id = self.registration.instance_id();
         for attempt in 1..=DEREGISTER_ATTEMPTS {
             match self.announcer.registry.deregister(id).await {
                 Ok(()) => {

@@ -20,7 +20,7 @@ fn unix(t: std::time::SystemTime) -> u64 {
 #[test]
 fn good_csr_gets_a_leaf_for_its_key_and_identity_only() {
     let ca = mk_authority();
-    let (_key, csr) = key_and_csr(TD, &mk_service("orders")).expect("key and CSR");
+    let (key, csr) = key_and_csr(TD, &mk_service("orders")).expect("key and CSR");
     let resp = sign_now(&ca, "orders", csr.clone()).expect("signed");
     let id = "spiffe://meshplane.local/service/orders";
 
@@ -109,8 +109,15 @@ fn good_csr_gets_a_leaf_for_its_key_and_identity_only() {
         (not_before, not_after)
     );
 
-    // The requester's key, not one the CA made up.
+    // The requester's key, not one the CA made up; and the key `key_and_csr` hands back
+    // (the one the sidecar gives Envoy) is that key.
     assert_eq!(leaf.public_key().raw, csr_spki(&csr).as_slice());
+    assert!(!csr.contains("PRIVATE KEY"), "only the CSR is sent");
+    let key = KeyPair::from_pem(&key).expect("a PKCS#8 key PEM");
+    assert_eq!(
+        leaf.public_key().subject_public_key.data.as_ref(),
+        key.public_key_raw()
+    );
 
     // 16-byte positive serial, fresh each time.
     assert_eq!(leaf.raw_serial().len(), 16);

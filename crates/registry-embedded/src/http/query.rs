@@ -7,10 +7,11 @@ use std::{
 };
 
 use axum::http::{HeaderMap, StatusCode};
+use meshplane_consul_api::duration;
 use tokio::time::Instant;
 
 use super::{ApiError, ApiState};
-use crate::{catalog::Catalog, duration};
+use crate::catalog::Catalog;
 
 /// Consul's default blocking wait.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);

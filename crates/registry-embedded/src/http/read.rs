@@ -1,13 +1,18 @@
 //! Read routes: catalog, health, agent listings and status. Per-service reads block on that
 //! service's index; `/v1/catalog/services` blocks on registrations and deregistrations.
 
+use std::collections::BTreeMap;
+
 use axum::{
     Json,
     extract::{Path, RawQuery, State},
     http::{HeaderMap, HeaderName, HeaderValue, header},
     response::{IntoResponse, Response},
 };
-use serde_json::{Map, Value, json};
+use meshplane_consul_api::{
+    AgentService, CatalogService, CatalogServices, HealthCheck, ServiceEntry,
+};
+use serde::Serialize;
 
 use super::{
     ApiError, ApiState,
@@ -22,13 +27,16 @@ pub async fn catalog_services(State(state): State<ApiState>, RawQuery(raw): RawQ
     let query = Query::parse(raw.as_deref())?;
     query.check_dc(&state)?;
     let index = block(&state, &query, Catalog::services_index).await;
-    let body: Map<String, Value> = read(&state, |c| {
+    let body: CatalogServices = read(&state, |c| {
         c.services()
             .into_iter()
-            .map(|(name, tags)| (name.to_string(), json!(tags)))
+            .map(|(name, tags)| {
+                let tags = tags.into_iter().map(str::to_owned).collect();
+                (name.to_string(), Some(tags))
+            })
             .collect()
     });
-    Ok(blocking_response(index, &query, Value::Object(body)))
+    Ok(blocking_response(index, &query, body))
 }
 
 pub async fn catalog_service(
@@ -43,9 +51,9 @@ pub async fn catalog_service(
         c.instances(&name)
             .filter(|r| has_tags(r, &query.tags))
             .map(|r| render::catalog_entry(r, c.node()))
-            .collect::<Vec<_>>()
+            .collect::<Vec<CatalogService>>()
     });
-    Ok(blocking_response(index, &query, Value::Array(body)))
+    Ok(blocking_response(index, &query, body))
 }
 
 pub async fn health_service(
@@ -57,31 +65,31 @@ pub async fn health_service(
     query.check_dc(&state)?;
     let index = block(&state, &query, |c| c.name_index(&name)).await;
     let body = read(&state, |c| {
-        let node = c.node();
         c.instances(&name)
             .filter(|r| has_tags(r, &query.tags))
-            .filter(|r| !query.passing || r.checks.iter().all(|ch| ch.status == meshplane_model::Health::Passing))
-            .map(|r| {
-                let mut checks = vec![render::serf_health(node)];
-                checks.extend(r.checks.iter().map(|ch| render::check(ch, r, node)));
-                json!({ "Node": render::node(node), "Service": render::service(r, node), "Checks": checks })
+            .filter(|r| {
+                !query.passing
+                    || r.checks
+                        .iter()
+                        .all(|ch| ch.status == meshplane_model::Health::Passing)
             })
-            .collect::<Vec<_>>()
+            .map(|r| render::health_entry(r, c.node()))
+            .collect::<Vec<ServiceEntry>>()
     });
-    Ok(blocking_response(index, &query, Value::Array(body)))
+    Ok(blocking_response(index, &query, body))
 }
 
 pub async fn agent_services(State(state): State<ApiState>) -> ApiResult {
-    let body: Map<String, Value> = read(&state, |c| {
+    let body: BTreeMap<String, AgentService> = read(&state, |c| {
         c.registrations()
             .map(|r| (r.service.id.to_string(), render::service(r, c.node())))
             .collect()
     });
-    Ok(Json(Value::Object(body)).into_response())
+    Ok(Json(body).into_response())
 }
 
 pub async fn agent_checks(State(state): State<ApiState>) -> ApiResult {
-    let body: Map<String, Value> = read(&state, |c| {
+    let body: BTreeMap<String, HealthCheck> = read(&state, |c| {
         c.registrations()
             .flat_map(|r| {
                 r.checks
@@ -90,19 +98,19 @@ pub async fn agent_checks(State(state): State<ApiState>) -> ApiResult {
             })
             .collect()
     });
-    Ok(Json(Value::Object(body)).into_response())
+    Ok(Json(body).into_response())
 }
 
-pub async fn datacenters(State(state): State<ApiState>) -> Json<Value> {
-    Json(json!([&*state.datacenter]))
+pub async fn datacenters(State(state): State<ApiState>) -> Response {
+    Json([&*state.datacenter]).into_response()
 }
 
 pub async fn leader(State(state): State<ApiState>) -> Response {
-    with_consul_headers(Json(json!(&*state.leader)).into_response())
+    with_consul_headers(Json(&*state.leader).into_response())
 }
 
 pub async fn peers(State(state): State<ApiState>) -> Response {
-    with_consul_headers(Json(json!([&*state.leader])).into_response())
+    with_consul_headers(Json([&*state.leader]).into_response())
 }
 
 fn read<T>(state: &ApiState, f: impl FnOnce(&Catalog) -> T) -> T {
@@ -114,7 +122,7 @@ fn has_tags(reg: &Registration, tags: &[String]) -> bool {
     tags.iter().all(|t| reg.service.tags.contains(t))
 }
 
-fn blocking_response(index: u64, query: &Query, body: Value) -> Response {
+fn blocking_response(index: u64, query: &Query, body: impl Serialize) -> Response {
     let mut response = with_consul_headers(Json(body).into_response());
     let headers = response.headers_mut();
     headers.insert(

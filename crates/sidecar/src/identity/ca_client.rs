@@ -10,8 +10,6 @@ use std::time::{Duration, SystemTime};
 
 use meshplane_model::ServiceName;
 use meshplane_model::identity::{SIGN_PATH, SignRequest, SignResponse, spiffe_id};
-use rcgen::string::Ia5String;
-use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{CertCache, MeshBinding, Sweep};
@@ -30,6 +28,7 @@ pub(super) struct CaClient {
     url: String,
     token: Option<String>,
     service: ServiceName,
+    trust_domain: String,
     identity: String,
     origins: Origins,
     cache: Option<CertCache>,
@@ -100,6 +99,7 @@ impl CaClient {
             url,
             token,
             service: service.clone(),
+            trust_domain: trust_domain.to_owned(),
             identity: spiffe_id(trust_domain, service),
             origins,
             cache,
@@ -174,12 +174,13 @@ impl CaClient {
     /// A new key and a certificate for it, checked: the key matches, the certificate names
     /// this service's SPIFFE id and has not expired.
     pub(super) async fn obtain(&self) -> Result<(Material, Leaf), IdentityError> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        // The CA's own requester side, so what is sent is what the CA accepts.
+        let (key, csr) = meshplane_ca::key_and_csr(&self.trust_domain, &self.service)
             .map_err(|e| IdentityError::Csr(e.to_string()))?;
-        let signed = self.sign(csr(&key, &self.service, &self.identity)?).await?;
+        let signed = self.sign(csr).await?;
         let material = Material::new(
             signed.certificate_chain.into_bytes(),
-            key.serialize_pem().into_bytes(),
+            key.into_bytes(),
             signed.ca_bundle.into_bytes(),
         );
         let leaf = material.check(&self.origins, SystemTime::now())?;
@@ -319,26 +320,6 @@ impl fmt::Debug for CaClient {
             .field("cache", &self.cache.as_ref().map(CertCache::path))
             .finish_non_exhaustive()
     }
-}
-
-/// A PEM CSR for `key` whose only SAN is the URI `identity` (CN = the service, for people
-/// reading the certificate; peers only look at the SAN).
-pub(super) fn csr(
-    key: &KeyPair,
-    service: &ServiceName,
-    identity: &str,
-) -> Result<String, IdentityError> {
-    let failed = |e: rcgen::Error| IdentityError::Csr(e.to_string());
-    let mut params = CertificateParams::default();
-    let mut name = DistinguishedName::new();
-    name.push(DnType::CommonName, service.as_ref());
-    params.distinguished_name = name;
-    let uri = Ia5String::try_from(identity).map_err(|e| IdentityError::Csr(e.to_string()))?;
-    params.subject_alt_names = vec![SanType::URI(uri)];
-    params
-        .serialize_request(key)
-        .and_then(|csr| csr.pem())
-        .map_err(failed)
 }
 
 // === impl Renewal ===

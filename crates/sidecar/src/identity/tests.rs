@@ -10,7 +10,7 @@ use meshplane_model::ServiceName;
 use meshplane_model::identity::{IDENTITY_SECRET, TRUST_SECRET};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
 
-use super::ca_client::{Renewal, csr};
+use super::ca_client::Renewal;
 use super::material::{Material, Origins};
 use super::*;
 
@@ -167,41 +167,6 @@ fn secrets_have_the_shapes_envoy_expects_and_debug_hides_the_key() {
 
     let debug = format!("{material:?}");
     assert!(!debug.contains("PRIVATE KEY"), "{debug}");
-}
-
-#[test]
-fn the_csr_names_only_the_spiffe_id() {
-    use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509CertificationRequest};
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-    let orders = ServiceName::new("orders").expect("name");
-    let pem = csr(&key, &orders, ID).expect("csr");
-    assert!(!pem.contains("PRIVATE KEY"));
-    let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("pem");
-    assert_eq!(der.label, "CERTIFICATE REQUEST");
-    let (_, req) = X509CertificationRequest::from_der(&der.contents).expect("csr");
-    let sans: Vec<String> = req
-        .requested_extensions()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| match e {
-            ParsedExtension::SubjectAlternativeName(san) => Some(san),
-            _ => None,
-        })
-        .flat_map(|san| san.general_names.iter())
-        .map(|n| match n {
-            GeneralName::URI(uri) => format!("URI:{uri}"),
-            other => format!("other:{other:?}"),
-        })
-        .collect();
-    assert_eq!(sans, vec![format!("URI:{ID}")]);
-    assert_eq!(
-        req.certification_request_info
-            .subject_pki
-            .subject_public_key
-            .data
-            .as_ref(),
-        key.public_key_raw()
-    );
 }
 
 #[test]

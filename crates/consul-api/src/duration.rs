@@ -4,7 +4,8 @@
 //! Deliberately not `meshplane_model::descriptor::parse_duration` (the one parser for
 //! Meshplane's own flags, config and descriptor): this is Consul's wire format, which clients
 //! write with fractions (`1.5s`), `ns`/`us` units and bare seconds (`wait=10`), and which must
-//! be echoed back the way Go prints it.
+//! be echoed back the way Go prints it. Meshplane's own text (`10s`, `1500ms`) is a subset of
+//! it, so the sidecar writes its check times with `meshplane_model`'s `format_duration`.
 
 use std::time::Duration;
 

@@ -1,0 +1,130 @@
+//! `GET /v1/health/service/:name` with a response shaped like the sample in Consul's health
+//! API docs, and the `null`s some Consul versions write.
+
+use meshplane_consul_api::{ServiceEntry, Weights, health::status};
+use serde_json::json;
+
+#[test]
+fn health_service_sample() {
+    let sample = json!([
+        {
+            "Node": {
+                "ID": "40e4a748-2192-161a-0510-9bf59fe950b5",
+                "Node": "foobar",
+                "Address": "10.1.10.12",
+                "Datacenter": "dc1",
+                "TaggedAddresses": { "lan": "10.1.10.12", "wan": "10.1.10.12" },
+                "Meta": { "instance_type": "t2.medium" }
+            },
+            "Service": {
+                "ID": "redis",
+                "Service": "redis",
+                "Tags": ["primary"],
+                "Address": "10.1.10.12",
+                "TaggedAddresses": {
+                    "lan": { "address": "10.1.10.12", "port": 8000 },
+                    "wan": { "address": "198.18.1.2", "port": 80 }
+                },
+                "Meta": { "redis_version": "4.0" },
+                "Port": 8000,
+                "Weights": { "Passing": 10, "Warning": 1 },
+                "Namespace": "default"
+            },
+            "Checks": [
+                {
+                    "Node": "foobar",
+                    "CheckID": "service:redis",
+                    "Name": "Service 'redis' check",
+                    "Status": "passing",
+                    "Notes": "",
+                    "Output": "",
+                    "ServiceID": "redis",
+                    "ServiceName": "redis",
+                    "ServiceTags": ["primary"],
+                    "Namespace": "default"
+                },
+                {
+                    "Node": "foobar",
+                    "CheckID": "serfHealth",
+                    "Name": "Serf Health Status",
+                    "Status": "passing",
+                    "Notes": "",
+                    "Output": "",
+                    "ServiceID": "",
+                    "ServiceName": "",
+                    "ServiceTags": [],
+                    "Namespace": "default"
+                }
+            ]
+        }
+    ]);
+    let entries: Vec<ServiceEntry> = serde_json::from_value(sample).expect("the sample reads");
+    let written = serde_json::to_value(&entries).expect("writes");
+    let again: Vec<ServiceEntry> = serde_json::from_value(written.clone()).expect("reads back");
+    assert_eq!(again, entries);
+
+    let entry = &entries[0];
+    assert_eq!(
+        (entry.node.node.as_str(), entry.node.datacenter.as_str()),
+        ("foobar", "dc1")
+    );
+    assert_eq!(entry.node.tagged_addresses["wan"], "10.1.10.12");
+    assert_eq!(entry.service.id, "redis");
+    assert_eq!(
+        (entry.service.address.as_str(), entry.service.port),
+        ("10.1.10.12", 8000)
+    );
+    assert_eq!(
+        entry.service.weights,
+        Weights {
+            passing: 10,
+            warning: 1
+        }
+    );
+    assert_eq!(entry.checks.len(), 2);
+    assert_eq!(entry.checks[0].status, status::PASSING);
+    assert_eq!(entry.checks[1].service_id, "", "serfHealth is a node check");
+
+    // What is written carries Consul's field names, and only what Meshplane models: the
+    // service's `TaggedAddresses` and `Namespace` (Enterprise) are not.
+    assert_eq!(
+        written[0]["Service"]["Weights"],
+        json!({ "Passing": 10, "Warning": 1 })
+    );
+    assert_eq!(written[0]["Checks"][1]["CheckID"], "serfHealth");
+    assert!(written[0]["Service"].get("Namespace").is_none());
+}
+
+#[test]
+fn nulls_and_missing_fields_read_as_consul_means_them() {
+    let entries: Vec<ServiceEntry> = serde_json::from_value(json!([
+        {
+            "Node": { "Node": "baz", "Address": "10.1.10.13", "TaggedAddresses": null, "Meta": null },
+            "Service": { "ID": "redis-2", "Service": "redis", "Tags": null, "Meta": null, "Port": 8001 },
+            "Checks": null
+        }
+    ]))
+    .expect("reads");
+    let e = &entries[0];
+    assert_eq!(
+        e.node.datacenter, "",
+        "left out: the reader's default applies"
+    );
+    assert!(e.node.tagged_addresses.is_empty() && e.node.meta.is_empty());
+    assert!(e.service.tags.is_empty() && e.service.meta.is_empty());
+    assert_eq!(e.service.address, "", "no address: the node's");
+    assert_eq!(e.service.weights, Weights::default());
+    assert!(e.checks.is_empty());
+}
+
+#[test]
+fn a_check_without_a_status_or_an_entry_without_a_service_id_is_refused() {
+    let no_status = json!([{
+        "Node": { "Node": "n" },
+        "Service": { "ID": "x", "Service": "x" },
+        "Checks": [{ "CheckID": "c" }]
+    }]);
+    assert!(serde_json::from_value::<Vec<ServiceEntry>>(no_status).is_err());
+    let no_id = json!([{ "Node": { "Node": "n" }, "Service": { "Service": "x" } }]);
+    assert!(serde_json::from_value::<Vec<ServiceEntry>>(no_id).is_err());
+}
