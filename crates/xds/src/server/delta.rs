@@ -5,16 +5,15 @@
 //! Pure and synchronous; the async driver in [`super::stream`] feeds it.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::time::SystemTime;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tonic::Status;
 
 use super::planner::{Flavour, Planner, Step};
-use super::stream::{Protocol, parse_type};
+use super::stream::{Nonces, Protocol, parse_type, report_nack};
 use crate::resource::ResourceType;
 use crate::snapshot::Snapshot;
-use crate::status::{Nack, StatusEntry};
+use crate::status::StatusEntry;
 use crate::wire::DeltaResponse;
 
 /// Responses awaiting an ACK, per type; Envoy answers each, so this stays tiny. The cap
@@ -27,7 +26,7 @@ pub(crate) struct DeltaState {
     only: Option<ResourceType>,
     /// Per type, nonce → system version of responses not yet answered.
     pending: [VecDeque<(String, String)>; 5],
-    nonces: u64,
+    nonces: Nonces,
     planner: Planner,
 }
 
@@ -36,7 +35,7 @@ impl DeltaState {
         DeltaState {
             only,
             pending: Default::default(),
-            nonces: 0,
+            nonces: Nonces::default(),
             planner: Planner::new(Flavour::Delta, only.is_none()),
         }
     }
@@ -45,9 +44,7 @@ impl DeltaState {
         steps
             .into_iter()
             .map(|step| {
-                self.nonces += 1;
-                let nonce = self.nonces.to_string();
-                status.sent(step.kind, &step.version, &nonce);
+                let nonce = self.nonces.sent(step.kind, &step.version, status);
                 let pending = &mut self.pending[step.kind.index()];
                 if pending.len() == MAX_PENDING {
                     pending.pop_front();
@@ -86,19 +83,7 @@ impl DeltaState {
                 if !superseded {
                     self.planner.rejected(kind);
                 }
-                tracing::warn!(
-                    type_url = %kind, node = %status.node_id(), %version, error = %err.message,
-                    "proxy rejected configuration; keeping it until the content changes"
-                );
-                status.nacked(
-                    kind,
-                    Nack {
-                        version,
-                        nonce,
-                        message: err.message.clone(),
-                        at: SystemTime::now(),
-                    },
-                );
+                report_nack(status, kind, version, nonce, &err.message);
             }
             None => {
                 if !superseded {

@@ -6,16 +6,15 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tonic::Status;
 
 use super::planner::{Flavour, Planner, Step};
-use super::stream::{Protocol, parse_type};
+use super::stream::{Nonces, Protocol, parse_type, report_nack};
 use crate::resource::{Resource, ResourceType};
 use crate::snapshot::Snapshot;
-use crate::status::{Nack, StatusEntry};
+use crate::status::StatusEntry;
 use crate::wire::SotwResponse;
 
 /// Delivery state of one type on one stream.
@@ -32,7 +31,7 @@ struct TypeState {
 pub(crate) struct SotwState {
     only: Option<ResourceType>,
     types: [TypeState; 5],
-    nonces: u64,
+    nonces: Nonces,
     planner: Planner,
 }
 
@@ -41,7 +40,7 @@ impl SotwState {
         SotwState {
             only,
             types: Default::default(),
-            nonces: 0,
+            nonces: Nonces::default(),
             planner: Planner::new(Flavour::Sotw, only.is_none()),
         }
     }
@@ -60,9 +59,7 @@ impl SotwState {
         steps
             .into_iter()
             .map(|step| {
-                self.nonces += 1;
-                let nonce = self.nonces.to_string();
-                status.sent(step.kind, &step.version, &nonce);
+                let nonce = self.nonces.sent(step.kind, &step.version, status);
                 let st = &mut self.types[step.kind.index()];
                 st.last_nonce = Some(nonce.clone());
                 st.last_version.clone_from(&step.version);
@@ -118,20 +115,14 @@ impl Protocol for SotwState {
             }
             match &req.error_detail {
                 Some(err) => {
-                    let version = st.last_version.clone();
-                    tracing::warn!(
-                        type_url = %kind, node = %status.node_id(), %version, error = %err.message,
-                        "proxy rejected configuration; keeping it until the content changes"
-                    );
                     rejected = true;
-                    status.nacked(
+                    let version = st.last_version.clone();
+                    report_nack(
+                        status,
                         kind,
-                        Nack {
-                            version,
-                            nonce: req.response_nonce.clone(),
-                            message: err.message.clone(),
-                            at: SystemTime::now(),
-                        },
+                        version,
+                        req.response_nonce.clone(),
+                        &err.message,
                     );
                 }
                 None => {

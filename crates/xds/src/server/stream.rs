@@ -13,7 +13,7 @@ use super::Shared;
 use super::node::PeerInfo;
 use crate::resource::{ResourceType, is_type_url};
 use crate::snapshot::Snapshot;
-use crate::status::{StatusEntry, StreamInfo, StreamKind};
+use crate::status::{Nack, StatusEntry, StreamInfo, StreamKind};
 use crate::wire::WireMessage;
 
 /// One protocol flavour's per-stream state machine.
@@ -34,6 +34,48 @@ pub(crate) trait Protocol: Send + 'static {
 
     /// Handles a new snapshot for the stream's group; returns what to send.
     fn on_snapshot(&mut self, snapshot: &Snapshot, status: &StatusEntry) -> Vec<Self::Response>;
+}
+
+/// Numbers a stream's responses; both flavours use nonces "1", "2", … per stream.
+#[derive(Debug, Default)]
+pub(crate) struct Nonces(u64);
+
+impl Nonces {
+    /// The nonce of the next response, reported to the observers as sent.
+    pub(crate) fn sent(
+        &mut self,
+        kind: ResourceType,
+        version: &str,
+        status: &StatusEntry,
+    ) -> String {
+        self.0 += 1;
+        let nonce = self.0.to_string();
+        status.sent(kind, version, &nonce);
+        nonce
+    }
+}
+
+/// Logs and reports that the proxy rejected the response `nonce` carrying `version`.
+pub(crate) fn report_nack(
+    status: &StatusEntry,
+    kind: ResourceType,
+    version: String,
+    nonce: String,
+    message: &str,
+) {
+    tracing::warn!(
+        type_url = %kind, node = %status.node_id(), %version, error = %message,
+        "proxy rejected configuration; keeping it until the content changes"
+    );
+    status.nacked(
+        kind,
+        Nack {
+            version,
+            nonce,
+            message: message.to_owned(),
+            at: SystemTime::now(),
+        },
+    );
 }
 
 /// Parses a request's type URL. Per-type services accept an empty URL (their type is
