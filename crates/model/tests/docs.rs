@@ -5,27 +5,9 @@
 
 use meshplane_model::Descriptor;
 use meshplane_model::node_metadata::SIDECAR_KEYS;
+use meshplane_test_support::docs::blocks_tagged;
 
 const DOC: &str = include_str!("../../../docs/descriptor.md");
-
-/// `(info string, body)` of every fenced block.
-fn fenced_blocks(markdown: &str) -> Vec<(String, String)> {
-    let mut blocks = Vec::new();
-    let mut open: Option<(String, String)> = None;
-    for line in markdown.lines() {
-        match (&mut open, line.strip_prefix("```")) {
-            (None, Some(info)) => open = Some((info.trim().to_owned(), String::new())),
-            (Some(_), Some(_)) => blocks.extend(open.take()),
-            (Some((_, body)), None) => {
-                body.push_str(line);
-                body.push('\n');
-            }
-            (None, None) => {}
-        }
-    }
-    assert!(open.is_none(), "unclosed code fence");
-    blocks
-}
 
 /// The message a `yaml error` example documents in its first line.
 fn documented_error(body: &str) -> &str {
@@ -37,12 +19,9 @@ fn documented_error(body: &str) -> &str {
 
 #[test]
 fn valid_examples_parse() {
-    let examples: Vec<_> = fenced_blocks(DOC)
-        .into_iter()
-        .filter(|(info, _)| info == "yaml")
-        .collect();
+    let examples = blocks_tagged(DOC, "yaml");
     assert!(examples.len() >= 5, "the page lost its examples");
-    for (_, body) in examples {
+    for body in examples {
         if let Err(e) = Descriptor::from_yaml(&body) {
             panic!("documented example refused: {e}\n{body}");
         }
@@ -51,14 +30,11 @@ fn valid_examples_parse() {
 
 #[test]
 fn error_examples_fail_with_the_documented_message() {
-    let examples: Vec<_> = fenced_blocks(DOC)
-        .into_iter()
-        .filter(|(info, _)| info == "yaml error")
-        .collect();
+    let examples = blocks_tagged(DOC, "yaml error");
     assert!(examples.len() >= 10, "the page lost its error examples");
     let drifted: Vec<String> = examples
         .iter()
-        .filter_map(|(_, body)| {
+        .filter_map(|body| {
             let expected = documented_error(body);
             match Descriptor::from_yaml(body) {
                 Ok(_) => Some(format!("accepted, documented as refused:\n{body}")),
@@ -74,12 +50,9 @@ fn error_examples_fail_with_the_documented_message() {
 
 #[test]
 fn the_node_metadata_example_is_a_valid_descriptor() {
-    let examples: Vec<_> = fenced_blocks(DOC)
-        .into_iter()
-        .filter(|(info, _)| info == "json")
-        .collect();
+    let examples = blocks_tagged(DOC, "json");
     assert_eq!(examples.len(), 1, "one node example");
-    let node: serde_json::Value = serde_json::from_str(&examples[0].1).expect("valid JSON");
+    let node: serde_json::Value = serde_json::from_str(&examples[0]).expect("valid JSON");
     let mut metadata = node["metadata"].clone();
     let map = metadata.as_object_mut().expect("metadata is an object");
     for key in SIDECAR_KEYS {

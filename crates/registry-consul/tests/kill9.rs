@@ -2,6 +2,7 @@
 //! the same data directory and port: nothing acknowledged is lost, the store keeps serving the
 //! last state while the registry is down (flagged stale), and recovers after.
 
+use meshplane_test_support::poll::eventually_watch;
 use std::{
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
@@ -87,9 +88,10 @@ impl Drop for Child9 {
 }
 
 async fn until(store: &Store, what: &str, pred: impl Fn(&Snapshot) -> bool) {
-    let mut rx = store.subscribe();
-    let res = tokio::time::timeout(Duration::from_secs(15), rx.wait_for(|s| pred(s))).await;
-    assert!(matches!(res, Ok(Ok(_))), "timed out waiting for {what}");
+    eventually_watch(&mut store.subscribe(), what, Duration::from_secs(15), |s| {
+        pred(s)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,8 @@
 //! Protocol edge cases against a small scripted fake of Consul's HTTP API: an index that goes
 //! backwards (and one that is 0), and 500/429 responses.
 
+use meshplane_test_support::poll::{eventually, eventually_watch};
+use std::future::ready;
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
@@ -132,25 +134,26 @@ fn run(addr: SocketAddr) -> (Store, CancellationToken) {
 }
 
 async fn until(store: &Store, what: &str, pred: impl Fn(&Snapshot) -> bool) {
-    let mut rx = store.subscribe();
-    let res = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| pred(s))).await;
-    assert!(matches!(res, Ok(Ok(_))), "timed out waiting for {what}");
+    eventually_watch(&mut store.subscribe(), what, Duration::from_secs(10), |s| {
+        pred(s)
+    })
+    .await;
 }
 
 async fn eventually_calls(fake: &Fake, path: &str, n: usize) -> Vec<Call> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let calls = fake.calls(path);
-        if calls.len() >= n {
-            return calls;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {} calls to {path}",
-            calls.len()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        &format!("{n} calls to {path}"),
+        Duration::from_secs(10),
+        || {
+            let calls = fake.calls(path);
+            ready(if calls.len() >= n {
+                Ok(calls)
+            } else {
+                Err(format!("only {} calls", calls.len()))
+            })
+        },
+    )
+    .await
 }
 
 #[tokio::test]

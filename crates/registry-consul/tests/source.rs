@@ -1,5 +1,6 @@
 //! The Consul source against the embedded registry's Consul-compatible API, in-process.
 
+use meshplane_test_support::poll::eventually_watch;
 use std::{
     net::SocketAddr,
     sync::{
@@ -119,12 +120,7 @@ impl Running {
         what: &str,
         pred: impl Fn(&meshplane_registry::Snapshot) -> bool,
     ) {
-        let mut rx = self.store.subscribe();
-        let res = tokio::time::timeout(timeout, rx.wait_for(|s| pred(s))).await;
-        assert!(
-            matches!(res, Ok(Ok(_))),
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        eventually_watch(&mut self.store.subscribe(), what, timeout, |s| pred(s)).await;
     }
 
     async fn stop(self) {

@@ -5,9 +5,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use meshplane_test_support::eventually;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{client, eventually, start, start_with};
+use support::{client, start, start_with};
 
 async fn put(url: &str, body: Value) -> (StatusCode, String) {
     let r = client().put(url).json(&body).send().await.expect("request");
@@ -302,12 +303,12 @@ async fn ttl_checks_heartbeat_expire_and_reap() {
 
     // No more heartbeats: critical after the TTL, then deregistered after 300ms more.
     let url = format!("{}/v1/health/service/job", s.url);
-    eventually(Duration::from_secs(5), "TTL expiry", || async {
+    eventually("TTL expiry", Duration::from_secs(5), || async {
         let (_, _, h) = get(&url).await;
         (h[0]["Checks"][1]["Status"] == "critical").then_some(())
     })
     .await;
-    eventually(Duration::from_secs(5), "reaping", || async {
+    eventually("reaping", Duration::from_secs(5), || async {
         let (_, _, h) = get(&url).await;
         (h == json!([])).then_some(())
     })
@@ -341,7 +342,7 @@ async fn http_checks_are_run_by_the_registry() {
     assert_eq!(put(&reg, bad).await.0, StatusCode::OK);
     for (name, expected) in [("up", "passing"), ("down", "critical")] {
         let url = format!("{}/v1/health/service/{name}", s.url);
-        let output = eventually(Duration::from_secs(5), name, || async {
+        let output = eventually(name, Duration::from_secs(5), || async {
             let (_, _, h) = get(&url).await;
             (h[0]["Checks"][1]["Status"] == expected).then(|| h[0]["Checks"][1]["Output"].clone())
         })

@@ -5,8 +5,9 @@ mod support;
 use std::time::Duration;
 
 use meshplane_registry::{RegistrySource, event_channel, store};
+use meshplane_test_support::eventually;
 use serde_json::json;
-use support::{client, eventually, start};
+use support::{client, start};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
@@ -27,7 +28,7 @@ async fn registrations_and_health_reach_the_store() {
     let writer_task = tokio::spawn(writer.run(events, shutdown.clone()));
     let source_task = tokio::spawn(s.source.clone().run(sink, shutdown.clone()));
 
-    eventually(Duration::from_secs(2), "initial state", || async {
+    eventually("initial state", Duration::from_secs(2), || async {
         reader.snapshot().service("web").map(|_| ())
     })
     .await;
@@ -38,7 +39,7 @@ async fn registrations_and_health_reach_the_store() {
         .send()
         .await
         .expect("put");
-    let api = eventually(Duration::from_secs(2), "new service", || async {
+    let api = eventually("new service", Duration::from_secs(2), || async {
         reader.snapshot().service("api").cloned()
     })
     .await;
@@ -52,7 +53,7 @@ async fn registrations_and_health_reach_the_store() {
         .send()
         .await
         .expect("pass");
-    eventually(Duration::from_secs(2), "health change", || async {
+    eventually("health change", Duration::from_secs(2), || async {
         let snap = reader.snapshot();
         (snap.service("api")?.instances[0].health == meshplane_model::Health::Passing).then_some(())
     })
@@ -62,7 +63,7 @@ async fn registrations_and_health_reach_the_store() {
         .send()
         .await
         .expect("dereg");
-    eventually(Duration::from_secs(2), "removal", || async {
+    eventually("removal", Duration::from_secs(2), || async {
         reader.snapshot().service("web").is_none().then_some(())
     })
     .await;

@@ -1,5 +1,6 @@
 //! The file source follows edits; a broken edit keeps the previous state.
 
+use meshplane_test_support::poll::eventually_watch;
 use std::time::Duration;
 
 use meshplane_registry::{RegistrySource, Snapshot, SourceStatus, Store, event_channel, store};
@@ -11,9 +12,10 @@ const TWO: &str = "services:\n  - name: web\n    instances:\n      - { id: web-1
 const BROKEN: &str = "services:\n  - name: web\n    instances:\n      - { id: web-1, address: 10.0.0.1, port: eighty }\n";
 
 async fn until(store: &Store, what: &str, pred: impl Fn(&Snapshot) -> bool) {
-    let mut rx = store.subscribe();
-    let res = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| pred(s))).await;
-    assert!(matches!(res, Ok(Ok(_))), "timed out waiting for {what}");
+    eventually_watch(&mut store.subscribe(), what, Duration::from_secs(5), |s| {
+        pred(s)
+    })
+    .await;
 }
 
 fn count(s: &Snapshot) -> usize {

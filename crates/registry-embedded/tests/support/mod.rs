@@ -1,13 +1,8 @@
-//! Shared helpers: an in-process registry on 127.0.0.1:0 and polling with a deadline.
+//! Shared helpers: an in-process registry on 127.0.0.1:0 and an HTTP client for it.
 
 #![allow(dead_code)]
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use meshplane_registry_embedded::{EmbeddedConfig, EmbeddedRegistry, EmbeddedSource};
 use tokio::task::JoinHandle;
@@ -65,25 +60,6 @@ pub async fn start_with(dir: &Path, token: Option<&str>, listen_addr: SocketAddr
         source,
         shutdown,
         task: Some(task),
-    }
-}
-
-/// Polls `check` until it returns `Some` or `timeout` passes.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
