@@ -229,7 +229,7 @@ fn xds_tls_over_sds_presents_the_identity_and_checks_the_control_plane_host() {
 /// Envoy itself accepts every variant (`--mode validate` neither binds nor connects).
 #[test]
 fn envoy_validates_the_bootstrap() {
-    let envoy = support::envoy_binary();
+    let envoy = meshplane_test_support::envoy::envoy_binary();
     let dir = tempfile::tempdir().unwrap();
     let loaded = orders();
     let ca_file = dir.path().join("control-plane-ca.pem");

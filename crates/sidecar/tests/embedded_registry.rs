@@ -7,9 +7,10 @@ mod support;
 
 use meshplane_registry_embedded::{EmbeddedConfig, EmbeddedRegistry};
 use meshplane_sidecar::Outcome;
+use meshplane_test_support::eventually;
 use serde_json::Value;
 use support::xds::Xds;
-use support::{CONVERGE, RunningSidecar, eventually, free_port};
+use support::{CONVERGE, RunningSidecar, free_port};
 use tokio_util::sync::CancellationToken;
 
 async fn health(url: &str) -> Result<Vec<Value>, String> {

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use meshplane_sidecar::Outcome;
+use meshplane_test_support::eventually;
 use support::registry::FakeRegistry;
 use support::xds::Xds;
-use support::{CONVERGE, RunningSidecar, cmdline, eventually, free_port, process_exists};
+use support::{CONVERGE, RunningSidecar, cmdline, free_port, process_exists};
 
 /// Sends requests through Envoy, one new connection each, until stopped.
 struct Load {

@@ -2,6 +2,7 @@
 //! replaced on disk, and a real HTTP CA (axum on 127.0.0.1) signing the sidecar's CSRs.
 
 use std::collections::BTreeMap;
+use std::future::ready;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ use meshplane_model::identity::{
     IDENTITY_SECRET, SignRequest, SignResponse, TRUST_SECRET, spiffe_id,
 };
 use meshplane_sidecar::identity::{self, IdentityConfig, IdentityHandle, IdentitySource};
+use meshplane_test_support::poll::{eventually, eventually_watch};
 use prost::Message;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, IsCa, Issuer, KeyPair,
@@ -237,23 +239,19 @@ fn served_ca(secrets: &BTreeMap<String, Secret>) -> String {
 }
 
 async fn wait_for_generation(handle: &IdentityHandle, generation: u64) {
-    let mut rx = handle.subscribe();
-    tokio::time::timeout(WAIT, rx.wait_for(|i| i.generation >= generation))
-        .await
-        .expect("generation in time")
-        .expect("identity running");
+    let what = format!("identity generation {generation}");
+    eventually_watch(&mut handle.subscribe(), &what, WAIT, |i| {
+        i.generation >= generation
+    })
+    .await;
 }
 
 /// Waits until `path` no longer exists.
 async fn wait_gone(path: &Path) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while path.exists() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{path:?} still exists"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(&format!("{path:?} to be removed"), WAIT, || {
+        ready(!path.exists())
+    })
+    .await;
 }
 
 // === host files: tests ===
@@ -648,14 +646,10 @@ impl WorkDir {
 async fn stop_ca(shutdown: &CancellationToken, url: &str) {
     shutdown.cancel();
     let addr = url.trim_start_matches("http://").to_owned();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while tokio::net::TcpStream::connect(&addr).await.is_ok() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the CA at {url} never stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(&format!("the CA at {url} to stop"), WAIT, || async {
+        tokio::net::TcpStream::connect(&addr).await.is_err()
+    })
+    .await;
 }
 
 /// An admin URL nothing listens on.
@@ -690,15 +684,15 @@ fn private_keys(pem: &str) -> Vec<KeyPair> {
 
 /// Waits until the CA has seen `count` signing requests.
 async fn wait_for_requests(ca: &TestCa, count: usize) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while ca.seen().len() < count {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the CA saw {} requests, expected {count}",
-            ca.seen().len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(&format!("{count} signing requests"), WAIT, || {
+        let seen = ca.seen().len();
+        ready(if seen >= count {
+            Ok(())
+        } else {
+            Err(format!("the CA saw {seen}"))
+        })
+    })
+    .await;
 }
 
 #[tokio::test]

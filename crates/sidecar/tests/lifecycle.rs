@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use meshplane_sidecar::Outcome;
 use meshplane_sidecar::envoy::EnvoyExit;
+use meshplane_test_support::eventually;
 use serde_json::json;
 use support::registry::{Call, FakeRegistry};
 use support::xds::Xds;
-use support::{CONVERGE, RunningSidecar, eventually, free_port, process_exists};
+use support::{CONVERGE, RunningSidecar, free_port, process_exists};
 
 struct Mesh {
     _dir: tempfile::TempDir,

@@ -3,16 +3,18 @@
 
 mod support;
 
+use std::future::ready;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::google::rpc;
+use meshplane_test_support::eventually;
 use meshplane_xds::fixtures::{mk_eds_cluster, mk_endpoints};
 use meshplane_xds::{
     GroupKey, Nack, ResourceType, Snapshot, StreamInfo, StreamObserver, XdsObserver,
 };
-use support::{Harness, eventually, mk_node};
+use support::{Harness, WAIT, mk_node};
 use tonic::Code;
 
 const CDS: ResourceType = ResourceType::Cluster;
@@ -120,7 +122,7 @@ async fn both_observers_see_sent_acked_nacked_and_closed() {
     let first = c.expect().await;
     c.ack(&first, &[]).await;
     let acked = format!("orders-1 acked CDS {} timed", first.version_info);
-    eventually(|| recorder.saw(&acked)).await;
+    eventually("the ACK observed", WAIT, || ready(recorder.saw(&acked))).await;
 
     publish(&h, &["payments", "billing"]);
     let second = c.expect().await;
@@ -141,7 +143,7 @@ async fn both_observers_see_sent_acked_nacked_and_closed() {
         "orders-1 nacked CDS {}: billing: unknown field",
         second.version_info
     );
-    eventually(|| recorder.saw(&nacked)).await;
+    eventually("the NACK observed", WAIT, || ready(recorder.saw(&nacked))).await;
 
     assert_eq!(
         recorder.events(),
@@ -179,8 +181,14 @@ async fn both_observers_see_sent_acked_nacked_and_closed() {
     );
 
     drop(c);
-    eventually(|| recorder.saw("orders-1 closed")).await;
-    eventually(|| h.server.status().is_empty()).await;
+    eventually("the close observed", WAIT, || {
+        ready(recorder.saw("orders-1 closed"))
+    })
+    .await;
+    eventually("an empty status board", WAIT, || {
+        ready(h.server.status().is_empty())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -223,7 +231,10 @@ async fn a_stream_ended_by_an_error_reports_failed_then_closed() {
     .await;
     let status = c.next().await.expect_err("ended");
     assert_eq!(status.code(), Code::InvalidArgument);
-    eventually(|| recorder.saw("orders-1 closed")).await;
+    eventually("the close observed", WAIT, || {
+        ready(recorder.saw("orders-1 closed"))
+    })
+    .await;
     let events = recorder.events();
     let tail = &events[events.len() - 2..];
     assert!(

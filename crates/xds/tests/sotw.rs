@@ -3,11 +3,14 @@
 
 mod support;
 
+use std::future::ready;
+
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::google::rpc;
+use meshplane_test_support::eventually;
 use meshplane_xds::fixtures::{mk_eds_cluster, mk_endpoints, mk_http_listener, mk_routes};
 use meshplane_xds::{GroupKey, ResourceType, Snapshot};
-use support::{Harness, SotwClient, mk_node, names_of};
+use support::{Harness, SotwClient, WAIT, mk_node, names_of};
 
 const CDS: ResourceType = ResourceType::Cluster;
 const EDS: ResourceType = ResourceType::Endpoint;
@@ -277,10 +280,15 @@ async fn nack_is_recorded_and_not_resent_until_content_changes() {
     let fixed = c.expect().await;
     assert_eq!(fixed.type_url, CDS.type_url());
     c.ack(&fixed, &[]).await;
-    support::eventually(|| {
+    eventually("the fix ACKed and the NACK cleared", WAIT, || {
         let p = h.server.status().proxies();
         let t = p[0].type_status(CDS).clone();
-        t.acked_version.as_deref() == Some(fixed.version_info.as_str()) && t.last_nack.is_none()
+        let fixed = t.acked_version.as_deref() == Some(fixed.version_info.as_str());
+        ready(if fixed && t.last_nack.is_none() {
+            Ok(())
+        } else {
+            Err(format!("{t:?}"))
+        })
     })
     .await;
 }
@@ -332,7 +340,10 @@ async fn shutdown_ends_streams_with_unavailable() {
     h.shutdown.cancel();
     let status = c.next().await.expect_err("ended");
     assert_eq!(status.code(), tonic::Code::Unavailable);
-    support::eventually(|| h.server.status().is_empty()).await;
+    eventually("an empty status board", WAIT, || {
+        ready(h.server.status().is_empty())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -5,15 +5,15 @@
 pub mod registry;
 pub mod xds;
 
-use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use meshplane_sidecar::envoy::find_envoy;
 use meshplane_sidecar::{
     ControlPlaneAddr, Outcome, Sidecar, SidecarConfig, SidecarError, SidecarStatus,
 };
+use meshplane_test_support::envoy::envoy_binary;
+use meshplane_test_support::eventually;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,32 +25,6 @@ pub const CONVERGE: Duration = Duration::from_secs(30);
 /// the kernel's ephemeral range.
 pub fn free_port() -> u16 {
     meshplane_sidecar::envoy::free_loopback_port().unwrap()
-}
-
-/// Polls `check` until it returns `Ok`, or panics with its last error after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut pause = Duration::from_millis(20);
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                panic!("timed out after {timeout:?} waiting for {what}: {e}")
-            }
-            Err(_) => {}
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(250));
-    }
-}
-
-/// The Envoy the tests run (same discovery as the sidecar).
-pub fn envoy_binary() -> PathBuf {
-    find_envoy(None).expect("Envoy is needed for these tests: run scripts/install-envoy.sh")
 }
 
 /// Whether process `pid` exists (not yet reaped).

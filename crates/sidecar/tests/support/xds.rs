@@ -4,23 +4,10 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
+use meshplane_test_support::grouper::ServiceGrouper;
 use meshplane_xds::fixtures::{mk_eds_cluster, mk_endpoints, mk_http_listener, mk_routes};
-use meshplane_xds::server::node::check_node_identity;
-use meshplane_xds::{
-    GroupError, GroupKey, NodeGrouper, PeerInfo, ServerConfig, Snapshot, SnapshotCache, XdsServer,
-};
+use meshplane_xds::{GroupKey, ServerConfig, Snapshot, SnapshotCache, XdsServer};
 use tokio_util::sync::CancellationToken;
-
-/// Groups proxies by service alone.
-struct ServiceGrouper;
-
-impl NodeGrouper for ServiceGrouper {
-    fn group(&self, node: &Node, _peer: &PeerInfo) -> Result<GroupKey, GroupError> {
-        check_node_identity(node)?;
-        Ok(GroupKey::new(node.cluster.clone()))
-    }
-}
 
 pub struct Xds {
     pub addr: SocketAddr,
@@ -39,7 +26,7 @@ impl Xds {
         let shutdown = CancellationToken::new();
         let server = XdsServer::new(
             cache.clone(),
-            Arc::new(ServiceGrouper),
+            Arc::new(ServiceGrouper::default()),
             ServerConfig::default(),
             shutdown.clone(),
         );

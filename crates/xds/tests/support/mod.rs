@@ -11,11 +11,8 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use meshplane_xds::server::node::check_node_identity;
-use meshplane_xds::{
-    GroupError, GroupKey, MetadataGrouper, NodeGrouper, PeerInfo, ServerConfig, SnapshotCache,
-    XdsObserver, XdsServer,
-};
+use meshplane_test_support::grouper::ServiceGrouper;
+use meshplane_xds::{ServerConfig, SnapshotCache, XdsObserver, XdsServer};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -25,20 +22,6 @@ use tonic::{Status, Streaming};
 pub const WAIT: Duration = Duration::from_secs(5);
 /// How long "nothing arrives" is observed for.
 pub const QUIET: Duration = Duration::from_millis(300);
-
-/// Groups by `node.cluster`, after the standard identity checks.
-pub struct ByCluster;
-
-impl NodeGrouper for ByCluster {
-    fn group(&self, node: &Node, _peer: &PeerInfo) -> Result<GroupKey, GroupError> {
-        check_node_identity(node)?;
-        if node.metadata.is_some() {
-            // Reuse the metadata limits of the default grouper.
-            MetadataGrouper::default().group(node, _peer)?;
-        }
-        Ok(GroupKey::new(node.cluster.clone()))
-    }
-}
 
 pub struct Harness {
     pub addr: SocketAddr,
@@ -63,7 +46,7 @@ impl Harness {
         let shutdown = CancellationToken::new();
         let mut server = XdsServer::new(
             cache.clone(),
-            Arc::new(ByCluster),
+            Arc::new(ServiceGrouper::with_metadata_limits()),
             ServerConfig::default(),
             shutdown.clone(),
         );
@@ -242,16 +225,4 @@ pub fn names_of(r: &DiscoveryResponse) -> Vec<String> {
             other => panic!("unexpected type {other}"),
         })
         .collect()
-}
-
-/// Polls `cond` until it holds or the deadline passes.
-pub async fn eventually(mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
