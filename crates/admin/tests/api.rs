@@ -13,6 +13,7 @@ use meshplane_admin::AdminState;
 use meshplane_model::{Health, Instance, InstanceId, Locality, ServiceName};
 use meshplane_registry::{RegistryEvent, SourceId};
 use meshplane_telemetry::Metrics;
+use meshplane_test_support::eventually;
 use meshplane_xds::fixtures::{mk_eds_cluster, mk_endpoints};
 use meshplane_xds::{
     MetadataGrouper, NodeGrouper, PeerInfo, ResourceType, ServerConfig, Snapshot, SnapshotCache,
@@ -245,15 +246,15 @@ async fn proxies_show_sync_status_and_nacks_and_groups_their_resources() {
     })
     .await
     .expect("send");
-    let mut nacked = Value::Null;
-    for _ in 0..100 {
-        nacked = get_json(&s, "/api/proxies").await;
-        if nacked[0]["sync"] == "NACKED" {
-            break;
+    let nacked = eventually("the proxy shown NACKED", Duration::from_secs(2), || async {
+        let proxies = get_json(&s, "/api/proxies").await;
+        if proxies[0]["sync"] == "NACKED" {
+            Ok(proxies)
+        } else {
+            Err(proxies.to_string())
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(nacked[0]["sync"], "NACKED", "{nacked}");
+    })
+    .await;
     assert_eq!(
         nacked[0]["types"]["CDS"]["last_nack"]["message"],
         "bad cluster from test"

@@ -4,11 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
-use meshplane_xds::server::node::check_node_identity;
+pub use meshplane_test_support::grouper::ServiceGrouper;
 use meshplane_xds::{
-    GroupError, GroupKey, NodeGrouper, PeerInfo, ProxyStatus, Resource, ServerConfig, Snapshot,
-    SnapshotCache, StatusBoard, XdsServer,
+    GroupKey, ProxyStatus, Resource, ServerConfig, Snapshot, SnapshotCache, StatusBoard, XdsServer,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -16,18 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, IoContext, Result};
 use crate::poll::{CONVERGE, eventually};
-
-/// Groups every proxy by its service (`node.cluster`) alone, so a test publishes to the
-/// group named after the service its Envoy claims to be.
-#[derive(Debug, Default)]
-pub struct ServiceGrouper;
-
-impl NodeGrouper for ServiceGrouper {
-    fn group(&self, node: &Node, _peer: &PeerInfo) -> Result<GroupKey, GroupError> {
-        check_node_identity(node)?;
-        Ok(GroupKey::new(node.cluster.clone()))
-    }
-}
 
 /// A running xDS server. Dropping it cancels its shutdown token.
 pub struct ControlPlane {
@@ -56,7 +42,7 @@ impl ControlPlane {
         let shutdown = CancellationToken::new();
         let server = XdsServer::new(
             cache.clone(),
-            Arc::new(ServiceGrouper),
+            Arc::new(ServiceGrouper::default()),
             ServerConfig::default(),
             shutdown.clone(),
         );

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -35,28 +35,9 @@ impl Flavour {
 }
 
 /// Finds Envoy: `$MESHPLANE_ENVOY`, then `envoy` on `PATH`, then the project's own install
-/// folder (`scripts/install-envoy.sh`).
+/// folder (`scripts/install-envoy.sh`); the one lookup in `meshplane-test-support`.
 pub fn find_envoy() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("MESHPLANE_ENVOY").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        if path.is_file() {
-            return Ok(path);
-        }
-        return Err(Error::EnvoyEnvInvalid { path });
-    }
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("envoy"))
-            .find(|p| p.is_file())
-    });
-    if let Some(found) = on_path {
-        return Ok(found);
-    }
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/envoy/envoy/_bin/envoy");
-    if local.is_file() {
-        return Ok(local);
-    }
-    Err(Error::EnvoyNotFound { looked_at: local })
+    Ok(meshplane_test_support::envoy::find_envoy()?)
 }
 
 /// Who the Envoy is and where its control plane is.

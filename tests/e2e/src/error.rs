@@ -1,30 +1,13 @@
 //! The harness's one error type.
 
-use std::path::PathBuf;
-
 /// Why a harness step failed. Test code `expect`s these, so each message says what was
 /// being done and, where it helps, what to do about it; `Debug` prints that message too,
 /// since it is what `expect` shows.
 #[derive(thiserror::Error)]
 pub enum Error {
-    /// No Envoy binary was found.
-    #[error(
-        "no Envoy binary found (looked at $MESHPLANE_ENVOY, `envoy` on PATH and {looked_at}); \
-         run `scripts/install-envoy.sh` or set MESHPLANE_ENVOY to an Envoy binary"
-    )]
-    EnvoyNotFound {
-        /// The project-local path that was checked last.
-        looked_at: PathBuf,
-    },
-    /// `MESHPLANE_ENVOY` is set but names no file.
-    #[error(
-        "MESHPLANE_ENVOY is {path}, which is not a file; point it at an Envoy binary, or unset \
-         it to use `envoy` on PATH or the one `scripts/install-envoy.sh` installs"
-    )]
-    EnvoyEnvInvalid {
-        /// The value of `MESHPLANE_ENVOY`.
-        path: PathBuf,
-    },
+    /// No Envoy binary was found, or `MESHPLANE_ENVOY` names none.
+    #[error(transparent)]
+    EnvoyNotFound(#[from] meshplane_test_support::envoy::EnvoyNotFound),
     /// Envoy exited while the test still needed it.
     #[error("Envoy exited early ({status}); its log:\n{log}")]
     EnvoyExited {
@@ -34,15 +17,8 @@ pub enum Error {
         log: String,
     },
     /// A condition did not hold before its deadline.
-    #[error("timed out after {waited_ms} ms waiting for {what}; last observation: {last}")]
-    Timeout {
-        /// What was awaited.
-        what: String,
-        /// How long.
-        waited_ms: u128,
-        /// The last reason the condition did not hold.
-        last: String,
-    },
+    #[error(transparent)]
+    Timeout(#[from] meshplane_test_support::poll::Timeout),
     /// A local I/O operation failed (temp files, sockets, spawning a process).
     #[error("{context}: {source}")]
     Io {

@@ -1,38 +1,24 @@
-//! Waiting for a condition with a deadline: the only way tests synchronise with Envoy.
+//! Waiting for a condition with a deadline: the only way tests synchronise with Envoy. The
+//! polling itself is `meshplane-test-support`'s; this adds the harness's error type.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::error::{Error, Result};
+use meshplane_test_support::poll::try_eventually;
+
+use crate::error::Result;
 
 /// How long a test waits for Envoy to converge before failing. Generous for a loaded
 /// 2-core CI machine; a passing test never waits this long.
 pub const CONVERGE: Duration = Duration::from_secs(20);
 
-/// Pause between attempts: short, so the wait ends soon after the condition holds.
-const INTERVAL: Duration = Duration::from_millis(50);
-
-/// Calls `check` until it returns `Ok`, or fails with [`Error::Timeout`] after `timeout`.
-/// `check` returns `Err(observation)` while the condition does not hold; the last
-/// observation is reported on timeout.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+/// Calls `check` until it returns `Ok`, or fails with [`Error::Timeout`](crate::Error::Timeout)
+/// after `timeout`. `check` returns `Err(observation)` while the condition does not hold; the
+/// last observation is reported on timeout.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let start = Instant::now();
-    loop {
-        let last = match check().await {
-            Ok(value) => return Ok(value),
-            Err(observation) => observation,
-        };
-        if start.elapsed() >= timeout {
-            return Err(Error::Timeout {
-                what: what.to_owned(),
-                waited_ms: start.elapsed().as_millis(),
-                last,
-            });
-        }
-        tokio::time::sleep(INTERVAL).await;
-    }
+    Ok(try_eventually(what, timeout, check).await?)
 }
