@@ -3,6 +3,7 @@
 
 mod support;
 
+use meshplane_test_support::docs::fenced_blocks;
 use meshplane_xds::{GroupKey, Resource, Snapshot};
 use serde_json::Value;
 use support::{Mesh, caller, free_port, poll, upstream, via_egress};
@@ -369,27 +370,15 @@ async fn documented_responses_and_resource_views_match_reality() {
 
 /// `(METHOD ROUTE, example)` of every ```json fence with a route.
 fn json_examples(markdown: &str) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    let mut open: Option<(String, String)> = None;
-    for line in markdown.lines() {
-        match (&mut open, line.strip_prefix("```")) {
-            (None, Some(info)) => open = Some((info.trim().to_owned(), String::new())),
-            (Some((info, body)), Some(_)) => {
-                if let Some(route) = info.strip_prefix("json ") {
-                    let example = serde_json::from_str(body)
-                        .unwrap_or_else(|e| panic!("example of {route} is not JSON: {e}"));
-                    out.push((route.to_owned(), example));
-                }
-                open = None;
-            }
-            (Some((_, body)), None) => {
-                body.push_str(line);
-                body.push('\n');
-            }
-            (None, None) => {}
-        }
-    }
-    out
+    fenced_blocks(markdown)
+        .into_iter()
+        .filter_map(|(info, body)| {
+            let route = info.strip_prefix("json ")?.to_owned();
+            let example = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("example of {route} is not JSON: {e}"));
+            Some((route, example))
+        })
+        .collect()
 }
 
 fn same_shape(doc: &Value, real: &Value, at: &str, drift: &mut Vec<String>) {

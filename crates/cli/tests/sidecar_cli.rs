@@ -8,6 +8,12 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
+
+use meshplane_test_support::eventually_blocking;
+
+/// How long a sidecar's Envoy may take to start or to die.
+const ENVOY_WAIT: Duration = Duration::from_secs(30);
 
 /// A scratch directory for one test, removed on drop.
 struct Scratch(PathBuf);
@@ -124,20 +130,6 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 /// A port free on 127.0.0.1 right now.
 /// Even a SIGKILLed sidecar (no chance to clean up) leaves no running Envoy behind.
 #[test]
@@ -182,14 +174,16 @@ fn envoy_dies_with_a_killed_sidecar() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let envoy_pid = eventually("Envoy to start", || children(sidecar.id()).first().copied());
+    let envoy_pid = eventually_blocking("Envoy to start", ENVOY_WAIT, || {
+        children(sidecar.id()).first().copied()
+    });
     // Envoy arms its parent-death signal while starting; its admin port means it is up.
-    eventually("Envoy's admin port", || {
+    eventually_blocking("Envoy's admin port", ENVOY_WAIT, || {
         std::net::TcpStream::connect(("127.0.0.1", admin_port)).ok()
     });
     sidecar.kill().unwrap();
     sidecar.wait().unwrap();
-    eventually("Envoy to die with its sidecar", || {
+    eventually_blocking("Envoy to die with its sidecar", ENVOY_WAIT, || {
         let stat = std::fs::read_to_string(format!("/proc/{envoy_pid}/stat")).unwrap_or_default();
         // Gone, or a zombie waiting for init to reap it.
         (stat.is_empty() || stat.contains(") Z ")).then_some(())

@@ -11,6 +11,7 @@ use axum::Router;
 use axum::routing::get;
 use meshplane_runtime::ControlPlaneConfig;
 use meshplane_runtime::control_plane::{self, ControlPlane};
+use meshplane_test_support::poll::try_eventually;
 use tokio_util::sync::CancellationToken;
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -249,20 +250,14 @@ impl Drop for Mesh {
     }
 }
 
-/// Polls `check` until it returns true or [`DEADLINE`] passes.
-pub async fn poll<F, Fut>(mut check: F) -> bool
+/// Whether `check` returns true within [`DEADLINE`]; for tests that assert with their own
+/// message.
+pub async fn poll<F, Fut>(check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + DEADLINE;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+    try_eventually("a condition", DEADLINE, check).await.is_ok()
 }
 
 pub async fn envoy_stat(http: &reqwest::Client, admin_port: u16, name: &str) -> Option<u64> {
