@@ -119,3 +119,30 @@ pub struct HealthCheck {
 /// object, so clients that look into it find one.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheckDefinition {}
+
+/// What a change detector needs of one element of `GET /v1/health/state/:state` (whose
+/// elements are [`HealthCheck`]s): which check of which instance on which node, its status
+/// and the index of its last change. Reading only these keeps a response with tens of
+/// thousands of checks cheap to parse; every other field is ignored.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CheckState {
+    /// The node the check runs on.
+    #[serde(default, deserialize_with = "null::as_default")]
+    pub node: String,
+    /// Check id.
+    #[serde(rename = "CheckID", default, deserialize_with = "null::as_default")]
+    pub check_id: String,
+    /// The instance; empty for node checks (which count for every instance on the node).
+    #[serde(rename = "ServiceID", default, deserialize_with = "null::as_default")]
+    pub service_id: String,
+    /// The service; empty for node checks.
+    #[serde(default, deserialize_with = "null::as_default")]
+    pub service_name: String,
+    /// One of [`status`].
+    #[serde(default, deserialize_with = "null::as_default")]
+    pub status: String,
+    /// Raft index of the check's last change (status or output).
+    #[serde(default)]
+    pub modify_index: u64,
+}

@@ -11,7 +11,8 @@
 //! names the endpoint it belongs to.
 //!
 //! Start reading at [`agent::ServiceRegistration`] (`PUT /v1/agent/service/register`), then
-//! [`health::ServiceEntry`] (`GET /v1/health/service/:name`) and [`catalog`]. [`duration`] is
+//! [`health::ServiceEntry`] (`GET /v1/health/service/:name`), [`health::CheckState`]
+//! (`GET /v1/health/state/:state`) and [`catalog`]. [`duration`] is
 //! the Go duration text Consul uses for TTLs, intervals and the `wait` parameter.
 //!
 //! The crate depends on serde only and knows nothing of Meshplane's domain model: converting
@@ -25,4 +26,4 @@ mod null;
 
 pub use agent::{AgentService, CheckDefinition, ServiceRegistration, Weights};
 pub use catalog::{CatalogService, CatalogServices};
-pub use health::{HealthCheck, Node, ServiceEntry};
+pub use health::{CheckState, HealthCheck, Node, ServiceEntry};

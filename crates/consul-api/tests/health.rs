@@ -1,7 +1,7 @@
 //! `GET /v1/health/service/:name` with a response shaped like the sample in Consul's health
 //! API docs, and the `null`s some Consul versions write.
 
-use meshplane_consul_api::{ServiceEntry, Weights, health::status};
+use meshplane_consul_api::{CheckState, ServiceEntry, Weights, health::status};
 use serde_json::json;
 
 #[test]
@@ -127,4 +127,59 @@ fn a_check_without_a_status_or_an_entry_without_a_service_id_is_refused() {
     assert!(serde_json::from_value::<Vec<ServiceEntry>>(no_status).is_err());
     let no_id = json!([{ "Node": { "Node": "n" }, "Service": { "Service": "x" } }]);
     assert!(serde_json::from_value::<Vec<ServiceEntry>>(no_id).is_err());
+}
+
+#[test]
+fn health_state_sample_reads_what_a_change_detector_needs() {
+    // Shaped like the sample of `GET /v1/health/state/:state` in Consul's health API docs:
+    // a node check (no service) and a service check.
+    let sample = json!([
+        {
+            "Node": "foobar",
+            "CheckID": "serfHealth",
+            "Name": "Serf Health Status",
+            "Status": "passing",
+            "Notes": "",
+            "Output": "",
+            "ServiceID": "",
+            "ServiceName": "",
+            "ServiceTags": [],
+            "Namespace": "default",
+            "CreateIndex": 10,
+            "ModifyIndex": 12
+        },
+        {
+            "Node": "foobar",
+            "CheckID": "service:redis",
+            "Name": "Service 'redis' check",
+            "Status": "critical",
+            "Notes": "",
+            "Output": "connection refused",
+            "ServiceID": "redis",
+            "ServiceName": "redis",
+            "ServiceTags": ["primary"],
+            "Type": "http",
+            "Interval": "10s",
+            "Timeout": "1s",
+            "Definition": {},
+            "CreateIndex": 11,
+            "ModifyIndex": 42
+        },
+        { "Node": "n2", "CheckID": "c", "Status": "passing", "ServiceID": null, "ServiceName": null }
+    ]);
+    let checks: Vec<CheckState> = serde_json::from_value(sample).expect("reads");
+    assert_eq!(
+        checks[1],
+        CheckState {
+            node: "foobar".into(),
+            check_id: "service:redis".into(),
+            service_id: "redis".into(),
+            service_name: "redis".into(),
+            status: status::CRITICAL.into(),
+            modify_index: 42,
+        }
+    );
+    assert_eq!(checks[0].service_name, "", "a node check names no service");
+    assert_eq!(checks[2].service_id, "", "null reads as empty");
+    assert_eq!(checks[2].modify_index, 0);
 }

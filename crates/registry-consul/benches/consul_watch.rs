@@ -3,9 +3,10 @@
 //!
 //!     cargo bench -p meshplane-registry-consul --bench consul_watch
 //!
-//! Reports initial sync time, peak concurrent connections (counted by a TCP proxy in front of
-//! the API), request rate, and how long 50 simultaneous changes on 50 services take to reach the
-//! store while watches take turns.
+//! Reports initial sync time, peak concurrent connections and requests (counted by a TCP proxy
+//! in front of the API), the request rate at idle, how long one registration, health change and
+//! deregistration at a time takes to reach the store (p50 / p99 / max over 40 of each), and 50
+//! simultaneous changes on 50 services.
 
 use std::{
     collections::HashMap,
@@ -26,30 +27,77 @@ use tokio_util::sync::CancellationToken;
 const SERVICES: usize = 1_000;
 const INSTANCES: usize = 20;
 const CHANGES: usize = 50;
+const SINGLE: usize = 40;
+
+async fn put(http: &reqwest::Client, url: &str) {
+    let r = http.put(url).send().await.expect("PUT");
+    assert!(r.status().is_success(), "{url}: {}", r.status());
+}
 
 struct Proxy {
     addr: SocketAddr,
     peak: Arc<AtomicUsize>,
     accepted: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+}
+
+/// Copies client → server, counting request lines (`GET /v1/`, `PUT /v1/`).
+async fn copy_counting(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    requests: Arc<AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    // The end of the previous chunk, so a request line split across reads is still seen.
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut window = std::mem::take(&mut tail);
+        window.extend_from_slice(&buf[..n]);
+        let found = window
+            .windows(8)
+            .filter(|w| *w == b"GET /v1/" || *w == b"PUT /v1/")
+            .count();
+        requests.fetch_add(found, Ordering::Relaxed);
+        tail = window[window.len().saturating_sub(7)..].to_vec();
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 async fn counting_proxy(target: SocketAddr) -> Proxy {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let (active, peak, accepted) = (
+    let (active, peak, accepted, requests) = (
+        Arc::new(AtomicUsize::new(0)),
         Arc::new(AtomicUsize::new(0)),
         Arc::new(AtomicUsize::new(0)),
         Arc::new(AtomicUsize::new(0)),
     );
-    let (a, p, n) = (active.clone(), peak.clone(), accepted.clone());
+    let (a, p, n, r) = (
+        active.clone(),
+        peak.clone(),
+        accepted.clone(),
+        requests.clone(),
+    );
     tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
+        while let Ok((inbound, _)) = listener.accept().await {
             n.fetch_add(1, Ordering::Relaxed);
-            let (a, p) = (a.clone(), p.clone());
+            let (a, p, r) = (a.clone(), p.clone(), r.clone());
             p.fetch_max(a.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
             tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                if let Ok(outbound) = tokio::net::TcpStream::connect(target).await {
+                    let (in_read, mut in_write) = inbound.into_split();
+                    let (mut out_read, out_write) = outbound.into_split();
+                    let up = copy_counting(in_read, out_write, r);
+                    let down = tokio::io::copy(&mut out_read, &mut in_write);
+                    let _ = tokio::join!(up, down);
                 }
                 a.fetch_sub(1, Ordering::SeqCst);
             });
@@ -59,12 +107,17 @@ async fn counting_proxy(target: SocketAddr) -> Proxy {
         addr,
         peak,
         accepted,
+        requests,
     }
 }
 
 async fn register(http: &reqwest::Client, url: &str, s: usize, id: &str) {
+    register_with(http, url, s, id, "passing").await;
+}
+
+async fn register_with(http: &reqwest::Client, url: &str, s: usize, id: &str, status: &str) {
     let body = serde_json::json!({"Name": format!("svc-{s}"), "ID": id, "Port": 31001,
-        "Address": format!("10.{}.{}.1", s / 256, s % 256), "Check": {"TTL": "1h", "Status": "passing"}});
+        "Address": format!("10.{}.{}.1", s / 256, s % 256), "Check": {"TTL": "1h", "Status": status}});
     let r = http
         .put(format!("{url}/v1/agent/service/register"))
         .json(&body)
@@ -130,16 +183,72 @@ async fn bench() {
         sync.as_secs_f64() * 1e3
     );
 
-    // Steady state: let the rotation settle, then count requests over 10 s.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let before = proxy.accepted.load(Ordering::Relaxed);
+    // Idle: let the initial reads settle, then count requests and connections over 10 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (connections_before, requests_before) = (
+        proxy.accepted.load(Ordering::Relaxed),
+        proxy.requests.load(Ordering::Relaxed),
+    );
     let window = Duration::from_secs(10);
     tokio::time::sleep(window).await;
-    let connections = proxy.accepted.load(Ordering::Relaxed) - before;
+    let connections = proxy.accepted.load(Ordering::Relaxed) - connections_before;
+    let requests = proxy.requests.load(Ordering::Relaxed) - requests_before;
     println!(
-        "| new TCP connections per second, steady state | {:.1} |",
+        "| idle: requests / new TCP connections per second | {:.1} / {:.1} |",
+        requests as f64 / window.as_secs_f64(),
         connections as f64 / window.as_secs_f64()
     );
+
+    // One change at a time: PUT → the store has it.
+    let mut registered = Vec::new();
+    let mut passing = Vec::new();
+    let mut deregistered = Vec::new();
+    for c in 0..SINGLE {
+        let s = (c * 37 + 11) % SERVICES;
+        let (name, id) = (format!("svc-{s}"), format!("one-{c}"));
+        let has = |id: &str, snap: &meshplane_registry::Snapshot| {
+            snap.service(&name)
+                .and_then(|e| e.instances.iter().find(|i| i.id.as_str() == id).cloned())
+        };
+        let started = Instant::now();
+        register_with(&http, &url, s, &id, "critical").await;
+        let mut rx = reader.subscribe();
+        rx.wait_for(|snap| has(&id, snap).is_some())
+            .await
+            .expect("registered");
+        registered.push(started.elapsed());
+        let started = Instant::now();
+        put(&http, &format!("{url}/v1/agent/check/pass/service:{id}")).await;
+        rx.wait_for(|snap| {
+            has(&id, snap).is_some_and(|i| i.health == meshplane_model::Health::Passing)
+        })
+        .await
+        .expect("passing");
+        passing.push(started.elapsed());
+        let started = Instant::now();
+        put(&http, &format!("{url}/v1/agent/service/deregister/{id}")).await;
+        rx.wait_for(|snap| has(&id, snap).is_none())
+            .await
+            .expect("deregistered");
+        deregistered.push(started.elapsed());
+    }
+    for (what, mut samples) in [
+        ("registration", registered),
+        ("health change", passing),
+        ("deregistration", deregistered),
+    ] {
+        samples.sort();
+        let at = |p: f64| {
+            let i = ((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1;
+            samples[i].as_secs_f64() * 1e3
+        };
+        println!(
+            "| {what} → store, one at a time (PUT to store), p50 / p99 / max of {SINGLE} | {:.0} / {:.0} / {:.0} ms |",
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        );
+    }
 
     // 50 changes at once on 50 different services; time until each is in the store.
     let started = Instant::now();
@@ -193,6 +302,49 @@ async fn bench() {
     println!(
         "| peak concurrent connections (budget {budget}, Consul's limit 200) | {} |",
         proxy.peak.load(Ordering::SeqCst)
+    );
+    println!(
+        "| requests / connections opened in all | {} / {} |",
+        proxy.requests.load(Ordering::Relaxed),
+        proxy.accepted.load(Ordering::Relaxed)
+    );
+    // Where a signalled change spends its time: one answer of every check, one read of a
+    // service (median of 20 plain GETs each, body received and parsed as the source does).
+    let time_get = |path: String| {
+        let http = http.clone();
+        async move {
+            let mut samples = Vec::new();
+            for _ in 0..20 {
+                let started = Instant::now();
+                let body = http
+                    .get(&path)
+                    .send()
+                    .await
+                    .expect("GET")
+                    .bytes()
+                    .await
+                    .expect("body");
+                if path.contains("state/any") {
+                    let _: Vec<meshplane_consul_api::CheckState> =
+                        serde_json::from_slice(&body).expect("checks");
+                } else {
+                    let _: Vec<meshplane_consul_api::ServiceEntry> =
+                        serde_json::from_slice(&body).expect("entries");
+                }
+                samples.push((started.elapsed(), body.len()));
+            }
+            samples.sort();
+            samples[samples.len() / 2]
+        }
+    };
+    let (checks, checks_bytes) = time_get(format!("{url}/v1/health/state/any")).await;
+    let (one, one_bytes) = time_get(format!("{url}/v1/health/service/svc-1")).await;
+    println!(
+        "| one `/v1/health/state/any` answer ({} KiB) / one `/v1/health/service/<name>` ({} KiB), GET + parse, median | {:.1} / {:.1} ms |",
+        checks_bytes / 1024,
+        one_bytes / 1024,
+        checks.as_secs_f64() * 1e3,
+        one.as_secs_f64() * 1e3
     );
     shutdown.cancel();
 }

@@ -20,9 +20,10 @@ pub struct ConsulConfig {
     /// Most TCP connections the source ever holds to Consul (see [`ConnectionPlan`]). Default
     /// 100, half of Consul's default `http_max_conns_per_client` of 200.
     pub max_connections: usize,
-    /// When there are more services than health slots, watches take turns and each query
-    /// blocks for a shorter time so every service is re-read at least this often. Default 10s.
-    pub rotation: Duration,
+    /// With more services than health slots (see `ConsulSource`), changes are found through
+    /// `/v1/health/state/any` and the catalog; as a safety net every service is also re-read
+    /// this often. Default 5m.
+    pub resync: Duration,
     /// Minimum time between two requests of the same watch, so a flapping index cannot cause
     /// a hot loop. Default 50ms.
     pub min_request_interval: Duration,
@@ -68,7 +69,7 @@ impl Default for ConsulConfig {
             stale: true,
             wait: Duration::from_secs(5 * 60),
             max_connections: 100,
-            rotation: Duration::from_secs(10),
+            resync: Duration::from_secs(5 * 60),
             min_request_interval: Duration::from_millis(50),
             min_retry: Duration::from_millis(250),
             max_retry: Duration::from_secs(30),

@@ -2,12 +2,13 @@
 //! as Meshplane's embedded registry) with blocking queries.
 //!
 //! This crate owns the Consul protocol rules: `/v1/catalog/services` and
-//! `/v1/health/service/<name>` watches, index sanity rules, backoff, the connection budget,
+//! `/v1/health/service/<name>` watches, or `/v1/health/state/any` as the change signal once
+//! services outnumber the connection slots, index sanity rules, backoff, the connection budget,
 //! staleness reporting, and the conversion of Consul's JSON (whose shapes
 //! `meshplane-consul-api` owns) into domain [`Instance`]s.
 //!
 //! Start reading at [`ConsulSource`] (the coordinator) and [`ConsulConfig`]; then `watch` (one
-//! blocking-query loop), `index` (Consul's index rules and backoff) and `wire` (responses into
+//! blocking-query loop), `signals` (which services a checks answer says changed), `index` (Consul's index rules and backoff) and `wire` (responses into
 //! instances).
 //!
 //! [`Instance`]: meshplane_model::Instance
@@ -15,6 +16,7 @@
 mod client;
 mod config;
 mod index;
+mod signals;
 mod source;
 mod watch;
 pub mod wire;

@@ -1,45 +1,60 @@
-//! The coordinator: one catalog watch, one health watch per service, and the bookkeeping that
+//! The coordinator: a catalog watch, the health of every service, and the bookkeeping that
 //! turns their results into store events without ever emptying services on failure.
 //!
-//! Connections ([`ConnectionPlan`]): the catalog watch holds one connection; health watches
-//! share `health_slots` permits (a FIFO semaphore held for the duration of each request; HTTP/1.1
-//! means one connection per in-flight request), idle connections are reused, and `spare`
-//! connections absorb those caught in transition, keeping the source within `max_connections`. With at
-//! most `health_slots` services each has its own long-blocking query (a change arrives at once);
-//! with more, they take turns and each query blocks for `rotation × slots / services` (at least
-//! 200ms), so every service is re-read about every `rotation`, and a change waits for its
-//! service's turn unless its query is in flight. Defaults with 1,000 services: ≤ 100 connections
-//! (Consul allows 200 per client address), 89 health slots, each service re-read about every
-//! 10s (~100 requests/s to Consul); changes reach the store in ~5s median, ≤ ~10s (see
-//! `BENCHMARKS.md`, "Consul source"). Lower `rotation` or raise `max_connections` for faster changes.
+//! Two ways to follow health, chosen by the number of services against the connection budget
+//! ([`ConnectionPlan`]: the catalog watch holds one connection; `health_slots` requests run at
+//! once, HTTP/1.1 being one connection per request in flight):
+//! - **Watches** (up to `health_slots` services): one long-blocking query per service on
+//!   `/v1/health/service/<name>`; a change arrives as soon as Consul answers it.
+//! - **Signals** (more services; back to watches below half the slots): one blocking query on
+//!   `/v1/health/state/any` (holding one slot) says which services' checks changed
+//!   ([`CheckSignals`]), and only those are read again, up to `MAX_READS` (32) at once.
+//!   Registrations and deregistrations with checks, and health changes, show there. What
+//!   checks do not show (an instance without checks, a re-registration with other ports) moves
+//!   the catalog's index or the checks' index without a check change: after `CATALOG_GRACE`
+//!   for the checks watch to explain it, every service is read again (a sweep, at most one at
+//!   a time). Every service is also re-read every `resync` (5m) as a safety net.
+//!   Idle cost: the two blocking queries plus `services / resync` reads per second (1,000
+//!   services: ~3.3/s); see `BENCHMARKS.md`, "Consul source".
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
-use meshplane_consul_api::{CatalogServices, ServiceEntry};
+use meshplane_consul_api::{CatalogServices, CheckState, ServiceEntry};
 use meshplane_model::{Instance, ServiceName};
 use meshplane_registry::{
     EventSink, RegistryEvent, RegistrySource, SinkClosed, SourceId, SourceStatus,
 };
-use tokio::sync::{Semaphore, mpsc};
+use tokio::{
+    sync::{Semaphore, mpsc},
+    time::{Instant, sleep_until},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ConfigError, ConnectionPlan, ConsulClient, ConsulConfig, ConsulError,
-    watch::{self, Deliver, SharedWait, Timing},
+    Backoff, ConfigError, ConnectionPlan, ConsulClient, ConsulConfig, ConsulError,
+    signals::CheckSignals,
+    watch::{self, Convert, Deliver, Timing},
     wire,
 };
 
-/// Shortest blocking wait used when watches take turns.
-const MIN_ROTATION_WAIT: Duration = Duration::from_millis(200);
+/// How long a catalog change the checks do not explain waits for the checks watch (whose
+/// answer for the same change may still be on its way) before every service is read again.
+const CATALOG_GRACE: Duration = Duration::from_secs(1);
 /// The key used for the catalog watch in the set of failing watches.
 const CATALOG: &str = "catalog (/v1/catalog/services)";
+/// The key used for the checks watch in the set of failing watches.
+const CHECKS: &str = "checks (/v1/health/state/any)";
+/// Wait of a plain read of one service (it does not block; this bounds a hung request).
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most reads of single services at once (signals mode). Short requests cycle connections
+/// fast; a connection that just finished is not yet back in the pool when the next read
+/// starts, so many parallel reads would open connections beyond the budget. 32 keep a sweep
+/// of 1,000 services well under a second.
+const MAX_READS: usize = 32;
 
 /// Follows Consul and feeds the store. Construct with [`ConsulSource::new`], run through
 /// [`RegistrySource::run`].
@@ -49,19 +64,45 @@ pub struct ConsulSource {
     client: ConsulClient,
 }
 
-/// A watch result, sent from watch tasks to the coordinator.
+/// A result, sent from watch and read tasks to the coordinator.
 enum Update {
-    Catalog(Result<Vec<ServiceName>, ConsulError>),
+    Catalog(Result<(BTreeMap<ServiceName, Vec<String>>, u64), ConsulError>),
     Health(ServiceName, Result<Vec<Instance>, String>),
+    Checks(Result<(Vec<CheckState>, u64), ConsulError>),
+    /// A read of one service (signals) ended; its result came as `Health` before.
+    ReadDone(ServiceName),
+}
+
+/// How health is followed (see the module docs).
+enum Mode {
+    Watches,
+    Signals(Box<Signals>),
+}
+
+/// Signals mode's state.
+struct Signals {
+    checks_watch: CancellationToken,
+    signals: CheckSignals,
+    /// The catalog index of a change the checks have not explained yet, and until when
+    /// to wait for them.
+    unexplained: Option<(u64, Instant)>,
+    /// Reads in flight, and those asked for again meanwhile.
+    reading: HashSet<ServiceName>,
+    again: HashSet<ServiceName>,
+    next_resync: Instant,
 }
 
 /// The coordinator's state.
 struct Coordinator {
     source: SourceId,
     sink: EventSink,
-    /// Last known instances per watched service (kept while Consul fails).
+    mode: Mode,
+    /// The catalog: services and their tags.
+    catalog: BTreeMap<ServiceName, Vec<String>>,
+    catalog_index: u64,
+    /// Last known instances per service (kept while Consul fails).
     known: BTreeMap<ServiceName, Vec<Instance>>,
-    /// Running health watches, each cancelled through a child of `parent`.
+    /// Watches mode: the running health watches, each cancelled through a child of `parent`.
     watches: HashMap<ServiceName, CancellationToken>,
     parent: CancellationToken,
     /// Watches whose last request failed, with the error.
@@ -91,20 +132,18 @@ impl RegistrySource for ConsulSource {
     async fn run(self, sink: EventSink, shutdown: CancellationToken) -> Result<(), SinkClosed> {
         let source = self.id();
         let slots = ConnectionPlan::for_budget(self.config.max_connections).health_slots;
-        let full_wait = self.config.wait.as_millis() as u64;
         let (tx, mut rx) = mpsc::channel::<Update>(1024);
         let watches = shutdown.child_token();
-        let status = SourceStatus::Syncing;
         sink.send(RegistryEvent::Status {
             source: source.clone(),
-            status,
+            status: SourceStatus::Syncing,
         })
         .await?;
 
         let catalog = Deliver {
             tx: tx.clone(),
-            convert: Box::new(|r: Result<CatalogServices, ConsulError>| {
-                Update::Catalog(r.map(|c| wire::service_names(&c)))
+            convert: Box::new(|r: Result<(CatalogServices, u64), ConsulError>| {
+                Update::Catalog(r.map(|(c, index)| (wire::service_tags(&c), index)))
             }),
         };
         tokio::spawn(watch::run(
@@ -112,22 +151,27 @@ impl RegistrySource for ConsulSource {
             "/v1/catalog/services".to_string(),
             Timing::from(&self.config),
             None, // the catalog watch has its own connection, outside the health slots
-            Arc::new(AtomicU64::new(full_wait)),
+            self.config.wait,
             catalog,
             watches.clone(),
         ));
-        let health = HealthWatches {
+        let health = Health {
             client: self.client.clone(),
-            timing: Timing::from(&self.config),
+            config: self.config.clone(),
             permits: Arc::new(Semaphore::new(slots)),
+            reads: Arc::new(Semaphore::new(
+                MAX_READS.min(slots.saturating_sub(1)).max(1),
+            )),
             slots,
-            wait: Arc::new(AtomicU64::new(full_wait)),
             tx,
             default_dc: self.config.datacenter.clone().unwrap_or_default(),
         };
         let mut coordinator = Coordinator {
             source,
             sink,
+            mode: Mode::Watches,
+            catalog: BTreeMap::new(),
+            catalog_index: 0,
             known: BTreeMap::new(),
             watches: HashMap::new(),
             parent: watches.clone(),
@@ -137,14 +181,23 @@ impl RegistrySource for ConsulSource {
             stale: false,
         };
         let result = loop {
+            let timer = coordinator.next_timer();
             let update = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
+                () = sleep_until(timer.unwrap_or_else(far_future)), if timer.is_some() => None,
                 update = rx.recv() => match update {
-                    Some(u) => u,
+                    Some(u) => Some(u),
                     None => break Ok(()),
                 },
             };
-            if let Err(e) = coordinator.handle(update, &health, &self.config).await {
+            let handled = match update {
+                Some(update) => coordinator.handle(update, &health).await,
+                None => {
+                    coordinator.timer(&health);
+                    coordinator.report().await
+                }
+            };
+            if let Err(e) = handled {
                 break Err(e);
             }
         };
@@ -153,19 +206,25 @@ impl RegistrySource for ConsulSource {
     }
 }
 
-/// Starts health watches; they share `slots` permits and the current blocking wait.
-struct HealthWatches {
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(3600)
+}
+
+/// Starts health watches and reads; they share `slots` permits.
+struct Health {
     client: ConsulClient,
-    timing: Timing,
+    config: ConsulConfig,
     permits: Arc<Semaphore>,
+    /// Signals mode: reads of single services, fewer than the slots (see [`MAX_READS`]).
+    reads: Arc<Semaphore>,
     slots: usize,
-    wait: SharedWait,
     tx: mpsc::Sender<Update>,
     default_dc: String,
 }
 
-impl HealthWatches {
-    fn spawn(&self, name: ServiceName, token: CancellationToken) {
+impl Health {
+    /// Watches mode: a long-blocking watch of one service.
+    fn watch(&self, name: ServiceName, token: CancellationToken) {
         let deliver = Deliver {
             tx: self.tx.clone(),
             convert: health_converter(name.clone(), self.default_dc.clone()),
@@ -173,109 +232,286 @@ impl HealthWatches {
         tokio::spawn(watch::run::<Vec<ServiceEntry>, Update>(
             self.client.clone(),
             format!("/v1/health/service/{name}"),
-            self.timing.clone(),
+            Timing::from(&self.config),
             Some(self.permits.clone()),
-            self.wait.clone(),
+            self.config.wait,
             deliver,
             token,
         ));
     }
 
-    /// Re-derives the blocking wait from the number of watched services.
-    fn resize(&self, config: &ConsulConfig, services: usize) {
-        self.wait.store(
-            rotation_wait(config, self.slots, services),
-            Ordering::Relaxed,
-        );
+    /// Signals mode: the blocking watch of every check.
+    fn watch_checks(&self, token: CancellationToken) {
+        let deliver = Deliver {
+            tx: self.tx.clone(),
+            convert: Box::new(Update::Checks),
+        };
+        tokio::spawn(watch::run::<Vec<CheckState>, Update>(
+            self.client.clone(),
+            "/v1/health/state/any".to_string(),
+            Timing::from(&self.config),
+            Some(self.permits.clone()),
+            self.config.wait,
+            deliver,
+            token,
+        ));
+    }
+
+    /// Signals mode: one plain read of a service, retried with backoff until it succeeds or
+    /// `token` is cancelled. Each failure is reported (the source goes stale).
+    fn read(&self, name: ServiceName, token: CancellationToken) {
+        let (client, permits, tx) = (self.client.clone(), self.reads.clone(), self.tx.clone());
+        let convert = health_converter(name.clone(), self.default_dc.clone());
+        let mut backoff = Backoff::new(self.config.min_retry, self.config.max_retry);
+        let path = format!("/v1/health/service/{name}");
+        tokio::spawn(async move {
+            loop {
+                let result = tokio::select! {
+                    () = token.cancelled() => break,
+                    result = async {
+                        let _permit = permits.acquire().await.ok()?;
+                        Some(client.get::<Vec<ServiceEntry>>(&path, 0, READ_TIMEOUT).await)
+                    } => match result {
+                        Some(result) => result,
+                        None => break,
+                    },
+                };
+                let ok = result.is_ok();
+                if tx.send(convert(result)).await.is_err() || ok {
+                    break;
+                }
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+            let _ = tx.send(Update::ReadDone(name)).await;
+        });
     }
 }
 
-fn health_converter(
-    name: ServiceName,
-    default_dc: String,
-) -> Box<dyn Fn(Result<Vec<ServiceEntry>, ConsulError>) -> Update + Send> {
+fn health_converter(name: ServiceName, default_dc: String) -> Convert<Vec<ServiceEntry>, Update> {
     Box::new(move |r| {
-        let instances = r
-            .map_err(|e| e.to_string())
-            .and_then(|entries| wire::instances(entries, &default_dc).map_err(|e| e.to_string()));
+        let instances = r.map_err(|e| e.to_string()).and_then(|(entries, _)| {
+            wire::instances(entries, &default_dc).map_err(|e| e.to_string())
+        });
         Update::Health(name.clone(), instances)
     })
-}
-
-/// The blocking wait for health watches: the full wait while every service has a slot, shorter
-/// when they must take turns so each is re-read about every `rotation`.
-fn rotation_wait(config: &ConsulConfig, slots: usize, services: usize) -> u64 {
-    if services <= slots {
-        return config.wait.as_millis() as u64;
-    }
-    let turn = config.rotation.mul_f64(slots as f64 / services as f64);
-    turn.max(MIN_ROTATION_WAIT).min(config.wait).as_millis() as u64
 }
 
 // === impl Coordinator ===
 
 impl Coordinator {
-    /// Applies one watch result, then reports what changed.
-    async fn handle(
-        &mut self,
-        update: Update,
-        health: &HealthWatches,
-        config: &ConsulConfig,
-    ) -> Result<(), SinkClosed> {
+    /// Applies one result, then reports what changed.
+    async fn handle(&mut self, update: Update, health: &Health) -> Result<(), SinkClosed> {
         match update {
-            Update::Catalog(Ok(names)) => {
-                for name in self.catalog(names).await {
-                    if let Some(token) = self.watches.get(&name) {
-                        health.spawn(name, token.clone());
-                    }
-                }
-                health.resize(config, self.watches.len());
-            }
+            Update::Catalog(Ok((services, index))) => self.catalog(services, index, health).await,
             Update::Catalog(Err(e)) => self.failed(CATALOG.into(), e.to_string()),
             Update::Health(name, Ok(instances)) => self.health(name, instances).await?,
             Update::Health(name, Err(e)) => {
-                if self.watches.contains_key(&name) {
+                if self.catalog.contains_key(&name) {
                     self.failed(name.to_string(), e);
                 }
             }
+            Update::Checks(Ok((checks, index))) => self.checks(&checks, index, health),
+            Update::Checks(Err(e)) => self.failed(CHECKS.into(), e.to_string()),
+            Update::ReadDone(name) => self.read_done(name, health),
         }
         self.report().await
     }
 
-    /// Applies a new service list; returns the services whose watch must start.
-    async fn catalog(&mut self, names: Vec<ServiceName>) -> Vec<ServiceName> {
+    /// Applies a new catalog: services that left are emptied, new ones and those whose tags
+    /// changed are read (or watched), and the mode follows the number of services.
+    async fn catalog(
+        &mut self,
+        services: BTreeMap<ServiceName, Vec<String>>,
+        index: u64,
+        health: &Health,
+    ) {
         self.catalog_seen = true;
         self.failing.remove(CATALOG);
-        let names: BTreeSet<ServiceName> = names.into_iter().collect();
         let gone: Vec<ServiceName> = self
-            .watches
+            .catalog
             .keys()
-            .filter(|n| !names.contains(*n))
+            .filter(|n| !services.contains_key(*n))
             .cloned()
             .collect();
-        for name in gone {
-            if let Some(token) = self.watches.remove(&name) {
+        let changed: Vec<ServiceName> = services
+            .iter()
+            .filter(|(n, tags)| self.catalog.get(*n) != Some(*tags))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let moved = index != self.catalog_index;
+        self.catalog = services;
+        self.catalog_index = index;
+        for name in &gone {
+            if let Some(token) = self.watches.remove(name) {
                 token.cancel();
             }
             self.failing.remove(name.as_str());
-            if self.known.remove(&name).is_some() && self.synced {
+            if self.known.remove(name).is_some() && self.synced {
                 let event = RegistryEvent::Service {
                     source: self.source.clone(),
-                    name,
+                    name: name.clone(),
                     instances: vec![],
                 };
                 // A closed sink is noticed on the next send in `report`.
                 let _ = self.sink.send(event).await;
             }
         }
-        let new: Vec<ServiceName> = names
-            .into_iter()
-            .filter(|n| !self.watches.contains_key(n))
-            .collect();
-        for name in &new {
-            self.watches.insert(name.clone(), self.parent.child_token());
+        let switched = self.choose_mode(health);
+        match &mut self.mode {
+            Mode::Watches => {
+                let new: Vec<ServiceName> = self
+                    .catalog
+                    .keys()
+                    .filter(|n| !self.watches.contains_key(*n))
+                    .cloned()
+                    .collect();
+                for name in new {
+                    let token = self.parent.child_token();
+                    self.watches.insert(name.clone(), token.clone());
+                    health.watch(name, token);
+                }
+            }
+            Mode::Signals(signals) => {
+                if changed.is_empty() && gone.is_empty() && moved && signals.signals.index() < index
+                {
+                    signals.unexplained = Some((index, Instant::now() + CATALOG_GRACE));
+                }
+                if !switched {
+                    for name in changed {
+                        self.read(name, health);
+                    }
+                }
+            }
         }
-        new
+    }
+
+    /// Switches between watches and signals as the number of services crosses the slots;
+    /// whether it switched to signals (every service is being read).
+    fn choose_mode(&mut self, health: &Health) -> bool {
+        let services = self.catalog.len();
+        match self.mode {
+            Mode::Watches if services > health.slots => {
+                tracing::info!(
+                    services,
+                    slots = health.slots,
+                    "more Consul services than health slots: following /v1/health/state/any"
+                );
+                for (_, token) in self.watches.drain() {
+                    token.cancel();
+                }
+                let checks_watch = self.parent.child_token();
+                health.watch_checks(checks_watch.clone());
+                self.mode = Mode::Signals(Box::new(Signals {
+                    checks_watch,
+                    signals: CheckSignals::default(),
+                    unexplained: None,
+                    reading: HashSet::new(),
+                    again: HashSet::new(),
+                    next_resync: Instant::now() + health.config.resync,
+                }));
+                // Read every service once: what changed while switching is not in a signal.
+                self.sweep(health);
+                true
+            }
+            Mode::Signals(ref signals) if services <= health.slots / 2 => {
+                tracing::info!(services, "few Consul services: one blocking watch each");
+                signals.checks_watch.cancel();
+                self.failing.remove(CHECKS);
+                self.mode = Mode::Watches;
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Signals mode: reads `name` once more (or again after the read in flight).
+    fn read(&mut self, name: ServiceName, health: &Health) {
+        let Mode::Signals(signals) = &mut self.mode else {
+            return;
+        };
+        if signals.reading.contains(&name) {
+            signals.again.insert(name);
+        } else {
+            signals.reading.insert(name.clone());
+            health.read(name, self.parent.child_token());
+        }
+    }
+
+    fn read_done(&mut self, name: ServiceName, health: &Health) {
+        let Mode::Signals(signals) = &mut self.mode else {
+            return;
+        };
+        signals.reading.remove(&name);
+        if signals.again.remove(&name) && self.catalog.contains_key(&name) {
+            self.read(name, health);
+        }
+    }
+
+    /// Signals mode: reads the services whose checks changed.
+    fn checks(&mut self, checks: &[CheckState], index: u64, health: &Health) {
+        self.failing.remove(CHECKS);
+        let Mode::Signals(signals) = &mut self.mode else {
+            return; // a late answer after switching back to watches
+        };
+        let changes = signals.signals.update(checks, index);
+        if signals.unexplained.is_some_and(|(at, _)| index >= at) {
+            signals.unexplained = None;
+        }
+        let sweep = changes.unexplained;
+        for name in changes.services {
+            if let Ok(name) = ServiceName::new(name.as_str())
+                && self.catalog.contains_key(&name)
+            {
+                self.read(name, health);
+            }
+        }
+        if sweep {
+            self.sweep(health);
+        }
+    }
+
+    /// Signals mode: reads every service again.
+    fn sweep(&mut self, health: &Health) {
+        let all: Vec<ServiceName> = self.catalog.keys().cloned().collect();
+        tracing::debug!(services = all.len(), "reading every Consul service again");
+        for name in all {
+            self.read(name, health);
+        }
+    }
+
+    /// When the coordinator must wake up without an update.
+    fn next_timer(&self) -> Option<Instant> {
+        match &self.mode {
+            Mode::Watches => None,
+            Mode::Signals(signals) => Some(
+                signals
+                    .unexplained
+                    .map_or(signals.next_resync, |(_, at)| at.min(signals.next_resync)),
+            ),
+        }
+    }
+
+    /// A timer fired: an unexplained catalog change, or the periodic resync.
+    fn timer(&mut self, health: &Health) {
+        let now = Instant::now();
+        let Mode::Signals(signals) = &mut self.mode else {
+            return;
+        };
+        let mut sweep = false;
+        if signals.unexplained.is_some_and(|(_, at)| at <= now) {
+            signals.unexplained = None;
+            sweep = true;
+        }
+        if signals.next_resync <= now {
+            signals.next_resync = now + health.config.resync;
+            sweep = true;
+        }
+        if sweep {
+            self.sweep(health);
+        }
     }
 
     async fn health(
@@ -283,7 +519,7 @@ impl Coordinator {
         name: ServiceName,
         instances: Vec<Instance>,
     ) -> Result<(), SinkClosed> {
-        if !self.watches.contains_key(&name) {
+        if !self.catalog.contains_key(&name) {
             return Ok(()); // a late answer for a service that left the catalog
         }
         self.failing.remove(name.as_str());
@@ -310,12 +546,12 @@ impl Coordinator {
         self.failing.insert(key, error);
     }
 
-    /// Sends the first full state once every watched service has answered, and stale/fresh
+    /// Sends the first full state once every service has answered, and stale/fresh
     /// transitions after that.
     async fn report(&mut self) -> Result<(), SinkClosed> {
         if !self.synced {
             let complete =
-                self.catalog_seen && self.watches.keys().all(|n| self.known.contains_key(n));
+                self.catalog_seen && self.catalog.keys().all(|n| self.known.contains_key(n));
             if !complete {
                 return Ok(());
             }

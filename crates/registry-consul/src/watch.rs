@@ -1,13 +1,7 @@
 //! One blocking-query loop: request, apply Consul's index rules, hand the result over, and
 //! never spin — requests are spaced by a minimum interval, and errors back off with jitter.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use serde::de::DeserializeOwned;
 use tokio::{
@@ -26,14 +20,16 @@ pub struct Timing {
     pub max_retry: Duration,
 }
 
-/// The blocking wait to use, in milliseconds; shared so the coordinator can shorten it when
-/// watches must take turns.
-pub type SharedWait = Arc<AtomicU64>;
+/// One request's outcome: the body and `X-Consul-Index`.
+pub type Answer<T> = Result<(T, u64), ConsulError>;
 
-/// Where a watch's results go: converts each outcome into the coordinator's message type.
+/// Turns an outcome into the coordinator's message type.
+pub type Convert<T, U> = Box<dyn Fn(Answer<T>) -> U + Send>;
+
+/// Where a watch's results go.
 pub struct Deliver<T, U> {
     pub tx: mpsc::Sender<U>,
-    pub convert: Box<dyn Fn(Result<T, ConsulError>) -> U + Send>,
+    pub convert: Convert<T, U>,
 }
 
 // === impl Timing ===
@@ -55,7 +51,7 @@ pub async fn run<T: DeserializeOwned, U>(
     path: String,
     timing: Timing,
     permits: Option<Arc<Semaphore>>,
-    wait: SharedWait,
+    wait: Duration,
     deliver: Deliver<T, U>,
     shutdown: CancellationToken,
 ) {
@@ -77,7 +73,6 @@ pub async fn run<T: DeserializeOwned, U>(
             },
             None => None,
         };
-        let wait = Duration::from_millis(wait.load(Ordering::Relaxed));
         let started = Instant::now();
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -100,7 +95,7 @@ pub async fn run<T: DeserializeOwned, U>(
                 next_request = Instant::now() + delay;
             }
         }
-        let update = (deliver.convert)(result.map(|(body, _)| body));
+        let update = (deliver.convert)(result);
         if deliver.tx.send(update).await.is_err() {
             return;
         }

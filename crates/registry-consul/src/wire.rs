@@ -2,6 +2,8 @@
 //! [`Instance`]s. Lenient where Consul is inconsistent (the wire types read `null` lists and
 //! maps as empty), strict where a wrong value would misroute traffic.
 
+use std::collections::BTreeMap;
+
 use meshplane_consul_api::{CatalogServices, ServiceEntry, health::status};
 use meshplane_model::{Health, Instance, InstanceId, Locality, ServiceName};
 
@@ -20,6 +22,22 @@ pub enum WireError {
 
 /// Service names from `/v1/catalog/services`. Invalid names are skipped with a warning rather
 /// than failing the whole catalog.
+/// Service names and tags from `/v1/catalog/services`, skipping (and logging) names Meshplane
+/// cannot use.
+pub fn service_tags(catalog: &CatalogServices) -> BTreeMap<ServiceName, Vec<String>> {
+    service_names(catalog)
+        .into_iter()
+        .map(|name| {
+            let tags = catalog
+                .get(name.as_str())
+                .cloned()
+                .flatten()
+                .unwrap_or_default();
+            (name, tags)
+        })
+        .collect()
+}
+
 pub fn service_names(catalog: &CatalogServices) -> Vec<ServiceName> {
     catalog
         .keys()

@@ -60,15 +60,22 @@ impl Registry {
     }
 
     async fn register(&self, body: serde_json::Value) {
-        let r = reqwest::Client::builder()
+        self.put("/v1/agent/service/register", Some(body)).await;
+    }
+
+    async fn put(&self, path: &str, body: Option<serde_json::Value>) {
+        let request = reqwest::Client::builder()
             .no_proxy()
             .build()
             .expect("client")
-            .put(format!("{}/v1/agent/service/register", self.url))
-            .json(&body)
-            .send()
-            .await
-            .expect("register");
+            .put(format!("{}{path}", self.url));
+        let r = match body {
+            Some(body) => request.json(&body),
+            None => request,
+        }
+        .send()
+        .await
+        .expect("PUT");
         assert!(
             r.status().is_success(),
             "{}",
@@ -207,7 +214,8 @@ async fn registry_down_keeps_state_marks_stale_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_stay_within_the_budget() {
-    // 8 → 1 catalog + 5 health requests in flight, 2 spare (ConnectionPlan).
+    // 8 → 1 catalog + 5 health requests in flight (the checks watch and reads), 2 spare
+    // (ConnectionPlan).
     let dir = tempfile::tempdir().expect("tempdir");
     let registry = start_registry(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
     for i in 0..30 {
@@ -218,7 +226,6 @@ async fn connections_stay_within_the_budget() {
     let proxy = CountingProxy::start(registry.addr).await;
     let config = ConsulConfig {
         max_connections: 8,
-        rotation: Duration::from_secs(2),
         ..fast_config(&format!("http://{}", proxy.addr))
     };
     let running = run_source(config);
@@ -227,14 +234,57 @@ async fn connections_stay_within_the_budget() {
             s.services.len() == 30
         })
         .await;
-    // A change to a service whose watch is not currently in flight still arrives (rotation).
+    // More services than slots: changes are found through /v1/health/state/any. A
+    // registration with a check, a health change and a deregistration each arrive at once,
+    // well before the one-second grace after which an unexplained change makes the source
+    // read every service.
+    let started = Instant::now();
+    registry
+        .register(json!({"Name": "svc-3", "ID": "svc-3b", "Port": 10, "Check": {"TTL": "30s"}}))
+        .await;
+    running
+        .until(
+            Duration::from_secs(10),
+            "a registration with a check",
+            |s| s.service("svc-3").is_some_and(|e| e.instances.len() == 2),
+        )
+        .await;
+    registry
+        .put("/v1/agent/check/pass/service:svc-3b", None)
+        .await;
+    running
+        .until(Duration::from_secs(10), "its check passing", |s| {
+            s.service("svc-3").is_some_and(|e| {
+                e.instances
+                    .iter()
+                    .all(|i| i.health == meshplane_model::Health::Passing)
+            })
+        })
+        .await;
+    registry
+        .put("/v1/agent/service/deregister/svc-3b", None)
+        .await;
+    running
+        .until(Duration::from_secs(10), "the deregistration", |s| {
+            s.service("svc-3").is_some_and(|e| e.instances.len() == 1)
+        })
+        .await;
+    let signalled = started.elapsed();
+    assert!(
+        signalled < Duration::from_millis(900),
+        "three signalled changes took {signalled:?}: they waited for a full re-read"
+    );
+    // A registration without checks shows in no check: the catalog's index moves, and the
+    // full re-read finds it.
     registry
         .register(json!({"Name": "svc-7", "ID": "svc-7b", "Port": 9}))
         .await;
     running
-        .until(Duration::from_secs(10), "change under rotation", |s| {
-            s.service("svc-7").is_some_and(|e| e.instances.len() == 2)
-        })
+        .until(
+            Duration::from_secs(10),
+            "a registration without checks",
+            |s| s.service("svc-7").is_some_and(|e| e.instances.len() == 2),
+        )
         .await;
     let peak = proxy.peak.load(Ordering::SeqCst);
     assert!(

@@ -67,6 +67,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/catalog/services", get(read::catalog_services))
         .route("/v1/catalog/service/{name}", get(read::catalog_service))
         .route("/v1/health/service/{name}", get(read::health_service))
+        .route("/v1/health/state/{state}", get(read::health_state))
         .route("/v1/catalog/datacenters", get(read::datacenters))
         .route("/v1/status/leader", get(read::leader))
         .route("/v1/status/peers", get(read::peers))

@@ -1,5 +1,6 @@
 //! Read routes: catalog, health, agent listings and status. Per-service reads block on that
-//! service's index; `/v1/catalog/services` blocks on registrations and deregistrations.
+//! service's index; `/v1/catalog/services` blocks on registrations and deregistrations,
+//! `/v1/health/state/:state` on any change.
 
 use std::collections::BTreeMap;
 
@@ -75,6 +76,39 @@ pub async fn health_service(
             })
             .map(|r| render::health_entry(r, c.node()))
             .collect::<Vec<ServiceEntry>>()
+    });
+    Ok(blocking_response(index, &query, body))
+}
+
+/// `GET /v1/health/state/:state`: every check (the node's and each instance's) in `state`
+/// (`any`, `passing`, `warning` or `critical`), blocking on any change to the catalog, as
+/// Consul blocks it on its checks. Change detectors watch `any`.
+pub async fn health_state(
+    State(state): State<ApiState>,
+    Path(wanted): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    use meshplane_consul_api::health::status;
+    let query = Query::parse(raw.as_deref())?;
+    query.check_dc(&state)?;
+    if !matches!(
+        wanted.as_str(),
+        "any" | status::PASSING | status::WARNING | status::CRITICAL
+    ) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid state `{wanted}`: one of any, passing, warning, critical"
+        )));
+    }
+    let index = block(&state, &query, Catalog::index).await;
+    let body = read(&state, |c| {
+        std::iter::once(render::serf_health(c.node()))
+            .chain(c.registrations().flat_map(|r| {
+                r.checks
+                    .iter()
+                    .map(move |ch| render::check(ch, r, c.node()))
+            }))
+            .filter(|ch| wanted == "any" || ch.status == wanted)
+            .collect::<Vec<HealthCheck>>()
     });
     Ok(blocking_response(index, &query, body))
 }

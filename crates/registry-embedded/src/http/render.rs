@@ -109,7 +109,7 @@ pub fn check(check: &Check, reg: &Registration, node: &Node) -> HealthCheck {
 
 /// The node-level check Consul reports with every health entry: this registry's node is
 /// always alive.
-fn serf_health(node: &Node) -> HealthCheck {
+pub fn serf_health(node: &Node) -> HealthCheck {
     HealthCheck {
         node: node.name.clone(),
         check_id: "serfHealth".into(),
