@@ -438,3 +438,75 @@ async fn renaming_a_registration_wakes_the_catalog_watch() {
     assert_eq!(old, json!([]));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn health_state_lists_every_check_by_state_and_blocks_on_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path()).await;
+    let reg = format!("{}/v1/agent/service/register", s.url);
+    put(
+        &reg,
+        json!({"Name": "web", "ID": "web-1", "Port": 1, "Check": {"TTL": "30s", "Status": "passing"}}),
+    )
+    .await;
+    put(
+        &reg,
+        json!({"Name": "db", "ID": "db-1", "Port": 2, "Check": {"TTL": "30s"}}),
+    )
+    .await;
+    let (status, index, body) = get(&format!("{}/v1/health/state/any", s.url)).await;
+    assert_eq!(status, StatusCode::OK);
+    let checks = body.as_array().expect("a list of checks");
+    let ids: Vec<(&str, &str, &str)> = checks
+        .iter()
+        .map(|c| {
+            (
+                c["CheckID"].as_str().expect("CheckID"),
+                c["ServiceName"].as_str().expect("ServiceName"),
+                c["Status"].as_str().expect("Status"),
+            )
+        })
+        .collect();
+    // The node's own check (no service) and each instance's, as Consul lists them.
+    assert!(ids.contains(&("serfHealth", "", "passing")), "{ids:?}");
+    assert!(
+        ids.contains(&("service:web-1", "web", "passing")),
+        "{ids:?}"
+    );
+    assert!(ids.contains(&("service:db-1", "db", "critical")), "{ids:?}");
+    assert!(checks.iter().all(|c| c["ModifyIndex"].as_u64().is_some()));
+
+    // One state only.
+    let (_, _, critical) = get(&format!("{}/v1/health/state/critical", s.url)).await;
+    let critical: Vec<&str> = critical
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| c["CheckID"].as_str().expect("CheckID"))
+        .collect();
+    assert_eq!(critical, ["service:db-1"]);
+    let (status, _, _) = get(&format!("{}/v1/health/state/sideways", s.url)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Blocks until a check changes, then answers with the change and a higher index.
+    let index = index.expect("index");
+    let url = format!("{}/v1/health/state/any?index={index}&wait=30s", s.url);
+    let waiter = tokio::spawn(async move { get(&url).await });
+    let pass = client()
+        .put(format!("{}/v1/agent/check/pass/service:db-1", s.url))
+        .send()
+        .await
+        .expect("pass");
+    assert!(pass.status().is_success());
+    let (_, new_index, body) = waiter.await.expect("waiter");
+    assert!(new_index.expect("index") > index);
+    let db = body
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|c| c["CheckID"] == "service:db-1")
+        .cloned()
+        .expect("db's check");
+    assert_eq!(db["Status"], "passing");
+    s.stop().await;
+}
