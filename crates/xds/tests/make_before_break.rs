@@ -92,14 +92,9 @@ async fn sotw_synced_with_versions(h: &Harness) -> (SotwClient, Vec<String>) {
     (c, versions)
 }
 
-async fn sotw_expect(c: &mut SotwClient, kind: ResourceType) -> DiscoveryResponse {
-    let r = c.expect().await;
-    assert_eq!(r.type_url, kind.type_url(), "{r:?}");
-    r
-}
-
-#[tokio::test]
-async fn sotw_routes_wait_for_new_endpoints_and_old_endpoints_stay() {
+/// A proxy synced on `v1`, then `v2` published (the route moves to it): the harness, the
+/// client and the first CDS response (`v1` kept next to `v2`).
+async fn sotw_moving_to_v2() -> (Harness, SotwClient, DiscoveryResponse) {
     let h = Harness::start().await;
     h.cache
         .set_snapshot(&group(), mk_snapshot("v1", 8080))
@@ -108,9 +103,20 @@ async fn sotw_routes_wait_for_new_endpoints_and_old_endpoints_stay() {
     h.cache
         .set_snapshot(&group(), mk_snapshot("v2", 8081))
         .expect("set");
-
     let cds = sotw_expect(&mut c, CDS).await;
     assert_eq!(names_of(&cds), ["v1", "v2"]);
+    (h, c, cds)
+}
+
+async fn sotw_expect(c: &mut SotwClient, kind: ResourceType) -> DiscoveryResponse {
+    let r = c.expect().await;
+    assert_eq!(r.type_url, kind.type_url(), "{r:?}");
+    r
+}
+
+#[tokio::test]
+async fn sotw_routes_wait_for_new_endpoints_and_old_endpoints_stay() {
+    let (_h, mut c, cds) = sotw_moving_to_v2().await;
     let eds = sotw_expect(&mut c, EDS).await;
     assert_eq!(
         endpoint_counts(&eds.resources),
@@ -137,15 +143,7 @@ async fn sotw_routes_wait_for_new_endpoints_and_old_endpoints_stay() {
 
 #[tokio::test]
 async fn sotw_rejected_routes_keep_their_clusters() {
-    let h = Harness::start().await;
-    h.cache
-        .set_snapshot(&group(), mk_snapshot("v1", 8080))
-        .expect("set");
-    let mut c = sotw_synced(&h).await;
-    h.cache
-        .set_snapshot(&group(), mk_snapshot("v2", 8081))
-        .expect("set");
-    let cds = sotw_expect(&mut c, CDS).await;
+    let (h, mut c, cds) = sotw_moving_to_v2().await;
     let eds = sotw_expect(&mut c, EDS).await;
     c.ack(&cds, &[]).await;
     c.ack(&eds, &["v1"]).await;
@@ -236,15 +234,7 @@ async fn sotw_reconnected_proxy_keeps_old_cluster_until_routes_move() {
 
 #[tokio::test]
 async fn sotw_rejected_clusters_release_routes() {
-    let h = Harness::start().await;
-    h.cache
-        .set_snapshot(&group(), mk_snapshot("v1", 8080))
-        .expect("set");
-    let mut c = sotw_synced(&h).await;
-    h.cache
-        .set_snapshot(&group(), mk_snapshot("v2", 8081))
-        .expect("set");
-    let cds = sotw_expect(&mut c, CDS).await;
+    let (_h, mut c, cds) = sotw_moving_to_v2().await;
     sotw_expect(&mut c, EDS).await;
     c.send(DiscoveryRequest {
         type_url: CDS.type_url().into(),
