@@ -375,7 +375,12 @@ impl Coordinator {
                 }
             }
             Mode::Signals(signals) => {
-                if changed.is_empty() && gone.is_empty() && moved && signals.signals.index() < index
+                // (Just switched: every service is being read, nothing to explain.)
+                if !switched
+                    && changed.is_empty()
+                    && gone.is_empty()
+                    && moved
+                    && signals.signals.index() < index
                 {
                     signals.unexplained = Some((index, Instant::now() + CATALOG_GRACE));
                 }
