@@ -63,7 +63,7 @@ struct Relay {
 }
 
 fn relay_for(s: &AdminState, id: &str) -> Result<Relay, ApiError> {
-    if !s.status.proxies().iter().any(|p| p.node_id == id) {
+    if !s.status.proxies().iter().any(|p| p.stream.node_id == id) {
         return Err(error(
             StatusCode::NOT_FOUND,
             format!("no connected proxy `{id}`"),

@@ -213,7 +213,7 @@ pub fn service(
     let proxies = status
         .proxies()
         .iter()
-        .filter(|p| p.service == name)
+        .filter(|p| p.stream.service == name)
         .map(|p| proxy(p, xds))
         .collect();
     Some(ServiceDetail {
@@ -269,16 +269,16 @@ pub fn proxy(p: &ProxyStatus, xds: SocketAddr) -> ProxyView {
         Sync::Stale
     };
     ProxyView {
-        node_id: p.node_id.clone(),
-        service: p.service.clone(),
-        group: p.group.to_string(),
-        protocol: match p.kind {
+        node_id: p.stream.node_id.clone(),
+        service: p.stream.service.clone(),
+        group: p.stream.group.to_string(),
+        protocol: match p.stream.kind {
             StreamKind::Sotw => "sotw",
             StreamKind::Delta => "delta",
         },
-        remote_addr: p.remote_addr.map(|a| a.to_string()),
+        remote_addr: p.stream.remote_addr.map(|a| a.to_string()),
         connected_to: xds.to_string(),
-        connected_since: unix(p.connected_since),
+        connected_since: unix(p.stream.connected_since),
         sync,
         types,
     }

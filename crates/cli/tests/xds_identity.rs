@@ -330,8 +330,8 @@ async fn a_ca_issued_identity_authenticates_xds_and_renews_under_the_live_stream
     let stream = |mesh: &support::Mesh| {
         let proxies = mesh.cp.status.proxies();
         assert_eq!(proxies.len(), 1, "{proxies:?}");
-        assert_eq!(proxies[0].service, "orders");
-        proxies[0].stream_id
+        assert_eq!(proxies[0].stream.service, "orders");
+        proxies[0].stream.stream_id
     };
     let stream_id = stream(&mesh);
     let xds_connections = "cluster.meshplane_xds.upstream_cx_total";
@@ -406,5 +406,5 @@ async fn an_operator_rooted_ca_checks_the_control_plane_with_the_trust_bundle() 
     mesh.sidecar_with("orders-1", &d, 2, &["--xds-tls"]).await;
     let proxies = mesh.cp.status.proxies();
     assert_eq!(proxies.len(), 1);
-    assert_eq!(proxies[0].service, "orders");
+    assert_eq!(proxies[0].stream.service, "orders");
 }

@@ -299,7 +299,7 @@ async fn prune_relays(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {
-                let connected = status.proxies().into_iter().map(|p| p.node_id).collect();
+                let connected = status.proxies().into_iter().map(|p| p.stream.node_id).collect();
                 relays.retain(&connected);
             }
         }

@@ -61,20 +61,8 @@ pub struct TypeStatus {
 /// Status of one connected proxy (one stream).
 #[derive(Debug, Clone)]
 pub struct ProxyStatus {
-    /// Server-assigned stream id, unique per process.
-    pub stream_id: u64,
-    /// `node.id`: the proxy's instance id.
-    pub node_id: String,
-    /// `node.cluster`: the proxy's service.
-    pub service: String,
-    /// The group the proxy belongs to.
-    pub group: GroupKey,
-    /// Protocol flavour.
-    pub kind: StreamKind,
-    /// Remote address of the connection, when known.
-    pub remote_addr: Option<SocketAddr>,
-    /// When the stream opened.
-    pub connected_since: SystemTime,
+    /// Who the stream serves, as it opened.
+    pub stream: StreamInfo,
     /// Per type, in [`ResourceType::ALL`] order.
     pub types: [TypeStatus; 5],
 }
@@ -264,9 +252,7 @@ impl StatusBoard {
         let entries: Vec<_> = self.entries.read().values().cloned().collect();
         let mut out: Vec<ProxyStatus> = entries.iter().map(|e| e.lock().clone()).collect();
         out.sort_by(|a, b| {
-            a.node_id
-                .cmp(&b.node_id)
-                .then(a.stream_id.cmp(&b.stream_id))
+            (&a.stream.node_id, a.stream.stream_id).cmp(&(&b.stream.node_id, b.stream.stream_id))
         });
         out
     }
@@ -285,13 +271,7 @@ impl StatusBoard {
 impl XdsObserver for StatusBoard {
     fn stream_opened(&self, stream: &StreamInfo) -> Box<dyn StreamObserver> {
         let entry = Arc::new(Mutex::new(ProxyStatus {
-            stream_id: stream.stream_id,
-            node_id: stream.node_id.clone(),
-            service: stream.service.clone(),
-            group: stream.group.clone(),
-            kind: stream.kind,
-            remote_addr: stream.remote_addr,
-            connected_since: stream.connected_since,
+            stream: stream.clone(),
             types: Default::default(),
         }));
         self.entries.write().insert(stream.stream_id, entry.clone());

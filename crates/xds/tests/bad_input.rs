@@ -71,7 +71,10 @@ async fn unknown_type_url_is_invalid_argument() {
     healthy_stream_still_served(&h).await;
     // The refused proxy does not linger in the status board.
     let proxies = h.server.status().proxies();
-    assert!(proxies.iter().all(|p| p.node_id != "bad-1"), "{proxies:?}");
+    assert!(
+        proxies.iter().all(|p| p.stream.node_id != "bad-1"),
+        "{proxies:?}"
+    );
 }
 
 #[tokio::test]

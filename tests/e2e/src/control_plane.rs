@@ -95,7 +95,7 @@ impl ControlPlane {
         self.status()
             .proxies()
             .into_iter()
-            .find(|p| p.node_id == node_id)
+            .find(|p| p.stream.node_id == node_id)
     }
 
     /// Waits until proxy `node_id` is connected and `check` holds for its status.

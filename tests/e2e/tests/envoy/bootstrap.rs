@@ -35,8 +35,8 @@ async fn bootstraps_and_proxies(flavour: Flavour) {
         Flavour::Sotw => StreamKind::Sotw,
         Flavour::Delta => StreamKind::Delta,
     };
-    assert_eq!(status.kind, kind);
-    assert_eq!(status.service, "web");
+    assert_eq!(status.stream.kind, kind);
+    assert_eq!(status.stream.service, "web");
     for t in [
         ResourceType::Cluster,
         ResourceType::Endpoint,
