@@ -36,11 +36,12 @@ async fn get(mesh: &Mesh, path: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap_or_default())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sync_status_and_diagnosis_of_a_real_sidecar() {
+/// A control plane with a token, `payments-1` registered with `tags`, and an `orders-1`
+/// sidecar calling it, synced: the mesh and the sidecar's egress port.
+async fn orders_calling_payments(tags: &[&str]) -> (Mesh, u16) {
     let mut mesh = Mesh::start(|c, _| c.token = Some(TOKEN.into())).await;
     let pay = upstream("payments-1").await;
-    mesh.register("payments-1", "payments", pay, &[], 1).await;
+    mesh.register("payments-1", "payments", pay, tags, 1).await;
     let egress = free_port();
     let d = caller(
         "orders",
@@ -55,6 +56,12 @@ async fn sync_status_and_diagnosis_of_a_real_sidecar() {
         "{}",
         proxy(&mesh, "orders-1").await
     );
+    (mesh, egress)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_status_and_diagnosis_of_a_real_sidecar() {
+    let (mesh, egress) = orders_calling_payments(&[]).await;
 
     // Config dump and stats come from the real Envoy, through its relay.
     let (status, dump) = get(&mesh, "/api/proxies/orders-1/config_dump").await;
@@ -232,24 +239,7 @@ const DATA_KEYED: [&str; 4] = ["services", "sources", "meta", "groups"];
 /// value), and the translated resources of a group equal what the real Envoy dumps for them.
 #[tokio::test(flavor = "multi_thread")]
 async fn documented_responses_and_resource_views_match_reality() {
-    let mut mesh = Mesh::start(|c, _| c.token = Some(TOKEN.into())).await;
-    let pay = upstream("payments-1").await;
-    mesh.register("payments-1", "payments", pay, &["canary"], 1)
-        .await;
-    let egress = free_port();
-    let d = caller(
-        "orders",
-        free_port(),
-        free_port(),
-        egress,
-        "  - service: payments\n",
-    );
-    mesh.sidecar("orders-1", &d, 2).await;
-    assert!(
-        poll(|| async { proxy(&mesh, "orders-1").await["sync"] == "SYNCED" }).await,
-        "{}",
-        proxy(&mesh, "orders-1").await
-    );
+    let (mesh, egress) = orders_calling_payments(&["canary"]).await;
     assert_eq!(
         via_egress(&mesh.http, egress, "payments", None).await.0,
         200

@@ -7,14 +7,14 @@ use std::future::ready;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::rpc;
 use meshplane_test_support::eventually;
 use meshplane_xds::fixtures::{mk_eds_cluster, mk_endpoints};
 use meshplane_xds::{
     GroupKey, Nack, ResourceType, Snapshot, StreamInfo, StreamObserver, XdsObserver,
 };
-use support::{Harness, WAIT, mk_node};
+use support::{Harness, SotwClient, WAIT, mk_node};
 use tonic::Code;
 
 const CDS: ResourceType = ResourceType::Cluster;
@@ -108,10 +108,8 @@ fn publish(h: &Harness, clusters: &[&str]) {
         .expect("published");
 }
 
-#[tokio::test]
-async fn both_observers_see_sent_acked_nacked_and_closed() {
-    let (h, recorder) = observed().await;
-    publish(&h, &["payments"]);
+/// A SotW stream of `orders-1` that asked for clusters, and its first response.
+async fn orders_asking_for_clusters(h: &Harness) -> (SotwClient, DiscoveryResponse) {
     let mut c = h.sotw().await;
     c.send(DiscoveryRequest {
         node: Some(mk_node("orders-1", "orders")),
@@ -120,6 +118,14 @@ async fn both_observers_see_sent_acked_nacked_and_closed() {
     })
     .await;
     let first = c.expect().await;
+    (c, first)
+}
+
+#[tokio::test]
+async fn both_observers_see_sent_acked_nacked_and_closed() {
+    let (h, recorder) = observed().await;
+    publish(&h, &["payments"]);
+    let (mut c, first) = orders_asking_for_clusters(&h).await;
     c.ack(&first, &[]).await;
     let acked = format!("orders-1 acked CDS {} timed", first.version_info);
     eventually("the ACK observed", WAIT, || ready(recorder.saw(&acked))).await;
@@ -216,14 +222,7 @@ async fn a_refused_stream_is_reported_and_never_opened() {
 async fn a_stream_ended_by_an_error_reports_failed_then_closed() {
     let (h, recorder) = observed().await;
     publish(&h, &["payments"]);
-    let mut c = h.sotw().await;
-    c.send(DiscoveryRequest {
-        node: Some(mk_node("orders-1", "orders")),
-        type_url: CDS.type_url().into(),
-        ..Default::default()
-    })
-    .await;
-    c.expect().await;
+    let (mut c, _) = orders_asking_for_clusters(&h).await;
     c.send(DiscoveryRequest {
         type_url: "type.googleapis.com/envoy.config.core.v3.Nonsense".into(),
         ..Default::default()
