@@ -6,7 +6,7 @@ mod support;
 use meshplane_test_support::docs::fenced_blocks;
 use meshplane_xds::{GroupKey, Resource, Snapshot};
 use serde_json::Value;
-use support::{Mesh, caller, free_port, poll, upstream, via_egress};
+use support::{Mesh, orders_to_payments, poll, upstream, via_egress};
 
 const TOKEN: &str = "t0ken-for-tests";
 
@@ -42,14 +42,7 @@ async fn orders_calling_payments(tags: &[&str]) -> (Mesh, u16) {
     let mut mesh = Mesh::start(|c, _| c.token = Some(TOKEN.into())).await;
     let pay = upstream("payments-1").await;
     mesh.register("payments-1", "payments", pay, tags, 1).await;
-    let egress = free_port();
-    let d = caller(
-        "orders",
-        free_port(),
-        free_port(),
-        egress,
-        "  - service: payments\n",
-    );
+    let (d, egress) = orders_to_payments();
     mesh.sidecar("orders-1", &d, 2).await;
     assert!(
         poll(|| async { proxy(&mesh, "orders-1").await["sync"] == "SYNCED" }).await,

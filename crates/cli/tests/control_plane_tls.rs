@@ -89,14 +89,7 @@ async fn a_sidecar_and_a_consul_client_use_the_admin_api_and_the_registry_over_h
     );
 
     // The sidecar enrols with the CA and registers over HTTPS; its Envoy gets its config.
-    let egress = support::free_port();
-    let d = support::caller(
-        "orders",
-        support::free_port(),
-        support::free_port(),
-        egress,
-        "  - service: payments\n",
-    );
+    let (d, egress) = support::orders_to_payments();
     mesh.sidecar_with("orders-1", &d, 2, &["--control-plane-ca-file", &ca])
         .await;
     let log = mesh.sidecar_log("orders-1");

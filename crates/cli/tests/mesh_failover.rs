@@ -4,7 +4,7 @@
 mod support;
 
 use meshplane_runtime::RegistryKind;
-use support::{Mesh, caller, free_port, poll, upstream, via_egress};
+use support::{Mesh, orders_to_payments, poll, upstream, via_egress};
 
 fn services(local_health: &str, local: u16, remote: u16) -> String {
     format!(
@@ -23,14 +23,7 @@ async fn fails_over_to_another_datacenter_and_back() {
         config.services_file = Some(path);
     })
     .await;
-    let egress = free_port();
-    let d = caller(
-        "orders",
-        free_port(),
-        free_port(),
-        egress,
-        "  - service: payments\n",
-    );
+    let (d, egress) = orders_to_payments();
     mesh.sidecar("orders-1", &d, 2).await;
 
     assert!(

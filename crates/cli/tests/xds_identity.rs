@@ -310,14 +310,7 @@ async fn a_ca_issued_identity_authenticates_xds_and_renews_under_the_live_stream
         c.cert_ttl = "10s".into();
     })
     .await;
-    let egress = support::free_port();
-    let d = support::caller(
-        "orders",
-        support::free_port(),
-        support::free_port(),
-        egress,
-        "  - service: payments\n",
-    );
+    let (d, egress) = support::orders_to_payments();
     let cp_ca = server_pki.ca_file().to_owned();
     mesh.sidecar_with(
         "orders-1",

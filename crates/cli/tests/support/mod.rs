@@ -323,6 +323,20 @@ pub fn caller(service: &str, app: u16, ingress: u16, egress: u16, dependencies: 
     )
 }
 
+/// The usual caller: `orders` depending on `payments`, on free ports; its descriptor and its
+/// egress port.
+pub fn orders_to_payments() -> (String, u16) {
+    let egress = free_port();
+    let d = caller(
+        "orders",
+        free_port(),
+        free_port(),
+        egress,
+        "  - service: payments\n",
+    );
+    (d, egress)
+}
+
 /// A CA of the test's own (the deployment's, or a rogue one), writing files under `dir`.
 pub struct TestCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
