@@ -47,6 +47,16 @@ async fn connect(proxy: &FaultProxy) -> TcpStream {
     TcpStream::connect(proxy.addr()).await.expect("connect")
 }
 
+/// A proxy in front of an echo server and a connection through it that has carried data:
+/// the proxy, the connection and the server's task.
+async fn open_through_proxy() -> (FaultProxy, TcpStream, JoinHandle<()>) {
+    let (echo, server) = echo_server().await;
+    let proxy = FaultProxy::start(echo).await.expect("proxy");
+    let mut open = connect(&proxy).await;
+    assert_eq!(round_trip(&mut open, "ping").await, "ping");
+    (proxy, open, server)
+}
+
 /// Sends `text` and reads the echo.
 async fn round_trip(stream: &mut TcpStream, text: &str) -> String {
     stream.write_all(text.as_bytes()).await.expect("write");
@@ -114,10 +124,7 @@ async fn delay_holds_each_chunk_in_each_direction() {
 
 #[tokio::test]
 async fn drop_closes_open_connections_and_new_ones() {
-    let (echo, _server) = echo_server().await;
-    let proxy = FaultProxy::start(echo).await.expect("proxy");
-    let mut open = connect(&proxy).await;
-    assert_eq!(round_trip(&mut open, "ping").await, "ping");
+    let (proxy, mut open, _server) = open_through_proxy().await;
     proxy.set(Fault::Drop);
     assert_eq!(next_read(&mut open).await.expect("a clean close"), 0);
     let mut new = connect(&proxy).await;
@@ -127,10 +134,7 @@ async fn drop_closes_open_connections_and_new_ones() {
 
 #[tokio::test]
 async fn black_hole_accepts_and_never_answers_until_lifted() {
-    let (echo, _server) = echo_server().await;
-    let proxy = FaultProxy::start(echo).await.expect("proxy");
-    let mut open = connect(&proxy).await;
-    assert_eq!(round_trip(&mut open, "ping").await, "ping");
+    let (proxy, mut open, _server) = open_through_proxy().await;
 
     proxy.set(Fault::BlackHole);
     open.write_all(b"held").await.expect("write");
@@ -148,10 +152,7 @@ async fn black_hole_accepts_and_never_answers_until_lifted() {
 
 #[tokio::test]
 async fn reset_sends_rst_to_open_and_new_connections() {
-    let (echo, _server) = echo_server().await;
-    let proxy = FaultProxy::start(echo).await.expect("proxy");
-    let mut open = connect(&proxy).await;
-    assert_eq!(round_trip(&mut open, "ping").await, "ping");
+    let (proxy, mut open, _server) = open_through_proxy().await;
     proxy.set(Fault::Reset);
     let err = next_read(&mut open).await.expect_err("a reset");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
@@ -185,11 +186,8 @@ async fn bandwidth_caps_the_transfer_rate() {
 
 #[tokio::test]
 async fn dropping_the_proxy_closes_the_listener_and_connections() {
-    let (echo, _server) = echo_server().await;
-    let proxy = FaultProxy::start(echo).await.expect("proxy");
+    let (proxy, mut open, _server) = open_through_proxy().await;
     let addr = proxy.addr();
-    let mut open = connect(&proxy).await;
-    assert_eq!(round_trip(&mut open, "ping").await, "ping");
     drop(proxy);
     assert_eq!(next_read(&mut open).await.expect("a clean close"), 0);
     let refused = crate::poll::try_eventually("the listener to close", WAIT, || async {
