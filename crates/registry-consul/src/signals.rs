@@ -71,14 +71,15 @@ impl CheckSignals {
         let mut changes = Changes::default();
         if self.seen {
             changes.services = moved(&self.services, &services).cloned().collect();
+            let mut nodes_moved = false;
             for node in moved(&self.nodes, &nodes) {
+                nodes_moved = true;
                 for side in [&self.on_node, &on_node] {
                     changes
                         .services
                         .extend(side.get(node).into_iter().flatten().cloned());
                 }
             }
-            let nodes_moved = moved(&self.nodes, &nodes).next().is_some();
             changes.unexplained =
                 index != self.index && changes.services.is_empty() && !nodes_moved;
         }
