@@ -76,16 +76,18 @@ impl SnapshotCache {
         snapshot: Snapshot,
     ) -> Result<bool, SnapshotError> {
         snapshot.check()?;
-        let snapshot = Arc::new(snapshot);
         let tx = self.sender(group);
-        let changed = tx.send_if_modified(|current| {
-            let same = current
-                .as_ref()
-                .is_some_and(|c| c.digest() == snapshot.digest());
-            if !same {
-                *current = Some(snapshot);
+        let changed = tx.send_if_modified(|current| match current {
+            Some(c) if c.digest() == snapshot.digest() => false,
+            _ => {
+                // Streams in line with the current snapshot then diff only what changed.
+                let next = match current {
+                    Some(c) => snapshot.with_changes_from(c),
+                    None => snapshot,
+                };
+                *current = Some(Arc::new(next));
+                true
             }
-            !same
         });
         Ok(changed)
     }

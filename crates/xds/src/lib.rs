@@ -19,7 +19,7 @@ pub mod snapshot;
 pub mod status;
 pub mod wire;
 
-pub use cache::{GroupKey, SnapshotCache};
+pub use cache::{GroupKey, SnapshotCache, SnapshotRx};
 pub use resource::{Resource, ResourceType};
 pub use server::node::{GroupError, MetadataGrouper, NodeGrouper, PeerInfo};
 pub use server::{ServerConfig, XdsServer, XdsTls};

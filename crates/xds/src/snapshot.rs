@@ -43,6 +43,18 @@ pub struct Snapshot {
     digest: String,
     /// `version_of` each type's map, in `ResourceType::ALL` order.
     type_versions: [String; 5],
+    /// What changed since the snapshot published before this one, when known.
+    changes: Option<Box<Changes>>,
+}
+
+/// What changed between two snapshots of a group, per type: streams whose proxy is in line
+/// with the older one diff only these names instead of everything they subscribe to.
+#[derive(Debug, Clone, Default)]
+struct Changes {
+    /// The older snapshot's type versions.
+    from: [String; 5],
+    /// Per type, the names added, changed or removed.
+    names: [Vec<String>; 5],
 }
 
 impl Snapshot {
@@ -59,12 +71,13 @@ impl Snapshot {
             }
             map.insert(r.name().to_owned(), r);
         }
-        let digest = digest_of(&by_type);
         let type_versions = std::array::from_fn(|i| version_of(&by_type[i]));
+        let digest = digest_from_versions(&type_versions);
         let snapshot = Snapshot {
             by_type,
             digest,
             type_versions,
+            changes: None,
         };
         snapshot.check()?;
         Ok(snapshot)
@@ -73,21 +86,105 @@ impl Snapshot {
     /// Consistency check: every EDS resource a cluster references and every route
     /// configuration a listener references is present.
     pub fn check(&self) -> Result<(), SnapshotError> {
-        for map in &self.by_type {
-            for r in map.values() {
-                for reference in r.references() {
-                    if !self.by_type[reference.kind.index()].contains_key(&reference.name) {
-                        return Err(SnapshotError::MissingReference {
-                            from_kind: r.kind(),
-                            from: r.name().to_owned(),
-                            kind: reference.kind,
-                            name: reference.name.clone(),
-                        });
-                    }
+        self.check_resources(self.by_type.iter().flat_map(BTreeMap::values))
+    }
+
+    fn check_resources<'a>(
+        &self,
+        resources: impl Iterator<Item = &'a Arc<Resource>>,
+    ) -> Result<(), SnapshotError> {
+        for r in resources {
+            for reference in r.references() {
+                if !self.by_type[reference.kind.index()].contains_key(&reference.name) {
+                    return Err(SnapshotError::MissingReference {
+                        from_kind: r.kind(),
+                        from: r.name().to_owned(),
+                        kind: reference.kind,
+                        name: reference.name.clone(),
+                    });
                 }
             }
         }
         Ok(())
+    }
+
+    /// This snapshot with `upserts` added or replacing resources of the same type and name,
+    /// checked like [`Snapshot::new`] and knowing what changed: the cost of a change to a few
+    /// resources of a large group (a wildcard proxy's) without rebuilding the rest.
+    pub fn with_upserts(
+        &self,
+        upserts: impl IntoIterator<Item = Arc<Resource>>,
+    ) -> Result<Self, SnapshotError> {
+        let mut by_type = self.by_type.clone();
+        let mut names: [Vec<String>; 5] = Default::default();
+        for r in upserts {
+            let i = r.kind().index();
+            let changed = by_type[i]
+                .get(r.name())
+                .is_none_or(|old| old.version() != r.version());
+            if changed {
+                names[i].push(r.name().to_owned());
+                by_type[i].insert(r.name().to_owned(), r);
+            }
+        }
+        for n in &mut names {
+            n.sort();
+            n.dedup();
+        }
+        let type_versions = std::array::from_fn(|i| {
+            if names[i].is_empty() {
+                self.type_versions[i].clone()
+            } else {
+                version_of(&by_type[i])
+            }
+        });
+        // Only the upserts can reference something missing: nothing was removed.
+        let snapshot = Snapshot {
+            digest: digest_from_versions(&type_versions),
+            by_type,
+            type_versions,
+            changes: Some(Box::new(Changes {
+                from: self.type_versions.clone(),
+                names,
+            })),
+        };
+        if let Some(changes) = &snapshot.changes {
+            for (i, names) in changes.names.iter().enumerate() {
+                snapshot
+                    .check_resources(names.iter().filter_map(|n| snapshot.by_type[i].get(n)))?;
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Records what changed since `previous` (the group's snapshot before this one), so
+    /// streams in line with `previous` do work proportional to the change, not to the group.
+    pub fn with_changes_from(mut self, previous: &Snapshot) -> Self {
+        if self
+            .changes
+            .as_ref()
+            .is_some_and(|c| c.from == previous.type_versions)
+        {
+            return self;
+        }
+        let mut changes = Changes {
+            from: previous.type_versions.clone(),
+            names: Default::default(),
+        };
+        for (i, names) in changes.names.iter_mut().enumerate() {
+            if self.type_versions[i] != previous.type_versions[i] {
+                *names = changed_names(&previous.by_type[i], &self.by_type[i]);
+            }
+        }
+        self.changes = Some(Box::new(changes));
+        self
+    }
+
+    /// The names of `kind` that changed since a snapshot whose version of `kind` was
+    /// `from`; `None` when this snapshot does not know (diff everything instead).
+    pub(crate) fn changed_since(&self, kind: ResourceType, from: &str) -> Option<&[String]> {
+        let changes = self.changes.as_ref()?;
+        (changes.from[kind.index()] == from).then(|| &*changes.names[kind.index()])
     }
 
     /// Resources of one type.
@@ -122,11 +219,48 @@ impl Snapshot {
     }
 }
 
-fn digest_of(by_type: &[ResourceMap; 5]) -> String {
+/// Names present in only one of two maps, or with another version: one merge walk, with
+/// shared resources (the same `Arc`) compared by pointer.
+fn changed_names(old: &ResourceMap, new: &ResourceMap) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return out,
+            (Some((n, _)), None) => {
+                out.push((*n).clone());
+                a.next();
+            }
+            (None, Some((n, _))) => {
+                out.push((*n).clone());
+                b.next();
+            }
+            (Some((na, ra)), Some((nb, rb))) => match na.cmp(nb) {
+                std::cmp::Ordering::Less => {
+                    out.push((*na).clone());
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push((*nb).clone());
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if !Arc::ptr_eq(ra, rb) && ra.version() != rb.version() {
+                        out.push((*na).clone());
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+}
+
+fn digest_from_versions(type_versions: &[String; 5]) -> String {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    for (kind, map) in ResourceType::ALL.iter().zip(by_type) {
+    for (kind, version) in ResourceType::ALL.iter().zip(type_versions) {
         hasher.update(kind.short_name().as_bytes());
-        hasher.update(version_of(map).as_bytes());
+        hasher.update(version.as_bytes());
     }
     format!("{:016x}", hasher.digest())
 }

@@ -27,7 +27,8 @@ impl Groups {
         self.inner.read().get(key).cloned()
     }
 
-    fn insert(&self, key: GroupKey, group: ProxyGroup) {
+    /// Records a group (the grouper does, when a proxy connects; benchmarks and tests too).
+    pub fn insert(&self, key: GroupKey, group: ProxyGroup) {
         let mut map = self.inner.write();
         map.entry(key).or_insert_with(|| Arc::new(group));
     }

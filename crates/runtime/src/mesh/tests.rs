@@ -192,3 +192,105 @@ fn a_registry_change_recomputes_only_the_groups_that_see_it() {
         .expect("eds");
     assert_ne!(e1.version(), e2.version());
 }
+
+const BATCH: &str = "service: batch\nport: 1\ningress: { port: 2 }\negress: { port: 3 }\ndependencies: [{ service: \"*\" }]\n";
+
+/// A wildcard group and an ordinary one, translated incrementally through a series of
+/// changes, always equal what a translator starting from the same registry builds from
+/// scratch; endpoint-only changes leave the route alone.
+#[test]
+fn incremental_updates_equal_a_fresh_translation() {
+    let options = Arc::new(MeshOptions {
+        allow_wildcard_dependencies: [ServiceName::new("batch").expect("name")].into(),
+        ..MeshOptions::default()
+    });
+    let groups = Groups::default();
+    let grouper = DescriptorGrouper::new(groups.clone(), options.clone());
+    let peer = PeerInfo::default();
+    let batch = grouper
+        .group(&mk_node("batch-1", BATCH), &peer)
+        .expect("valid");
+    let orders = grouper
+        .group(&mk_node("orders-1", ORDERS), &peer)
+        .expect("valid");
+    let cache = SnapshotCache::new();
+    let mut translator = Translator::new(cache.clone(), groups.clone(), options.clone());
+    let (store, mut writer) = meshplane_registry::store();
+    let source = SourceId::new("test");
+    let payments = ServiceName::new("payments").expect("name");
+    let service = |name: &str, tags: &[&str], ports: &[u16]| RegistryEvent::Service {
+        source: source.clone(),
+        name: ServiceName::new(name).expect("name"),
+        instances: ports
+            .iter()
+            .map(|p| {
+                let mut i = mk_instance(name, &format!("{name}-{p}"), *p);
+                i.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+                i
+            })
+            .collect(),
+    };
+    writer.apply(service("payments", &[], &[10]));
+    writer.apply(service("orders", &[], &[20]));
+    translator.on_registry(store.snapshot());
+    let _subscribed = (cache.subscribe(&batch), cache.subscribe(&orders));
+    translator.on_demand(&batch);
+    translator.on_demand(&orders);
+
+    let route = |key: &GroupKey| {
+        cache
+            .snapshot(key)
+            .and_then(|s| {
+                s.get(
+                    meshplane_xds::ResourceType::Route,
+                    meshplane_translate::names::EGRESS_ROUTES,
+                )
+                .cloned()
+            })
+            .expect("egress routes")
+    };
+    let steps: Vec<(&str, RegistryEvent, bool)> = vec![
+        ("payments moves", service("payments", &[], &[10, 11]), false),
+        (
+            "payments gets a canary",
+            service("payments", &["canary"], &[10, 11]),
+            true,
+        ),
+        ("a new service", service("ledger", &[], &[30]), true),
+        (
+            "ledger's instance moves",
+            service("ledger", &[], &[31]),
+            false,
+        ),
+        ("payments leaves", service("payments", &[], &[]), true),
+        ("payments comes back", service("payments", &[], &[12]), true),
+    ];
+    for (what, event, route_changes) in steps {
+        let before = route(&batch);
+        writer.apply(event);
+        translator.on_registry(store.snapshot());
+        // A fresh translator over the same registry and groups.
+        let fresh_cache = SnapshotCache::new();
+        let mut fresh = Translator::new(fresh_cache.clone(), groups.clone(), options.clone());
+        fresh.on_registry(store.snapshot());
+        for key in [&batch, &orders] {
+            fresh.on_demand(key);
+            let incremental = cache.snapshot(key).expect("published");
+            let scratch = fresh_cache.snapshot(key).expect("published");
+            assert_eq!(incremental.digest(), scratch.digest(), "{what}: {key}");
+        }
+        assert_eq!(
+            route(&batch).version() != before.version(),
+            route_changes,
+            "{what}: the wildcard group's routes"
+        );
+    }
+    assert!(
+        cache
+            .snapshot(&orders)
+            .and_then(|s| s
+                .get(meshplane_xds::ResourceType::Cluster, payments.as_str())
+                .cloned())
+            .is_some()
+    );
+}

@@ -107,12 +107,37 @@ struct TypePlan {
     /// The snapshot type version `held` was last brought fully in line with, while the
     /// subscription and what it depends on stayed the same: planning again finds nothing.
     evaluated: Option<String>,
+    /// Endpoints: [`Planner::endpoint_context`] when `evaluated` was set. The target of a
+    /// name the snapshot lacks depends on it, so only within one context may a diff look at
+    /// the changed names alone.
+    context: (u64, String),
 }
 
 impl TypePlan {
     fn subscribed(&self) -> bool {
         self.wildcard || !self.names.is_empty()
     }
+
+    /// The resource to send for `name`, unless the proxy holds that version.
+    fn outdated(&self, name: &str, want: &Want) -> Option<Arc<Resource>> {
+        match want {
+            Want::Send(r)
+                if self
+                    .held
+                    .get(name)
+                    .is_none_or(|h| h.version() != r.version()) =>
+            {
+                Some(r.clone())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A subscribed name's target, and whether the snapshot has it.
+struct Target {
+    want: Want,
+    in_snapshot: bool,
 }
 
 /// What one type should become: per name, the resource to hold.
@@ -124,6 +149,22 @@ struct Diff {
     whole_type: bool,
     /// The proxy reported holding exactly the target (SotW reconnect): nothing to send.
     adopt: bool,
+}
+
+#[cfg(test)]
+impl Diff {
+    /// What the diff would do, comparable across the full and the incremental diff.
+    fn summary(&self) -> (Vec<(String, String)>, Vec<String>, bool, bool) {
+        (
+            self.upserts
+                .iter()
+                .map(|r| (r.name().to_owned(), r.version().to_owned()))
+                .collect(),
+            self.removals.clone(),
+            self.whole_type,
+            self.adopt,
+        )
+    }
 }
 
 /// The planner of one stream.
@@ -147,6 +188,8 @@ pub(crate) struct Planner {
     routing_unacked: [bool; 5],
     /// Cluster removals held back until the routing naming them has been replaced and ACKed.
     removals_deferred: bool,
+    /// Changes whenever the clusters the proxy holds may have changed.
+    clusters_held_generation: u64,
 }
 
 // === impl Planner ===
@@ -161,11 +204,20 @@ impl Planner {
             clusters_rejected: false,
             routing_unacked: [false; 5],
             removals_deferred: false,
+            clusters_held_generation: 0,
         }
     }
 
     fn plan_mut(&mut self, kind: ResourceType) -> &mut TypePlan {
         self.types[kind.index()].get_or_insert_with(TypePlan::default)
+    }
+
+    /// `plan_mut` for a change that may alter what the proxy holds of `kind`.
+    fn holdings_mut(&mut self, kind: ResourceType) -> &mut TypePlan {
+        if kind == ResourceType::Cluster {
+            self.clusters_held_generation += 1;
+        }
+        self.plan_mut(kind)
     }
 
     /// Whether the proxy has asked for `kind` on this stream.
@@ -189,6 +241,11 @@ impl Planner {
             tp.evaluated = None;
         }
         if !tp.subscribed() {
+            let tp = if tp.held.is_empty() {
+                tp
+            } else {
+                self.holdings_mut(kind)
+            };
             tp.held.clear();
             tp.reported = None;
             tp.synced = false;
@@ -204,7 +261,11 @@ impl Planner {
         subscribe: &[String],
         unsubscribe: &[String],
     ) {
-        let tp = self.plan_mut(kind);
+        let tp = if unsubscribe.is_empty() {
+            self.plan_mut(kind)
+        } else {
+            self.holdings_mut(kind)
+        };
         for name in subscribe {
             if name == "*" {
                 tp.wildcard = true;
@@ -237,7 +298,7 @@ impl Planner {
         // Endpoints of clusters (re)created on this stream before the proxy reported them are
         // due again: the new cluster warms until it gets them.
         let awaited = (kind == ResourceType::Endpoint).then(|| self.awaiting_endpoints.clone());
-        let tp = self.plan_mut(kind);
+        let tp = self.holdings_mut(kind);
         tp.held = held
             .into_iter()
             .map(|(name, version)| {
@@ -447,11 +508,49 @@ impl Planner {
     }
 
     /// What `kind` lacks against the snapshot, or `None` when it is in line (or unwatched).
+    /// When the proxy was in line with the snapshot this one was derived from, only the
+    /// names that changed are looked at: the work is proportional to the change.
     fn diff(&self, kind: ResourceType, snapshot: &Snapshot) -> Option<Diff> {
         let tp = self.types[kind.index()].as_ref()?;
         if !tp.subscribed() || tp.evaluated.as_deref() == Some(snapshot.type_version(kind)) {
             return None;
         }
+        let changed = tp
+            .evaluated
+            .as_deref()
+            .filter(|_| {
+                kind != ResourceType::Endpoint || tp.context == self.endpoint_context(snapshot)
+            })
+            .and_then(|from| snapshot.changed_since(kind, from));
+        let diff = match changed {
+            Some(names) => self.diff_names(kind, tp, snapshot, names),
+            None => self.diff_all(kind, tp, snapshot),
+        };
+        #[cfg(test)]
+        if changed.is_some() {
+            // The shortcut must find exactly what the full diff finds.
+            let full = self.diff_all(kind, tp, snapshot);
+            assert_eq!(
+                diff.summary(),
+                full.summary(),
+                "incremental {kind} diff differs from the full diff"
+            );
+        }
+        Some(diff)
+    }
+
+    /// What the EDS target depends on besides the subscription and the endpoints: the
+    /// clusters the proxy holds (which keep the endpoints of clusters gone from the snapshot)
+    /// and the snapshot's clusters (what a reported cluster uses).
+    fn endpoint_context(&self, snapshot: &Snapshot) -> (u64, String) {
+        (
+            self.clusters_held_generation,
+            snapshot.type_version(ResourceType::Cluster).to_owned(),
+        )
+    }
+
+    /// The full diff of `kind`: every subscribed name and everything held.
+    fn diff_all(&self, kind: ResourceType, tp: &TypePlan, snapshot: &Snapshot) -> Diff {
         let all = snapshot.resources(kind);
         let mut target: BTreeMap<&str, Want> = BTreeMap::new();
         let mut whole_type = tp.wildcard;
@@ -460,28 +559,13 @@ impl Planner {
         }
         let mut users = None;
         for name in &tp.names {
-            if let Some(r) = all.get(name) {
-                target.insert(name, Want::Send(r.clone()));
-                continue;
+            match self.want(kind, tp, snapshot, name, &mut users) {
+                Some(want) => {
+                    whole_type &= want.in_snapshot;
+                    target.insert(name, want.want);
+                }
+                None => continue,
             }
-            if kind != ResourceType::Endpoint {
-                continue;
-            }
-            // Never leave a cluster warming: unknown names get an empty assignment. But a
-            // cluster gone from the snapshot and still held is still routed to until the
-            // routes change: it keeps the endpoints it has.
-            whole_type = false;
-            let users = users.get_or_insert_with(|| self.held_cluster_endpoints(snapshot));
-            let kept = tp.held.get(name).filter(|_| users.contains(name.as_str()));
-            let want = match kept {
-                Some(Held::Reported(_)) => Want::Keep,
-                Some(h) => match h.resource() {
-                    Some(r) => Want::Send(r.clone()),
-                    None => Want::Send(Resource::empty_endpoints(name)),
-                },
-                None => Want::Send(Resource::empty_endpoints(name)),
-            };
-            target.insert(name, want);
         }
         // A reported version is adopted unless it predates clusters (re)created since.
         let adopt = match (&tp.reported, tp.synced) {
@@ -496,16 +580,11 @@ impl Planner {
         if adopt {
             upserts.extend(target.values().filter_map(Want::resource).cloned());
         } else {
-            for (name, want) in &target {
-                if let Want::Send(r) = want
-                    && tp
-                        .held
-                        .get(*name)
-                        .is_none_or(|h| h.version() != r.version())
-                {
-                    upserts.push(r.clone());
-                }
-            }
+            upserts.extend(
+                target
+                    .iter()
+                    .filter_map(|(name, want)| tp.outdated(name, want)),
+            );
         }
         let removals = tp
             .held
@@ -513,12 +592,91 @@ impl Planner {
             .filter(|n| !target.contains_key(n.as_str()))
             .cloned()
             .collect();
-        Some(Diff {
+        Diff {
             kind,
             upserts,
             removals,
             whole_type,
             adopt,
+        }
+    }
+
+    /// The diff of `kind` over `names` only, for a proxy in line with the snapshot before
+    /// `snapshot`, where only `names` changed. (In line means synced: nothing to adopt.)
+    fn diff_names(
+        &self,
+        kind: ResourceType,
+        tp: &TypePlan,
+        snapshot: &Snapshot,
+        names: &[String],
+    ) -> Diff {
+        let all = snapshot.resources(kind);
+        let mut upserts = Vec::new();
+        let mut removals = Vec::new();
+        let mut users = None;
+        for name in names {
+            let want = if tp.names.contains(name) {
+                self.want(kind, tp, snapshot, name, &mut users)
+                    .map(|w| w.want)
+            } else if tp.wildcard {
+                all.get(name).map(|r| Want::Send(r.clone()))
+            } else {
+                None
+            };
+            match want {
+                Some(want) => upserts.extend(tp.outdated(name, &want)),
+                None if tp.held.contains_key(name) => removals.push(name.clone()),
+                None => {}
+            }
+        }
+        // Names missing from the snapshot that are not among the changed ones were missing
+        // before too; only they make the target differ from the snapshot's whole type.
+        let whole_type = tp.wildcard
+            && (kind != ResourceType::Endpoint || tp.names.iter().all(|n| all.contains_key(n)));
+        Diff {
+            kind,
+            upserts,
+            removals,
+            whole_type,
+            adopt: false,
+        }
+    }
+
+    /// What the proxy should hold for a subscribed `name`, or `None` when nothing (a name of
+    /// another type than endpoints that the snapshot lacks).
+    fn want(
+        &self,
+        kind: ResourceType,
+        tp: &TypePlan,
+        snapshot: &Snapshot,
+        name: &str,
+        users: &mut Option<BTreeSet<String>>,
+    ) -> Option<Target> {
+        if let Some(r) = snapshot.get(kind, name) {
+            return Some(Target {
+                want: Want::Send(r.clone()),
+                in_snapshot: true,
+            });
+        }
+        if kind != ResourceType::Endpoint {
+            return None;
+        }
+        // Never leave a cluster warming: unknown names get an empty assignment. But a
+        // cluster gone from the snapshot and still held is still routed to until the routes
+        // change: it keeps the endpoints it has.
+        let users = users.get_or_insert_with(|| self.held_cluster_endpoints(snapshot));
+        let kept = tp.held.get(name).filter(|_| users.contains(name));
+        let want = match kept {
+            Some(Held::Reported(_)) => Want::Keep,
+            Some(h) => match h.resource() {
+                Some(r) => Want::Send(r.clone()),
+                None => Want::Send(Resource::empty_endpoints(name)),
+            },
+            None => Want::Send(Resource::empty_endpoints(name)),
+        };
+        Some(Target {
+            want,
+            in_snapshot: false,
         })
     }
 
@@ -527,7 +685,16 @@ impl Planner {
     fn apply(&mut self, diff: Diff, snapshot: &Snapshot, complete: bool) -> Option<Step> {
         let kind = diff.kind;
         let flavour = self.flavour;
-        let tp = self.plan_mut(kind);
+        let context = if kind == ResourceType::Endpoint {
+            self.endpoint_context(snapshot)
+        } else {
+            Default::default()
+        };
+        let tp = if diff.upserts.is_empty() && diff.removals.is_empty() {
+            self.plan_mut(kind)
+        } else {
+            self.holdings_mut(kind)
+        };
         // A proxy waits for a first response to each subscription, even an empty one (its
         // initial fetch; Envoy would otherwise stall until its timeout).
         let first = !tp.synced;
@@ -536,6 +703,7 @@ impl Planner {
         // Not in line while removals wait: a later snapshot equal to an older one must not
         // find the type evaluated and leave them pending.
         tp.evaluated = complete.then(|| snapshot.type_version(kind).to_owned());
+        tp.context = context;
         for r in &diff.upserts {
             tp.held.insert(r.name().to_owned(), Held::Sent(r.clone()));
         }

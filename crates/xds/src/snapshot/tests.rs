@@ -53,3 +53,90 @@ fn digest_tracks_content_only() {
     assert_eq!(a.digest(), b.digest());
     assert_ne!(a.digest(), c.digest());
 }
+
+fn mesh(ports: &[u16]) -> Vec<Arc<Resource>> {
+    let names: Vec<String> = (0..ports.len()).map(|i| format!("svc-{i}")).collect();
+    let hosts: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), n.as_str())).collect();
+    let mut out: Vec<Arc<Resource>> = names
+        .iter()
+        .zip(ports)
+        .flat_map(|(n, port)| {
+            [
+                mk_eds_cluster(n),
+                mk_endpoints(n, &[("10.0.0.1", *port, 1)]),
+            ]
+        })
+        .collect();
+    out.push(mk_http_listener("egress", 10000, "egress-routes"));
+    out.push(mk_routes("egress-routes", &hosts));
+    out
+}
+
+#[test]
+fn upserts_give_the_snapshot_built_from_scratch_and_name_what_changed() {
+    let before = Snapshot::new(mesh(&[8080, 8080, 8080])).expect("consistent");
+    let after = before
+        .with_upserts([mk_endpoints("svc-1", &[("10.0.0.1", 9090, 1)])])
+        .expect("consistent");
+    let scratch = Snapshot::new(mesh(&[8080, 9090, 8080])).expect("consistent");
+    assert_eq!(after.digest(), scratch.digest());
+    for kind in ResourceType::ALL {
+        assert_eq!(after.type_version(kind), scratch.type_version(kind));
+        let changed = after
+            .changed_since(kind, before.type_version(kind))
+            .expect("knows its predecessor");
+        let expected: &[String] = if kind == ResourceType::Endpoint {
+            &["svc-1".to_owned()]
+        } else {
+            &[]
+        };
+        assert_eq!(changed, expected, "{kind}");
+    }
+    // Only a stream in line with the predecessor may use the change set.
+    assert!(
+        after
+            .changed_since(
+                ResourceType::Endpoint,
+                scratch.type_version(ResourceType::Endpoint)
+            )
+            .is_none()
+    );
+    // An unchanged upsert changes nothing.
+    let same = before
+        .with_upserts([mk_endpoints("svc-0", &[("10.0.0.1", 8080, 1)])])
+        .expect("consistent");
+    assert_eq!(same.digest(), before.digest());
+}
+
+#[test]
+fn upserts_are_checked() {
+    let before = Snapshot::new(mesh(&[8080])).expect("consistent");
+    let err = before
+        .with_upserts([mk_eds_cluster("svc-9")])
+        .expect_err("a cluster without endpoints");
+    assert!(err.to_string().contains("svc-9"), "{err}");
+}
+
+#[test]
+fn changes_from_a_predecessor_name_added_changed_and_removed() {
+    let before = Snapshot::new(mesh(&[8080, 8080, 8080])).expect("consistent");
+    let mut resources = mesh(&[8080, 9090]);
+    resources.retain(|r| r.kind() != ResourceType::Route);
+    resources.push(mk_routes(
+        "egress-routes",
+        &[("svc-0", "svc-0"), ("svc-1", "svc-1")],
+    ));
+    let after = Snapshot::new(resources)
+        .expect("consistent")
+        .with_changes_from(&before);
+    let changed = |kind| {
+        after
+            .changed_since(kind, before.type_version(kind))
+            .expect("knows its predecessor")
+            .to_vec()
+    };
+    assert_eq!(changed(ResourceType::Cluster), ["svc-2"]);
+    assert_eq!(changed(ResourceType::Endpoint), ["svc-1", "svc-2"]);
+    assert!(changed(ResourceType::Listener).is_empty());
+    assert_eq!(changed(ResourceType::Route), ["egress-routes"]);
+}

@@ -729,6 +729,9 @@ struct Run {
     to_server: VecDeque<Request>,
     /// Per type, the nonce of the latest response sent.
     latest: [String; 5],
+    /// Snapshots published so far, and the count when each response (by nonce) was sent.
+    publishes: u64,
+    sent_after: HashMap<String, u64>,
 }
 
 impl Run {
@@ -745,6 +748,8 @@ impl Run {
             to_proxy: VecDeque::new(),
             to_server,
             latest: Default::default(),
+            publishes: 0,
+            sent_after: HashMap::new(),
         }
     }
 
@@ -759,9 +764,16 @@ impl Run {
     fn step(&mut self, op: Op) -> Result<(), String> {
         match op {
             Op::Publish(spec) => {
-                let snapshot = build(&spec, &mut self.routes);
+                // Published through a cache, a snapshot knows what changed since the last
+                // one: streams in line with that one take the incremental diff (checked
+                // against the full diff in every planner call).
+                let snapshot = match &self.snapshot {
+                    Some(previous) => build(&spec, &mut self.routes).with_changes_from(previous),
+                    None => build(&spec, &mut self.routes),
+                };
                 self.envoy.reconnected = false;
                 self.envoy.rejected_versions = Default::default();
+                self.publishes += 1;
                 let out = self.stream.on_snapshot(&snapshot, &self.status);
                 self.send(out)?;
                 self.snapshot = Some(snapshot);
@@ -797,7 +809,13 @@ impl Run {
                     // SotW: only a NACK of the latest response leaves the server where the
                     // proxy rejected it; after a superseded one its set has moved on, and
                     // may come back to the rejected set as the change proceeds.
-                    let binding = self.delta || nack == Some(&self.latest[kind.index()]);
+                    // Delta: a NACK binds unless a snapshot was published after the rejected
+                    // response was sent: content that then changes back is sent again once,
+                    // for the new snapshot, not in a loop.
+                    let current =
+                        nack.and_then(|n| self.sent_after.get(n)) == Some(&self.publishes);
+                    let binding =
+                        (self.delta && current) || nack == Some(&self.latest[kind.index()]);
                     if let Some(version) = nack.and_then(|n| self.envoy.nacks.get(n))
                         && binding
                     {
@@ -845,6 +863,7 @@ impl Run {
             }
             r.routing_unknown = self.envoy.routing_unknown > 0;
             self.latest[r.kind.index()].clone_from(&r.nonce);
+            self.sent_after.insert(r.nonce.clone(), self.publishes);
             self.to_proxy.push_back(r);
         }
         Ok(())
