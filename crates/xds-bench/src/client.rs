@@ -188,13 +188,6 @@ impl Fleet {
         self.opened = self.opened.max(until);
     }
 
-    /// Connects and opens every stream.
-    pub async fn start(config: &FleetConfig) -> anyhow::Result<Fleet> {
-        let mut fleet = Fleet::connect(config).await?;
-        fleet.open(config.streams);
-        Ok(fleet)
-    }
-
     /// Waits until every stream in `streams` is synced; returns when the last one was
     /// (monotonic ns).
     pub async fn synced(

@@ -157,18 +157,14 @@ impl Floor {
     }
 
     /// Registers a stream of `node`'s group and returns the group's full response of each type.
-    fn join(
-        &self,
-        node: &Node,
-        tx: &mpsc::UnboundedSender<Bytes>,
-    ) -> Result<(GroupKey, [Bytes; 4]), Status> {
+    fn join(&self, node: &Node, tx: &mpsc::UnboundedSender<Bytes>) -> Result<[Bytes; 4], Status> {
         let key = GroupKey::new(node.cluster.as_str());
         let mut groups = self.groups.write();
         let group = groups.get_mut(&key).ok_or_else(|| {
             Status::not_found(format!("floor: no configuration for `{}`", node.cluster))
         })?;
         group.streams.push(tx.clone());
-        Ok((key, group.full.clone()))
+        Ok(group.full.clone())
     }
 
     /// One stream: answers the first request of each type with the group's full response,
@@ -186,7 +182,7 @@ impl Floor {
                     return;
                 };
                 match self.join(node, &tx) {
-                    Ok((_, responses)) => full = Some(responses),
+                    Ok(responses) => full = Some(responses),
                     Err(status) => {
                         tracing::warn!(%status, "floor: stream refused");
                         return;

@@ -148,8 +148,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await?;
             let (head, tail) = report::row_parts(&result);
-            let l = report::latency(&result);
-            println!("LATENCY {} {}", l.worst_round, l.p99);
+            println!(
+                "LATENCY {}",
+                report::latency_line(&report::latency(&result))
+            );
             println!("ROW {head}\t{tail}");
             Ok(())
         }
@@ -203,19 +205,16 @@ async fn run_all(args: RunArgs) -> anyhow::Result<()> {
                     (ServerKind::Floor, floor),
                 ] {
                     let Some(outcome) = outcome else { continue };
-                    match (outcome.row, server) {
-                        (Some((head, tail)), ServerKind::Meshplane) => {
-                            let ratio = match (outcome.latency, floor_latency) {
-                                (Some(m), Some(f)) => {
-                                    let (all, p99) = report::floor_ratio(&m, &f);
-                                    format!("{all:.1}× / {p99:.1}×")
-                                }
-                                _ => "—".to_owned(),
-                            };
-                            println!("{head} {ratio} {tail}");
+                    match outcome.row {
+                        Some((head, tail)) => {
+                            let cell = report::floor_cell(
+                                server,
+                                outcome.latency.as_ref(),
+                                floor_latency.as_ref(),
+                            );
+                            println!("{head} {cell} {tail}");
                         }
-                        (Some((head, tail)), ServerKind::Floor) => println!("{head} — {tail}"),
-                        (None, _) => {
+                        None => {
                             failures += 1;
                             println!(
                                 "| {layout} | {mode} | {streams} | {server} | failed: see stderr |"
@@ -266,7 +265,7 @@ async fn run_one(
                 .split_once('\t')
                 .map(|(h, t)| (h.to_owned(), t.to_owned()));
         } else if let Some(l) = line.strip_prefix("LATENCY ") {
-            latency = parse_latency(l);
+            latency = report::parse_latency_line(l);
         } else {
             eprintln!("{line}");
         }
@@ -275,17 +274,5 @@ async fn run_one(
     Ok(Outcome {
         row: row.filter(|_| ok),
         latency,
-    })
-}
-
-/// `<worst round ns> <p99 ns>` from a scenario process.
-fn parse_latency(line: &str) -> Option<report::Latency> {
-    let mut fields = line.split_whitespace().map(str::parse::<u64>);
-    let (worst_round, p99) = (fields.next()?.ok()?, fields.next()?.ok()?);
-    Some(report::Latency {
-        p50: 0,
-        p99,
-        max: 0,
-        worst_round,
     })
 }

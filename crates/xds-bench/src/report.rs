@@ -92,17 +92,39 @@ pub fn floor_ratio(meshplane: &Latency, floor: &Latency) -> (f64, f64) {
     )
 }
 
-/// One table row; `floor` is the floor's latency in the same scenario, if it was measured.
-pub fn row(result: &ScenarioResult, floor: Option<&Latency>) -> String {
-    let (head, tail) = row_parts(result);
-    let ratio = match (result.config.server, floor) {
-        (ServerKind::Meshplane, Some(f)) => {
-            let (all, p99) = floor_ratio(&latency(result), f);
+/// The "× floor" cell of a row of `server` whose latency is `own`.
+pub fn floor_cell(server: ServerKind, own: Option<&Latency>, floor: Option<&Latency>) -> String {
+    match (server, own, floor) {
+        (ServerKind::Meshplane, Some(m), Some(f)) => {
+            let (all, p99) = floor_ratio(m, f);
             format!("{all:.1}× / {p99:.1}×")
         }
         _ => "—".to_owned(),
-    };
-    format!("{head} {ratio} {tail}")
+    }
+}
+
+/// One table row; `floor` is the floor's latency in the same scenario, if it was measured.
+pub fn row(result: &ScenarioResult, floor: Option<&Latency>) -> String {
+    let (head, tail) = row_parts(result);
+    let cell = floor_cell(result.config.server, Some(&latency(result)), floor);
+    format!("{head} {cell} {tail}")
+}
+
+/// `LATENCY` line a scenario process prints for the parent: p50, p99, max, worst round (ns).
+pub fn latency_line(l: &Latency) -> String {
+    format!("{} {} {} {}", l.p50, l.p99, l.max, l.worst_round)
+}
+
+/// Parses [`latency_line`].
+pub fn parse_latency_line(line: &str) -> Option<Latency> {
+    let mut fields = line.split_whitespace().map(|f| f.parse::<u64>().ok());
+    let mut next = || fields.next().flatten();
+    Some(Latency {
+        p50: next()?,
+        p99: next()?,
+        max: next()?,
+        worst_round: next()?,
+    })
 }
 
 /// A row in two halves, around the "× floor" cell (filled in by whoever ran the floor).
@@ -190,5 +212,29 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), 100);
         assert_eq!(percentile(&[7], 99.0), 7);
         assert_eq!(percentile(&[], 50.0), 0);
+    }
+
+    #[test]
+    fn latency_lines_round_trip_and_ratios_divide_by_the_floor() {
+        let m = Latency {
+            p50: 1,
+            p99: 300,
+            max: 400,
+            worst_round: 500,
+        };
+        let line = latency_line(&m);
+        assert_eq!(parse_latency_line(&line), Some(m));
+        assert_eq!(parse_latency_line("1 2"), None);
+        let f = Latency {
+            p99: 100,
+            worst_round: 250,
+            ..m
+        };
+        assert_eq!(floor_ratio(&m, &f), (2.0, 3.0));
+        assert_eq!(
+            floor_cell(ServerKind::Meshplane, Some(&m), Some(&f)),
+            "2.0× / 3.0×"
+        );
+        assert_eq!(floor_cell(ServerKind::Floor, Some(&f), None), "—");
     }
 }
