@@ -191,42 +191,48 @@ async fn run_all(args: RunArgs) -> anyhow::Result<()> {
                     );
                     continue;
                 }
-                let scenario = (layout, mode, streams);
-                let meshplane =
-                    run_one(&exe, ServerKind::Meshplane, scenario, &args.common).await?;
-                let floor = if args.no_floor {
-                    None
-                } else {
-                    Some(run_one(&exe, ServerKind::Floor, scenario, &args.common).await?)
-                };
-                let floor_latency = floor.as_ref().and_then(|f| f.latency);
-                for (server, outcome) in [
-                    (ServerKind::Meshplane, Some(meshplane)),
-                    (ServerKind::Floor, floor),
-                ] {
-                    let Some(outcome) = outcome else { continue };
-                    match outcome.row {
-                        Some((head, tail)) => {
-                            let cell = report::floor_cell(
-                                server,
-                                outcome.latency.as_ref(),
-                                floor_latency.as_ref(),
-                            );
-                            println!("{head} {cell} {tail}");
-                        }
-                        None => {
-                            failures += 1;
-                            println!(
-                                "| {layout} | {mode} | {streams} | {server} | failed: see stderr |"
-                            );
-                        }
-                    }
-                }
+                failures += run_pair(&exe, (layout, mode, streams), &args).await?;
             }
         }
     }
     anyhow::ensure!(failures == 0, "{failures} scenario(s) failed");
     Ok(())
+}
+
+/// Runs one scenario against Meshplane, then (unless `--no-floor`) against the floor, and
+/// prints their rows; returns how many failed.
+async fn run_pair(
+    exe: &std::path::Path,
+    scenario: (Layout, Mode, usize),
+    args: &RunArgs,
+) -> anyhow::Result<usize> {
+    let meshplane = run_one(exe, ServerKind::Meshplane, scenario, &args.common).await?;
+    let floor = if args.no_floor {
+        None
+    } else {
+        Some(run_one(exe, ServerKind::Floor, scenario, &args.common).await?)
+    };
+    let floor_latency = floor.as_ref().and_then(|f| f.latency);
+    let mut failures = 0;
+    for (server, outcome) in [
+        (ServerKind::Meshplane, Some(meshplane)),
+        (ServerKind::Floor, floor),
+    ] {
+        let Some(outcome) = outcome else { continue };
+        match outcome.row {
+            Some((head, tail)) => {
+                let cell =
+                    report::floor_cell(server, outcome.latency.as_ref(), floor_latency.as_ref());
+                println!("{head} {cell} {tail}");
+            }
+            None => {
+                failures += 1;
+                let (layout, mode, streams) = scenario;
+                println!("| {layout} | {mode} | {streams} | {server} | failed: see stderr |");
+            }
+        }
+    }
+    Ok(failures)
 }
 
 /// What a scenario process printed.
