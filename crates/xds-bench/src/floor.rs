@@ -179,6 +179,7 @@ impl Floor {
         while let Ok(Some(req)) = requests.message().await {
             if full.is_none() {
                 let Some(node) = req.node() else {
+                    tracing::warn!("floor: a stream's first request carries no node");
                     return;
                 };
                 match self.join(node, &tx) {
