@@ -1,25 +1,21 @@
-//! One scenario, run from the server's side: start the server (Meshplane's real
-//! [`XdsServer`], or the [`Floor`]), publish the layout's snapshots, let the fleet connect and
-//! sync phase by phase, measure memory, then publish a change per round and time it until
-//! every affected stream has ACKed.
+//! One scenario, run from the server's side: start the server (Meshplane's real `XdsServer`,
+//! or the [`crate::floor::Floor`]; `target.rs`), publish the layout's snapshots, let the fleet
+//! connect and sync phase by phase, measure memory, then publish a change per round and time
+//! it until every affected stream has ACKed.
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use meshplane_telemetry::XdsMetrics;
-use meshplane_xds::{GroupKey, ResourceType, ServerConfig, Snapshot, SnapshotCache, XdsServer};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::child::{ChildClient, Timeouts};
 use crate::client::{Fleet, FleetConfig, Mode, RoundAcks};
-use crate::floor::{Floor, PreparedChange};
 use crate::probe::{cpu_ns, mono_ns, raise_nofile_limit, rss_bytes};
-use crate::scenario::{Layout, ServiceGrouper};
+use crate::scenario::Layout;
+use crate::target::Target;
 
 /// Where the client runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +31,7 @@ pub enum Placement {
 pub enum ServerKind {
     /// Meshplane's `XdsServer` with its `SnapshotCache`.
     Meshplane,
-    /// The [`Floor`]: pre-encoded responses written to every stream, nothing else.
+    /// The [`crate::floor::Floor`]: pre-encoded responses written to every stream, nothing else.
     Floor,
 }
 
@@ -208,115 +204,6 @@ impl ClientHandle {
     }
 }
 
-/// The server under measurement.
-enum Target {
-    Meshplane {
-        cache: SnapshotCache,
-        server: XdsServer,
-        metrics: XdsMetrics,
-    },
-    Floor(Floor),
-}
-
-/// A change ready to publish.
-enum Pending {
-    Meshplane(Vec<(GroupKey, Snapshot)>, JoinHandle<u64>),
-    Floor(PreparedChange),
-}
-
-// === impl Target ===
-
-impl Target {
-    /// Starts `kind` serving `initial` on `listener`.
-    fn start(
-        kind: ServerKind,
-        mode: Mode,
-        initial: Vec<(GroupKey, Snapshot)>,
-        listener: TcpListener,
-        shutdown: &CancellationToken,
-    ) -> anyhow::Result<(Target, JoinHandle<Result<(), tonic::transport::Error>>)> {
-        match kind {
-            ServerKind::Meshplane => {
-                let cache = SnapshotCache::new();
-                for (group, snapshot) in initial {
-                    cache.set_snapshot(&group, snapshot)?;
-                }
-                // The control plane's own metrics observer: the bench measures the server as
-                // deployed, and reads the responses emitted from it.
-                let metrics = XdsMetrics::default();
-                let server = XdsServer::new(
-                    cache.clone(),
-                    Arc::new(ServiceGrouper),
-                    ServerConfig::default(),
-                    shutdown.clone(),
-                )
-                .with_observer(Arc::new(metrics.clone()));
-                let serving = tokio::spawn(server.clone().serve(listener));
-                Ok((
-                    Target::Meshplane {
-                        cache,
-                        server,
-                        metrics,
-                    },
-                    serving,
-                ))
-            }
-            ServerKind::Floor => {
-                let floor = Floor::new(mode, initial);
-                let serving = tokio::spawn(floor.clone().serve(listener, shutdown.clone()));
-                Ok((Target::Floor(floor), serving))
-            }
-        }
-    }
-
-    /// Everything a change needs before the clock starts; `affected` streams will get it.
-    fn prepare(
-        &self,
-        round: u64,
-        changed: Vec<(GroupKey, Snapshot)>,
-        affected: usize,
-        timeout: Duration,
-    ) -> anyhow::Result<Pending> {
-        Ok(match self {
-            Target::Meshplane { metrics, .. } => {
-                // The baseline is read before publishing, so the watcher cannot miss responses.
-                let target = metrics.responses(ResourceType::Endpoint) + affected as u64;
-                let watcher = tokio::spawn(wait_emitted(metrics.clone(), target, timeout));
-                Pending::Meshplane(changed, watcher)
-            }
-            Target::Floor(floor) => Pending::Floor(floor.prepare(round, changed)?),
-        })
-    }
-
-    /// Publishes the change; returns when every affected stream was handed its response.
-    async fn publish(&self, pending: Pending) -> anyhow::Result<u64> {
-        match (self, pending) {
-            (Target::Meshplane { cache, .. }, Pending::Meshplane(changed, watcher)) => {
-                for (group, snapshot) in changed {
-                    cache.set_snapshot(&group, snapshot)?;
-                }
-                Ok(watcher.await?)
-            }
-            (Target::Floor(floor), Pending::Floor(change)) => Ok(floor.publish(change)),
-            _ => anyhow::bail!("a change prepared for another server"),
-        }
-    }
-
-    /// Streams the server's status shows as having ACKed their last EDS response.
-    async fn status_acked(&self, streams: usize) -> Option<usize> {
-        match self {
-            Target::Meshplane { server, .. } => Some(settled_eds_acked(server, streams).await),
-            Target::Floor(_) => None,
-        }
-    }
-
-    fn stop(&self) {
-        if let Target::Floor(floor) = self {
-            floor.close();
-        }
-    }
-}
-
 /// Runs one scenario to the end; the server and the client are stopped whatever happens.
 pub async fn run_scenario(config: ScenarioConfig) -> anyhow::Result<ScenarioResult> {
     raise_nofile_limit()?;
@@ -443,47 +330,6 @@ async fn run_round(
         server_cpu: cpu_ns()?.saturating_sub(cpu_start),
         client_cpu,
     })
-}
-
-/// When (monotonic ns) the server's EDS response counter has reached `target`: every
-/// affected stream has been handed its response. Polled every millisecond, for at most
-/// `timeout`.
-async fn wait_emitted(metrics: XdsMetrics, target: u64, timeout: Duration) -> u64 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while metrics.responses(ResourceType::Endpoint) < target
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    mono_ns()
-}
-
-/// [`eds_acked`] once it reaches `streams`, or after 10 s: the server reads the last ACKs
-/// a little after the client sends them.
-async fn settled_eds_acked(server: &XdsServer, streams: usize) -> usize {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let acked = eds_acked(server);
-        if acked >= streams || tokio::time::Instant::now() >= deadline {
-            return acked;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Streams whose status board entry shows their last EDS response ACKed and no NACK.
-fn eds_acked(server: &XdsServer) -> usize {
-    server
-        .status()
-        .proxies()
-        .iter()
-        .filter(|p| {
-            let eds = p.type_status(ResourceType::Endpoint);
-            eds.sent_version.is_some()
-                && eds.acked_version == eds.sent_version
-                && eds.last_nack.is_none()
-        })
-        .count()
 }
 
 #[cfg(test)]

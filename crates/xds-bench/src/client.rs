@@ -212,7 +212,7 @@ impl Fleet {
     }
 
     /// Waits until every stream the layout says `round` affects has ACKed its change, then
-    /// watches the others for [`UNAFFECTED_QUIET`]: they must receive nothing.
+    /// watches the others for 200 ms: they must receive nothing.
     pub async fn acked(&mut self, round: u64, timeout: Duration) -> anyhow::Result<RoundAcks> {
         let FleetConfig {
             layout, streams, ..

@@ -21,6 +21,7 @@ pub mod floor;
 pub mod probe;
 pub mod report;
 pub mod scenario;
+mod target;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
