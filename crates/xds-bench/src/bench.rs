@@ -1,20 +1,21 @@
-//! One scenario, run from the server's side: start the real [`XdsServer`], publish the
-//! layout's snapshots, let the fleet connect and sync, measure memory, then publish a change
-//! per round and time it until every stream has ACKed.
+//! One scenario, run from the server's side: start the server (Meshplane's real `XdsServer`,
+//! or the [`crate::floor::Floor`]; `target.rs`), publish the layout's snapshots, let the fleet
+//! connect and sync phase by phase, measure memory, then publish a change per round and time
+//! it until every affected stream has ACKed.
 
-use std::sync::Arc;
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use meshplane_telemetry::XdsMetrics;
-use meshplane_xds::{ResourceType, ServerConfig, SnapshotCache, XdsServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::child::{ChildClient, Timeouts};
-use crate::client::{Fleet, FleetConfig, Mode};
+use crate::client::{Fleet, FleetConfig, Mode, RoundAcks};
 use crate::probe::{cpu_ns, mono_ns, raise_nofile_limit, rss_bytes};
-use crate::scenario::{Layout, ServiceGrouper};
+use crate::scenario::Layout;
+use crate::target::Target;
 
 /// Where the client runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,9 +26,42 @@ pub enum Placement {
     Child,
 }
 
+/// Which server a scenario measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerKind {
+    /// Meshplane's `XdsServer` with its `SnapshotCache`.
+    Meshplane,
+    /// The [`crate::floor::Floor`]: pre-encoded responses written to every stream, nothing else.
+    Floor,
+}
+
+impl FromStr for ServerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "meshplane" => Ok(ServerKind::Meshplane),
+            "floor" => Ok(ServerKind::Floor),
+            other => Err(format!(
+                "unknown server `{other}`: use `meshplane` or `floor`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ServerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServerKind::Meshplane => "meshplane",
+            ServerKind::Floor => "floor",
+        })
+    }
+}
+
 /// One scenario.
 #[derive(Debug, Clone)]
 pub struct ScenarioConfig {
+    /// The server measured.
+    pub server: ServerKind,
     /// Groups and change pattern.
     pub layout: Layout,
     /// Protocol flavour.
@@ -53,23 +87,33 @@ pub struct ScenarioResult {
     pub groups: usize,
     /// HTTP/2 connections used.
     pub connections: usize,
-    /// Time for the fleet to connect and sync every stream.
+    /// Time for the fleet to connect and sync every stream (all phases).
     pub sync: Duration,
     /// Server RSS before any stream connected.
     pub rss_before: u64,
-    /// Server RSS once every stream was synced.
-    pub rss_synced: u64,
-    /// Per round: each stream's time from the start of publishing to its ACK (ns).
+    /// Server RSS once each phase's streams were synced (the last: every stream).
+    pub rss_phases: Vec<u64>,
+    /// Per round: each affected stream's time from the start of publishing to its ACK (ns).
     pub rounds: Vec<Vec<u64>>,
+    /// Per round: streams the change does not affect, and how many of them got a response.
+    pub unaffected: Vec<(usize, usize)>,
     /// Per round: time from publishing until the server had emitted an EDS response to
-    /// every stream (ns): the server's own fan-out time, before transport and client.
+    /// every affected stream (ns): the server's own fan-out time, before transport and client.
     pub emitted: Vec<u64>,
     /// Per round: CPU the server process used from publishing until its ACKs settled (ns).
     pub server_cpu: Vec<u64>,
     /// Per round: CPU the client process used over the same span (ns); empty in process.
     pub client_cpu: Vec<u64>,
-    /// Streams whose server-side status shows the last EDS version sent as ACKed.
-    pub status_acked: usize,
+    /// Streams whose server-side status shows the last EDS version sent as ACKed (the
+    /// floor keeps no status).
+    pub status_acked: Option<usize>,
+}
+
+impl ScenarioResult {
+    /// Server RSS once every stream was synced.
+    pub fn rss_synced(&self) -> u64 {
+        self.rss_phases.last().copied().unwrap_or(self.rss_before)
+    }
 }
 
 /// The client, wherever it runs.
@@ -79,6 +123,7 @@ enum ClientHandle {
 }
 
 impl ClientHandle {
+    /// Starts the client; returns once the first phase is synced, with its sync time.
     async fn start(
         placement: Placement,
         config: &FleetConfig,
@@ -87,8 +132,10 @@ impl ClientHandle {
         match placement {
             Placement::InProcess => {
                 let start = mono_ns();
-                let mut fleet = Fleet::start(config).await?;
-                let done = fleet.synced(timeouts.sync).await?;
+                let mut fleet = Fleet::connect(config).await?;
+                let first = config.layout.phases(config.streams).remove(0);
+                fleet.open(first.end);
+                let done = fleet.synced(first, timeouts.sync).await?;
                 Ok((
                     ClientHandle::InProcess(fleet),
                     Duration::from_nanos(done.saturating_sub(start)),
@@ -98,6 +145,26 @@ impl ClientHandle {
                 let mut child = ChildClient::spawn(config, timeouts)?;
                 let sync = child.synced(timeouts.sync).await?;
                 Ok((ClientHandle::Child(Box::new(child)), sync))
+            }
+        }
+    }
+
+    /// Opens and syncs the streams of `phase` (not the first); returns its sync time.
+    async fn next_phase(
+        &mut self,
+        phase: std::ops::Range<usize>,
+        timeout: Duration,
+    ) -> anyhow::Result<Duration> {
+        match self {
+            ClientHandle::InProcess(fleet) => {
+                let start = mono_ns();
+                fleet.open(phase.end);
+                let done = fleet.synced(phase, timeout).await?;
+                Ok(Duration::from_nanos(done.saturating_sub(start)))
+            }
+            ClientHandle::Child(child) => {
+                child.next_phase().await?;
+                child.synced(timeout).await
             }
         }
     }
@@ -112,7 +179,7 @@ impl ClientHandle {
         }
     }
 
-    async fn acked(&mut self, round: u64, timeout: Duration) -> anyhow::Result<Vec<u64>> {
+    async fn acked(&mut self, round: u64, timeout: Duration) -> anyhow::Result<RoundAcks> {
         match self {
             ClientHandle::InProcess(fleet) => fleet.acked(round, timeout).await,
             ClientHandle::Child(child) => child.acked(round, timeout).await,
@@ -140,28 +207,15 @@ impl ClientHandle {
 /// Runs one scenario to the end; the server and the client are stopped whatever happens.
 pub async fn run_scenario(config: ScenarioConfig) -> anyhow::Result<ScenarioResult> {
     raise_nofile_limit()?;
-    let cache = SnapshotCache::new();
     let initial = config.layout.snapshots(config.streams, 0)?;
     let groups = initial.len();
-    for (group, snapshot) in initial {
-        cache.set_snapshot(&group, snapshot)?;
-    }
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding 127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    // The control plane's own metrics observer: the bench measures the server as deployed,
-    // and reads the responses emitted from it.
-    let metrics = XdsMetrics::default();
-    let server = XdsServer::new(
-        cache.clone(),
-        Arc::new(ServiceGrouper),
-        ServerConfig::default(),
-        shutdown.clone(),
-    )
-    .with_observer(Arc::new(metrics.clone()));
-    let serving = tokio::spawn(server.clone().serve(listener));
+    let (target, serving) =
+        Target::start(config.server, config.mode, initial, listener, &shutdown)?;
     let fleet = FleetConfig {
         addr,
         streams: config.streams,
@@ -169,7 +223,8 @@ pub async fn run_scenario(config: ScenarioConfig) -> anyhow::Result<ScenarioResu
         mode: config.mode,
         layout: config.layout,
     };
-    let result = measure(&config, &fleet, &cache, (&server, &metrics), groups).await;
+    let result = measure(&config, &fleet, &target, groups).await;
+    target.stop();
     shutdown.cancel();
     match tokio::time::timeout(Duration::from_secs(30), serving).await {
         Ok(joined) => joined?.context("xDS server")?,
@@ -178,40 +233,50 @@ pub async fn run_scenario(config: ScenarioConfig) -> anyhow::Result<ScenarioResu
     result
 }
 
+/// Lets the last ACKs land and transient write buffers drain, then reads RSS.
+async fn settled_rss() -> anyhow::Result<u64> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rss_bytes()
+}
+
 async fn measure(
     config: &ScenarioConfig,
     fleet: &FleetConfig,
-    cache: &SnapshotCache,
-    (server, metrics): (&XdsServer, &XdsMetrics),
+    target: &Target,
     groups: usize,
 ) -> anyhow::Result<ScenarioResult> {
     let rss_before = rss_bytes()?;
-    let (mut client, sync) = ClientHandle::start(config.placement, fleet, &config.timeouts).await?;
+    let (mut client, mut sync) =
+        ClientHandle::start(config.placement, fleet, &config.timeouts).await?;
     let outcome = async {
-        // Let the last ACKs land and transient write buffers drain before reading RSS.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let rss_synced = rss_bytes()?;
+        let mut rss_phases = vec![settled_rss().await?];
+        for phase in config.layout.phases(config.streams).into_iter().skip(1) {
+            sync += client.next_phase(phase, config.timeouts.sync).await?;
+            rss_phases.push(settled_rss().await?);
+        }
         let mut result = ScenarioResult {
             config: config.clone(),
             groups,
             connections: fleet.connections(),
             sync,
             rss_before,
-            rss_synced,
+            rss_phases,
             rounds: Vec::new(),
+            unaffected: Vec::new(),
             emitted: Vec::new(),
             server_cpu: Vec::new(),
             client_cpu: Vec::new(),
-            status_acked: 0,
+            status_acked: None,
         };
         for round in 1..=config.rounds {
-            let figures = run_round(config, cache, metrics, &mut client, round).await?;
+            let figures = run_round(config, target, &mut client, round).await?;
             result.rounds.push(figures.acks);
+            result.unaffected.push(figures.unaffected);
             result.emitted.push(figures.emitted);
             result.server_cpu.push(figures.server_cpu);
             result.client_cpu.extend(figures.client_cpu);
         }
-        result.status_acked = settled_eds_acked(server, config.streams).await;
+        result.status_acked = target.status_acked(config.streams).await;
         anyhow::Ok(result)
     }
     .await;
@@ -222,30 +287,31 @@ async fn measure(
 /// What one round measured (times in ns from the start of publishing).
 struct RoundFigures {
     acks: Vec<u64>,
+    unaffected: (usize, usize),
     emitted: u64,
     server_cpu: u64,
     client_cpu: Option<u64>,
 }
 
-/// Publishes round `round`'s snapshots and waits for every stream's ACK.
+/// Publishes round `round`'s change and waits for every affected stream's ACK.
 async fn run_round(
     config: &ScenarioConfig,
-    cache: &SnapshotCache,
-    metrics: &XdsMetrics,
+    target: &Target,
     client: &mut ClientHandle,
     round: u64,
 ) -> anyhow::Result<RoundFigures> {
-    let snapshots = config.layout.snapshots(config.streams, round)?;
+    let changed = config.layout.changed_snapshots(config.streams, round)?;
+    let affected = config.layout.affected_count(config.streams, round);
     client.arm(round).await?;
-    // The baseline is read before publishing, so the watcher cannot miss responses.
-    let target = metrics.responses(ResourceType::Endpoint) + config.streams as u64;
-    let emitted = tokio::spawn(wait_emitted(metrics.clone(), target, config.timeouts.ack));
+    let pending = target.prepare(round, changed, affected, config.timeouts.ack)?;
     let (start, cpu_start, client_start) = (mono_ns(), cpu_ns()?, client.cpu_ns());
-    for (group, snapshot) in snapshots {
-        cache.set_snapshot(&group, snapshot)?;
-    }
+    let emitted = target.publish(pending).await?.saturating_sub(start);
     let acks = client.acked(round, config.timeouts.ack).await?;
-    let emitted = emitted.await?.saturating_sub(start);
+    anyhow::ensure!(
+        acks.times.len() == affected,
+        "round {round}: {} ACKs for {affected} affected streams",
+        acks.times.len()
+    );
     // Let the server read the last ACKs, so the CPU figure covers the whole change and the
     // next round starts from a quiet server.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -254,60 +320,27 @@ async fn run_round(
         _ => None,
     };
     Ok(RoundFigures {
-        acks: acks.into_iter().map(|t| t.saturating_sub(start)).collect(),
+        acks: acks
+            .times
+            .into_iter()
+            .map(|t| t.saturating_sub(start))
+            .collect(),
+        unaffected: (acks.unaffected, acks.unaffected_touched),
         emitted,
         server_cpu: cpu_ns()?.saturating_sub(cpu_start),
         client_cpu,
     })
 }
 
-/// When (monotonic ns) the server's EDS response counter has reached `target`: every stream
-/// has been handed its response. Polled every millisecond, for at most `timeout`.
-async fn wait_emitted(metrics: XdsMetrics, target: u64, timeout: Duration) -> u64 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while metrics.responses(ResourceType::Endpoint) < target
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    mono_ns()
-}
-
-/// [`eds_acked`] once it reaches `streams`, or after 10 s: the server reads the last ACKs
-/// a little after the client sends them.
-async fn settled_eds_acked(server: &XdsServer, streams: usize) -> usize {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let acked = eds_acked(server);
-        if acked >= streams || tokio::time::Instant::now() >= deadline {
-            return acked;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Streams whose status board entry shows their last EDS response ACKed and no NACK.
-fn eds_acked(server: &XdsServer) -> usize {
-    server
-        .status()
-        .proxies()
-        .iter()
-        .filter(|p| {
-            let eds = p.type_status(ResourceType::Endpoint);
-            eds.sent_version.is_some()
-                && eds.acked_version == eds.sent_version
-                && eds.last_nack.is_none()
-        })
-        .count()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report;
 
-    async fn run_small(mode: Mode) -> ScenarioResult {
+    async fn run_small(server: ServerKind, layout: Layout, mode: Mode) -> ScenarioResult {
         let config = ScenarioConfig {
-            layout: Layout::Groups,
+            server,
+            layout,
             mode,
             streams: 20,
             streams_per_conn: 8,
@@ -321,18 +354,75 @@ mod tests {
         run_scenario(config).await.expect("scenario runs")
     }
 
+    /// Every affected stream ACKed every change, and no unaffected one received anything.
+    fn assert_every_change_reached_exactly_the_affected(result: &ScenarioResult) {
+        let c = &result.config;
+        let what = format!("{} {} {}", c.server, c.layout, c.mode);
+        assert_eq!(result.rounds.len(), 2, "{what}");
+        for (round, acks) in (1..).zip(&result.rounds) {
+            let affected = c.layout.affected_count(c.streams, round);
+            assert_eq!(
+                acks.len(),
+                affected,
+                "{what}: round {round} ACKed by each affected"
+            );
+        }
+        for (unaffected, touched) in &result.unaffected {
+            assert_eq!(
+                *touched, 0,
+                "{what}: {touched} of {unaffected} unaffected got a response"
+            );
+        }
+        assert_eq!(result.connections, 3, "{what}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_stream_acks_each_change_in_both_modes() {
+    async fn every_stream_acks_each_change_on_meshplane_and_the_floor_in_both_modes() {
         for mode in [Mode::Sotw, Mode::Delta] {
-            let result = run_small(mode).await;
-            assert_eq!(result.groups, 4, "{mode}");
-            assert_eq!(result.connections, 3, "{mode}");
-            assert_eq!(result.rounds.len(), 2, "{mode}");
-            for acks in &result.rounds {
-                assert_eq!(acks.len(), 20, "{mode}: every stream ACKed the change");
+            let meshplane = run_small(ServerKind::Meshplane, Layout::Groups, mode).await;
+            let floor = run_small(ServerKind::Floor, Layout::Groups, mode).await;
+            for result in [&meshplane, &floor] {
+                assert_eq!(result.groups, 4, "{mode}");
+                assert_every_change_reached_exactly_the_affected(result);
+                assert!(result.rounds.iter().all(|r| r.len() == 20), "{mode}");
             }
-            assert_eq!(result.status_acked, 20, "{mode}: the server saw every ACK");
-            assert!(crate::report::row(&result).contains("| 20/20 |"));
+            assert_eq!(
+                meshplane.status_acked,
+                Some(20),
+                "{mode}: the server saw every ACK"
+            );
+            assert_eq!(
+                floor.status_acked, None,
+                "{mode}: the floor keeps no status"
+            );
+            let f = report::latency(&floor);
+            let row = report::row(&meshplane, Some(&f));
+            assert!(
+                row.contains("| meshplane |") && row.contains("× / "),
+                "{row}"
+            );
+            assert!(row.contains("| 20/20 |"), "{row}");
+            assert!(report::row(&floor, None).contains("| floor |"));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mixed_changes_reach_the_wildcard_and_affected_groups_only() {
+        for server in [ServerKind::Meshplane, ServerKind::Floor] {
+            for mode in [Mode::Sotw, Mode::Delta] {
+                let result = run_small(server, Layout::Mixed, mode).await;
+                assert_eq!(
+                    result.groups, 5,
+                    "{server} {mode}: 4 groups and the wildcard"
+                );
+                assert_every_change_reached_exactly_the_affected(&result);
+                // Round 2 changes svc-00005, which group 0 (5 proxies) does not see.
+                assert_eq!(result.rounds[1].len(), 15, "{server} {mode}");
+                assert_eq!(result.unaffected[1], (5, 0), "{server} {mode}");
+                assert_eq!(result.rss_phases.len(), 2, "{server} {mode}");
+                let row = report::row(&result, None);
+                assert!(row.contains("wildcard"), "{row}");
+            }
         }
     }
 }

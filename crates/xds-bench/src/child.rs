@@ -1,10 +1,13 @@
 //! The client in its own process, so the server process's memory is the server's alone.
 //!
 //! The server process spawns this same binary as `client` and talks to it over pipes, one
-//! line per message: the child prints `SYNCED <ns>` once every stream is synced; for each
-//! round the parent writes `ARM <round>`, the child answers `ARMED <round>`, and once every
-//! stream has ACKed that round's change it prints `ACKED <round> <ack ns>...` (monotonic
-//! clock, shared by both processes). `STOP` or the end of stdin ends the child.
+//! line per message. Streams open in the layout's phases: the child prints `SYNCED <ns>` once
+//! every stream of a phase is synced, and the parent writes `NEXT` to open the next phase
+//! (after reading its memory). Then, for each round, the parent writes `ARM <round>`, the
+//! child answers `ARMED <round>`, and once every affected stream has ACKed that round's
+//! change (and the unaffected ones stayed quiet) it prints
+//! `ACKED <round> <unaffected> <unaffected touched> <ack ns>...` (monotonic clock, shared by
+//! both processes). `STOP` or the end of stdin ends the child.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,7 +16,7 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use crate::client::{Fleet, FleetConfig};
+use crate::client::{Fleet, FleetConfig, RoundAcks};
 use crate::probe::{cpu_ns_of, mono_ns, raise_nofile_limit};
 
 /// The parent's handle on a client child.
@@ -53,7 +56,12 @@ impl ChildClient {
         })
     }
 
-    /// Time the child took to connect and sync every stream.
+    /// Opens the next phase's streams.
+    pub async fn next_phase(&mut self) -> anyhow::Result<()> {
+        self.send("NEXT").await
+    }
+
+    /// Time the child took to connect and sync the current phase's streams.
     pub async fn synced(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
         let line = self.expect("SYNCED", timeout).await?;
         Ok(Duration::from_nanos(
@@ -69,15 +77,33 @@ impl ChildClient {
             .map(drop)
     }
 
-    /// Every stream's ACK time (monotonic ns) for `round`.
-    pub async fn acked(&mut self, round: u64, timeout: Duration) -> anyhow::Result<Vec<u64>> {
-        let line = self.expect("ACKED", timeout).await?;
+    /// Every affected stream's ACK time (monotonic ns) for `round`, and the unaffected.
+    pub async fn acked(&mut self, round: u64, timeout: Duration) -> anyhow::Result<RoundAcks> {
+        // The child waits `timeout` for the ACKs, then watches the unaffected streams.
+        let line = self
+            .expect("ACKED", timeout + Duration::from_secs(5))
+            .await?;
         let mut fields = line.split_whitespace();
         anyhow::ensure!(
             fields.next() == Some(round.to_string().as_str()),
             "ACKED for another round: {line:.40}"
         );
-        fields.map(|f| f.parse().context("ACKED time")).collect()
+        let mut count = |what: &str| -> anyhow::Result<usize> {
+            fields
+                .next()
+                .with_context(|| format!("ACKED without {what}"))?
+                .parse()
+                .with_context(|| format!("ACKED {what}"))
+        };
+        let (unaffected, unaffected_touched) = (count("unaffected")?, count("touched")?);
+        let times = fields
+            .map(|f| f.parse().context("ACKED time"))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(RoundAcks {
+            times,
+            unaffected,
+            unaffected_touched,
+        })
     }
 
     /// CPU time the child has used so far (ns).
@@ -132,13 +158,24 @@ pub struct Timeouts {
 pub async fn run_client(config: FleetConfig, timeouts: Timeouts) -> anyhow::Result<()> {
     raise_nofile_limit()?;
     let mut out = tokio::io::stdout();
-    let start = mono_ns();
-    let mut fleet = Fleet::start(&config).await?;
-    let done = fleet.synced(timeouts.sync).await?;
-    out.write_all(format!("SYNCED {}\n", done.saturating_sub(start)).as_bytes())
-        .await?;
-    out.flush().await?;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut start = mono_ns();
+    let mut fleet = Fleet::connect(&config).await?;
+    let phases = config.layout.phases(config.streams);
+    for (i, phase) in phases.iter().enumerate() {
+        if i > 0 {
+            if lines.next_line().await?.as_deref() != Some("NEXT") {
+                fleet.stop().await;
+                return Ok(());
+            }
+            start = mono_ns();
+        }
+        fleet.open(phase.end);
+        let done = fleet.synced(phase.clone(), timeouts.sync).await?;
+        out.write_all(format!("SYNCED {}\n", done.saturating_sub(start)).as_bytes())
+            .await?;
+        out.flush().await?;
+    }
     while let Some(line) = lines.next_line().await? {
         let Some(round) = line.strip_prefix("ARM ") else {
             break;
@@ -147,9 +184,12 @@ pub async fn run_client(config: FleetConfig, timeouts: Timeouts) -> anyhow::Resu
         fleet.arm(round);
         out.write_all(format!("ARMED {round}\n").as_bytes()).await?;
         out.flush().await?;
-        let times = fleet.acked(round, timeouts.ack).await?;
-        let mut reply = format!("ACKED {round}");
-        for t in times {
+        let acks = fleet.acked(round, timeouts.ack).await?;
+        let mut reply = format!(
+            "ACKED {round} {} {}",
+            acks.unaffected, acks.unaffected_touched
+        );
+        for t in acks.times {
             reply.push_str(&format!(" {t}"));
         }
         reply.push('\n');

@@ -8,6 +8,7 @@ mod sotw;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,7 +89,10 @@ impl FleetConfig {
 #[derive(Debug)]
 enum EventKind {
     Synced,
+    /// The stream ACKed its first EDS response since round `.0` was armed.
     Acked(u64),
+    /// The stream received a response of another type since round `.0` was armed.
+    Other(u64),
     Failed(String),
 }
 
@@ -99,9 +103,28 @@ struct Event {
     at_ns: u64,
 }
 
+/// What the fleet saw of one round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoundAcks {
+    /// Each affected stream's ACK time (monotonic ns), in stream order.
+    pub times: Vec<u64>,
+    /// Streams the round does not affect.
+    pub unaffected: usize,
+    /// Of those, the ones that received a response anyway (should be none).
+    pub unaffected_touched: usize,
+}
+
+/// How long unaffected streams are watched after the last affected ACK: a response meant
+/// for them would have been written in the same fan-out, so it arrives well within this.
+const UNAFFECTED_QUIET: Duration = Duration::from_millis(200);
+
 /// A running fleet.
 pub struct Fleet {
-    streams: usize,
+    config: FleetConfig,
+    channels: Vec<Channel>,
+    /// Streams opened so far (`0..opened`).
+    opened: usize,
+    events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     armed: Arc<AtomicU64>,
     shutdown: CancellationToken,
@@ -111,8 +134,8 @@ pub struct Fleet {
 // === impl Fleet ===
 
 impl Fleet {
-    /// Connects and opens every stream; returns once all are opening.
-    pub async fn start(config: &FleetConfig) -> anyhow::Result<Fleet> {
+    /// Opens every HTTP/2 connection; streams are opened by [`Fleet::open`].
+    pub async fn connect(config: &FleetConfig) -> anyhow::Result<Fleet> {
         let endpoint = Endpoint::from_shared(format!("http://{}", config.addr))?
             .initial_stream_window_size(ENVOY_WINDOW)
             .initial_connection_window_size(ENVOY_WINDOW)
@@ -130,41 +153,57 @@ impl Fleet {
             );
         }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let armed = Arc::new(AtomicU64::new(0));
-        let shutdown = CancellationToken::new();
-        let mut tasks = JoinSet::new();
-        for i in 0..config.streams {
+        Ok(Fleet {
+            config: config.clone(),
+            channels,
+            opened: 0,
+            events_tx,
+            events_rx,
+            armed: Arc::new(AtomicU64::new(0)),
+            shutdown: CancellationToken::new(),
+            tasks: JoinSet::new(),
+        })
+    }
+
+    /// Opens the next streams, up to index `until` (exclusive).
+    pub fn open(&mut self, until: usize) {
+        let until = until.min(self.config.streams);
+        for i in self.opened..until {
             let stream = StreamTask {
                 index: i,
-                channel: channels[i % channels.len()].clone(),
-                node: node(config.layout, i, config.streams),
-                armed: armed.clone(),
-                events_tx: events_tx.clone(),
+                channel: self.channels[i % self.channels.len()].clone(),
+                node: node(self.config.layout, i, self.config.streams),
+                armed: self.armed.clone(),
+                events_tx: self.events_tx.clone(),
             };
-            let shutdown = shutdown.clone();
-            let mode = config.mode;
-            tasks.spawn(async move {
+            let shutdown = self.shutdown.clone();
+            let mode = self.config.mode;
+            self.tasks.spawn(async move {
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = stream.run(mode) => {}
                 }
             });
         }
-        Ok(Fleet {
-            streams: config.streams,
-            events_rx,
-            armed,
-            shutdown,
-            tasks,
-        })
+        self.opened = self.opened.max(until);
     }
 
-    /// Waits until every stream is synced; returns when the last one was (monotonic ns).
-    pub async fn synced(&mut self, timeout: Duration) -> anyhow::Result<u64> {
-        let times = self
-            .collect(timeout, "sync", |k| matches!(k, EventKind::Synced))
-            .await?;
-        Ok(times.into_iter().max().unwrap_or_default())
+    /// Waits until every stream in `streams` is synced; returns when the last one was
+    /// (monotonic ns).
+    pub async fn synced(
+        &mut self,
+        streams: Range<usize>,
+        timeout: Duration,
+    ) -> anyhow::Result<u64> {
+        let wanted: Vec<bool> = (0..self.config.streams)
+            .map(|i| streams.contains(&i))
+            .collect();
+        let mut times = vec![None; self.config.streams];
+        self.collect(timeout, "sync", &wanted, &mut times, |k| {
+            matches!(k, EventKind::Synced)
+        })
+        .await?;
+        Ok(times.into_iter().flatten().max().unwrap_or_default())
     }
 
     /// From now on, the next EDS response each stream ACKs counts for `round`.
@@ -172,15 +211,51 @@ impl Fleet {
         self.armed.store(round, Ordering::SeqCst);
     }
 
-    /// Waits until every stream has ACKed the change of `round`; returns each stream's ACK
-    /// time (monotonic ns).
-    pub async fn acked(&mut self, round: u64, timeout: Duration) -> anyhow::Result<Vec<u64>> {
-        self.collect(
+    /// Waits until every stream the layout says `round` affects has ACKed its change, then
+    /// watches the others for 200 ms: they must receive nothing.
+    pub async fn acked(&mut self, round: u64, timeout: Duration) -> anyhow::Result<RoundAcks> {
+        let FleetConfig {
+            layout, streams, ..
+        } = self.config;
+        let affected: Vec<bool> = (0..streams)
+            .map(|i| layout.affected(i, streams, round))
+            .collect();
+        let mut times = vec![None; streams];
+        let mut touched = vec![false; streams];
+        let mut note = |e: &Event| {
+            if let EventKind::Acked(r) | EventKind::Other(r) = e.kind
+                && r == round
+                && !affected[e.stream]
+            {
+                touched[e.stream] = true;
+            }
+        };
+        self.collect_noting(
             timeout,
             "ACK",
+            &affected,
+            &mut times,
             |k| matches!(k, EventKind::Acked(r) if *r == round),
+            &mut note,
         )
-        .await
+        .await?;
+        let unaffected = affected.iter().filter(|a| !**a).count();
+        if unaffected > 0 {
+            let quiet_until = tokio::time::Instant::now() + UNAFFECTED_QUIET;
+            while let Ok(Some(event)) =
+                tokio::time::timeout_at(quiet_until, self.events_rx.recv()).await
+            {
+                if let EventKind::Failed(e) = &event.kind {
+                    anyhow::bail!("stream {} failed: {e}", event.stream);
+                }
+                note(&event);
+            }
+        }
+        Ok(RoundAcks {
+            times: times.into_iter().flatten().collect(),
+            unaffected,
+            unaffected_touched: touched.iter().filter(|t| **t).count(),
+        })
     }
 
     /// Closes every stream.
@@ -193,29 +268,47 @@ impl Fleet {
         &mut self,
         timeout: Duration,
         what: &str,
+        from: &[bool],
+        times: &mut [Option<u64>],
         wanted: impl Fn(&EventKind) -> bool,
-    ) -> anyhow::Result<Vec<u64>> {
-        let mut times: Vec<Option<u64>> = vec![None; self.streams];
+    ) -> anyhow::Result<()> {
+        self.collect_noting(timeout, what, from, times, wanted, &mut |_| {})
+            .await
+    }
+
+    /// Records in `times` the first `wanted` event of each stream marked in `from`, until
+    /// every one has one; every event also goes to `note`.
+    async fn collect_noting(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        from: &[bool],
+        times: &mut [Option<u64>],
+        wanted: impl Fn(&EventKind) -> bool,
+        note: &mut dyn FnMut(&Event),
+    ) -> anyhow::Result<()> {
+        let expected = from.iter().filter(|f| **f).count();
         let mut done = 0;
         let deadline = tokio::time::Instant::now() + timeout;
-        while done < self.streams {
+        while done < expected {
             let event = tokio::time::timeout_at(deadline, self.events_rx.recv())
                 .await
                 .map_err(|_| {
-                    anyhow::anyhow!(
-                        "{what}: only {done} of {} streams after {timeout:?}",
-                        self.streams
-                    )
+                    anyhow::anyhow!("{what}: only {done} of {expected} streams after {timeout:?}")
                 })?
                 .context("every stream task ended")?;
             if let EventKind::Failed(e) = &event.kind {
                 anyhow::bail!("stream {} failed: {e}", event.stream);
             }
-            if wanted(&event.kind) && times[event.stream].replace(event.at_ns).is_none() {
+            note(&event);
+            if from[event.stream]
+                && wanted(&event.kind)
+                && times[event.stream].replace(event.at_ns).is_none()
+            {
                 done += 1;
             }
         }
-        Ok(times.into_iter().flatten().collect())
+        Ok(())
     }
 }
 
@@ -266,7 +359,7 @@ impl StreamTask {
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         let mut responses = P::open(client, UnboundedReceiverStream::new(req_rx)).await?;
-        let (mut synced, mut reported_round) = (false, 0);
+        let (mut synced, mut reported_round, mut reported_other) = (false, 0, 0);
         while let Some(resp) = responses.message().await? {
             let (kind, requests) = proxy.on_response(resp)?;
             for r in requests {
@@ -280,6 +373,9 @@ impl StreamTask {
             if kind == ResourceType::Endpoint && armed > reported_round {
                 reported_round = armed;
                 self.report(EventKind::Acked(armed));
+            } else if kind != ResourceType::Endpoint && armed > reported_other {
+                reported_other = armed;
+                self.report(EventKind::Other(armed));
             }
         }
         Ok(())

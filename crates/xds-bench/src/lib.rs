@@ -1,5 +1,6 @@
 //! Fan-out benchmark of Meshplane's xDS server (figures in BENCHMARKS.md): N Envoy-like ADS streams,
-//! state-of-the-world or delta, against the real [`meshplane_xds::XdsServer`] on 127.0.0.1.
+//! state-of-the-world or delta, against the real [`meshplane_xds::XdsServer`] on 127.0.0.1,
+//! and against a [`floor`] server that only writes pre-encoded responses, in the same run.
 //!
 //! ```text
 //! cargo run --release -p meshplane-xds-bench -- --streams 100,1000,10000 --mode sotw,delta
@@ -7,16 +8,20 @@
 //!
 //! Each scenario runs in a fresh server process ([`bench`]) that spawns this binary again as
 //! the client ([`child`]), so the server's memory growth per stream is measured without the
-//! client's. The client ([`client`]) behaves like Envoy: wildcard CDS and LDS with the node
-//! on the first request, then EDS and RDS for the names received, every response ACKed.
-//! [`scenario`] says what is published and changed; [`report`] turns results into rows.
+//! client's; the floor then runs the same scenario in its own fresh process. The client
+//! ([`client`]) behaves like Envoy: wildcard CDS and LDS with the node on the first request,
+//! then EDS and RDS for the names received, every response ACKed. [`scenario`] says what is
+//! published and changed, and which proxies a change affects; [`report`] turns results into
+//! rows, Meshplane's latency as a multiple of the floor's.
 
 pub mod bench;
 pub mod child;
 pub mod client;
+pub mod floor;
 pub mod probe;
 pub mod report;
 pub mod scenario;
+mod target;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -26,7 +31,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use bench::{Placement, ScenarioConfig};
+use bench::{Placement, ScenarioConfig, ServerKind};
 use child::Timeouts;
 use client::{FleetConfig, Mode};
 use scenario::Layout;
@@ -61,9 +66,14 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',', default_value = "sotw,delta")]
     mode: Vec<Mode>,
     /// `groups`: five proxies per group, five clusters each, every group changes per round;
-    /// `shared`: one group of 1,000 clusters × 20 endpoints, one service changes per round.
+    /// `shared`: one group of 1,000 clusters × 20 endpoints, one service changes per round;
+    /// `mixed`: 1,000 services × 20 instances, 1 % wildcard proxies, the rest in groups of
+    /// five, one service changes per round.
     #[arg(long, value_delimiter = ',', default_value = "groups,shared")]
     layout: Vec<Layout>,
+    /// Skip the floor server (by default each scenario also runs against it).
+    #[arg(long)]
+    no_floor: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -96,6 +106,8 @@ impl CommonArgs {
 
 #[derive(Debug, Args)]
 struct ScenarioArgs {
+    #[arg(long, default_value = "meshplane")]
+    server: ServerKind,
     #[arg(long)]
     layout: Layout,
     #[arg(long)]
@@ -126,6 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         None => run_all(cli.run).await,
         Some(Command::Scenario(args)) => {
             let result = bench::run_scenario(ScenarioConfig {
+                server: args.server,
                 layout: args.layout,
                 mode: args.mode,
                 streams: args.streams,
@@ -135,7 +148,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 timeouts: args.common.timeouts(),
             })
             .await?;
-            println!("ROW {}", report::row(&result));
+            let (head, tail) = report::row_parts(&result);
+            println!(
+                "LATENCY {}",
+                report::latency_line(&report::latency(&result))
+            );
+            println!("ROW {head}\t{tail}");
             Ok(())
         }
         Some(Command::Client(args)) => {
@@ -151,7 +169,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Runs every scenario, each in its own server process, and prints the table.
+/// Runs every scenario, each in its own server process (then the floor in another), and
+/// prints the table.
 async fn run_all(args: RunArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating this binary")?;
     println!("{}", report::HEADER);
@@ -171,10 +190,9 @@ async fn run_all(args: RunArgs) -> anyhow::Result<()> {
                         need >> 30,
                         available >> 30
                     );
-                } else if !run_one(&exe, layout, mode, streams, &args.common).await? {
-                    failures += 1;
-                    println!("| {layout} | {mode} | {streams} | failed: see stderr |");
+                    continue;
                 }
+                failures += run_pair(&exe, (layout, mode, streams), &args).await?;
             }
         }
     }
@@ -182,16 +200,59 @@ async fn run_all(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one scenario process, printing its row; false when it failed.
+/// Runs one scenario against Meshplane, then (unless `--no-floor`) against the floor, and
+/// prints their rows; returns how many failed.
+async fn run_pair(
+    exe: &std::path::Path,
+    scenario: (Layout, Mode, usize),
+    args: &RunArgs,
+) -> anyhow::Result<usize> {
+    let meshplane = run_one(exe, ServerKind::Meshplane, scenario, &args.common).await?;
+    let floor = if args.no_floor {
+        None
+    } else {
+        Some(run_one(exe, ServerKind::Floor, scenario, &args.common).await?)
+    };
+    let floor_latency = floor.as_ref().and_then(|f| f.latency);
+    let mut failures = 0;
+    for (server, outcome) in [
+        (ServerKind::Meshplane, Some(meshplane)),
+        (ServerKind::Floor, floor),
+    ] {
+        let Some(outcome) = outcome else { continue };
+        match outcome.row {
+            Some((head, tail)) => {
+                let cell =
+                    report::floor_cell(server, outcome.latency.as_ref(), floor_latency.as_ref());
+                println!("{head} {cell} {tail}");
+            }
+            None => {
+                failures += 1;
+                let (layout, mode, streams) = scenario;
+                println!("| {layout} | {mode} | {streams} | {server} | failed: see stderr |");
+            }
+        }
+    }
+    Ok(failures)
+}
+
+/// What a scenario process printed.
+struct Outcome {
+    /// The row's halves around the "× floor" cell; `None` when the scenario failed.
+    row: Option<(String, String)>,
+    latency: Option<report::Latency>,
+}
+
+/// Runs one scenario process against `server`.
 async fn run_one(
     exe: &std::path::Path,
-    layout: Layout,
-    mode: Mode,
-    streams: usize,
+    server: ServerKind,
+    (layout, mode, streams): (Layout, Mode, usize),
     c: &CommonArgs,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Outcome> {
     let mut child = tokio::process::Command::new(exe)
         .arg("scenario")
+        .args(["--server", &server.to_string()])
         .args(["--layout", &layout.to_string(), "--mode", &mode.to_string()])
         .args(["--streams", &streams.to_string()])
         .args(["--streams-per-conn", &c.streams_per_conn.to_string()])
@@ -204,11 +265,21 @@ async fn run_one(
         .context("spawning a scenario process")?;
     let stdout = child.stdout.take().context("scenario stdout")?;
     let mut lines = BufReader::new(stdout).lines();
+    let (mut row, mut latency) = (None, None);
     while let Some(line) = lines.next_line().await? {
-        match line.strip_prefix("ROW ") {
-            Some(row) => println!("{row}"),
-            None => eprintln!("{line}"),
+        if let Some(r) = line.strip_prefix("ROW ") {
+            row = r
+                .split_once('\t')
+                .map(|(h, t)| (h.to_owned(), t.to_owned()));
+        } else if let Some(l) = line.strip_prefix("LATENCY ") {
+            latency = report::parse_latency_line(l);
+        } else {
+            eprintln!("{line}");
         }
     }
-    Ok(child.wait().await?.success())
+    let ok = child.wait().await?.success();
+    Ok(Outcome {
+        row: row.filter(|_| ok),
+        latency,
+    })
 }

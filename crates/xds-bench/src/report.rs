@@ -1,12 +1,12 @@
 //! Figures out of a [`ScenarioResult`], as Markdown table rows.
 
-use crate::bench::{Placement, ScenarioResult};
+use crate::bench::{Placement, ScenarioResult, ServerKind};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// The header of the table [`row`] fills.
-pub const HEADER: &str = "| layout | mode | streams | groups | conns | connect+sync (s) | server emitted all (ms) | change→all ACKed, worst round (ms) | ACK p50 / p99 / max (ms) | CPU per change, server / client (ms) | server RSS before → synced (MiB) | MiB per stream | status ACKed |\n\
-|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
+pub const HEADER: &str = "| layout | mode | streams | server | groups | conns | affected per round | connect+sync (s) | server emitted all (ms) | change→all affected ACKed, worst round (ms) | ACK p50 / p99 / max (ms) | × floor: all ACKed / p99 | CPU per change, server / client (ms) | server RSS before → synced (MiB) | MiB per stream | unaffected that got a response | status ACKed |\n\
+|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
 
 /// Percentile `p` (0–100) of sorted values.
 pub fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -61,32 +61,129 @@ fn median(values: &[u64]) -> u64 {
 
 /// Server memory per stream, MiB (RSS growth from no stream to all synced, over N).
 pub fn mib_per_stream(result: &ScenarioResult) -> f64 {
-    result.rss_synced.saturating_sub(result.rss_before) as f64
+    result.rss_synced().saturating_sub(result.rss_before) as f64
         / MIB
         / result.config.streams.max(1) as f64
 }
 
-/// One table row.
-pub fn row(result: &ScenarioResult) -> String {
+/// Server memory per stream of each connection phase, MiB (for `mixed`: the non-wildcard
+/// streams, then the wildcard ones).
+pub fn mib_per_stream_by_phase(result: &ScenarioResult) -> Vec<f64> {
+    let c = &result.config;
+    let mut before = result.rss_before;
+    c.layout
+        .phases(c.streams)
+        .iter()
+        .zip(&result.rss_phases)
+        .map(|(phase, &after)| {
+            let mib = after.saturating_sub(before) as f64 / MIB / phase.len().max(1) as f64;
+            before = after;
+            mib
+        })
+        .collect()
+}
+
+/// Meshplane's latency as a multiple of the floor's: change→all ACKed, then ACK p99.
+pub fn floor_ratio(meshplane: &Latency, floor: &Latency) -> (f64, f64) {
+    let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+    (
+        ratio(meshplane.worst_round, floor.worst_round),
+        ratio(meshplane.p99, floor.p99),
+    )
+}
+
+/// The "× floor" cell of a row of `server` whose latency is `own`.
+pub fn floor_cell(server: ServerKind, own: Option<&Latency>, floor: Option<&Latency>) -> String {
+    match (server, own, floor) {
+        (ServerKind::Meshplane, Some(m), Some(f)) => {
+            let (all, p99) = floor_ratio(m, f);
+            format!("{all:.1}× / {p99:.1}×")
+        }
+        _ => "—".to_owned(),
+    }
+}
+
+/// One table row; `floor` is the floor's latency in the same scenario, if it was measured.
+pub fn row(result: &ScenarioResult, floor: Option<&Latency>) -> String {
+    let (head, tail) = row_parts(result);
+    let cell = floor_cell(result.config.server, Some(&latency(result)), floor);
+    format!("{head} {cell} {tail}")
+}
+
+/// `LATENCY` line a scenario process prints for the parent: p50, p99, max, worst round (ns).
+pub fn latency_line(l: &Latency) -> String {
+    format!("{} {} {} {}", l.p50, l.p99, l.max, l.worst_round)
+}
+
+/// Parses [`latency_line`].
+pub fn parse_latency_line(line: &str) -> Option<Latency> {
+    let mut fields = line.split_whitespace().map(|f| f.parse::<u64>().ok());
+    let mut next = || fields.next().flatten();
+    Some(Latency {
+        p50: next()?,
+        p99: next()?,
+        max: next()?,
+        worst_round: next()?,
+    })
+}
+
+/// A row in two halves, around the "× floor" cell (filled in by whoever ran the floor).
+pub fn row_parts(result: &ScenarioResult) -> (String, String) {
     let c = &result.config;
     let l = latency(result);
     let memory_note = match c.placement {
         Placement::Child => "",
         Placement::InProcess => " (incl. client)",
     };
-    format!(
-        "| {} | {} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.1} / {:.1} / {:.1} | {:.0} / {} | {:.0} → {:.0}{} | {:.4} | {}/{} |",
+    let affected: Vec<usize> = result.rounds.iter().map(Vec::len).collect();
+    let (lo, hi) = (
+        affected.iter().min().copied().unwrap_or_default(),
+        affected.iter().max().copied().unwrap_or_default(),
+    );
+    let affected = if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}–{hi}")
+    };
+    let phases = mib_per_stream_by_phase(result);
+    let per_stream = match phases.as_slice() {
+        [others, wildcard] => format!(
+            "{:.4} (others {others:.4}, wildcard {wildcard:.3})",
+            mib_per_stream(result)
+        ),
+        _ => format!("{:.4}", mib_per_stream(result)),
+    };
+    let (unaffected, touched) = result
+        .unaffected
+        .iter()
+        .fold((0, 0), |(u, t), (du, dt)| (u + du, t + dt));
+    let unaffected = if unaffected == 0 {
+        "—".to_owned()
+    } else {
+        format!("{touched}/{unaffected}")
+    };
+    let status = match result.status_acked {
+        Some(n) => format!("{n}/{}", c.streams),
+        None => "—".to_owned(),
+    };
+    let head = format!(
+        "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.0} | {:.0} | {:.1} / {:.1} / {:.1} |",
         c.layout,
         c.mode,
         c.streams,
+        c.server,
         result.groups,
         result.connections,
+        affected,
         result.sync.as_secs_f64(),
         ms(median(&result.emitted)),
         ms(l.worst_round),
         ms(l.p50),
         ms(l.p99),
         ms(l.max),
+    );
+    let tail = format!(
+        "| {:.0} / {} | {:.0} → {:.0}{} | {} | {} | {} |",
         ms(median(&result.server_cpu)),
         if result.client_cpu.is_empty() {
             "in process".to_owned()
@@ -94,12 +191,13 @@ pub fn row(result: &ScenarioResult) -> String {
             format!("{:.0}", ms(median(&result.client_cpu)))
         },
         result.rss_before as f64 / MIB,
-        result.rss_synced as f64 / MIB,
+        result.rss_synced() as f64 / MIB,
         memory_note,
-        mib_per_stream(result),
-        result.status_acked,
-        c.streams,
-    )
+        per_stream,
+        unaffected,
+        status,
+    );
+    (head, tail)
 }
 
 #[cfg(test)]
@@ -114,5 +212,29 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), 100);
         assert_eq!(percentile(&[7], 99.0), 7);
         assert_eq!(percentile(&[], 50.0), 0);
+    }
+
+    #[test]
+    fn latency_lines_round_trip_and_ratios_divide_by_the_floor() {
+        let m = Latency {
+            p50: 1,
+            p99: 300,
+            max: 400,
+            worst_round: 500,
+        };
+        let line = latency_line(&m);
+        assert_eq!(parse_latency_line(&line), Some(m));
+        assert_eq!(parse_latency_line("1 2"), None);
+        let f = Latency {
+            p99: 100,
+            worst_round: 250,
+            ..m
+        };
+        assert_eq!(floor_ratio(&m, &f), (2.0, 3.0));
+        assert_eq!(
+            floor_cell(ServerKind::Meshplane, Some(&m), Some(&f)),
+            "2.0× / 3.0×"
+        );
+        assert_eq!(floor_cell(ServerKind::Floor, Some(&f), None), "—");
     }
 }
