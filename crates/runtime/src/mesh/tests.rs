@@ -294,3 +294,99 @@ fn incremental_updates_equal_a_fresh_translation() {
             .is_some()
     );
 }
+
+/// A burst of registry changes (one every millisecond for 200 ms) reaches a group in a few
+/// coalesced passes, at most one per `MIN_PASS_INTERVAL`, ending in the final state; a change
+/// after a quiet period is translated at once.
+#[tokio::test(start_paused = true)]
+async fn bursts_are_coalesced_and_a_quiet_change_goes_out_at_once() {
+    use super::translator::MIN_PASS_INTERVAL;
+    use meshplane_xds::ResourceType;
+    use tokio::time::{Duration, Instant, sleep};
+
+    let groups = Groups::default();
+    let options = Arc::new(MeshOptions::default());
+    let grouper = DescriptorGrouper::new(groups.clone(), options.clone());
+    let orders = grouper
+        .group(&mk_node("orders-1", ORDERS), &PeerInfo::default())
+        .expect("valid");
+    let (cache, demand_rx) = SnapshotCache::with_demand();
+    let translator = Translator::new(cache.clone(), groups, options);
+    let (store, mut writer) = meshplane_registry::store();
+    let source = SourceId::new("test");
+    let payments_on = |port: u16| RegistryEvent::Service {
+        source: source.clone(),
+        name: ServiceName::new("payments").expect("name"),
+        instances: vec![mk_instance("payments", "p1", port)],
+    };
+    writer.apply(payments_on(1000));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(translator.run(store, demand_rx, shutdown.clone()));
+
+    let mut rx = cache.subscribe(&orders);
+    rx.changed().await.expect("first snapshot");
+    rx.borrow_and_update();
+    let port_of = |rx: &meshplane_xds::SnapshotRx| {
+        rx.borrow()
+            .as_ref()
+            .and_then(|s| s.get(ResourceType::Endpoint, "payments").cloned())
+            .map(|r| format!("{:?}", r.to_any().value))
+    };
+    let (count_tx, mut count_rx) = tokio::sync::mpsc::unbounded_channel();
+    let counter = {
+        let mut rx = rx.clone();
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                rx.borrow_and_update();
+                let _ = count_tx.send(Instant::now());
+            }
+        })
+    };
+
+    // Quiet: one change is translated without waiting for the interval.
+    sleep(Duration::from_secs(1)).await;
+    let changed_at = Instant::now();
+    writer.apply(payments_on(1001));
+    let published_at = count_rx.recv().await.expect("published");
+    assert!(published_at - changed_at < Duration::from_millis(5));
+
+    // A burst right after: 200 changes, one per millisecond.
+    let burst = Duration::from_millis(200);
+    for i in 0..200u16 {
+        writer.apply(payments_on(2000 + i));
+        sleep(Duration::from_millis(1)).await;
+    }
+    let expected = {
+        let (store2, mut writer2) = meshplane_registry::store();
+        writer2.apply(payments_on(2199));
+        let cache2 = SnapshotCache::new();
+        let groups2 = Groups::default();
+        let grouper2 = DescriptorGrouper::new(groups2.clone(), Arc::new(MeshOptions::default()));
+        let key = grouper2
+            .group(&mk_node("orders-1", ORDERS), &PeerInfo::default())
+            .expect("valid");
+        let mut t = Translator::new(cache2.clone(), groups2, Arc::new(MeshOptions::default()));
+        t.on_registry(store2.snapshot());
+        t.on_demand(&key);
+        let rx2 = cache2.subscribe(&key);
+        port_of(&rx2)
+    };
+    sleep(MIN_PASS_INTERVAL * 2).await;
+    assert_eq!(port_of(&rx), expected, "the burst ends in its final state");
+    let mut passes = Vec::new();
+    while let Ok(at) = count_rx.try_recv() {
+        passes.push(at);
+    }
+    let bound = (burst.as_millis() / MIN_PASS_INTERVAL.as_millis()) as usize + 2;
+    assert!(
+        !passes.is_empty() && passes.len() <= bound,
+        "{} pushes for 200 changes in {burst:?} (at most {bound})",
+        passes.len()
+    );
+    for pair in passes.windows(2) {
+        assert!(pair[1] - pair[0] >= MIN_PASS_INTERVAL, "{passes:?}");
+    }
+    shutdown.cancel();
+    task.await.expect("translator stops");
+    counter.abort();
+}

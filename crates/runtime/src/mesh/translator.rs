@@ -28,6 +28,13 @@ use super::grouper::Groups;
 /// How often groups without proxies are forgotten.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Translation passes start at most this often. A change after a quiet period is translated
+/// at once; during a burst (a datacenter restarting, instances flapping) the registry's watch
+/// keeps only its latest state, so the changes that arrive meanwhile are translated together
+/// in the next pass: an affected proxy gets at most one push per interval (20 per second),
+/// and the last change reaches it within one interval plus the pass.
+pub const MIN_PASS_INTERVAL: Duration = Duration::from_millis(50);
+
 struct RegistryCatalog<'a>(&'a RegistrySnapshot);
 
 impl Catalog for RegistryCatalog<'_> {
@@ -48,6 +55,9 @@ struct ServiceResources {
 struct ActiveGroup {
     services: Vec<ServiceName>,
     wildcard: bool,
+    /// Digest of the snapshot this translator last published for the group: only that one
+    /// may be patched (anything else in the cache is translated again).
+    published: Option<String>,
 }
 
 /// What of a service a group's own resources depend on: that it exists, and its tags (one
@@ -194,7 +204,10 @@ impl Translator {
                 .cloned()
                 .collect()
         };
-        let current = self.cache.snapshot(key);
+        let current = self
+            .cache
+            .snapshot(key)
+            .filter(|c| group.published.as_deref() == Some(c.digest()));
         let (Some(current), false) = (current, seen.iter().any(|s| reshaped.contains(s))) else {
             self.publish(key);
             return;
@@ -206,13 +219,7 @@ impl Translator {
             upserts.push(r.endpoints.clone());
         }
         match current.with_upserts(upserts) {
-            Ok(snapshot) => {
-                self.metrics.published();
-                if let Err(e) = self.cache.set_snapshot(key, snapshot) {
-                    self.metrics.error();
-                    tracing::error!(%key, error = %e, "refusing to publish an inconsistent snapshot; proxies keep their current config");
-                }
-            }
+            Ok(snapshot) => self.set_snapshot(key, snapshot),
             Err(e) => {
                 tracing::debug!(%key, error = %e, "cannot patch the group's snapshot; translating it again");
                 self.publish(key);
@@ -251,15 +258,27 @@ impl Translator {
         match self.build(&group) {
             Ok((snapshot, services)) => {
                 self.track(key, &group, services);
-                self.metrics.published();
-                if let Err(e) = self.cache.set_snapshot(key, snapshot) {
-                    self.metrics.error();
-                    tracing::error!(%key, error = %e, "refusing to publish an inconsistent snapshot; proxies keep their current config");
-                }
+                self.set_snapshot(key, snapshot);
             }
             Err(e) => {
                 self.metrics.error();
                 tracing::warn!(%key, error = %e, "cannot translate group");
+            }
+        }
+    }
+
+    fn set_snapshot(&mut self, key: &GroupKey, snapshot: Snapshot) {
+        self.metrics.published();
+        let digest = snapshot.digest().to_owned();
+        match self.cache.set_snapshot(key, snapshot) {
+            Ok(_) => {
+                if let Some(group) = self.active.get_mut(key) {
+                    group.published = Some(digest);
+                }
+            }
+            Err(e) => {
+                self.metrics.error();
+                tracing::error!(%key, error = %e, "refusing to publish an inconsistent snapshot; proxies keep their current config");
             }
         }
     }
@@ -293,8 +312,14 @@ impl Translator {
                 .insert(key.clone());
         }
         let wildcard = group.descriptor.depends_on_all();
-        self.active
-            .insert(key.clone(), ActiveGroup { services, wildcard });
+        self.active.insert(
+            key.clone(),
+            ActiveGroup {
+                services,
+                wildcard,
+                published: None,
+            },
+        );
     }
 
     /// Forgets groups no proxy uses any more.
@@ -324,15 +349,22 @@ impl Translator {
     ) {
         let mut registry_rx = store.subscribe();
         self.on_registry(registry_rx.borrow_and_update().clone());
+        let mut last_pass = tokio::time::Instant::now();
+        let mut pending = false;
         let mut prune = tokio::time::interval(PRUNE_INTERVAL);
         prune.tick().await;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                changed = registry_rx.changed() => {
+                changed = registry_rx.changed(), if !pending => {
                     if changed.is_err() {
                         return;
                     }
+                    pending = true;
+                }
+                () = tokio::time::sleep_until(last_pass + MIN_PASS_INTERVAL), if pending => {
+                    pending = false;
+                    last_pass = tokio::time::Instant::now();
                     let next = registry_rx.borrow_and_update().clone();
                     self.on_registry(next);
                 }
