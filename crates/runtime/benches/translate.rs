@@ -122,7 +122,8 @@ fn main() {
     let cache = SnapshotCache::new();
     // Subscribed like connected proxies, so pruning would keep them.
     let mut subscriptions: Vec<_> = keys.iter().map(|k| cache.subscribe(k)).collect();
-    let mut translator = Translator::new(cache.clone(), groups, Arc::new(options));
+    let options = Arc::new(options);
+    let mut translator = Translator::new(cache.clone(), groups.clone(), options.clone());
     translator.on_registry(store.snapshot());
     let started = Instant::now();
     for key in &keys {
@@ -183,6 +184,120 @@ fn main() {
                 },
             }
         },
+    );
+
+    // A storm through the translator task: every service changes within about a second.
+    drop(subscriptions);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(storm(Storm {
+        store,
+        writer,
+        source,
+        groups,
+        options,
+        keys,
+        wildcard,
+    }));
+}
+
+struct Storm {
+    store: meshplane_registry::Store,
+    writer: meshplane_registry::Writer,
+    source: SourceId,
+    groups: Groups,
+    options: Arc<MeshOptions>,
+    keys: Vec<GroupKey>,
+    wildcard: GroupKey,
+}
+
+/// Every service's endpoints change once, 10 services every 10 ms (1,000 in ~1 s), while the
+/// translator task runs; each group's snapshot changes are counted (each would be one push to
+/// each of its proxies), and the final state is compared with a translation from scratch.
+async fn storm(mut storm: Storm) {
+    let cache = SnapshotCache::new();
+    let mut translator =
+        Translator::new(cache.clone(), storm.groups.clone(), storm.options.clone());
+    translator.on_registry(storm.store.snapshot());
+    for key in &storm.keys {
+        translator.on_demand(key);
+    }
+    let counters: Vec<_> = storm
+        .keys
+        .iter()
+        .map(|key| {
+            let mut rx = cache.subscribe(key);
+            rx.borrow_and_update();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while rx.changed().await.is_ok() {
+                    rx.borrow_and_update();
+                    seen.push(Instant::now());
+                }
+                seen
+            })
+        })
+        .collect();
+    let (_demand_tx, demand_rx) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(translator.run(storm.store.clone(), demand_rx, shutdown.clone()));
+
+    let started = Instant::now();
+    for s in 0..SERVICES {
+        storm.writer.apply(RegistryEvent::Service {
+            source: storm.source.clone(),
+            name: service(s),
+            instances: instances(s, 9090, None),
+        });
+        if s % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let last_change = Instant::now();
+    // Quiet for 1 s: everything has been translated.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    shutdown.cancel();
+    let _ = task.await;
+    // The counters end when the cache (and with it every group's sender) is dropped.
+    let snapshots: Vec<_> = storm.keys.iter().map(|k| cache.snapshot(k)).collect();
+    drop(cache);
+    let mut pushes = Vec::new();
+    let mut settled = last_change;
+    for (i, counter) in counters.into_iter().enumerate() {
+        let seen = counter.await.unwrap_or_default();
+        if let Some(last) = seen.last() {
+            settled = settled.max(*last);
+        }
+        pushes.push((seen.len(), storm.keys[i] == storm.wildcard));
+    }
+    // The final state equals a translation from scratch.
+    let fresh_cache = SnapshotCache::new();
+    let mut fresh = Translator::new(fresh_cache.clone(), storm.groups, storm.options);
+    fresh.on_registry(storm.store.snapshot());
+    let mut exact = 0;
+    for (key, snapshot) in storm.keys.iter().zip(snapshots) {
+        fresh.on_demand(key);
+        let same = match (snapshot, fresh_cache.snapshot(key)) {
+            (Some(a), Some(b)) => a.digest() == b.digest(),
+            _ => false,
+        };
+        exact += usize::from(same);
+    }
+    let ordinary: Vec<usize> = pushes.iter().filter(|(_, w)| !w).map(|(n, _)| *n).collect();
+    let wildcard: Vec<usize> = pushes.iter().filter(|(_, w)| *w).map(|(n, _)| *n).collect();
+    println!();
+    println!(
+        "storm: {SERVICES} services changed in {:.0} ms; the last group settled {:.0} ms after the last change; \
+         snapshots per group: ordinary max {} (mean {:.1}), wildcard {}; {exact}/{} groups equal a fresh translation",
+        (last_change - started).as_secs_f64() * 1e3,
+        (settled - last_change).as_secs_f64() * 1e3,
+        ordinary.iter().max().copied().unwrap_or(0),
+        ordinary.iter().sum::<usize>() as f64 / ordinary.len().max(1) as f64,
+        wildcard.iter().max().copied().unwrap_or(0),
+        storm.keys.len(),
     );
 }
 
