@@ -204,8 +204,10 @@ struct Row {
     poll_median: Duration,
     max_warming_during_changes: u64,
     clusters_modified_during_changes: u64,
+    clusters_added_during_changes: u64,
     stat_count: usize,
     rss_synced_mib: f64,
+    anon_synced_mib: f64,
     rss_after_changes_mib: f64,
     memory: BTreeMap<String, f64>,
 }
@@ -301,8 +303,9 @@ async fn measure(env: &Env<'_>, stats: &str, changes: usize) -> Row {
         http: env.http,
         port: admin,
     };
+    // `/server_info` answers from Envoy's start; `/ready` only once its configuration is in.
     let up = poll_until(DEADLINE, Duration::from_millis(5), || async {
-        envoy.get("/ready").await.is_some()
+        envoy.get("/server_info").await.is_some()
     })
     .await;
     assert!(up, "{stats}: Envoy's admin API never answered");
@@ -322,7 +325,9 @@ async fn measure(env: &Env<'_>, stats: &str, changes: usize) -> Row {
             .get("cluster_manager.warming_clusters")
             .copied()
             .unwrap_or(1);
-        if active < env.services as u64 + 2 || warming > 0 {
+        // Every service's cluster, the sidecar's own service (registered by the sidecar
+        // once Envoy is up) and the two static clusters, none warming.
+        if active < env.services as u64 + 3 || warming > 0 {
             return false;
         }
         let members: u64 = envoy
@@ -339,15 +344,20 @@ async fn measure(env: &Env<'_>, stats: &str, changes: usize) -> Row {
     );
     let ready = Instant::now();
     let pid = sidecar.envoy_pid.expect("Envoy's pid");
-    let rss_synced_mib = rss_mib(pid);
+    let rss_synced_mib = rss_mib(pid, "VmRSS:");
+    let anon_synced_mib = rss_mib(pid, "RssAnon:");
     let memory = envoy.memory().await;
     let stat_count = envoy
         .get("/stats")
         .await
         .map_or(0, |text| text.lines().count());
 
-    let modified = "cluster_manager.cluster_modified";
-    let modified_before = envoy.stat(modified).await;
+    let (modified, added) = (
+        "cluster_manager.cluster_modified",
+        "cluster_manager.cluster_added",
+    );
+    let (modified_before, added_before) = (envoy.stat(modified).await, envoy.stat(added).await);
+    let mut warming_at = Vec::new();
     let mut timings = Vec::new();
     let mut puts = Vec::new();
     let mut polls = Vec::new();
@@ -375,6 +385,9 @@ async fn measure(env: &Env<'_>, stats: &str, changes: usize) -> Row {
                 .copied()
                 .unwrap_or(0);
             max_warming = max_warming.max(warming);
+            if warming > 0 && !warming_at.contains(&n) {
+                warming_at.push(n);
+            }
             if got.get(&total_name) == Some(&total) && got.get(&healthy_name) == Some(&healthy) {
                 break;
             }
@@ -385,8 +398,11 @@ async fn measure(env: &Env<'_>, stats: &str, changes: usize) -> Row {
         }
         timings.push((kind, start.elapsed()));
     }
-    let modified_after = envoy.stat(modified).await;
-    let rss_after_changes_mib = rss_mib(pid);
+    let (modified_after, added_after) = (envoy.stat(modified).await, envoy.stat(added).await);
+    if !warming_at.is_empty() {
+        println!("{stats}: warming clusters seen during changes {warming_at:?}");
+    }
+    let rss_after_changes_mib = rss_mib(pid, "VmRSS:");
     drop(sidecar);
     Row {
         stats: stats.to_owned(),
@@ -397,8 +413,10 @@ async fn measure(env: &Env<'_>, stats: &str, changes: usize) -> Row {
         poll_median: median(&mut polls),
         max_warming_during_changes: max_warming,
         clusters_modified_during_changes: modified_after.saturating_sub(modified_before),
+        clusters_added_during_changes: added_after.saturating_sub(added_before),
         stat_count,
         rss_synced_mib,
+        anon_synced_mib,
         rss_after_changes_mib,
         memory,
     }
@@ -514,11 +532,12 @@ fn envoy_pid(sidecar: i32) -> Option<i32> {
         })
 }
 
-fn rss_mib(pid: i32) -> f64 {
+/// A `/proc/<pid>/status` size (`VmRSS:`, `RssAnon:`) in MiB.
+fn rss_mib(pid: i32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
 }
@@ -555,9 +574,9 @@ fn ms(d: Duration) -> String {
 fn print_report(rows: &[Row]) {
     println!();
     println!(
-        "| stats | initial config: admin up → all clusters ACTIVE with all endpoints (s) | from sidecar start (s) | change → applied in Envoy, p50 / p90 / max (ms) | slowest kind | registry PUT median (ms) | one admin poll median (ms) | warming clusters seen during changes (max) | clusters modified by changes | statistics | Envoy RSS synced → after changes (MiB) |"
+        "| stats | initial config: admin up → all clusters ACTIVE with all endpoints (s) | from sidecar start (s) | change → applied in Envoy, p50 / p90 / max (ms) | slowest kind | registry PUT median (ms) | one admin poll median (ms) | warming clusters seen during changes (max) | clusters added / modified by changes | statistics | Envoy VmRSS synced → after changes (MiB) | of which anonymous, synced (MiB) |"
     );
-    println!("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let mut all: Vec<Duration> = r.changes.iter().map(|(_, d)| *d).collect();
         all.sort();
@@ -572,7 +591,7 @@ fn print_report(rows: &[Row]) {
             .max_by_key(|(_, d)| *d)
             .map_or("-", |(k, _)| k);
         println!(
-            "| {} | {:.2} | {:.2} | {} / {} / {} | {} | {} | {} | {} | {} | {} | {:.0} → {:.0} |",
+            "| {} | {:.2} | {:.2} | {} / {} / {} | {} | {} | {} | {} | {} / {} | {} | {:.0} → {:.0} | {:.0} |",
             r.stats,
             r.initial.as_secs_f64(),
             r.initial_from_spawn.as_secs_f64(),
@@ -583,10 +602,12 @@ fn print_report(rows: &[Row]) {
             ms(r.put_median),
             ms(r.poll_median),
             r.max_warming_during_changes,
+            r.clusters_added_during_changes,
             r.clusters_modified_during_changes,
             r.stat_count,
             r.rss_synced_mib,
             r.rss_after_changes_mib,
+            r.anon_synced_mib,
         );
     }
     println!();
