@@ -210,6 +210,7 @@ struct Row {
     anon_synced_mib: f64,
     rss_after_changes_mib: f64,
     memory: BTreeMap<String, f64>,
+    memory_after_changes: BTreeMap<String, f64>,
 }
 
 /// The `meshplane sidecar` process; stopped (SIGTERM, then SIGKILL for it and its Envoy)
@@ -325,17 +326,20 @@ async fn measure(env: &Env<'_>, stats: &str, changes: usize) -> Row {
             .get("cluster_manager.warming_clusters")
             .copied()
             .unwrap_or(1);
-        // Every service's cluster, the sidecar's own service (registered by the sidecar
+        // Every service's cluster (below, with the sidecar's own service, which it registers
         // once Envoy is up) and the two static clusters, none warming.
-        if active < env.services as u64 + 3 || warming > 0 {
+        if active < env.services as u64 + 2 || warming > 0 {
             return false;
         }
-        let members: u64 = envoy
-            .stats("^cluster\\.svc-[0-9]+\\.membership_total$")
-            .await
-            .values()
+        let members = envoy
+            .stats("^cluster\\.(svc-[0-9]+|batch)\\.membership_total$")
+            .await;
+        let svc: u64 = members
+            .iter()
+            .filter(|(name, _)| name.starts_with("cluster.svc-"))
+            .map(|(_, n)| n)
             .sum();
-        members == expected_endpoints
+        svc == expected_endpoints && members.contains_key("cluster.batch.membership_total")
     })
     .await;
     assert!(
@@ -403,6 +407,7 @@ async fn measure(env: &Env<'_>, stats: &str, changes: usize) -> Row {
         println!("{stats}: warming clusters seen during changes {warming_at:?}");
     }
     let rss_after_changes_mib = rss_mib(pid, "VmRSS:");
+    let memory_after_changes = envoy.memory().await;
     drop(sidecar);
     Row {
         stats: stats.to_owned(),
@@ -419,6 +424,7 @@ async fn measure(env: &Env<'_>, stats: &str, changes: usize) -> Row {
         anon_synced_mib,
         rss_after_changes_mib,
         memory,
+        memory_after_changes,
     }
 }
 
@@ -611,12 +617,15 @@ fn print_report(rows: &[Row]) {
         );
     }
     println!();
-    println!("Envoy's /memory after the initial sync (MiB):");
+    println!("Envoy's /memory after the initial sync → after the changes (MiB):");
     for r in rows {
         let parts: Vec<String> = r
             .memory
             .iter()
-            .map(|(k, v)| format!("{k} {v:.1}"))
+            .map(|(k, v)| {
+                let after = r.memory_after_changes.get(k).copied().unwrap_or_default();
+                format!("{k} {v:.1} → {after:.1}")
+            })
             .collect();
         println!("- {}: {}", r.stats, parts.join(", "));
     }
