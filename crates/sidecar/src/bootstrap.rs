@@ -2,8 +2,9 @@
 //!
 //! Everything Envoy serves comes over ADS from the control plane; the bootstrap only says
 //! who this proxy is (`node`), where the control plane is (the static `meshplane_xds`
-//! cluster, one failover priority per address), and where the admin API listens (127.0.0.1
-//! only). Output is JSON, which Envoy reads as YAML.
+//! cluster, one failover priority per address), where the admin API listens (127.0.0.1
+//! only), and which statistics Envoy keeps (`stats.rs`). Output is JSON, which Envoy reads
+//! as YAML.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -44,6 +45,8 @@ pub struct BootstrapSpec<'a> {
     pub xds_tls: Option<XdsTlsMode<'a>>,
     /// Unix socket where the sidecar serves this proxy's certificate and trust bundle (SDS).
     pub sds_socket: &'a std::path::Path,
+    /// Which statistics Envoy creates (the descriptor's `stats`).
+    pub stats: &'a meshplane_model::Stats,
 }
 
 /// How Envoy authenticates to the control plane on the xDS connection.
@@ -72,7 +75,7 @@ pub enum XdsTlsMode<'a> {
 
 /// Builds the bootstrap document.
 pub fn bootstrap(spec: &BootstrapSpec<'_>) -> Value {
-    json!({
+    let mut bootstrap = json!({
         "node": node(spec),
         "admin": {
             "address": socket_address(&spec.admin.ip().to_string(), spec.admin.port()),
@@ -106,7 +109,13 @@ pub fn bootstrap(spec: &BootstrapSpec<'_>) -> Value {
                 },
             }],
         },
-    })
+    });
+    if let Some(obj) = bootstrap.as_object_mut() {
+        for (key, value) in crate::stats::bootstrap_fields(spec.stats) {
+            obj.insert(key.to_owned(), value);
+        }
+    }
+    bootstrap
 }
 
 /// The node: identity plus the descriptor (as written) and the admin address as metadata.

@@ -20,6 +20,7 @@ pub mod envoy;
 pub mod identity;
 pub mod registration;
 pub mod restart_policy;
+pub mod stats;
 
 mod announce;
 mod error;
@@ -163,6 +164,7 @@ pub fn render_bootstrap(args: BootstrapArgs) -> Result<String, SidecarError> {
         admin_relay: None,
         xds_tls: config.xds_tls_mode(),
         sds_socket: &sds_socket,
+        stats: &d.stats,
     });
     serde_json::to_string_pretty(&value)
         .map_err(|e| SidecarError::io("cannot encode the bootstrap")(std::io::Error::other(e)))

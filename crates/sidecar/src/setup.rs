@@ -111,6 +111,7 @@ impl Prepared {
             admin_relay: self.relay.as_ref().map(|(_, addr)| *addr),
             xds_tls: self.config.xds_tls_mode(),
             sds_socket: &crate::config::sds_socket(self.work_dir()),
+            stats: &self.loaded.descriptor.stats,
         })
     }
 

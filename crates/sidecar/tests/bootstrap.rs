@@ -6,6 +6,7 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use meshplane_model::{Stats, StatsPattern};
 use meshplane_sidecar::bootstrap::{BootstrapSpec, XdsTlsMode, bootstrap};
 use meshplane_sidecar::descriptor;
 use meshplane_sidecar::{BootstrapArgs, ControlPlaneAddr, XdsFlavour, render_bootstrap};
@@ -29,6 +30,16 @@ fn mk_bootstrap_tls(
     xds: XdsFlavour,
     xds_tls: Option<XdsTlsMode<'_>>,
 ) -> Value {
+    mk_bootstrap_stats(written, control_plane, xds, xds_tls, &Stats::default())
+}
+
+fn mk_bootstrap_stats(
+    written: &Value,
+    control_plane: &[ControlPlaneAddr],
+    xds: XdsFlavour,
+    xds_tls: Option<XdsTlsMode<'_>>,
+    stats: &Stats,
+) -> Value {
     bootstrap(&BootstrapSpec {
         descriptor: written,
         instance_id: "orders-host1-31001",
@@ -41,6 +52,7 @@ fn mk_bootstrap_tls(
         admin_relay: None,
         xds_tls,
         sds_socket: Path::new("/run/meshplane/orders/sds.sock"),
+        stats,
     })
 }
 
@@ -272,6 +284,32 @@ fn envoy_validates_the_bootstrap() {
                 Some(XdsTlsMode::Sds {
                     ca_file: Some(&ca_file),
                 }),
+            ),
+        ),
+        (
+            "stats-all",
+            mk_bootstrap_stats(
+                &loaded.written,
+                &cps("127.0.0.1:18000"),
+                XdsFlavour::StateOfTheWorld,
+                None,
+                &Stats::All,
+            ),
+        ),
+        (
+            "stats-additions",
+            mk_bootstrap_stats(
+                &loaded.written,
+                &cps("127.0.0.1:18000"),
+                XdsFlavour::StateOfTheWorld,
+                None,
+                &Stats::Mesh(vec![
+                    StatsPattern::Prefix("vhost.".into()),
+                    StatsPattern::Suffix(".lb_healthy_panic".into()),
+                    StatsPattern::Exact("cluster.payments.upstream_cx_rx_bytes_total".into()),
+                    StatsPattern::Contains("retry".into()),
+                    StatsPattern::Regex("^cluster\\.payments\\..*".into()),
+                ]),
             ),
         ),
     ];

@@ -7,6 +7,7 @@
 
 mod duration;
 mod raw;
+mod stats;
 #[cfg(test)]
 mod tests;
 
@@ -16,6 +17,7 @@ use serde::Serialize;
 
 use crate::ServiceName;
 pub use duration::{format_duration, parse_duration};
+pub use stats::{Stats, StatsPattern};
 
 /// A parsed, validated service descriptor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -41,6 +43,8 @@ pub struct Descriptor {
     pub incoming: Option<Incoming>,
     /// Keep HTTP/1.1 header name case as the app wrote it (for apps that depend on it).
     pub preserve_header_case: bool,
+    /// Which Envoy statistics the sidecar keeps; the control plane ignores it.
+    pub stats: Stats,
 }
 
 /// The ingress listener.

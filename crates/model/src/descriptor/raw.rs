@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
+use super::stats::RawStats;
 use super::{
     Client, Dependency, Descriptor, DescriptorError, Domain, EgressListener, EndpointRule,
     Incoming, IngressListener, MtlsMode, PathMatch, Retries, RetryOn, Role, Target, Unlisted,
@@ -36,6 +37,8 @@ struct RawDescriptor {
     incoming: Option<RawIncoming>,
     #[serde(default)]
     preserve_header_case: bool,
+    #[serde(default)]
+    stats: Option<RawStats>,
 }
 
 #[derive(Deserialize)]
@@ -274,6 +277,11 @@ impl RawDescriptor {
                  set `mtls: permissive` or `strict`, or drop the clients (open endpoint)",
             ));
         }
+        let stats = self
+            .stats
+            .map(RawStats::validate)
+            .transpose()?
+            .unwrap_or_default();
         Ok(Descriptor {
             service,
             port: app_port,
@@ -289,6 +297,7 @@ impl RawDescriptor {
             dependencies,
             incoming,
             preserve_header_case: self.preserve_header_case,
+            stats,
         })
     }
 }
@@ -579,7 +588,7 @@ impl RawEndpoint {
 }
 
 /// The last non-empty line of a multi-line message (`regex-syntax` ends with the reason).
-fn last_line(s: &str) -> String {
+pub(super) fn last_line(s: &str) -> String {
     s.lines()
         .rev()
         .find(|l| !l.trim().is_empty())

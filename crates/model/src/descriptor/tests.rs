@@ -200,3 +200,61 @@ fn clients_need_mtls_to_be_identified() {
     let open = "service: a\nport: 1\ningress: { port: 2 }\nmtls: disabled\nincoming:\n  endpoints: [{ path: /open }]\n";
     assert!(Descriptor::from_yaml(open).is_ok());
 }
+
+#[test]
+fn stats_default_to_the_mesh_list_and_take_additions_or_all() {
+    let base = "service: a\nport: 1\ningress: { port: 2 }\n";
+    let d = Descriptor::from_yaml(base).expect("valid");
+    assert_eq!(d.stats, Stats::Mesh(Vec::new()));
+    let d = Descriptor::from_yaml(&format!("{base}stats: {{ include: all }}\n")).expect("valid");
+    assert_eq!(d.stats, Stats::All);
+    let yaml = format!(
+        "{base}stats:\n  include:\n    - prefix: vhost.\n    - suffix: .upstream_cx_rx_bytes_total\n    - regex: '^cluster\\.payments\\..*'\n"
+    );
+    let d = Descriptor::from_yaml(&yaml).expect("valid");
+    assert_eq!(
+        d.stats,
+        Stats::Mesh(vec![
+            StatsPattern::Prefix("vhost.".into()),
+            StatsPattern::Suffix(".upstream_cx_rx_bytes_total".into()),
+            StatsPattern::Regex("^cluster\\.payments\\..*".into()),
+        ])
+    );
+    let value: serde_json::Value = serde_norway::from_str(&yaml).expect("yaml");
+    assert_eq!(Descriptor::from_json(value).expect("valid"), d);
+}
+
+#[test]
+fn bad_stats_name_their_field() {
+    let base = "service: a\nport: 1\ningress: { port: 2 }\n";
+    let cases = [
+        ("stats: { include: everything }", "stats.include", "`all`"),
+        ("stats: { include: 3 }", "stats.include", "`all` or a list"),
+        (
+            "stats: { include: [{ prefix: a, suffix: b }] }",
+            "stats.include[0]",
+            "exactly one",
+        ),
+        (
+            "stats: { include: [{ prefix: a }, { regex: \"(\" }] }",
+            "stats.include[1].regex",
+            "regular expression",
+        ),
+        (
+            "stats: { include: [{ prefix: \"\" }] }",
+            "stats.include[0]",
+            "include: all",
+        ),
+        (
+            "stats: { include: [{ begins: a }] }",
+            "stats.include[0].begins",
+            "unknown field",
+        ),
+        ("stats: { exclude: [] }", "stats.exclude", "unknown field"),
+    ];
+    for (extra, want_field, want_message) in cases {
+        let (field, message) = field_error(&format!("{base}{extra}\n"));
+        assert_eq!(field, want_field, "{extra}: {message}");
+        assert!(message.contains(want_message), "{extra}: {message}");
+    }
+}

@@ -130,8 +130,11 @@ impl DescriptorGrouper {
                 "node.metadata.{LISTEN_ADDRESS_KEY} `{listen_address}` is not an IP address"
             )));
         }
-        let descriptor = Descriptor::from_json(json)
+        let mut descriptor = Descriptor::from_json(json)
             .map_err(|e| invalid(format!("invalid service descriptor in node.metadata: {e}")))?;
+        // Statistics are the sidecar's bootstrap business: proxies that differ only there get
+        // the same configuration, so they must share a group.
+        descriptor.stats = meshplane_model::Stats::default();
         if descriptor.service.as_str() != node.cluster {
             return Err(invalid(format!(
                 "node.cluster `{}` differs from the descriptor's service `{}`; they must name the same service",

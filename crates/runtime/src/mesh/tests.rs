@@ -80,6 +80,14 @@ fn identical_descriptors_share_a_group_and_bad_ones_get_field_errors() {
         .group(&mk_node("orders-2", ORDERS), &peer)
         .expect("valid");
     assert_eq!(a, b, "same descriptor, same group");
+    let all_stats = format!("{ORDERS}stats: {{ include: all }}\n");
+    let d = grouper
+        .group(&mk_node("orders-5", &all_stats), &peer)
+        .expect("valid");
+    assert_eq!(
+        a, d,
+        "statistics are the sidecar's: same configuration, same group"
+    );
     let c = grouper.group(&mk_node("web-1", WEB), &peer).expect("valid");
     assert_ne!(a, c);
 
