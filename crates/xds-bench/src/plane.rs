@@ -30,6 +30,10 @@ pub(crate) struct Plane {
     pub(crate) metrics: XdsMetrics,
     /// Per-proxy xDS status.
     pub(crate) status: StatusBoard,
+    /// Every metric the control plane exports, for the translation histogram.
+    exported: meshplane_telemetry::Metrics,
+    /// The control plane's merged registry.
+    store: meshplane_registry::Store,
     http: reqwest::Client,
     /// Base URL of the Consul-compatible API changes are made through.
     api: String,
@@ -125,6 +129,8 @@ pub(crate) async fn start(
     let plane = Plane {
         metrics: cp.metrics.xds().clone(),
         status: cp.status.clone(),
+        exported: cp.metrics.clone(),
+        store: cp.store.clone(),
         http,
         api: format!("http://{api_addr}"),
         layout,
@@ -218,6 +224,34 @@ impl Plane {
                 format!("/v1/agent/service/deregister/{}", instance_id(service, 1)),
                 None,
             ),
+        })
+    }
+
+    /// `(sum of seconds, count)` of the control plane's translation histogram.
+    pub(crate) fn translation_totals(&self) -> (f64, f64) {
+        let text = self.exported.encode();
+        let read = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or_default()
+        };
+        (
+            read("meshplane_translation_seconds_sum"),
+            read("meshplane_translation_seconds_count"),
+        )
+    }
+
+    /// When (monotonic ns) the control plane's store next moves past its current index:
+    /// the change has come through the registry source.
+    pub(crate) fn store_changed(&self, timeout: Duration) -> JoinHandle<Option<u64>> {
+        let mut rx = self.store.subscribe();
+        let index = rx.borrow_and_update().index;
+        tokio::spawn(async move {
+            tokio::time::timeout(timeout, rx.wait_for(|s| s.index > index))
+                .await
+                .ok()?
+                .ok()?;
+            Some(crate::probe::mono_ns())
         })
     }
 

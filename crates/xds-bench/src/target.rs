@@ -36,8 +36,20 @@ pub(crate) enum Target {
 pub(crate) enum Pending {
     Meshplane(Vec<(GroupKey, Snapshot)>, JoinHandle<u64>),
     Floor(PreparedChange),
-    /// The API path and body of the write, and the watcher of the emitted responses.
-    ControlPlane(String, Option<serde_json::Value>, JoinHandle<u64>),
+    ControlPlane(Box<PendingWrite>),
+}
+
+/// A write to the control plane's registry API, and what times its way through.
+pub(crate) struct PendingWrite {
+    round: u64,
+    path: String,
+    body: Option<serde_json::Value>,
+    /// When the control plane had emitted EDS to every affected stream.
+    emitted: JoinHandle<u64>,
+    /// When its store had the change.
+    stored: JoinHandle<Option<u64>>,
+    /// Its translation histogram before the change.
+    translation: (f64, f64),
 }
 
 // === impl Target ===
@@ -114,7 +126,14 @@ impl Target {
                 let target = plane.metrics.responses(ResourceType::Endpoint) + affected as u64;
                 let watcher = tokio::spawn(wait_emitted(plane.metrics.clone(), target, timeout));
                 let (path, body) = plane.change(round)?;
-                Pending::ControlPlane(path, body, watcher)
+                Pending::ControlPlane(Box::new(PendingWrite {
+                    round,
+                    path,
+                    body,
+                    emitted: watcher,
+                    stored: plane.store_changed(timeout),
+                    translation: plane.translation_totals(),
+                }))
             }
         })
     }
@@ -129,9 +148,28 @@ impl Target {
                 Ok(watcher.await?)
             }
             (Target::Floor(floor), Pending::Floor(change)) => Ok(floor.publish(change)),
-            (Target::ControlPlane(plane), Pending::ControlPlane(path, body, watcher)) => {
-                plane.put(path, body).await?;
-                Ok(watcher.await?)
+            (Target::ControlPlane(plane), Pending::ControlPlane(write)) => {
+                let start = mono_ns();
+                plane.put(write.path, write.body).await?;
+                let acknowledged = mono_ns();
+                let emitted = write.emitted.await?;
+                let stored = write.stored.await?;
+                let (sum, count) = plane.translation_totals();
+                let (sum0, count0) = write.translation;
+                // Where the time went, on stderr (the scenario's rows stay on stdout).
+                let ms = |t: u64| t.saturating_sub(start) as f64 / 1e6;
+                eprintln!(
+                    "STAGES round {} {:?}: API acknowledged {:.1} ms, store {} ms, \
+                     translation histogram +{:.1} ms over {} observation(s), all affected emitted {:.1} ms",
+                    write.round,
+                    crate::plane::ChangeKind::of_round(write.round),
+                    ms(acknowledged),
+                    stored.map_or("—".to_owned(), |t| format!("{:.1}", ms(t))),
+                    (sum - sum0) * 1e3,
+                    count - count0,
+                    ms(emitted),
+                );
+                Ok(emitted)
             }
             _ => anyhow::bail!("a change prepared for another server"),
         }
