@@ -32,6 +32,8 @@ pub struct ControlPlane {
     pub status: StatusBoard,
     /// The snapshots served.
     pub cache: SnapshotCache,
+    /// The metrics the admin API exports (the fan-out bench reads them in-process).
+    pub metrics: meshplane_telemetry::Metrics,
     tasks: JoinSet<anyhow::Result<()>>,
 }
 
@@ -217,7 +219,7 @@ pub async fn start(
         token: config.token.as_deref().map(Arc::from),
         peers: Arc::new(config.peers.clone()),
         http: reqwest::Client::builder().no_proxy().build()?,
-        metrics,
+        metrics: metrics.clone(),
         ca: Some(ca),
         enrolment_tokens: Arc::new(meshplane_admin::EnrolmentTokens::new(
             config.load_enrolment_tokens()?,
@@ -242,6 +244,7 @@ pub async fn start(
         store,
         status,
         cache,
+        metrics,
         tasks,
     })
 }

@@ -16,6 +16,7 @@ use crate::client::{Fleet, FleetConfig, Mode, RoundAcks};
 use crate::probe::{cpu_ns, mono_ns, raise_nofile_limit, rss_bytes};
 use crate::scenario::Layout;
 use crate::target::Target;
+use meshplane_runtime::RegistryKind;
 
 /// Where the client runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,9 @@ pub enum ServerKind {
     Meshplane,
     /// The [`crate::floor::Floor`]: pre-encoded responses written to every stream, nothing else.
     Floor,
+    /// The whole control plane (`meshplane_runtime`) with this registry, changes made
+    /// through the registry's Consul-compatible API ([`crate::plane`]).
+    ControlPlane(RegistryKind),
 }
 
 impl FromStr for ServerKind {
@@ -41,8 +45,10 @@ impl FromStr for ServerKind {
         match s {
             "meshplane" => Ok(ServerKind::Meshplane),
             "floor" => Ok(ServerKind::Floor),
+            "control-plane" => Ok(ServerKind::ControlPlane(RegistryKind::Embedded)),
+            "control-plane-consul" => Ok(ServerKind::ControlPlane(RegistryKind::Consul)),
             other => Err(format!(
-                "unknown server `{other}`: use `meshplane` or `floor`"
+                "unknown server `{other}`: use `meshplane`, `floor`, `control-plane` or `control-plane-consul`"
             )),
         }
     }
@@ -53,6 +59,8 @@ impl fmt::Display for ServerKind {
         f.write_str(match self {
             ServerKind::Meshplane => "meshplane",
             ServerKind::Floor => "floor",
+            ServerKind::ControlPlane(RegistryKind::Consul) => "control-plane-consul",
+            ServerKind::ControlPlane(_) => "control-plane",
         })
     }
 }
@@ -70,6 +78,9 @@ pub struct ScenarioConfig {
     pub streams: usize,
     /// Streams per HTTP/2 connection.
     pub streams_per_conn: usize,
+    /// Instances per service loaded into the control plane's registry (control-plane
+    /// servers only; the others publish the layout's snapshots).
+    pub instances: usize,
     /// Changes published, one after another.
     pub rounds: u64,
     /// Where the client runs.
@@ -207,27 +218,46 @@ impl ClientHandle {
 /// Runs one scenario to the end; the server and the client are stopped whatever happens.
 pub async fn run_scenario(config: ScenarioConfig) -> anyhow::Result<ScenarioResult> {
     raise_nofile_limit()?;
-    let initial = config.layout.snapshots(config.streams, 0)?;
-    let groups = initial.len();
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("binding 127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let (target, serving) =
-        Target::start(config.server, config.mode, initial, listener, &shutdown)?;
+    let (target, addr, serving, groups) = match config.server {
+        ServerKind::ControlPlane(registry) => {
+            let started = crate::plane::start(
+                registry,
+                config.layout,
+                config.instances,
+                config.timeouts.sync,
+                &shutdown,
+            )
+            .await;
+            // A half-started control plane (e.g. loading failed) stops with the scenario.
+            let (plane, addr, serving) = started.inspect_err(|_| shutdown.cancel())?;
+            let groups = config.layout.groups(config.streams);
+            (Target::ControlPlane(Box::new(plane)), addr, serving, groups)
+        }
+        kind => {
+            let initial = config.layout.snapshots(config.streams, 0)?;
+            let groups = initial.len();
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding 127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let (target, serving) = Target::start(kind, config.mode, initial, listener, &shutdown)?;
+            (target, addr, serving, groups)
+        }
+    };
     let fleet = FleetConfig {
         addr,
         streams: config.streams,
         streams_per_conn: config.streams_per_conn,
         mode: config.mode,
         layout: config.layout,
+        descriptors: matches!(config.server, ServerKind::ControlPlane(_)),
     };
     let result = measure(&config, &fleet, &target, groups).await;
     target.stop();
     shutdown.cancel();
     match tokio::time::timeout(Duration::from_secs(30), serving).await {
-        Ok(joined) => joined?.context("xDS server")?,
+        Ok(joined) => joined?.context("the server")?,
         Err(_) => tracing::warn!("xDS server did not drain within 30s"),
     }
     result
@@ -300,7 +330,11 @@ async fn run_round(
     client: &mut ClientHandle,
     round: u64,
 ) -> anyhow::Result<RoundFigures> {
-    let changed = config.layout.changed_snapshots(config.streams, round)?;
+    // The control plane computes its own snapshots from the registry change.
+    let changed = match config.server {
+        ServerKind::ControlPlane(_) => Vec::new(),
+        _ => config.layout.changed_snapshots(config.streams, round)?,
+    };
     let affected = config.layout.affected_count(config.streams, round);
     client.arm(round).await?;
     let pending = target.prepare(round, changed, affected, config.timeouts.ack)?;
@@ -338,13 +372,23 @@ mod tests {
     use crate::report;
 
     async fn run_small(server: ServerKind, layout: Layout, mode: Mode) -> ScenarioResult {
+        run_rounds(server, layout, mode, 2).await
+    }
+
+    async fn run_rounds(
+        server: ServerKind,
+        layout: Layout,
+        mode: Mode,
+        rounds: u64,
+    ) -> ScenarioResult {
         let config = ScenarioConfig {
             server,
             layout,
             mode,
             streams: 20,
             streams_per_conn: 8,
-            rounds: 2,
+            instances: 2,
+            rounds,
             placement: Placement::InProcess,
             timeouts: Timeouts {
                 sync: Duration::from_secs(30),
@@ -358,7 +402,7 @@ mod tests {
     fn assert_every_change_reached_exactly_the_affected(result: &ScenarioResult) {
         let c = &result.config;
         let what = format!("{} {} {}", c.server, c.layout, c.mode);
-        assert_eq!(result.rounds.len(), 2, "{what}");
+        assert_eq!(result.rounds.len() as u64, c.rounds, "{what}");
         for (round, acks) in (1..).zip(&result.rounds) {
             let affected = c.layout.affected_count(c.streams, round);
             assert_eq!(
@@ -424,5 +468,30 @@ mod tests {
                 assert!(row.contains("wildcard"), "{row}");
             }
         }
+    }
+
+    /// The Consul-path smoke check: the whole control plane following an embedded
+    /// registry's Consul API (1,000 services × 2 instances), changes made through that API;
+    /// every affected proxy ACKs each change (a registration, a health change, a
+    /// deregistration), the others receive nothing, and the server's status shows every
+    /// stream ACKed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_control_plane_following_consul_delivers_each_change_to_the_affected_proxies() {
+        for mode in [Mode::Sotw, Mode::Delta] {
+            let server = ServerKind::ControlPlane(RegistryKind::Consul);
+            let result = run_rounds(server, Layout::Mixed, mode, 3).await;
+            assert_eq!(result.groups, 5, "{mode}: 4 groups and the wildcard");
+            assert_every_change_reached_exactly_the_affected(&result);
+            assert_eq!(result.rounds[1].len(), 15, "{mode}");
+            assert_eq!(result.status_acked, Some(20), "{mode}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_control_plane_on_its_embedded_registry_delivers_each_change() {
+        let server = ServerKind::ControlPlane(RegistryKind::Embedded);
+        let result = run_rounds(server, Layout::Mixed, Mode::Delta, 3).await;
+        assert_every_change_reached_exactly_the_affected(&result);
+        assert_eq!(result.status_acked, Some(20));
     }
 }

@@ -39,6 +39,7 @@ impl ChildClient {
             .args(["--streams-per-conn", &config.streams_per_conn.to_string()])
             .args(["--mode", &config.mode.to_string()])
             .args(["--layout", &config.layout.to_string()])
+            .args(config.descriptors.then_some("--descriptors"))
             .args(["--sync-timeout-secs", &timeouts.sync.as_secs().to_string()])
             .args(["--ack-timeout-secs", &timeouts.ack.as_secs().to_string()])
             .stdin(Stdio::piped())

@@ -77,6 +77,9 @@ pub struct FleetConfig {
     pub mode: Mode,
     /// Decides each proxy's `node.cluster`, hence its group.
     pub layout: Layout,
+    /// Put each proxy's service descriptor in `node.metadata`, as the real control plane
+    /// requires ([`crate::plane::descriptor_metadata`]).
+    pub descriptors: bool,
 }
 
 impl FleetConfig {
@@ -172,7 +175,7 @@ impl Fleet {
             let stream = StreamTask {
                 index: i,
                 channel: self.channels[i % self.channels.len()].clone(),
-                node: node(self.config.layout, i, self.config.streams),
+                node: node(&self.config, i),
                 armed: self.armed.clone(),
                 events_tx: self.events_tx.clone(),
             };
@@ -312,10 +315,14 @@ impl Fleet {
     }
 }
 
-fn node(layout: Layout, i: usize, streams: usize) -> Node {
+fn node(config: &FleetConfig, i: usize) -> Node {
+    let (layout, streams) = (config.layout, config.streams);
     Node {
         id: format!("proxy-{i:05}"),
         cluster: layout.node_service(i, streams),
+        metadata: config
+            .descriptors
+            .then(|| crate::plane::descriptor_metadata(layout, i, streams)),
         ..Default::default()
     }
 }

@@ -18,6 +18,7 @@ pub mod bench;
 pub mod child;
 pub mod client;
 pub mod floor;
+pub mod plane;
 pub mod probe;
 pub mod report;
 pub mod scenario;
@@ -71,6 +72,13 @@ struct RunArgs {
     /// five, one service changes per round.
     #[arg(long, value_delimiter = ',', default_value = "groups,shared")]
     layout: Vec<Layout>,
+    /// Servers measured in each scenario (besides the floor): `meshplane` (the xDS server
+    /// fed with the layout's snapshots), `control-plane` (the whole control plane on its
+    /// embedded registry, changes through its Consul-compatible API) and
+    /// `control-plane-consul` (the control plane with `--registry consul`, following an
+    /// embedded registry's API); the control-plane servers run the `mixed` layout only.
+    #[arg(long, value_delimiter = ',', default_value = "meshplane")]
+    server: Vec<ServerKind>,
     /// Skip the floor server (by default each scenario also runs against it).
     #[arg(long)]
     no_floor: bool,
@@ -87,6 +95,9 @@ struct CommonArgs {
     /// Changes published per scenario.
     #[arg(long, default_value_t = 5)]
     rounds: u64,
+    /// Instances per service loaded into the control-plane servers' registry.
+    #[arg(long, default_value_t = 20)]
+    instances: usize,
     /// Seconds allowed to connect and sync every stream.
     #[arg(long, default_value_t = 600)]
     sync_timeout_secs: u64,
@@ -128,6 +139,9 @@ struct ClientArgs {
     mode: Mode,
     #[arg(long)]
     streams: usize,
+    /// Put service descriptors in node metadata (for the control-plane servers).
+    #[arg(long)]
+    descriptors: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -143,6 +157,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 mode: args.mode,
                 streams: args.streams,
                 streams_per_conn: args.common.streams_per_conn,
+                instances: args.common.instances,
                 rounds: args.common.rounds,
                 placement: Placement::Child,
                 timeouts: args.common.timeouts(),
@@ -163,6 +178,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 streams_per_conn: args.common.streams_per_conn,
                 mode: args.mode,
                 layout: args.layout,
+                descriptors: args.descriptors,
             };
             child::run_client(config, args.common.timeouts()).await
         }
@@ -200,25 +216,34 @@ async fn run_all(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one scenario against Meshplane, then (unless `--no-floor`) against the floor, and
-/// prints their rows; returns how many failed.
+/// Runs one scenario against each `--server` that runs its layout, then (unless
+/// `--no-floor`) against the floor, and prints their rows; returns how many failed.
 async fn run_pair(
     exe: &std::path::Path,
     scenario: (Layout, Mode, usize),
     args: &RunArgs,
 ) -> anyhow::Result<usize> {
-    let meshplane = run_one(exe, ServerKind::Meshplane, scenario, &args.common).await?;
-    let floor = if args.no_floor {
-        None
-    } else {
-        Some(run_one(exe, ServerKind::Floor, scenario, &args.common).await?)
-    };
-    let floor_latency = floor.as_ref().and_then(|f| f.latency);
+    let (layout, mode, streams) = scenario;
+    let mut outcomes = Vec::new();
+    for &server in &args.server {
+        if matches!(server, ServerKind::ControlPlane(_)) && layout != Layout::Mixed {
+            continue;
+        }
+        outcomes.push((
+            server,
+            Some(run_one(exe, server, scenario, &args.common).await?),
+        ));
+    }
+    if !args.no_floor {
+        let floor = run_one(exe, ServerKind::Floor, scenario, &args.common).await?;
+        outcomes.push((ServerKind::Floor, Some(floor)));
+    }
+    let floor_latency = outcomes
+        .iter()
+        .find(|(s, _)| *s == ServerKind::Floor)
+        .and_then(|(_, o)| o.as_ref().and_then(|f| f.latency));
     let mut failures = 0;
-    for (server, outcome) in [
-        (ServerKind::Meshplane, Some(meshplane)),
-        (ServerKind::Floor, floor),
-    ] {
+    for (server, outcome) in outcomes {
         let Some(outcome) = outcome else { continue };
         match outcome.row {
             Some((head, tail)) => {
@@ -228,7 +253,6 @@ async fn run_pair(
             }
             None => {
                 failures += 1;
-                let (layout, mode, streams) = scenario;
                 println!("| {layout} | {mode} | {streams} | {server} | failed: see stderr |");
             }
         }
@@ -257,6 +281,7 @@ async fn run_one(
         .args(["--streams", &streams.to_string()])
         .args(["--streams-per-conn", &c.streams_per_conn.to_string()])
         .args(["--rounds", &c.rounds.to_string()])
+        .args(["--instances", &c.instances.to_string()])
         .args(["--sync-timeout-secs", &c.sync_timeout_secs.to_string()])
         .args(["--ack-timeout-secs", &c.ack_timeout_secs.to_string()])
         .stdout(Stdio::piped())

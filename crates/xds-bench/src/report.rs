@@ -95,7 +95,7 @@ pub fn floor_ratio(meshplane: &Latency, floor: &Latency) -> (f64, f64) {
 /// The "× floor" cell of a row of `server` whose latency is `own`.
 pub fn floor_cell(server: ServerKind, own: Option<&Latency>, floor: Option<&Latency>) -> String {
     match (server, own, floor) {
-        (ServerKind::Meshplane, Some(m), Some(f)) => {
+        (ServerKind::Meshplane | ServerKind::ControlPlane(_), Some(m), Some(f)) => {
             let (all, p99) = floor_ratio(m, f);
             format!("{all:.1}× / {p99:.1}×")
         }

@@ -32,7 +32,7 @@ const SHARED_INSTANCES: usize = 20;
 /// One proxy in this many is a wildcard proxy in the mixed layout (1 %).
 const MIXED_WILDCARD_EVERY: usize = 100;
 /// The wildcard group's key (its proxies' `node.cluster`).
-const WILDCARD_GROUP: &str = "mesh";
+pub(crate) const WILDCARD_GROUP: &str = "mesh";
 
 /// How proxies map to groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,13 +145,26 @@ impl Layout {
     /// The service whose endpoints round `round` (from 1) changes, for the layouts that
     /// change one service per round. `Mixed` starts at the fifth service, the first one
     /// seen by five groups, so every round affects as many groups as a typical service does.
-    fn changed_service(self, round: u64) -> Option<usize> {
+    pub(crate) fn changed_service(self, round: u64) -> Option<usize> {
         let first = match self {
             Layout::Groups => return None,
             Layout::Shared => 0,
             Layout::Mixed => DEPENDENCIES as u64,
         };
         (round > 0).then(|| ((round - 1 + first) % SHARED_SERVICES as u64) as usize)
+    }
+
+    /// The services proxy `i` sees in the mixed layout: `None` for a wildcard proxy (every
+    /// service), else its group's own service and the next four.
+    pub fn seen_services(self, i: usize, streams: usize) -> Option<Vec<usize>> {
+        match self {
+            Layout::Mixed if i < streams - self.wildcard_streams(streams) => Some(
+                mixed_seen(i % Layout::mixed_groups(streams))
+                    .into_iter()
+                    .collect(),
+            ),
+            _ => None,
+        }
     }
 
     /// Whether proxy `i` must receive round `round`'s change: every proxy for `Groups` and
@@ -253,7 +266,7 @@ fn mixed_seen(g: usize) -> BTreeSet<usize> {
     groups_seen(g, SHARED_SERVICES)
 }
 
-fn service_name(s: usize) -> String {
+pub(crate) fn service_name(s: usize) -> String {
     format!("svc-{s:05}")
 }
 

@@ -1,12 +1,15 @@
 //! The server a scenario measures, behind one interface: Meshplane's [`XdsServer`] with its
 //! [`SnapshotCache`] (a change is `set_snapshot` on the groups it changes), or the [`Floor`]
-//! (a change is prepared frames written to the groups' streams).
+//! (a change is prepared frames written to the groups' streams), or the whole control plane
+//! ([`Plane`]: a change is a write to its registry's HTTP API).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use meshplane_telemetry::XdsMetrics;
-use meshplane_xds::{GroupKey, ResourceType, ServerConfig, Snapshot, SnapshotCache, XdsServer};
+use meshplane_xds::{
+    GroupKey, ResourceType, ServerConfig, Snapshot, SnapshotCache, StatusBoard, XdsServer,
+};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bench::ServerKind;
 use crate::client::Mode;
 use crate::floor::{Floor, PreparedChange};
+use crate::plane::Plane;
 use crate::probe::mono_ns;
 use crate::scenario::ServiceGrouper;
 
@@ -25,12 +29,27 @@ pub(crate) enum Target {
         metrics: XdsMetrics,
     },
     Floor(Floor),
+    ControlPlane(Box<Plane>),
 }
 
 /// A change ready to publish.
 pub(crate) enum Pending {
     Meshplane(Vec<(GroupKey, Snapshot)>, JoinHandle<u64>),
     Floor(PreparedChange),
+    ControlPlane(Box<PendingWrite>),
+}
+
+/// A write to the control plane's registry API, and what times its way through.
+pub(crate) struct PendingWrite {
+    round: u64,
+    path: String,
+    body: Option<serde_json::Value>,
+    /// When the control plane had emitted EDS to every affected stream.
+    emitted: JoinHandle<u64>,
+    /// When its store had the change.
+    stored: JoinHandle<Option<u64>>,
+    /// Its translation histogram before the change.
+    translation: (f64, f64),
 }
 
 // === impl Target ===
@@ -43,7 +62,7 @@ impl Target {
         initial: Vec<(GroupKey, Snapshot)>,
         listener: TcpListener,
         shutdown: &CancellationToken,
-    ) -> anyhow::Result<(Target, JoinHandle<Result<(), tonic::transport::Error>>)> {
+    ) -> anyhow::Result<(Target, JoinHandle<anyhow::Result<()>>)> {
         match kind {
             ServerKind::Meshplane => {
                 let cache = SnapshotCache::new();
@@ -60,7 +79,10 @@ impl Target {
                     shutdown.clone(),
                 )
                 .with_observer(Arc::new(metrics.clone()));
-                let serving = tokio::spawn(server.clone().serve(listener));
+                let serving = {
+                    let server = server.clone();
+                    tokio::spawn(async move { Ok(server.serve(listener).await?) })
+                };
                 Ok((
                     Target::Meshplane {
                         cache,
@@ -72,8 +94,14 @@ impl Target {
             }
             ServerKind::Floor => {
                 let floor = Floor::new(mode, initial);
-                let serving = tokio::spawn(floor.clone().serve(listener, shutdown.clone()));
+                let serving = {
+                    let (floor, shutdown) = (floor.clone(), shutdown.clone());
+                    tokio::spawn(async move { Ok(floor.serve(listener, shutdown).await?) })
+                };
                 Ok((Target::Floor(floor), serving))
+            }
+            ServerKind::ControlPlane(_) => {
+                anyhow::bail!("the control plane is started by `plane::start`")
             }
         }
     }
@@ -94,6 +122,19 @@ impl Target {
                 Pending::Meshplane(changed, watcher)
             }
             Target::Floor(floor) => Pending::Floor(floor.prepare(round, changed)?),
+            Target::ControlPlane(plane) => {
+                let target = plane.metrics.responses(ResourceType::Endpoint) + affected as u64;
+                let watcher = tokio::spawn(wait_emitted(plane.metrics.clone(), target, timeout));
+                let (path, body) = plane.change(round)?;
+                Pending::ControlPlane(Box::new(PendingWrite {
+                    round,
+                    path,
+                    body,
+                    emitted: watcher,
+                    stored: plane.store_changed(timeout),
+                    translation: plane.translation_totals(),
+                }))
+            }
         })
     }
 
@@ -107,6 +148,29 @@ impl Target {
                 Ok(watcher.await?)
             }
             (Target::Floor(floor), Pending::Floor(change)) => Ok(floor.publish(change)),
+            (Target::ControlPlane(plane), Pending::ControlPlane(write)) => {
+                let start = mono_ns();
+                plane.put(write.path, write.body).await?;
+                let acknowledged = mono_ns();
+                let emitted = write.emitted.await?;
+                let stored = write.stored.await?;
+                let (sum, count) = plane.translation_totals();
+                let (sum0, count0) = write.translation;
+                // Where the time went, on stderr (the scenario's rows stay on stdout).
+                let ms = |t: u64| t.saturating_sub(start) as f64 / 1e6;
+                eprintln!(
+                    "STAGES round {} {:?}: API acknowledged {:.1} ms, store {} ms, \
+                     translation histogram +{:.1} ms over {} observation(s), all affected emitted {:.1} ms",
+                    write.round,
+                    crate::plane::ChangeKind::of_round(write.round),
+                    ms(acknowledged),
+                    stored.map_or("—".to_owned(), |t| format!("{:.1}", ms(t))),
+                    (sum - sum0) * 1e3,
+                    count - count0,
+                    ms(emitted),
+                );
+                Ok(emitted)
+            }
             _ => anyhow::bail!("a change prepared for another server"),
         }
     }
@@ -114,7 +178,10 @@ impl Target {
     /// Streams the server's status shows as having ACKed their last EDS response.
     pub(crate) async fn status_acked(&self, streams: usize) -> Option<usize> {
         match self {
-            Target::Meshplane { server, .. } => Some(settled_eds_acked(server, streams).await),
+            Target::Meshplane { server, .. } => {
+                Some(settled_eds_acked(&server.status(), streams).await)
+            }
+            Target::ControlPlane(plane) => Some(settled_eds_acked(&plane.status, streams).await),
             Target::Floor(_) => None,
         }
     }
@@ -141,10 +208,10 @@ async fn wait_emitted(metrics: XdsMetrics, target: u64, timeout: Duration) -> u6
 
 /// [`eds_acked`] once it reaches `streams`, or after 10 s: the server reads the last ACKs
 /// a little after the client sends them.
-async fn settled_eds_acked(server: &XdsServer, streams: usize) -> usize {
+async fn settled_eds_acked(status: &StatusBoard, streams: usize) -> usize {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let acked = eds_acked(server);
+        let acked = eds_acked(status);
         if acked >= streams || tokio::time::Instant::now() >= deadline {
             return acked;
         }
@@ -153,9 +220,8 @@ async fn settled_eds_acked(server: &XdsServer, streams: usize) -> usize {
 }
 
 /// Streams whose status board entry shows their last EDS response ACKed and no NACK.
-fn eds_acked(server: &XdsServer) -> usize {
-    server
-        .status()
+pub(crate) fn eds_acked(status: &StatusBoard) -> usize {
+    status
         .proxies()
         .iter()
         .filter(|p| {

@@ -18,7 +18,7 @@ use super::sotw::slot;
 pub struct DeltaProxy {
     node: Node,
     /// Cluster name → the EDS name it needs.
-    clusters: BTreeMap<String, String>,
+    clusters: BTreeMap<String, Option<String>>,
     /// Listener name → the route configurations it needs.
     listeners: BTreeMap<String, Vec<String>>,
     eds_subscribed: BTreeSet<String>,
@@ -73,7 +73,7 @@ impl DeltaProxy {
                 for name in &resp.removed_resources {
                     self.clusters.remove(name);
                 }
-                let wanted: BTreeSet<String> = self.clusters.values().cloned().collect();
+                let wanted: BTreeSet<String> = self.clusters.values().flatten().cloned().collect();
                 out.extend(resubscribe(
                     ResourceType::Endpoint,
                     &mut self.eds_subscribed,

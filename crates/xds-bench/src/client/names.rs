@@ -11,11 +11,13 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use prost::Message;
 
-/// `Cluster.name` (1) and `Cluster.eds_cluster_config` (3).
+/// `Cluster.name` (1), `Cluster.type` (2) and `Cluster.eds_cluster_config` (3).
 #[derive(Clone, PartialEq, Message)]
 struct ClusterNames {
     #[prost(string, tag = "1")]
     name: String,
+    #[prost(int32, optional, tag = "2")]
+    kind: Option<i32>,
     #[prost(message, optional, tag = "3")]
     eds: Option<EdsConfigName>,
 }
@@ -34,13 +36,20 @@ struct FirstName {
     name: String,
 }
 
-/// The EDS resource a cluster's bytes name (its `service_name`, else its name).
-pub fn eds_name_of_cluster(bytes: &[u8]) -> anyhow::Result<String> {
+/// The EDS resource a cluster's bytes name (its `service_name`, else its name); `None` for
+/// a cluster of another discovery type (static, DNS), which Envoy asks no endpoints for.
+pub fn eds_name_of_cluster(bytes: &[u8]) -> anyhow::Result<Option<String>> {
+    const EDS: i32 = 3;
     let c = ClusterNames::decode(bytes)?;
-    Ok(c.eds
-        .map(|e| e.service_name)
-        .filter(|s| !s.is_empty())
-        .unwrap_or(c.name))
+    if c.kind.is_some_and(|k| k != EDS) {
+        return Ok(None);
+    }
+    Ok(Some(
+        c.eds
+            .map(|e| e.service_name)
+            .filter(|s| !s.is_empty())
+            .unwrap_or(c.name),
+    ))
 }
 
 /// The name of an endpoints or route configuration resource.
@@ -82,7 +91,25 @@ mod tests {
     #[test]
     fn names_come_out_of_fixture_resources() {
         let c = mk_eds_cluster("svc-a");
-        assert_eq!(eds_name_of_cluster(&value(&c)).expect("cluster"), "svc-a");
+        assert_eq!(
+            eds_name_of_cluster(&value(&c)).expect("cluster").as_deref(),
+            Some("svc-a")
+        );
+        // A static cluster (the control plane's local app) has no EDS resource to ask for.
+        let local = envoy_types::pb::envoy::config::cluster::v3::Cluster {
+            name: "local_app".to_owned(),
+            cluster_discovery_type: Some(
+                envoy_types::pb::envoy::config::cluster::v3::cluster::ClusterDiscoveryType::Type(
+                    envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType::Static
+                        as i32,
+                ),
+            ),
+            ..Default::default()
+        };
+        assert_eq!(
+            eds_name_of_cluster(&local.encode_to_vec()).expect("cluster"),
+            None
+        );
         let e = mk_endpoints("svc-a", &[("10.0.0.1", 80, 1)]);
         assert_eq!(name_of(&value(&e)).expect("cla"), "svc-a");
         let r = mk_routes("outbound", &[("a", "svc-a")]);

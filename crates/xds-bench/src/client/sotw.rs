@@ -65,7 +65,7 @@ impl SotwProxy {
                 let wanted = resp
                     .resources
                     .iter()
-                    .map(|a| names::eds_name_of_cluster(&a.value))
+                    .filter_map(|a| names::eds_name_of_cluster(&a.value).transpose())
                     .collect::<anyhow::Result<BTreeSet<_>>>()?;
                 if wanted != self.eds_names {
                     self.eds_names = wanted;

@@ -1,0 +1,361 @@
+//! The real control plane as the measured server (`--server control-plane` and
+//! `control-plane-consul`): `meshplane_runtime`'s control plane on 127.0.0.1 ephemeral ports,
+//! fed by its embedded registry, or by `--registry consul` following an embedded registry's
+//! Consul API in the same process. Services are loaded and changed through that HTTP API, as
+//! an operator's tooling would; proxies carry real service descriptors (see
+//! [`descriptor_metadata`]), so grouping, policy checks and translation are the deployed ones.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+use futures::StreamExt;
+use meshplane_registry_embedded::{EmbeddedConfig, EmbeddedRegistry};
+use meshplane_runtime::{ControlPlaneConfig, RegistryKind};
+use meshplane_telemetry::XdsMetrics;
+use meshplane_xds::StatusBoard;
+use serde_json::{Value as Json, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::scenario::{Layout, SHARED_SERVICES, WILDCARD_GROUP, service_name};
+
+/// Registrations in flight while loading: enough to fill the registry's group commits.
+const LOAD_CONCURRENCY: usize = 64;
+
+/// A started control plane and the API its changes go through.
+pub(crate) struct Plane {
+    /// The control plane's own xDS metrics (what its admin API exports).
+    pub(crate) metrics: XdsMetrics,
+    /// Per-proxy xDS status.
+    pub(crate) status: StatusBoard,
+    /// Every metric the control plane exports, for the translation histogram.
+    exported: meshplane_telemetry::Metrics,
+    /// The control plane's merged registry.
+    store: meshplane_registry::Store,
+    http: reqwest::Client,
+    /// Base URL of the Consul-compatible API changes are made through.
+    api: String,
+    layout: Layout,
+    /// Data directories, removed when the plane is dropped.
+    _data: Vec<tempfile::TempDir>,
+}
+
+/// What a round changes, through the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A new instance registered (passing).
+    Register,
+    /// An instance's TTL check goes critical.
+    Health,
+    /// An instance deregistered.
+    Deregister,
+}
+
+impl ChangeKind {
+    /// Rounds cycle through the three kinds, starting with a registration.
+    pub fn of_round(round: u64) -> ChangeKind {
+        match round % 3 {
+            1 => ChangeKind::Register,
+            2 => ChangeKind::Health,
+            _ => ChangeKind::Deregister,
+        }
+    }
+}
+
+/// Starts the control plane with `registry`, loads `SHARED_SERVICES` × `instances` through
+/// the API and waits until its store holds them all; returns the plane, its xDS address and
+/// the task serving it (it ends once `shutdown` is cancelled).
+pub(crate) async fn start(
+    registry: RegistryKind,
+    layout: Layout,
+    instances: usize,
+    sync_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Plane, SocketAddr, JoinHandle<anyhow::Result<()>>)> {
+    anyhow::ensure!(
+        layout == Layout::Mixed,
+        "the control-plane servers run the `mixed` layout (services in a registry)"
+    );
+    anyhow::ensure!(
+        instances >= 2,
+        "--instances must be at least 2 (rounds fail one instance and deregister another)"
+    );
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    let cp_data = tempfile::tempdir().context("creating a data directory")?;
+    let mut config = ControlPlaneConfig {
+        xds_addr: any_port,
+        admin_addr: any_port,
+        registry_addr: any_port,
+        data_dir: cp_data.path().to_owned(),
+        allow_wildcard_dependencies: vec![WILDCARD_GROUP.parse()?],
+        ..ControlPlaneConfig::default()
+    };
+    let mut data = vec![cp_data];
+    // With `--registry consul`, the registry is an embedded registry served on its own, as
+    // a Consul agent would be: the control plane only sees its HTTP API.
+    let external = match registry {
+        RegistryKind::Embedded => None,
+        RegistryKind::Consul => {
+            let dir = tempfile::tempdir().context("creating a data directory")?;
+            let registry = EmbeddedRegistry::bind(EmbeddedConfig {
+                listen_addr: any_port,
+                data_dir: dir.path().to_owned(),
+                datacenter: config.datacenter.clone(),
+                ..EmbeddedConfig::default()
+            })
+            .await
+            .context("starting the registry the control plane follows")?;
+            data.push(dir);
+            config.registry = RegistryKind::Consul;
+            config.consul_addr = Some(format!("http://{}", registry.local_addr()));
+            Some(registry)
+        }
+        RegistryKind::File => anyhow::bail!("the file registry takes no changes through an API"),
+    };
+    let cp = meshplane_runtime::control_plane::start(config, shutdown.clone())
+        .await
+        .context("starting the control plane")?;
+    let api_addr = match (&external, cp.registry_addr) {
+        (Some(registry), _) => registry.local_addr(),
+        (None, Some(own)) => own,
+        (None, None) => anyhow::bail!("the control plane serves no registry API"),
+    };
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(LOAD_CONCURRENCY)
+        .build()?;
+    let plane = Plane {
+        metrics: cp.metrics.xds().clone(),
+        status: cp.status.clone(),
+        exported: cp.metrics.clone(),
+        store: cp.store.clone(),
+        http,
+        api: format!("http://{api_addr}"),
+        layout,
+        _data: data,
+    };
+    let (store, xds_addr) = (cp.store.clone(), cp.xds_addr);
+    let s = shutdown.clone();
+    let serving = tokio::spawn(async move {
+        let registry = async {
+            match external {
+                Some(r) => r.serve(s.clone()).await.context("registry"),
+                None => Ok(()),
+            }
+        };
+        let (a, b) = tokio::join!(cp.wait(s.clone()), registry);
+        a.and(b)
+    });
+    plane.load(instances).await?;
+    let expected = SHARED_SERVICES * instances;
+    let deadline = tokio::time::Instant::now() + sync_timeout;
+    loop {
+        let snapshot = store.snapshot();
+        if snapshot.is_synced() && snapshot.instance_count() == expected {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the control plane's store has {} of {expected} instances after {sync_timeout:?}",
+            snapshot.instance_count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((plane, xds_addr, serving))
+}
+
+/// The registration body of an instance: a TTL check, passing, as a sidecar registers.
+fn registration(service: usize, id: &str, host: usize) -> Json {
+    json!({
+        "Name": service_name(service),
+        "ID": id,
+        "Address": format!("10.{}.{}.{}", (service >> 8) & 0xff, service & 0xff, host),
+        "Port": 31001,
+        "Check": {"TTL": "1h", "Status": "passing"},
+    })
+}
+
+fn instance_id(service: usize, i: usize) -> String {
+    format!("{}-{i}", service_name(service))
+}
+
+// === impl Plane ===
+
+impl Plane {
+    /// Registers every instance through the API, `LOAD_CONCURRENCY` at a time.
+    async fn load(&self, instances: usize) -> anyhow::Result<()> {
+        let all = (0..SHARED_SERVICES).flat_map(|s| (0..instances).map(move |i| (s, i)));
+        let mut puts = futures::stream::iter(all)
+            .map(|(s, i)| {
+                self.put(
+                    "/v1/agent/service/register".to_owned(),
+                    Some(registration(s, &instance_id(s, i), i + 1)),
+                )
+            })
+            .buffer_unordered(LOAD_CONCURRENCY);
+        while let Some(done) = puts.next().await {
+            done?;
+        }
+        Ok(())
+    }
+
+    /// Round `round`'s change: its path and body.
+    pub(crate) fn change(&self, round: u64) -> anyhow::Result<(String, Option<Json>)> {
+        let service = self
+            .layout
+            .changed_service(round)
+            .context("round 0 changes nothing")?;
+        Ok(match ChangeKind::of_round(round) {
+            ChangeKind::Register => (
+                "/v1/agent/service/register".to_owned(),
+                Some(registration(
+                    service,
+                    &format!("{}-new-{round}", service_name(service)),
+                    200,
+                )),
+            ),
+            ChangeKind::Health => (
+                format!("/v1/agent/check/fail/service:{}", instance_id(service, 0)),
+                None,
+            ),
+            ChangeKind::Deregister => (
+                format!("/v1/agent/service/deregister/{}", instance_id(service, 1)),
+                None,
+            ),
+        })
+    }
+
+    /// `(sum of seconds, count)` of the control plane's translation histogram.
+    pub(crate) fn translation_totals(&self) -> (f64, f64) {
+        let text = self.exported.encode();
+        let read = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or_default()
+        };
+        (
+            read("meshplane_translation_seconds_sum"),
+            read("meshplane_translation_seconds_count"),
+        )
+    }
+
+    /// When (monotonic ns) the control plane's store next moves past its current index:
+    /// the change has come through the registry source.
+    pub(crate) fn store_changed(&self, timeout: Duration) -> JoinHandle<Option<u64>> {
+        let mut rx = self.store.subscribe();
+        let index = rx.borrow_and_update().index;
+        tokio::spawn(async move {
+            tokio::time::timeout(timeout, rx.wait_for(|s| s.index > index))
+                .await
+                .ok()?
+                .ok()?;
+            Some(crate::probe::mono_ns())
+        })
+    }
+
+    /// Sends one write; returns once the registry acknowledged it (committed).
+    pub(crate) async fn put(&self, path: String, body: Option<Json>) -> anyhow::Result<()> {
+        let request = self.http.put(format!("{}{path}", self.api));
+        let request = match body {
+            Some(b) => request.json(&b),
+            None => request,
+        };
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("PUT {path}"))?;
+        let status = response.status();
+        anyhow::ensure!(
+            status.is_success(),
+            "PUT {path}: {status}: {}",
+            response.text().await.unwrap_or_default()
+        );
+        Ok(())
+    }
+}
+
+/// Proxy `i`'s service descriptor as node metadata, as `meshplane sidecar` puts it there:
+/// a wildcard proxy depends on `service: "*"`, the others on the services the layout says
+/// their group sees (their own and the next four).
+pub fn descriptor_metadata(layout: Layout, i: usize, streams: usize) -> Struct {
+    let service = layout.node_service(i, streams);
+    let dependencies: Vec<Json> = match layout.seen_services(i, streams) {
+        None => vec![json!({"service": "*"})],
+        Some(seen) => seen
+            .into_iter()
+            .map(|s| json!({"service": service_name(s)}))
+            .collect(),
+    };
+    let descriptor = json!({
+        "service": service,
+        "port": 8080,
+        "ingress": {"port": 31001},
+        "egress": {"port": 31000},
+        "dependencies": dependencies,
+    });
+    match to_value(&descriptor).kind {
+        Some(Kind::StructValue(s)) => s,
+        _ => Struct::default(),
+    }
+}
+
+fn to_value(json: &Json) -> Value {
+    let kind = match json {
+        Json::Null => Kind::NullValue(0),
+        Json::Bool(b) => Kind::BoolValue(*b),
+        Json::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Json::String(s) => Kind::StringValue(s.clone()),
+        Json::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(to_value).collect(),
+        }),
+        Json::Object(o) => Kind::StructValue(Struct {
+            fields: o.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
+        }),
+    };
+    Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_name_the_services_the_layout_says_each_proxy_sees() {
+        let json = |i| {
+            let s = descriptor_metadata(Layout::Mixed, i, 20);
+            meshplane_runtime::mesh::metadata::to_json(&s)
+        };
+        let d = meshplane_model::Descriptor::from_json(json(1)).expect("a valid descriptor");
+        assert_eq!(d.service.as_str(), "svc-00001");
+        let deps: Vec<String> = d.service_dependencies().map(|s| s.to_string()).collect();
+        assert_eq!(
+            deps,
+            [
+                "svc-00001",
+                "svc-00002",
+                "svc-00003",
+                "svc-00004",
+                "svc-00005"
+            ]
+        );
+        let wildcard = meshplane_model::Descriptor::from_json(json(19)).expect("valid");
+        assert_eq!(wildcard.service.as_str(), "mesh");
+        assert!(wildcard.depends_on_all());
+    }
+
+    #[test]
+    fn rounds_cycle_through_registration_health_and_deregistration() {
+        let kinds: Vec<ChangeKind> = (1..=4).map(ChangeKind::of_round).collect();
+        assert_eq!(
+            kinds,
+            [
+                ChangeKind::Register,
+                ChangeKind::Health,
+                ChangeKind::Deregister,
+                ChangeKind::Register
+            ]
+        );
+    }
+}
