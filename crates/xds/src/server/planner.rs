@@ -518,9 +518,7 @@ impl Planner {
         let changed = tp
             .evaluated
             .as_deref()
-            .filter(|_| {
-                kind != ResourceType::Endpoint || tp.context == self.endpoint_context(snapshot)
-            })
+            .filter(|_| kind != ResourceType::Endpoint || self.same_endpoint_context(tp, snapshot))
             .and_then(|from| snapshot.changed_since(kind, from));
         let diff = match changed {
             Some(names) => self.diff_names(kind, tp, snapshot, names),
@@ -547,6 +545,13 @@ impl Planner {
             self.clusters_held_generation,
             snapshot.type_version(ResourceType::Cluster).to_owned(),
         )
+    }
+
+    /// Whether `tp` was evaluated in the [`Planner::endpoint_context`] that holds now (compared
+    /// in place: this runs on every endpoint diff of every stream).
+    fn same_endpoint_context(&self, tp: &TypePlan, snapshot: &Snapshot) -> bool {
+        tp.context.0 == self.clusters_held_generation
+            && tp.context.1 == snapshot.type_version(ResourceType::Cluster)
     }
 
     /// The full diff of `kind`: every subscribed name and everything held.
