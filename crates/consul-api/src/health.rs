@@ -1,7 +1,7 @@
 //! `GET /v1/health/service/:name`: every instance of a service with its node and checks.
 //! The checks are also the values of `GET /v1/agent/checks`.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -122,26 +122,37 @@ pub struct HealthCheckDefinition {}
 
 /// What a change detector needs of one element of `GET /v1/health/state/:state` (whose
 /// elements are [`HealthCheck`]s): which check of which instance on which node, its status
-/// and the index of its last change. Reading only these keeps a response with tens of
-/// thousands of checks cheap to parse; every other field is ignored.
+/// and the index of its last change. Reading only these, borrowed from the response body
+/// where JSON allows (strings without escapes), keeps an answer with tens of thousands of
+/// checks cheap to parse; every other field is skipped.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct CheckState {
+pub struct CheckState<'a> {
     /// The node the check runs on.
-    #[serde(default, deserialize_with = "null::as_default")]
-    pub node: String,
+    #[serde(borrow, default, deserialize_with = "null::cow_str")]
+    pub node: Cow<'a, str>,
     /// Check id.
-    #[serde(rename = "CheckID", default, deserialize_with = "null::as_default")]
-    pub check_id: String,
+    #[serde(
+        rename = "CheckID",
+        borrow,
+        default,
+        deserialize_with = "null::cow_str"
+    )]
+    pub check_id: Cow<'a, str>,
     /// The instance; empty for node checks (which count for every instance on the node).
-    #[serde(rename = "ServiceID", default, deserialize_with = "null::as_default")]
-    pub service_id: String,
+    #[serde(
+        rename = "ServiceID",
+        borrow,
+        default,
+        deserialize_with = "null::cow_str"
+    )]
+    pub service_id: Cow<'a, str>,
     /// The service; empty for node checks.
-    #[serde(default, deserialize_with = "null::as_default")]
-    pub service_name: String,
+    #[serde(borrow, default, deserialize_with = "null::cow_str")]
+    pub service_name: Cow<'a, str>,
     /// One of [`status`].
-    #[serde(default, deserialize_with = "null::as_default")]
-    pub status: String,
+    #[serde(borrow, default, deserialize_with = "null::cow_str")]
+    pub status: Cow<'a, str>,
     /// Raft index of the check's last change (status or output).
     #[serde(default)]
     pub modify_index: u64,

@@ -167,7 +167,8 @@ fn health_state_sample_reads_what_a_change_detector_needs() {
         },
         { "Node": "n2", "CheckID": "c", "Status": "passing", "ServiceID": null, "ServiceName": null }
     ]);
-    let checks: Vec<CheckState> = serde_json::from_value(sample).expect("reads");
+    let body = serde_json::to_vec(&sample).expect("json");
+    let checks: Vec<CheckState<'_>> = serde_json::from_slice(&body).expect("reads");
     assert_eq!(
         checks[1],
         CheckState {
@@ -182,4 +183,21 @@ fn health_state_sample_reads_what_a_change_detector_needs() {
     assert_eq!(checks[0].service_name, "", "a node check names no service");
     assert_eq!(checks[2].service_id, "", "null reads as empty");
     assert_eq!(checks[2].modify_index, 0);
+}
+
+#[test]
+fn health_state_borrows_plain_strings_from_the_body_and_unescapes_the_others() {
+    use std::borrow::Cow;
+    let body = br#"[{"Node":"n1","CheckID":"service:web-1","ServiceID":"web-1","ServiceName":"web","Status":"passing","Output":"ok \"quoted\"","ModifyIndex":7},
+                   {"Node":"n\u00e9","CheckID":"a\"b","ServiceID":null,"Status":"critical"}]"#;
+    let checks: Vec<CheckState<'_>> = serde_json::from_slice(body).expect("reads");
+    assert!(matches!(checks[0].node, Cow::Borrowed("n1")));
+    assert!(matches!(checks[0].service_name, Cow::Borrowed("web")));
+    assert_eq!(checks[0].modify_index, 7);
+    assert_eq!(checks[1].node, "n\u{e9}");
+    assert_eq!(checks[1].check_id, "a\"b");
+    assert_eq!(checks[1].service_id, "");
+    assert_eq!(checks[1].service_name, "");
+    let wrong: Result<Vec<CheckState<'_>>, _> = serde_json::from_slice(br#"[{"Node":7}]"#);
+    assert!(wrong.is_err(), "a number is not a node name");
 }

@@ -1,6 +1,13 @@
 //! A thin Consul HTTP client for blocking reads: token, datacenter, stale reads, TLS, timeouts.
 
-use std::{fs, time::Duration};
+use std::{
+    fs,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use serde::de::DeserializeOwned;
 
@@ -17,6 +24,8 @@ pub struct ConsulClient {
     token: Option<String>,
     datacenter: Option<String>,
     stale: bool,
+    /// Whether the last answer came over HTTP/2 (Consul negotiates it on its HTTPS port).
+    http2: Arc<AtomicBool>,
 }
 
 /// A failed request. Every variant is transient from the source's point of view: it keeps the
@@ -60,11 +69,26 @@ pub enum ConsulError {
 impl ConsulClient {
     /// Builds a client for `config` (validated here too).
     pub fn new(config: &ConsulConfig) -> Result<Self, ConfigError> {
+        // Keep every finished connection for reuse: the request cap (ConnectionPlan) is what
+        // bounds their number, and a small idle pool would churn connections instead.
+        let builder = reqwest::Client::builder().pool_max_idle_per_host(config.max_connections);
+        Self::build(config, builder)
+    }
+
+    /// A client whose requests all share one HTTP/2 connection of its own (no fallback to
+    /// HTTP/1.1, which would open a connection per request in flight). For a Consul that
+    /// answered over HTTP/2 (see [`ConsulClient::multiplexed`]): each such client carries a
+    /// bounded number of blocking queries.
+    pub fn new_multiplexed(config: &ConsulConfig) -> Result<Self, ConfigError> {
+        let builder = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .pool_max_idle_per_host(1);
+        Self::build(config, builder)
+    }
+
+    fn build(config: &ConsulConfig, builder: reqwest::ClientBuilder) -> Result<Self, ConfigError> {
         config.validate()?;
-        let mut builder = reqwest::Client::builder()
-            // Keep every finished connection for reuse: the request cap (ConnectionPlan) is what
-            // bounds their number, and a small idle pool would churn connections instead.
-            .pool_max_idle_per_host(config.max_connections)
+        let mut builder = builder
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
         // With a CA file, trust only that CA (Consul clusters use a private CA); otherwise the
@@ -81,7 +105,14 @@ impl ConsulClient {
             token: config.token.clone(),
             datacenter: config.datacenter.clone(),
             stale: config.stale,
+            http2: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Whether Consul's last answer to this client (or a clone) came over HTTP/2: then blocking
+    /// queries can share connections.
+    pub fn multiplexed(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
     }
 
     /// GETs `path` as a blocking query: returns the body and `X-Consul-Index`. `index` 0 makes
@@ -91,6 +122,19 @@ impl ConsulClient {
         path: &str,
         index: u64,
         wait: Duration,
+    ) -> Result<(T, u64), ConsulError> {
+        self.get_with(path, index, wait, |body| serde_json::from_slice(body))
+            .await
+    }
+
+    /// [`ConsulClient::get`], the body read by `decode` (which may borrow from it, so a large
+    /// answer can be reduced without owning every string in it).
+    pub async fn get_with<T>(
+        &self,
+        path: &str,
+        index: u64,
+        wait: Duration,
+        decode: fn(&[u8]) -> Result<T, serde_json::Error>,
     ) -> Result<(T, u64), ConsulError> {
         let url = format!("{}{}", self.base, path);
         let mut query: Vec<(&str, String)> = Vec::new();
@@ -118,6 +162,10 @@ impl ConsulClient {
             source,
         };
         let response = request.send().await.map_err(transport)?;
+        self.http2.store(
+            response.version() == reqwest::Version::HTTP_2,
+            Ordering::Relaxed,
+        );
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
@@ -134,7 +182,7 @@ impl ConsulClient {
             .and_then(|v| v.parse::<u64>().ok())
             .ok_or_else(|| ConsulError::MissingIndex { url: url.clone() })?;
         let bytes = response.bytes().await.map_err(transport)?;
-        let body = serde_json::from_slice(&bytes).map_err(|e| ConsulError::Body {
+        let body = decode(&bytes).map_err(|e| ConsulError::Body {
             url,
             reason: e.to_string(),
         })?;

@@ -16,7 +16,7 @@
 mod client;
 mod config;
 mod index;
-mod signals;
+pub mod signals;
 mod source;
 mod watch;
 pub mod wire;

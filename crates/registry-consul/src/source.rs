@@ -16,14 +16,22 @@
 //!   a time). Every service is also re-read every `resync` (5m) as a safety net.
 //!   Idle cost: the two blocking queries plus `services / resync` reads per second (1,000
 //!   services: ~3.3/s); see `BENCHMARKS.md`, "Consul source".
+//! - **Multiplexed** (whenever Consul answers over HTTP/2, as it does on its HTTPS port, at
+//!   any number of services): one long-blocking query per service as in watches mode, carried
+//!   [`STREAMS_PER_CONNECTION`] to an HTTP/2 connection (1,000 services: 10 connections and
+//!   the catalog's), so every change arrives as soon as Consul answers it, whatever the size.
+//!   Idle cost: `services / wait` requests per second (1,000 services: ~3.3/s).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
-use meshplane_consul_api::{CatalogServices, CheckState, ServiceEntry};
+use meshplane_consul_api::{CatalogServices, ServiceEntry};
 use meshplane_model::{Instance, ServiceName};
 use meshplane_registry::{
     EventSink, RegistryEvent, RegistrySource, SinkClosed, SourceId, SourceStatus,
@@ -36,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Backoff, ConfigError, ConnectionPlan, ConsulClient, ConsulConfig, ConsulError,
-    signals::CheckSignals,
+    signals::{CheckSignals, Reduced},
     watch::{self, Convert, Deliver, Timing},
     wire,
 };
@@ -68,7 +76,8 @@ pub struct ConsulSource {
 enum Update {
     Catalog(Result<(BTreeMap<ServiceName, Vec<String>>, u64), ConsulError>),
     Health(ServiceName, Result<Vec<Instance>, String>),
-    Checks(Result<(Vec<CheckState>, u64), ConsulError>),
+    /// `/v1/health/state/any`, reduced where it was received.
+    Checks(Result<(Reduced, u64), ConsulError>),
     /// A read of one service (signals) ended; its result came as `Health` before.
     ReadDone(ServiceName),
 }
@@ -77,7 +86,14 @@ enum Update {
 enum Mode {
     Watches,
     Signals(Box<Signals>),
+    /// Consul speaks HTTP/2: one watch per service, [`STREAMS_PER_CONNECTION`] to a connection.
+    Multiplexed,
 }
+
+/// Blocking queries carried by one HTTP/2 connection (multiplexed mode). Consul (Go) accepts
+/// 250 concurrent streams per connection and hyper 200; a request beyond the server's limit
+/// would wait for a stream to close, which a blocking query does only after `wait`.
+pub const STREAMS_PER_CONNECTION: usize = 100;
 
 /// Signals mode's state.
 struct Signals {
@@ -157,6 +173,7 @@ impl RegistrySource for ConsulSource {
         ));
         let health = Health {
             client: self.client.clone(),
+            shards: std::sync::Mutex::new(Vec::new()),
             config: self.config.clone(),
             permits: Arc::new(Semaphore::new(slots)),
             reads: Arc::new(Semaphore::new(
@@ -213,6 +230,8 @@ fn far_future() -> Instant {
 /// Starts health watches and reads; they share `slots` permits.
 struct Health {
     client: ConsulClient,
+    /// Multiplexed mode: HTTP/2 clients, one connection each, and the watches each carries.
+    shards: std::sync::Mutex<Vec<Arc<Shard>>>,
     config: ConsulConfig,
     permits: Arc<Semaphore>,
     /// Signals mode: reads of single services, fewer than the slots (see [`MAX_READS`]).
@@ -222,22 +241,77 @@ struct Health {
     default_dc: String,
 }
 
+/// One HTTP/2 connection of multiplexed mode.
+struct Shard {
+    client: ConsulClient,
+    watches: AtomicUsize,
+}
+
 impl Health {
-    /// Watches mode: a long-blocking watch of one service.
-    fn watch(&self, name: ServiceName, token: CancellationToken) {
+    /// Watches and multiplexed modes: a long-blocking watch of one service. Over HTTP/1.1 each
+    /// request in flight holds a slot (a connection); over HTTP/2 the watch is carried by the
+    /// least loaded connection.
+    fn watch(&self, name: ServiceName, token: CancellationToken, multiplexed: bool) {
         let deliver = Deliver {
             tx: self.tx.clone(),
             convert: health_converter(name.clone(), self.default_dc.clone()),
         };
-        tokio::spawn(watch::run::<Vec<ServiceEntry>, Update>(
-            self.client.clone(),
-            format!("/v1/health/service/{name}"),
-            Timing::from(&self.config),
-            Some(self.permits.clone()),
-            self.config.wait,
-            deliver,
-            token,
-        ));
+        let path = format!("/v1/health/service/{name}");
+        let (timing, wait) = (Timing::from(&self.config), self.config.wait);
+        if !multiplexed {
+            tokio::spawn(watch::run::<Vec<ServiceEntry>, Update>(
+                self.client.clone(),
+                path,
+                timing,
+                Some(self.permits.clone()),
+                wait,
+                deliver,
+                token,
+            ));
+            return;
+        }
+        let shard = self.shard();
+        shard.watches.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let client = shard.client.clone();
+            watch::run::<Vec<ServiceEntry>, Update>(
+                client, path, timing, None, wait, deliver, token,
+            )
+            .await;
+            shard.watches.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// Multiplexed mode: the connection for one more watch — the first with room, a new one
+    /// while the budget allows, else the least loaded.
+    fn shard(&self) -> Arc<Shard> {
+        let mut shards = self.shards.lock().unwrap_or_else(|e| e.into_inner());
+        let load = |s: &Arc<Shard>| s.watches.load(Ordering::Relaxed);
+        if let Some(shard) = shards.iter().find(|s| load(s) < STREAMS_PER_CONNECTION) {
+            return shard.clone();
+        }
+        if shards.len() < max_shards(&self.config) {
+            match ConsulClient::new_multiplexed(&self.config) {
+                Ok(client) => {
+                    let shard = Arc::new(Shard {
+                        client,
+                        watches: AtomicUsize::new(0),
+                    });
+                    shards.push(shard.clone());
+                    return shard;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot build another HTTP/2 client for Consul; sharing a connection")
+                }
+            }
+        }
+        match shards.iter().min_by_key(|s| load(s)) {
+            Some(shard) => shard.clone(),
+            None => Arc::new(Shard {
+                client: self.client.clone(),
+                watches: AtomicUsize::new(0),
+            }),
+        }
     }
 
     /// Signals mode: the blocking watch of every check.
@@ -246,9 +320,10 @@ impl Health {
             tx: self.tx.clone(),
             convert: Box::new(Update::Checks),
         };
-        tokio::spawn(watch::run::<Vec<CheckState>, Update>(
+        tokio::spawn(watch::run_with(
             self.client.clone(),
             "/v1/health/state/any".to_string(),
+            Reduced::from_body,
             Timing::from(&self.config),
             Some(self.permits.clone()),
             self.config.wait,
@@ -290,6 +365,11 @@ impl Health {
     }
 }
 
+/// HTTP/2 connections multiplexed mode may open: the budget less the catalog watch's.
+fn max_shards(config: &ConsulConfig) -> usize {
+    config.max_connections.saturating_sub(1).max(1)
+}
+
 fn health_converter(name: ServiceName, default_dc: String) -> Convert<Vec<ServiceEntry>, Update> {
     Box::new(move |r| {
         let instances = r.map_err(|e| e.to_string()).and_then(|(entries, _)| {
@@ -313,7 +393,7 @@ impl Coordinator {
                     self.failed(name.to_string(), e);
                 }
             }
-            Update::Checks(Ok((checks, index))) => self.checks(&checks, index, health),
+            Update::Checks(Ok((checks, index))) => self.checks(checks, index, health),
             Update::Checks(Err(e)) => self.failed(CHECKS.into(), e.to_string()),
             Update::ReadDone(name) => self.read_done(name, health),
         }
@@ -361,7 +441,8 @@ impl Coordinator {
         }
         let switched = self.choose_mode(health);
         match &mut self.mode {
-            Mode::Watches => {
+            Mode::Watches | Mode::Multiplexed => {
+                let multiplexed = matches!(self.mode, Mode::Multiplexed);
                 let new: Vec<ServiceName> = self
                     .catalog
                     .keys()
@@ -371,7 +452,7 @@ impl Coordinator {
                 for name in new {
                     let token = self.parent.child_token();
                     self.watches.insert(name.clone(), token.clone());
-                    health.watch(name, token);
+                    health.watch(name, token, multiplexed);
                 }
             }
             Mode::Signals(signals) => {
@@ -393,10 +474,44 @@ impl Coordinator {
         }
     }
 
-    /// Switches between watches and signals as the number of services crosses the slots;
-    /// whether it switched to signals (every service is being read).
+    /// Switches between watches and signals as the number of services crosses the slots, and
+    /// to multiplexed watches while Consul answers over HTTP/2; whether it switched to signals
+    /// (every service is being read).
     fn choose_mode(&mut self, health: &Health) -> bool {
         let services = self.catalog.len();
+        let multiplexed = health.client.multiplexed()
+            && services <= max_shards(&health.config) * STREAMS_PER_CONNECTION;
+        match (&self.mode, multiplexed) {
+            (Mode::Multiplexed, true) => return false,
+            (Mode::Multiplexed, false) => {
+                tracing::info!(
+                    services,
+                    "Consul no longer answers over HTTP/2 (or too many services): back to HTTP/1.1"
+                );
+                for (_, token) in self.watches.drain() {
+                    token.cancel();
+                }
+                self.mode = Mode::Watches;
+            }
+            (_, true) => {
+                tracing::info!(
+                    services,
+                    streams_per_connection = STREAMS_PER_CONNECTION,
+                    "Consul answers over HTTP/2: one blocking watch per service, multiplexed"
+                );
+                if let Mode::Signals(signals) = &self.mode {
+                    signals.checks_watch.cancel();
+                    self.failing.remove(CHECKS);
+                }
+                // HTTP/1.1 watches hold slots; each service's new watch reads it at once.
+                for (_, token) in self.watches.drain() {
+                    token.cancel();
+                }
+                self.mode = Mode::Multiplexed;
+                return false;
+            }
+            (_, false) => {}
+        }
         match self.mode {
             Mode::Watches if services > health.slots => {
                 tracing::info!(
@@ -456,7 +571,7 @@ impl Coordinator {
     }
 
     /// Signals mode: reads the services whose checks changed.
-    fn checks(&mut self, checks: &[CheckState], index: u64, health: &Health) {
+    fn checks(&mut self, checks: Reduced, index: u64, health: &Health) {
         self.failing.remove(CHECKS);
         let Mode::Signals(signals) = &mut self.mode else {
             return; // a late answer after switching back to watches
@@ -490,7 +605,7 @@ impl Coordinator {
     /// When the coordinator must wake up without an update.
     fn next_timer(&self) -> Option<Instant> {
         match &self.mode {
-            Mode::Watches => None,
+            Mode::Watches | Mode::Multiplexed => None,
             Mode::Signals(signals) => Some(
                 signals
                     .unexplained

@@ -55,6 +55,25 @@ pub async fn run<T: DeserializeOwned, U>(
     deliver: Deliver<T, U>,
     shutdown: CancellationToken,
 ) {
+    let decode: fn(&[u8]) -> Result<T, serde_json::Error> = |body| serde_json::from_slice(body);
+    run_with(
+        client, path, decode, timing, permits, wait, deliver, shutdown,
+    )
+    .await;
+}
+
+/// [`run`], each answer read by `decode` (see [`ConsulClient::get_with`]).
+#[allow(clippy::too_many_arguments)]
+pub async fn run_with<T, U>(
+    client: ConsulClient,
+    path: String,
+    decode: fn(&[u8]) -> Result<T, serde_json::Error>,
+    timing: Timing,
+    permits: Option<Arc<Semaphore>>,
+    wait: Duration,
+    deliver: Deliver<T, U>,
+    shutdown: CancellationToken,
+) {
     let mut index = 0u64;
     let mut backoff = Backoff::new(timing.min_retry, timing.max_retry);
     let mut next_request = Instant::now();
@@ -76,7 +95,7 @@ pub async fn run<T: DeserializeOwned, U>(
         let started = Instant::now();
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            result = client.get::<T>(&path, index, wait) => result,
+            result = client.get_with(&path, index, wait, decode) => result,
         };
         drop(permit);
         next_request = started + timing.min_request_interval;

@@ -1,5 +1,5 @@
 //! HTTPS to Consul with a private CA: trusted through `ca_file`, refused without it. The server
-//! is a minimal TLS fake of the two watched endpoints (certificates made by rcgen).
+//! is a minimal TLS fake of the two watched endpoints (certificates from `meshplane_test_support::pki`).
 
 use meshplane_test_support::poll::{eventually, eventually_watch};
 use std::future::ready;
@@ -14,49 +14,29 @@ use std::{
 
 use meshplane_registry::{RegistrySource, Store, event_channel, store};
 use meshplane_registry_consul::{ConsulConfig, ConsulSource};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
+use meshplane_test_support::pki::TestPki;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio_rustls::{
-    TlsAcceptor,
-    rustls::{
-        self,
-        pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer},
-    },
-};
+use tokio_rustls::{TlsAcceptor, rustls};
 use tokio_util::sync::CancellationToken;
 
 const HEALTH: &str = r#"[{"Node": {"Node": "n1", "Address": "10.0.0.1", "Datacenter": "dc1"},
   "Service": {"ID": "web-1", "Service": "web", "Port": 443}, "Checks": []}]"#;
 
-/// A CA certificate (PEM) and a server certificate for 127.0.0.1 signed by it.
+/// A CA certificate (PEM) and an HTTP/1.1-only server configuration for 127.0.0.1 signed by
+/// it (the fake speaks HTTP/1.1, so it offers no `h2` in ALPN).
 fn mk_pki() -> (String, rustls::ServerConfig) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "meshplane test Consul CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca =
-        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
-    let leaf_key = KeyPair::generate().expect("key");
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .expect("params")
-        .signed_by(&leaf_key, &ca)
-        .expect("leaf");
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], key)
-        .expect("server config");
-    (ca.pem(), server)
+    let pki = TestPki::new(&["127.0.0.1"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let files = pki.write(dir.path());
+    let tls = meshplane_https::TlsFiles {
+        cert: files.cert,
+        key: files.key,
+    }
+    .load()
+    .expect("server config");
+    let mut server = (*tls).clone();
+    server.alpn_protocols.clear();
+    (pki.ca_pem, server)
 }
 
 /// Serves the catalog and one health entry over TLS; blocking queries never answer. Counts

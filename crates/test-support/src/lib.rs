@@ -4,7 +4,8 @@
 //! delays, drops, black-holes, resets or throttles connections ([`fault::FaultProxy`]) and
 //! pausing a process with SIGSTOP ([`process::pause`]); finding the Envoy the tests run
 //! ([`envoy::envoy_binary`]); the test grouper ([`grouper::ServiceGrouper`], feature `xds`);
-//! and the fenced-block extractor that checks documentation examples ([`docs`]).
+//! a private CA and a server certificate for HTTPS tests ([`pki::TestPki`]); and the
+//! fenced-block extractor that checks documentation examples ([`docs`]).
 //!
 //! Start at `poll.rs`. This crate is a dev-dependency only (and a dependency of the
 //! `tests/e2e` harness); nothing that ships in the `meshplane` binary depends on it, which is
@@ -15,6 +16,7 @@ pub mod envoy;
 pub mod fault;
 #[cfg(feature = "xds")]
 pub mod grouper;
+pub mod pki;
 pub mod poll;
 pub mod process;
 

@@ -100,17 +100,45 @@ pub async fn health_state(
         )));
     }
     let index = block(&state, &query, Catalog::index).await;
+    // Written straight from the catalog under the read lock ([`render::CheckJson`]): this
+    // answer holds every check of the datacenter, and change detectors read it on every change.
     let body = read(&state, |c| {
-        std::iter::once(render::serf_health(c.node()))
-            .chain(c.registrations().flat_map(|r| {
-                r.checks
+        let node = c.node();
+        let serf = render::serf_health(node);
+        let entries: Vec<StateEntry<'_>> = std::iter::once(StateEntry::Node(&serf))
+            .filter(|_| wanted == "any" || serf.status == wanted)
+            .chain(c.registrations().flat_map(|reg| {
+                reg.checks
                     .iter()
-                    .map(move |ch| render::check(ch, r, c.node()))
+                    .map(move |check| render::CheckJson { check, reg, node })
+                    .filter(|ch| wanted == "any" || ch.status() == wanted)
+                    .map(StateEntry::Service)
             }))
-            .filter(|ch| wanted == "any" || ch.status == wanted)
-            .collect::<Vec<HealthCheck>>()
-    });
-    Ok(blocking_response(index, &query, body))
+            .collect();
+        serde_json::to_vec(&entries)
+    })
+    .map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render checks: {e}"),
+        )
+    })?;
+    let json = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    );
+    Ok(blocking_headers(index, &query, json.into_response()))
+}
+
+/// One element of `/v1/health/state/:state`: the node's check, or an instance's.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum StateEntry<'a> {
+    Node(&'a HealthCheck),
+    Service(render::CheckJson<'a>),
 }
 
 pub async fn agent_services(State(state): State<ApiState>) -> ApiResult {
@@ -157,7 +185,12 @@ fn has_tags(reg: &Registration, tags: &[String]) -> bool {
 }
 
 fn blocking_response(index: u64, query: &Query, body: impl Serialize) -> Response {
-    let mut response = with_consul_headers(Json(body).into_response());
+    blocking_headers(index, query, Json(body).into_response())
+}
+
+/// Adds a blocking query's headers (`X-Consul-Index`, consistency) to `response`.
+fn blocking_headers(index: u64, query: &Query, response: Response) -> Response {
+    let mut response = with_consul_headers(response);
     let headers = response.headers_mut();
     headers.insert(
         HeaderName::from_static("x-consul-index"),

@@ -3,9 +3,12 @@
 
 use meshplane_consul_api::{
     AgentService, CatalogService, HealthCheck, Node as ConsulNode, ServiceEntry, Weights,
-    catalog::ServiceProxy, duration, health::status,
+    catalog::ServiceProxy,
+    duration,
+    health::{HealthCheckDefinition, status},
 };
 use meshplane_model::Health;
+use serde::{Serialize, Serializer, ser::SerializeStruct};
 
 use crate::registration::{Check, CheckKind, Node, Registration};
 
@@ -81,12 +84,7 @@ pub fn catalog_entry(reg: &Registration, node: &Node) -> CatalogService {
 
 /// One check, as in a health entry's `Checks` list and `/v1/agent/checks`.
 pub fn check(check: &Check, reg: &Registration, node: &Node) -> HealthCheck {
-    let (interval, timeout) = match &check.kind {
-        CheckKind::Http {
-            interval, timeout, ..
-        } => (duration::format(*interval), duration::format(*timeout)),
-        CheckKind::Ttl { .. } => (String::new(), String::new()),
-    };
+    let (interval, timeout) = intervals(&check.kind);
     HealthCheck {
         node: node.name.clone(),
         check_id: check.id.clone(),
@@ -104,6 +102,58 @@ pub fn check(check: &Check, reg: &Registration, node: &Node) -> HealthCheck {
         definition: Default::default(),
         create_index: check.create_index,
         modify_index: check.modify_index,
+    }
+}
+
+/// [`check`]'s JSON, written straight from the catalog: `/v1/health/state/:state` answers
+/// every check of the datacenter, and building tens of thousands of owned [`HealthCheck`]s
+/// first cost more than writing the JSON (BENCHMARKS.md, "Consul source"). Byte for byte the
+/// JSON of [`check`] (tested).
+pub struct CheckJson<'a> {
+    pub check: &'a Check,
+    pub reg: &'a Registration,
+    pub node: &'a Node,
+}
+
+impl CheckJson<'_> {
+    /// The check's status as Consul writes it.
+    pub fn status(&self) -> &'static str {
+        status(self.check.status)
+    }
+}
+
+impl Serialize for CheckJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (c, service) = (self.check, &self.reg.service);
+        let (interval, timeout) = intervals(&c.kind);
+        let mut out = serializer.serialize_struct("HealthCheck", 16)?;
+        out.serialize_field("Node", &self.node.name)?;
+        out.serialize_field("CheckID", &c.id)?;
+        out.serialize_field("Name", &c.name)?;
+        out.serialize_field("Status", status(c.status))?;
+        out.serialize_field("Notes", &c.notes)?;
+        out.serialize_field("Output", &c.output)?;
+        out.serialize_field("ServiceID", service.id.as_str())?;
+        out.serialize_field("ServiceName", service.name.as_str())?;
+        out.serialize_field("ServiceTags", &service.tags)?;
+        out.serialize_field("Type", c.kind.type_name())?;
+        out.serialize_field("Interval", &interval)?;
+        out.serialize_field("Timeout", &timeout)?;
+        out.serialize_field("ExposedPort", &0u16)?;
+        out.serialize_field("Definition", &HealthCheckDefinition::default())?;
+        out.serialize_field("CreateIndex", &c.create_index)?;
+        out.serialize_field("ModifyIndex", &c.modify_index)?;
+        out.end()
+    }
+}
+
+/// A check's `Interval` and `Timeout` (empty for TTL checks).
+fn intervals(kind: &CheckKind) -> (String, String) {
+    match kind {
+        CheckKind::Http {
+            interval, timeout, ..
+        } => (duration::format(*interval), duration::format(*timeout)),
+        CheckKind::Ttl { .. } => (String::new(), String::new()),
     }
 }
 
@@ -151,4 +201,79 @@ fn tagged_addresses(address: &str) -> std::collections::BTreeMap<String, String>
         .into_iter()
         .map(|network| (network.to_owned(), address.to_owned()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, time::Duration};
+
+    use meshplane_model::{Health, InstanceId, ServiceName};
+
+    use super::*;
+    use crate::registration::ServiceDef;
+
+    fn registration(checks: Vec<Check>) -> Registration {
+        Registration {
+            service: ServiceDef {
+                id: InstanceId::new("web-1").expect("id"),
+                name: ServiceName::new("web").expect("name"),
+                tags: vec!["v1".into(), "quoted \"tag\"".into()],
+                address: "10.0.0.1".into(),
+                port: 8080,
+                meta: BTreeMap::new(),
+                weight_passing: 1,
+                weight_warning: 1,
+                enable_tag_override: false,
+            },
+            checks,
+            create_index: 3,
+            modify_index: 4,
+        }
+    }
+
+    fn a_check(kind: CheckKind, status: Health) -> Check {
+        Check {
+            id: "service:web-1".into(),
+            name: "Service 'web' check".into(),
+            kind,
+            deregister_after: None,
+            notes: "n\u{e9}e".into(),
+            output: "HTTP GET: 200 OK\nline two".into(),
+            status,
+            create_index: 5,
+            modify_index: 9,
+        }
+    }
+
+    #[test]
+    fn check_json_is_byte_for_byte_the_json_of_the_owned_check() {
+        let node = Node {
+            name: "meshplane".into(),
+            id: "8f4e9a52-0000-4000-8000-000000000001".into(),
+            address: "127.0.0.1".into(),
+            datacenter: "dc1".into(),
+        };
+        let http = CheckKind::Http {
+            url: "http://127.0.0.1:8080/health".into(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_millis(1500),
+            method: "GET".into(),
+            header: BTreeMap::new(),
+        };
+        let ttl = CheckKind::Ttl {
+            ttl: Duration::from_secs(30),
+        };
+        for (kind, status) in [(http, Health::Warning), (ttl, Health::Critical)] {
+            let reg = registration(vec![a_check(kind, status)]);
+            let check = &reg.checks[0];
+            let owned = serde_json::to_string(&super::check(check, &reg, &node)).expect("owned");
+            let view = serde_json::to_string(&CheckJson {
+                check,
+                reg: &reg,
+                node: &node,
+            })
+            .expect("view");
+            assert_eq!(view, owned);
+        }
+    }
 }
