@@ -127,20 +127,46 @@ async fn register_with(http: &reqwest::Client, url: &str, s: usize, id: &str, st
     assert!(r.status().is_success());
 }
 
-async fn bench() {
+/// How the source reaches the registry's API.
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    /// Plain HTTP/1.1 (a Consul agent's port 8500): signals mode above 89 services.
+    Http1,
+    /// HTTPS, where HTTP/2 is negotiated (a Consul agent with `tls.enabled`, port 8501):
+    /// multiplexed watches.
+    Http2,
+}
+
+async fn bench(transport: Transport) {
     let dir = tempfile::tempdir().expect("tempdir");
+    let pki = meshplane_test_support::pki::TestPki::new(&["127.0.0.1"]).write(dir.path());
+    let tls = (transport == Transport::Http2).then(|| {
+        meshplane_https::TlsFiles {
+            cert: pki.cert.clone(),
+            key: pki.key.clone(),
+        }
+        .load()
+        .expect("TLS files")
+    });
     let config = EmbeddedConfig {
         listen_addr: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.path().to_path_buf(),
+        data_dir: dir.path().join("data"),
+        tls,
         ..Default::default()
     };
     let registry = EmbeddedRegistry::bind(config).await.expect("bind");
     let api = registry.local_addr();
-    let url = format!("http://{api}");
+    let scheme = match transport {
+        Transport::Http1 => "http",
+        Transport::Http2 => "https",
+    };
+    let url = format!("{scheme}://{api}");
     let shutdown = CancellationToken::new();
     tokio::spawn(registry.serve(shutdown.clone()));
+    let ca = std::fs::read(&pki.ca).expect("CA");
     let http = reqwest::Client::builder()
         .no_proxy()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).expect("CA PEM"))
         .build()
         .expect("client");
     let permits = Arc::new(Semaphore::new(64));
@@ -160,7 +186,8 @@ async fn bench() {
 
     let proxy = counting_proxy(api).await;
     let config = ConsulConfig {
-        address: format!("http://{}", proxy.addr),
+        address: format!("{scheme}://{}", proxy.addr),
+        ca_file: Some(pki.ca.clone()),
         ..ConsulConfig::default()
     };
     let budget = config.max_connections;
@@ -193,16 +220,25 @@ async fn bench() {
     tokio::time::sleep(window).await;
     let connections = proxy.accepted.load(Ordering::Relaxed) - connections_before;
     let requests = proxy.requests.load(Ordering::Relaxed) - requests_before;
-    println!(
-        "| idle: requests / new TCP connections per second | {:.1} / {:.1} |",
-        requests as f64 / window.as_secs_f64(),
-        connections as f64 / window.as_secs_f64()
-    );
+    if transport == Transport::Http1 {
+        println!(
+            "| idle: requests / new TCP connections per second | {:.1} / {:.1} |",
+            requests as f64 / window.as_secs_f64(),
+            connections as f64 / window.as_secs_f64()
+        );
+    } else {
+        println!(
+            "| idle: new TCP connections per second (each service's blocking query returns every `wait`, 5 min) | {:.1} |",
+            connections as f64 / window.as_secs_f64()
+        );
+    }
 
     // One change at a time: PUT → the store has it.
     let mut registered = Vec::new();
     let mut passing = Vec::new();
     let mut deregistered = Vec::new();
+    // How long the registry took to acknowledge each PUT (its durable commit is inside).
+    let mut acks = Vec::new();
     for c in 0..SINGLE {
         let s = (c * 37 + 11) % SERVICES;
         let (name, id) = (format!("svc-{s}"), format!("one-{c}"));
@@ -212,6 +248,7 @@ async fn bench() {
         };
         let started = Instant::now();
         register_with(&http, &url, s, &id, "critical").await;
+        acks.push(started.elapsed());
         let mut rx = reader.subscribe();
         rx.wait_for(|snap| has(&id, snap).is_some())
             .await
@@ -219,6 +256,7 @@ async fn bench() {
         registered.push(started.elapsed());
         let started = Instant::now();
         put(&http, &format!("{url}/v1/agent/check/pass/service:{id}")).await;
+        acks.push(started.elapsed());
         rx.wait_for(|snap| {
             has(&id, snap).is_some_and(|i| i.health == meshplane_model::Health::Passing)
         })
@@ -227,11 +265,19 @@ async fn bench() {
         passing.push(started.elapsed());
         let started = Instant::now();
         put(&http, &format!("{url}/v1/agent/service/deregister/{id}")).await;
+        acks.push(started.elapsed());
         rx.wait_for(|snap| has(&id, snap).is_none())
             .await
             .expect("deregistered");
         deregistered.push(started.elapsed());
     }
+    acks.sort();
+    println!(
+        "| those PUTs acknowledged by the registry (durable commit), p50 / max of {} | {:.0} / {:.0} ms |",
+        acks.len(),
+        acks[acks.len() / 2].as_secs_f64() * 1e3,
+        acks[acks.len() - 1].as_secs_f64() * 1e3
+    );
     for (what, mut samples) in [
         ("registration", registered),
         ("health change", passing),
@@ -303,11 +349,18 @@ async fn bench() {
         "| peak concurrent connections (budget {budget}, Consul's limit 200) | {} |",
         proxy.peak.load(Ordering::SeqCst)
     );
+    let requests = match transport {
+        Transport::Http1 => proxy.requests.load(Ordering::Relaxed).to_string(),
+        Transport::Http2 => "(encrypted)".to_string(),
+    };
     println!(
-        "| requests / connections opened in all | {} / {} |",
-        proxy.requests.load(Ordering::Relaxed),
+        "| requests / connections opened in all | {requests} / {} |",
         proxy.accepted.load(Ordering::Relaxed)
     );
+    if transport == Transport::Http2 {
+        shutdown.cancel();
+        return;
+    }
     // Where a signalled change spends its time: one answer of every check, one read of a
     // service (median of 20 plain GETs each, body received and read as the source does),
     // split into the server's answer (until the headers), the body's transfer and the parse.
@@ -381,11 +434,20 @@ async fn bench() {
 }
 
 fn main() {
-    println!("| measure | value |");
-    println!("|---|---|");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    runtime.block_on(bench());
+    for (title, transport) in [
+        ("plain HTTP/1.1 (signals mode)", Transport::Http1),
+        (
+            "HTTPS with HTTP/2 (multiplexed watches; requests are encrypted, not counted)",
+            Transport::Http2,
+        ),
+    ] {
+        println!("\n{title}\n");
+        println!("| measure | value |");
+        println!("|---|---|");
+        runtime.block_on(bench(transport));
+    }
 }
