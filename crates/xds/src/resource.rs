@@ -110,7 +110,9 @@ pub struct Reference {
 /// that receives it: the bytes sent on the wire are these bytes, never re-encoded per proxy.
 pub struct Resource {
     kind: ResourceType,
-    name: String,
+    /// Shared with every stream that holds or subscribes to the resource (see
+    /// [`Resource::shared_name`]), so per-stream state keeps no copy of the name.
+    name: Arc<str>,
     version: String,
     /// The encoded `google.protobuf.Any` wrapping the resource.
     any: Bytes,
@@ -138,22 +140,12 @@ impl Resource {
                 name: service_name.to_owned(),
             });
         }
-        Self::build(
-            ResourceType::Cluster,
-            cluster.name.clone(),
-            cluster,
-            references,
-        )
+        Self::build(ResourceType::Cluster, &cluster.name, cluster, references)
     }
 
     /// Endpoints of a cluster.
     pub fn endpoints(cla: &ClusterLoadAssignment) -> Arc<Self> {
-        let mut resource = Self::encode(
-            ResourceType::Endpoint,
-            cla.cluster_name.clone(),
-            cla,
-            Vec::new(),
-        );
+        let mut resource = Self::encode(ResourceType::Endpoint, &cla.cluster_name, cla, Vec::new());
         if let Some(version) = canonical_endpoints_version(cla) {
             resource.version = version;
         }
@@ -179,32 +171,22 @@ impl Resource {
                 name,
             })
             .collect();
-        Self::build(
-            ResourceType::Listener,
-            listener.name.clone(),
-            listener,
-            references,
-        )
+        Self::build(ResourceType::Listener, &listener.name, listener, references)
     }
 
     /// A route configuration.
     pub fn route(route: &RouteConfiguration) -> Arc<Self> {
-        Self::build(ResourceType::Route, route.name.clone(), route, Vec::new())
+        Self::build(ResourceType::Route, &route.name, route, Vec::new())
     }
 
     /// A secret (certificate, key or validation context).
     pub fn secret(secret: &Secret) -> Arc<Self> {
-        Self::build(
-            ResourceType::Secret,
-            secret.name.clone(),
-            secret,
-            Vec::new(),
-        )
+        Self::build(ResourceType::Secret, &secret.name, secret, Vec::new())
     }
 
     fn build<M: Message>(
         kind: ResourceType,
-        name: String,
+        name: &str,
         msg: &M,
         references: Vec<Reference>,
     ) -> Arc<Self> {
@@ -213,7 +195,7 @@ impl Resource {
 
     fn encode<M: Message>(
         kind: ResourceType,
-        name: String,
+        name: &str,
         msg: &M,
         references: Vec<Reference>,
     ) -> Self {
@@ -229,7 +211,7 @@ impl Resource {
         let version = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&any));
         Resource {
             kind,
-            name,
+            name: name.into(),
             version,
             any,
             references,
@@ -243,6 +225,11 @@ impl Resource {
 
     /// The resource name.
     pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The resource name, to share rather than copy.
+    pub fn shared_name(&self) -> &Arc<str> {
         &self.name
     }
 

@@ -4,7 +4,7 @@
 //!
 //! Pure and synchronous; the async driver in [`super::stream`] feeds it.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tonic::Status;
@@ -95,6 +95,13 @@ impl DeltaState {
     }
 }
 
+#[cfg(test)]
+impl DeltaState {
+    pub(crate) fn planner_mut(&mut self) -> &mut Planner {
+        &mut self.planner
+    }
+}
+
 impl Protocol for DeltaState {
     type Request = DeltaDiscoveryRequest;
     type Response = DeltaResponse;
@@ -116,15 +123,15 @@ impl Protocol for DeltaState {
         if !self.planner.knows(kind) {
             // Legacy wildcard: a first CDS/LDS request that names nothing wants everything.
             let wildcard = req.resource_names_subscribe.is_empty() && kind.is_full_state();
+            self.planner.set_subscription(kind, wildcard, &[], snapshot);
             self.planner
-                .set_subscription(kind, wildcard, BTreeSet::new());
-            self.planner
-                .report_held(kind, &req.initial_resource_versions);
+                .report_held(kind, &req.initial_resource_versions, snapshot);
         }
         self.planner.change_subscription(
             kind,
             &req.resource_names_subscribe,
             &req.resource_names_unsubscribe,
+            snapshot,
         );
         if !req.response_nonce.is_empty() {
             self.record_answer(kind, &req, status);

@@ -8,6 +8,8 @@
 
 mod body;
 mod delta;
+#[cfg(test)]
+mod footprint;
 pub mod node;
 mod planner;
 mod service;

@@ -26,11 +26,14 @@
 //! is skipped when its snapshot version and subscription are those it was last brought in
 //! line with.
 
+mod held;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::resource::{Resource, ResourceType};
 use crate::snapshot::Snapshot;
+use held::{Held, Holdings};
 
 /// Which protocol renders the steps; they differ only in which endpoints a cluster update
 /// re-sends.
@@ -59,46 +62,13 @@ pub(crate) struct Step {
     pub(crate) version: String,
 }
 
-/// What the proxy holds of one resource.
-#[derive(Debug, Clone)]
-enum Held {
-    /// Sent on this stream.
-    Sent(Arc<Resource>),
-    /// Reported by the proxy on reconnect (delta `initial_resource_versions`).
-    Reported(String),
-    /// Held, but must be sent again (a cluster using it was (re)created); the content is
-    /// kept for clusters that are held while gone from the snapshot.
-    Stale(Option<Arc<Resource>>),
-}
-
-impl Held {
-    fn version(&self) -> &str {
-        match self {
-            Held::Sent(r) => r.version(),
-            Held::Reported(v) => v,
-            Held::Stale(_) => "",
-        }
-    }
-
-    fn resource(&self) -> Option<&Arc<Resource>> {
-        match self {
-            Held::Sent(r) | Held::Stale(Some(r)) => Some(r),
-            Held::Reported(_) | Held::Stale(None) => None,
-        }
-    }
-
-    /// Held and not due to be sent again.
-    fn fresh(&self) -> bool {
-        !matches!(self, Held::Stale(_))
-    }
-}
-
 /// Subscription and holdings of one type.
 #[derive(Debug, Default)]
 struct TypePlan {
     wildcard: bool,
-    names: BTreeSet<String>,
-    held: BTreeMap<String, Held>,
+    /// Subscribed names, shared with the snapshot's resources of those names when it has them.
+    names: BTreeSet<Arc<str>>,
+    held: Holdings,
     /// SotW reconnect: the version the proxy reported holding, adopted if the first target
     /// has it.
     reported: Option<String>,
@@ -228,16 +198,35 @@ impl Planner {
     /// Replaces the subscription of `kind` (SotW requests carry the whole set). An empty
     /// subscription forgets what the proxy held: Envoy drops a type it no longer watches, and
     /// a later subscription starts afresh.
+    /// `names` may contain `*`, which `wildcard` stands for.
     pub(crate) fn set_subscription(
         &mut self,
         kind: ResourceType,
         wildcard: bool,
-        names: BTreeSet<String>,
+        names: &[String],
+        snapshot: Option<&Snapshot>,
     ) {
         let tp = self.plan_mut(kind);
-        if tp.wildcard != wildcard || tp.names != names {
+        // SotW repeats the whole subscription on every request: compare it in place, and
+        // build (and intern) names only when it changed.
+        let mut requested: Vec<&str> = names
+            .iter()
+            .map(String::as_str)
+            .filter(|n| *n != "*")
+            .collect();
+        requested.sort_unstable();
+        requested.dedup();
+        if tp.wildcard != wildcard || !tp.names.iter().map(|n| &**n).eq(requested.iter().copied()) {
+            tp.names = requested
+                .iter()
+                .map(|n| {
+                    tp.names
+                        .get(*n)
+                        .cloned()
+                        .unwrap_or_else(|| intern(kind, n, snapshot))
+                })
+                .collect();
             tp.wildcard = wildcard;
-            tp.names = names;
             tp.evaluated = None;
         }
         if !tp.subscribed() {
@@ -260,24 +249,32 @@ impl Planner {
         kind: ResourceType,
         subscribe: &[String],
         unsubscribe: &[String],
+        snapshot: Option<&Snapshot>,
     ) {
         let tp = if unsubscribe.is_empty() {
             self.plan_mut(kind)
         } else {
             self.holdings_mut(kind)
         };
+        let mut added = Vec::new();
         for name in subscribe {
             if name == "*" {
                 tp.wildcard = true;
-            } else {
-                tp.names.insert(name.clone());
+            } else if !tp.names.contains(name.as_str()) {
+                added.push(intern(kind, name, snapshot));
             }
+        }
+        if tp.names.is_empty() {
+            // A first subscription, built in one go.
+            tp.names = added.into_iter().collect();
+        } else {
+            tp.names.extend(added);
         }
         for name in unsubscribe {
             if name == "*" {
                 tp.wildcard = false;
             } else {
-                tp.names.remove(name);
+                tp.names.remove(name.as_str());
                 tp.held.remove(name);
             }
         }
@@ -294,6 +291,7 @@ impl Planner {
         &mut self,
         kind: ResourceType,
         held: impl IntoIterator<Item = (&'a String, &'a String)>,
+        snapshot: Option<&Snapshot>,
     ) {
         // Endpoints of clusters (re)created on this stream before the proxy reported them are
         // due again: the new cluster warms until it gets them.
@@ -302,12 +300,11 @@ impl Planner {
         tp.held = held
             .into_iter()
             .map(|(name, version)| {
-                let held = if awaited.as_ref().is_some_and(|a| a.contains(name)) {
-                    Held::Stale(None)
+                if awaited.as_ref().is_some_and(|a| a.contains(name)) {
+                    Held::stale_unknown(name)
                 } else {
-                    Held::Reported(version.clone())
-                };
-                (name.clone(), held)
+                    Held::reported(name, version, snapshot.and_then(|s| s.get(kind, name)))
+                }
             })
             .collect();
         tp.synced = !tp.held.is_empty();
@@ -357,7 +354,7 @@ impl Planner {
             .as_ref()
             .map(|cds| {
                 cds.held
-                    .values()
+                    .iter()
                     .filter_map(Held::resource)
                     .cloned()
                     .collect()
@@ -475,11 +472,11 @@ impl Planner {
     pub(crate) fn fetch(
         kind: ResourceType,
         wildcard: bool,
-        names: BTreeSet<String>,
+        names: &[String],
         snapshot: &Snapshot,
     ) -> (String, Vec<Arc<Resource>>) {
         let mut planner = Planner::new(Flavour::Sotw, false);
-        planner.set_subscription(kind, wildcard, names);
+        planner.set_subscription(kind, wildcard, names, Some(snapshot));
         let mut out = Vec::new();
         planner.push_type(kind, snapshot, &mut out);
         match out.pop() {
@@ -567,7 +564,7 @@ impl Planner {
             match self.want(kind, tp, snapshot, name, &mut users) {
                 Some(want) => {
                     whole_type &= want.in_snapshot;
-                    target.insert(name, want.want);
+                    target.insert(&**name, want.want);
                 }
                 None => continue,
             }
@@ -593,9 +590,10 @@ impl Planner {
         }
         let removals = tp
             .held
-            .keys()
-            .filter(|n| !target.contains_key(n.as_str()))
-            .cloned()
+            .iter()
+            .map(Held::name)
+            .filter(|n| !target.contains_key(n))
+            .map(str::to_owned)
             .collect();
         Diff {
             kind,
@@ -620,7 +618,7 @@ impl Planner {
         let mut removals = Vec::new();
         let mut users = None;
         for name in names {
-            let want = if tp.names.contains(name) {
+            let want = if tp.names.contains(name.as_str()) {
                 self.want(kind, tp, snapshot, name, &mut users)
                     .map(|w| w.want)
             } else if tp.wildcard {
@@ -630,14 +628,14 @@ impl Planner {
             };
             match want {
                 Some(want) => upserts.extend(tp.outdated(name, &want)),
-                None if tp.held.contains_key(name) => removals.push(name.clone()),
+                None if tp.held.contains(name) => removals.push(name.clone()),
                 None => {}
             }
         }
         // Names missing from the snapshot that are not among the changed ones were missing
         // before too; only they make the target differ from the snapshot's whole type.
         let whole_type = tp.wildcard
-            && (kind != ResourceType::Endpoint || tp.names.iter().all(|n| all.contains_key(n)));
+            && (kind != ResourceType::Endpoint || tp.names.iter().all(|n| all.contains_key(&**n)));
         Diff {
             kind,
             upserts,
@@ -672,7 +670,7 @@ impl Planner {
         let users = users.get_or_insert_with(|| self.held_cluster_endpoints(snapshot));
         let kept = tp.held.get(name).filter(|_| users.contains(name));
         let want = match kept {
-            Some(Held::Reported(_)) => Want::Keep,
+            Some(h) if h.is_reported() => Want::Keep,
             Some(h) => match h.resource() {
                 Some(r) => Want::Send(r.clone()),
                 None => Want::Send(Resource::empty_endpoints(name)),
@@ -709,9 +707,7 @@ impl Planner {
         // find the type evaluated and leave them pending.
         tp.evaluated = complete.then(|| snapshot.type_version(kind).to_owned());
         tp.context = context;
-        for r in &diff.upserts {
-            tp.held.insert(r.name().to_owned(), Held::Sent(r.clone()));
-        }
+        tp.held.sent(&diff.upserts);
         for name in &diff.removals {
             tp.held.remove(name);
         }
@@ -721,14 +717,10 @@ impl Planner {
         let version = if diff.whole_type && complete {
             snapshot.type_version(kind).to_owned()
         } else {
-            hash_versions(tp.held.iter().map(|(n, h)| (n.as_str(), h.version())))
+            hash_versions(tp.held.iter().map(|h| (h.name(), h.version())))
         };
         let resources = if flavour == Flavour::Sotw && kind.is_full_state() {
-            tp.held
-                .values()
-                .filter_map(Held::resource)
-                .cloned()
-                .collect()
+            tp.held.iter().filter_map(Held::resource).cloned().collect()
         } else {
             diff.upserts.clone()
         };
@@ -769,14 +761,11 @@ impl Planner {
             return;
         }
         eds.evaluated = None;
-        let stale = |h: &mut Held| *h = Held::Stale(h.resource().cloned());
         match flavour {
-            Flavour::Sotw => eds.held.values_mut().for_each(stale),
+            Flavour::Sotw => eds.held.mark_all_stale(),
             Flavour::Delta => {
                 for name in upserts.iter().flat_map(|c| endpoint_names(c)) {
-                    if let Some(h) = eds.held.get_mut(name) {
-                        stale(h);
-                    }
+                    eds.held.mark_stale(name);
                 }
             }
         }
@@ -816,18 +805,34 @@ impl Planner {
             return BTreeSet::new();
         };
         let mut used = BTreeSet::new();
-        for (name, held) in &cds.held {
+        for held in cds.held.iter() {
             match held
                 .resource()
-                .or_else(|| snapshot.get(ResourceType::Cluster, name))
+                .or_else(|| snapshot.get(ResourceType::Cluster, held.name()))
             {
                 Some(c) => used.extend(endpoint_names(c).map(str::to_owned)),
                 None => {
-                    used.insert(name.clone());
+                    used.insert(held.name().to_owned());
                 }
             }
         }
         used
+    }
+}
+
+#[cfg(test)]
+impl Planner {
+    /// Takes out the subscription and the holdings of `kind`, to measure what they keep
+    /// (`server::footprint`).
+    pub(crate) fn take_parts(
+        &mut self,
+        kind: ResourceType,
+    ) -> (Box<dyn std::any::Any>, Box<dyn std::any::Any>) {
+        let tp = self.plan_mut(kind);
+        (
+            Box::new(std::mem::take(&mut tp.names)),
+            Box::new(std::mem::take(&mut tp.held)),
+        )
     }
 }
 
@@ -867,6 +872,14 @@ fn hash_versions<'a>(entries: impl Iterator<Item = (&'a str, &'a str)>) -> Strin
         hasher.update(&[0]);
     }
     format!("{:016x}", hasher.digest())
+}
+
+/// `name` to keep in a subscription: the snapshot's own copy when it has a resource of that
+/// name (every stream of the group then shares it), else a new one.
+fn intern(kind: ResourceType, name: &str, snapshot: Option<&Snapshot>) -> Arc<str> {
+    snapshot
+        .and_then(|s| s.get(kind, name))
+        .map_or_else(|| Arc::from(name), |r| r.shared_name().clone())
 }
 
 /// The EDS resources a cluster uses.

@@ -4,7 +4,6 @@
 //!
 //! Pure and synchronous; the async driver in [`super::stream`] feeds it.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
@@ -51,8 +50,7 @@ impl SotwState {
         names: &[String],
         snapshot: &Snapshot,
     ) -> (String, Vec<Arc<Resource>>) {
-        let (wildcard, names) = subscription(kind, names);
-        Planner::fetch(kind, wildcard, names, snapshot)
+        Planner::fetch(kind, wildcard(kind, names), names, snapshot)
     }
 
     fn render(&mut self, steps: Vec<Step>, status: &StatusEntry) -> Vec<SotwResponse> {
@@ -74,12 +72,17 @@ impl SotwState {
     }
 }
 
-/// The subscription a request's `resource_names` ask for: `*` or, for CDS and LDS, no name
-/// at all is the wildcard.
-fn subscription(kind: ResourceType, names: &[String]) -> (bool, BTreeSet<String>) {
-    let wildcard = names.iter().any(|n| n == "*") || (names.is_empty() && kind.is_full_state());
-    let names = names.iter().filter(|n| *n != "*").cloned().collect();
-    (wildcard, names)
+/// Whether a request's `resource_names` ask for the wildcard: `*` or, for CDS and LDS, no
+/// name at all.
+fn wildcard(kind: ResourceType, names: &[String]) -> bool {
+    names.iter().any(|n| n == "*") || (names.is_empty() && kind.is_full_state())
+}
+
+#[cfg(test)]
+impl SotwState {
+    pub(crate) fn planner_mut(&mut self) -> &mut Planner {
+        &mut self.planner
+    }
 }
 
 impl Protocol for SotwState {
@@ -139,8 +142,9 @@ impl Protocol for SotwState {
         // An empty subscription (the clusters or listeners that named these resources are
         // gone) gets no answer: Envoy takes an empty response for a type it no longer
         // watches without ACKing it.
-        let (wildcard, names) = subscription(kind, &req.resource_names);
-        self.planner.set_subscription(kind, wildcard, names);
+        let wildcard = wildcard(kind, &req.resource_names);
+        self.planner
+            .set_subscription(kind, wildcard, &req.resource_names, snapshot);
         let held = self.planner.holding();
         if rejected {
             self.planner.rejected(kind);
