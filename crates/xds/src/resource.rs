@@ -100,8 +100,8 @@ impl fmt::Display for ResourceType {
 pub struct Reference {
     /// Type of the resource named.
     pub kind: ResourceType,
-    /// Name of the resource named.
-    pub name: String,
+    /// Name of the resource named (shared, like [`Resource::shared_name`]).
+    pub name: Arc<str>,
 }
 
 /// One xDS resource: its name, a version derived from its content, and its encoded bytes.
@@ -137,7 +137,7 @@ impl Resource {
                 .unwrap_or(&cluster.name);
             references.push(Reference {
                 kind: ResourceType::Endpoint,
-                name: service_name.to_owned(),
+                name: service_name.into(),
             });
         }
         Self::build(ResourceType::Cluster, &cluster.name, cluster, references)
@@ -168,7 +168,7 @@ impl Resource {
             .into_iter()
             .map(|name| Reference {
                 kind: ResourceType::Route,
-                name,
+                name: name.into(),
             })
             .collect();
         Self::build(ResourceType::Listener, &listener.name, listener, references)

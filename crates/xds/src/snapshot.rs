@@ -95,12 +95,12 @@ impl Snapshot {
     ) -> Result<(), SnapshotError> {
         for r in resources {
             for reference in r.references() {
-                if !self.by_type[reference.kind.index()].contains_key(&reference.name) {
+                if !self.by_type[reference.kind.index()].contains_key(&*reference.name) {
                     return Err(SnapshotError::MissingReference {
                         from_kind: r.kind(),
                         from: r.name().to_owned(),
                         kind: reference.kind,
-                        name: reference.name.clone(),
+                        name: reference.name.to_string(),
                     });
                 }
             }

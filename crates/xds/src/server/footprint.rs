@@ -95,7 +95,7 @@ fn watched(kind: ResourceType, resources: &[Arc<Resource>]) -> Option<(ResourceT
         .iter()
         .flat_map(|r| r.references())
         .filter(|r| r.kind == next)
-        .map(|r| r.name.clone())
+        .map(|r| r.name.to_string())
         .collect();
     Some((next, names.into_iter().collect()))
 }
@@ -259,8 +259,16 @@ fn wildcard_footprint<P: Protocol, E: Envoy<P>>(
         .expect("consistent");
     let status = mk_status();
     let mut state = new();
-    let requests = envoy.connect();
-    envoy.run(&mut state, &before, &status, requests);
+    let sync = allocation_counter::measure(|| {
+        let requests = envoy.connect();
+        envoy.run(&mut state, &before, &status, requests);
+    });
+    println!(
+        "{label}: the sync allocated {:.1} KiB in {} allocations, at most {:.1} KiB at once",
+        sync.bytes_total as f64 / 1024.0,
+        sync.count_total,
+        sync.bytes_max as f64 / 1024.0
+    );
     let change = kept(|| {
         let responses = state.on_snapshot(&after, &status);
         assert!(!responses.is_empty(), "the change is pushed");

@@ -149,7 +149,7 @@ pub(crate) struct Planner {
     types: [Option<TypePlan>; 5],
     /// EDS names of (re)created clusters not yet sent their endpoints: listeners, routes and
     /// cluster removals wait for them (make-before-break). Settled by `await_endpoints`.
-    awaiting_endpoints: BTreeSet<String>,
+    awaiting_endpoints: BTreeSet<Arc<str>>,
     /// SotW: the proxy rejected the latest clusters and kept older ones, so the next full set
     /// may (re)create any cluster in it.
     clusters_rejected: bool,
@@ -300,7 +300,7 @@ impl Planner {
         tp.held = held
             .into_iter()
             .map(|(name, version)| {
-                if awaited.as_ref().is_some_and(|a| a.contains(name)) {
+                if awaited.as_ref().is_some_and(|a| a.contains(name.as_str())) {
                     Held::stale_unknown(name)
                 } else {
                     Held::reported(name, version, snapshot.and_then(|s| s.get(kind, name)))
@@ -362,10 +362,8 @@ impl Planner {
             .unwrap_or_default();
         self.clusters_rejected = true;
         self.clusters_changed(&held);
-        self.awaiting_endpoints.extend(
-            held.iter()
-                .flat_map(|c| endpoint_names(c).map(str::to_owned)),
-        );
+        self.awaiting_endpoints
+            .extend(held.iter().flat_map(|c| endpoint_names(c).cloned()));
         self.answer(ResourceType::Endpoint, was_holding, snapshot)
     }
 
@@ -647,13 +645,13 @@ impl Planner {
 
     /// What the proxy should hold for a subscribed `name`, or `None` when nothing (a name of
     /// another type than endpoints that the snapshot lacks).
-    fn want(
-        &self,
+    fn want<'s>(
+        &'s self,
         kind: ResourceType,
         tp: &TypePlan,
-        snapshot: &Snapshot,
+        snapshot: &'s Snapshot,
         name: &str,
-        users: &mut Option<BTreeSet<String>>,
+        users: &mut Option<BTreeSet<&'s str>>,
     ) -> Option<Target> {
         if let Some(r) = snapshot.get(kind, name) {
             return Some(Target {
@@ -734,11 +732,8 @@ impl Planner {
                 &diff.upserts
             };
             self.clusters_changed(recreated);
-            self.awaiting_endpoints.extend(
-                recreated
-                    .iter()
-                    .flat_map(|c| endpoint_names(c).map(str::to_owned)),
-            );
+            self.awaiting_endpoints
+                .extend(recreated.iter().flat_map(|c| endpoint_names(c).cloned()));
         }
         Some(Step {
             kind,
@@ -783,7 +778,7 @@ impl Planner {
         if !awaiting.is_empty() {
             // Only clusters the proxy still holds matter.
             let used = self.held_cluster_endpoints(snapshot);
-            awaiting.retain(|name| used.contains(name.as_str()));
+            awaiting.retain(|name| used.contains(&**name));
         }
         self.awaiting_endpoints = awaiting;
         self.endpoints_delivered();
@@ -800,7 +795,7 @@ impl Planner {
 
     /// The EDS names used by the clusters the proxy holds. A cluster it reported holding
     /// uses what the snapshot's cluster of that name uses, or its own name when gone.
-    fn held_cluster_endpoints(&self, snapshot: &Snapshot) -> BTreeSet<String> {
+    fn held_cluster_endpoints<'s>(&'s self, snapshot: &'s Snapshot) -> BTreeSet<&'s str> {
         let Some(cds) = self.types[ResourceType::Cluster.index()].as_ref() else {
             return BTreeSet::new();
         };
@@ -810,9 +805,9 @@ impl Planner {
                 .resource()
                 .or_else(|| snapshot.get(ResourceType::Cluster, held.name()))
             {
-                Some(c) => used.extend(endpoint_names(c).map(str::to_owned)),
+                Some(c) => used.extend(endpoint_names(c).map(|n| &**n)),
                 None => {
-                    used.insert(held.name().to_owned());
+                    used.insert(held.name());
                 }
             }
         }
@@ -883,12 +878,12 @@ fn intern(kind: ResourceType, name: &str, snapshot: Option<&Snapshot>) -> Arc<st
 }
 
 /// The EDS resources a cluster uses.
-fn endpoint_names(cluster: &Resource) -> impl Iterator<Item = &str> {
+fn endpoint_names(cluster: &Resource) -> impl Iterator<Item = &Arc<str>> {
     cluster
         .references()
         .iter()
         .filter(|r| r.kind == ResourceType::Endpoint)
-        .map(|r| r.name.as_str())
+        .map(|r| &r.name)
 }
 
 #[cfg(test)]

@@ -583,7 +583,7 @@ impl Envoy {
             LDS => {
                 let wanted: BTreeSet<String> = self.held[k]
                     .values()
-                    .flat_map(|l| l.references().iter().map(|r| r.name.clone()))
+                    .flat_map(|l| l.references().iter().map(|r| r.name.to_string()))
                     .collect();
                 if wanted != self.rds_names {
                     let previous = std::mem::replace(&mut self.rds_names, wanted);
