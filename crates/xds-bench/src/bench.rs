@@ -128,14 +128,14 @@ impl ScenarioResult {
 }
 
 /// The client, wherever it runs.
-enum ClientHandle {
+pub(crate) enum ClientHandle {
     InProcess(Fleet),
     Child(Box<ChildClient>),
 }
 
 impl ClientHandle {
     /// Starts the client; returns once the first phase is synced, with its sync time.
-    async fn start(
+    pub(crate) async fn start(
         placement: Placement,
         config: &FleetConfig,
         timeouts: &Timeouts,
@@ -161,7 +161,7 @@ impl ClientHandle {
     }
 
     /// Opens and syncs the streams of `phase` (not the first); returns its sync time.
-    async fn next_phase(
+    pub(crate) async fn next_phase(
         &mut self,
         phase: std::ops::Range<usize>,
         timeout: Duration,
@@ -204,7 +204,54 @@ impl ClientHandle {
         }
     }
 
-    async fn stop(self) -> anyhow::Result<()> {
+    /// Starts counting a storm's responses.
+    pub(crate) async fn storm_arm(&mut self) -> anyhow::Result<()> {
+        match self {
+            ClientHandle::InProcess(fleet) => {
+                fleet.storm_arm();
+                Ok(())
+            }
+            ClientHandle::Child(child) => child.storm_arm().await,
+        }
+    }
+
+    /// Streams that end from now on wait for [`ClientHandle::reconnect`].
+    pub(crate) async fn expect_restart(&mut self) -> anyhow::Result<()> {
+        match self {
+            ClientHandle::InProcess(fleet) => {
+                fleet.expect_restart();
+                Ok(())
+            }
+            ClientHandle::Child(child) => child.expect_restart().await,
+        }
+    }
+
+    /// Every stream re-opens on the server at `addr`.
+    pub(crate) async fn reconnect(
+        &mut self,
+        addr: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        match self {
+            ClientHandle::InProcess(fleet) => fleet.reconnect(addr).await,
+            ClientHandle::Child(child) => child.reconnect(addr, timeout).await,
+        }
+    }
+
+    /// Waits for the storm to settle on `expected`; see [`Fleet::settle`].
+    pub(crate) async fn settle(
+        &mut self,
+        expected: &std::collections::BTreeMap<String, u64>,
+        reconnecting: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<crate::client::StormReport> {
+        match self {
+            ClientHandle::InProcess(fleet) => fleet.settle(expected, reconnecting, timeout).await,
+            ClientHandle::Child(child) => child.settle(expected, reconnecting, timeout).await,
+        }
+    }
+
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
         match self {
             ClientHandle::InProcess(fleet) => {
                 fleet.stop().await;
@@ -252,6 +299,7 @@ pub async fn run_scenario(config: ScenarioConfig) -> anyhow::Result<ScenarioResu
         mode: config.mode,
         layout: config.layout,
         descriptors: matches!(config.server, ServerKind::ControlPlane(_)),
+        track: false,
     };
     let result = measure(&config, &fleet, &target, groups).await;
     target.stop();
@@ -264,7 +312,7 @@ pub async fn run_scenario(config: ScenarioConfig) -> anyhow::Result<ScenarioResu
 }
 
 /// Lets the last ACKs land and transient write buffers drain, then reads RSS.
-async fn settled_rss() -> anyhow::Result<u64> {
+pub(crate) async fn settled_rss() -> anyhow::Result<u64> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     rss_bytes()
 }

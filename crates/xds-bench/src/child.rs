@@ -8,7 +8,16 @@
 //! change (and the unaffected ones stayed quiet) it prints
 //! `ACKED <round> <unaffected> <unaffected touched> <ack ns>...` (monotonic clock, shared by
 //! both processes). `STOP` or the end of stdin ends the child.
+//!
+//! A storm ([`crate::storm`]) instead writes `STORM` (answered `STORMING`: responses are
+//! counted from then on), for a restart `DROP` (answered `DROPPING`: streams that end wait)
+//! and, once the server is back, `RECONNECT <addr>` (answered `RECONNECTED` once the
+//! connections are up and the streams re-opening), then one `EXPECT <service> <digest>` line
+//! per service and `SETTLE <0|1>` (1: wait for every stream to be re-established); the child
+//! answers `SETTLED` with a [`StormReport`] line.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -16,7 +25,7 @@ use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use crate::client::{Fleet, FleetConfig, RoundAcks};
+use crate::client::{Fleet, FleetConfig, RoundAcks, StormReport};
 use crate::probe::{cpu_ns_of, mono_ns, raise_nofile_limit};
 
 /// The parent's handle on a client child.
@@ -40,6 +49,7 @@ impl ChildClient {
             .args(["--mode", &config.mode.to_string()])
             .args(["--layout", &config.layout.to_string()])
             .args(config.descriptors.then_some("--descriptors"))
+            .args(config.track.then_some("--track"))
             .args(["--sync-timeout-secs", &timeouts.sync.as_secs().to_string()])
             .args(["--ack-timeout-secs", &timeouts.ack.as_secs().to_string()])
             .stdin(Stdio::piped())
@@ -107,6 +117,47 @@ impl ChildClient {
         })
     }
 
+    /// Starts counting the storm's responses.
+    pub async fn storm_arm(&mut self) -> anyhow::Result<()> {
+        self.send("STORM").await?;
+        self.expect("STORMING", Duration::from_secs(30))
+            .await
+            .map(drop)
+    }
+
+    /// Tells the streams the server is about to stop.
+    pub async fn expect_restart(&mut self) -> anyhow::Result<()> {
+        self.send("DROP").await?;
+        self.expect("DROPPING", Duration::from_secs(30))
+            .await
+            .map(drop)
+    }
+
+    /// Tells the streams the restarted server's address; returns once they are re-opening.
+    pub async fn reconnect(&mut self, addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+        self.send(&format!("RECONNECT {addr}")).await?;
+        self.expect("RECONNECTED", timeout).await.map(drop)
+    }
+
+    /// Sends the expected endpoints and waits for the fleet to settle on them.
+    pub async fn settle(
+        &mut self,
+        expected: &BTreeMap<String, u64>,
+        reconnecting: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<StormReport> {
+        let mut lines = String::new();
+        for (name, digest) in expected {
+            lines.push_str(&format!("EXPECT {name} {digest}\n"));
+        }
+        lines.push_str(&format!("SETTLE {}", u8::from(reconnecting)));
+        self.send(&lines).await?;
+        let line = self
+            .expect("SETTLED", timeout + Duration::from_secs(30))
+            .await?;
+        StormReport::from_line(&line)
+    }
+
     /// CPU time the child has used so far (ns).
     pub fn cpu_ns(&self) -> anyhow::Result<u64> {
         let pid = self.child.id().context("client process already reaped")?;
@@ -139,8 +190,8 @@ impl ChildClient {
             .await
             .map_err(|_| anyhow::anyhow!("client process: no {tag} within {timeout:?}"))??
             .with_context(|| format!("client process exited before {tag}"))?;
-        match line.split_once(' ') {
-            Some((t, rest)) if t == tag => Ok(rest.to_owned()),
+        match line.split_once(' ').unwrap_or((line.as_str(), "")) {
+            (t, rest) if t == tag => Ok(rest.to_owned()),
             _ => anyhow::bail!("client process: expected {tag}, got `{line:.200}`"),
         }
     }
@@ -177,11 +228,44 @@ pub async fn run_client(config: FleetConfig, timeouts: Timeouts) -> anyhow::Resu
             .await?;
         out.flush().await?;
     }
+    let mut expected = BTreeMap::new();
     while let Some(line) = lines.next_line().await? {
-        let Some(round) = line.strip_prefix("ARM ") else {
-            break;
+        let (command, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+        let reply = match command {
+            "ARM" => None,
+            "STORM" => {
+                fleet.storm_arm();
+                Some("STORMING".to_owned())
+            }
+            "DROP" => {
+                fleet.expect_restart();
+                Some("DROPPING".to_owned())
+            }
+            "RECONNECT" => {
+                fleet
+                    .reconnect(rest.trim().parse().context("RECONNECT address")?)
+                    .await?;
+                Some("RECONNECTED".to_owned())
+            }
+            "EXPECT" => {
+                let (name, digest) = rest.split_once(' ').context("EXPECT line")?;
+                expected.insert(name.to_owned(), digest.trim().parse().context("digest")?);
+                continue;
+            }
+            "SETTLE" => {
+                let report = fleet
+                    .settle(&expected, rest.trim() == "1", timeouts.ack)
+                    .await?;
+                Some(format!("SETTLED {}", report.to_line()))
+            }
+            _ => break,
         };
-        let round: u64 = round.trim().parse().context("ARM line")?;
+        if let Some(reply) = reply {
+            out.write_all(format!("{reply}\n").as_bytes()).await?;
+            out.flush().await?;
+            continue;
+        }
+        let round: u64 = rest.trim().parse().context("ARM line")?;
         fleet.arm(round);
         out.write_all(format!("ARMED {round}\n").as_bytes()).await?;
         out.flush().await?;

@@ -1,31 +1,38 @@
 //! The fleet of Envoy-like ADS proxies: N streams over a few HTTP/2 connections, each
-//! reporting when it is synced and when it has ACKed the change of a round.
+//! reporting when it is synced and when it has ACKed the change of a round. For the
+//! storms ([`crate::storm`]) a stream also reports every response it receives, keeps the
+//! endpoints it holds for an exactness check, and survives a server restart: it waits to be
+//! told the restarted server's address, then reconnects reporting what it holds.
 
 mod delta;
 mod names;
 mod sotw;
+mod storm;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use meshplane_xds::ResourceType;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 pub use delta::DeltaProxy;
+pub use names::addresses_digest;
 pub use sotw::SotwProxy;
+pub use storm::StormReport;
 
 use crate::probe::mono_ns;
 use crate::scenario::Layout;
@@ -80,6 +87,9 @@ pub struct FleetConfig {
     /// Put each proxy's service descriptor in `node.metadata`, as the real control plane
     /// requires ([`crate::plane::descriptor_metadata`]).
     pub descriptors: bool,
+    /// Record the routable endpoints of every assignment each proxy holds (the storms'
+    /// exactness check; it costs the client a decode per assignment).
+    pub track: bool,
 }
 
 impl FleetConfig {
@@ -96,8 +106,28 @@ enum EventKind {
     Acked(u64),
     /// The stream received a response of another type since round `.0` was armed.
     Other(u64),
+    /// The stream was re-established after a server restart.
+    Reconnected,
+    /// A response received while a storm is armed.
+    Storm(Received),
     Failed(String),
 }
+
+/// What one response carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Its type.
+    pub kind: ResourceType,
+    /// Resources it carried.
+    pub resources: usize,
+    /// Of those, the ones the proxy already held: at the same version (delta) or with the
+    /// same bytes (SotW, whose resources carry no version of their own).
+    pub held: usize,
+}
+
+/// Name → digest ([`addresses_digest`]) of the routable endpoints of every assignment a
+/// proxy holds.
+pub type Digests = Arc<parking_lot::Mutex<BTreeMap<String, u64>>>;
 
 #[derive(Debug)]
 struct Event {
@@ -124,12 +154,19 @@ const UNAFFECTED_QUIET: Duration = Duration::from_millis(200);
 /// A running fleet.
 pub struct Fleet {
     config: FleetConfig,
-    channels: Vec<Channel>,
+    /// The connections streams open on; replaced when the server restarts.
+    channels_tx: watch::Sender<Arc<Vec<Channel>>>,
     /// Streams opened so far (`0..opened`).
     opened: usize,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     armed: Arc<AtomicU64>,
+    /// Streams report every response ([`EventKind::Storm`]).
+    storm: Arc<AtomicBool>,
+    /// The server is restarting: a stream that ends waits for new connections.
+    restarting: Arc<AtomicBool>,
+    /// Per stream, when tracking.
+    digests: Vec<Digests>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -139,30 +176,22 @@ pub struct Fleet {
 impl Fleet {
     /// Opens every HTTP/2 connection; streams are opened by [`Fleet::open`].
     pub async fn connect(config: &FleetConfig) -> anyhow::Result<Fleet> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", config.addr))?
-            .initial_stream_window_size(ENVOY_WINDOW)
-            .initial_connection_window_size(ENVOY_WINDOW)
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10));
-        // Each `connect` is its own HTTP/2 connection; connect in batches so the listen
-        // backlog is never overrun.
-        let mut channels = Vec::with_capacity(config.connections());
-        for batch in (0..config.connections()).collect::<Vec<_>>().chunks(256) {
-            let connects = batch.iter().map(|_| endpoint.connect());
-            channels.extend(
-                futures::future::try_join_all(connects)
-                    .await
-                    .context("connecting to the xDS server")?,
-            );
-        }
+        let channels = connect_all(config.addr, config.connections()).await?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let digests = match config.track {
+            true => (0..config.streams).map(|_| Digests::default()).collect(),
+            false => Vec::new(),
+        };
         Ok(Fleet {
             config: config.clone(),
-            channels,
+            channels_tx: watch::Sender::new(Arc::new(channels)),
             opened: 0,
             events_tx,
             events_rx,
             armed: Arc::new(AtomicU64::new(0)),
+            storm: Arc::new(AtomicBool::new(false)),
+            restarting: Arc::new(AtomicBool::new(false)),
+            digests,
             shutdown: CancellationToken::new(),
             tasks: JoinSet::new(),
         })
@@ -174,9 +203,12 @@ impl Fleet {
         for i in self.opened..until {
             let stream = StreamTask {
                 index: i,
-                channel: self.channels[i % self.channels.len()].clone(),
+                channels: self.channels_tx.subscribe(),
                 node: node(&self.config, i),
                 armed: self.armed.clone(),
+                storm: self.storm.clone(),
+                restarting: self.restarting.clone(),
+                digests: self.digests.get(i).cloned(),
                 events_tx: self.events_tx.clone(),
             };
             let shutdown = self.shutdown.clone();
@@ -315,6 +347,26 @@ impl Fleet {
     }
 }
 
+/// `count` HTTP/2 connections to `addr`, each `connect` its own, in batches so the listen
+/// backlog is never overrun.
+async fn connect_all(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<Channel>> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
+        .initial_stream_window_size(ENVOY_WINDOW)
+        .initial_connection_window_size(ENVOY_WINDOW)
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10));
+    let mut channels = Vec::with_capacity(count);
+    for batch in (0..count).collect::<Vec<_>>().chunks(256) {
+        let connects = batch.iter().map(|_| endpoint.connect());
+        channels.extend(
+            futures::future::try_join_all(connects)
+                .await
+                .context("connecting to the xDS server")?,
+        );
+    }
+    Ok(channels)
+}
+
 fn node(config: &FleetConfig, i: usize) -> Node {
     let (layout, streams) = (config.layout, config.streams);
     Node {
@@ -330,17 +382,32 @@ fn node(config: &FleetConfig, i: usize) -> Node {
 /// One proxy's stream.
 struct StreamTask {
     index: usize,
-    channel: Channel,
+    channels: watch::Receiver<Arc<Vec<Channel>>>,
     node: Node,
     armed: Arc<AtomicU64>,
+    storm: Arc<AtomicBool>,
+    restarting: Arc<AtomicBool>,
+    digests: Option<Digests>,
     events_tx: mpsc::UnboundedSender<Event>,
 }
 
+/// What a stream has reported, kept across reconnects.
+#[derive(Debug, Default)]
+struct Reported {
+    synced: bool,
+    round: u64,
+    other: u64,
+}
+
+/// Delay between attempts to re-open a stream on the restarted server's connections.
+const RETRY: Duration = Duration::from_millis(100);
+
 impl StreamTask {
     async fn run(self, mode: Mode) {
+        let (node, digests) = (self.node.clone(), self.digests.clone());
         let result = match mode {
-            Mode::Sotw => self.drive(SotwProxy::new(self.node.clone())).await,
-            Mode::Delta => self.drive(DeltaProxy::new(self.node.clone())).await,
+            Mode::Sotw => self.drive_all(SotwProxy::new(node, digests)).await,
+            Mode::Delta => self.drive_all(DeltaProxy::new(node, digests)).await,
         };
         let error = match result {
             Ok(()) => "the server ended the stream".to_owned(),
@@ -357,31 +424,72 @@ impl StreamTask {
         });
     }
 
-    async fn drive<P: ProxyProtocol>(&self, mut proxy: P) -> anyhow::Result<()> {
+    /// Drives the proxy's stream; while the server restarts, a stream that ends waits for
+    /// the new connections and re-opens with what the proxy holds, as Envoy reconnects.
+    async fn drive_all<P: ProxyProtocol>(&self, mut proxy: P) -> anyhow::Result<()> {
+        let mut channels = self.channels.clone();
+        let mut requests = proxy.initial();
+        let mut reported = Reported::default();
+        let mut reconnect = false;
+        loop {
+            let channel = {
+                let all = channels.borrow_and_update();
+                all[self.index % all.len()].clone()
+            };
+            let outcome = self
+                .drive(&mut proxy, channel, requests, reconnect, &mut reported)
+                .await;
+            if !self.restarting.load(Ordering::SeqCst) {
+                return outcome;
+            }
+            // A stream that dropped before the new connections exist waits for them; one
+            // that failed on them (the server still starting) retries shortly.
+            tokio::select! {
+                changed = channels.changed() => changed.context("the fleet stopped")?,
+                _ = tokio::time::sleep(RETRY), if reconnect => {}
+            }
+            reconnect = true;
+            requests = proxy.reconnect();
+        }
+    }
+
+    async fn drive<P: ProxyProtocol>(
+        &self,
+        proxy: &mut P,
+        channel: Channel,
+        initial: Vec<P::Request>,
+        reconnect: bool,
+        reported: &mut Reported,
+    ) -> anyhow::Result<()> {
         let (req_tx, req_rx) = mpsc::unbounded_channel();
-        for r in proxy.initial() {
+        for r in initial {
             req_tx.send(r)?;
         }
-        let client = AggregatedDiscoveryServiceClient::new(self.channel.clone())
+        let client = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         let mut responses = P::open(client, UnboundedReceiverStream::new(req_rx)).await?;
-        let (mut synced, mut reported_round, mut reported_other) = (false, 0, 0);
+        if reconnect {
+            self.report(EventKind::Reconnected);
+        }
         while let Some(resp) = responses.message().await? {
-            let (kind, requests) = proxy.on_response(resp)?;
+            let (received, requests) = proxy.on_response(resp)?;
             for r in requests {
                 req_tx.send(r)?;
             }
-            if !synced && proxy.synced() {
-                synced = true;
+            if self.storm.load(Ordering::SeqCst) {
+                self.report(EventKind::Storm(received));
+            }
+            if !reported.synced && proxy.synced() {
+                reported.synced = true;
                 self.report(EventKind::Synced);
             }
-            let armed = self.armed.load(Ordering::SeqCst);
-            if kind == ResourceType::Endpoint && armed > reported_round {
-                reported_round = armed;
+            let (kind, armed) = (received.kind, self.armed.load(Ordering::SeqCst));
+            if kind == ResourceType::Endpoint && armed > reported.round {
+                reported.round = armed;
                 self.report(EventKind::Acked(armed));
-            } else if kind != ResourceType::Endpoint && armed > reported_other {
-                reported_other = armed;
+            } else if kind != ResourceType::Endpoint && armed > reported.other {
+                reported.other = armed;
                 self.report(EventKind::Other(armed));
             }
         }
@@ -395,10 +503,11 @@ trait ProxyProtocol: Send + 'static {
     type Response: prost::Message + Default + Send + 'static;
 
     fn initial(&mut self) -> Vec<Self::Request>;
+    fn reconnect(&mut self) -> Vec<Self::Request>;
     fn on_response(
         &mut self,
         resp: Self::Response,
-    ) -> anyhow::Result<(ResourceType, Vec<Self::Request>)>;
+    ) -> anyhow::Result<(Received, Vec<Self::Request>)>;
     fn synced(&self) -> bool;
     fn open(
         client: AggregatedDiscoveryServiceClient<Channel>,
@@ -413,10 +522,13 @@ impl ProxyProtocol for SotwProxy {
     fn initial(&mut self) -> Vec<Self::Request> {
         SotwProxy::initial(self)
     }
+    fn reconnect(&mut self) -> Vec<Self::Request> {
+        SotwProxy::reconnect(self)
+    }
     fn on_response(
         &mut self,
         resp: Self::Response,
-    ) -> anyhow::Result<(ResourceType, Vec<Self::Request>)> {
+    ) -> anyhow::Result<(Received, Vec<Self::Request>)> {
         SotwProxy::on_response(self, resp)
     }
     fn synced(&self) -> bool {
@@ -440,10 +552,13 @@ impl ProxyProtocol for DeltaProxy {
     fn initial(&mut self) -> Vec<Self::Request> {
         DeltaProxy::initial(self)
     }
+    fn reconnect(&mut self) -> Vec<Self::Request> {
+        DeltaProxy::reconnect(self)
+    }
     fn on_response(
         &mut self,
         resp: Self::Response,
-    ) -> anyhow::Result<(ResourceType, Vec<Self::Request>)> {
+    ) -> anyhow::Result<(Received, Vec<Self::Request>)> {
         DeltaProxy::on_response(self, resp)
     }
     fn synced(&self) -> bool {

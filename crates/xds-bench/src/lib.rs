@@ -13,6 +13,16 @@
 //! then EDS and RDS for the names received, every response ACKed. [`scenario`] says what is
 //! published and changed, and which proxies a change affects; [`report`] turns results into
 //! rows, Meshplane's latency as a multiple of the floor's.
+//!
+//! `--storm reconnect|registry` runs the [`storm`]s instead, through the real control plane
+//! on its embedded registry (`mixed` layout): every proxy reconnecting at once after a
+//! control-plane restart, or every service changing at once; one row each per mode and
+//! stream count (BENCHMARKS.md, "Storms"):
+//!
+//! ```text
+//! cargo run --release -p meshplane-xds-bench -- --storm reconnect --streams 10000 --mode sotw,delta
+//! cargo run --release -p meshplane-xds-bench -- --storm registry --streams 5000 --mode sotw,delta
+//! ```
 
 pub mod bench;
 pub mod child;
@@ -22,6 +32,7 @@ pub mod plane;
 pub mod probe;
 pub mod report;
 pub mod scenario;
+pub mod storm;
 mod target;
 
 use std::net::SocketAddr;
@@ -36,6 +47,7 @@ use bench::{Placement, ScenarioConfig, ServerKind};
 use child::Timeouts;
 use client::{FleetConfig, Mode};
 use scenario::Layout;
+use storm::{Storm, StormConfig};
 
 /// Fan-out benchmark of the xDS server.
 #[derive(Debug, Parser)]
@@ -82,6 +94,12 @@ struct RunArgs {
     /// Skip the floor server (by default each scenario also runs against it).
     #[arg(long)]
     no_floor: bool,
+    /// Run these storms instead of the fan-out scenarios: `reconnect` (every proxy
+    /// reconnects at once after a control-plane restart) and/or `registry` (all 1,000
+    /// services change at once). Always the control plane on its embedded registry and the
+    /// `mixed` layout (`--layout`, `--server`, `--rounds` and the floor do not apply).
+    #[arg(long, value_delimiter = ',')]
+    storm: Vec<Storm>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -119,6 +137,9 @@ impl CommonArgs {
 struct ScenarioArgs {
     #[arg(long, default_value = "meshplane")]
     server: ServerKind,
+    /// Run this storm instead of rounds.
+    #[arg(long)]
+    storm: Option<Storm>,
     #[arg(long)]
     layout: Layout,
     #[arg(long)]
@@ -142,6 +163,9 @@ struct ClientArgs {
     /// Put service descriptors in node metadata (for the control-plane servers).
     #[arg(long)]
     descriptors: bool,
+    /// Record the endpoints each proxy holds (the storms' exactness check).
+    #[arg(long)]
+    track: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -149,7 +173,28 @@ struct ClientArgs {
 /// Runs what the command line asks for.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        None if !cli.run.storm.is_empty() => run_storms(cli.run).await,
         None => run_all(cli.run).await,
+        Some(Command::Scenario(ScenarioArgs {
+            storm: Some(storm),
+            mode,
+            streams,
+            common,
+            ..
+        })) => {
+            let result = storm::run_storm(StormConfig {
+                storm,
+                mode,
+                streams,
+                streams_per_conn: common.streams_per_conn,
+                instances: common.instances,
+                placement: Placement::Child,
+                timeouts: common.timeouts(),
+            })
+            .await?;
+            println!("ROW {}\t", report::storm_row(&result));
+            Ok(())
+        }
         Some(Command::Scenario(args)) => {
             let result = bench::run_scenario(ScenarioConfig {
                 server: args.server,
@@ -179,6 +224,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 mode: args.mode,
                 layout: args.layout,
                 descriptors: args.descriptors,
+                track: args.track,
             };
             child::run_client(config, args.common.timeouts()).await
         }
@@ -216,6 +262,34 @@ async fn run_all(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs every storm × mode × stream count, each in its own server process, and prints the
+/// table.
+async fn run_storms(args: RunArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    println!("{}", report::STORM_HEADER);
+    let mut failures = 0;
+    let server = ServerKind::ControlPlane(meshplane_runtime::RegistryKind::Embedded);
+    for &storm in &args.storm {
+        for &mode in &args.mode {
+            for &streams in &args.streams {
+                let scenario = (Layout::Mixed, mode, streams);
+                let outcome = run_one(&exe, server, scenario, Some(storm), &args.common).await?;
+                match outcome.row {
+                    Some((row, _)) => println!("{row}"),
+                    None => {
+                        failures += 1;
+                        println!(
+                            "| {storm} | {mode} | {streams} | {server} | failed: see stderr |"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    anyhow::ensure!(failures == 0, "{failures} storm(s) failed");
+    Ok(())
+}
+
 /// Runs one scenario against each `--server` that runs its layout, then (unless
 /// `--no-floor`) against the floor, and prints their rows; returns how many failed.
 async fn run_pair(
@@ -231,11 +305,11 @@ async fn run_pair(
         }
         outcomes.push((
             server,
-            Some(run_one(exe, server, scenario, &args.common).await?),
+            Some(run_one(exe, server, scenario, None, &args.common).await?),
         ));
     }
     if !args.no_floor {
-        let floor = run_one(exe, ServerKind::Floor, scenario, &args.common).await?;
+        let floor = run_one(exe, ServerKind::Floor, scenario, None, &args.common).await?;
         outcomes.push((ServerKind::Floor, Some(floor)));
     }
     let floor_latency = outcomes
@@ -267,16 +341,22 @@ struct Outcome {
     latency: Option<report::Latency>,
 }
 
-/// Runs one scenario process against `server`.
+/// Runs one scenario process against `server` (a storm, if given).
 async fn run_one(
     exe: &std::path::Path,
     server: ServerKind,
     (layout, mode, streams): (Layout, Mode, usize),
+    storm: Option<Storm>,
     c: &CommonArgs,
 ) -> anyhow::Result<Outcome> {
     let mut child = tokio::process::Command::new(exe)
         .arg("scenario")
         .args(["--server", &server.to_string()])
+        .args(
+            storm
+                .iter()
+                .flat_map(|s| ["--storm".to_owned(), s.to_string()]),
+        )
         .args(["--layout", &layout.to_string(), "--mode", &mode.to_string()])
         .args(["--streams", &streams.to_string()])
         .args(["--streams-per-conn", &c.streams_per_conn.to_string()])

@@ -4,7 +4,10 @@
 //! Consul API in the same process. Services are loaded and changed through that HTTP API, as
 //! an operator's tooling would; proxies carry real service descriptors (see
 //! [`descriptor_metadata`]), so grouping, policy checks and translation are the deployed ones.
+//! The reconnect storm stops the control plane and starts it again on the same data
+//! directory and xDS address ([`Plane::restart`]).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -14,7 +17,7 @@ use futures::StreamExt;
 use meshplane_registry_embedded::{EmbeddedConfig, EmbeddedRegistry};
 use meshplane_runtime::{ControlPlaneConfig, RegistryKind};
 use meshplane_telemetry::XdsMetrics;
-use meshplane_xds::StatusBoard;
+use meshplane_xds::{SnapshotCache, StatusBoard};
 use serde_json::{Value as Json, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +36,13 @@ pub(crate) struct Plane {
     /// Every metric the control plane exports, for the translation histogram.
     exported: meshplane_telemetry::Metrics,
     /// The control plane's merged registry.
-    store: meshplane_registry::Store,
+    pub(crate) store: meshplane_registry::Store,
+    /// Its snapshot cache.
+    pub(crate) cache: SnapshotCache,
+    /// The configuration it was started with (bound addresses filled in), for a restart.
+    config: ControlPlaneConfig,
+    /// Cancelled to stop this control plane alone (a child of the scenario's token).
+    incarnation: CancellationToken,
     http: reqwest::Client,
     /// Base URL of the Consul-compatible API changes are made through.
     api: String,
@@ -114,9 +123,12 @@ pub(crate) async fn start(
         }
         RegistryKind::File => anyhow::bail!("the file registry takes no changes through an API"),
     };
-    let cp = meshplane_runtime::control_plane::start(config, shutdown.clone())
+    let incarnation = shutdown.child_token();
+    let cp = meshplane_runtime::control_plane::start(config.clone(), incarnation.clone())
         .await
         .context("starting the control plane")?;
+    // A restart binds the same xDS address; the embedded registry's API may move.
+    config.xds_addr = cp.xds_addr;
     let api_addr = match (&external, cp.registry_addr) {
         (Some(registry), _) => registry.local_addr(),
         (None, Some(own)) => own,
@@ -131,13 +143,16 @@ pub(crate) async fn start(
         status: cp.status.clone(),
         exported: cp.metrics.clone(),
         store: cp.store.clone(),
+        cache: cp.cache.clone(),
+        config,
+        incarnation: incarnation.clone(),
         http,
         api: format!("http://{api_addr}"),
         layout,
         _data: data,
     };
     let (store, xds_addr) = (cp.store.clone(), cp.xds_addr);
-    let s = shutdown.clone();
+    let s = incarnation;
     let serving = tokio::spawn(async move {
         let registry = async {
             match external {
@@ -184,6 +199,45 @@ fn instance_id(service: usize, i: usize) -> String {
 // === impl Plane ===
 
 impl Plane {
+    /// Stops this control plane (waiting for `serving` to end) and starts it again on the
+    /// same data directory and xDS address, as an operator restarts it; returns once the new
+    /// one is serving (its xDS listener accepts), with the task serving it. Only the
+    /// embedded registry restarts with it (its durable store is the data directory).
+    pub(crate) async fn restart(
+        &mut self,
+        serving: JoinHandle<anyhow::Result<()>>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+        anyhow::ensure!(
+            self.config.registry == RegistryKind::Embedded,
+            "only the control plane on its embedded registry restarts"
+        );
+        self.incarnation.cancel();
+        tokio::time::timeout(Duration::from_secs(60), serving)
+            .await
+            .context("the control plane did not stop within 60 s")???;
+        let incarnation = shutdown.child_token();
+        let cp = meshplane_runtime::control_plane::start(self.config.clone(), incarnation.clone())
+            .await
+            .context("restarting the control plane")?;
+        let api_addr = cp
+            .registry_addr
+            .context("the control plane serves no registry API")?;
+        self.metrics = cp.metrics.xds().clone();
+        self.status = cp.status.clone();
+        self.exported = cp.metrics.clone();
+        self.store = cp.store.clone();
+        self.cache = cp.cache.clone();
+        self.api = format!("http://{api_addr}");
+        self.incarnation = incarnation.clone();
+        Ok(tokio::spawn(async move { cp.wait(incarnation).await }))
+    }
+
+    /// The xDS address proxies connect to.
+    pub(crate) fn xds_addr(&self) -> SocketAddr {
+        self.config.xds_addr
+    }
+
     /// Registers every instance through the API, `LOAD_CONCURRENCY` at a time.
     async fn load(&self, instances: usize) -> anyhow::Result<()> {
         let all = (0..SHARED_SERVICES).flat_map(|s| (0..instances).map(move |i| (s, i)));
@@ -225,6 +279,31 @@ impl Plane {
                 None,
             ),
         })
+    }
+
+    /// The registry storm's change to `service`: its first instance's TTL check fails.
+    pub(crate) fn storm_change(service: usize) -> String {
+        format!("/v1/agent/check/fail/service:{}", instance_id(service, 0))
+    }
+
+    /// Per service, the digest of the `address:port`s a proxy should route to now: the
+    /// routable instances in the control plane's store (what a proxy's endpoints are
+    /// compared with, see [`crate::client::addresses_digest`]).
+    pub(crate) fn expected_endpoints(&self) -> BTreeMap<String, u64> {
+        let snapshot = self.store.snapshot();
+        (0..SHARED_SERVICES)
+            .map(|s| {
+                let name = service_name(s);
+                let instances = snapshot.service(&name).map(|e| e.instances.clone());
+                let routable = instances.iter().flat_map(|i| i.iter()).filter(|i| {
+                    i.health.is_routable() && i.address.parse::<std::net::IpAddr>().is_ok()
+                });
+                let digest = crate::client::addresses_digest(
+                    routable.map(|i| format!("{}:{}", i.address, i.port)),
+                );
+                (name, digest)
+            })
+            .collect()
     }
 
     /// `(sum of seconds, count)` of the control plane's translation histogram.

@@ -200,6 +200,66 @@ pub fn row_parts(result: &ScenarioResult) -> (String, String) {
     (head, tail)
 }
 
+/// The header of the table [`storm_row`] fills.
+pub const STORM_HEADER: &str = "| storm | mode | streams | server | groups | conns | writes (sent in, ms) | restarted server had every stream (s) | every stream back (s) | last response (s) | → every proxy at the final state (s) | responses per proxy, avg / max: CDS · EDS · LDS · RDS | resources received / already held: CDS · EDS · LDS · RDS | proxies exact | server RSS synced → storm peak (MiB) |\n\
+|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|";
+
+/// One storm as a Markdown table row (seconds from the storm's zero: the restarted server
+/// accepting, or the last write acknowledged).
+pub fn storm_row(result: &crate::storm::StormResult) -> String {
+    let (c, r) = (&result.config, &result.report);
+    let since = |t: u64| {
+        if t == 0 {
+            "—".to_owned()
+        } else {
+            format!("{:.2}", t.saturating_sub(result.start) as f64 / 1e9)
+        }
+    };
+    let streams = r.streams.max(1) as f64;
+    let responses = r
+        .responses
+        .iter()
+        .map(|(sum, max)| format!("{:.1} / {max}", *sum as f64 / streams))
+        .collect::<Vec<_>>()
+        .join(" · ");
+    let resources = r
+        .resources
+        .iter()
+        .map(|(got, held)| format!("{got} / {held}"))
+        .collect::<Vec<_>>()
+        .join(" · ");
+    let writes = match result.writes {
+        (0, _) => "—".to_owned(),
+        (n, ns) => format!("{n} ({:.0})", ms(ns)),
+    };
+    let back = match c.storm {
+        crate::storm::Storm::Reconnect => {
+            format!(
+                "{} ({}/{})",
+                since(r.reconnected.1),
+                r.reconnected.0,
+                r.streams
+            )
+        }
+        crate::storm::Storm::Registry => "—".to_owned(),
+    };
+    format!(
+        "| {} | {} | {} | control-plane | {} | {} | {writes} | {} | {back} | {} | {:.2} | {responses} | {resources} | {}/{} | {:.0} → {:.0} |",
+        c.storm,
+        c.mode,
+        c.streams,
+        result.groups,
+        result.connections,
+        result.server_ready.map_or("—".to_owned(), since),
+        since(r.last_response),
+        result.final_state() as f64 / 1e9,
+        r.exact,
+        r.streams,
+        result.rss.0 as f64 / MIB,
+        result.rss.1 as f64 / MIB,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

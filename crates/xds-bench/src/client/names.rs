@@ -5,6 +5,10 @@
 //! only the fields needed (prost skips the rest): with 1,000 clusters on 10,000 streams the
 //! client must stay cheap, since it shares the machine's two cores with the server.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, address};
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
@@ -55,6 +59,61 @@ pub fn eds_name_of_cluster(bytes: &[u8]) -> anyhow::Result<Option<String>> {
 /// The name of an endpoints or route configuration resource.
 pub fn name_of(bytes: &[u8]) -> anyhow::Result<String> {
     Ok(FirstName::decode(bytes)?.name)
+}
+
+/// `(name, content hash)` of a cluster's bytes: what a proxy holds of it, to tell a
+/// re-sent resource from a changed one.
+pub fn cluster_name_and_hash(bytes: &[u8]) -> anyhow::Result<(String, u64)> {
+    Ok((ClusterNames::decode(bytes)?.name, bytes_hash(bytes)))
+}
+
+/// A hash of encoded bytes, the same in every process running this binary (`DefaultHasher`
+/// is SipHash with fixed keys).
+pub fn bytes_hash(bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// The routable endpoints of an assignment's bytes, as [`addresses_digest`] of their
+/// `address:port`: healthy and unknown endpoints count, unhealthy and draining ones do not
+/// (Envoy sends no traffic to them).
+pub fn endpoints_digest(bytes: &[u8]) -> anyhow::Result<u64> {
+    let cla = ClusterLoadAssignment::decode(bytes)?;
+    let routable = [HealthStatus::Unknown as i32, HealthStatus::Healthy as i32];
+    let addresses = cla
+        .endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .filter(|e| routable.contains(&e.health_status))
+        .filter_map(|e| match &e.host_identifier {
+            Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => ep.address.as_ref(),
+            _ => None,
+        })
+        .filter_map(|a| match &a.address {
+            Some(address::Address::SocketAddress(s)) => Some(format!(
+                "{}:{}",
+                s.address,
+                match s.port_specifier {
+                    Some(
+                        envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p),
+                    ) => p,
+                    _ => 0,
+                }
+            )),
+            _ => None,
+        });
+    Ok(addresses_digest(addresses))
+}
+
+/// Order-independent digest of a set of `address:port` strings: what a proxy's assignment
+/// and the registry's routable instances of a service are compared by.
+pub fn addresses_digest(addresses: impl Iterator<Item = String>) -> u64 {
+    let mut sorted: Vec<String> = addresses.collect();
+    sorted.sort_unstable();
+    let mut h = DefaultHasher::new();
+    sorted.hash(&mut h);
+    h.finish()
 }
 
 /// `(listener name, route configuration names its HTTP connection managers use over RDS)`.
@@ -110,8 +169,17 @@ mod tests {
             eds_name_of_cluster(&local.encode_to_vec()).expect("cluster"),
             None
         );
-        let e = mk_endpoints("svc-a", &[("10.0.0.1", 80, 1)]);
+        let e = mk_endpoints("svc-a", &[("10.0.0.1", 80, 1), ("10.0.0.2", 81, 1)]);
         assert_eq!(name_of(&value(&e)).expect("cla"), "svc-a");
+        let expected = ["10.0.0.2:81".to_owned(), "10.0.0.1:80".to_owned()];
+        assert_eq!(
+            endpoints_digest(&value(&e)).expect("cla"),
+            addresses_digest(expected.into_iter())
+        );
+        assert_ne!(
+            endpoints_digest(&value(&e)).expect("cla"),
+            addresses_digest(std::iter::once("10.0.0.1:80".to_owned()))
+        );
         let r = mk_routes("outbound", &[("a", "svc-a")]);
         assert_eq!(name_of(&value(&r)).expect("routes"), "outbound");
         let l = mk_http_listener("out", 15001, "outbound");
