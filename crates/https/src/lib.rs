@@ -130,6 +130,9 @@ pub async fn serve(
                 }
             },
         };
+        // TLS records and HTTP/2 frames go out in several writes: without TCP_NODELAY each
+        // after the first waits for the client's delayed ACK (40 ms on Linux).
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let service = TowerToHyperService::new(router.clone());
         let builder = builder.clone();

@@ -93,6 +93,9 @@ async fn counting_proxy(target: SocketAddr) -> Proxy {
             p.fetch_max(a.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
             tokio::spawn(async move {
                 if let Ok(outbound) = tokio::net::TcpStream::connect(target).await {
+                    // As transparent as a wire: no Nagle delay added to small writes.
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
                     let (in_read, mut in_write) = inbound.into_split();
                     let (mut out_read, out_write) = outbound.into_split();
                     let up = copy_counting(in_read, out_write, r);

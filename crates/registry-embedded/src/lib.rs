@@ -27,6 +27,7 @@ use std::{
     sync::Arc,
 };
 
+use axum::serve::ListenerExt;
 use parking_lot::RwLock;
 use tokio::{
     net::TcpListener,
@@ -203,7 +204,12 @@ impl EmbeddedRegistry {
         let served = match self.config.tls.clone() {
             Some(tls) => meshplane_https::serve(self.listener, router, tls, shutdown.clone()).await,
             None => {
-                axum::serve(self.listener, router)
+                // Without TCP_NODELAY a response written in two parts waits for the
+                // client's delayed ACK (40 ms on Linux) before its second part.
+                let listener = self.listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                axum::serve(listener, router)
                     .with_graceful_shutdown(shutdown.clone().cancelled_owned())
                     .await
             }

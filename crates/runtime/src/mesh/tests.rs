@@ -48,6 +48,14 @@ fn mk_node(id: &str, yaml: &str) -> Node {
     }
 }
 
+/// The first full sync of `source`, with no services: a registry that is loaded.
+fn synced(source: &SourceId) -> RegistryEvent {
+    RegistryEvent::Replace {
+        source: source.clone(),
+        services: Default::default(),
+    }
+}
+
 fn mk_instance(service: &str, id: &str, port: u16) -> Instance {
     Instance {
         id: InstanceId::new(id).expect("id"),
@@ -238,6 +246,7 @@ fn incremental_updates_equal_a_fresh_translation() {
             })
             .collect(),
     };
+    writer.apply(synced(&source));
     writer.apply(service("payments", &[], &[10]));
     writer.apply(service("orders", &[], &[20]));
     translator.on_registry(store.snapshot());
@@ -327,6 +336,7 @@ async fn bursts_are_coalesced_and_a_quiet_change_goes_out_at_once() {
         name: ServiceName::new("payments").expect("name"),
         instances: vec![mk_instance("payments", "p1", port)],
     };
+    writer.apply(synced(&source));
     writer.apply(payments_on(1000));
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(translator.run(store, demand_rx, shutdown.clone()));
@@ -366,6 +376,7 @@ async fn bursts_are_coalesced_and_a_quiet_change_goes_out_at_once() {
     }
     let expected = {
         let (store2, mut writer2) = meshplane_registry::store();
+        writer2.apply(synced(&source));
         writer2.apply(payments_on(2199));
         let cache2 = SnapshotCache::new();
         let groups2 = Groups::default();
@@ -397,4 +408,51 @@ async fn bursts_are_coalesced_and_a_quiet_change_goes_out_at_once() {
     shutdown.cancel();
     task.await.expect("translator stops");
     counter.abort();
+}
+
+#[test]
+fn groups_demanded_before_the_registry_syncs_wait_for_it() {
+    // A control plane that just restarted: proxies reconnect while the registry reloads. A
+    // group published from a half-loaded registry would tell them to drop endpoints and
+    // clusters they hold; it waits for the first full sync instead.
+    let groups = Groups::default();
+    let grouper = DescriptorGrouper::new(groups.clone(), Arc::new(MeshOptions::default()));
+    let cache = SnapshotCache::new();
+    let mut translator = Translator::new(cache.clone(), groups, Arc::new(MeshOptions::default()));
+    let (store, mut writer) = meshplane_registry::store();
+    let source = SourceId::new("test");
+    writer.apply(RegistryEvent::Status {
+        source: source.clone(),
+        status: meshplane_registry::SourceStatus::Syncing,
+    });
+    translator.on_registry(store.snapshot());
+    let orders: GroupKey = grouper
+        .group(&mk_node("orders-1", ORDERS), &PeerInfo::default())
+        .expect("valid");
+    let rx = cache.subscribe(&orders);
+    translator.on_demand(&orders);
+    assert!(
+        rx.borrow().is_none(),
+        "published before the registry synced"
+    );
+
+    // The full sync arrives: the group is published with it, payments' endpoints included.
+    let services = [(
+        ServiceName::new("payments").expect("name"),
+        vec![mk_instance("payments", "p1", 10)],
+    )]
+    .into_iter()
+    .collect();
+    writer.apply(RegistryEvent::Replace { source, services });
+    translator.on_registry(store.snapshot());
+    let snapshot = rx.borrow().clone().expect("published once synced");
+    let endpoints = snapshot
+        .get(meshplane_xds::ResourceType::Endpoint, "payments")
+        .expect("payments' assignment")
+        .to_any()
+        .value;
+    assert!(
+        endpoints.windows(9).any(|w| w == b"127.0.0.1"),
+        "payments' instance is in its assignment"
+    );
 }

@@ -87,6 +87,10 @@ pub struct Translator {
     dependents: HashMap<ServiceName, BTreeSet<GroupKey>>,
     /// The shape of every service in the registry.
     shapes: HashMap<ServiceName, Shape>,
+    /// Groups demanded before the registry finished its first sync. They are published once
+    /// it has: proxies reconnecting to a control plane that just restarted must never get a
+    /// registry still loading (empty endpoints, clusters missing); they keep what they hold.
+    waiting: BTreeSet<GroupKey>,
 }
 
 impl Translator {
@@ -102,6 +106,7 @@ impl Translator {
             active: HashMap::new(),
             dependents: HashMap::new(),
             shapes: HashMap::new(),
+            waiting: BTreeSet::new(),
         }
     }
 
@@ -111,8 +116,13 @@ impl Translator {
         self
     }
 
-    /// A proxy needs a group that has no snapshot yet.
+    /// A proxy needs a group that has no snapshot yet; it waits for the registry's first sync.
     pub fn on_demand(&mut self, key: &GroupKey) {
+        if !self.registry.is_synced() {
+            tracing::debug!(%key, "registry not synced yet: the group waits for it");
+            self.waiting.insert(key.clone());
+            return;
+        }
         let started = Instant::now();
         self.publish(key);
         self.metrics.translated(started.elapsed());
@@ -176,6 +186,16 @@ impl Translator {
         if published > 0 {
             self.metrics.translated(started.elapsed());
             tracing::debug!(groups = published, index = self.registry.index, elapsed = ?started.elapsed(), "registry change translated");
+        }
+        if self.registry.is_synced() && !self.waiting.is_empty() {
+            let waiting = std::mem::take(&mut self.waiting);
+            tracing::debug!(
+                groups = waiting.len(),
+                "registry synced: publishing the groups that waited"
+            );
+            for key in &waiting {
+                self.on_demand(key);
+            }
         }
     }
 
