@@ -5,14 +5,11 @@
 //! Consul-compatible API, behind a TLS front that speaks HTTP/2 as a Consul agent with
 //! `tls.enabled` does, and counts the requests it forwards by path.
 
-use meshplane_test_support::{pki::TestPki, poll::eventually_watch};
+use meshplane_test_support::{fault::FaultProxy, pki::TestPki, poll::eventually_watch};
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -23,28 +20,6 @@ use meshplane_registry_embedded::{EmbeddedConfig, EmbeddedRegistry};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// A TCP forwarder counting concurrent connections.
-async fn counting_proxy(target: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-    let addr = listener.local_addr().expect("addr");
-    let (active, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let seen = peak.clone();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let (active, peak) = (active.clone(), peak.clone());
-            let now = active.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(now, Ordering::SeqCst);
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-                active.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
-    });
-    (addr, seen)
-}
 
 /// Requests forwarded, by path (blocking ones, with `index`, apart).
 #[derive(Default)]
@@ -157,13 +132,14 @@ async fn over_http2_every_service_keeps_a_watch_on_a_few_connections() {
 
     // Budget 8: over HTTP/1.1 that is 5 health slots, fewer than the 30 services (signals
     // mode); over HTTP/2 the 30 watches share one connection.
-    let (proxy, peak) = counting_proxy(api).await;
+    let proxy = FaultProxy::start(api).await.expect("proxy");
+    let proxy_addr = proxy.addr();
     let (reader, writer) = store();
     let (sink, events) = event_channel(256);
     let stop = CancellationToken::new();
     tokio::spawn(writer.run(events, stop.clone()));
     let config = ConsulConfig {
-        address: format!("https://{proxy}"),
+        address: format!("https://{proxy_addr}"),
         ca_file: Some(ca_file.clone()),
         max_connections: 8,
         wait: Duration::from_secs(30),
@@ -256,7 +232,7 @@ async fn over_http2_every_service_keeps_a_watch_on_a_few_connections() {
             .count();
         assert_eq!(watched, 30, "services with a blocking query of their own");
     }
-    let peak = peak.load(Ordering::SeqCst);
+    let peak = proxy.peak_open();
     assert!(
         peak <= 3,
         "{peak} concurrent connections for 30 blocking queries: not multiplexed over HTTP/2"

@@ -1,12 +1,8 @@
 //! The Consul source against the embedded registry's Consul-compatible API, in-process.
 
-use meshplane_test_support::poll::eventually_watch;
+use meshplane_test_support::{fault::FaultProxy, poll::eventually_watch};
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -14,7 +10,7 @@ use meshplane_registry::{RegistrySource, Store, event_channel, store};
 use meshplane_registry_consul::{ConsulConfig, ConsulSource};
 use meshplane_registry_embedded::{EmbeddedConfig, EmbeddedRegistry};
 use serde_json::json;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 struct Registry {
@@ -223,10 +219,10 @@ async fn connections_stay_within_the_budget() {
             .register(json!({"Name": format!("svc-{i}"), "Port": 1000 + i}))
             .await;
     }
-    let proxy = CountingProxy::start(registry.addr).await;
+    let proxy = FaultProxy::start(registry.addr).await.expect("proxy");
     let config = ConsulConfig {
         max_connections: 8,
-        ..fast_config(&format!("http://{}", proxy.addr))
+        ..fast_config(&format!("http://{}", proxy.addr()))
     };
     let running = run_source(config);
     running
@@ -286,40 +282,11 @@ async fn connections_stay_within_the_budget() {
             |s| s.service("svc-7").is_some_and(|e| e.instances.len() == 2),
         )
         .await;
-    let peak = proxy.peak.load(Ordering::SeqCst);
+    let peak = proxy.peak_open();
     assert!(
         peak <= 8,
         "peak of {peak} concurrent connections exceeds the budget of 8"
     );
     running.stop().await;
     registry.stop().await;
-}
-
-/// A TCP forwarder that counts concurrent connections.
-struct CountingProxy {
-    addr: SocketAddr,
-    peak: Arc<AtomicUsize>,
-}
-
-impl CountingProxy {
-    async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("addr");
-        let (active, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (a, p) = (active.clone(), peak.clone());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let (a, p) = (a.clone(), p.clone());
-                let now = a.fetch_add(1, Ordering::SeqCst) + 1;
-                p.fetch_max(now, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                    a.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
-        CountingProxy { addr, peak }
-    }
 }

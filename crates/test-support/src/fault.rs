@@ -56,6 +56,9 @@ pub struct FaultProxy {
     target: SocketAddr,
     fault_tx: watch::Sender<Fault>,
     accepted: Arc<AtomicU64>,
+    /// Connections open now, and the most that were open at once.
+    open: Arc<AtomicU64>,
+    peak: Arc<AtomicU64>,
     // Owns the connection tasks (through its `JoinSet`): aborting it aborts them all.
     accept_task: JoinHandle<()>,
 }
@@ -69,17 +72,20 @@ impl FaultProxy {
         let addr = listener.local_addr()?;
         let (fault_tx, fault_rx) = watch::channel(Fault::Pass);
         let accepted = Arc::new(AtomicU64::new(0));
+        let (open, peak) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let accept_task = tokio::spawn(accept_loop(
             listener,
             target,
             fault_rx,
-            Arc::clone(&accepted),
+            [Arc::clone(&accepted), Arc::clone(&open), Arc::clone(&peak)],
         ));
         Ok(FaultProxy {
             addr,
             target,
             fault_tx,
             accepted,
+            open,
+            peak,
             accept_task,
         })
     }
@@ -108,6 +114,16 @@ impl FaultProxy {
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::SeqCst)
     }
+
+    /// The most connections that were open at once (a client's connection budget).
+    pub fn peak_open(&self) -> u64 {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for FaultProxy {
@@ -122,7 +138,7 @@ async fn accept_loop(
     listener: TcpListener,
     target: SocketAddr,
     fault_rx: watch::Receiver<Fault>,
-    accepted: Arc<AtomicU64>,
+    [accepted, open, peak]: [Arc<AtomicU64>; 3],
 ) {
     let mut connections = JoinSet::new();
     loop {
@@ -134,7 +150,12 @@ async fn accept_loop(
             continue;
         };
         accepted.fetch_add(1, Ordering::SeqCst);
-        connections.spawn(serve(client, target, fault_rx.clone()));
+        peak.fetch_max(open.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+        let (open, fault_rx) = (Arc::clone(&open), fault_rx.clone());
+        connections.spawn(async move {
+            serve(client, target, fault_rx).await;
+            open.fetch_sub(1, Ordering::SeqCst);
+        });
     }
 }
 

@@ -99,6 +99,20 @@ async fn pass_forwards_both_ways_and_counts_connections() {
     assert_eq!(round_trip(&mut a, "ping").await, "ping");
     assert_eq!(round_trip(&mut b, "pong").await, "pong");
     assert_eq!(proxy.accepted(), 2);
+    assert_eq!(proxy.peak_open(), 2);
+    // Closed connections leave the open count; the peak stays.
+    drop((a, b));
+    crate::poll::eventually("both connections closed", Duration::from_secs(5), || {
+        std::future::ready(if proxy.open() == 0 {
+            Ok(())
+        } else {
+            Err(format!("{} open", proxy.open()))
+        })
+    })
+    .await;
+    let mut c = connect(&proxy).await;
+    assert_eq!(round_trip(&mut c, "again").await, "again");
+    assert_eq!((proxy.open(), proxy.peak_open()), (1, 2));
 }
 
 #[tokio::test]
