@@ -13,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::child::{ChildClient, Timeouts};
 use crate::client::{Fleet, FleetConfig, Mode, RoundAcks};
+use crate::plane::PlaneRegistry;
 use crate::probe::{cpu_ns, mono_ns, raise_nofile_limit, rss_bytes};
 use crate::scenario::Layout;
 use crate::target::Target;
-use meshplane_runtime::RegistryKind;
 
 /// Where the client runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub enum ServerKind {
     Floor,
     /// The whole control plane (`meshplane_runtime`) with this registry, changes made
     /// through the registry's Consul-compatible API ([`crate::plane`]).
-    ControlPlane(RegistryKind),
+    ControlPlane(PlaneRegistry),
 }
 
 impl FromStr for ServerKind {
@@ -45,10 +45,13 @@ impl FromStr for ServerKind {
         match s {
             "meshplane" => Ok(ServerKind::Meshplane),
             "floor" => Ok(ServerKind::Floor),
-            "control-plane" => Ok(ServerKind::ControlPlane(RegistryKind::Embedded)),
-            "control-plane-consul" => Ok(ServerKind::ControlPlane(RegistryKind::Consul)),
+            "control-plane" => Ok(ServerKind::ControlPlane(PlaneRegistry::Embedded)),
+            "control-plane-consul" => Ok(ServerKind::ControlPlane(PlaneRegistry::Consul)),
+            "control-plane-consul-https" => {
+                Ok(ServerKind::ControlPlane(PlaneRegistry::ConsulHttps))
+            }
             other => Err(format!(
-                "unknown server `{other}`: use `meshplane`, `floor`, `control-plane` or `control-plane-consul`"
+                "unknown server `{other}`: use `meshplane`, `floor`, `control-plane`, `control-plane-consul` or `control-plane-consul-https`"
             )),
         }
     }
@@ -59,8 +62,9 @@ impl fmt::Display for ServerKind {
         f.write_str(match self {
             ServerKind::Meshplane => "meshplane",
             ServerKind::Floor => "floor",
-            ServerKind::ControlPlane(RegistryKind::Consul) => "control-plane-consul",
-            ServerKind::ControlPlane(_) => "control-plane",
+            ServerKind::ControlPlane(PlaneRegistry::Embedded) => "control-plane",
+            ServerKind::ControlPlane(PlaneRegistry::Consul) => "control-plane-consul",
+            ServerKind::ControlPlane(PlaneRegistry::ConsulHttps) => "control-plane-consul-https",
         })
     }
 }
@@ -519,25 +523,33 @@ mod tests {
     }
 
     /// The Consul-path smoke check: the whole control plane following an embedded
-    /// registry's Consul API (1,000 services × 2 instances), changes made through that API;
+    /// registry's Consul API (1,000 services × 2 instances) over plain HTTP/1.1 and over
+    /// HTTPS with HTTP/2, changes made through that API;
     /// every affected proxy ACKs each change (a registration, a health change, a
     /// deregistration), the others receive nothing, and the server's status shows every
     /// stream ACKed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_control_plane_following_consul_delivers_each_change_to_the_affected_proxies() {
-        for mode in [Mode::Sotw, Mode::Delta] {
-            let server = ServerKind::ControlPlane(RegistryKind::Consul);
+        for (registry, mode) in [
+            (PlaneRegistry::Consul, Mode::Sotw),
+            (PlaneRegistry::Consul, Mode::Delta),
+            (PlaneRegistry::ConsulHttps, Mode::Delta),
+        ] {
+            let server = ServerKind::ControlPlane(registry);
             let result = run_rounds(server, Layout::Mixed, mode, 3).await;
-            assert_eq!(result.groups, 5, "{mode}: 4 groups and the wildcard");
+            assert_eq!(
+                result.groups, 5,
+                "{registry:?} {mode}: 4 groups and the wildcard"
+            );
             assert_every_change_reached_exactly_the_affected(&result);
-            assert_eq!(result.rounds[1].len(), 15, "{mode}");
-            assert_eq!(result.status_acked, Some(20), "{mode}");
+            assert_eq!(result.rounds[1].len(), 15, "{registry:?} {mode}");
+            assert_eq!(result.status_acked, Some(20), "{registry:?} {mode}");
         }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_control_plane_on_its_embedded_registry_delivers_each_change() {
-        let server = ServerKind::ControlPlane(RegistryKind::Embedded);
+        let server = ServerKind::ControlPlane(PlaneRegistry::Embedded);
         let result = run_rounds(server, Layout::Mixed, Mode::Delta, 3).await;
         assert_every_change_reached_exactly_the_affected(&result);
         assert_eq!(result.status_acked, Some(20));

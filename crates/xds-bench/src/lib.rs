@@ -88,7 +88,9 @@ struct RunArgs {
     /// fed with the layout's snapshots), `control-plane` (the whole control plane on its
     /// embedded registry, changes through its Consul-compatible API) and
     /// `control-plane-consul` (the control plane with `--registry consul`, following an
-    /// embedded registry's API); the control-plane servers run the `mixed` layout only.
+    /// embedded registry's API over plain HTTP/1.1) and `control-plane-consul-https` (the
+    /// same over HTTPS, where HTTP/2 is negotiated); the control-plane servers run the
+    /// `mixed` layout only.
     #[arg(long, value_delimiter = ',', default_value = "meshplane")]
     server: Vec<ServerKind>,
     /// Skip the floor server (by default each scenario also runs against it).
@@ -268,7 +270,7 @@ async fn run_storms(args: RunArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating this binary")?;
     println!("{}", report::STORM_HEADER);
     let mut failures = 0;
-    let server = ServerKind::ControlPlane(meshplane_runtime::RegistryKind::Embedded);
+    let server = ServerKind::ControlPlane(plane::PlaneRegistry::Embedded);
     for &storm in &args.storm {
         for &mode in &args.mode {
             for &streams in &args.streams {

@@ -1,7 +1,8 @@
-//! The real control plane as the measured server (`--server control-plane` and
-//! `control-plane-consul`): `meshplane_runtime`'s control plane on 127.0.0.1 ephemeral ports,
-//! fed by its embedded registry, or by `--registry consul` following an embedded registry's
-//! Consul API in the same process. Services are loaded and changed through that HTTP API, as
+//! The real control plane as the measured server (`--server control-plane`,
+//! `control-plane-consul` and `control-plane-consul-https`): `meshplane_runtime`'s control
+//! plane on 127.0.0.1 ephemeral ports, fed by its embedded registry, or by `--registry consul`
+//! following an embedded registry's Consul API in the same process, over plain HTTP/1.1 or
+//! over HTTPS where HTTP/2 is negotiated ([`PlaneRegistry`]). Services are loaded and changed through that HTTP API, as
 //! an operator's tooling would; proxies carry real service descriptors (see
 //! [`descriptor_metadata`]), so grouping, policy checks and translation are the deployed ones.
 //! The reconnect storm stops the control plane and starts it again on the same data
@@ -17,6 +18,7 @@ use futures::StreamExt;
 use meshplane_registry_embedded::{EmbeddedConfig, EmbeddedRegistry};
 use meshplane_runtime::{ControlPlaneConfig, RegistryKind};
 use meshplane_telemetry::XdsMetrics;
+use meshplane_test_support::pki::TestPki;
 use meshplane_xds::{SnapshotCache, StatusBoard};
 use serde_json::{Value as Json, json};
 use tokio::task::JoinHandle;
@@ -26,6 +28,19 @@ use crate::scenario::{Layout, SHARED_SERVICES, WILDCARD_GROUP, service_name};
 
 /// Registrations in flight while loading: enough to fill the registry's group commits.
 const LOAD_CONCURRENCY: usize = 64;
+
+/// Which registry the measured control plane follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaneRegistry {
+    /// Its own embedded registry.
+    Embedded,
+    /// `--registry consul` following a registry served on its own over plain HTTP/1.1, as a
+    /// Consul agent's port 8500 (the source follows `/v1/health/state/any` above 89 services).
+    Consul,
+    /// The same over HTTPS, where HTTP/2 is negotiated, as a Consul agent's port 8501 with
+    /// `tls.enabled` (every service keeps its own blocking query, 100 to a connection).
+    ConsulHttps,
+}
 
 /// A started control plane and the API its changes go through.
 pub(crate) struct Plane {
@@ -77,7 +92,7 @@ impl ChangeKind {
 /// the API and waits until its store holds them all; returns the plane, its xDS address and
 /// the task serving it (it ends once `shutdown` is cancelled).
 pub(crate) async fn start(
-    registry: RegistryKind,
+    registry: PlaneRegistry,
     layout: Layout,
     instances: usize,
     sync_timeout: Duration,
@@ -104,24 +119,42 @@ pub(crate) async fn start(
     let mut data = vec![cp_data];
     // With `--registry consul`, the registry is an embedded registry served on its own, as
     // a Consul agent would be: the control plane only sees its HTTP API.
+    let mut ca_pem = None;
     let external = match registry {
-        RegistryKind::Embedded => None,
-        RegistryKind::Consul => {
+        PlaneRegistry::Embedded => None,
+        PlaneRegistry::Consul | PlaneRegistry::ConsulHttps => {
             let dir = tempfile::tempdir().context("creating a data directory")?;
+            let https = registry == PlaneRegistry::ConsulHttps;
+            let tls = if https {
+                let pki = TestPki::new(&["127.0.0.1"]);
+                let files = pki.write(dir.path());
+                config.consul_ca_file = Some(files.ca.clone());
+                ca_pem = Some(pki.ca_pem);
+                let tls = meshplane_https::TlsFiles {
+                    cert: files.cert,
+                    key: files.key,
+                }
+                .load()
+                .context("the registry's TLS files")?;
+                Some(tls)
+            } else {
+                None
+            };
             let registry = EmbeddedRegistry::bind(EmbeddedConfig {
                 listen_addr: any_port,
-                data_dir: dir.path().to_owned(),
+                data_dir: dir.path().join("data"),
                 datacenter: config.datacenter.clone(),
+                tls,
                 ..EmbeddedConfig::default()
             })
             .await
             .context("starting the registry the control plane follows")?;
             data.push(dir);
             config.registry = RegistryKind::Consul;
-            config.consul_addr = Some(format!("http://{}", registry.local_addr()));
+            let scheme = if https { "https" } else { "http" };
+            config.consul_addr = Some(format!("{scheme}://{}", registry.local_addr()));
             Some(registry)
         }
-        RegistryKind::File => anyhow::bail!("the file registry takes no changes through an API"),
     };
     let incarnation = shutdown.child_token();
     let cp = meshplane_runtime::control_plane::start(config.clone(), incarnation.clone())
@@ -134,10 +167,14 @@ pub(crate) async fn start(
         (None, Some(own)) => own,
         (None, None) => anyhow::bail!("the control plane serves no registry API"),
     };
-    let http = reqwest::Client::builder()
+    let mut http = reqwest::Client::builder()
         .no_proxy()
-        .pool_max_idle_per_host(LOAD_CONCURRENCY)
-        .build()?;
+        .pool_max_idle_per_host(LOAD_CONCURRENCY);
+    if let Some(ca) = &ca_pem {
+        http = http.tls_certs_only(reqwest::Certificate::from_pem_bundle(ca.as_bytes())?);
+    }
+    let http = http.build()?;
+    let api_scheme = if ca_pem.is_some() { "https" } else { "http" };
     let plane = Plane {
         metrics: cp.metrics.xds().clone(),
         status: cp.status.clone(),
@@ -147,7 +184,7 @@ pub(crate) async fn start(
         config,
         incarnation: incarnation.clone(),
         http,
-        api: format!("http://{api_addr}"),
+        api: format!("{api_scheme}://{api_addr}"),
         layout,
         _data: data,
     };

@@ -32,7 +32,6 @@ use crate::client::{FleetConfig, Mode, StormReport};
 use crate::plane::Plane;
 use crate::probe::{mono_ns, raise_nofile_limit, rss_bytes};
 use crate::scenario::{Layout, SHARED_SERVICES};
-use meshplane_runtime::RegistryKind;
 
 /// Registry writes in flight during the registry storm (as many as the load uses).
 const WRITES_IN_FLIGHT: usize = 64;
@@ -140,7 +139,7 @@ pub async fn run_storm(config: StormConfig) -> anyhow::Result<StormResult> {
     raise_nofile_limit()?;
     let shutdown = CancellationToken::new();
     let started = crate::plane::start(
-        RegistryKind::Embedded,
+        crate::plane::PlaneRegistry::Embedded,
         Layout::Mixed,
         config.instances,
         config.timeouts.sync,
