@@ -105,17 +105,18 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-/// Serves the admin API until `shutdown`.
+/// Serves `router` (the admin API, with whatever the control plane adds to it) until
+/// `shutdown`.
 pub async fn serve(
     listener: TcpListener,
-    state: AdminState,
+    router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     // TCP_NODELAY: a response written in parts must not wait for the client's delayed ACK.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(state))
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }

@@ -108,7 +108,11 @@ async fn setup(synced: bool) -> Setup {
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(meshplane_admin::serve(listener, state, shutdown.clone()));
+    tokio::spawn(meshplane_admin::serve(
+        listener,
+        meshplane_admin::router(state),
+        shutdown.clone(),
+    ));
     Setup {
         base,
         http: reqwest::Client::new(),

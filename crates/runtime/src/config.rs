@@ -154,6 +154,18 @@ pub struct ControlPlaneConfig {
     /// CA bundle (PEM) verifying external https:// domains [default: the system bundle].
     #[arg(long, env = "MESHPLANE_DOMAIN_CA_FILE")]
     pub domain_ca_file: Option<String>,
+    /// Other datacenters' control planes (admin URLs), followed for their local instances:
+    /// `dc2=URL[,URL…];dc3=URL…`.
+    #[arg(long, env = "MESHPLANE_REMOTE_DATACENTERS")]
+    pub remote_datacenters: Option<String>,
+    /// How long a remote datacenter's last state is kept while none of its control planes
+    /// answers; then its instances are dropped.
+    #[arg(long, env = "MESHPLANE_REMOTE_KEEP_STALE", default_value = "2m")]
+    pub remote_keep_stale: String,
+    /// CA bundle (PEM) verifying remote control planes' `https://` admin URLs [default: the
+    /// system's roots].
+    #[arg(long, env = "MESHPLANE_REMOTE_CA_FILE")]
+    pub remote_ca_file: Option<PathBuf>,
     /// Fixed addresses for external domains (split-horizon DNS), e.g.
     /// `{api.partner.example: 10.1.2.3}`. YAML only.
     #[arg(skip)]
@@ -314,6 +326,66 @@ impl ControlPlaneConfig {
         tls_files(&self.registry_tls_cert, &self.registry_tls_key)
     }
 
+    /// `--remote-datacenters`: each remote datacenter and its control planes' admin URLs.
+    pub fn remote_datacenters(&self) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+        let Some(text) = self.remote_datacenters.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let bad = |m: String| {
+            ConfigError::Invalid(format!(
+                "--remote-datacenters {text:?}: {m} (expected dc2=URL[,URL…];dc3=URL…)"
+            ))
+        };
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for part in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let (dc, urls) = part
+                .split_once('=')
+                .ok_or_else(|| bad(format!("`{part}` has no `=`")))?;
+            let dc = dc.trim();
+            if dc.is_empty()
+                || !dc
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(bad(format!("`{dc}` is not a datacenter name")));
+            }
+            if dc == self.datacenter {
+                return Err(bad(format!(
+                    "`{dc}` is this control plane's own datacenter"
+                )));
+            }
+            if out.iter().any(|(d, _)| d == dc) {
+                return Err(bad(format!("`{dc}` is listed twice")));
+            }
+            let urls: Vec<String> = urls
+                .split(',')
+                .map(|u| u.trim().trim_end_matches('/').to_owned())
+                .filter(|u| !u.is_empty())
+                .collect();
+            if urls.is_empty() {
+                return Err(bad(format!("`{dc}` has no URL")));
+            }
+            if let Some(u) = urls
+                .iter()
+                .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+            {
+                return Err(bad(format!("`{u}` is not an http:// or https:// URL")));
+            }
+            out.push((dc.to_owned(), urls));
+        }
+        Ok(out)
+    }
+
+    /// `--remote-keep-stale` as a duration.
+    pub fn remote_keep_stale(&self) -> Result<std::time::Duration, ConfigError> {
+        meshplane_model::descriptor::parse_duration(&self.remote_keep_stale).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "--remote-keep-stale {:?}: {e}",
+                self.remote_keep_stale
+            ))
+        })
+    }
+
     /// `cert_ttl` as a duration.
     pub fn cert_ttl(&self) -> Result<std::time::Duration, ConfigError> {
         meshplane_model::descriptor::parse_duration(&self.cert_ttl)
@@ -353,6 +425,8 @@ impl ControlPlaneConfig {
                 "--ca-cert and --ca-key go together".into(),
             ));
         }
+        self.remote_datacenters()?;
+        self.remote_keep_stale()?;
         let ttl = self.cert_ttl()?;
         if ttl < std::time::Duration::from_secs(10) {
             return Err(ConfigError::Invalid(format!(
@@ -539,5 +613,53 @@ mod tests {
                 .is_empty()
         );
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn remote_datacenters_are_parsed_and_checked() {
+        let with = |text: &str| ControlPlaneConfig {
+            remote_datacenters: Some(text.into()),
+            ..ControlPlaneConfig::default()
+        };
+        assert_eq!(
+            with("dc2=http://a:1,https://b:2/ ; dc3=http://c:3")
+                .remote_datacenters()
+                .expect("valid"),
+            [
+                (
+                    "dc2".to_owned(),
+                    vec!["http://a:1".to_owned(), "https://b:2".to_owned()]
+                ),
+                ("dc3".to_owned(), vec!["http://c:3".to_owned()]),
+            ]
+        );
+        assert!(
+            ControlPlaneConfig::default()
+                .remote_datacenters()
+                .expect("none")
+                .is_empty()
+        );
+        for (bad, says) in [
+            ("dc2", "has no `=`"),
+            ("dc1=http://a:1", "own datacenter"),
+            ("dc2=http://a:1;dc2=http://b:1", "listed twice"),
+            ("dc2=", "has no URL"),
+            ("dc2=a:1", "not an http:// or https:// URL"),
+            ("d c=http://a:1", "not a datacenter name"),
+        ] {
+            let e = with(bad).validate().expect_err(bad).to_string();
+            assert!(
+                e.contains(says) && e.contains("--remote-datacenters"),
+                "{bad}: {e}"
+            );
+        }
+        let e = ControlPlaneConfig {
+            remote_keep_stale: "soon".into(),
+            ..ControlPlaneConfig::default()
+        }
+        .validate()
+        .expect_err("bad duration")
+        .to_string();
+        assert!(e.contains("--remote-keep-stale"), "{e}");
     }
 }

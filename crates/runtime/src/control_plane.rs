@@ -9,6 +9,7 @@ use meshplane_registry::{RegistrySource, Store, event_channel};
 use meshplane_registry_consul::{ConsulConfig, ConsulSource};
 use meshplane_registry_embedded::{EmbeddedConfig, EmbeddedRegistry};
 use meshplane_registry_file::{FileConfig, FileSource};
+use meshplane_remote::{LocalState, RemoteConfig, RemoteSource};
 use meshplane_translate::MeshOptions;
 use meshplane_xds::{ServerConfig, SnapshotCache, StatusBoard, XdsServer};
 use tokio::net::TcpListener;
@@ -157,6 +158,29 @@ pub async fn start(
             tasks.spawn(async move { source.run(sink, s).await.context("file source stopped") });
         }
     }
+    let remote_ca = match &config.remote_ca_file {
+        Some(path) => Some(
+            std::fs::read(path).with_context(|| format!("--remote-ca-file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    for (datacenter, urls) in config.remote_datacenters()? {
+        let source = RemoteSource::new(RemoteConfig {
+            datacenter,
+            urls,
+            keep_stale: config.remote_keep_stale()?,
+            ca_pem: remote_ca.clone(),
+            ..RemoteConfig::default()
+        })
+        .context("invalid --remote-datacenters")?;
+        let (sink, s) = (sink.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            source
+                .run(sink, s)
+                .await
+                .context("remote datacenter source stopped")
+        });
+    }
     drop(sink);
 
     let listener = TcpListener::bind(config.xds_addr).await.with_context(|| {
@@ -226,13 +250,16 @@ pub async fn start(
         )),
     };
     tasks.spawn(prune_relays(relays, status.clone(), shutdown.clone()));
+    // Other datacenters follow this one's local state on the admin address.
+    let router = meshplane_admin::router(admin).merge(meshplane_remote::router(LocalState::new(
+        config.datacenter.clone(),
+        store.clone(),
+    )));
     let s = shutdown.clone();
     tasks.spawn(async move {
         match admin_tls {
-            Some(tls) => {
-                meshplane_https::serve(admin_listener, meshplane_admin::router(admin), tls, s).await
-            }
-            None => meshplane_admin::serve(admin_listener, admin, s).await,
+            Some(tls) => meshplane_https::serve(admin_listener, router, tls, s).await,
+            None => meshplane_admin::serve(admin_listener, router, s).await,
         }
         .context("admin API failed")
     });

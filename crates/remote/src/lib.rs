@@ -1,0 +1,19 @@
+//! Several datacenters: what a control plane exports of its own datacenter, and how it follows
+//! the others.
+//!
+//! Each control plane serves its *local* instances (those its registry places in its own
+//! datacenter, never ones learned from elsewhere, so nothing loops) on
+//! `GET /api/datacenters/local-state` ([`export`]), versioned by content, answering
+//! "not modified" cheaply and holding a request until the state changes. A control plane
+//! follows every other datacenter with a [`RemoteSource`] per datacenter, which feeds that
+//! datacenter's instances into the store like any other registry source; the translator then
+//! serves them to proxies as failover priorities.
+//!
+//! Start at [`wire`] (the format and its checks), then [`export`] and [`source`].
+
+pub mod export;
+pub mod source;
+pub mod wire;
+
+pub use export::{LocalState, router};
+pub use source::{RemoteConfig, RemoteError, RemoteSource};
