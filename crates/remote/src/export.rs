@@ -5,13 +5,19 @@
 //! - `?wait=30s` with `If-None-Match` holds the request until the state changes (answered
 //!   `200`) or the wait ends (`304`), so a follower learns a change as it happens without
 //!   polling; waits are capped at [`MAX_WAIT`];
-//! - `Accept-Encoding: gzip` gets the body compressed (once per state, shared by every
-//!   follower);
+//! - `If-None-Match` with an older version this control plane still remembers (the last
+//!   [`HISTORY`] states) is answered with the changes since it (`"since"`, the changed
+//!   services in full, `"removed"`), so a follower's cost follows what changed, not the size
+//!   of the datacenter; an unknown version gets the full state;
+//! - `Accept-Encoding: gzip` gets the body compressed (the full state once per state, shared
+//!   by every follower);
 //! - before the local registry's first full sync the answer is `503`: an empty or partial
 //!   state must never reach another datacenter, which keeps what it had.
 //!
-//! The state is built once per store change and only when asked, shared by every follower.
+//! The state is built once per store change and only when asked, re-encoding only the services
+//! that changed, and shared by every follower.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,12 +38,17 @@ pub const PATH: &str = "/api/datacenters/local-state";
 pub const DATACENTER_HEADER: &str = "x-meshplane-datacenter";
 /// Longest `?wait=` honoured.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
+/// How many past states are remembered to answer with changes since them.
+pub const HISTORY: usize = 64;
+/// Change sets at least this large are gzip-compressed when the follower accepts it.
+const GZIP_CHANGES_FROM: usize = 16 << 10;
 
 /// This control plane's local state, as exported to other datacenters.
 pub struct LocalState {
     datacenter: String,
     store: Store,
-    current: Mutex<Option<Arc<Export>>>,
+    /// The latest states, newest last; the last one is current.
+    history: Mutex<VecDeque<Arc<Export>>>,
 }
 
 impl std::fmt::Debug for LocalState {
@@ -54,7 +65,7 @@ impl LocalState {
         Arc::new(LocalState {
             datacenter: datacenter.into(),
             store,
-            current: Mutex::new(None),
+            history: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -64,20 +75,42 @@ impl LocalState {
         if !snapshot.is_synced() {
             return None;
         }
-        let previous = self.current.lock().clone();
+        let previous = self.history.lock().back().cloned();
         if let Some(p) = &previous
             && p.index == snapshot.index
         {
             return previous;
         }
-        let built = Export::build(&self.datacenter, &snapshot);
-        // A change elsewhere (another datacenter's instances) keeps the compressed body.
-        let export = match previous {
-            Some(p) if p.version == built.version => Arc::new(p.reindexed(snapshot.index)),
-            _ => Arc::new(built),
-        };
-        *self.current.lock() = Some(export.clone());
-        Some(export)
+        let built = Arc::new(Export::build(
+            &self.datacenter,
+            &snapshot,
+            previous.as_deref(),
+        ));
+        let mut history = self.history.lock();
+        // Another request may have built a newer one meanwhile.
+        if history.back().is_some_and(|b| b.index >= built.index) {
+            return history.back().cloned();
+        }
+        // A change elsewhere (another datacenter's instances) leaves the state as it was: the
+        // remembered one keeps serving, with its compressed body, under the new index.
+        if history.back().is_some_and(|b| b.version == built.version) {
+            history.pop_back();
+        }
+        history.push_back(built.clone());
+        while history.len() > HISTORY {
+            history.pop_front();
+        }
+        Some(built)
+    }
+
+    /// A remembered state of that version.
+    fn remembered(&self, version: &str) -> Option<Arc<Export>> {
+        self.history
+            .lock()
+            .iter()
+            .rev()
+            .find(|e| e.version == version)
+            .cloned()
     }
 
     /// The export once its version differs from `known`, or the current one after `wait`.
@@ -156,14 +189,28 @@ async fn serve(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
-    let mut response = if gzip {
-        let mut r = export.gzip().into_response();
-        r.headers_mut()
-            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        r
-    } else {
-        export.json.clone().into_response()
+    let changes = known
+        .as_deref()
+        .and_then(|k| local.remembered(k))
+        .and_then(|older| export.changes_since(&older));
+    let (body, compressed) = match (changes, gzip) {
+        (Some(changes), true) if changes.len() >= GZIP_CHANGES_FROM => {
+            (crate::wire::gzip(&changes), true)
+        }
+        (Some(changes), _) => (changes, false),
+        (None, true) => (export.gzip(), true),
+        (None, false) => (export.json(), false),
     };
+    let mut response = body.into_response();
+    if compressed {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    finish(response, etag, datacenter)
+}
+
+fn finish(mut response: Response, etag: HeaderValue, datacenter: HeaderValue) -> Response {
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -4,7 +4,8 @@
 //! Each control plane serves its *local* instances (those its registry places in its own
 //! datacenter, never ones learned from elsewhere, so nothing loops) on
 //! `GET /api/datacenters/local-state` ([`export`]), versioned by content, answering
-//! "not modified" cheaply and holding a request until the state changes. A control plane
+//! "not modified" cheaply, holding a request until the state changes, and sending a follower
+//! only the services changed since the version it holds. A control plane
 //! follows every other datacenter with a [`RemoteSource`] per datacenter, which feeds that
 //! datacenter's instances into the store like any other registry source; the translator then
 //! serves them to proxies as failover priorities.

@@ -2,8 +2,10 @@
 //! of that datacenter's control planes and feeds their instances to the store.
 //!
 //! - It asks one URL at a time with `If-None-Match` and `?wait=`, so an unchanged remote
-//!   costs one held request per wait and a change arrives as it happens; on any failure it
-//!   moves to the next URL (another control plane of that datacenter) after a backoff.
+//!   costs one held request per wait and a change arrives as it happens, as the services that
+//!   changed (the full state the first time, or when the remote no longer remembers the
+//!   version held here); on any failure it moves to the next URL (another control plane of
+//!   that datacenter) after a backoff.
 //! - An answer that is not a valid state of that datacenter (garbage, another datacenter's,
 //!   instances placed elsewhere, larger than the limit) is refused with a logged error; the
 //!   previous state is kept.
@@ -22,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::export::PATH;
-use crate::wire::{self, RemoteState, WireError};
+use crate::wire::{self, Held, Update, WireError};
 
 /// Prefix of a remote datacenter's source id (`datacenter/dc2`).
 pub const SOURCE_PREFIX: &str = "datacenter/";
@@ -86,7 +88,7 @@ pub struct RemoteSource {
 
 /// What one request brought.
 enum Fetched {
-    State(RemoteState),
+    Update(Update),
     NotModified,
 }
 
@@ -119,7 +121,8 @@ impl RemoteSource {
         Ok(RemoteSource { config, http })
     }
 
-    async fn fetch(&self, url: &str, known: Option<&str>) -> Result<Fetched, FetchError> {
+    async fn fetch(&self, url: &str, held: &Held) -> Result<Fetched, FetchError> {
+        let known = Some(held.version.as_str()).filter(|v| !v.is_empty());
         let wait = self.config.wait;
         let base = url.trim_end_matches('/');
         let mut request = match known {
@@ -151,11 +154,11 @@ impl RemoteSource {
         } else {
             body
         };
-        let state = wire::decode(&self.config.datacenter, &json)?;
-        if etag.is_some_and(|e| e.to_str().ok() != Some(&format!("\"{}\"", state.version))) {
+        let update = wire::decode(&self.config.datacenter, held, &json)?;
+        if etag.is_some_and(|e| e.to_str().ok() != Some(&format!("\"{}\"", update.held.version))) {
             tracing::debug!(datacenter = %self.config.datacenter, "ETag differs from the body's version; the body wins");
         }
-        Ok(Fetched::State(state))
+        Ok(Fetched::Update(update))
     }
 }
 
@@ -199,7 +202,9 @@ impl RegistrySource for RemoteSource {
             async move { sink.send(event).await.map_err(|_| RemoteError::SinkClosed) }
         };
         let mut url = 0;
-        let mut held: Option<String> = None;
+        // What the store holds from this datacenter, and whether it holds anything.
+        let mut held = Held::default();
+        let mut holding = false;
         let mut answered_at = Instant::now();
         let mut stale = false;
         let mut backoff = self.config.backoff;
@@ -207,24 +212,38 @@ impl RegistrySource for RemoteSource {
             let target = &self.config.urls[url];
             let fetched = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                fetched = self.fetch(target, held.as_deref()) => fetched,
+                fetched = self.fetch(target, &held) => fetched,
             };
             match fetched {
                 Ok(fetched) => {
                     answered_at = Instant::now();
                     backoff = self.config.backoff;
-                    if let Fetched::State(state) = fetched
-                        && held.as_deref() != Some(state.version.as_str())
-                    {
-                        tracing::debug!(datacenter = %dc, url = %target, version = %state.version,
-                            services = state.services.len(), "remote datacenter state");
-                        held = Some(state.version);
-                        send(RegistryEvent::Replace {
-                            source: id.clone(),
-                            services: state.services,
-                        })
-                        .await?;
-                        stale = false;
+                    if let Fetched::Update(update) = fetched {
+                        tracing::debug!(datacenter = %dc, url = %target, version = %update.held.version,
+                            full = update.full, services = update.services.len(), "remote datacenter state");
+                        held = update.held;
+                        holding = true;
+                        if update.full {
+                            let services = update
+                                .services
+                                .into_iter()
+                                .filter(|(_, instances)| !instances.is_empty())
+                                .collect();
+                            send(RegistryEvent::Replace {
+                                source: id.clone(),
+                                services,
+                            })
+                            .await?;
+                        } else {
+                            for (name, instances) in update.services {
+                                send(RegistryEvent::Service {
+                                    source: id.clone(),
+                                    name,
+                                    instances,
+                                })
+                                .await?;
+                            }
+                        }
                     }
                     if stale {
                         tracing::info!(datacenter = %dc, url = %target, "remote datacenter answers again");
@@ -240,11 +259,19 @@ impl RegistrySource for RemoteSource {
                     tracing::warn!(datacenter = %dc, url = %target, error = %e,
                         "remote datacenter: no usable answer; keeping its last state and trying its next control plane");
                     url = (url + 1) % self.config.urls.len();
+                    if matches!(
+                        e,
+                        FetchError::Wire(WireError::Version { .. } | WireError::WrongBase { .. })
+                    ) {
+                        // Changes that do not apply to what is held: ask for the full state.
+                        held.version.clear();
+                    }
                     let silent = answered_at.elapsed();
-                    if held.is_some() && silent >= self.config.keep_stale {
+                    if holding && silent >= self.config.keep_stale {
                         tracing::warn!(datacenter = %dc, after = ?silent,
                             "remote datacenter dropped: no answer within the time its state is kept");
-                        held = None;
+                        held = Held::default();
+                        holding = false;
                         send(RegistryEvent::Replace {
                             source: id.clone(),
                             services: Default::default(),
@@ -253,7 +280,7 @@ impl RegistrySource for RemoteSource {
                         stale = false;
                     }
                     if !stale {
-                        let reason = if held.is_some() || silent < self.config.keep_stale {
+                        let reason = if holding || silent < self.config.keep_stale {
                             format!("{target}: {e}")
                         } else {
                             format!(

@@ -168,6 +168,16 @@ async fn a_remote_datacenter_is_followed_and_its_changes_arrive_as_they_happen()
         )
         .await;
     }
+    // A service gone from dc2 is gone from dc1 (sent as a removal among the changes).
+    dc2.writer.apply(RegistryEvent::Service {
+        source: SourceId::new("embedded"),
+        name: name("payments"),
+        instances: Vec::new(),
+    });
+    eventually("payments removed in dc1", CHANGE_ARRIVES_WITHIN, || async {
+        dc1.snapshot().service("payments").is_none()
+    })
+    .await;
     // Idle: the follower holds one request on one connection; nothing is re-sent.
     let connections = proxy.accepted();
     hold(Duration::from_secs(1), "idle follower", || async {
@@ -295,8 +305,10 @@ async fn front(State(front): State<Front>, request: Request) -> Response {
             }
             response
         }
-        TRUNCATED => r#"{"datacenter":"dc2","version":"1","instances":[{"id":"#.into_response(),
-        WRONG_DATACENTER => r#"{"datacenter":"dc3","version":"1","instances":[]}"#.into_response(),
+        TRUNCATED => {
+            r#"{"datacenter":"dc2","version":"1","services":{"payments":[{"id":"#.into_response()
+        }
+        WRONG_DATACENTER => r#"{"datacenter":"dc3","version":"1","services":{}}"#.into_response(),
         HUGE => vec![b' '; 1 << 20].into_response(),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
     }

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use meshplane_model::{Health, Instance, InstanceId, Locality};
-use meshplane_registry::{RegistryEvent, SourceId, store};
+use meshplane_registry::{RegistryEvent, SourceId, Store, Writer, store};
 
 use super::*;
 
@@ -23,7 +23,11 @@ fn instance(service: &str, id: &str, dc: &str) -> Instance {
     }
 }
 
-fn snapshot(instances: Vec<Instance>) -> std::sync::Arc<meshplane_registry::Snapshot> {
+fn name(s: &str) -> ServiceName {
+    s.parse().expect("name")
+}
+
+fn registry(instances: Vec<Instance>) -> (Store, Writer) {
     let (store, mut writer) = store();
     let mut services: BTreeMap<ServiceName, Vec<Instance>> = BTreeMap::new();
     for i in instances {
@@ -33,7 +37,19 @@ fn snapshot(instances: Vec<Instance>) -> std::sync::Arc<meshplane_registry::Snap
         source: SourceId::new("embedded"),
         services,
     });
-    store.snapshot()
+    (store, writer)
+}
+
+fn export(instances: Vec<Instance>) -> Export {
+    Export::build("dc1", &registry(instances).0.snapshot(), None)
+}
+
+fn set(writer: &mut Writer, service: &str, instances: Vec<Instance>) {
+    writer.apply(RegistryEvent::Service {
+        source: SourceId::new("embedded"),
+        name: name(service),
+        instances,
+    });
 }
 
 #[test]
@@ -44,34 +60,30 @@ fn only_local_instances_are_exported_and_read_back_as_they_were() {
         instance("orders", "orders-1", "dc1"),
     ];
     let mut all = local.clone();
-    // Learned from another datacenter: never re-exported.
+    // Learned from other datacenters: never re-exported.
     all.push(instance("payments", "payments-dc2", "dc2"));
-    let export = Export::build("dc1", &snapshot(all));
-    assert_eq!(export.instances, 3);
-    let state = decode("dc1", &export.json).expect("valid");
-    assert_eq!(state.version, export.version);
-    assert_eq!(state.services.len(), 2);
-    assert_eq!(
-        state.services[&"payments".parse::<ServiceName>().expect("name")],
-        local[..2]
-    );
+    all.push(instance("ledger", "ledger-1", "dc3"));
+    let export = export(all);
+    assert_eq!(export.service_count(), 2);
+    let update = decode("dc1", &Held::default(), &export.json()).expect("valid");
+    assert!(update.full);
+    assert_eq!(update.held.version, export.version);
+    assert_eq!(update.services.len(), 2);
+    assert_eq!(update.services[&name("payments")], local[..2]);
     let inflated = inflate(&export.gzip(), 1 << 20).expect("gzip");
-    assert_eq!(inflated, export.json);
+    assert_eq!(inflated, export.json());
 }
 
 #[test]
 fn the_version_follows_the_content_only() {
-    let a = Export::build("dc1", &snapshot(vec![instance("payments", "p-1", "dc1")]));
-    let same = Export::build(
-        "dc1",
-        &snapshot(vec![
-            instance("payments", "p-1", "dc1"),
-            instance("payments", "p-9", "dc2"),
-        ]),
-    );
+    let a = export(vec![instance("payments", "p-1", "dc1")]);
+    let same = export(vec![
+        instance("payments", "p-1", "dc1"),
+        instance("payments", "p-9", "dc2"),
+    ]);
     let mut moved = instance("payments", "p-1", "dc1");
     moved.health = Health::Critical;
-    let changed = Export::build("dc1", &snapshot(vec![moved]));
+    let changed = export(vec![moved]);
     assert_eq!(
         a.version, same.version,
         "another datacenter's instances do not count"
@@ -80,58 +92,141 @@ fn the_version_follows_the_content_only() {
 }
 
 #[test]
+fn changes_since_an_older_state_carry_only_what_changed_and_land_on_its_version() {
+    let (store, mut writer) = registry(vec![
+        instance("payments", "payments-1", "dc1"),
+        instance("orders", "orders-1", "dc1"),
+        instance("ledger", "ledger-1", "dc1"),
+    ]);
+    let first = Export::build("dc1", &store.snapshot(), None);
+    let follower = decode("dc1", &Held::default(), &first.json()).expect("full");
+
+    let mut failing = instance("payments", "payments-1", "dc1");
+    failing.health = Health::Critical;
+    set(&mut writer, "payments", vec![failing.clone()]);
+    set(&mut writer, "ledger", Vec::new());
+    set(
+        &mut writer,
+        "billing",
+        vec![instance("billing", "billing-1", "dc1")],
+    );
+    // Only another datacenter's instance of `orders` changes: nothing to send for it.
+    set(
+        &mut writer,
+        "orders",
+        vec![
+            instance("orders", "orders-1", "dc1"),
+            instance("orders", "orders-2", "dc2"),
+        ],
+    );
+    let second = Export::build("dc1", &store.snapshot(), Some(&first));
+    let scratch = Export::build("dc1", &store.snapshot(), None);
+    assert_eq!(second.version, scratch.version);
+    assert_eq!(second.json(), scratch.json(), "incremental = from scratch");
+
+    let changes = second.changes_since(&first).expect("changed");
+    let update = decode("dc1", &follower.held, &changes).expect("changes apply");
+    assert!(!update.full);
+    assert_eq!(update.held.version, second.version);
+    assert_eq!(
+        update.services,
+        BTreeMap::from([
+            (
+                name("billing"),
+                vec![instance("billing", "billing-1", "dc1")]
+            ),
+            (name("ledger"), Vec::new()),
+            (name("payments"), vec![failing]),
+        ])
+    );
+    assert!(second.changes_since(&scratch).is_none(), "same state");
+
+    // Applied to anything else than the state they start from, they are refused.
+    let refused = decode("dc1", &Held::default(), &changes);
+    assert!(
+        matches!(refused, Err(WireError::WrongBase { .. })),
+        "{refused:?}"
+    );
+    let mut other = follower.held.clone();
+    other.hashes.insert(name("orders"), 7);
+    let refused = decode("dc1", &other, &changes);
+    assert!(
+        matches!(refused, Err(WireError::Version { .. })),
+        "{refused:?}"
+    );
+}
+
+#[test]
 fn answers_that_are_not_a_state_of_that_datacenter_are_refused() {
-    let export = Export::build("dc2", &snapshot(vec![instance("payments", "p-1", "dc2")]));
-    let json = std::str::from_utf8(&export.json).expect("utf-8");
+    let export = Export::build(
+        "dc2",
+        &registry(vec![instance("payments", "p-1", "dc2")])
+            .0
+            .snapshot(),
+        None,
+    );
+    let json = export.json();
+    let held = Held::default();
     assert!(matches!(
-        decode("dc3", json.as_bytes()),
+        decode("dc3", &held, &json),
         Err(WireError::WrongDatacenter { .. })
     ));
-    let truncated = &json[..json.len() / 2];
     assert!(matches!(
-        decode("dc2", truncated.as_bytes()),
+        decode("dc2", &held, &json[..json.len() / 2]),
         Err(WireError::Json(_))
     ));
     assert!(matches!(
         decode(
             "dc2",
-            br#"{"datacenter":"dc2","version":"x","instances":{}}"#
+            &held,
+            br#"{"datacenter":"dc2","version":"x","services":{}}"#
         ),
         Err(WireError::Version { .. })
     ));
-    // A peer re-exporting what it learned elsewhere (its version computed honestly).
-    let instances = serde_json::to_string(&[instance("payments", "p-1", "dc1")]).expect("json");
-    let forged = format!(
-        r#"{{"datacenter":"dc2","version":"{}","instances":{instances}}}"#,
-        version_of(instances.as_bytes())
-    );
-    let refused = decode("dc2", forged.as_bytes());
-    assert!(
-        matches!(refused, Err(WireError::ForeignInstance { .. })),
-        "{refused:?}"
-    );
     assert!(matches!(
         decode(
             "dc2",
-            br#"{"datacenter":"dc2","version":"x","instances":[],"more":1}"#
+            &held,
+            br#"{"datacenter":"dc2","version":"x","services":{},"more":1}"#
         ),
         Err(WireError::Json(_))
     ));
+    // A peer re-exporting what it learned elsewhere, or listing an instance under another
+    // service (versions computed honestly).
+    for (listed, instance, expected) in [
+        ("payments", instance("payments", "p-1", "dc1"), "foreign"),
+        ("orders", instance("payments", "p-1", "dc2"), "misplaced"),
+    ] {
+        let array = serde_json::to_string(&[instance]).expect("json");
+        let version = version_of(
+            [(&name(listed), xxhash_rust::xxh3::xxh3_128(array.as_bytes()))].into_iter(),
+        );
+        let forged = format!(
+            r#"{{"datacenter":"dc2","version":"{version}","services":{{"{listed}":{array}}}}}"#
+        );
+        let refused = decode("dc2", &held, forged.as_bytes());
+        match expected {
+            "foreign" => assert!(
+                matches!(refused, Err(WireError::ForeignInstance { .. })),
+                "{refused:?}"
+            ),
+            _ => assert!(
+                matches!(refused, Err(WireError::MisplacedInstance { .. })),
+                "{refused:?}"
+            ),
+        }
+    }
 }
 
 #[test]
 fn inflating_stops_at_the_limit() {
-    let export = Export::build(
-        "dc1",
-        &snapshot(
-            (0..200)
-                .map(|n| instance("payments", &format!("p-{n}"), "dc1"))
-                .collect(),
-        ),
+    let export = export(
+        (0..200)
+            .map(|n| instance("payments", &format!("p-{n}"), "dc1"))
+            .collect(),
     );
-    let gzip = export.gzip();
     assert!(matches!(
-        inflate(&gzip, 1000),
+        inflate(&export.gzip(), 1000),
         Err(WireError::TooLarge { limit: 1000 })
     ));
     assert!(matches!(
