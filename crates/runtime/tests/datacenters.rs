@@ -112,13 +112,13 @@ async fn a_control_plane_learns_another_datacenters_instances_and_keeps_them_its
         .await
         .expect("json");
     assert_eq!(export["datacenter"], "dc1");
-    let ids: Vec<&str> = export["instances"]
-        .as_array()
-        .expect("instances")
-        .iter()
+    let services = export["services"].as_object().expect("services");
+    let ids: Vec<&str> = services
+        .values()
+        .flat_map(|instances| instances.as_array().into_iter().flatten())
         .filter_map(|i| i["id"].as_str())
         .collect();
-    assert_eq!(ids, ["payments-1"]);
+    assert_eq!(ids, ["payments-1"], "{export}");
     let metrics = http
         .get(format!("http://{admin1}/metrics"))
         .send()
