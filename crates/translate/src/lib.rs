@@ -7,9 +7,13 @@
 //! - per group of identical proxies: [`group_config`] (listeners, routes, and the clusters
 //!   only that group uses: the local app, external domains).
 //!
+//! - per group, patched: [`EgressRoutes`], the egress routes in encoded parts, so a service
+//!   appearing, leaving or changing tags re-encodes one virtual host of a large group.
+//!
 //! Start at [`group_config`]; [`MeshOptions`] holds the control-plane-wide settings.
 
 mod cluster;
+mod egress_routes;
 mod endpoints;
 mod listener;
 pub mod names;
@@ -28,6 +32,7 @@ use meshplane_model::descriptor::Target;
 use meshplane_model::{Descriptor, Instance, ServiceName};
 
 pub use cluster::service_cluster;
+pub use egress_routes::EgressRoutes;
 pub use endpoints::{routable_address, service_endpoints};
 pub use rbac::{AUDIT_PREFIX, ENFORCE_PREFIX};
 

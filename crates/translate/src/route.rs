@@ -39,12 +39,8 @@ pub(crate) fn egress(
 ) -> RouteConfiguration {
     let mut virtual_hosts = Vec::new();
     for service in services {
-        let dep = d
-            .dependencies
-            .iter()
-            .find(|dep| matches!(&dep.target, Target::Service(s) if s == service));
         let tags = tags_of(service, catalog);
-        virtual_hosts.push(service_host(service, dep, &tags));
+        virtual_hosts.push(service_host(service, dependency(d, service), &tags));
     }
     for dep in &d.dependencies {
         match &dep.target {
@@ -60,7 +56,15 @@ pub(crate) fn egress(
     }
 }
 
-fn tags_of(service: &ServiceName, catalog: &dyn Catalog) -> BTreeSet<String> {
+/// The dependency naming `service` (its timeout and retries), if the descriptor names it.
+pub(crate) fn dependency<'a>(d: &'a Descriptor, service: &ServiceName) -> Option<&'a Dependency> {
+    d.dependencies
+        .iter()
+        .find(|dep| matches!(&dep.target, Target::Service(s) if s == service))
+}
+
+/// A service's tags: one route each.
+pub(crate) fn tags_of(service: &ServiceName, catalog: &dyn Catalog) -> BTreeSet<String> {
     catalog
         .instances(service)
         .unwrap_or_default()
@@ -209,7 +213,8 @@ pub(crate) fn retry_policy(retries: Option<&Retries>) -> RetryPolicy {
     }
 }
 
-fn service_host(
+/// A service's virtual host: one route per tag, the canary route, the default route.
+pub(crate) fn service_host(
     service: &ServiceName,
     dep: Option<&Dependency>,
     tags: &BTreeSet<String>,

@@ -179,6 +179,14 @@ impl Resource {
         Self::build(ResourceType::Route, &route.name, route, Vec::new())
     }
 
+    /// A route configuration named `name`, already encoded (`encoded` is the
+    /// `RouteConfiguration` message's bytes): the same resource, version included, as
+    /// [`Resource::route`] of the message those bytes encode. For a caller that keeps a large
+    /// route configuration in encoded parts and patches one of them.
+    pub fn route_encoded(name: &str, encoded: Vec<u8>) -> Arc<Self> {
+        Arc::new(Self::wrap(ResourceType::Route, name, encoded, Vec::new()))
+    }
+
     /// A secret (certificate, key or validation context).
     pub fn secret(secret: &Secret) -> Arc<Self> {
         Self::build(ResourceType::Secret, &secret.name, secret, Vec::new())
@@ -199,9 +207,14 @@ impl Resource {
         msg: &M,
         references: Vec<Reference>,
     ) -> Self {
+        Self::wrap(kind, name, msg.encode_to_vec(), references)
+    }
+
+    /// Wraps an encoded message in its `Any`.
+    fn wrap(kind: ResourceType, name: &str, value: Vec<u8>, references: Vec<Reference>) -> Self {
         let any = Any {
             type_url: kind.type_url().to_owned(),
-            value: msg.encode_to_vec(),
+            value,
         };
         let any = Bytes::from(any.encode_to_vec());
         // The version is a hash of the encoded content, so the same content gets the same
@@ -347,6 +360,27 @@ mod tests {
         assert_eq!(a.version(), b.version());
         assert_ne!(a.version(), c.version());
         assert_eq!(a.to_any().type_url, ResourceType::Endpoint.type_url());
+    }
+
+    #[test]
+    fn a_route_from_its_bytes_is_the_route() {
+        use envoy_types::pb::envoy::config::route::v3::VirtualHost;
+        let route = RouteConfiguration {
+            name: "egress".to_owned(),
+            virtual_hosts: vec![VirtualHost {
+                name: "payments".to_owned(),
+                domains: vec!["payments".to_owned()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let built = Resource::route(&route);
+        let wrapped = Resource::route_encoded("egress", route.encode_to_vec());
+        assert_eq!(wrapped.kind(), ResourceType::Route);
+        assert_eq!(wrapped.name(), built.name());
+        assert_eq!(wrapped.version(), built.version());
+        assert_eq!(wrapped.encoded_any(), built.encoded_any());
+        assert!(wrapped.references().is_empty());
     }
 
     #[test]

@@ -115,8 +115,28 @@ impl Snapshot {
         &self,
         upserts: impl IntoIterator<Item = Arc<Resource>>,
     ) -> Result<Self, SnapshotError> {
+        self.with_patch(upserts, [])
+    }
+
+    /// This snapshot without the resources named in `removals` (type and name; absent ones
+    /// are ignored), then with `upserts` added or replacing resources of the same type and
+    /// name: equal, versions and digest included, to [`Snapshot::new`] of the resulting set,
+    /// checked like it, and knowing what changed (see [`Snapshot::with_upserts`]).
+    pub fn with_patch(
+        &self,
+        upserts: impl IntoIterator<Item = Arc<Resource>>,
+        removals: impl IntoIterator<Item = (ResourceType, String)>,
+    ) -> Result<Self, SnapshotError> {
         let mut by_type = self.by_type.clone();
         let mut names: [Vec<String>; 5] = Default::default();
+        let mut removed = false;
+        for (kind, name) in removals {
+            let i = kind.index();
+            if by_type[i].remove(&name).is_some() {
+                names[i].push(name);
+                removed = true;
+            }
+        }
         for r in upserts {
             let i = r.kind().index();
             let changed = by_type[i]
@@ -138,7 +158,6 @@ impl Snapshot {
                 version_of(&by_type[i])
             }
         });
-        // Only the upserts can reference something missing: nothing was removed.
         let snapshot = Snapshot {
             digest: digest_from_versions(&type_versions),
             by_type,
@@ -148,7 +167,11 @@ impl Snapshot {
                 names,
             })),
         };
-        if let Some(changes) = &snapshot.changes {
+        if removed {
+            // Anything left may have referenced what was removed.
+            snapshot.check()?;
+        } else if let Some(changes) = &snapshot.changes {
+            // Only the upserts can reference something missing: nothing was removed.
             for (i, names) in changes.names.iter().enumerate() {
                 snapshot
                     .check_resources(names.iter().filter_map(|n| snapshot.by_type[i].get(n)))?;

@@ -312,6 +312,134 @@ fn incremental_updates_equal_a_fresh_translation() {
     );
 }
 
+const BATCH_NO_EGRESS: &str =
+    "service: batch\nport: 1\ningress: { port: 2 }\ndependencies: [{ service: \"*\" }]\n";
+
+/// Services appearing, leaving and changing tags (alone or with other changes in one pass)
+/// patch every group's snapshot (wildcard groups with and without egress, groups of named
+/// dependencies) instead of translating it again, and each patched snapshot equals what a
+/// translator starting from the same registry builds from scratch.
+#[test]
+fn reshapes_patch_snapshots_equal_to_a_fresh_translation() {
+    use meshplane_xds::ResourceType;
+
+    let options = Arc::new(MeshOptions {
+        allow_wildcard_dependencies: [ServiceName::new("batch").expect("name")].into(),
+        ..MeshOptions::default()
+    });
+    let groups = Groups::default();
+    let grouper = DescriptorGrouper::new(groups.clone(), options.clone());
+    let peer = PeerInfo::default();
+    let keys: Vec<GroupKey> = [
+        ("batch-1", BATCH),
+        ("batch-2", BATCH_NO_EGRESS),
+        ("orders-1", ORDERS),
+        ("web-1", WEB),
+    ]
+    .into_iter()
+    .map(|(id, yaml)| grouper.group(&mk_node(id, yaml), &peer).expect("valid"))
+    .collect();
+    let cache = SnapshotCache::new();
+    let mut translator = Translator::new(cache.clone(), groups.clone(), options.clone());
+    let (store, mut writer) = meshplane_registry::store();
+    let source = SourceId::new("test");
+    let service = |name: &str, tags: &[&str], ports: &[u16]| RegistryEvent::Service {
+        source: source.clone(),
+        name: ServiceName::new(name).expect("name"),
+        instances: ports
+            .iter()
+            .map(|p| {
+                let mut i = mk_instance(name, &format!("{name}-{p}"), *p);
+                i.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+                i
+            })
+            .collect(),
+    };
+    writer.apply(synced(&source));
+    writer.apply(service("payments", &[], &[10]));
+    writer.apply(service("orders", &[], &[20]));
+    translator.on_registry(store.snapshot());
+    let _subscribed: Vec<_> = keys.iter().map(|k| cache.subscribe(k)).collect();
+    for key in &keys {
+        translator.on_demand(key);
+    }
+
+    let steps: Vec<(&str, Vec<RegistryEvent>)> = vec![
+        (
+            "ledger appears",
+            vec![service("ledger", &["canary"], &[30])],
+        ),
+        (
+            "payments gets tags",
+            vec![service("payments", &["canary", "eu"], &[10])],
+        ),
+        ("orders leaves", vec![service("orders", &[], &[])]),
+        ("ledger drops its tag", vec![service("ledger", &[], &[30])]),
+        (
+            "orders comes back with a tag",
+            vec![service("orders", &["v2"], &[21])],
+        ),
+        (
+            "ledger leaves as payments moves",
+            vec![
+                service("ledger", &[], &[]),
+                service("payments", &["canary", "eu"], &[11]),
+            ],
+        ),
+        ("payments leaves", vec![service("payments", &[], &[])]),
+        (
+            "payments and ledger come back",
+            vec![
+                service("payments", &[], &[12]),
+                service("ledger", &["eu"], &[32]),
+            ],
+        ),
+    ];
+    for (what, events) in steps {
+        let before: Vec<_> = keys
+            .iter()
+            .map(|k| cache.snapshot(k).expect("published"))
+            .collect();
+        for event in events {
+            writer.apply(event);
+        }
+        translator.on_registry(store.snapshot());
+        let fresh_cache = SnapshotCache::new();
+        let mut fresh = Translator::new(fresh_cache.clone(), groups.clone(), options.clone());
+        fresh.on_registry(store.snapshot());
+        for (key, before) in keys.iter().zip(before) {
+            fresh.on_demand(key);
+            let patched = cache.snapshot(key).expect("published");
+            let scratch = fresh_cache.snapshot(key).expect("published");
+            assert_eq!(patched.digest(), scratch.digest(), "{what}: {key}");
+            for kind in ResourceType::ALL {
+                let names = |s: &meshplane_xds::Snapshot| -> Vec<(String, String)> {
+                    s.resources(kind)
+                        .iter()
+                        .map(|(n, r)| (n.clone(), r.version().to_owned()))
+                        .collect()
+                };
+                assert_eq!(names(&patched), names(&scratch), "{what}: {key}: {kind}");
+            }
+            assert_eq!(
+                translator.tracked_services(key),
+                fresh.tracked_services(key),
+                "{what}: {key}: the services it is tracked as depending on"
+            );
+            // Patched, not translated again: the listeners are the very same resources.
+            for (name, listener) in before.resources(ResourceType::Listener) {
+                let now = patched.get(ResourceType::Listener, name).expect("listener");
+                assert!(
+                    Arc::ptr_eq(listener, now),
+                    "{what}: {key} was translated again"
+                );
+            }
+        }
+    }
+    let wildcard = cache.snapshot(&keys[0]).expect("published");
+    assert!(wildcard.get(ResourceType::Cluster, "ledger").is_some());
+}
+
 /// A burst of registry changes (one every millisecond for 200 ms) reaches a group in a few
 /// coalesced passes, at most one per `MIN_PASS_INTERVAL`, ending in the final state; a change
 /// after a quiet period is translated at once.

@@ -6,20 +6,30 @@
 //! service's *shape* alone (it still exists, with the same tags: only instances, addresses,
 //! weights or health moved), a group's own listeners and routes cannot change, so its new
 //! snapshot is its current one with that service's cluster and endpoints replaced — for a
-//! wildcard group of 1,000 services, two resources instead of a full translation. Only a new
-//! or removed service, or a change of its tags (canary routes), translates its groups again.
+//! wildcard group of 1,000 services, two resources instead of a full translation.
+//!
+//! A new or removed service, or a change of its tags (one route per tag), changes one thing
+//! more: that service's virtual host in the egress routes (listeners never depend on the set
+//! of services). The group's snapshot is then patched with the service's cluster and
+//! endpoints (added, replaced, or removed from a wildcard group) and a new egress route
+//! configuration. A wildcard group keeps its routes as encoded virtual hosts
+//! ([`EgressRoutes`]), so this re-encodes one virtual host and concatenates the rest; a group
+//! of named dependencies rebuilds its few. Anything unusual (no snapshot published by this
+//! translator, a patch the consistency check refuses) translates the group in full instead.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use meshplane_model::{Instance, ServiceName};
 use meshplane_registry::{Changes, Snapshot as RegistrySnapshot, Store};
 use meshplane_telemetry::TranslationMetrics;
 use meshplane_translate::{
-    Catalog, MeshOptions, ProxyGroup, group_config, service_cluster, service_endpoints,
+    Catalog, EgressRoutes, MeshOptions, ProxyGroup, group_config, names, service_cluster,
+    service_endpoints,
 };
-use meshplane_xds::{GroupKey, Resource, Snapshot, SnapshotCache};
+use meshplane_xds::{GroupKey, Resource, ResourceType, Snapshot, SnapshotCache};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -53,11 +63,26 @@ struct ServiceResources {
 }
 
 struct ActiveGroup {
+    /// The group as translated: patches apply only while it is the one recorded for the key.
+    group: Arc<ProxyGroup>,
+    /// The mesh services the group depends on, sorted: its named dependencies, or for a
+    /// wildcard group every service in the registry (kept so as services come and go).
     services: Vec<ServiceName>,
     wildcard: bool,
+    /// A wildcard group's egress routes in encoded parts, patched one virtual host at a time.
+    /// Groups of named dependencies hold none: rebuilding their few virtual hosts costs less
+    /// than keeping a copy of every group's routes.
+    routes: Option<EgressRoutes>,
     /// Digest of the snapshot this translator last published for the group: only that one
     /// may be patched (anything else in the cache is translated again).
     published: Option<String>,
+}
+
+/// A group translated in full.
+struct Built {
+    snapshot: Snapshot,
+    services: Vec<ServiceName>,
+    routes: Option<EgressRoutes>,
 }
 
 /// What of a service a group's own resources depend on: that it exists, and its tags (one
@@ -200,8 +225,8 @@ impl Translator {
     }
 
     /// Brings one group up to date after `changed` services changed: its current snapshot
-    /// with their new cluster and endpoints, or a full translation when one of them it sees
-    /// changed shape (or it has no snapshot yet).
+    /// patched with what changed (see the module docs), or a full translation when it has no
+    /// snapshot from this translator or the patch fails.
     fn update(
         &mut self,
         key: &GroupKey,
@@ -228,23 +253,119 @@ impl Translator {
             .cache
             .snapshot(key)
             .filter(|c| group.published.as_deref() == Some(c.digest()));
-        let (Some(current), false) = (current, seen.iter().any(|s| reshaped.contains(s))) else {
+        let Some(current) = current else {
             self.publish(key);
             return;
         };
+        let patched = if seen.iter().any(|s| reshaped.contains(s)) {
+            self.reshape(key, &current, &seen)
+        } else {
+            self.refresh(&current, &seen)
+        };
+        match patched {
+            Ok(snapshot) => self.set_snapshot(key, snapshot),
+            Err(e) => {
+                tracing::debug!(%key, error = %e, "cannot patch the group's snapshot; translating it again");
+                // Until a full translation succeeds, nothing may patch what this one left.
+                if let Some(group) = self.active.get_mut(key) {
+                    group.published = None;
+                }
+                self.publish(key);
+            }
+        }
+    }
+
+    /// The seen services kept their shape: their new cluster and endpoints.
+    fn refresh(&mut self, current: &Snapshot, seen: &[ServiceName]) -> anyhow::Result<Snapshot> {
         let mut upserts = Vec::with_capacity(seen.len() * 2);
-        for service in &seen {
+        for service in seen {
             let r = self.service_resources(service);
             upserts.push(r.cluster.clone());
             upserts.push(r.endpoints.clone());
         }
-        match current.with_upserts(upserts) {
-            Ok(snapshot) => self.set_snapshot(key, snapshot),
-            Err(e) => {
-                tracing::debug!(%key, error = %e, "cannot patch the group's snapshot; translating it again");
-                self.publish(key);
+        Ok(current.with_upserts(upserts)?)
+    }
+
+    /// Some seen service appeared, left or changed tags: besides the services' clusters and
+    /// endpoints (added, replaced, or removed from a wildcard group), the egress routes
+    /// change by those services' virtual hosts.
+    fn reshape(
+        &mut self,
+        key: &GroupKey,
+        current: &Snapshot,
+        seen: &[ServiceName],
+    ) -> anyhow::Result<Snapshot> {
+        let recorded = self
+            .groups
+            .get(key)
+            .context("no descriptor recorded for the group")?;
+        let group = self.active.get(key).context("the group is not active")?;
+        anyhow::ensure!(
+            Arc::ptr_eq(&group.group, &recorded) || *group.group == *recorded,
+            "the group's descriptor changed since it was translated"
+        );
+        let wildcard = group.wildcard;
+        let mut upserts = Vec::with_capacity(seen.len() * 2 + 1);
+        let mut removals = Vec::new();
+        for service in seen {
+            // A wildcard group depends on exactly the services in the registry; a named
+            // dependency keeps its cluster (with no endpoints) while it is missing.
+            if wildcard && !self.shapes.contains_key(service) {
+                removals.push((ResourceType::Cluster, service.to_string()));
+                removals.push((ResourceType::Endpoint, service.to_string()));
+            } else {
+                let r = self.service_resources(service);
+                upserts.push(r.cluster.clone());
+                upserts.push(r.endpoints.clone());
             }
         }
+        let registry = self.registry.clone();
+        let catalog = RegistryCatalog(&registry);
+        let group = self
+            .active
+            .get_mut(key)
+            .context("the group is not active")?;
+        let routes = match &mut group.routes {
+            Some(routes) => {
+                for service in seen {
+                    routes.update_service(service, &catalog);
+                }
+                Some(routes.encode())
+            }
+            None if wildcard => {
+                anyhow::ensure!(
+                    recorded.descriptor.egress.is_none(),
+                    "the wildcard group's egress routes are not kept"
+                );
+                None
+            }
+            None => EgressRoutes::new(&recorded.descriptor, &catalog).map(|r| r.encode()),
+        };
+        if let Some(routes) = routes {
+            upserts.push(Resource::route_encoded(names::EGRESS_ROUTES, routes));
+        }
+        let snapshot = current.with_patch(upserts, removals)?;
+        if wildcard {
+            for service in seen {
+                let present = self.shapes.contains_key(service);
+                match (group.services.binary_search(service), present) {
+                    (Err(at), true) => group.services.insert(at, service.clone()),
+                    (Ok(at), false) => {
+                        group.services.remove(at);
+                    }
+                    _ => {}
+                }
+                if present {
+                    self.dependents
+                        .entry(service.clone())
+                        .or_default()
+                        .insert(key.clone());
+                } else if let Some(set) = self.dependents.get_mut(service) {
+                    set.remove(key);
+                }
+            }
+        }
+        Ok(snapshot)
     }
 
     fn service_resources(&mut self, name: &ServiceName) -> &ServiceResources {
@@ -276,9 +397,9 @@ impl Translator {
             return;
         };
         match self.build(&group) {
-            Ok((snapshot, services)) => {
-                self.track(key, &group, services);
-                self.set_snapshot(key, snapshot);
+            Ok(built) => {
+                self.track(key, group, built.services, built.routes);
+                self.set_snapshot(key, built.snapshot);
             }
             Err(e) => {
                 self.metrics.error();
@@ -299,25 +420,49 @@ impl Translator {
             Err(e) => {
                 self.metrics.error();
                 tracing::error!(%key, error = %e, "refusing to publish an inconsistent snapshot; proxies keep their current config");
+                if let Some(group) = self.active.get_mut(key) {
+                    group.published = None;
+                }
             }
         }
     }
 
-    fn build(&mut self, group: &ProxyGroup) -> anyhow::Result<(Snapshot, Vec<ServiceName>)> {
-        let config = group_config(group, &RegistryCatalog(&self.registry), &self.options)?;
+    fn build(&mut self, group: &ProxyGroup) -> anyhow::Result<Built> {
+        let mut config = group_config(group, &RegistryCatalog(&self.registry), &self.options)?;
+        let routes = if group.descriptor.depends_on_all() {
+            EgressRoutes::take_from_config(&group.descriptor, &mut config)
+        } else {
+            None
+        };
         let mut resources: Vec<Arc<Resource>> = Vec::new();
         resources.extend(config.clusters.iter().map(Resource::cluster));
         resources.extend(config.listeners.iter().map(Resource::listener));
         resources.extend(config.routes.iter().map(Resource::route));
+        if let Some(routes) = &routes {
+            resources.push(Resource::route_encoded(
+                names::EGRESS_ROUTES,
+                routes.encode(),
+            ));
+        }
         for service in &config.services {
             let r = self.service_resources(service);
             resources.push(r.cluster.clone());
             resources.push(r.endpoints.clone());
         }
-        Ok((Snapshot::new(resources)?, config.services))
+        Ok(Built {
+            snapshot: Snapshot::new(resources)?,
+            services: config.services,
+            routes,
+        })
     }
 
-    fn track(&mut self, key: &GroupKey, group: &ProxyGroup, services: Vec<ServiceName>) {
+    fn track(
+        &mut self,
+        key: &GroupKey,
+        group: Arc<ProxyGroup>,
+        services: Vec<ServiceName>,
+        routes: Option<EgressRoutes>,
+    ) {
         if let Some(previous) = self.active.remove(key) {
             for s in &previous.services {
                 if let Some(set) = self.dependents.get_mut(s) {
@@ -335,11 +480,19 @@ impl Translator {
         self.active.insert(
             key.clone(),
             ActiveGroup {
+                group,
                 services,
                 wildcard,
+                routes,
                 published: None,
             },
         );
+    }
+
+    /// The services a group is tracked as depending on (what pruning and later updates go by).
+    #[cfg(test)]
+    pub(crate) fn tracked_services(&self, key: &GroupKey) -> Option<&[ServiceName]> {
+        self.active.get(key).map(|g| &*g.services)
     }
 
     /// Forgets groups no proxy uses any more.

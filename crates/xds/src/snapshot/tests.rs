@@ -140,3 +140,74 @@ fn changes_from_a_predecessor_name_added_changed_and_removed() {
     assert!(changed(ResourceType::Listener).is_empty());
     assert_eq!(changed(ResourceType::Route), ["egress-routes"]);
 }
+
+#[test]
+fn a_patch_gives_the_snapshot_built_from_scratch_and_names_what_changed() {
+    // svc-2 leaves (cluster, endpoints, its virtual host); svc-1's endpoints move.
+    let before = Snapshot::new(mesh(&[8080, 8080, 8080])).expect("consistent");
+    let routes = mk_routes("egress-routes", &[("svc-0", "svc-0"), ("svc-1", "svc-1")]);
+    let after = before
+        .with_patch(
+            [
+                mk_endpoints("svc-1", &[("10.0.0.1", 9090, 1)]),
+                routes.clone(),
+            ],
+            [
+                (ResourceType::Cluster, "svc-2".to_owned()),
+                (ResourceType::Endpoint, "svc-2".to_owned()),
+                (ResourceType::Secret, "never-there".to_owned()),
+            ],
+        )
+        .expect("consistent");
+    let mut resources = mesh(&[8080, 9090]);
+    resources.retain(|r| r.kind() != ResourceType::Route);
+    resources.push(routes);
+    let scratch = Snapshot::new(resources).expect("consistent");
+    assert_eq!(after.digest(), scratch.digest());
+    assert_eq!(after.len(), scratch.len());
+    let changed = |kind| {
+        after
+            .changed_since(kind, before.type_version(kind))
+            .expect("knows its predecessor")
+            .to_vec()
+    };
+    for kind in ResourceType::ALL {
+        assert_eq!(
+            after.type_version(kind),
+            scratch.type_version(kind),
+            "{kind}"
+        );
+    }
+    assert_eq!(changed(ResourceType::Cluster), ["svc-2"]);
+    assert_eq!(changed(ResourceType::Endpoint), ["svc-1", "svc-2"]);
+    assert!(changed(ResourceType::Listener).is_empty());
+    assert_eq!(changed(ResourceType::Route), ["egress-routes"]);
+    assert!(changed(ResourceType::Secret).is_empty());
+
+    // Added back: the snapshot it started from.
+    let back = after
+        .with_patch(mesh(&[8080, 8080, 8080]), [])
+        .expect("consistent");
+    assert_eq!(back.digest(), before.digest());
+}
+
+#[test]
+fn a_patch_that_removes_what_is_referenced_is_refused() {
+    let before = Snapshot::new(mesh(&[8080, 8080])).expect("consistent");
+    let err = before
+        .with_patch([], [(ResourceType::Endpoint, "svc-1".to_owned())])
+        .expect_err("cluster svc-1 still needs its endpoints");
+    assert_eq!(
+        err,
+        SnapshotError::MissingReference {
+            from_kind: ResourceType::Cluster,
+            from: "svc-1".into(),
+            kind: ResourceType::Endpoint,
+            name: "svc-1".into(),
+        }
+    );
+    let err = before
+        .with_patch([], [(ResourceType::Route, "egress-routes".to_owned())])
+        .expect_err("the listener still needs its routes");
+    assert!(err.to_string().contains("egress-routes"), "{err}");
+}
