@@ -179,10 +179,11 @@ impl Resource {
         Self::build(ResourceType::Route, &route.name, route, Vec::new())
     }
 
-    /// A route configuration named `name`, already encoded (`encoded` is the
-    /// `RouteConfiguration` message's bytes): the same resource, version included, as
-    /// [`Resource::route`] of the message those bytes encode. For a caller that keeps a large
-    /// route configuration in encoded parts and patches one of them.
+    /// A route configuration named `name`, already encoded: when `encoded` is what prost
+    /// encodes for a `RouteConfiguration`, the same resource, bytes and version included, as
+    /// [`Resource::route`] of it. For a caller that keeps a large route configuration in
+    /// encoded parts and patches one of them (the version is a hash of the bytes, so parts
+    /// must concatenate to exactly prost's encoding).
     pub fn route_encoded(name: &str, encoded: Vec<u8>) -> Arc<Self> {
         Arc::new(Self::wrap(ResourceType::Route, name, encoded, Vec::new()))
     }
