@@ -115,6 +115,31 @@ impl ConsulClient {
         self.http2.load(Ordering::Relaxed)
     }
 
+    /// A plain GET of `path` that must answer 2xx within `timeout`: whether Consul answers at
+    /// all. The body is read (and dropped) so the connection goes back to the pool.
+    pub async fn probe(&self, path: &str, timeout: Duration) -> Result<(), ConsulError> {
+        let url = format!("{}{}", self.base, path);
+        let mut request = self.http.get(&url).timeout(timeout);
+        if let Some(token) = &self.token {
+            request = request.header("X-Consul-Token", token);
+        }
+        let transport = |source| ConsulError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(ConsulError::Status {
+                url,
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).chars().take(512).collect(),
+            });
+        }
+        Ok(())
+    }
+
     /// GETs `path` as a blocking query: returns the body and `X-Consul-Index`. `index` 0 makes
     /// a plain (non-blocking) read.
     pub async fn get<T: DeserializeOwned>(

@@ -49,6 +49,10 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let path = uri.path().to_string();
+    // The source's liveness probe: answered as Consul does, and not a call the scripts count.
+    if path == "/v1/status/leader" {
+        return (StatusCode::OK, "\"127.0.0.1:8300\"").into_response();
+    }
     let index = query
         .as_deref()
         .unwrap_or("")
