@@ -43,7 +43,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Backoff, ConfigError, ConnectionPlan, ConsulClient, ConsulConfig, ConsulError,
+    Backoff, ConfigError, ConnectionPlan, ConsulClient, ConsulConfig, ConsulError, ErrorObserver,
     signals::{CheckSignals, Reduced},
     watch::{self, Convert, Deliver, Timing},
     wire,
@@ -140,6 +140,13 @@ impl ConsulSource {
     pub fn new(config: ConsulConfig) -> Result<Self, ConfigError> {
         let client = ConsulClient::new(&config)?;
         Ok(Self { config, client })
+    }
+
+    /// Tells `errors` of every failed request to Consul (the control plane counts them in
+    /// `meshplane_registry_errors_total`).
+    pub fn with_errors(mut self, errors: ErrorObserver) -> Self {
+        self.client = self.client.with_errors(errors);
+        self
     }
 }
 
@@ -327,6 +334,7 @@ impl Health {
         if shards.len() < max_shards(&self.config) {
             match ConsulClient::new_multiplexed(&self.config) {
                 Ok(client) => {
+                    let client = client.with_errors(self.client.errors().clone());
                     let shard = Arc::new(Shard {
                         client,
                         watches: AtomicUsize::new(0),
