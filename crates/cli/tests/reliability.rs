@@ -115,7 +115,7 @@ async fn black_holed_control_plane_keeps_known_services_and_resumes_within_a_sec
 /// Scenario 2: a registry that hangs is reported stale within this: the Consul source's
 /// liveness probe runs every 2 s and gives up after 5 s (`ConsulConfig::probe_*`), plus
 /// slack for reading the admin API.
-const REGISTRY_STALE_WITHIN: Duration = Duration::from_secs(8);
+const REGISTRY_STALE_WITHIN: Duration = Duration::from_secs(9);
 
 /// Scenario 2: once the registry answers again, the control plane is fresh (not stale) and a
 /// registration made after the repair reaches Envoy within this (the next probe, 2 s, and
@@ -387,6 +387,148 @@ async fn slow_and_rate_limiting_registry_still_delivers_changes_within_a_request
         requests as f64 <= bound,
         "{requests} requests in {elapsed:.1} s while rate limited: over the bound of {bound:.0}"
     );
+}
+
+/// Scenario 8: after garbage, good answers bring the control plane back to the registry's
+/// state within this: the source's longest retry backoff (30 s, reached only after minutes
+/// of errors; seconds after a short window), and one push.
+const GARBAGE_RECOVERED_WITHIN: Duration = Duration::from_secs(35);
+
+/// Scenario 8: while every answer's index goes backwards (the source then reads afresh,
+/// without blocking), requests of one watch stay at least 50 ms apart: at most this many per
+/// second per watch (the catalog and each followed service), plus the probe.
+const BACKWARDS_REQUESTS_PER_WATCH_PER_SECOND: f64 = 20.0;
+
+/// Scenario 8: the registry the control plane follows answers garbage — truncated JSON,
+/// valid JSON of the wrong shape, a 8 MiB body — while it holds a new instance of a known
+/// service. For the whole window: traffic flows and the control plane keeps the previous
+/// state (the new instance is not taken in, nothing is withdrawn); `/readyz` names the error
+/// (the text the source's log line carries) and `meshplane_registry_errors_total{kind="body"}`
+/// counts it. Good answers bring the new state within [`GARBAGE_RECOVERED_WITHIN`]. Then an
+/// index going backwards on every answer: changes still arrive and requests stay under
+/// [`BACKWARDS_REQUESTS_PER_WATCH_PER_SECOND`].
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_answering_garbage_keeps_the_previous_state_and_counts_errors() {
+    let window = fault_window();
+    let registry = RegistryProcess::start();
+    let front = HttpFront::start(registry.addr).await.expect("http front");
+    let (payments, refunds) = (upstream("payments").await, upstream("refunds").await);
+    let mut mesh = Mesh::start(|config, _| {
+        config.registry = RegistryKind::Consul;
+        config.consul_addr = Some(format!("http://{}", front.addr()));
+    })
+    .await;
+    let http = mesh.http.clone();
+    registry
+        .register(&http, "payments-1", "payments", payments)
+        .await;
+    let egress = free_port();
+    let d = caller(
+        "orders",
+        free_port(),
+        free_port(),
+        egress,
+        "  - service: payments\n  - service: refunds\n",
+    );
+    mesh.sidecar("orders-1", &d, 2).await;
+    eventually("payments through the sidecar", support::DEADLINE, || {
+        reachable(&http, egress, "payments")
+    })
+    .await;
+    let admin = mesh.cp.admin_addr;
+    eventually("the control plane is fresh", support::DEADLINE, || {
+        fresh(&http, admin)
+    })
+    .await;
+
+    let garbage = [Answer::Truncated, Answer::WrongShape, Answer::Huge(8 << 20)];
+    for (n, answer) in garbage.into_iter().enumerate() {
+        let known = instances(&http, admin, "payments").await.expect("payments");
+        let errors_before = body_errors(&http, admin).await;
+        front.set(answer);
+        // A change, so that blocking queries return (with garbage).
+        registry
+            .register(&http, &format!("payments-{}", n + 2), "payments", payments)
+            .await;
+        hold(
+            window,
+            &format!("{answer:?}: traffic flows, state kept"),
+            || async {
+                reachable(&http, egress, "payments").await?;
+                match instances(&http, admin, "payments").await {
+                    Ok(now) if now == known => Ok(()),
+                    seen => Err(format!("payments instances {seen:?}, were {known}")),
+                }
+            },
+        )
+        .await;
+        let errors = body_errors(&http, admin).await;
+        assert!(
+            errors > errors_before,
+            "{answer:?}: no body error counted ({errors})"
+        );
+        let ready = readyz(&http, admin).await;
+        assert!(
+            ready.0 == 200 && ready.1.contains("unexpected response body"),
+            "{answer:?}: /readyz {ready:?}"
+        );
+        front.set(Answer::Pass);
+        let repaired = Instant::now();
+        eventually(
+            &format!("{answer:?}: the new instance after good answers"),
+            GARBAGE_RECOVERED_WITHIN,
+            || async {
+                fresh(&http, admin).await?;
+                match instances(&http, admin, "payments").await {
+                    Ok(now) if now == known + 1 => Ok(()),
+                    seen => Err(format!("payments instances {seen:?}, want {}", known + 1)),
+                }
+            },
+        )
+        .await;
+        eprintln!(
+            "{answer:?}: {errors} body errors counted, recovered {:?} after",
+            repaired.elapsed()
+        );
+    }
+
+    front.set(Answer::IndexBackwards);
+    let (requests_before, started) = (front.requests(), Instant::now());
+    registry
+        .register(&http, "refunds-1", "refunds", refunds)
+        .await;
+    let arrived = eventually(
+        "refunds arrives while the index goes backwards",
+        support::DEADLINE,
+        || reachable(&http, egress, "refunds"),
+    );
+    let held = hold(window, "payments answers (index backwards)", || {
+        reachable(&http, egress, "payments")
+    });
+    tokio::join!(arrived, held);
+    let elapsed = started.elapsed().as_secs_f64();
+    let requests = front.requests() - requests_before;
+    front.set(Answer::Pass);
+    // The catalog, payments and refunds; the probe asks every 2 s.
+    let bound = elapsed * (3.0 * BACKWARDS_REQUESTS_PER_WATCH_PER_SECOND + 0.5);
+    eprintln!("index backwards: {requests} requests in {elapsed:.1} s, bound {bound:.0}");
+    assert!(
+        requests as f64 <= bound,
+        "{requests} requests in {elapsed:.1} s with the index going backwards: over {bound:.0}"
+    );
+}
+
+/// `meshplane_registry_errors_total{source="consul",kind="body"}` (0 before the first).
+async fn body_errors(http: &reqwest::Client, admin: SocketAddr) -> u64 {
+    let text = match http.get(format!("http://{admin}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .filter(|l| l.starts_with("meshplane_registry_errors_total{"))
+        .filter(|l| l.contains("source=\"consul\"") && l.contains("kind=\"body\""))
+        .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }
 
 /// `/readyz` (status, body).

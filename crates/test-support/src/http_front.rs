@@ -3,7 +3,8 @@
 //! the client at [`HttpFront::addr`], and [`HttpFront::set`] the [`Answer`].
 //!
 //! Every request is forwarded as it came (method, path and query, headers, body) unless the
-//! answer refuses it; the front counts the requests it received, so a test can bound a
+//! answer in force when it arrives refuses it; an answer is altered by the one in force when
+//! it comes back from the target; the front counts the requests it received, so a test can bound a
 //! client's request rate under rate limiting. [`crate::fault::FaultProxy`] is the tool for
 //! faults below HTTP (hangs, resets, bandwidth).
 
@@ -37,7 +38,8 @@ pub enum Answer {
     },
     /// Forward, and send only the first half of each successful answer's body.
     Truncated,
-    /// Forward, and replace each successful answer's body with JSON of another shape.
+    /// Forward, and replace each successful answer's body with valid JSON of no shape an API
+    /// answers: `[1, "two", {"three": 3}]`.
     WrongShape,
     /// Forward, and send `X-Consul-Index: 1` with each answer (an index going backwards).
     IndexBackwards,
@@ -134,15 +136,16 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         Err(e) => return (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
     };
     let ok = status.is_success();
+    // An answer is altered by the fault in force when it comes back, not when its request
+    // arrived: a blocking query may wait minutes upstream.
+    let answer = *shared.answer.borrow();
     let body = match answer {
         Answer::Delay(delay) => {
             tokio::time::sleep(delay).await;
             body
         }
         Answer::Truncated if ok => body.slice(..body.len() / 2),
-        Answer::WrongShape if ok => {
-            Bytes::from_static(b"{\"not\": [\"what\", \"you\", \"asked\"]}")
-        }
+        Answer::WrongShape if ok => Bytes::from_static(b"[1, \"two\", {\"three\": 3}]"),
         Answer::IndexBackwards => {
             headers.insert("x-consul-index", HeaderValue::from_static("1"));
             body

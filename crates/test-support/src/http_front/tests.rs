@@ -60,16 +60,11 @@ async fn delays_and_garbles_answers() {
     front.set(Answer::Truncated);
     assert_eq!(fetch(&front).await.2, "{\"a\":[");
     front.set(Answer::WrongShape);
-    let body = fetch(&front).await.2;
-    assert!(serde_json_like_object(&body), "{body}");
+    assert_eq!(fetch(&front).await.2, "[1, \"two\", {\"three\": 3}]");
     front.set(Answer::IndexBackwards);
     assert_eq!(fetch(&front).await.1.as_deref(), Some("1"));
     front.set(Answer::Huge(1 << 20));
     let body = fetch(&front).await.2;
     assert_eq!(body.len(), 1 << 20);
     assert!(body.starts_with("[0,") && body.trim_end_matches("]").trim_end().ends_with(",0"));
-}
-
-fn serde_json_like_object(body: &str) -> bool {
-    body.starts_with('{') && body.ends_with('}') && !body.contains("\"a\"")
 }
