@@ -122,15 +122,40 @@ pub async fn serve(
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
-    let snapshot = s.store.snapshot();
-    if snapshot.is_synced() {
-        (StatusCode::OK, "ready\n").into_response()
+    readiness(&s.store.snapshot()).into_response()
+}
+
+/// `/readyz`: ready once the registry completed its first full sync. A stale registry (a
+/// source that cannot reach its registry) keeps the control plane ready, since it still
+/// serves proxies the last state it knew and every instance following the same registry is
+/// in the same position; the body says so, with each stale source's reason.
+fn readiness(snapshot: &meshplane_registry::Snapshot) -> (StatusCode, String) {
+    if !snapshot.is_synced() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the registry has not completed its first full sync\n".to_owned(),
+        );
+    }
+    let stale: Vec<String> = snapshot
+        .sources
+        .iter()
+        .filter_map(|(source, status)| match status {
+            meshplane_registry::SourceStatus::Stale { reason } => {
+                Some(format!("stale: {source}: {reason}\n"))
+            }
+            _ => None,
+        })
+        .collect();
+    if stale.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
     } else {
         (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the registry has not completed its first full sync\n",
+            StatusCode::OK,
+            format!(
+                "ready, serving the last known registry state\n{}",
+                stale.concat()
+            ),
         )
-            .into_response()
     }
 }
 
@@ -175,5 +200,48 @@ async fn group_resources(State(s): State<AdminState>, Path(key): Path<String>) -
             format!("no snapshot for group `{key}`\n"),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meshplane_registry::{RegistryEvent, SourceId, SourceStatus};
+
+    use super::*;
+
+    #[test]
+    fn readiness_says_stale_with_the_reason_and_stays_ready() {
+        let (store, mut writer) = meshplane_registry::store();
+        let source = SourceId::new("consul");
+        let status = |status| RegistryEvent::Status {
+            source: source.clone(),
+            status,
+        };
+        assert_eq!(
+            readiness(&store.snapshot()).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        writer.apply(RegistryEvent::Replace {
+            source: source.clone(),
+            services: Default::default(),
+        });
+        assert_eq!(
+            readiness(&store.snapshot()),
+            (StatusCode::OK, "ready\n".to_owned())
+        );
+        writer.apply(status(SourceStatus::Stale {
+            reason: "liveness: timed out".into(),
+        }));
+        let (code, body) = readiness(&store.snapshot());
+        assert_eq!(code, StatusCode::OK);
+        assert!(
+            body.contains("stale: consul: liveness: timed out"),
+            "{body}"
+        );
+        writer.apply(status(SourceStatus::Synced));
+        assert_eq!(
+            readiness(&store.snapshot()),
+            (StatusCode::OK, "ready\n".to_owned())
+        );
     }
 }

@@ -16,6 +16,34 @@ use crate::{ConfigError, ConsulConfig};
 /// Extra time allowed beyond `wait + wait/16` before a blocking request is abandoned.
 const TIMEOUT_MARGIN: Duration = Duration::from_secs(5);
 
+/// Told of every failed request with its [`ConsulError::kind`], e.g. to count errors in the
+/// control plane's metrics (this crate knows nothing of metrics).
+#[derive(Clone, Default)]
+pub struct ErrorObserver(Option<Arc<dyn Fn(&'static str) + Send + Sync>>);
+
+impl ErrorObserver {
+    /// An observer calling `f` with the kind of each error.
+    pub fn new(f: impl Fn(&'static str) + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(f)))
+    }
+
+    fn observe(&self, error: &ConsulError) {
+        if let Some(f) = &self.0 {
+            f(error.kind());
+        }
+    }
+}
+
+impl std::fmt::Debug for ErrorObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ErrorObserver(set)"
+        } else {
+            "ErrorObserver(none)"
+        })
+    }
+}
+
 /// Issues blocking GETs against one Consul address.
 #[derive(Clone, Debug)]
 pub struct ConsulClient {
@@ -26,6 +54,7 @@ pub struct ConsulClient {
     stale: bool,
     /// Whether the last answer came over HTTP/2 (Consul negotiates it on its HTTPS port).
     http2: Arc<AtomicBool>,
+    errors: ErrorObserver,
 }
 
 /// A failed request. Every variant is transient from the source's point of view: it keeps the
@@ -64,6 +93,20 @@ pub enum ConsulError {
         /// The decode error.
         reason: String,
     },
+}
+
+impl ConsulError {
+    /// What failed, as a metric label: `transport` (unreachable, reset, timed out), `status`
+    /// (an error status such as 429 or 5xx), `missing_index` (not a Consul API) or `body`
+    /// (truncated, malformed or wrongly shaped JSON).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConsulError::Transport { .. } => "transport",
+            ConsulError::Status { .. } => "status",
+            ConsulError::MissingIndex { .. } => "missing_index",
+            ConsulError::Body { .. } => "body",
+        }
+    }
 }
 
 impl ConsulClient {
@@ -106,13 +149,58 @@ impl ConsulClient {
             datacenter: config.datacenter.clone(),
             stale: config.stale,
             http2: Arc::new(AtomicBool::new(false)),
+            errors: ErrorObserver::default(),
         })
+    }
+
+    /// This client, telling `errors` of every failed request.
+    pub fn with_errors(mut self, errors: ErrorObserver) -> Self {
+        self.errors = errors;
+        self
+    }
+
+    /// The observer this client tells of errors.
+    pub fn errors(&self) -> &ErrorObserver {
+        &self.errors
     }
 
     /// Whether Consul's last answer to this client (or a clone) came over HTTP/2: then blocking
     /// queries can share connections.
     pub fn multiplexed(&self) -> bool {
         self.http2.load(Ordering::Relaxed)
+    }
+
+    /// A plain GET of `path` that must answer 2xx within `timeout`: whether Consul answers at
+    /// all. The body is read (and dropped) so the connection goes back to the pool.
+    pub async fn probe(&self, path: &str, timeout: Duration) -> Result<(), ConsulError> {
+        let result = self.probe_once(path, timeout).await;
+        if let Err(e) = &result {
+            self.errors.observe(e);
+        }
+        result
+    }
+
+    async fn probe_once(&self, path: &str, timeout: Duration) -> Result<(), ConsulError> {
+        let url = format!("{}{}", self.base, path);
+        let mut request = self.http.get(&url).timeout(timeout);
+        if let Some(token) = &self.token {
+            request = request.header("X-Consul-Token", token);
+        }
+        let transport = |source| ConsulError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(ConsulError::Status {
+                url,
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).chars().take(512).collect(),
+            });
+        }
+        Ok(())
     }
 
     /// GETs `path` as a blocking query: returns the body and `X-Consul-Index`. `index` 0 makes
@@ -130,6 +218,20 @@ impl ConsulClient {
     /// [`ConsulClient::get`], the body read by `decode` (which may borrow from it, so a large
     /// answer can be reduced without owning every string in it).
     pub async fn get_with<T>(
+        &self,
+        path: &str,
+        index: u64,
+        wait: Duration,
+        decode: fn(&[u8]) -> Result<T, serde_json::Error>,
+    ) -> Result<(T, u64), ConsulError> {
+        let result = self.get_once(path, index, wait, decode).await;
+        if let Err(e) = &result {
+            self.errors.observe(e);
+        }
+        result
+    }
+
+    async fn get_once<T>(
         &self,
         path: &str,
         index: u64,

@@ -31,6 +31,15 @@ pub struct ConsulConfig {
     pub min_retry: Duration,
     /// Longest retry delay.
     pub max_retry: Duration,
+    /// How often the source asks Consul whether it answers at all (`GET /v1/status/leader`,
+    /// one short request at a time, within the spare connections). A Consul that hangs
+    /// (connections open, nothing answers: a paused process, a partition) fails no blocking
+    /// query until its timeout (`wait` + 1/16 + 5 s, over 5 minutes by default); the probe
+    /// reports the source stale within `probe_interval + probe_timeout` instead. Default 2s.
+    pub probe_interval: Duration,
+    /// How long a probe may take before Consul counts as not answering. Default 5s: a slow
+    /// Consul (seconds per answer) is still followed, and not reported stale.
+    pub probe_timeout: Duration,
     /// Source id the events carry (default `consul`).
     pub source_id: String,
 }
@@ -73,6 +82,8 @@ impl Default for ConsulConfig {
             min_request_interval: Duration::from_millis(50),
             min_retry: Duration::from_millis(250),
             max_retry: Duration::from_secs(30),
+            probe_interval: Duration::from_secs(2),
+            probe_timeout: Duration::from_secs(5),
             source_id: "consul".into(),
         }
     }

@@ -21,7 +21,7 @@ mod source;
 mod watch;
 pub mod wire;
 
-pub use client::{ConsulClient, ConsulError};
+pub use client::{ConsulClient, ConsulError, ErrorObserver};
 pub use config::{ConfigError, ConnectionPlan, ConsulConfig};
 pub use index::{Backoff, next_index};
 pub use source::ConsulSource;

@@ -43,7 +43,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Backoff, ConfigError, ConnectionPlan, ConsulClient, ConsulConfig, ConsulError,
+    Backoff, ConfigError, ConnectionPlan, ConsulClient, ConsulConfig, ConsulError, ErrorObserver,
     signals::{CheckSignals, Reduced},
     watch::{self, Convert, Deliver, Timing},
     wire,
@@ -56,6 +56,9 @@ const CATALOG_GRACE: Duration = Duration::from_secs(1);
 const CATALOG: &str = "catalog (/v1/catalog/services)";
 /// The key used for the checks watch in the set of failing watches.
 const CHECKS: &str = "checks (/v1/health/state/any)";
+/// The liveness probe's key among failing watches, and its path.
+const PROBE: &str = "liveness (/v1/status/leader)";
+const PROBE_PATH: &str = "/v1/status/leader";
 /// Wait of a plain read of one service (it does not block; this bounds a hung request).
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most reads of single services at once (signals mode). Short requests cycle connections
@@ -80,6 +83,8 @@ enum Update {
     Checks(Result<(Reduced, u64), ConsulError>),
     /// A read of one service (signals) ended; its result came as `Health` before.
     ReadDone(ServiceName),
+    /// Whether Consul answered the liveness probe.
+    Probe(Result<(), String>),
 }
 
 /// How health is followed (see the module docs).
@@ -136,6 +141,13 @@ impl ConsulSource {
         let client = ConsulClient::new(&config)?;
         Ok(Self { config, client })
     }
+
+    /// Tells `errors` of every failed request to Consul (the control plane counts them in
+    /// `meshplane_registry_errors_total`).
+    pub fn with_errors(mut self, errors: ErrorObserver) -> Self {
+        self.client = self.client.with_errors(errors);
+        self
+    }
 }
 
 impl RegistrySource for ConsulSource {
@@ -169,6 +181,12 @@ impl RegistrySource for ConsulSource {
             None, // the catalog watch has its own connection, outside the health slots
             self.config.wait,
             catalog,
+            watches.clone(),
+        ));
+        tokio::spawn(probe(
+            self.client.clone(),
+            (self.config.probe_interval, self.config.probe_timeout),
+            tx.clone(),
             watches.clone(),
         ));
         let health = Health {
@@ -220,6 +238,29 @@ impl RegistrySource for ConsulSource {
         };
         watches.cancel();
         result
+    }
+}
+
+/// Asks Consul whether it answers at all, every `interval`, until `shutdown`: blocking
+/// queries alone cannot tell a quiet Consul from a hung one for minutes.
+async fn probe(
+    client: ConsulClient,
+    (interval, timeout): (Duration, Duration),
+    tx: mpsc::Sender<Update>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let answered = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = client.probe(PROBE_PATH, timeout) => r.map_err(|e| e.to_string()),
+        };
+        if tx.send(Update::Probe(answered)).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
     }
 }
 
@@ -293,6 +334,7 @@ impl Health {
         if shards.len() < max_shards(&self.config) {
             match ConsulClient::new_multiplexed(&self.config) {
                 Ok(client) => {
+                    let client = client.with_errors(self.client.errors().clone());
                     let shard = Arc::new(Shard {
                         client,
                         watches: AtomicUsize::new(0),
@@ -396,6 +438,10 @@ impl Coordinator {
             Update::Checks(Ok((checks, index))) => self.checks(checks, index, health),
             Update::Checks(Err(e)) => self.failed(CHECKS.into(), e.to_string()),
             Update::ReadDone(name) => self.read_done(name, health),
+            Update::Probe(Ok(())) => {
+                self.failing.remove(PROBE);
+            }
+            Update::Probe(Err(e)) => self.failed(PROBE.into(), e),
         }
         self.report().await
     }

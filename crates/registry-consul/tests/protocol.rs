@@ -16,7 +16,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use meshplane_registry::{RegistrySource, Snapshot, Store, event_channel, store};
-use meshplane_registry_consul::{ConsulConfig, ConsulSource};
+use meshplane_registry_consul::{ConsulConfig, ConsulSource, ErrorObserver};
 use tokio_util::sync::CancellationToken;
 
 /// What the fake answers: `None` blocks until the client gives up (a blocking query with no
@@ -49,6 +49,10 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let path = uri.path().to_string();
+    // The source's liveness probe: answered as Consul does, and not a call the scripts count.
+    if path == "/v1/status/leader" {
+        return (StatusCode::OK, "\"127.0.0.1:8300\"").into_response();
+    }
     let index = query
         .as_deref()
         .unwrap_or("")
@@ -111,6 +115,10 @@ fn health(ids: &[&str]) -> String {
 }
 
 fn run(addr: SocketAddr) -> (Store, CancellationToken) {
+    run_observed(addr, ErrorObserver::default())
+}
+
+fn run_observed(addr: SocketAddr, errors: ErrorObserver) -> (Store, CancellationToken) {
     let config = ConsulConfig {
         address: format!("http://{addr}"),
         wait: Duration::from_secs(30),
@@ -124,7 +132,9 @@ fn run(addr: SocketAddr) -> (Store, CancellationToken) {
     let (reader, writer) = store();
     let (sink, events) = event_channel(64);
     let shutdown = CancellationToken::new();
-    let source = ConsulSource::new(config).expect("config");
+    let source = ConsulSource::new(config)
+        .expect("config")
+        .with_errors(errors);
     tokio::spawn(writer.run(events, shutdown.clone()));
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -233,5 +243,41 @@ async fn errors_and_rate_limits_back_off_keep_state_and_recover() {
     }
     // The index of the last good answer is kept across errors.
     assert!(calls[1..=6].iter().all(|c| c.index == Some(5)), "{calls:?}");
+    shutdown.cancel();
+}
+
+/// Every failed request reaches the error observer with its kind (what the control plane
+/// counts in `meshplane_registry_errors_total`): truncated and wrongly shaped bodies are
+/// `body`, a 429 is `status`; the state stays meanwhile.
+#[tokio::test]
+async fn failed_requests_reach_the_error_observer_by_kind() {
+    let script: Script = Arc::new(|path, n| match (path, n) {
+        ("/v1/catalog/services", 0) => Some((200, 1, r#"{"web": []}"#.into())),
+        ("/v1/health/service/web", 0) => Some((200, 5, health(&["web-1"]))),
+        ("/v1/health/service/web", 1) => Some((200, 6, health(&["web-1"])[..20].to_string())),
+        ("/v1/health/service/web", 2) => Some((200, 6, r#"[1, "two"]"#.into())),
+        ("/v1/health/service/web", 3) => Some((429, 0, "slow down".into())),
+        ("/v1/health/service/web", 4) => Some((200, 9, health(&["web-1", "web-2"]))),
+        _ => None,
+    });
+    let (addr, _fake) = start_fake(script).await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let errors = ErrorObserver::new({
+        let seen = Arc::clone(&seen);
+        move |kind| {
+            seen.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(kind)
+        }
+    });
+    let (store, shutdown) = run_observed(addr, errors);
+    until(&store, "recovery after three failures", |s| {
+        s.service("web").is_some_and(|e| e.instances.len() == 2)
+    })
+    .await;
+    assert_eq!(
+        *seen.lock().unwrap_or_else(PoisonError::into_inner),
+        ["body", "body", "status"]
+    );
     shutdown.cancel();
 }

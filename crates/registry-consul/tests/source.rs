@@ -208,6 +208,51 @@ async fn registry_down_keeps_state_marks_stale_and_recovers() {
     registry.stop().await;
 }
 
+/// A registry that hangs (connections open, nothing answers) fails no blocking query for
+/// minutes; the liveness probe reports it stale within its interval and timeout, the state
+/// stays, and the source is fresh again once the registry answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_registry_is_reported_stale_by_the_probe_and_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let registry = start_registry(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    registry
+        .register(json!({"Name": "web", "ID": "web-1", "Port": 80}))
+        .await;
+    let proxy = FaultProxy::start(registry.addr).await.expect("proxy");
+    let (interval, timeout) = (Duration::from_millis(200), Duration::from_millis(300));
+    let running = run_source(ConsulConfig {
+        probe_interval: interval,
+        probe_timeout: timeout,
+        ..fast_config(&format!("http://{}", proxy.addr()))
+    });
+    running
+        .until(Duration::from_secs(5), "initial sync", |s| {
+            s.service("web").is_some() && !s.is_stale()
+        })
+        .await;
+
+    proxy.set(meshplane_test_support::fault::Fault::BlackHole);
+    let hung = Instant::now();
+    // Interval + timeout, and slack for a loaded machine.
+    running
+        .until(interval + timeout + Duration::from_secs(1), "stale", |s| {
+            s.is_stale()
+        })
+        .await;
+    let snap = running.store.snapshot();
+    let reason = format!("{:?}", snap.sources);
+    assert!(reason.contains("/v1/status/leader"), "{reason}");
+    assert_eq!(snap.service("web").map(|s| s.instances.len()), Some(1));
+    assert!(hung.elapsed() < interval + timeout + Duration::from_secs(1));
+
+    proxy.set(meshplane_test_support::fault::Fault::Pass);
+    running
+        .until(Duration::from_secs(2), "fresh again", |s| !s.is_stale())
+        .await;
+    running.stop().await;
+    registry.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_stay_within_the_budget() {
     // 8 → 1 catalog + 5 health requests in flight (the checks watch and reads), 2 spare

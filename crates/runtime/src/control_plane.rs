@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use meshplane_admin::AdminState;
 use meshplane_registry::{RegistrySource, Store, event_channel};
-use meshplane_registry_consul::{ConsulConfig, ConsulSource};
+use meshplane_registry_consul::{ConsulConfig, ConsulSource, ErrorObserver};
 use meshplane_registry_embedded::{EmbeddedConfig, EmbeddedRegistry};
 use meshplane_registry_file::{FileConfig, FileSource};
 use meshplane_remote::{LocalState, RemoteConfig, RemoteSource};
@@ -94,6 +94,8 @@ pub async fn start(
     config.validate()?;
     let mut tasks = JoinSet::new();
     let (store, writer) = meshplane_registry::store();
+    let (cache, demand_rx) = SnapshotCache::with_demand();
+    let metrics = meshplane_telemetry::Metrics::new(store.clone(), cache.clone());
     let (sink, events) = event_channel(1024);
     tasks.spawn({
         let shutdown = shutdown.clone();
@@ -141,7 +143,11 @@ pub async fn start(
                 ca_file: config.consul_ca_file.clone(),
                 ..Default::default()
             })
-            .context("invalid Consul settings")?;
+            .context("invalid Consul settings")?
+            .with_errors(ErrorObserver::new({
+                let registry_metrics = metrics.registry().clone();
+                move |kind| registry_metrics.error("consul", kind)
+            }));
             let (sink, s) = (sink.clone(), shutdown.clone());
             tasks.spawn(async move { source.run(sink, s).await.context("Consul source stopped") });
         }
@@ -191,7 +197,6 @@ pub async fn start(
     })?;
     let xds_addr = listener.local_addr()?;
     let options = Arc::new(mesh_options(&config));
-    let (cache, demand_rx) = SnapshotCache::with_demand();
     let groups = Groups::default();
     let relays = RelayDirectory::default();
     let mut grouper =
@@ -203,7 +208,6 @@ pub async fn start(
     if tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some()) {
         grouper = grouper.with_identity(&config.trust_domain);
     }
-    let metrics = meshplane_telemetry::Metrics::new(store.clone(), cache.clone());
     let server = XdsServer::new(
         cache.clone(),
         Arc::new(grouper),

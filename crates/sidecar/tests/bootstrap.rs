@@ -153,6 +153,34 @@ fn ads_flavour_and_failover_priorities() {
     );
 }
 
+/// A hung control plane (connection open, nothing answers) is only noticed by unanswered
+/// HTTP/2 PINGs; and after it answers again, a proxy must not sit out Envoy's default 30 s
+/// backoff. The reliability suite measures both with real Envoy; this pins the numbers.
+#[test]
+fn xds_keepalive_detects_a_hung_control_plane_and_retries_within_half_a_second() {
+    use meshplane_sidecar::bootstrap::{
+        XDS_HANG_DETECTED_WITHIN, XDS_KEEPALIVE_INTERVAL_SECS, XDS_KEEPALIVE_TIMEOUT_SECS,
+    };
+    let loaded = orders();
+    let value = mk_bootstrap(
+        &loaded.written,
+        &cps("127.0.0.1:18000"),
+        XdsFlavour::StateOfTheWorld,
+    );
+    let grpc = &value["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"];
+    assert_eq!(
+        grpc["retry_policy"]["retry_back_off"],
+        json!({ "base_interval": "0.1s", "max_interval": "0.5s" })
+    );
+    let cluster = &value["static_resources"]["clusters"][0];
+    let keepalive = &cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        ["explicit_http_config"]["http2_protocol_options"]["connection_keepalive"];
+    assert_eq!(keepalive, &json!({ "interval": "5s", "timeout": "2s" }));
+    // Envoy jitters the interval by up to 15 %.
+    let worst = XDS_KEEPALIVE_INTERVAL_SECS as f64 * 1.15 + XDS_KEEPALIVE_TIMEOUT_SECS as f64;
+    assert!(XDS_HANG_DETECTED_WITHIN.as_secs_f64() >= worst);
+}
+
 #[test]
 fn control_plane_addresses_are_checked() {
     for bad in ["nohost", "host:", ":80", "host:99999", "host:0", "ho st:80"] {

@@ -9,6 +9,7 @@
 //! and alerts use them): change one only with a README note.
 
 mod ca;
+mod registry;
 mod state;
 mod translation;
 mod xds;
@@ -20,6 +21,7 @@ use meshplane_xds::SnapshotCache;
 use prometheus_client::registry::Registry;
 
 pub use ca::CaMetrics;
+pub use registry::RegistryMetrics;
 pub use translation::TranslationMetrics;
 pub use xds::XdsMetrics;
 
@@ -38,6 +40,7 @@ pub struct Metrics {
     xds: XdsMetrics,
     translation: TranslationMetrics,
     ca: CaMetrics,
+    registry_sources: RegistryMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -53,6 +56,7 @@ impl Metrics {
         let xds = XdsMetrics::register(&mut registry);
         let translation = TranslationMetrics::register(&mut registry);
         let ca = CaMetrics::register(&mut registry);
+        let registry_sources = RegistryMetrics::register(&mut registry);
         registry.register_collector(Box::new(state::StateCollector::new(
             store,
             cache,
@@ -63,6 +67,7 @@ impl Metrics {
             xds,
             translation,
             ca,
+            registry_sources,
         }
     }
 
@@ -79,6 +84,11 @@ impl Metrics {
     /// What the built-in CA's routes record.
     pub fn ca(&self) -> &CaMetrics {
         &self.ca
+    }
+
+    /// What registry sources record (their failed requests).
+    pub fn registry(&self) -> &RegistryMetrics {
+        &self.registry_sources
     }
 
     /// The exposition of every family, as of now ([`CONTENT_TYPE`]).

@@ -111,6 +111,9 @@ fn exposition_parses_with_every_family_typed() {
     metrics.ca().issued();
     metrics.ca().issued();
     metrics.ca().refused();
+    metrics.registry().error("consul", "body");
+    metrics.registry().error("consul", "body");
+    metrics.registry().error("consul", "status");
 
     let text = metrics.encode();
     let exposition = parse(&text);
@@ -145,6 +148,7 @@ fn exposition_parses_with_every_family_typed() {
         ("meshplane_registry_translation_lag", PrometheusType::Gauge),
         ("meshplane_registry_stale", PrometheusType::Gauge),
         ("meshplane_registry_source_up", PrometheusType::Gauge),
+        ("meshplane_registry_errors_total", PrometheusType::Counter),
     ];
     for (name, kind) in &expected {
         let family = exposition
@@ -196,6 +200,22 @@ fn exposition_parses_with_every_family_typed() {
     );
     assert_eq!(
         value(&exposition, "meshplane_ca_sign_refused_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &exposition,
+            "meshplane_registry_errors_total",
+            &["body", "consul"]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &exposition,
+            "meshplane_registry_errors_total",
+            &["status", "consul"]
+        ),
         1.0
     );
     assert_eq!(value(&exposition, "meshplane_registry_services", &[]), 1.0);

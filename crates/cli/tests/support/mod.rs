@@ -25,6 +25,8 @@ pub struct Mesh {
     pub http: reqwest::Client,
     /// `http` or `https`: how sidecars reach the admin API (the CA) and the registry.
     pub scheme: &'static str,
+    /// Where sidecars reach xDS, when not the control plane itself (a fault proxy in front).
+    pub xds_via: Option<SocketAddr>,
     sidecars: Vec<Sidecar>,
 }
 
@@ -69,6 +71,7 @@ impl Mesh {
             dir,
             http,
             scheme: "http",
+            xds_via: None,
             sidecars: Vec::new(),
         }
     }
@@ -133,7 +136,10 @@ impl Mesh {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshplane"));
         cmd.arg("sidecar")
             .args(["--descriptor", &file.display().to_string()])
-            .args(["--control-plane", &self.cp.xds_addr.to_string()])
+            .args([
+                "--control-plane",
+                &self.xds_via.unwrap_or(self.cp.xds_addr).to_string(),
+            ])
             .args(["--instance-id", id])
             .args(["--admin-port", &admin_port.to_string()])
             // Tests run in parallel with the same instance ids; the admin port is unique.

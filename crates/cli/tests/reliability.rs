@@ -1,0 +1,671 @@
+//! The reliability suite (README, "Reliability"): production failures emulated on 127.0.0.1
+//! with real `meshplane sidecar` processes and real Envoys, traffic flowing through them, each
+//! fault held for a window ([`fault_window`], `MESHPLANE_FAULT_WINDOW`, minutes for a soak)
+//! while [`hold`] re-checks what users rely on, then repaired and recovery checked against a
+//! named bound.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use meshplane_runtime::RegistryKind;
+use meshplane_sidecar::bootstrap::XDS_HANG_DETECTED_WITHIN;
+use meshplane_test_support::fault::{Fault, FaultProxy};
+use meshplane_test_support::http_front::{Answer, HttpFront};
+use meshplane_test_support::process::pause;
+use meshplane_test_support::{eventually, fault_window, hold};
+use support::{Mesh, caller, envoy_stat, free_port, upstream, via_egress};
+use tokio::time::Instant;
+
+/// Scenario 1: after a hung control plane answers again, a service registered meanwhile is
+/// reachable through a sidecar within this (Envoy retries xDS within 0.5 s, then one push).
+const REACHABLE_AFTER_REPAIR: Duration = Duration::from_secs(1);
+
+/// Scenario 1: slack over [`XDS_HANG_DETECTED_WITHIN`] for reading Envoy's gauge.
+const DETECTION_SLACK: Duration = Duration::from_secs(1);
+
+/// Envoy's gauge of its xDS stream: 1 while connected to the control plane.
+const CONNECTED: &str = "control_plane.connected_state";
+
+/// Scenario 1: the only control plane black-holed (connections stay open, nothing answers),
+/// between the sidecar's Envoy and the control plane. Known services keep working for the
+/// whole window, a service registered during it is not reachable, Envoy notices the hang
+/// within [`XDS_HANG_DETECTED_WITHIN`], and after repair the new service is reachable within
+/// [`REACHABLE_AFTER_REPAIR`].
+#[tokio::test(flavor = "multi_thread")]
+async fn black_holed_control_plane_keeps_known_services_and_resumes_within_a_second() {
+    // Long enough for Envoy's PINGs to notice the hang, whatever the configured window.
+    let window = fault_window().max(XDS_HANG_DETECTED_WITHIN + DETECTION_SLACK);
+    let (payments, refunds) = (upstream("payments").await, upstream("refunds").await);
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let xds = FaultProxy::start(mesh.cp.xds_addr)
+        .await
+        .expect("fault proxy");
+    mesh.xds_via = Some(xds.addr());
+    mesh.register("payments-1", "payments", payments, &[], 1)
+        .await;
+    let egress = free_port();
+    let d = caller(
+        "orders",
+        free_port(),
+        free_port(),
+        egress,
+        "  - service: payments\n  - service: refunds\n",
+    );
+    let admin = mesh.sidecar("orders-1", &d, 2).await.admin_port;
+    let http = mesh.http.clone();
+    eventually("payments through the sidecar", support::DEADLINE, || {
+        reachable(&http, egress, "payments")
+    })
+    .await;
+
+    xds.set(Fault::BlackHole);
+    let faulted = Instant::now();
+    let connections_at_fault = xds.accepted();
+    mesh.register("refunds-1", "refunds", refunds, &[], 1).await;
+    // Envoy's own gauge is back to 1 as soon as its next attempt starts (within 0.1 s), too
+    // briefly to poll: a new connection through the proxy is what shows the hang noticed.
+    let detected = async {
+        eventually(
+            "Envoy notices the hung control plane and reconnects",
+            XDS_HANG_DETECTED_WITHIN + DETECTION_SLACK,
+            || async {
+                let connections = xds.accepted();
+                if connections > connections_at_fault {
+                    Ok(faulted.elapsed())
+                } else {
+                    Err(format!(
+                        "{connections} connections to the control plane, as before"
+                    ))
+                }
+            },
+        )
+        .await
+    };
+    let held = hold(
+        window,
+        "payments answers and refunds (registered during the fault) does not",
+        || async {
+            let known = via_egress(&http, egress, "payments", None).await;
+            let new = via_egress(&http, egress, "refunds", None).await;
+            if known == (200, "payments".to_owned()) && new.0 != 200 {
+                Ok(())
+            } else {
+                Err(format!("payments: {known:?}, refunds: {new:?}"))
+            }
+        },
+    );
+    let (detected_after, _) = tokio::join!(detected, held);
+    eprintln!("Envoy noticed the hang after {detected_after:?}");
+
+    xds.set(Fault::Pass);
+    let repaired = Instant::now();
+    eventually(
+        "refunds reachable after repair",
+        REACHABLE_AFTER_REPAIR,
+        || reachable(&http, egress, "refunds"),
+    )
+    .await;
+    eprintln!("refunds reachable {:?} after repair", repaired.elapsed());
+    assert_eq!(envoy_stat(&http, admin, CONNECTED).await, Some(1));
+}
+
+/// Scenario 2: a registry that hangs is reported stale within this: the Consul source's
+/// liveness probe runs every 2 s and gives up after 5 s (`ConsulConfig::probe_*`), plus
+/// slack for reading the admin API.
+const REGISTRY_STALE_WITHIN: Duration = Duration::from_secs(9);
+
+/// Scenario 2: once the registry answers again, the control plane is fresh (not stale) and a
+/// registration made after the repair reaches Envoy within this (the next probe, 2 s, and
+/// one push).
+const REGISTRY_RECOVERED_WITHIN: Duration = Duration::from_secs(4);
+
+/// How scenario 2 takes the registry away.
+#[derive(Debug, Clone, Copy)]
+enum RegistryFault {
+    /// SIGSTOP of the registry's process: the kernel still accepts connections.
+    Paused,
+    /// A fault proxy between the control plane and the registry accepts and never answers.
+    BlackHoled,
+}
+
+/// Scenario 2, SIGSTOP.
+#[tokio::test(flavor = "multi_thread")]
+async fn paused_registry_keeps_config_reports_stale_and_recovers() {
+    registry_outage(RegistryFault::Paused).await;
+}
+
+/// Scenario 2, black hole.
+#[tokio::test(flavor = "multi_thread")]
+async fn black_holed_registry_keeps_config_reports_stale_and_recovers() {
+    registry_outage(RegistryFault::BlackHoled).await;
+}
+
+/// Scenario 2: the control plane follows a registry (`--registry consul`; the registry is a
+/// `meshplane control-plane` process, whose embedded registry speaks Consul's API) and the
+/// registry hangs. For the whole window: traffic to a known service flows, no instance is
+/// withdrawn from the control plane's view, and once [`REGISTRY_STALE_WITHIN`] has passed,
+/// `/readyz` (still 200), `/api/state` and `/metrics` say stale. After repair: fresh again,
+/// a registration acknowledged just before the fault is there, and a new one reaches Envoy,
+/// within [`REGISTRY_RECOVERED_WITHIN`].
+async fn registry_outage(fault: RegistryFault) {
+    let window = fault_window().max(REGISTRY_STALE_WITHIN + Duration::from_secs(1));
+    let registry = RegistryProcess::start();
+    let front = FaultProxy::start(registry.addr).await.expect("fault proxy");
+    let (payments, refunds) = (upstream("payments").await, upstream("refunds").await);
+    let mut mesh = Mesh::start(|config, _| {
+        config.registry = RegistryKind::Consul;
+        config.consul_addr = Some(format!("http://{}", front.addr()));
+    })
+    .await;
+    let http = mesh.http.clone();
+    registry
+        .register(&http, "payments-1", "payments", payments)
+        .await;
+    let egress = free_port();
+    let d = caller(
+        "orders",
+        free_port(),
+        free_port(),
+        egress,
+        "  - service: payments\n  - service: refunds\n",
+    );
+    mesh.sidecar("orders-1", &d, 2).await;
+    eventually("payments through the sidecar", support::DEADLINE, || {
+        reachable(&http, egress, "payments")
+    })
+    .await;
+    let admin = mesh.cp.admin_addr;
+    // The source may have probed before the registry listened: fresh first.
+    eventually("the control plane is fresh", support::DEADLINE, || {
+        fresh(&http, admin)
+    })
+    .await;
+    // Acknowledged by the registry just before it hangs: must never be lost.
+    registry
+        .register(&http, "payments-2", "payments", payments)
+        .await;
+
+    let paused = match fault {
+        RegistryFault::Paused => Some(pause(registry.pid()).expect("SIGSTOP the registry")),
+        RegistryFault::BlackHoled => {
+            front.set(Fault::BlackHole);
+            None
+        }
+    };
+    let faulted = Instant::now();
+    let instances_at_fault = instances(&http, admin, "payments").await.unwrap_or(0);
+    assert!(instances_at_fault >= 1, "payments-1 known before the fault");
+    let kept = || async {
+        let traffic = via_egress(&http, egress, "payments", None).await;
+        let known = instances(&http, admin, "payments").await;
+        match (&traffic, &known) {
+            ((200, body), Ok(n)) if body == "payments" && *n >= instances_at_fault => Ok(()),
+            _ => Err(format!(
+                "traffic {traffic:?}, instances {known:?} (were {instances_at_fault})"
+            )),
+        }
+    };
+    let stale = async {
+        eventually(
+            "the control plane says stale",
+            REGISTRY_STALE_WITHIN,
+            || says_stale(&http, admin),
+        )
+        .await;
+        let noticed = faulted.elapsed();
+        hold(
+            window.saturating_sub(noticed),
+            "the control plane keeps saying stale",
+            || async {
+                says_stale(&http, admin).await?;
+                kept().await
+            },
+        )
+        .await;
+        noticed
+    };
+    let held = hold(window, "payments answers and keeps its instances", kept);
+    let (noticed, _) = tokio::join!(stale, held);
+    eprintln!("{fault:?}: stale after {noticed:?}");
+
+    match paused {
+        Some(paused) => paused.resume().expect("SIGCONT"),
+        None => front.set(Fault::Pass),
+    }
+    let repaired = Instant::now();
+    registry
+        .register(&http, "refunds-1", "refunds", refunds)
+        .await;
+    eventually(
+        "fresh, payments-2 kept, refunds reachable",
+        REGISTRY_RECOVERED_WITHIN,
+        || async {
+            fresh(&http, admin).await?;
+            match instances(&http, admin, "payments").await {
+                Ok(2) => {}
+                other => return Err(format!("payments instances {other:?}")),
+            }
+            reachable(&http, egress, "refunds").await
+        },
+    )
+    .await;
+    eprintln!("{fault:?}: recovered {:?} after repair", repaired.elapsed());
+}
+
+/// Scenario 3: how long each registry answer is held.
+const SLOW_ANSWER: Duration = Duration::from_secs(2);
+
+/// Scenario 3: a registration reaches Envoy within this while every answer takes
+/// [`SLOW_ANSWER`] (one delayed answer, and slack for the push and a loaded machine).
+const SLOW_CHANGE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Scenario 3: a registration reaches Envoy within this while every other request is refused
+/// with 429 (a refusal costs a retry after 125–250 ms, the source's first backoff step).
+const LIMITED_CHANGE_WITHIN: Duration = Duration::from_secs(3);
+
+/// Scenario 3: while rate limited, the source sends at most this many requests per second
+/// per watch (the catalog and each followed service) plus its liveness probe: requests of
+/// one watch are at least 50 ms apart and each refusal backs off at least 125 ms, so a watch
+/// woken by every change alternates at worst 50 ms and 175 ms gaps (~9 per second).
+const LIMITED_REQUESTS_PER_WATCH_PER_SECOND: f64 = 10.0;
+
+/// How often scenario 3 changes the registry while it is rate limited, so that blocking
+/// queries keep returning and the source keeps asking.
+const CHURN_EVERY: Duration = Duration::from_millis(100);
+
+/// Scenario 3: the registry the control plane follows answers every request 2 s late, then
+/// refuses every other request with 429 while an instance churns. A known service answers
+/// every request throughout, and while slow the source is not stale (a slow registry is
+/// still a working registry); changes arrive within [`SLOW_CHANGE_WITHIN`] and [`LIMITED_CHANGE_WITHIN`]; the
+/// requests counted at the registry stay under [`LIMITED_REQUESTS_PER_WATCH_PER_SECOND`].
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_rate_limiting_registry_still_delivers_changes_within_a_request_budget() {
+    let window = fault_window();
+    let registry = RegistryProcess::start();
+    let front = HttpFront::start(registry.addr).await.expect("http front");
+    let (payments, refunds, ledger) = (
+        upstream("payments").await,
+        upstream("refunds").await,
+        upstream("ledger").await,
+    );
+    let mut mesh = Mesh::start(|config, _| {
+        config.registry = RegistryKind::Consul;
+        config.consul_addr = Some(format!("http://{}", front.addr()));
+    })
+    .await;
+    let http = mesh.http.clone();
+    registry
+        .register(&http, "payments-1", "payments", payments)
+        .await;
+    let egress = free_port();
+    let d = caller(
+        "orders",
+        free_port(),
+        free_port(),
+        egress,
+        "  - service: payments\n  - service: refunds\n  - service: ledger\n",
+    );
+    mesh.sidecar("orders-1", &d, 2).await;
+    eventually("payments through the sidecar", support::DEADLINE, || {
+        reachable(&http, egress, "payments")
+    })
+    .await;
+    let admin = mesh.cp.admin_addr;
+    eventually("the control plane is fresh", support::DEADLINE, || {
+        fresh(&http, admin)
+    })
+    .await;
+    let working = || async {
+        reachable(&http, egress, "payments").await?;
+        fresh(&http, admin).await
+    };
+
+    front.set(Answer::Delay(SLOW_ANSWER));
+    registry
+        .register(&http, "refunds-1", "refunds", refunds)
+        .await;
+    let arrived = eventually(
+        "refunds arrives from a slow registry",
+        SLOW_CHANGE_WITHIN,
+        || reachable(&http, egress, "refunds"),
+    );
+    let held = hold(
+        window,
+        "payments answers and nothing is stale (slow)",
+        working,
+    );
+    tokio::join!(arrived, held);
+
+    front.set(Answer::RateLimit { every: 2 });
+    let (requests_before, refused_before, limited) =
+        (front.requests(), front.refused(), Instant::now());
+    registry.register(&http, "ledger-1", "ledger", ledger).await;
+    let churn = async {
+        let mut registered = false;
+        let started = Instant::now();
+        while started.elapsed() < window {
+            if registered {
+                registry.deregister(&http, "ledger-2").await;
+            } else {
+                registry.register(&http, "ledger-2", "ledger", ledger).await;
+            }
+            registered = !registered;
+            tokio::time::sleep(CHURN_EVERY).await;
+        }
+    };
+    let arrived = eventually(
+        "ledger arrives from a rate-limiting registry",
+        LIMITED_CHANGE_WITHIN,
+        || reachable(&http, egress, "ledger"),
+    );
+    // A refused request marks its watch failing (stale) until its next answer: only traffic
+    // is held here.
+    let held = hold(window, "payments answers (429)", || {
+        reachable(&http, egress, "payments")
+    });
+    tokio::join!(churn, arrived, held);
+    let elapsed = limited.elapsed().as_secs_f64();
+    let (requests, refused) = (
+        front.requests() - requests_before,
+        front.refused() - refused_before,
+    );
+    front.set(Answer::Pass);
+    // The catalog and payments, refunds, ledger; the probe asks every 2 s.
+    let watches = 4.0;
+    let bound = elapsed * (watches * LIMITED_REQUESTS_PER_WATCH_PER_SECOND + 0.5);
+    eprintln!(
+        "rate limited: {requests} requests ({refused} refused) in {elapsed:.1} s, bound {bound:.0}"
+    );
+    assert!(
+        refused > 0,
+        "the front refused nothing: the source was not tested"
+    );
+    assert!(
+        requests as f64 <= bound,
+        "{requests} requests in {elapsed:.1} s while rate limited: over the bound of {bound:.0}"
+    );
+}
+
+/// Scenario 8: after garbage, good answers bring the control plane back to the registry's
+/// state within this: the source's longest retry backoff (30 s, reached only after minutes
+/// of errors; seconds after a short window), and one push.
+const GARBAGE_RECOVERED_WITHIN: Duration = Duration::from_secs(35);
+
+/// Scenario 8: while every answer's index goes backwards (the source then reads afresh,
+/// without blocking), requests of one watch stay at least 50 ms apart: at most this many per
+/// second per watch (the catalog and each followed service), plus the probe.
+const BACKWARDS_REQUESTS_PER_WATCH_PER_SECOND: f64 = 20.0;
+
+/// Scenario 8: the registry the control plane follows answers garbage — truncated JSON,
+/// valid JSON of the wrong shape, a 8 MiB body — while it holds a new instance of a known
+/// service. For the whole window: traffic flows and the control plane keeps the previous
+/// state (the new instance is not taken in, nothing is withdrawn); `/readyz` names the error
+/// (the text the source's log line carries) and `meshplane_registry_errors_total{kind="body"}`
+/// counts it. Good answers bring the new state within [`GARBAGE_RECOVERED_WITHIN`]. Then an
+/// index going backwards on every answer: changes still arrive and requests stay under
+/// [`BACKWARDS_REQUESTS_PER_WATCH_PER_SECOND`].
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_answering_garbage_keeps_the_previous_state_and_counts_errors() {
+    let window = fault_window();
+    let registry = RegistryProcess::start();
+    let front = HttpFront::start(registry.addr).await.expect("http front");
+    let (payments, refunds) = (upstream("payments").await, upstream("refunds").await);
+    let mut mesh = Mesh::start(|config, _| {
+        config.registry = RegistryKind::Consul;
+        config.consul_addr = Some(format!("http://{}", front.addr()));
+    })
+    .await;
+    let http = mesh.http.clone();
+    registry
+        .register(&http, "payments-1", "payments", payments)
+        .await;
+    let egress = free_port();
+    let d = caller(
+        "orders",
+        free_port(),
+        free_port(),
+        egress,
+        "  - service: payments\n  - service: refunds\n",
+    );
+    mesh.sidecar("orders-1", &d, 2).await;
+    eventually("payments through the sidecar", support::DEADLINE, || {
+        reachable(&http, egress, "payments")
+    })
+    .await;
+    let admin = mesh.cp.admin_addr;
+    eventually("the control plane is fresh", support::DEADLINE, || {
+        fresh(&http, admin)
+    })
+    .await;
+
+    let garbage = [Answer::Truncated, Answer::WrongShape, Answer::Huge(8 << 20)];
+    for (n, answer) in garbage.into_iter().enumerate() {
+        let known = instances(&http, admin, "payments").await.expect("payments");
+        let errors_before = body_errors(&http, admin).await;
+        front.set(answer);
+        // A change, so that blocking queries return (with garbage).
+        registry
+            .register(&http, &format!("payments-{}", n + 2), "payments", payments)
+            .await;
+        hold(
+            window,
+            &format!("{answer:?}: traffic flows, state kept"),
+            || async {
+                reachable(&http, egress, "payments").await?;
+                match instances(&http, admin, "payments").await {
+                    Ok(now) if now == known => Ok(()),
+                    seen => Err(format!("payments instances {seen:?}, were {known}")),
+                }
+            },
+        )
+        .await;
+        let errors = body_errors(&http, admin).await;
+        assert!(
+            errors > errors_before,
+            "{answer:?}: no body error counted ({errors})"
+        );
+        let ready = readyz(&http, admin).await;
+        assert!(
+            ready.0 == 200 && ready.1.contains("unexpected response body"),
+            "{answer:?}: /readyz {ready:?}"
+        );
+        front.set(Answer::Pass);
+        let repaired = Instant::now();
+        eventually(
+            &format!("{answer:?}: the new instance after good answers"),
+            GARBAGE_RECOVERED_WITHIN,
+            || async {
+                fresh(&http, admin).await?;
+                match instances(&http, admin, "payments").await {
+                    Ok(now) if now == known + 1 => Ok(()),
+                    seen => Err(format!("payments instances {seen:?}, want {}", known + 1)),
+                }
+            },
+        )
+        .await;
+        eprintln!(
+            "{answer:?}: {errors} body errors counted, recovered {:?} after",
+            repaired.elapsed()
+        );
+    }
+
+    front.set(Answer::IndexBackwards);
+    let (requests_before, started) = (front.requests(), Instant::now());
+    registry
+        .register(&http, "refunds-1", "refunds", refunds)
+        .await;
+    let arrived = eventually(
+        "refunds arrives while the index goes backwards",
+        support::DEADLINE,
+        || reachable(&http, egress, "refunds"),
+    );
+    let held = hold(window, "payments answers (index backwards)", || {
+        reachable(&http, egress, "payments")
+    });
+    tokio::join!(arrived, held);
+    let elapsed = started.elapsed().as_secs_f64();
+    let requests = front.requests() - requests_before;
+    front.set(Answer::Pass);
+    // The catalog, payments and refunds; the probe asks every 2 s.
+    let bound = elapsed * (3.0 * BACKWARDS_REQUESTS_PER_WATCH_PER_SECOND + 0.5);
+    eprintln!("index backwards: {requests} requests in {elapsed:.1} s, bound {bound:.0}");
+    assert!(
+        requests as f64 <= bound,
+        "{requests} requests in {elapsed:.1} s with the index going backwards: over {bound:.0}"
+    );
+}
+
+/// `meshplane_registry_errors_total{source="consul",kind="body"}` (0 before the first).
+async fn body_errors(http: &reqwest::Client, admin: SocketAddr) -> u64 {
+    let text = match http.get(format!("http://{admin}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .filter(|l| l.starts_with("meshplane_registry_errors_total{"))
+        .filter(|l| l.contains("source=\"consul\"") && l.contains("kind=\"body\""))
+        .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// `/readyz` (status, body).
+async fn readyz(http: &reqwest::Client, admin: SocketAddr) -> (u16, String) {
+    match http.get(format!("http://{admin}/readyz")).send().await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// `Ok` when `/readyz` says ready and nothing stale.
+async fn fresh(http: &reqwest::Client, admin: SocketAddr) -> Result<(), String> {
+    match readyz(http, admin).await {
+        (200, body) if body == "ready\n" => Ok(()),
+        seen => Err(format!("/readyz {seen:?}")),
+    }
+}
+
+/// `Ok` when `/readyz` (still 200), `/api/state` and `/metrics` all say the registry is stale.
+async fn says_stale(http: &reqwest::Client, admin: SocketAddr) -> Result<(), String> {
+    let ready = readyz(http, admin).await;
+    if ready.0 != 200 || !ready.1.contains("stale: consul: ") {
+        return Err(format!("/readyz {ready:?}"));
+    }
+    let state: serde_json::Value = get_json(http, &format!("http://{admin}/api/state")).await?;
+    if state["stale"] != true {
+        return Err(format!("/api/state stale = {}", state["stale"]));
+    }
+    let metrics = http
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !metrics.lines().any(|l| l == "meshplane_registry_stale 1") {
+        return Err("/metrics: meshplane_registry_stale is not 1".to_owned());
+    }
+    Ok(())
+}
+
+/// How many instances of `service` the control plane knows (`/api/services/{name}`).
+async fn instances(
+    http: &reqwest::Client,
+    admin: SocketAddr,
+    service: &str,
+) -> Result<usize, String> {
+    let detail = get_json(http, &format!("http://{admin}/api/services/{service}")).await?;
+    detail["instances"]
+        .as_array()
+        .map(Vec::len)
+        .ok_or_else(|| format!("no instances in {detail}"))
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> Result<serde_json::Value, String> {
+    let r = http.get(url).send().await.map_err(|e| e.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("{url}: {}", r.status()));
+    }
+    r.json().await.map_err(|e| e.to_string())
+}
+
+/// A `meshplane control-plane` process used as a registry: its embedded registry speaks
+/// Consul's API. Killed and reaped on drop.
+struct RegistryProcess {
+    addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RegistryProcess {
+    fn start() -> RegistryProcess {
+        let dir = tempfile::tempdir().expect("tmp");
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_meshplane"))
+            .arg("control-plane")
+            .args(["--registry-addr", &addr.to_string()])
+            .args(["--xds-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--data-dir", &dir.path().join("data").display().to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("meshplane control-plane starts");
+        RegistryProcess {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn deregister(&self, http: &reqwest::Client, id: &str) {
+        let url = format!("http://{}/v1/agent/service/deregister/{id}", self.addr);
+        let r = http.put(&url).send().await.expect("registry reachable");
+        assert!(r.status().is_success(), "deregister {id}: {}", r.status());
+    }
+
+    /// Registers a passing instance; returns once the registry acknowledged it (200), waiting
+    /// for the process to listen first.
+    async fn register(&self, http: &reqwest::Client, id: &str, service: &str, port: u16) {
+        let body = serde_json::json!({
+            "ID": id, "Name": service, "Address": "127.0.0.1", "Port": port,
+        });
+        let url = format!("http://{}/v1/agent/service/register", self.addr);
+        eventually(
+            &format!("the registry acknowledges {id}"),
+            support::DEADLINE,
+            || async {
+                match http.put(&url).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(format!("{}", r.status())),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for RegistryProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `Ok` when `host` answers 200 with its own name through the egress port.
+async fn reachable(http: &reqwest::Client, egress: u16, host: &str) -> Result<(), String> {
+    match via_egress(http, egress, host, None).await {
+        (200, body) if body == host => Ok(()),
+        seen => Err(format!("{host}: {seen:?}")),
+    }
+}
