@@ -1,9 +1,11 @@
 // Drives the Meshplane web panel in headless Chromium (Debian's /usr/bin/chromium through
 // playwright-core): service list and search → service page → proxy page (sync status, config
-// dump, charts, log level, group snapshot, stats) → consistency view, with screenshots.
+// dump, charts, log level, group snapshot, stats) → datacenters → consistency view, with
+// screenshots.
 //
 //   node tests/browser/panel.mjs ADMIN_URL OUT_DIR [--service payments] [--hidden orders]
 //        [--proxy payments-1] [--listener ingress] [--level debug] [--token T] [--expect-traffic]
+//        [--remote dc2]
 //
 // Run by crates/cli/tests/panel.rs against a real control plane and a real sidecar; it checks
 // Envoy's own /logging afterwards. Exits non-zero with the failed step, the page's errors and a
@@ -25,6 +27,7 @@ const { values: opt, positionals } = parseArgs({
     level: { type: 'string', default: 'debug' },
     token: { type: 'string' },
     'expect-traffic': { type: 'boolean', default: false },
+    remote: { type: 'string' },
     chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
     timeout: { type: 'string', default: '30000' },
   },
@@ -194,6 +197,16 @@ try {
   await step('an unknown proxy shows the control plane\'s error', async () => {
     await page.goto(`${base}/#/proxies/no-such-proxy`);
     await page.locator('#config-dump .error', { hasText: 'HTTP 404' }).waitFor();
+  });
+
+  await step('datacenters view', async () => {
+    await page.goto(`${base}/#/datacenters`);
+    await page.locator('#local-datacenter code').waitFor();
+    if (opt.remote) {
+      // The followed datacenter, fresh, with what this control plane holds of it.
+      await page.locator(`#datacenters tr[data-datacenter="${opt.remote}"] .badge-fresh`).waitFor();
+    }
+    await shot('datacenters');
   });
 
   await step('consistency view', async () => {

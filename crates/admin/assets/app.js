@@ -1,11 +1,12 @@
 // The panel's entry point: a hash router (#/services, #/services/NAME, #/proxies,
-// #/proxies/ID, #/consistency) and the page lifecycle. Pages are functions
+// #/proxies/ID, #/datacenters, #/consistency) and the page lifecycle. Pages are functions
 // `(scope, ...params) => Node`; everything periodic goes through `scope.every`, so leaving a
 // page stops its polling.
 
 import { getText } from './api.js';
 import { errorBox, h, replace } from './dom.js';
 import { consistencyPage } from './consistency.js';
+import { datacentersPage } from './datacenters.js';
 import { proxiesPage } from './proxies.js';
 import { proxyPage } from './proxy.js';
 import { servicePage, servicesPage } from './services.js';
@@ -15,6 +16,7 @@ const routes = [
   { pattern: /^\/services\/(.+)$/, page: servicePage, nav: 'services' },
   { pattern: /^\/proxies$/, page: proxiesPage, nav: 'proxies' },
   { pattern: /^\/proxies\/(.+)$/, page: proxyPage, nav: 'proxies' },
+  { pattern: /^\/datacenters$/, page: datacentersPage, nav: 'datacenters' },
   { pattern: /^\/consistency$/, page: consistencyPage, nav: 'consistency' },
 ];
 

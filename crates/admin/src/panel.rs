@@ -32,6 +32,7 @@ const ASSETS: &[Asset] = &[
     asset!("app.js"),
     asset!("chart.js"),
     asset!("consistency.js"),
+    asset!("datacenters.js"),
     asset!("dom.js"),
     asset!("favicon.svg"),
     asset!("logging.js"),

@@ -131,12 +131,55 @@ fn generate_traffic(http: reqwest::Client, ingress: u16, egress: u16, stop: Canc
     });
 }
 
+/// dc2's export (`GET /api/datacenters/local-state`) with one instance, on 127.0.0.1; served
+/// until the test's runtime ends.
+async fn remote_datacenter() -> std::net::SocketAddr {
+    let (store, mut writer) = meshplane_registry::store();
+    let ledger: meshplane_model::ServiceName = "ledger".parse().expect("name");
+    let instance = meshplane_model::Instance {
+        id: meshplane_model::InstanceId::new("ledger-1").expect("id"),
+        service: ledger.clone(),
+        node: "node-1".into(),
+        address: "10.2.0.5".into(),
+        port: 31001,
+        tags: Vec::new(),
+        meta: Default::default(),
+        weight: 1,
+        health: meshplane_model::Health::Passing,
+        locality: meshplane_model::Locality {
+            datacenter: "dc2".into(),
+            zone: None,
+        },
+    };
+    writer.apply(meshplane_registry::RegistryEvent::Replace {
+        source: meshplane_registry::SourceId::new("embedded"),
+        services: [(ledger, vec![instance])].into(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let router = meshplane_remote::router(
+        meshplane_remote::LocalState::new("dc2", store),
+        meshplane_remote::Followed::default(),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn panel_works_in_headless_chromium() {
     let Some(tools) = browser_tools() else {
         return;
     };
-    let mut mesh = Mesh::start(|c, _| c.token = Some(TOKEN.to_owned())).await;
+    // A second datacenter's control plane, as far as this one sees it: its local-state export
+    // holding one instance. The panel's datacenters page must show it followed and fresh.
+    let dc2 = remote_datacenter().await;
+    let mut mesh = Mesh::start(|c, _| {
+        c.token = Some(TOKEN.to_owned());
+        c.remote_datacenters = Some(format!("dc2=http://{dc2}"));
+    })
+    .await;
     let orders = upstream("orders-app").await;
     mesh.register("orders-1", "orders", orders, &[], 1).await;
     let app = upstream("payments-app").await;
@@ -163,6 +206,7 @@ async fn panel_works_in_headless_chromium() {
         .args(["--service", "payments", "--hidden", "orders"])
         .args(["--proxy", "payments-1", "--listener", "ingress"])
         .args(["--level", "debug", "--token", TOKEN, "--expect-traffic"])
+        .args(["--remote", "dc2"])
         .arg("--chromium")
         .arg(&tools.chromium)
         .stdin(Stdio::null())

@@ -153,7 +153,10 @@ async fn main() {
     tokio::spawn(async move {
         axum::serve(
             listener,
-            meshplane_remote::router(LocalState::new("dc2", dc2.clone())),
+            meshplane_remote::router(
+                LocalState::new("dc2", dc2.clone()),
+                meshplane_remote::Followed::default(),
+            ),
         )
         .with_graceful_shutdown(s.cancelled_owned())
         .await

@@ -28,7 +28,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use meshplane_registry::Store;
 use parking_lot::Mutex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::status::Followed;
 
 use crate::wire::Export;
 
@@ -136,9 +138,34 @@ struct Params {
     wait: Option<String>,
 }
 
-/// The route serving `local`.
-pub fn router(local: Arc<LocalState>) -> Router {
-    Router::new().route(PATH, get(serve)).with_state(local)
+/// Where this control plane's view of every datacenter is served.
+pub const DATACENTERS_PATH: &str = "/api/datacenters";
+
+/// The routes: `local`'s export, and the datacenters this control plane follows.
+pub fn router(local: Arc<LocalState>, followed: Followed) -> Router {
+    let datacenter = local.datacenter.clone();
+    Router::new()
+        .route(PATH, get(serve))
+        .with_state(local)
+        .route(
+            DATACENTERS_PATH,
+            get(move || {
+                let view = DatacentersView {
+                    datacenter: datacenter.clone(),
+                    remote: followed.views(),
+                };
+                async move { axum::Json(view) }
+            }),
+        )
+}
+
+/// `GET /api/datacenters`.
+#[derive(Debug, Serialize)]
+struct DatacentersView {
+    /// This control plane's datacenter.
+    datacenter: String,
+    /// Every datacenter it follows.
+    remote: Vec<crate::status::DatacenterView>,
 }
 
 async fn serve(

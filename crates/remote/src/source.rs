@@ -15,7 +15,10 @@
 //! - It never reports itself "syncing": a remote datacenter that is down at start-up must not
 //!   hold back readiness or translation of the local one.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use meshplane_model::ServiceName;
 
 use meshplane_registry::{EventSink, RegistryEvent, RegistrySource, SourceId, SourceStatus};
 use reqwest::StatusCode;
@@ -24,6 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::export::PATH;
+use crate::status::Followed;
 use crate::wire::{self, Held, Update, WireError};
 
 /// Prefix of a remote datacenter's source id (`datacenter/dc2`).
@@ -84,6 +88,7 @@ pub enum RemoteError {
 pub struct RemoteSource {
     config: RemoteConfig,
     http: reqwest::Client,
+    followed: Followed,
 }
 
 /// What one request brought.
@@ -118,7 +123,24 @@ impl RemoteSource {
             http = http.tls_certs_only(reqwest::Certificate::from_pem_bundle(pem)?);
         }
         let http = http.build()?;
-        Ok(RemoteSource { config, http })
+        let followed = Followed::default();
+        followed.register(&config.datacenter, &config.urls, config.keep_stale);
+        Ok(RemoteSource {
+            config,
+            http,
+            followed,
+        })
+    }
+
+    /// Reports this datacenter's status into `followed` (shown by `GET /api/datacenters`).
+    pub fn with_status(mut self, followed: Followed) -> Self {
+        followed.register(
+            &self.config.datacenter,
+            &self.config.urls,
+            self.config.keep_stale,
+        );
+        self.followed = followed;
+        self
     }
 
     async fn fetch(&self, url: &str, held: &Held) -> Result<Fetched, FetchError> {
@@ -205,6 +227,8 @@ impl RegistrySource for RemoteSource {
         // What the store holds from this datacenter, and whether it holds anything.
         let mut held = Held::default();
         let mut holding = false;
+        // Instances held per service, for the status.
+        let mut counts: BTreeMap<ServiceName, usize> = BTreeMap::new();
         let mut answered_at = Instant::now();
         let mut stale = false;
         let mut backoff = self.config.backoff;
@@ -218,7 +242,21 @@ impl RegistrySource for RemoteSource {
                 Ok(fetched) => {
                     answered_at = Instant::now();
                     backoff = self.config.backoff;
+                    self.followed.update(&dc, |s| s.answered(target));
                     if let Fetched::Update(update) = fetched {
+                        if update.full {
+                            counts.clear();
+                        }
+                        for (name, instances) in &update.services {
+                            if instances.is_empty() {
+                                counts.remove(name);
+                            } else {
+                                counts.insert(name.clone(), instances.len());
+                            }
+                        }
+                        let (services, instances) = (counts.len(), counts.values().sum());
+                        self.followed
+                            .update(&dc, |s| s.holds(&update.held.version, services, instances));
                         tracing::debug!(datacenter = %dc, url = %target, version = %update.held.version,
                             full = update.full, services = update.services.len(), "remote datacenter state");
                         held = update.held;
@@ -259,6 +297,9 @@ impl RegistrySource for RemoteSource {
                     tracing::warn!(datacenter = %dc, url = %target, error = %e,
                         "remote datacenter: no usable answer; keeping its last state and trying its next control plane");
                     url = (url + 1) % self.config.urls.len();
+                    self.followed.update(&dc, |s| {
+                        s.failed(format!("{target}: {e}"), &self.config.urls[url])
+                    });
                     if matches!(
                         e,
                         FetchError::Wire(WireError::Version { .. } | WireError::WrongBase { .. })
@@ -272,6 +313,8 @@ impl RegistrySource for RemoteSource {
                             "remote datacenter dropped: no answer within the time its state is kept");
                         held = Held::default();
                         holding = false;
+                        counts.clear();
+                        self.followed.update(&dc, |s| s.dropped());
                         send(RegistryEvent::Replace {
                             source: id.clone(),
                             services: Default::default(),

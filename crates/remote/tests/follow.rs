@@ -12,7 +12,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use meshplane_model::{Health, Instance, InstanceId, Locality, ServiceName};
 use meshplane_registry::{RegistryEvent, RegistrySource, SourceId, SourceStatus, Store, Writer};
-use meshplane_remote::{LocalState, RemoteConfig, RemoteSource};
+use meshplane_remote::{
+    DatacenterView, FollowState, Followed, LocalState, RemoteConfig, RemoteSource,
+};
 use meshplane_test_support::fault::{Fault, FaultProxy};
 use meshplane_test_support::{eventually, fault_window, hold};
 use tokio::net::TcpListener;
@@ -79,15 +81,15 @@ async fn dc2(shutdown: &CancellationToken) -> Dc2 {
         ]),
     });
     let addr = serve(
-        meshplane_remote::router(LocalState::new("dc2", store)),
+        meshplane_remote::router(LocalState::new("dc2", store), Followed::default()),
         shutdown,
     )
     .await;
     Dc2 { writer, addr }
 }
 
-/// dc1's store, fed by a `RemoteSource` following `url` with `config`.
-fn follow(url: String, config: RemoteConfig, shutdown: &CancellationToken) -> Store {
+/// dc1's store, fed by a `RemoteSource` following `url` with `config`, and dc1's status of dc2.
+fn follow(url: String, config: RemoteConfig, shutdown: &CancellationToken) -> (Store, Followed) {
     let (store, writer) = meshplane_registry::store();
     let (sink, events) = meshplane_registry::event_channel(64);
     tokio::spawn(writer.run(events, shutdown.clone()));
@@ -97,8 +99,21 @@ fn follow(url: String, config: RemoteConfig, shutdown: &CancellationToken) -> St
         ..config
     })
     .expect("source");
-    tokio::spawn(source.run(sink, shutdown.clone()));
-    store
+    let followed = Followed::default();
+    tokio::spawn(
+        source
+            .with_status(followed.clone())
+            .run(sink, shutdown.clone()),
+    );
+    (store, followed)
+}
+
+fn view(followed: &Followed) -> DatacenterView {
+    followed
+        .views()
+        .into_iter()
+        .next()
+        .expect("dc2 is followed")
 }
 
 fn ids(store: &Store, service: &str) -> Vec<String> {
@@ -122,7 +137,7 @@ async fn a_remote_datacenter_is_followed_and_its_changes_arrive_as_they_happen()
     let shutdown = CancellationToken::new();
     let mut dc2 = dc2(&shutdown).await;
     let proxy = FaultProxy::start(dc2.addr).await.expect("proxy");
-    let dc1 = follow(
+    let (dc1, followed) = follow(
         format!("http://{}", proxy.addr()),
         RemoteConfig::default(),
         &shutdown,
@@ -139,6 +154,12 @@ async fn a_remote_datacenter_is_followed_and_its_changes_arrive_as_they_happen()
     let payments = &learned.service("payments").expect("payments").instances[0];
     assert_eq!(payments.locality.datacenter, "dc2");
     assert!(learned.is_synced());
+    let seen = view(&followed);
+    assert_eq!(
+        (seen.state, seen.services, seen.instances),
+        (FollowState::Fresh, 1, 1),
+        "{seen:?}"
+    );
 
     for (round, health) in [Health::Critical, Health::Passing, Health::Warning]
         .into_iter()
@@ -193,7 +214,7 @@ async fn an_unreachable_datacenter_is_kept_then_dropped_and_comes_back() {
     let shutdown = CancellationToken::new();
     let mut dc2 = dc2(&shutdown).await;
     let proxy = FaultProxy::start(dc2.addr).await.expect("proxy");
-    let dc1 = follow(
+    let (dc1, followed) = follow(
         format!("http://{}", proxy.addr()),
         RemoteConfig {
             keep_stale,
@@ -224,7 +245,12 @@ async fn an_unreachable_datacenter_is_kept_then_dropped_and_comes_back() {
     });
     let kept_for = keep_stale.saturating_sub(cut.elapsed() + Duration::from_millis(300));
     hold(kept_for, "dc2's last state kept while stale", || async {
-        ids(&dc1, "payments") == ["payments-1"] && status(&dc1).is_some_and(|s| s.is_stale())
+        let v = view(&followed);
+        ids(&dc1, "payments") == ["payments-1"]
+            && status(&dc1).is_some_and(|s| s.is_stale())
+            && v.state == FollowState::Stale
+            && v.reason.is_some()
+            && v.instances == 1
     })
     .await;
     eventually(
@@ -241,6 +267,13 @@ async fn an_unreachable_datacenter_is_kept_then_dropped_and_comes_back() {
     assert!(
         dc1.snapshot().is_synced(),
         "a dropped remote datacenter must not hold back the local one"
+    );
+    let v = view(&followed);
+    assert_eq!((v.state, v.instances), (FollowState::Dropped, 0), "{v:?}");
+    assert!(
+        v.last_answer_seconds
+            .is_some_and(|s| s >= keep_stale.as_secs_f64()),
+        "{v:?}"
     );
 
     proxy.set(Fault::Pass);
@@ -331,7 +364,7 @@ async fn answers_that_are_not_a_datacenter_state_are_refused_and_the_previous_st
         &shutdown,
     )
     .await;
-    let dc1 = follow(
+    let (dc1, _) = follow(
         format!("http://{front_addr}"),
         RemoteConfig {
             // Requests cycle quickly, so each broken answer is asked for during its window.

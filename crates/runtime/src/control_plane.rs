@@ -9,7 +9,7 @@ use meshplane_registry::{RegistrySource, Store, event_channel};
 use meshplane_registry_consul::{ConsulConfig, ConsulSource, ErrorObserver};
 use meshplane_registry_embedded::{EmbeddedConfig, EmbeddedRegistry};
 use meshplane_registry_file::{FileConfig, FileSource};
-use meshplane_remote::{LocalState, RemoteConfig, RemoteSource};
+use meshplane_remote::{Followed, LocalState, RemoteConfig, RemoteSource};
 use meshplane_translate::MeshOptions;
 use meshplane_xds::{ServerConfig, SnapshotCache, StatusBoard, XdsServer};
 use tokio::net::TcpListener;
@@ -170,6 +170,7 @@ pub async fn start(
         ),
         None => None,
     };
+    let followed = Followed::default();
     for (datacenter, urls) in config.remote_datacenters()? {
         let source = RemoteSource::new(RemoteConfig {
             datacenter,
@@ -178,7 +179,8 @@ pub async fn start(
             ca_pem: remote_ca.clone(),
             ..RemoteConfig::default()
         })
-        .context("invalid --remote-datacenters")?;
+        .context("invalid --remote-datacenters")?
+        .with_status(followed.clone());
         let (sink, s) = (sink.clone(), shutdown.clone());
         tasks.spawn(async move {
             source
@@ -255,10 +257,10 @@ pub async fn start(
     };
     tasks.spawn(prune_relays(relays, status.clone(), shutdown.clone()));
     // Other datacenters follow this one's local state on the admin address.
-    let router = meshplane_admin::router(admin).merge(meshplane_remote::router(LocalState::new(
-        config.datacenter.clone(),
-        store.clone(),
-    )));
+    let router = meshplane_admin::router(admin).merge(meshplane_remote::router(
+        LocalState::new(config.datacenter.clone(), store.clone()),
+        followed,
+    ));
     let s = shutdown.clone();
     tasks.spawn(async move {
         match admin_tls {

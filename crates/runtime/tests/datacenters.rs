@@ -119,6 +119,20 @@ async fn a_control_plane_learns_another_datacenters_instances_and_keeps_them_its
         .filter_map(|i| i["id"].as_str())
         .collect();
     assert_eq!(ids, ["payments-1"], "{export}");
+    let followed: serde_json::Value = http
+        .get(format!("http://{admin1}/api/datacenters"))
+        .send()
+        .await
+        .expect("datacenters")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(followed["datacenter"], "dc1");
+    let dc2_view = &followed["remote"][0];
+    assert_eq!(dc2_view["datacenter"], "dc2", "{followed}");
+    assert_eq!(dc2_view["state"], "fresh", "{followed}");
+    assert_eq!(dc2_view["instances"], 1, "{followed}");
+    assert!(dc2_view["last_answer_seconds"].is_number(), "{followed}");
     let metrics = http
         .get(format!("http://{admin1}/metrics"))
         .send()
