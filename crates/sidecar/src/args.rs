@@ -60,10 +60,11 @@ pub struct NodeArgs {
     /// --xds-tls) and its https:// admin API (--ca-url).
     #[arg(long, env = "MESHPLANE_CONTROL_PLANE_CA_FILE")]
     pub control_plane_ca_file: Option<PathBuf>,
-    /// The control plane's admin URL, where its CA signs certificates
-    /// [default: http://<first --control-plane host>:18080].
-    #[arg(long, env = "MESHPLANE_CA_URL")]
-    pub ca_url: Option<String>,
+    /// The control plane's admin URL, where its CA signs certificates; repeat it (or
+    /// separate with commas) for several instances sharing one CA, tried in order
+    /// [default: http://<each --control-plane host>:18080].
+    #[arg(long, env = "MESHPLANE_CA_URL", value_delimiter = ',')]
+    pub ca_url: Vec<String>,
     /// Token sent to the control plane's CA: this service's enrolment token when the control
     /// plane has --enrolment-tokens [default: --token].
     #[arg(long, env = "MESHPLANE_CA_TOKEN", hide_env_values = true)]
@@ -108,13 +109,16 @@ pub struct IdentityArgs {
 pub struct SidecarArgs {
     #[command(flatten)]
     pub node: NodeArgs,
-    /// Consul-compatible registry URL.
+    /// Consul-compatible registry URL; repeat it (or separate with commas) to give several
+    /// agents of one registry cluster, tried in order: the sidecar registers with the first
+    /// that answers and moves on when it stops answering.
     #[arg(
         long,
         env = "MESHPLANE_REGISTRY_URL",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:8500"
     )]
-    pub registry: String,
+    pub registry: Vec<String>,
     /// Where the admin relay listens: the control plane reads this Envoy's config dump and
     /// stats and sets its log level through it (with --token). `off` disables it
     /// [default: <--address>:0].
@@ -199,7 +203,7 @@ impl NodeArgs {
         };
         c.xds_tls = self.xds_tls;
         c.control_plane_ca_file = self.control_plane_ca_file.clone();
-        c.ca_url = self.ca_url.clone();
+        c.ca_url = non_empty(self.ca_url.clone());
         c.ca_token = self.ca_token.clone().filter(|t| !t.is_empty());
         c.trust_domain = self.trust_domain.clone();
         if self.xds_delta {
@@ -207,6 +211,16 @@ impl NodeArgs {
         }
         Ok(c)
     }
+}
+
+/// The values of a repeatable flag without empty ones (`--registry a,` or an empty
+/// variable).
+fn non_empty(values: Vec<String>) -> Vec<String> {
+    values
+        .into_iter()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 // === impl BootstrapArgs ===
@@ -236,7 +250,13 @@ impl SidecarArgs {
     /// The sidecar's configuration.
     pub fn into_config(self) -> Result<SidecarConfig, SidecarError> {
         let mut c = self.node.config(0)?;
-        c.registry = self.registry;
+        c.registry = non_empty(self.registry);
+        if c.registry.is_empty() {
+            return Err(SidecarError::Flag {
+                flag: "registry",
+                message: "give at least one registry URL".to_owned(),
+            });
+        }
         c.token = self.token.filter(|t| !t.is_empty());
         c.admin_relay = match self.admin_relay_addr.as_deref() {
             Some("off") => None,

@@ -14,8 +14,8 @@ pub struct SidecarConfig {
     pub descriptor: PathBuf,
     /// Control-plane xDS addresses, in failover order.
     pub control_plane: Vec<ControlPlaneAddr>,
-    /// Consul-compatible registry base URL.
-    pub registry: String,
+    /// Consul-compatible registry base URLs (agents of one cluster), tried in order.
+    pub registry: Vec<String>,
     /// Registry ACL token (`X-Consul-Token`).
     pub token: Option<String>,
     /// Address advertised in the registry (and used by the health check).
@@ -47,9 +47,9 @@ pub struct SidecarConfig {
     /// CA bundle (PEM) the control plane's own certificates (xDS with `xds_tls`) are checked
     /// against; `None`: the host `--ca-file`, else the mesh's trust bundle.
     pub control_plane_ca_file: Option<PathBuf>,
-    /// The control plane's admin URL (its CA); `None` means port 18080 on the first
-    /// control-plane host.
-    pub ca_url: Option<String>,
+    /// The control plane's admin URLs (its CA), one per instance sharing the CA, tried in
+    /// order; empty means port 18080 on each control-plane host.
+    pub ca_url: Vec<String>,
     /// SPIFFE trust domain of the identity requested from the CA.
     pub trust_domain: String,
     /// Bearer token for the CA; `None` sends `token`.
@@ -151,7 +151,7 @@ impl SidecarConfig {
         SidecarConfig {
             descriptor: descriptor.into(),
             control_plane,
-            registry: "http://127.0.0.1:8500".to_owned(),
+            registry: vec!["http://127.0.0.1:8500".to_owned()],
             token: None,
             address: "127.0.0.1".to_owned(),
             instance_id: None,
@@ -165,7 +165,7 @@ impl SidecarConfig {
             host_certs: None,
             xds_tls: false,
             control_plane_ca_file: None,
-            ca_url: None,
+            ca_url: Vec::new(),
             trust_domain: meshplane_model::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
             ca_token: None,
             work_dir: None,
@@ -243,7 +243,7 @@ impl SidecarConfig {
                 ca: files.ca_file.clone(),
             },
             None => crate::identity::IdentitySource::ControlPlaneCa {
-                admin_url: self.ca_admin_url(),
+                admin_urls: self.ca_admin_urls(),
                 token: self.ca_token.clone().or_else(|| self.token.clone()),
                 service,
                 trust_domain: self.trust_domain.clone(),
@@ -255,22 +255,35 @@ impl SidecarConfig {
         config
     }
 
-    /// The CA's admin URL: `ca_url`, or port 18080 (the control plane's default admin
-    /// port) on the first control-plane host.
-    pub fn ca_admin_url(&self) -> String {
-        if let Some(url) = &self.ca_url {
-            return url.trim_end_matches('/').to_owned();
+    /// The CA's admin URLs: `ca_url`, or port 18080 (the control plane's default admin
+    /// port) on each control-plane host, in the order given.
+    pub fn ca_admin_urls(&self) -> Vec<String> {
+        if !self.ca_url.is_empty() {
+            return self
+                .ca_url
+                .iter()
+                .map(|url| url.trim_end_matches('/').to_owned())
+                .collect();
         }
-        let host = self
-            .control_plane
-            .first()
-            .map(|a| a.host.as_str())
-            .unwrap_or("127.0.0.1");
-        if host.contains(':') {
-            format!("http://[{host}]:18080")
-        } else {
-            format!("http://{host}:18080")
+        let mut hosts: Vec<&str> = Vec::new();
+        for addr in &self.control_plane {
+            if !hosts.contains(&addr.host.as_str()) {
+                hosts.push(&addr.host);
+            }
         }
+        if hosts.is_empty() {
+            hosts.push("127.0.0.1");
+        }
+        hosts
+            .into_iter()
+            .map(|host| {
+                if host.contains(':') {
+                    format!("http://[{host}]:18080")
+                } else {
+                    format!("http://{host}:18080")
+                }
+            })
+            .collect()
     }
 }
 

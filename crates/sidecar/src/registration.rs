@@ -4,6 +4,8 @@
 //! through Envoy to the app's health path, so it fails when either is down.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use meshplane_consul_api::{CheckDefinition, Weights};
@@ -26,6 +28,9 @@ pub enum RegistryError {
         /// The transport error.
         error: reqwest::Error,
     },
+    /// No registry address was configured.
+    #[error("no registry address: give --registry URL")]
+    NoAddress,
     /// The registry refused the call.
     #[error("registry {url} answered {status}: {body}")]
     Refused {
@@ -38,10 +43,15 @@ pub enum RegistryError {
     },
 }
 
-/// A client for the agent endpoints of a Consul-compatible registry.
+/// A client for the agent endpoints of a Consul-compatible registry, reached at one or
+/// more addresses (Consul agents or servers of one cluster): each call goes to the address
+/// that answered last, and moves on to the next when it gets no answer.
 #[derive(Debug, Clone)]
 pub struct RegistryClient {
-    base: String,
+    bases: Arc<[String]>,
+    /// Index in `bases` of the address that answered last; shared by clones, so a
+    /// deregistration goes where the registration went.
+    current: Arc<AtomicUsize>,
     token: Option<String>,
     http: reqwest::Client,
 }
@@ -109,13 +119,14 @@ fn mtls_name(descriptor: &Descriptor) -> String {
 impl RegistryClient {
     /// A client for the registry at `base` (e.g. `http://127.0.0.1:8500`).
     pub fn new(base: &str, token: Option<String>) -> Self {
-        Self::with_roots(base, token, None)
+        Self::with_roots(&[base.to_owned()], token, None)
     }
 
-    /// [`RegistryClient::new`] for an `https://` registry whose certificate chains to
-    /// `roots` (`None`: the system's roots).
+    /// A client for the registry at `bases`, tried in order (at least one; e.g.
+    /// `http://127.0.0.1:8500`); `https://` addresses' certificates must chain to `roots`
+    /// (`None`: the system's roots).
     pub fn with_roots(
-        base: &str,
+        bases: &[String],
         token: Option<String>,
         roots: Option<Vec<reqwest::Certificate>>,
     ) -> Self {
@@ -125,7 +136,11 @@ impl RegistryClient {
         }
         let http = builder.build().unwrap_or_default();
         RegistryClient {
-            base: base.trim_end_matches('/').to_owned(),
+            bases: bases
+                .iter()
+                .map(|b| b.trim_end_matches('/').to_owned())
+                .collect(),
+            current: Arc::new(AtomicUsize::new(0)),
             token,
             http,
         }
@@ -133,14 +148,47 @@ impl RegistryClient {
 
     /// `PUT /v1/agent/service/register` (idempotent: a re-registration replaces).
     pub async fn register(&self, registration: &ServiceRegistration) -> Result<(), RegistryError> {
-        let url = format!("{}/v1/agent/service/register", self.base);
-        self.put(url, Some(registration)).await
+        self.put_any("/v1/agent/service/register", Some(registration))
+            .await
     }
 
     /// `PUT /v1/agent/service/deregister/<id>`.
     pub async fn deregister(&self, id: &str) -> Result<(), RegistryError> {
-        let url = format!("{}/v1/agent/service/deregister/{id}", self.base);
-        self.put(url, None).await
+        self.put_any(&format!("/v1/agent/service/deregister/{id}"), None)
+            .await
+    }
+
+    /// The call at each address in turn, from the one that answered last, until one
+    /// answers. A refusal is an answer (the cluster's decision, which another address of
+    /// the same cluster would repeat), so only an unreachable address moves on.
+    async fn put_any(
+        &self,
+        path: &str,
+        body: Option<&ServiceRegistration>,
+    ) -> Result<(), RegistryError> {
+        let first = self.current.load(Ordering::Relaxed);
+        let count = self.bases.len();
+        let mut last = None;
+        for offset in 0..count {
+            let index = (first + offset) % count;
+            let url = format!("{}{path}", self.bases[index]);
+            match self.put(url, body).await {
+                Err(e @ RegistryError::Unreachable { .. }) => {
+                    if count > 1 {
+                        tracing::warn!(error = %e, "registry address unreachable; trying the next");
+                    }
+                    last = Some(e);
+                }
+                answered => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return answered;
+                }
+            }
+        }
+        match last {
+            Some(e) => Err(e),
+            None => Err(RegistryError::NoAddress),
+        }
     }
 
     /// Registers, retrying with backoff while the registry is unreachable or refuses,

@@ -449,7 +449,7 @@ fn ca_config_for(url: &str, socket: &Path, service: &str, trust_domain: &str) ->
     let mut config = IdentityConfig::new(
         IdentitySource::ControlPlaneCa {
             ca_bundle: None,
-            admin_url: url.to_owned(),
+            admin_urls: vec![url.to_owned()],
             token: Some("s3cret-token".into()),
             service: ServiceName::new(service).expect("name"),
             trust_domain: trust_domain.into(),

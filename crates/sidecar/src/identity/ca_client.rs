@@ -6,6 +6,7 @@
 //! cache (`cache`), which lets a restart during a CA outage serve the last certificate.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use meshplane_model::ServiceName;
@@ -25,7 +26,11 @@ const MAX_BODY_CHARS: usize = 1024;
 /// Talks to the control plane's CA for one service.
 pub(super) struct CaClient {
     http: reqwest::Client,
-    url: String,
+    /// The signing URL of each control plane (several instances sharing one CA), tried in
+    /// order; the first names the mesh in the cache.
+    urls: Vec<String>,
+    /// Index in `urls` of the instance that answered last.
+    current: AtomicUsize,
     token: Option<String>,
     service: ServiceName,
     trust_domain: String,
@@ -56,19 +61,32 @@ pub(super) struct Renewal {
 
 impl CaClient {
     pub(super) fn new(
-        admin_url: &str,
+        admin_urls: &[String],
         token: Option<String>,
         service: &ServiceName,
         trust_domain: &str,
         ca_bundle: Option<&std::path::Path>,
         cache_dir: Option<&std::path::Path>,
     ) -> Result<Self, IdentityError> {
-        let url = format!("{}{SIGN_PATH}", admin_url.trim_end_matches('/'));
-        reqwest::Url::parse(&url).map_err(|e| {
-            IdentityError::Config(format!(
-                "the control plane's admin URL `{admin_url}` is not a URL ({e}); give e.g. http://10.0.0.1:18080"
-            ))
-        })?;
+        let urls = admin_urls
+            .iter()
+            .map(|admin_url| {
+                let url = format!("{}{SIGN_PATH}", admin_url.trim_end_matches('/'));
+                reqwest::Url::parse(&url).map(|_| url).map_err(|e| {
+                    IdentityError::Config(format!(
+                        "the control plane's admin URL `{admin_url}` is not a URL ({e}); give e.g. http://10.0.0.1:18080"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<String>, IdentityError>>()?;
+        // Every URL is an instance of the same control plane (one CA): the first stands for
+        // the mesh, so a certificate from any of them is cached as this mesh's, and a single
+        // URL names the mesh as it always did.
+        let Some(url) = urls.first().cloned() else {
+            return Err(IdentityError::Config(
+                "no control-plane admin URL for the CA: give --ca-url".to_owned(),
+            ));
+        };
         let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
         if let Some(path) = ca_bundle {
             builder = builder.tls_certs_only(
@@ -96,7 +114,8 @@ impl CaClient {
         });
         Ok(CaClient {
             http,
-            url,
+            urls,
+            current: AtomicUsize::new(0),
             token,
             service: service.clone(),
             trust_domain: trust_domain.to_owned(),
@@ -119,7 +138,7 @@ impl CaClient {
             Ok((material, leaf)) => {
                 if matches!(&sweep, Sweep::Ours { ca_bundle } if ca_bundle != material.parts().2) {
                     tracing::warn!(
-                        ca = %self.url,
+                        ca = %self.urls[0],
                         "the CA's bundle is not the one of the cached certificate (a new CA behind the same URL?); the cached certificate is replaced"
                     );
                 }
@@ -186,7 +205,7 @@ impl CaClient {
         let leaf = material.check(&self.origins, SystemTime::now())?;
         if leaf.identity.as_deref() != Some(self.identity.as_str()) {
             return Err(IdentityError::CaResponse {
-                url: self.url.clone(),
+                url: self.urls[0].clone(),
                 reason: format!(
                     "the certificate names {}, not the requested {}",
                     leaf.identity.as_deref().unwrap_or("no URI SAN"),
@@ -197,12 +216,43 @@ impl CaClient {
         Ok((material, leaf))
     }
 
+    /// Asks each instance in turn, from the one that answered last, until one signs or
+    /// refuses: an instance that is unavailable (unreachable, 5xx) is passed over, a refusal
+    /// is the control plane's decision, which its other instances would repeat.
     async fn sign(&self, csr: String) -> Result<SignResponse, IdentityError> {
         let request = SignRequest {
             service: self.service.to_string(),
             csr,
         };
-        let mut post = self.http.post(&self.url).json(&request);
+        let first = self.current.load(Ordering::Relaxed);
+        let count = self.urls.len();
+        let mut outage = None;
+        for offset in 0..count {
+            let index = (first + offset) % count;
+            match self.sign_at(&self.urls[index], &request).await {
+                Err(e) if e.is_ca_outage() => {
+                    if count > 1 {
+                        tracing::warn!(error = %e, "the CA instance is unavailable; trying the next");
+                    }
+                    outage = Some(e);
+                }
+                answered => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return answered;
+                }
+            }
+        }
+        Err(outage.unwrap_or_else(|| {
+            IdentityError::Config("no control-plane admin URL for the CA".to_owned())
+        }))
+    }
+
+    async fn sign_at(
+        &self,
+        url: &str,
+        request: &SignRequest,
+    ) -> Result<SignResponse, IdentityError> {
+        let mut post = self.http.post(url).json(request);
         if let Some(token) = &self.token {
             post = post.bearer_auth(token);
         }
@@ -210,12 +260,12 @@ impl CaClient {
             let reason = chain(&e.without_url());
             if reason.contains("invalid peer certificate") {
                 IdentityError::CaCertificate {
-                    url: self.url.clone(),
+                    url: url.to_owned(),
                     reason,
                 }
             } else {
                 IdentityError::CaUnreachable {
-                    url: self.url.clone(),
+                    url: url.to_owned(),
                     reason,
                 }
             }
@@ -224,7 +274,7 @@ impl CaClient {
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
             return Err(IdentityError::CaRefused {
-                url: self.url.clone(),
+                url: url.to_owned(),
                 status,
                 body: body.trim().chars().take(MAX_BODY_CHARS).collect(),
             });
@@ -233,7 +283,7 @@ impl CaClient {
             .json::<SignResponse>()
             .await
             .map_err(|e| IdentityError::CaResponse {
-                url: self.url.clone(),
+                url: url.to_owned(),
                 reason: format!("not a signing response: {}", chain(&e.without_url())),
             })
     }
@@ -314,7 +364,7 @@ impl CaClient {
 impl fmt::Debug for CaClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CaClient")
-            .field("url", &self.url)
+            .field("urls", &self.urls)
             .field("token_set", &self.token.is_some())
             .field("identity", &self.identity)
             .field("cache", &self.cache.as_ref().map(CertCache::path))

@@ -57,8 +57,9 @@ pub enum IdentitySource {
     /// The control plane's CA: a key generated here, a CSR POSTed to
     /// `<admin_url>/api/ca/sign` with `Authorization: Bearer <token>` when a token is set.
     ControlPlaneCa {
-        /// The control plane's admin API, e.g. `http://10.0.0.1:18080`.
-        admin_url: String,
+        /// The admin API of each control-plane instance sharing the CA, e.g.
+        /// `http://10.0.0.1:18080`, tried in order (an unavailable one is passed over).
+        admin_urls: Vec<String>,
         /// Bearer token for the admin API. Never logged.
         token: Option<String>,
         /// This sidecar's service.
@@ -136,14 +137,14 @@ pub async fn start(
             (material, leaf, Refresher::HostFiles(files, digest))
         }
         IdentitySource::ControlPlaneCa {
-            admin_url,
+            admin_urls,
             token,
             service,
             trust_domain,
             ca_bundle,
         } => {
             let client = ca_client::CaClient::new(
-                admin_url,
+                admin_urls,
                 token.clone(),
                 service,
                 trust_domain,
@@ -250,14 +251,14 @@ impl fmt::Debug for IdentitySource {
                 .field("ca", ca)
                 .finish(),
             IdentitySource::ControlPlaneCa {
-                admin_url,
+                admin_urls,
                 token,
                 service,
                 trust_domain,
                 ca_bundle,
             } => f
                 .debug_struct("ControlPlaneCa")
-                .field("admin_url", admin_url)
+                .field("admin_urls", admin_urls)
                 .field("token_set", &token.is_some())
                 .field("service", service)
                 .field("trust_domain", trust_domain)

@@ -204,7 +204,7 @@ fn renewal_waits_for_the_fraction_of_the_lifetime_but_never_less_than_retry_min(
 fn config_is_checked_and_debug_hides_the_token() {
     let source = IdentitySource::ControlPlaneCa {
         ca_bundle: None,
-        admin_url: "http://127.0.0.1:18080".into(),
+        admin_urls: vec!["http://127.0.0.1:18080".into()],
         token: Some("s3cret-token".into()),
         service: ServiceName::new("orders").expect("name"),
         trust_domain: "example.org".into(),

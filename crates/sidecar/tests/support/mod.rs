@@ -121,7 +121,7 @@ pub fn test_config(
             port: xds.port(),
         }],
     );
-    c.registry = format!("http://{registry}");
+    c.registry = vec![format!("http://{registry}")];
     c.host_certs = Some(host_certs(dir, &c.descriptor));
     c.envoy = Some(envoy_binary());
     c.work_dir = Some(dir.to_owned());

@@ -1,0 +1,493 @@
+//! High availability (README, "High availability"): two `meshplane control-plane` processes
+//! follow the same registry (`--registry consul`, the registry being a third `meshplane
+//! control-plane` whose embedded registry speaks Consul's API) and share one CA
+//! (`--ca-cert/--ca-key`); real sidecars are given both (`--control-plane A,B`). The one the
+//! proxies are connected to is killed with SIGKILL during continuous traffic, then restarted.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use meshplane_test_support::{eventually, hold};
+use serde_json::Value;
+use support::{TestCa, caller, envoy_stat, free_port, upstream, via_egress};
+use tokio::time::Instant;
+
+/// After the control plane the proxies use dies, every proxy's xDS stream is on the other
+/// instance within this (the bound; Envoy ejects the dead address after two failed
+/// connects, each retried within 0.5 s).
+const MOVED_WITHIN: Duration = Duration::from_secs(5);
+
+/// A registration made while one instance is down reaches every proxy within this.
+const REGISTRATION_REACHES_PROXIES_WITHIN: Duration = Duration::from_secs(5);
+
+/// How long the restarted instance is watched for proxies coming back or config re-sent.
+const AFTER_RESTART_WINDOW: Duration = Duration::from_secs(3);
+
+/// Envoy's counters of configuration updates it accepted.
+const UPDATES: [&str; 2] = [
+    "cluster_manager.cds.update_success",
+    "listener_manager.lds.update_success",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxies_fail_over_to_the_other_control_plane_without_a_failed_request() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .expect("client");
+    let registry = Process::registry(dir.path());
+    let ca = TestCa::new(dir.path(), "mesh");
+    let mut a = ControlPlaneProcess::new(dir.path(), "a", registry.addr, &ca);
+    let mut b = ControlPlaneProcess::new(dir.path(), "b", registry.addr, &ca);
+    a.start();
+    b.start();
+    for cp in [&a, &b] {
+        eventually("the control plane is ready", support::DEADLINE, || {
+            ready(&http, cp.admin)
+        })
+        .await;
+    }
+
+    let (payments_app, refunds) = (upstream("payments").await, upstream("refunds").await);
+    let payments_ingress = free_port();
+    let (orders_egress, payments_egress) = (free_port(), free_port());
+    let orders = caller(
+        "orders",
+        free_port(),
+        free_port(),
+        orders_egress,
+        "  - service: payments\n  - service: refunds\n",
+    );
+    // Strict mTLS: orders (enrolled at A) must present a certificate payments (enrolled at
+    // B) trusts, which only the shared CA makes possible.
+    let payments = format!(
+        "{}mtls: strict\n",
+        caller(
+            "payments",
+            payments_app,
+            payments_ingress,
+            payments_egress,
+            "  - service: refunds\n",
+        )
+    );
+    let both = format!("{},{}", a.xds, b.xds);
+    let mut sidecars = Sidecars::default();
+    sidecars
+        .start(
+            &http,
+            dir.path(),
+            "orders-1",
+            &orders,
+            &both,
+            registry.addr,
+            a.admin,
+        )
+        .await;
+    sidecars
+        .start(
+            &http,
+            dir.path(),
+            "payments-1",
+            &payments,
+            &both,
+            registry.addr,
+            b.admin,
+        )
+        .await;
+    let ids = ["orders-1", "payments-1"];
+    eventually(
+        "payments through both sidecars, over mTLS",
+        support::DEADLINE,
+        || answers(&http, orders_egress, "payments"),
+    )
+    .await;
+    eventually(
+        "both proxies on A, the first address",
+        support::DEADLINE,
+        || connected(&http, a.admin, &ids),
+    )
+    .await;
+
+    let failures = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let (http, failures, sent, stop) =
+            (http.clone(), failures.clone(), sent.clone(), stop.clone());
+        async move {
+            while !stop.load(Ordering::SeqCst) {
+                let seen = via_egress(&http, orders_egress, "payments", None).await;
+                sent.fetch_add(1, Ordering::SeqCst);
+                if seen != (200, "payments".to_owned()) {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                    eprintln!("failed request: {seen:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+
+    a.kill();
+    let killed = Instant::now();
+    eventually("every proxy's xDS stream on B", MOVED_WITHIN, || {
+        connected(&http, b.admin, &ids)
+    })
+    .await;
+    eprintln!("proxies on B {:?} after A was killed", killed.elapsed());
+
+    registry
+        .register(&http, "refunds-1", "refunds", refunds)
+        .await;
+    let registered = Instant::now();
+    eventually(
+        "refunds (registered while A is down) through both proxies",
+        REGISTRATION_REACHES_PROXIES_WITHIN,
+        || async {
+            answers(&http, orders_egress, "refunds").await?;
+            answers(&http, payments_egress, "refunds").await
+        },
+    )
+    .await;
+    eprintln!(
+        "refunds reachable {:?} after its registration",
+        registered.elapsed()
+    );
+
+    let responses_before = responses(&http, b.admin, &ids).await.expect("B's proxies");
+    let updates_before = envoy_updates(&http, &sidecars).await;
+    a.start();
+    eventually("A is back and ready", support::DEADLINE, || {
+        ready(&http, a.admin)
+    })
+    .await;
+    hold(
+        AFTER_RESTART_WINDOW,
+        "the proxies stay on B, which sends nothing new, and A has none",
+        || async {
+            let on_a = proxies(&http, a.admin).await?;
+            if !on_a.is_empty() {
+                return Err(format!("proxies on the restarted A: {on_a:?}"));
+            }
+            let now = responses(&http, b.admin, &ids).await?;
+            if now != responses_before {
+                return Err(format!("B sent more: {responses_before:?} -> {now:?}"));
+            }
+            Ok(())
+        },
+    )
+    .await;
+    assert_eq!(
+        envoy_updates(&http, &sidecars).await,
+        updates_before,
+        "no proxy accepted a configuration update after A came back"
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    traffic.await.expect("traffic task");
+    let (sent, failed) = (sent.load(Ordering::SeqCst), failures.load(Ordering::SeqCst));
+    eprintln!("{sent} requests during the failover, {failed} failed");
+    assert!(sent > 100, "traffic kept flowing: {sent} requests");
+    assert_eq!(failed, 0, "no request failed during the failover");
+    sidecars.stop();
+}
+
+// === control planes and the registry ===
+
+/// A control plane's fixed addresses, so a restart listens where the proxies dial.
+struct ControlPlaneProcess {
+    xds: SocketAddr,
+    admin: SocketAddr,
+    args: Vec<String>,
+    log: PathBuf,
+    process: Option<Process>,
+}
+
+impl ControlPlaneProcess {
+    fn new(dir: &Path, name: &'static str, registry: SocketAddr, ca: &TestCa) -> Self {
+        let xds: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let args = [
+            "control-plane",
+            "--registry",
+            "consul",
+            "--consul-addr",
+            &format!("http://{registry}"),
+            "--xds-addr",
+            &xds.to_string(),
+            "--admin-addr",
+            &admin.to_string(),
+            "--data-dir",
+            &dir.join(format!("{name}-data")).display().to_string(),
+            "--ca-cert",
+            ca.ca_file(),
+            "--ca-key",
+            ca.key_file(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        ControlPlaneProcess {
+            xds,
+            admin,
+            args,
+            log: dir.join(format!("{name}.log")),
+            process: None,
+        }
+    }
+
+    fn start(&mut self) {
+        self.process = Some(Process::spawn(&self.args, &self.log));
+    }
+
+    /// SIGKILL: no goodbye to the proxies, their connections reset by the kernel.
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+}
+
+struct Process {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Process {
+    fn spawn(args: &[String], log: &Path) -> Process {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_meshplane"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("meshplane starts");
+        Process {
+            addr: ([127, 0, 0, 1], 0).into(),
+            child,
+        }
+    }
+
+    /// The registry both control planes follow: a `meshplane control-plane` serving its
+    /// embedded registry.
+    fn registry(dir: &Path) -> Process {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let args = [
+            "control-plane",
+            "--registry-addr",
+            &addr.to_string(),
+            "--xds-addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "--admin-addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data-dir",
+            &dir.join("registry-data").display().to_string(),
+        ]
+        .map(str::to_owned);
+        let mut p = Process::spawn(&args, &dir.join("registry.log"));
+        p.addr = addr;
+        p
+    }
+
+    /// SIGKILL, and reap.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Registers a passing instance once the registry acknowledges it.
+    async fn register(&self, http: &reqwest::Client, id: &str, service: &str, port: u16) {
+        let body = serde_json::json!({
+            "ID": id, "Name": service, "Address": "127.0.0.1", "Port": port,
+        });
+        let url = format!("http://{}/v1/agent/service/register", self.addr);
+        eventually(
+            &format!("the registry acknowledges {id}"),
+            support::DEADLINE,
+            || async {
+                match http.put(&url).json(&body).send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(r.status().to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// === sidecars ===
+
+#[derive(Default)]
+struct Sidecars {
+    running: Vec<(String, u16, PathBuf, Child)>,
+}
+
+impl Sidecars {
+    /// Starts `meshplane sidecar` given every control plane, enrolled at `ca`, and waits
+    /// until its Envoy is live.
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        &mut self,
+        http: &reqwest::Client,
+        dir: &Path,
+        id: &str,
+        descriptor: &str,
+        control_planes: &str,
+        registry: SocketAddr,
+        ca: SocketAddr,
+    ) {
+        let file = dir.join(format!("{id}.yaml"));
+        std::fs::write(&file, descriptor).expect("write descriptor");
+        let log = dir.join(format!("{id}.log"));
+        let out = std::fs::File::create(&log).expect("log");
+        let admin = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_meshplane"))
+            .arg("sidecar")
+            .args(["--descriptor", &file.display().to_string()])
+            .args(["--control-plane", control_planes])
+            .args(["--registry", &format!("http://{registry}")])
+            .args(["--ca-url", &format!("http://{ca}")])
+            .args(["--instance-id", id])
+            .args(["--admin-port", &admin.to_string()])
+            .args(["--base-id", &admin.to_string()])
+            .args(["--check-interval", "1s"])
+            .args(["--work-dir", &dir.join(id).display().to_string()])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("meshplane sidecar starts");
+        self.running
+            .push((id.to_owned(), admin, log.clone(), child));
+        let live = support::poll(|| async {
+            envoy_stat(http, admin, "listener_manager.total_listeners_active")
+                .await
+                .unwrap_or(0)
+                >= 2
+        })
+        .await;
+        assert!(
+            live,
+            "sidecar {id}: no listeners\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    fn stop(&mut self) {
+        for (_, _, _, child) in &mut self.running {
+            if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+        for (_, _, _, child) in &mut self.running {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.running.clear();
+    }
+}
+
+impl Drop for Sidecars {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// === observations ===
+
+async fn ready(http: &reqwest::Client, admin: SocketAddr) -> Result<(), String> {
+    match http.get(format!("http://{admin}/readyz")).send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(r.status().to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn answers(http: &reqwest::Client, egress: u16, host: &str) -> Result<(), String> {
+    match via_egress(http, egress, host, None).await {
+        (200, body) if body == host => Ok(()),
+        seen => Err(format!("{host} via {egress}: {seen:?}")),
+    }
+}
+
+/// `/api/proxies` of the control plane at `admin`.
+async fn proxies(http: &reqwest::Client, admin: SocketAddr) -> Result<Vec<Value>, String> {
+    let r = http
+        .get(format!("http://{admin}/api/proxies"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    r.json::<Vec<Value>>().await.map_err(|e| e.to_string())
+}
+
+/// `Ok` when every one of `ids` has its xDS stream on the control plane at `admin`.
+async fn connected(http: &reqwest::Client, admin: SocketAddr, ids: &[&str]) -> Result<(), String> {
+    let listed = proxies(http, admin).await?;
+    let missing: Vec<&&str> = ids
+        .iter()
+        .filter(|id| !listed.iter().any(|p| p["node_id"] == **id))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("not connected to {admin}: {missing:?}"))
+    }
+}
+
+/// The responses the control plane at `admin` sent each of `ids`, per type.
+async fn responses(
+    http: &reqwest::Client,
+    admin: SocketAddr,
+    ids: &[&str],
+) -> Result<Vec<(String, String, u64)>, String> {
+    let listed = proxies(http, admin).await?;
+    let mut out = Vec::new();
+    for id in ids {
+        let proxy = listed
+            .iter()
+            .find(|p| p["node_id"] == *id)
+            .ok_or_else(|| format!("{id} not on {admin}"))?;
+        let types = proxy["types"].as_object().cloned().unwrap_or_default();
+        for (kind, view) in types {
+            out.push((
+                id.to_string(),
+                kind,
+                view["responses"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Each proxy's count of accepted cluster and listener updates.
+async fn envoy_updates(http: &reqwest::Client, sidecars: &Sidecars) -> Vec<Option<u64>> {
+    let mut out = Vec::new();
+    for (_, admin, _, _) in &sidecars.running {
+        for stat in UPDATES {
+            out.push(envoy_stat(http, *admin, stat).await);
+        }
+    }
+    out
+}
