@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use meshplane_sidecar::bootstrap::XDS_HANG_DETECTED_WITHIN;
+use meshplane_test_support::process::{Paused, pause};
 use meshplane_test_support::{eventually, hold};
 use serde_json::Value;
 use support::{TestCa, caller, envoy_stat, free_port, upstream, via_egress};
@@ -35,8 +37,30 @@ const UPDATES: [&str; 2] = [
     "listener_manager.lds.update_success",
 ];
 
+/// How the control plane in use is taken away, and brought back.
+#[derive(Debug, Clone, Copy)]
+enum Outage {
+    /// SIGKILL (the kernel resets its connections), then a new process on the same ports.
+    Killed,
+    /// SIGSTOP (connections stay open, nothing answers: a frozen VM), then SIGCONT.
+    Hung,
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn proxies_fail_over_to_the_other_control_plane_without_a_failed_request() {
+async fn proxies_leave_a_killed_control_plane_without_a_failed_request() {
+    failover(Outage::Killed).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxies_leave_a_hung_control_plane_without_a_failed_request() {
+    failover(Outage::Hung).await;
+}
+
+/// Two control planes, two sidecars given both, traffic between them; the control plane the
+/// proxies use goes away: no request fails, every proxy moves to the other within
+/// [`MOVED_WITHIN`], a registration made meanwhile reaches every proxy; it comes back: the
+/// proxies stay where they are and receive nothing again.
+async fn failover(outage: Outage) {
     let dir = tempfile::tempdir().expect("tmp");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -135,13 +159,26 @@ async fn proxies_fail_over_to_the_other_control_plane_without_a_failed_request()
         }
     });
 
-    a.kill();
-    let killed = Instant::now();
-    eventually("every proxy's xDS stream on B", MOVED_WITHIN, || {
+    let paused = match outage {
+        Outage::Killed => {
+            a.kill();
+            None
+        }
+        Outage::Hung => Some(a.pause()),
+    };
+    let faulted = Instant::now();
+    let moved_within = match outage {
+        Outage::Killed => MOVED_WITHIN,
+        Outage::Hung => MOVED_WITHIN + XDS_HANG_DETECTED_WITHIN,
+    };
+    eventually("every proxy's xDS stream on B", moved_within, || {
         connected(&http, b.admin, &ids)
     })
     .await;
-    eprintln!("proxies on B {:?} after A was killed", killed.elapsed());
+    eprintln!(
+        "{outage:?}: proxies on B {:?} after the fault",
+        faulted.elapsed()
+    );
 
     registry
         .register(&http, "refunds-1", "refunds", refunds)
@@ -193,7 +230,7 @@ async fn proxies_fail_over_to_the_other_control_plane_without_a_failed_request()
     stop.store(true, Ordering::SeqCst);
     traffic.await.expect("traffic task");
     let (sent, failed) = (sent.load(Ordering::SeqCst), failures.load(Ordering::SeqCst));
-    eprintln!("{sent} requests during the failover, {failed} failed");
+    eprintln!("{outage:?}: {sent} requests during the failover, {failed} failed");
     assert!(sent > 100, "traffic kept flowing: {sent} requests");
     assert_eq!(failed, 0, "no request failed during the failover");
     sidecars.stop();
@@ -244,6 +281,12 @@ impl ControlPlaneProcess {
 
     fn start(&mut self) {
         self.process = Some(Process::spawn(&self.args, &self.log));
+    }
+
+    /// SIGSTOP until the guard is resumed or dropped.
+    fn pause(&self) -> Paused {
+        let pid = self.process.as_ref().expect("running").child.id();
+        pause(pid).expect("SIGSTOP")
     }
 
     /// SIGKILL: no goodbye to the proxies, their connections reset by the kernel.

@@ -299,3 +299,65 @@ impl SidecarArgs {
         Ok(c)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sidecar: SidecarArgs,
+    }
+
+    fn mk_config(args: &[&str]) -> SidecarConfig {
+        let cli = Cli::try_parse_from(std::iter::once("sidecar").chain(args.iter().copied()))
+            .expect("flags parse");
+        cli.sidecar.into_config().expect("a configuration")
+    }
+
+    #[test]
+    fn several_registries_and_cas_are_repeated_or_comma_separated_in_order() {
+        let c = mk_config(&[
+            "--control-plane",
+            "10.0.0.1:18000,10.0.0.2:18000",
+            "--registry",
+            "http://10.0.0.1:8500",
+            "--registry",
+            "http://10.0.0.2:8500,http://10.0.0.3:8500",
+            "--ca-url",
+            "https://10.0.0.1:18080/,https://10.0.0.2:18080",
+        ]);
+        assert_eq!(c.control_plane.len(), 2);
+        assert_eq!(
+            c.registry,
+            [
+                "http://10.0.0.1:8500",
+                "http://10.0.0.2:8500",
+                "http://10.0.0.3:8500"
+            ]
+        );
+        assert_eq!(
+            c.ca_admin_urls(),
+            ["https://10.0.0.1:18080", "https://10.0.0.2:18080"]
+        );
+    }
+
+    #[test]
+    fn single_values_and_defaults_work_as_before() {
+        let c = mk_config(&["--control-plane", "10.0.0.1:18000"]);
+        assert_eq!(c.registry, ["http://127.0.0.1:8500"]);
+        assert_eq!(c.ca_admin_urls(), ["http://10.0.0.1:18080"]);
+        // Without --ca-url, every control-plane host's default admin port, each once.
+        let c = mk_config(&[
+            "--control-plane",
+            "10.0.0.1:18000,10.0.0.1:18001,[::1]:18000",
+        ]);
+        assert_eq!(
+            c.ca_admin_urls(),
+            ["http://10.0.0.1:18080", "http://[::1]:18080"]
+        );
+    }
+}

@@ -173,9 +173,13 @@ fn node(spec: &BootstrapSpec<'_>) -> Value {
 
 /// The control-plane cluster: HTTP/2 (gRPC), HTTP/2 PINGs that detect a hung control plane
 /// ([`XDS_HANG_DETECTED_WITHIN`]) and TCP keepalives for a vanished host, one priority per
-/// address so Envoy uses the first reachable one. Outlier detection on local connect
-/// failures ejects a dead address (priorities fail over on unhealthy hosts); it costs the
-/// control plane nothing, unlike active health checks from thousands of proxies.
+/// address so Envoy uses the first reachable one. Outlier detection ejects an address on its
+/// first locally originated failure (refused connect, or the stream reset by an unanswered
+/// PING), so the next attempt goes to the next priority; priorities fail over on unhealthy
+/// hosts. Ejecting on the first failure matters for a hung instance: the kernel still
+/// accepts its connections, so a second failure would cost another PING timeout. A lone
+/// address that is ejected is still used (Envoy's panic threshold). Outlier detection costs
+/// the control plane nothing, unlike active health checks from thousands of proxies.
 fn xds_cluster(addrs: &[ControlPlaneAddr], tls: Option<XdsTlsMode<'_>>) -> Value {
     let all_ips = addrs.iter().all(|a| a.host.parse::<IpAddr>().is_ok());
     let endpoints: Vec<Value> = addrs
@@ -214,7 +218,7 @@ fn xds_cluster(addrs: &[ControlPlaneAddr], tls: Option<XdsTlsMode<'_>>) -> Value
         },
         "outlier_detection": {
             "split_external_local_origin_errors": true,
-            "consecutive_local_origin_failure": 2,
+            "consecutive_local_origin_failure": 1,
             "enforcing_consecutive_local_origin_failure": 100,
             "base_ejection_time": "5s",
             "max_ejection_percent": 100,

@@ -933,3 +933,69 @@ async fn a_cached_identity_of_another_ca_is_discarded_and_never_served() {
     assert!(!work.cache_file().exists(), "B's certificate is discarded");
     b_shutdown.cancel();
 }
+
+// === control-plane CA: several instances sharing it ===
+
+/// [`ca_config`] for several control-plane instances, tried in order.
+fn ca_config_many(urls: &[&str], socket: &Path) -> IdentityConfig {
+    let mut config = ca_config(urls[0], socket);
+    if let IdentitySource::ControlPlaneCa { admin_urls, .. } = &mut config.source {
+        *admin_urls = urls.iter().map(|u| (*u).to_owned()).collect();
+    }
+    config
+}
+
+#[tokio::test]
+async fn an_unreachable_or_failing_ca_instance_is_passed_over_and_a_refusal_is_final() {
+    let shutdown = CancellationToken::new();
+    let (failing, failing_url) = TestCa::start(Duration::from_secs(60), &shutdown).await;
+    failing.refuse(Some((StatusCode::SERVICE_UNAVAILABLE, "not ready")));
+    let (live, live_url) = TestCa::start(Duration::from_secs(60), &shutdown).await;
+    let dead_url = closed_url().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let socket = dir.path().join("a.sock");
+    let config = ca_config_many(&[&dead_url, &failing_url, &live_url], &socket);
+    let handle = identity::start(config, shutdown.clone())
+        .await
+        .expect("the live instance signs");
+    assert_eq!(
+        handle.current().identity.as_deref(),
+        Some(spiffe_id("example.org", &orders()).as_str())
+    );
+    assert_eq!((failing.seen().len(), live.seen().len()), (1, 1));
+
+    // A refusal is the control plane's decision: its other instances are not asked.
+    let (refusing, refusing_url) = TestCa::start(Duration::from_secs(60), &shutdown).await;
+    refusing.refuse(Some((StatusCode::FORBIDDEN, "not this token")));
+    let socket = dir.path().join("b.sock");
+    let err = identity::start(
+        ca_config_many(&[&refusing_url, &live_url], &socket),
+        shutdown.clone(),
+    )
+    .await
+    .expect_err("refused");
+    assert!(err.to_string().contains("403"), "{err}");
+    assert_eq!(live.seen().len(), 1, "the live instance was not asked");
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn renewals_move_to_the_other_instance_when_the_first_stops() {
+    let (a_shutdown, b_shutdown) = (CancellationToken::new(), CancellationToken::new());
+    // One CA served by two instances, as control planes sharing --ca-cert/--ca-key.
+    let (ca, a_url) = TestCa::start(Duration::from_secs(2), &a_shutdown).await;
+    let b_url = ca.serve("127.0.0.1:0", &b_shutdown).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("sds.sock");
+    let shutdown = CancellationToken::new();
+    let handle = identity::start(ca_config_many(&[&a_url, &b_url], &socket), shutdown.clone())
+        .await
+        .expect("A signs");
+    wait_for_requests(&ca, 1).await;
+    stop_ca(&a_shutdown, &a_url).await;
+    wait_for_generation(&handle, 2).await;
+    assert!(ca.seen().len() >= 2, "B signed the renewal");
+    shutdown.cancel();
+    b_shutdown.cancel();
+}
