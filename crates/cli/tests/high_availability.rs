@@ -39,6 +39,9 @@ const UPDATES: [&str; 2] = [
     "listener_manager.lds.update_success",
 ];
 
+/// The sidecars [`Ha::start`] starts (instance ids).
+const PROXIES: [&str; 2] = ["orders-1", "payments-1"];
+
 /// How the control plane in use is taken away, and brought back.
 #[derive(Debug, Clone, Copy)]
 enum Outage {
@@ -60,113 +63,18 @@ async fn proxies_leave_a_hung_control_plane_without_a_failed_request() {
 
 /// Two control planes, two sidecars given both, traffic between them; the control plane the
 /// proxies use goes away: no request fails, every proxy moves to the other within
-/// [`MOVED_WITHIN`], a registration made meanwhile reaches every proxy; it comes back: the
-/// proxies stay where they are and receive nothing again.
+/// [`MOVED_WITHIN`] and receives nothing it holds again, a registration made meanwhile
+/// reaches every proxy; it comes back: the proxies stay where they are and receive nothing.
 async fn failover(outage: Outage) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .no_proxy()
-        .build()
-        .expect("client");
-    let registry = Process::registry(dir.path());
-    let ca = TestCa::new(dir.path(), "mesh");
-    let mut a = ControlPlaneProcess::new(dir.path(), "a", registry.addr, &ca);
-    let mut b = ControlPlaneProcess::new(dir.path(), "b", registry.addr, &ca);
-    a.start();
-    b.start();
-    for cp in [&a, &b] {
-        eventually("the control plane is ready", support::DEADLINE, || {
-            ready(&http, cp.admin)
-        })
-        .await;
-    }
-
-    let (payments_app, refunds) = (upstream("payments").await, upstream("refunds").await);
-    let payments_ingress = free_port();
-    let (orders_egress, payments_egress) = (free_port(), free_port());
-    let orders = caller(
-        "orders",
-        free_port(),
-        free_port(),
-        orders_egress,
-        "  - service: payments\n  - service: refunds\n",
-    );
-    // Strict mTLS: orders (enrolled at A) must present a certificate payments (enrolled at
-    // B) trusts, which only the shared CA makes possible.
-    let payments = format!(
-        "{}mtls: strict\n",
-        caller(
-            "payments",
-            payments_app,
-            payments_ingress,
-            payments_egress,
-            "  - service: refunds\n",
-        )
-    );
-    let both = format!("{},{}", a.xds, b.xds);
-    let mut sidecars = Sidecars::default();
-    sidecars
-        .start(
-            &http,
-            dir.path(),
-            "orders-1",
-            &orders,
-            &both,
-            registry.addr,
-            a.admin,
-        )
-        .await;
-    sidecars
-        .start(
-            &http,
-            dir.path(),
-            "payments-1",
-            &payments,
-            &both,
-            registry.addr,
-            b.admin,
-        )
-        .await;
-    let ids = ["orders-1", "payments-1"];
-    eventually(
-        "payments through both sidecars, over mTLS",
-        support::DEADLINE,
-        || answers(&http, orders_egress, "payments"),
-    )
-    .await;
-    eventually(
-        "both proxies on A, the first address",
-        support::DEADLINE,
-        || connected(&http, a.admin, &ids),
-    )
-    .await;
-
-    let failures = Arc::new(AtomicU64::new(0));
-    let sent = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = tokio::spawn({
-        let (http, failures, sent, stop) =
-            (http.clone(), failures.clone(), sent.clone(), stop.clone());
-        async move {
-            while !stop.load(Ordering::SeqCst) {
-                let seen = via_egress(&http, orders_egress, "payments", None).await;
-                sent.fetch_add(1, Ordering::SeqCst);
-                if seen != (200, "payments".to_owned()) {
-                    failures.fetch_add(1, Ordering::SeqCst);
-                    eprintln!("failed request: {seen:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    });
+    let mut ha = Ha::start().await;
+    let traffic = Traffic::start(&ha.http, ha.orders_egress, "payments");
 
     let paused = match outage {
         Outage::Killed => {
-            a.kill();
+            ha.a.kill();
             None
         }
-        Outage::Hung => Some(a.pause()),
+        Outage::Hung => Some(ha.a.pause()),
     };
     let faulted = Instant::now();
     let moved_within = match outage {
@@ -174,63 +82,42 @@ async fn failover(outage: Outage) {
         Outage::Hung => MOVED_WITHIN + XDS_HANG_DETECTED_WITHIN,
     };
     eventually("every proxy's xDS stream on B", moved_within, || {
-        connected(&http, b.admin, &ids)
+        connected(&ha.http, ha.b.admin, &PROXIES)
     })
     .await;
     eprintln!(
         "{outage:?}: proxies on B {:?} after the fault",
         faulted.elapsed()
     );
-    // What the proxies keep: they report the versions they hold, which B's agree with, so
-    // B sends no cluster, listener or route again (endpoints are sent once by design: a SotW
-    // version names the last EDS response, not what the proxy kept of it).
-    let on_move = responses(&http, b.admin, &ids).await.expect("B's proxies");
-    let resent: Vec<_> = on_move
-        .iter()
-        .filter(|(_, kind, n)| kind != "EDS" && *n > 0)
-        .collect();
-    assert!(
-        resent.is_empty(),
-        "B re-sent what the proxies hold: {on_move:?}"
-    );
+    ha.nothing_held_was_sent_again().await;
+    ha.a_registration_reaches_every_proxy().await;
+    if let Outage::Killed = outage {
+        // A hung instance would hold a new sidecar's certificate request until its timeout.
+        ha.a_sidecar_started_meanwhile_enrols_at_b_and_is_trusted()
+            .await;
+    }
 
-    registry
-        .register(&http, "refunds-1", "refunds", refunds)
-        .await;
-    let registered = Instant::now();
-    eventually(
-        "refunds (registered while A is down) through both proxies",
-        REGISTRATION_REACHES_PROXIES_WITHIN,
-        || async {
-            answers(&http, orders_egress, "refunds").await?;
-            answers(&http, payments_egress, "refunds").await
-        },
-    )
-    .await;
-    eprintln!(
-        "refunds reachable {:?} after its registration",
-        registered.elapsed()
-    );
-
-    let responses_before = responses(&http, b.admin, &ids).await.expect("B's proxies");
-    let updates_before = envoy_updates(&http, &sidecars).await;
+    let responses_before = responses(&ha.http, ha.b.admin, &PROXIES)
+        .await
+        .expect("B's proxies");
+    let updates_before = envoy_updates(&ha.http, &ha.sidecars).await;
     match paused {
         Some(paused) => paused.resume().expect("SIGCONT"),
-        None => a.start(),
+        None => ha.a.start(),
     }
     eventually("A is back and ready", support::DEADLINE, || {
-        ready(&http, a.admin)
+        ready(&ha.http, ha.a.admin)
     })
     .await;
     hold(
         AFTER_RESTART_WINDOW,
         "the proxies stay on B, which sends nothing new, and A has none",
         || async {
-            let on_a = proxies(&http, a.admin).await?;
+            let on_a = proxies(&ha.http, ha.a.admin).await?;
             if !on_a.is_empty() {
                 return Err(format!("proxies on the restarted A: {on_a:?}"));
             }
-            let now = responses(&http, b.admin, &ids).await?;
+            let now = responses(&ha.http, ha.b.admin, &PROXIES).await?;
             if now != responses_before {
                 return Err(format!("B sent more: {responses_before:?} -> {now:?}"));
             }
@@ -239,18 +126,227 @@ async fn failover(outage: Outage) {
     )
     .await;
     assert_eq!(
-        envoy_updates(&http, &sidecars).await,
+        envoy_updates(&ha.http, &ha.sidecars).await,
         updates_before,
         "no proxy accepted a configuration update after A came back"
     );
 
-    stop.store(true, Ordering::SeqCst);
-    traffic.await.expect("traffic task");
-    let (sent, failed) = (sent.load(Ordering::SeqCst), failures.load(Ordering::SeqCst));
+    let (sent, failed) = traffic.finish().await;
     eprintln!("{outage:?}: {sent} requests during the failover, {failed} failed");
     assert!(sent > 100, "traffic kept flowing: {sent} requests");
     assert_eq!(failed, 0, "no request failed during the failover");
-    sidecars.stop();
+    ha.sidecars.stop();
+}
+
+/// The mesh: a registry, control planes A and B following it with one CA, and two sidecars
+/// given both: `orders` (enrolled at A) calling `payments` (enrolled at B, strict mTLS), each
+/// with an egress port.
+struct Ha {
+    http: reqwest::Client,
+    registry: Process,
+    a: ControlPlaneProcess,
+    b: ControlPlaneProcess,
+    sidecars: Sidecars,
+    orders_egress: u16,
+    payments_egress: u16,
+    // Last: the processes above write into it until they are dropped.
+    _dir: tempfile::TempDir,
+}
+
+impl Ha {
+    /// Everything started, traffic flowing, both proxies on A (the first address).
+    async fn start() -> Ha {
+        let dir = tempfile::tempdir().expect("tmp");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .expect("client");
+        let registry = Process::registry(dir.path());
+        let ca = TestCa::new(dir.path(), "mesh");
+        let mut a = ControlPlaneProcess::new(dir.path(), "a", registry.addr, &ca);
+        let mut b = ControlPlaneProcess::new(dir.path(), "b", registry.addr, &ca);
+        a.start();
+        b.start();
+        for cp in [&a, &b] {
+            eventually("the control plane is ready", support::DEADLINE, || {
+                ready(&http, cp.admin)
+            })
+            .await;
+        }
+        let mut sidecars = Sidecars {
+            dir: dir.path().to_owned(),
+            control_planes: format!("{},{}", a.xds, b.xds),
+            registry: registry.addr,
+            running: Vec::new(),
+        };
+        let (orders_egress, payments_egress) = (free_port(), free_port());
+        let orders = caller(
+            "orders",
+            free_port(),
+            free_port(),
+            orders_egress,
+            "  - service: payments\n  - service: refunds\n  - service: ledger\n",
+        );
+        sidecars
+            .start(&http, "orders-1", &orders, &format!("http://{}", a.admin))
+            .await;
+        // Strict mTLS: orders (enrolled at A) must present a certificate payments (enrolled
+        // at B) trusts, which only the shared CA makes possible.
+        let payments = callee("payments", upstream("payments").await, payments_egress);
+        sidecars
+            .start(
+                &http,
+                "payments-1",
+                &payments,
+                &format!("http://{}", b.admin),
+            )
+            .await;
+        eventually(
+            "payments through both sidecars, over mTLS",
+            support::DEADLINE,
+            || answers(&http, orders_egress, "payments"),
+        )
+        .await;
+        eventually(
+            "both proxies on A, the first address",
+            support::DEADLINE,
+            || connected(&http, a.admin, &PROXIES),
+        )
+        .await;
+        Ha {
+            http,
+            registry,
+            a,
+            b,
+            sidecars,
+            orders_egress,
+            payments_egress,
+            _dir: dir,
+        }
+    }
+
+    /// The proxies report the versions they hold, which B's agree with, so B sends no
+    /// cluster, listener or route again (endpoints are sent once by design: a SotW version
+    /// names the last EDS response, not what the proxy kept of it).
+    async fn nothing_held_was_sent_again(&self) {
+        let on_move = responses(&self.http, self.b.admin, &PROXIES)
+            .await
+            .expect("B's proxies");
+        let resent: Vec<_> = on_move
+            .iter()
+            .filter(|(_, kind, n)| kind != "EDS" && *n > 0)
+            .collect();
+        assert!(
+            resent.is_empty(),
+            "B re-sent what the proxies hold: {on_move:?}"
+        );
+    }
+
+    async fn a_registration_reaches_every_proxy(&self) {
+        let refunds = upstream("refunds").await;
+        self.registry
+            .register(&self.http, "refunds-1", "refunds", refunds)
+            .await;
+        let registered = Instant::now();
+        eventually(
+            "refunds (registered while A is down) through both proxies",
+            REGISTRATION_REACHES_PROXIES_WITHIN,
+            || async {
+                answers(&self.http, self.orders_egress, "refunds").await?;
+                answers(&self.http, self.payments_egress, "refunds").await
+            },
+        )
+        .await;
+        eprintln!(
+            "refunds reachable {:?} after its registration",
+            registered.elapsed()
+        );
+    }
+
+    /// A sidecar started while A is down, given A first everywhere (CA, xDS) and a dead
+    /// registry address first: it enrols at B, gets its configuration from B, registers at
+    /// the live registry address, and orders (enrolled at A) reaches it over strict mTLS.
+    async fn a_sidecar_started_meanwhile_enrols_at_b_and_is_trusted(&mut self) {
+        let ledger = callee("ledger", upstream("ledger").await, free_port());
+        let dead_registry = format!("http://127.0.0.1:{}", free_port());
+        let live_registry = format!("http://{}", self.sidecars.registry);
+        let ca_urls = format!("http://{},http://{}", self.a.admin, self.b.admin);
+        self.sidecars
+            .start_with(
+                &self.http,
+                "ledger-1",
+                &ledger,
+                &ca_urls,
+                &format!("{dead_registry},{live_registry}"),
+            )
+            .await;
+        eventually(
+            "ledger through orders, over mTLS",
+            support::DEADLINE,
+            || answers(&self.http, self.orders_egress, "ledger"),
+        )
+        .await;
+        connected(&self.http, self.b.admin, &["ledger-1"])
+            .await
+            .expect("ledger's proxy on B");
+    }
+}
+
+/// A strict-mTLS service with an egress port (depending on `refunds`) whose app answers
+/// with its name.
+fn callee(service: &str, app: u16, egress: u16) -> String {
+    format!(
+        "{}mtls: strict\n",
+        caller(service, app, free_port(), egress, "  - service: refunds\n")
+    )
+}
+
+/// Requests through an egress port every 10 ms, counting failures, until finished.
+struct Traffic {
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    fn start(http: &reqwest::Client, egress: u16, host: &'static str) -> Traffic {
+        let sent = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (http, sent, failed, stop) =
+                (http.clone(), sent.clone(), failed.clone(), stop.clone());
+            async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let seen = via_egress(&http, egress, host, None).await;
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    if seen != (200, host.to_owned()) {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                        eprintln!("failed request: {seen:?}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        });
+        Traffic {
+            sent,
+            failed,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops; (requests sent, requests failed).
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("traffic task");
+        (
+            self.sent.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+        )
+    }
 }
 
 // === control planes and the registry ===
@@ -395,48 +491,54 @@ impl Drop for Process {
 
 // === sidecars ===
 
-#[derive(Default)]
+/// `meshplane sidecar` processes given every control plane.
 struct Sidecars {
-    running: Vec<(String, u16, PathBuf, Child)>,
+    dir: PathBuf,
+    control_planes: String,
+    registry: SocketAddr,
+    running: Vec<(u16, Child)>,
 }
 
 impl Sidecars {
-    /// Starts `meshplane sidecar` given every control plane, enrolled at `ca`, and waits
-    /// until its Envoy is live.
-    #[allow(clippy::too_many_arguments)]
-    async fn start(
+    /// Starts a sidecar enrolled at `ca_url`, registering at the registry.
+    async fn start(&mut self, http: &reqwest::Client, id: &str, descriptor: &str, ca_url: &str) {
+        let registry = format!("http://{}", self.registry);
+        self.start_with(http, id, descriptor, ca_url, &registry)
+            .await;
+    }
+
+    /// Starts `meshplane sidecar` with these `--ca-url` and `--registry` values and waits
+    /// until its Envoy has its listeners.
+    async fn start_with(
         &mut self,
         http: &reqwest::Client,
-        dir: &Path,
         id: &str,
         descriptor: &str,
-        control_planes: &str,
-        registry: SocketAddr,
-        ca: SocketAddr,
+        ca_urls: &str,
+        registries: &str,
     ) {
-        let file = dir.join(format!("{id}.yaml"));
+        let file = self.dir.join(format!("{id}.yaml"));
         std::fs::write(&file, descriptor).expect("write descriptor");
-        let log = dir.join(format!("{id}.log"));
+        let log = self.dir.join(format!("{id}.log"));
         let out = std::fs::File::create(&log).expect("log");
         let admin = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_meshplane"))
             .arg("sidecar")
             .args(["--descriptor", &file.display().to_string()])
-            .args(["--control-plane", control_planes])
-            .args(["--registry", &format!("http://{registry}")])
-            .args(["--ca-url", &format!("http://{ca}")])
+            .args(["--control-plane", &self.control_planes])
+            .args(["--registry", registries])
+            .args(["--ca-url", ca_urls])
             .args(["--instance-id", id])
             .args(["--admin-port", &admin.to_string()])
             .args(["--base-id", &admin.to_string()])
             .args(["--check-interval", "1s"])
-            .args(["--work-dir", &dir.join(id).display().to_string()])
+            .args(["--work-dir", &self.dir.join(id).display().to_string()])
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
             .spawn()
             .expect("meshplane sidecar starts");
-        self.running
-            .push((id.to_owned(), admin, log.clone(), child));
+        self.running.push((admin, child));
         let live = support::poll(|| async {
             envoy_stat(http, admin, "listener_manager.total_listeners_active")
                 .await
@@ -452,12 +554,12 @@ impl Sidecars {
     }
 
     fn stop(&mut self) {
-        for (_, _, _, child) in &mut self.running {
+        for (_, child) in &mut self.running {
             if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
         }
-        for (_, _, _, child) in &mut self.running {
+        for (_, child) in &mut self.running {
             let deadline = std::time::Instant::now() + Duration::from_secs(15);
             while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -544,7 +646,7 @@ async fn responses(
 /// Each proxy's count of accepted cluster and listener updates.
 async fn envoy_updates(http: &reqwest::Client, sidecars: &Sidecars) -> Vec<Option<u64>> {
     let mut out = Vec::new();
-    for (_, admin, _, _) in &sidecars.running {
+    for (admin, _) in &sidecars.running {
         for stat in UPDATES {
             out.push(envoy_stat(http, *admin, stat).await);
         }
