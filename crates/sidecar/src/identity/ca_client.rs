@@ -111,6 +111,7 @@ impl CaClient {
                     ca_url: url.clone(),
                 },
             )
+            .with_instances(&urls)
         });
         Ok(CaClient {
             http,

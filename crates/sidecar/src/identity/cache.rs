@@ -66,6 +66,9 @@ pub(super) struct CertCache {
     dir: PathBuf,
     path: PathBuf,
     binding: MeshBinding,
+    /// Signing URLs of the other instances of this mesh's CA: a cache bound to one of them
+    /// is this mesh's too (the `--ca-url` list reordered, or an older list's first entry).
+    instances: Vec<String>,
 }
 
 // === impl CertCache ===
@@ -76,7 +79,15 @@ impl CertCache {
             dir: dir.to_owned(),
             path: dir.join(CACHE_FILE),
             binding,
+            instances: Vec::new(),
         }
+    }
+
+    /// The cache, also taking as this mesh's a certificate bound to any of `urls` (the
+    /// signing URLs of every instance sharing the CA).
+    pub(super) fn with_instances(mut self, urls: &[String]) -> Self {
+        self.instances = urls.to_vec();
+        self
     }
 
     pub(super) fn path(&self) -> &Path {
@@ -179,10 +190,12 @@ impl CertCache {
                 "it belongs to another mesh: trust domain `{}`, not `{}`",
                 b.trust_domain, ours.trust_domain
             )),
-            Some(b) if b.ca_url != ours.ca_url => Some(format!(
-                "it belongs to another mesh: issued by the CA at {}, not {}",
-                b.ca_url, ours.ca_url
-            )),
+            Some(b) if b.ca_url != ours.ca_url && !self.instances.contains(&b.ca_url) => {
+                Some(format!(
+                    "it belongs to another mesh: issued by the CA at {}, not {}",
+                    b.ca_url, ours.ca_url
+                ))
+            }
             Some(_) => None,
         }
     }

@@ -447,6 +447,20 @@ async fn a_cache_of_another_mesh_is_never_loaded_and_is_discarded() {
     ));
     assert!(!ours.path().exists(), "discarded");
 
+    // Cached from another instance of this mesh's CA (the --ca-url list reordered): ours.
+    let instance = "http://cp-b:18080/api/ca/sign".to_owned();
+    let reordered = mk_cache_in(dir.path(), mk_binding("example.org", &instance))
+        .with_instances(&[instance.clone(), CA_URL.to_owned()]);
+    ours.store(&material).await;
+    assert!(
+        reordered.load(ID, now).await.is_ok(),
+        "another instance's URL is ours"
+    );
+    let ours_with_b = mk_cache(dir.path()).with_instances(&[CA_URL.to_owned(), instance]);
+    elsewhere.store(&material).await;
+    assert!(ours_with_b.load(ID, now).await.is_err(), "still not old-ca");
+    std::fs::remove_file(ours.path()).expect("remove");
+
     // Another trust domain.
     let other_domain = mk_cache_in(dir.path(), mk_binding("other.org", CA_URL));
     other_domain.store(&material).await;
