@@ -152,10 +152,22 @@ impl RegistryClient {
             .await
     }
 
-    /// `PUT /v1/agent/service/deregister/<id>`.
+    /// `PUT /v1/agent/service/deregister/<id>` where the last registration went, then, best
+    /// effort, at every other address: a Consul agent keeps what was registered with it, so
+    /// a registration that moved on from an agent that was down for a while may still be
+    /// there.
     pub async fn deregister(&self, id: &str) -> Result<(), RegistryError> {
-        self.put_any(&format!("/v1/agent/service/deregister/{id}"), None)
-            .await
+        let path = format!("/v1/agent/service/deregister/{id}");
+        let result = self.put_any(&path, None).await;
+        let current = self.current.load(Ordering::Relaxed);
+        for (index, base) in self.bases.iter().enumerate() {
+            if index != current
+                && let Err(e) = self.put(format!("{base}{path}"), None).await
+            {
+                tracing::debug!(error = %e, "no deregistration at another registry address");
+            }
+        }
+        result
     }
 
     /// The call at each address in turn, from the one that answered last, until one

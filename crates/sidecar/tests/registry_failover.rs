@@ -54,6 +54,24 @@ async fn an_unreachable_registry_address_is_passed_over_and_the_next_one_kept() 
 }
 
 #[tokio::test]
+async fn a_deregistration_reaches_every_address() {
+    let (first, second) = (FakeRegistry::default(), FakeRegistry::default());
+    let first_url = format!("http://{}", first.serve_on(0).await);
+    let second_url = format!("http://{}", second.serve_on(0).await);
+    let client = RegistryClient::with_roots(&[first_url, second_url], None, None);
+    client
+        .register(&mk_registration("orders-1"))
+        .await
+        .expect("registered at the first");
+    client.deregister("orders-1").await.expect("deregistered");
+    assert_eq!(first.registrations().len(), 1);
+    assert!(second.registrations().is_empty(), "registered once");
+    for registry in [&first, &second] {
+        assert_eq!(registry.deregistrations(), vec!["orders-1".to_owned()]);
+    }
+}
+
+#[tokio::test]
 async fn a_refusal_is_final_and_no_address_answering_is_an_error() {
     let live = FakeRegistry::default();
     let live_url = format!("http://{}", live.serve_on(0).await);
