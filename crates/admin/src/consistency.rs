@@ -124,8 +124,9 @@ pub(crate) async fn digest_route(State(s): State<AdminState>) -> Json<Digests> {
 /// `meta.admin_url` is its admin API (e.g. `http://10.0.0.4:18080`).
 pub const CONTROL_PLANE_SERVICE: &str = "meshplane-control-plane";
 
-/// Peers from configuration plus control-plane instances found in the registry, without
-/// this instance and without duplicates.
+/// Peers from configuration plus control-plane instances found in the registry in this
+/// datacenter (another datacenter's control planes serve other proxies from another local
+/// state), without this instance and without duplicates.
 pub fn peers(s: &AdminState, own_admin: Option<&str>) -> Vec<String> {
     let registry = s.store.snapshot();
     let registered = registry
@@ -133,6 +134,7 @@ pub fn peers(s: &AdminState, own_admin: Option<&str>) -> Vec<String> {
         .map(|e| {
             e.instances
                 .iter()
+                .filter(|i| i.locality.datacenter == s.datacenter)
                 .filter_map(|i| i.meta.get("admin_url").cloned())
                 .collect::<Vec<_>>()
         })

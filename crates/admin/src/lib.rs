@@ -50,6 +50,8 @@ pub struct AdminState {
     pub token: Option<Arc<str>>,
     /// Admin URLs of the other control-plane instances.
     pub peers: Arc<Vec<String>>,
+    /// This control plane's datacenter: its peers are the control planes registered in it.
+    pub datacenter: String,
     /// Client for relays and peers.
     pub http: reqwest::Client,
     /// The control plane's metrics: served on `/metrics`; the CA routes record into them.

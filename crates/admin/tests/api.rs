@@ -99,6 +99,7 @@ async fn setup(synced: bool) -> Setup {
         directory: Arc::new(NoRelays),
         token: Some(Arc::from("s3cret")),
         peers: Arc::new(Vec::new()),
+        datacenter: "dc1".into(),
         http: reqwest::Client::new(),
         metrics,
         ca: None,
@@ -340,7 +341,17 @@ async fn peers_come_from_configuration_and_the_registry() {
     me.id = InstanceId::new("cp-1").expect("id");
     me.meta
         .insert("admin_url".into(), "http://10.0.0.1:18080".into());
-    let services = [(cp.service.clone(), vec![cp, me])].into_iter().collect();
+    // Another datacenter's control plane (learned through --remote-datacenters) is not a peer:
+    // it serves other proxies from another local state.
+    let mut remote = cp.clone();
+    remote.id = InstanceId::new("cp-dc2").expect("id");
+    remote.locality.datacenter = "dc2".into();
+    remote
+        .meta
+        .insert("admin_url".into(), "http://10.9.0.1:18080".into());
+    let services = [(cp.service.clone(), vec![cp, me, remote])]
+        .into_iter()
+        .collect();
     writer.apply(RegistryEvent::Replace {
         source: SourceId::new("test"),
         services,
@@ -365,6 +376,7 @@ async fn peers_come_from_configuration_and_the_registry() {
             "http://10.0.0.3:18080/".into(),
             "http://10.0.0.2:18080".into(),
         ]),
+        datacenter: "dc1".into(),
         http: reqwest::Client::new(),
         ca: None,
         enrolment_tokens: Default::default(),

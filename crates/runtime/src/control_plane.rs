@@ -248,6 +248,7 @@ pub async fn start(
         directory: Arc::new(relays.clone()),
         token: config.token.as_deref().map(Arc::from),
         peers: Arc::new(config.peers.clone()),
+        datacenter: config.datacenter.clone(),
         http: reqwest::Client::builder().no_proxy().build()?,
         metrics: metrics.clone(),
         ca: Some(ca),
