@@ -42,8 +42,12 @@ pub struct RemoteConfig {
     pub urls: Vec<String>,
     /// How long its last good state is kept while none of them answers (default 2 minutes).
     pub keep_stale: Duration,
-    /// How long one request waits for a change (default 60 s).
+    /// How long one request waits for a change (default 20 s).
     pub wait: Duration,
+    /// How much longer than `wait` a request may take before the peer counts as hung (default
+    /// 10 s): a link that hangs without resetting anything (a partition) is noticed within
+    /// `wait + hung_after`.
+    pub hung_after: Duration,
     /// Largest answer accepted, inflated (default 256 MiB).
     pub max_body: usize,
     /// First retry delay after a failure; doubles up to [`RemoteConfig::max_backoff`].
@@ -60,7 +64,8 @@ impl Default for RemoteConfig {
             datacenter: String::new(),
             urls: Vec::new(),
             keep_stale: Duration::from_secs(120),
-            wait: Duration::from_secs(60),
+            wait: Duration::from_secs(20),
+            hung_after: Duration::from_secs(10),
             max_body: 256 << 20,
             backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
@@ -156,7 +161,7 @@ impl RemoteSource {
         };
         request = request.header(ACCEPT_ENCODING, "gzip");
         // The answer may be held for `wait`; a peer that holds it much longer is hung.
-        let limit = wait + Duration::from_secs(15);
+        let limit = wait + self.config.hung_after;
         let response = tokio::time::timeout(limit, request.send())
             .await
             .map_err(|_| FetchError::Timeout(limit))??;

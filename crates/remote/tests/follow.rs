@@ -289,6 +289,48 @@ async fn an_unreachable_datacenter_is_kept_then_dropped_and_comes_back() {
     shutdown.cancel();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_hangs_is_noticed_and_the_state_kept() {
+    let shutdown = CancellationToken::new();
+    let dc2 = dc2(&shutdown).await;
+    let proxy = FaultProxy::start(dc2.addr).await.expect("proxy");
+    let (wait, hung_after) = (Duration::from_millis(300), Duration::from_millis(500));
+    let (dc1, followed) = follow(
+        format!("http://{}", proxy.addr()),
+        RemoteConfig {
+            wait,
+            hung_after,
+            max_backoff: Duration::from_millis(200),
+            ..RemoteConfig::default()
+        },
+        &shutdown,
+    );
+    eventually("dc2's payments in dc1", Duration::from_secs(5), || async {
+        ids(&dc1, "payments") == ["payments-1"]
+    })
+    .await;
+    // A partition: connections stay open, nothing gets through.
+    proxy.set(Fault::BlackHole);
+    eventually(
+        "the hang noticed within wait + hung_after",
+        wait + hung_after + Duration::from_secs(1),
+        || async { view(&followed).state == FollowState::Stale },
+    )
+    .await;
+    hold(
+        fault_window() / 2,
+        "dc2's state kept through the hang",
+        || async { ids(&dc1, "payments") == ["payments-1"] },
+    )
+    .await;
+    proxy.set(Fault::Pass);
+    eventually("fresh again", Duration::from_secs(3), || async {
+        view(&followed).state == FollowState::Fresh
+    })
+    .await;
+    shutdown.cancel();
+}
+
 /// What the front between the datacenters answers.
 const REAL: u8 = 0;
 const TRUNCATED: u8 = 1;
