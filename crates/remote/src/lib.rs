@@ -10,16 +10,20 @@
 //! datacenter's instances into the store like any other registry source; the translator then
 //! serves them to proxies as failover priorities.
 //!
+//! With Consul, [`discover`] finds the other datacenters and their control planes instead of
+//! `--remote-datacenters`.
+//!
 //! [`status`] keeps what this control plane knows of each followed datacenter (fresh, stale,
 //! dropped; since when), served with the export by [`router`] on `GET /api/datacenters`.
 //!
 //! Start at [`wire`] (the format and its checks), then [`export`] and [`source`].
 
+pub mod discover;
 pub mod export;
 pub mod source;
 pub mod status;
 pub mod wire;
 
 pub use export::{LocalState, router};
-pub use source::{RemoteConfig, RemoteError, RemoteSource};
+pub use source::{ControlPlanes, RemoteConfig, RemoteError, RemoteSource};
 pub use status::{DatacenterView, FollowState, Followed};

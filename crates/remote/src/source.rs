@@ -16,6 +16,7 @@
 //!   hold back readiness or translation of the local one.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use meshplane_model::ServiceName;
@@ -94,6 +95,28 @@ pub struct RemoteSource {
     config: RemoteConfig,
     http: reqwest::Client,
     followed: Followed,
+    urls: ControlPlanes,
+}
+
+/// The admin URLs of a remote datacenter's control planes, replaceable while its source runs
+/// (when they are discovered through the registry).
+#[derive(Debug, Clone)]
+pub struct ControlPlanes(Arc<tokio::sync::watch::Sender<Vec<String>>>);
+
+impl ControlPlanes {
+    fn new(urls: Vec<String>) -> Self {
+        ControlPlanes(Arc::new(tokio::sync::watch::Sender::new(urls)))
+    }
+
+    /// Replaces the URLs; a request held by a control plane no longer listed is abandoned.
+    pub fn set(&self, urls: Vec<String>) {
+        self.0.send_replace(urls);
+    }
+
+    /// The URLs now.
+    pub fn get(&self) -> Vec<String> {
+        self.0.borrow().clone()
+    }
 }
 
 /// What one request brought.
@@ -113,6 +136,10 @@ enum FetchError {
     Timeout(Duration),
     #[error(transparent)]
     Wire(#[from] WireError),
+    #[error("no control plane of this datacenter is known")]
+    NoControlPlane,
+    #[error("the control plane asked is no longer listed")]
+    Moved,
 }
 
 impl RemoteSource {
@@ -130,11 +157,18 @@ impl RemoteSource {
         let http = http.build()?;
         let followed = Followed::default();
         followed.register(&config.datacenter, &config.urls, config.keep_stale);
+        let urls = ControlPlanes::new(config.urls.clone());
         Ok(RemoteSource {
             config,
             http,
             followed,
+            urls,
         })
+    }
+
+    /// The handle that replaces this source's URLs while it runs.
+    pub fn control_planes(&self) -> ControlPlanes {
+        self.urls.clone()
     }
 
     /// Reports this datacenter's status into `followed` (shown by `GET /api/datacenters`).
@@ -237,12 +271,37 @@ impl RegistrySource for RemoteSource {
         let mut answered_at = Instant::now();
         let mut stale = false;
         let mut backoff = self.config.backoff;
+        let mut moved = self.urls.0.subscribe();
         loop {
-            let target = &self.config.urls[url];
-            let fetched = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                fetched = self.fetch(target, &held) => fetched,
+            let urls = moved.borrow_and_update().clone();
+            let target = urls
+                .get(url % urls.len().max(1))
+                .cloned()
+                .unwrap_or_default();
+            let fetched = if urls.is_empty() {
+                Err(FetchError::NoControlPlane)
+            } else {
+                let fetch = self.fetch(&target, &held);
+                tokio::pin!(fetch);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        fetched = &mut fetch => break fetched,
+                        Ok(()) = moved.changed() => {
+                            // Its control planes moved: a request held by one no longer
+                            // listed is abandoned, the next one asks where they are now.
+                            if !moved.borrow().contains(&target) {
+                                url = 0;
+                                break Err(FetchError::Moved);
+                            }
+                        }
+                    }
+                }
             };
+            if matches!(fetched, Err(FetchError::Moved)) {
+                continue;
+            }
+            let target = &target;
             match fetched {
                 Ok(fetched) => {
                     answered_at = Instant::now();
@@ -301,10 +360,10 @@ impl RegistrySource for RemoteSource {
                 Err(e) => {
                     tracing::warn!(datacenter = %dc, url = %target, error = %e,
                         "remote datacenter: no usable answer; keeping its last state and trying its next control plane");
-                    url = (url + 1) % self.config.urls.len();
-                    self.followed.update(&dc, |s| {
-                        s.failed(format!("{target}: {e}"), &self.config.urls[url])
-                    });
+                    url = (url + 1) % urls.len().max(1);
+                    let next = urls.get(url).map_or("", String::as_str);
+                    self.followed
+                        .update(&dc, |s| s.failed(format!("{target}: {e}"), next));
                     if matches!(
                         e,
                         FetchError::Wire(WireError::Version { .. } | WireError::WrongBase { .. })

@@ -85,6 +85,12 @@ impl Followed {
         );
     }
 
+    pub(crate) fn set_urls(&self, datacenter: &str, urls: &[String]) {
+        if let Some(entry) = self.0.lock().get_mut(datacenter) {
+            entry.urls = urls.to_vec();
+        }
+    }
+
     pub(crate) fn update(&self, datacenter: &str, change: impl FnOnce(&mut EntryUpdate<'_>)) {
         if let Some(entry) = self.0.lock().get_mut(datacenter) {
             change(&mut EntryUpdate(entry));

@@ -158,6 +158,10 @@ pub struct ControlPlaneConfig {
     /// `dc2=URL[,URL…];dc3=URL…`.
     #[arg(long, env = "MESHPLANE_REMOTE_DATACENTERS")]
     pub remote_datacenters: Option<String>,
+    /// On `--registry consul` without --remote-datacenters, the datacenters of Consul's catalog
+    /// never followed, comma-separated.
+    #[arg(long, env = "MESHPLANE_REMOTE_DATACENTERS_DENY", value_delimiter = ',')]
+    pub remote_datacenters_deny: Vec<String>,
     /// How long a remote datacenter's last state is kept while none of its control planes
     /// answers; then its instances are dropped.
     #[arg(long, env = "MESHPLANE_REMOTE_KEEP_STALE", default_value = "2m")]

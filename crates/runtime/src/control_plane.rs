@@ -9,6 +9,7 @@ use meshplane_registry::{RegistrySource, Store, event_channel};
 use meshplane_registry_consul::{ConsulConfig, ConsulSource, ErrorObserver};
 use meshplane_registry_embedded::{EmbeddedConfig, EmbeddedRegistry};
 use meshplane_registry_file::{FileConfig, FileSource};
+use meshplane_remote::discover::{Discovery, DiscoveryConfig};
 use meshplane_remote::{Followed, LocalState, RemoteConfig, RemoteSource};
 use meshplane_translate::MeshOptions;
 use meshplane_xds::{ServerConfig, SnapshotCache, StatusBoard, XdsServer};
@@ -17,6 +18,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ControlPlaneConfig, RegistryKind};
+
+/// How often, on Consul, the other datacenters and their control planes are looked up again.
+const DISCOVERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 use crate::mesh::{DescriptorGrouper, Groups, RelayDirectory, Translator};
 
 /// A started control plane: where it listens and handles on its state.
@@ -171,13 +175,48 @@ pub async fn start(
         None => None,
     };
     let followed = Followed::default();
-    for (datacenter, urls) in config.remote_datacenters()? {
+    let template = RemoteConfig {
+        keep_stale: config.remote_keep_stale()?,
+        ca_pem: remote_ca.clone(),
+        ..RemoteConfig::default()
+    };
+    let remote = config.remote_datacenters()?;
+    // On Consul, without --remote-datacenters: the other datacenters Consul knows, each
+    // followed through the control planes registered there.
+    if remote.is_empty() && config.registry == RegistryKind::Consul {
+        let consul_ca = match &config.consul_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("--consul-ca-file {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let discovery = Discovery::new(DiscoveryConfig {
+            consul: config.consul_addr.clone().unwrap_or_default(),
+            token: config.consul_token.clone(),
+            ca_pem: consul_ca,
+            datacenter: config.datacenter.clone(),
+            deny: config.remote_datacenters_deny.iter().cloned().collect(),
+            interval: DISCOVERY_INTERVAL,
+        })
+        .context("remote datacenter discovery")?;
+        let (sink, s, followed, template) = (
+            sink.clone(),
+            shutdown.clone(),
+            followed.clone(),
+            template.clone(),
+        );
+        tasks.spawn(async move {
+            meshplane_remote::discover::follow(discovery, template, sink, followed, s)
+                .await
+                .context("remote datacenter discovery stopped")
+        });
+    }
+    for (datacenter, urls) in remote {
         let source = RemoteSource::new(RemoteConfig {
             datacenter,
             urls,
-            keep_stale: config.remote_keep_stale()?,
-            ca_pem: remote_ca.clone(),
-            ..RemoteConfig::default()
+            ..template.clone()
         })
         .context("invalid --remote-datacenters")?
         .with_status(followed.clone());
