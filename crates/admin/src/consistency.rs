@@ -1,6 +1,10 @@
 //! Do all control-plane instances compute the same thing? Each serves digests of its
-//! registry (per service) and its snapshots (per group); `/api/consistency` compares this
-//! instance's with every peer's and lists the differences.
+//! registry (per service, and per datacenter and service) and its snapshots (per group);
+//! `/api/consistency` compares this instance's with every peer's and lists the differences.
+//! Peers in this datacenter must agree on everything; control planes of other datacenters
+//! serve other proxies from another local state, so with them only the state both hold is
+//! compared: the instances of each datacenter both have (theirs as they export it, and as this
+//! one follows it).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,10 +18,23 @@ use crate::AdminState;
 /// `/api/state/digest`.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Default)]
 pub struct Digests {
+    /// The answering control plane's datacenter.
+    #[serde(default)]
+    pub datacenter: String,
     /// Service → digest of its instances.
     pub services: BTreeMap<String, String>,
     /// Group → digest of its snapshot.
     pub groups: BTreeMap<String, String>,
+    /// Datacenter → its instances' digests per service.
+    #[serde(default)]
+    pub datacenters: BTreeMap<String, DatacenterDigests>,
+}
+
+/// One datacenter's instances, per service.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct DatacenterDigests {
+    /// Service → digest of its instances in that datacenter.
+    pub services: BTreeMap<String, String>,
 }
 
 /// One peer's comparison.
@@ -25,6 +42,8 @@ pub struct Digests {
 pub struct PeerReport {
     /// The peer's admin URL.
     pub address: String,
+    /// The peer's datacenter (`null` when it did not answer).
+    pub datacenter: Option<String>,
     /// No differences and the peer answered.
     pub consistent: bool,
     /// What differs.
@@ -57,17 +76,27 @@ pub struct SelfView {
 /// This instance's digests.
 pub fn digests(s: &AdminState) -> Digests {
     let registry = s.store.snapshot();
-    let services = registry
-        .services
-        .values()
-        .map(|e| {
-            let text = serde_json::to_string(&*e.instances).unwrap_or_default();
-            (
-                e.name.to_string(),
-                format!("{:016x}", xxhash(text.as_bytes())),
-            )
-        })
-        .collect();
+    let digest = |instances: &[&meshplane_model::Instance]| {
+        let text = serde_json::to_string(instances).unwrap_or_default();
+        format!("{:016x}", xxhash(text.as_bytes()))
+    };
+    let mut services = BTreeMap::new();
+    let mut datacenters: BTreeMap<String, DatacenterDigests> = BTreeMap::new();
+    for e in registry.services.values() {
+        let all: Vec<&meshplane_model::Instance> = e.instances.iter().collect();
+        services.insert(e.name.to_string(), digest(&all));
+        let mut by_dc: BTreeMap<&str, Vec<&meshplane_model::Instance>> = BTreeMap::new();
+        for i in e.instances.iter() {
+            by_dc.entry(&i.locality.datacenter).or_default().push(i);
+        }
+        for (dc, instances) in by_dc {
+            datacenters
+                .entry(dc.to_owned())
+                .or_default()
+                .services
+                .insert(e.name.to_string(), digest(&instances));
+        }
+    }
     let groups = s
         .cache
         .groups()
@@ -78,7 +107,12 @@ pub fn digests(s: &AdminState) -> Digests {
                 .map(|snap| (k.to_string(), snap.digest().to_owned()))
         })
         .collect();
-    Digests { services, groups }
+    Digests {
+        datacenter: s.datacenter.clone(),
+        services,
+        groups,
+        datacenters,
+    }
 }
 
 fn xxhash(bytes: &[u8]) -> u64 {
@@ -86,6 +120,38 @@ fn xxhash(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// Differences with a control plane of another datacenter, on the datacenters both hold
+/// instances of.
+pub fn compare_shared(mine: &Digests, theirs: &Digests) -> Vec<String> {
+    let mut out = Vec::new();
+    for (dc, ours) in &mine.datacenters {
+        let Some(other) = theirs.datacenters.get(dc) else {
+            continue;
+        };
+        for (name, d) in &ours.services {
+            match other.services.get(name) {
+                None => out.push(format!(
+                    "datacenter `{dc}`, service `{name}`: missing on the peer"
+                )),
+                Some(t) if t != d => out.push(format!(
+                    "datacenter `{dc}`, service `{name}`: instances differ"
+                )),
+                _ => {}
+            }
+        }
+        for name in other
+            .services
+            .keys()
+            .filter(|n| !ours.services.contains_key(*n))
+        {
+            out.push(format!(
+                "datacenter `{dc}`, service `{name}`: only on the peer"
+            ));
+        }
+    }
+    out
 }
 
 /// Differences between two instances' digests. Groups present on only one side are not
@@ -124,9 +190,9 @@ pub(crate) async fn digest_route(State(s): State<AdminState>) -> Json<Digests> {
 /// `meta.admin_url` is its admin API (e.g. `http://10.0.0.4:18080`).
 pub const CONTROL_PLANE_SERVICE: &str = "meshplane-control-plane";
 
-/// Peers from configuration plus control-plane instances found in the registry in this
-/// datacenter (another datacenter's control planes serve other proxies from another local
-/// state), without this instance and without duplicates.
+/// Peers from configuration plus control-plane instances found in the registry, without this
+/// instance and without duplicates. Those of other datacenters (learned through
+/// `--remote-datacenters`) are compared on the state both hold only (see the module docs).
 pub fn peers(s: &AdminState, own_admin: Option<&str>) -> Vec<String> {
     let registry = s.store.snapshot();
     let registered = registry
@@ -134,7 +200,6 @@ pub fn peers(s: &AdminState, own_admin: Option<&str>) -> Vec<String> {
         .map(|e| {
             e.instances
                 .iter()
-                .filter(|i| i.locality.datacenter == s.datacenter)
                 .filter_map(|i| i.meta.get("admin_url").cloned())
                 .collect::<Vec<_>>()
         })
@@ -174,9 +239,16 @@ pub(crate) async fn report(
         .await;
         peers.push(match fetched {
             Ok(theirs) => {
-                let differences = compare(&mine, &theirs);
+                // A peer that does not say its datacenter predates them: it is one of ours.
+                let same = theirs.datacenter.is_empty() || theirs.datacenter == mine.datacenter;
+                let differences = if same {
+                    compare(&mine, &theirs)
+                } else {
+                    compare_shared(&mine, &theirs)
+                };
                 PeerReport {
                     address: peer.clone(),
+                    datacenter: Some(theirs.datacenter),
                     consistent: differences.is_empty(),
                     differences,
                     error: None,
@@ -184,6 +256,7 @@ pub(crate) async fn report(
             }
             Err(e) => PeerReport {
                 address: peer.clone(),
+                datacenter: None,
                 consistent: false,
                 differences: Vec::new(),
                 error: Some(e.to_string()),
@@ -227,5 +300,42 @@ mod tests {
             ]
         );
         assert!(compare(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn another_datacenter_is_compared_on_the_datacenters_both_hold() {
+        let dc = |pairs: &[(&str, &str)]| DatacenterDigests {
+            services: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        let mut dc1 = Digests {
+            datacenter: "dc1".into(),
+            ..Digests::default()
+        };
+        dc1.datacenters.insert("dc1".into(), dc(&[("orders", "1")]));
+        dc1.datacenters
+            .insert("dc2".into(), dc(&[("payments", "2"), ("ledger", "3")]));
+        let mut dc2 = Digests {
+            datacenter: "dc2".into(),
+            ..Digests::default()
+        };
+        // dc2 does not follow dc1: only dc2's instances are shared; its own groups and
+        // registry differ from dc1's and are not compared.
+        dc2.datacenters
+            .insert("dc2".into(), dc(&[("payments", "2"), ("billing", "4")]));
+        dc2.services.insert("payments".into(), "9".into());
+        dc2.groups.insert("g".into(), "x".into());
+        assert_eq!(
+            compare_shared(&dc1, &dc2),
+            vec![
+                "datacenter `dc2`, service `ledger`: missing on the peer",
+                "datacenter `dc2`, service `billing`: only on the peer",
+            ]
+        );
+        dc2.datacenters
+            .insert("dc2".into(), dc(&[("payments", "2"), ("ledger", "3")]));
+        assert!(compare_shared(&dc1, &dc2).is_empty());
     }
 }

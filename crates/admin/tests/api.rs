@@ -341,8 +341,8 @@ async fn peers_come_from_configuration_and_the_registry() {
     me.id = InstanceId::new("cp-1").expect("id");
     me.meta
         .insert("admin_url".into(), "http://10.0.0.1:18080".into());
-    // Another datacenter's control plane (learned through --remote-datacenters) is not a peer:
-    // it serves other proxies from another local state.
+    // Another datacenter's control plane (learned through --remote-datacenters) is a peer too,
+    // compared on the state both hold (`compare_shared`).
     let mut remote = cp.clone();
     remote.id = InstanceId::new("cp-dc2").expect("id");
     remote.locality.datacenter = "dc2".into();
@@ -384,6 +384,10 @@ async fn peers_come_from_configuration_and_the_registry() {
     let peers = meshplane_admin::consistency::peers(&state, Some("http://10.0.0.1:18080"));
     assert_eq!(
         peers,
-        vec!["http://10.0.0.3:18080", "http://10.0.0.2:18080"]
+        vec![
+            "http://10.0.0.3:18080",
+            "http://10.0.0.2:18080",
+            "http://10.9.0.1:18080"
+        ]
     );
 }

@@ -29,7 +29,11 @@ async fn another_datacenters_services_are_reachable_within_a_second_and_kept_thr
     let dc2 = Mesh::start(|c, _| c.datacenter = "dc2".into()).await;
     let link = FaultProxy::start(dc2.cp.admin_addr).await.expect("proxy");
     let link_addr = link.addr();
+    let dc2_admin = dc2.cp.admin_addr;
     let mut dc1 = Mesh::start(move |c, _| {
+        // dc2's control plane is a consistency peer too, reached directly (not through the
+        // link that gets cut): compared on the state both hold, dc2's instances.
+        c.peers = vec![format!("http://{dc2_admin}")];
         c.remote_datacenters = Some(format!("dc2=http://{link_addr}"));
         c.remote_keep_stale = format!("{}ms", keep.as_millis());
     })
@@ -64,6 +68,27 @@ async fn another_datacenters_services_are_reachable_within_a_second_and_kept_thr
         took.last()
     );
 
+    let consistency = |dc1: &Mesh| {
+        let (http, url) = (
+            dc1.http.clone(),
+            format!("http://{}/api/consistency", dc1.cp.admin_addr),
+        );
+        async move {
+            let report: serde_json::Value = http
+                .get(url)
+                .send()
+                .await
+                .expect("consistency")
+                .json()
+                .await
+                .expect("json");
+            report
+        }
+    };
+    let agreed = consistency(&dc1).await;
+    assert_eq!(agreed["consistent"], true, "{agreed}");
+    assert_eq!(agreed["peers"][0]["datacenter"], "dc2", "{agreed}");
+
     // The link between the datacenters cut: what dc1 knew of dc2 keeps working for `keep`,
     // a service registered in dc2 meanwhile is not seen.
     link.set(Fault::Drop);
@@ -80,6 +105,17 @@ async fn another_datacenters_services_are_reachable_within_a_second_and_kept_thr
         },
     )
     .await;
+    // Consistency sees what dc1 missed.
+    let missed = consistency(&dc1).await;
+    assert!(
+        missed["peers"][0]["differences"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d
+                == &serde_json::json!(format!(
+                    "datacenter `dc2`, service `{DURING_CUT}`: only on the peer"
+                )))),
+        "{missed}"
+    );
     // Then dc2 is dropped and shown so.
     eventually(
         "dc2 dropped once kept for --remote-keep-stale",
