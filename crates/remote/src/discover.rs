@@ -9,8 +9,8 @@
 //!
 //! [`follow`] asks again every [`DiscoveryConfig::interval`]: a new datacenter gets its
 //! [`RemoteSource`], a datacenter's control planes that moved are followed where they are now.
-//! It uses one connection to Consul (short requests, one at a time), outside the Consul
-//! source's budget.
+//! It uses one connection to Consul (short requests, one at a time), which the control plane
+//! takes out of the Consul source's connection budget.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

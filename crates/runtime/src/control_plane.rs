@@ -140,12 +140,17 @@ pub async fn start(
         }
         RegistryKind::Consul => {
             registry_addr = None;
+            let defaults = ConsulConfig::default();
+            // Discovering the other datacenters takes one connection to Consul: it comes out
+            // of the same budget, so the control plane never holds more than the default.
+            let discovery = usize::from(config.remote_datacenters.is_none());
             let source = ConsulSource::new(ConsulConfig {
                 address: config.consul_addr.clone().unwrap_or_default(),
                 token: config.consul_token.clone(),
                 datacenter: Some(config.datacenter.clone()),
                 ca_file: config.consul_ca_file.clone(),
-                ..Default::default()
+                max_connections: defaults.max_connections - discovery,
+                ..defaults
             })
             .context("invalid Consul settings")?
             .with_errors(ErrorObserver::new({
