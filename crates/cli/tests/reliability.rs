@@ -669,3 +669,160 @@ async fn reachable(http: &reqwest::Client, egress: u16, host: &str) -> Result<()
         seen => Err(format!("{host}: {seen:?}")),
     }
 }
+
+/// Scenario 5: one instance's health flips every this long.
+const FLAP_EVERY: Duration = Duration::from_millis(100);
+
+/// Scenario 5: pushes to a proxy are coalesced to at most one per translation pass
+/// (`meshplane_runtime::mesh::MIN_PASS_INTERVAL`, 50 ms): at most 20 per second, plus one.
+const MAX_PUSHES_PER_SECOND: f64 = 20.0;
+
+/// Scenario 5: an instance flapping (its TTL check passing and failing every
+/// [`FLAP_EVERY`]) while two callers send traffic: the caller of the flapping service never
+/// sees a failed request (the other instance is healthy, the flapping one's app is up) and
+/// gets at most [`MAX_PUSHES_PER_SECOND`] endpoint updates; the caller of an unaffected
+/// service gets no update at all (Envoy's own counters of applied xDS updates).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flapping_instance_is_coalesced_and_leaves_other_proxies_alone() {
+    let window = fault_window();
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let (stable, flapping, orders) = (
+        upstream("payments").await,
+        upstream("payments").await,
+        upstream("orders").await,
+    );
+    let registry = mesh.registry();
+    let register = |id: &'static str, service: &'static str, port: u16| {
+        let http = mesh.http.clone();
+        async move {
+            let r = http
+                .put(format!("http://{registry}/v1/agent/service/register"))
+                .json(&serde_json::json!({
+                    "ID": id, "Name": service, "Address": "127.0.0.1", "Port": port,
+                    "Check": {"TTL": "1h", "Status": "passing"},
+                }))
+                .send()
+                .await
+                .expect("registry");
+            assert!(r.status().is_success(), "register {id}: {}", r.status());
+        }
+    };
+    register("payments-stable", "payments", stable).await;
+    register("payments-flapping", "payments", flapping).await;
+    register("orders-1", "orders", orders).await;
+    let (affected, unaffected) = (free_port(), free_port());
+    mesh.sidecar(
+        "web-flap",
+        &caller(
+            "web",
+            free_port(),
+            free_port(),
+            affected,
+            "  - service: payments\n",
+        ),
+        2,
+    )
+    .await;
+    mesh.sidecar(
+        "batch-flap",
+        &caller(
+            "batch",
+            free_port(),
+            free_port(),
+            unaffected,
+            "  - service: orders\n",
+        ),
+        2,
+    )
+    .await;
+    let (web_admin, batch_admin) = (
+        mesh.sidecar_admin("web-flap"),
+        mesh.sidecar_admin("batch-flap"),
+    );
+    for (egress, host) in [(affected, "payments"), (unaffected, "orders")] {
+        eventually(
+            &format!("{host} reachable"),
+            Duration::from_secs(10),
+            || reachable(&mesh.http, egress, host),
+        )
+        .await;
+    }
+    // Envoy's counters of xDS updates it applied: per cluster (EDS) and per type.
+    let updates = |admin: u16, cluster: &'static str| {
+        let http = mesh.http.clone();
+        async move {
+            let mut total = 0;
+            for stat in [
+                format!("cluster.{cluster}.update_success"),
+                "cluster_manager.cds.update_success".to_owned(),
+                "listener_manager.lds.update_success".to_owned(),
+            ] {
+                total += envoy_stat(&http, admin, &stat).await.unwrap_or(0);
+            }
+            total
+        }
+    };
+    let (web_before, batch_before) = (
+        updates(web_admin, "payments").await,
+        updates(batch_admin, "orders").await,
+    );
+
+    assert!(
+        batch_before > 0 && web_before > 0,
+        "Envoy's update counters are read (the initial configuration counts)"
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let flapper = tokio::spawn({
+        let (http, stop) = (mesh.http.clone(), stop.clone());
+        async move {
+            let mut flips = 0u64;
+            let mut tick = tokio::time::interval(FLAP_EVERY);
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                let state = if flips % 2 == 0 { "fail" } else { "pass" };
+                let _ = http
+                    .put(format!(
+                        "http://{registry}/v1/agent/check/{state}/service:payments-flapping"
+                    ))
+                    .send()
+                    .await;
+                flips += 1;
+            }
+            flips
+        }
+    });
+    let started = Instant::now();
+    hold(
+        window,
+        "callers never see a failed request while payments-flapping flaps",
+        || async {
+            reachable(&mesh.http, affected, "payments").await?;
+            reachable(&mesh.http, unaffected, "orders").await?;
+            let batch = updates(batch_admin, "orders").await;
+            if batch != batch_before {
+                return Err(format!(
+                    "the unaffected proxy applied {} xDS updates",
+                    batch - batch_before
+                ));
+            }
+            Ok(())
+        },
+    )
+    .await;
+    stop.cancel();
+    let flips = flapper.await.expect("flapper");
+    let elapsed = started.elapsed().as_secs_f64();
+    let web = updates(web_admin, "payments").await - web_before;
+    eprintln!(
+        "flapping: {flips} flips in {elapsed:.1} s, the affected proxy applied {web} updates"
+    );
+    assert!(
+        flips as f64 >= elapsed / FLAP_EVERY.as_secs_f64() * 0.5,
+        "the instance barely flapped: {flips}"
+    );
+    assert!(web > 0, "the affected proxy never saw the flapping");
+    assert!(
+        web as f64 <= MAX_PUSHES_PER_SECOND * elapsed + 1.0,
+        "{web} updates in {elapsed:.1} s: more than {MAX_PUSHES_PER_SECOND}/s"
+    );
+}
