@@ -779,7 +779,7 @@ async fn a_flapping_instance_is_coalesced_and_leaves_other_proxies_alone() {
             let mut tick = tokio::time::interval(FLAP_EVERY);
             while !stop.is_cancelled() {
                 tick.tick().await;
-                let state = if flips % 2 == 0 { "fail" } else { "pass" };
+                let state = if flips.is_multiple_of(2) { "fail" } else { "pass" };
                 let _ = http
                     .put(format!(
                         "http://{registry}/v1/agent/check/{state}/service:payments-flapping"
