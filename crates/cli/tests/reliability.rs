@@ -779,7 +779,11 @@ async fn a_flapping_instance_is_coalesced_and_leaves_other_proxies_alone() {
             let mut tick = tokio::time::interval(FLAP_EVERY);
             while !stop.is_cancelled() {
                 tick.tick().await;
-                let state = if flips.is_multiple_of(2) { "fail" } else { "pass" };
+                let state = if flips.is_multiple_of(2) {
+                    "fail"
+                } else {
+                    "pass"
+                };
                 let _ = http
                     .put(format!(
                         "http://{registry}/v1/agent/check/{state}/service:payments-flapping"
@@ -825,4 +829,225 @@ async fn a_flapping_instance_is_coalesced_and_leaves_other_proxies_alone() {
         web as f64 <= MAX_PUSHES_PER_SECOND * elapsed + 1.0,
         "{web} updates in {elapsed:.1} s: more than {MAX_PUSHES_PER_SECOND}/s"
     );
+}
+
+/// Scenario 7: with bad proxies connected, a change reaches a well-behaved proxy's Envoy
+/// (registration → requests answered by the new instance) within this.
+const CHANGE_DESPITE_BAD_PROXIES: Duration = Duration::from_secs(1);
+
+/// Scenario 7: ADS streams the flooding client opens (10 connections × 100), none of which
+/// ever reads a response.
+const FLOOD_STREAMS: usize = 1000;
+
+type Ads = envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
+type Request = envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+
+/// A `Node` whose metadata is `descriptor` (YAML), as a sidecar sends it.
+fn node(id: &str, descriptor: &str) -> envoy_types::pb::envoy::config::core::v3::Node {
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+    fn to_value(v: &serde_json::Value) -> Value {
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+                values: a.iter().map(to_value).collect(),
+            }),
+            serde_json::Value::Object(o) => Kind::StructValue(Struct {
+                fields: o.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
+            }),
+        };
+        Value { kind: Some(kind) }
+    }
+    let json: serde_json::Value = serde_norway::from_str(descriptor).expect("yaml");
+    let Some(Kind::StructValue(metadata)) = to_value(&json).kind else {
+        panic!("descriptor is a map")
+    };
+    envoy_types::pb::envoy::config::core::v3::Node {
+        id: id.into(),
+        cluster: json["service"].as_str().unwrap_or_default().into(),
+        metadata: Some(metadata),
+        ..Default::default()
+    }
+}
+
+const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+
+/// Opens an ADS stream on `client` and asks for clusters as `node`.
+async fn open_stream(
+    client: &mut Ads,
+    node: envoy_types::pb::envoy::config::core::v3::Node,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<Request>,
+        tonic::Streaming<envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse>,
+    ),
+    tonic::Status,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(Request {
+        node: Some(node),
+        type_url: CDS.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("queued");
+    let stream = client
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    Ok((tx, stream))
+}
+
+/// Scenario 7: a proxy whose metadata is garbage, one that rejects (NACKs) everything it is
+/// sent, and a client holding [`FLOOD_STREAMS`] ADS streams it never reads, all connected while
+/// a well-behaved sidecar's service changes: each change reaches that sidecar's Envoy within
+/// [`CHANGE_DESPITE_BAD_PROXIES`]; the garbage is refused to that proxy alone with an error
+/// naming the field; the NACKing proxy shows in the admin API (what the panel reads) as
+/// `NACKED` with its error.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_proxies_do_not_hold_back_the_others_and_show_in_the_panel() {
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let xds = format!("http://{}", mesh.cp.xds_addr);
+    let first = upstream("round-0").await;
+    mesh.register("payments-0", "payments", first, &[], 1).await;
+    let egress = free_port();
+    mesh.sidecar(
+        "good-1",
+        &caller(
+            "good",
+            free_port(),
+            free_port(),
+            egress,
+            "  - service: payments\n",
+        ),
+        2,
+    )
+    .await;
+    eventually(
+        "the good sidecar reaches payments",
+        Duration::from_secs(10),
+        || async {
+            via_egress(&mesh.http, egress, "payments", None).await == (200, "round-0".into())
+        },
+    )
+    .await;
+
+    // Garbage metadata: refused to that stream, naming what is wrong.
+    let mut client = Ads::connect(xds.clone()).await.expect("xds");
+    let garbage = node("garbage-1", "service: garbage\ndependencies: 7\n");
+    let refused = match open_stream(&mut client, garbage).await {
+        Err(status) => status,
+        Ok((_tx, mut stream)) => stream
+            .message()
+            .await
+            .expect_err("garbage metadata refused"),
+    };
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("dependencies"), "{refused:?}");
+
+    // A proxy that NACKs everything, forever.
+    let bad = |service: &str| {
+        caller(
+            service,
+            free_port(),
+            free_port(),
+            free_port(),
+            "  - service: payments\n",
+        )
+    };
+    let nacker = node("nacker-1", &bad("nacker"));
+    let (tx, mut stream) = open_stream(&mut client, nacker).await.expect("nacker");
+    let nacking = tokio::spawn(async move {
+        while let Ok(Some(response)) = stream.message().await {
+            let nack = Request {
+                type_url: response.type_url.clone(),
+                response_nonce: response.nonce.clone(),
+                error_detail: Some(envoy_types::pb::google::rpc::Status {
+                    code: 3,
+                    message: "rejected by a bad proxy".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            if tx.send(nack).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    // A flood of streams nobody reads.
+    let mut flood = Vec::new();
+    let flood_descriptor = bad("flood");
+    for c in 0..FLOOD_STREAMS / 100 {
+        let mut client = Ads::connect(xds.clone()).await.expect("xds");
+        for s in 0..100 {
+            let node = node(&format!("flood-{c}-{s}"), &flood_descriptor);
+            if let Ok(Ok(open)) =
+                tokio::time::timeout(Duration::from_secs(2), open_stream(&mut client, node)).await
+            {
+                flood.push(open);
+            }
+        }
+    }
+    let admin = format!("http://{}/api/proxies", mesh.cp.admin_addr);
+    let flooding = eventually("the flood connected", Duration::from_secs(10), || async {
+        let proxies = get_json(&mesh.http, &admin).await.ok()?;
+        let n = proxies
+            .as_array()?
+            .iter()
+            .filter(|p| p["service"] == "flood")
+            .count();
+        (n >= FLOOD_STREAMS / 2).then_some(n)
+    })
+    .await;
+    eprintln!(
+        "bad proxies: {} flooding streams open, {flooding} listed by the control plane",
+        flood.len()
+    );
+
+    // The good sidecar's service changes, round after round, during the whole window.
+    let rounds = (fault_window().as_secs_f64() / 1.0).ceil().max(3.0) as usize;
+    for round in 1..=rounds {
+        let name: &'static str = Box::leak(format!("round-{round}").into_boxed_str());
+        let port = upstream(name).await;
+        let started = Instant::now();
+        mesh.register(&format!("payments-{round}"), "payments", port, &[], 1)
+            .await;
+        mesh.deregister(&format!("payments-{}", round - 1)).await;
+        eventually(
+            &format!("change {round} at the good sidecar despite the bad proxies"),
+            CHANGE_DESPITE_BAD_PROXIES,
+            || async {
+                via_egress(&mesh.http, egress, "payments", None).await == (200, name.into())
+            },
+        )
+        .await;
+        eprintln!(
+            "bad proxies: change {round} applied in {:?}",
+            started.elapsed()
+        );
+    }
+
+    // The bad one is visible: NACKED, with its error.
+    let proxies = get_json(
+        &mesh.http,
+        &format!("http://{}/api/proxies", mesh.cp.admin_addr),
+    )
+    .await
+    .expect("proxies");
+    let nacked = proxies
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["node_id"] == "nacker-1")
+        .unwrap_or_else(|| panic!("the NACKing proxy is listed: {proxies}"));
+    assert_eq!(nacked["sync"], "NACKED", "{nacked}");
+    assert!(
+        nacked.to_string().contains("rejected by a bad proxy"),
+        "{nacked}"
+    );
+    nacking.abort();
+    drop(flood);
 }
