@@ -1051,3 +1051,299 @@ async fn bad_proxies_do_not_hold_back_the_others_and_show_in_the_panel() {
     nacking.abort();
     drop(flood);
 }
+
+/// Scenario 10: the sidecar's registry check runs this often, with this timeout, and the
+/// registry drops an instance critical for this long (short, so the test is too).
+const CHECK_INTERVAL: &str = "500ms";
+const CHECK_TIMEOUT: &str = "500ms";
+const DEREGISTER_CRITICAL_AFTER: &str = "2s";
+
+/// Scenario 10: a SIGKILLed Envoy is running again and serving within this (the supervisor's
+/// first restart is immediate; Envoy starts and takes its configuration).
+const ENVOY_BACK_WITHIN: Duration = Duration::from_secs(10);
+
+/// Scenario 10: after an app goes down, callers stop sending to its instance within this:
+/// the check's interval and timeout (1 s), the registry's tick, one translation and push.
+const CALLERS_STOP_WITHIN: Duration = Duration::from_secs(3);
+
+/// Scenario 10: a SIGKILLed sidecar's instance leaves the registry within this: its Envoy
+/// dies with it, its check goes critical within the interval and timeout, and the registry
+/// reaps it [`DEREGISTER_CRITICAL_AFTER`] later (plus its 100 ms tick).
+const REAPED_WITHIN: Duration = Duration::from_secs(5);
+
+/// An app that answers its name until `stop` is cancelled, then refuses connections.
+async fn stoppable_app(name: &'static str, stop: tokio_util::sync::CancellationToken) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let router = axum::Router::new().fallback(axum::routing::get(move || async move { name }));
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    port
+}
+
+/// A meshed `payments` instance (app + sidecar with short checks) and an `orders` caller.
+async fn payments_and_caller(
+    mesh: &mut Mesh,
+    instances: &[(&str, u16)],
+    deregister_critical_after: &str,
+) -> u16 {
+    for (id, app) in instances {
+        let d = format!(
+            "service: payments\nport: {app}\ningress: {{ port: {} }}\n",
+            free_port()
+        );
+        mesh.sidecar_with(
+            id,
+            &d,
+            1,
+            &[
+                "--check-interval",
+                CHECK_INTERVAL,
+                "--check-timeout",
+                CHECK_TIMEOUT,
+                "--deregister-critical-after",
+                deregister_critical_after,
+            ],
+        )
+        .await;
+    }
+    let egress = free_port();
+    mesh.sidecar(
+        "orders-r10",
+        &caller(
+            "orders",
+            free_port(),
+            free_port(),
+            egress,
+            "  - service: payments\n",
+        ),
+        2,
+    )
+    .await;
+    egress
+}
+
+/// The registry's view of a payments instance: `Some(status of its check)`, `None` if gone.
+async fn registered(mesh: &Mesh, id: &str) -> Option<String> {
+    let entries = get_json(
+        &mesh.http,
+        &format!("http://{}/v1/health/service/payments", mesh.registry()),
+    )
+    .await
+    .ok()?;
+    entries.as_array()?.iter().find_map(|e| {
+        (e["Service"]["ID"] == id).then(|| {
+            e["Checks"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["ServiceID"] == id))
+                .and_then(|c| c["Status"].as_str())
+                .unwrap_or("none")
+                .to_owned()
+        })
+    })
+}
+
+/// Scenario 10a: Envoy killed with SIGKILL under traffic: the sidecar starts a new one, the
+/// service answers again within [`ENVOY_BACK_WITHIN`], and the instance is still registered
+/// once, passing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_envoy_is_restarted_and_its_registration_stays_correct() {
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let app = upstream("payments").await;
+    let egress = payments_and_caller(
+        &mut mesh,
+        &[("payments-r10a", app)],
+        DEREGISTER_CRITICAL_AFTER,
+    )
+    .await;
+    eventually("payments reachable", Duration::from_secs(10), || {
+        reachable(&mesh.http, egress, "payments")
+    })
+    .await;
+    let killed = mesh.envoy_pid("payments-r10a").expect("Envoy runs");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(killed as i32).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("SIGKILL");
+    let started = Instant::now();
+    eventually(
+        "a new Envoy serving payments again",
+        ENVOY_BACK_WITHIN,
+        || async {
+            mesh.envoy_pid("payments-r10a").is_some_and(|p| p != killed)
+                && reachable(&mesh.http, egress, "payments").await.is_ok()
+        },
+    )
+    .await;
+    eprintln!(
+        "sidecar side: Envoy back {:?} after SIGKILL",
+        started.elapsed()
+    );
+    eventually(
+        "still registered once, passing",
+        Duration::from_secs(5),
+        || async { registered(&mesh, "payments-r10a").await.as_deref() == Some("passing") },
+    )
+    .await;
+    let entries = get_json(
+        &mesh.http,
+        &format!("http://{}/v1/health/service/payments", mesh.registry()),
+    )
+    .await
+    .expect("registry");
+    assert_eq!(entries.as_array().map(Vec::len), Some(1), "{entries}");
+}
+
+/// Scenario 10b: one of two instances' app goes down: within [`CALLERS_STOP_WITHIN`] its
+/// check is critical and the caller's Envoy sends it nothing more (its per-host request and
+/// connection counters stop), while every request keeps succeeding on the other instance.
+#[tokio::test(flavor = "multi_thread")]
+async fn callers_stop_sending_to_an_instance_whose_app_is_down() {
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let down = tokio_util::sync::CancellationToken::new();
+    let (a, b) = (
+        stoppable_app("payments", down.clone()).await,
+        upstream("payments").await,
+    );
+    // Not reaped during the test: the critical instance stays registered, and the caller's
+    // Envoy keeps it as a host it must not use.
+    let egress = payments_and_caller(
+        &mut mesh,
+        &[("payments-r10b-a", a), ("payments-r10b-b", b)],
+        "10m",
+    )
+    .await;
+    eventually(
+        "both instances passing",
+        Duration::from_secs(10),
+        || async {
+            registered(&mesh, "payments-r10b-a").await.as_deref() == Some("passing")
+                && registered(&mesh, "payments-r10b-b").await.as_deref() == Some("passing")
+        },
+    )
+    .await;
+    let orders_admin = mesh.sidecar_admin("orders-r10");
+    // What the caller's Envoy sent to instance a: requests and connection attempts to its
+    // ingress, from Envoy's /clusters.
+    let a_ingress = {
+        let d = std::fs::read_to_string(mesh.dir.path().join("payments-r10b-a.yaml"))
+            .expect("descriptor");
+        meshplane_model::Descriptor::from_yaml(&d)
+            .expect("descriptor")
+            .ingress
+            .port
+    };
+    let sent_to_a = || {
+        let http = mesh.http.clone();
+        async move {
+            let text = http
+                .get(format!("http://127.0.0.1:{orders_admin}/clusters"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let host = format!("payments::127.0.0.1:{a_ingress}::");
+            let sum: u64 = text
+                .lines()
+                .filter_map(|l| l.strip_prefix(&host))
+                .filter_map(|l| l.split_once("::"))
+                .filter(|(stat, _)| matches!(*stat, "rq_total" | "cx_connect_fail"))
+                .filter_map(|(_, value)| value.trim().parse::<u64>().ok())
+                .sum();
+            Some(sum)
+        }
+    };
+    let traffic = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let (http, traffic) = (mesh.http.clone(), traffic.clone());
+        async move {
+            while !traffic.is_cancelled() {
+                let _ = via_egress(&http, egress, "payments", None).await;
+            }
+        }
+    });
+    eventually(
+        "instance a gets traffic",
+        Duration::from_secs(5),
+        || async { sent_to_a().await.is_some_and(|n| n > 0) },
+    )
+    .await;
+
+    down.cancel();
+    let stopped = Instant::now();
+    eventually(
+        "instance a critical in the registry",
+        CALLERS_STOP_WITHIN,
+        || async { registered(&mesh, "payments-r10b-a").await.as_deref() == Some("critical") },
+    )
+    .await;
+    // Once the caller has its new endpoints, nothing more goes to a.
+    let settled = eventually(
+        "the caller stops sending to instance a",
+        CALLERS_STOP_WITHIN.saturating_sub(stopped.elapsed()) + Duration::from_millis(500),
+        || async {
+            let before = sent_to_a().await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            (sent_to_a().await? == before).then_some(before)
+        },
+    )
+    .await;
+    eprintln!(
+        "sidecar side: callers stopped sending to a down app {:?} after it stopped",
+        stopped.elapsed()
+    );
+    hold(
+        fault_window(),
+        "nothing sent to a, every request answered by b",
+        || async {
+            reachable(&mesh.http, egress, "payments").await?;
+            match sent_to_a().await {
+                Some(n) if n == settled => Ok(()),
+                seen => Err(format!("sent to a: {seen:?}, was {settled}")),
+            }
+        },
+    )
+    .await;
+    traffic.cancel();
+}
+
+/// Scenario 10c: the sidecar killed with SIGKILL: its Envoy dies with it, its check goes
+/// critical, and the registry reaps the instance within [`REAPED_WITHIN`].
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_sidecar_is_reaped_by_the_registry() {
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let app = upstream("payments").await;
+    payments_and_caller(
+        &mut mesh,
+        &[("payments-r10c", app)],
+        DEREGISTER_CRITICAL_AFTER,
+    )
+    .await;
+    eventually("registered, passing", Duration::from_secs(10), || async {
+        registered(&mesh, "payments-r10c").await.as_deref() == Some("passing")
+    })
+    .await;
+    let pid = mesh.sidecar_pid("payments-r10c");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("SIGKILL");
+    let killed = Instant::now();
+    eventually("the instance reaped", REAPED_WITHIN, || async {
+        registered(&mesh, "payments-r10c").await.is_none()
+    })
+    .await;
+    eprintln!(
+        "sidecar side: a SIGKILLed sidecar reaped {:?} after",
+        killed.elapsed()
+    );
+}

@@ -206,6 +206,30 @@ impl Mesh {
 }
 
 impl Mesh {
+    /// The `meshplane sidecar` process of `id`.
+    pub fn sidecar_pid(&self, id: &str) -> u32 {
+        self.sidecars
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.child.id())
+            .expect("known sidecar")
+    }
+
+    /// The Envoy `id`'s sidecar runs now (its child process), if any.
+    pub fn envoy_pid(&self, id: &str) -> Option<u32> {
+        let pid = self.sidecar_pid(id);
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+            .flat_map(|s| {
+                s.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .next()
+    }
+
     /// Everything a sidecar (and its Envoy) printed so far.
     pub fn sidecar_log(&self, id: &str) -> String {
         self.sidecars
