@@ -3,28 +3,10 @@
 
 mod support;
 
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use meshplane_runtime::RegistryKind;
-use support::{Mesh, caller, free_port, poll};
-
-fn to_value(v: &serde_json::Value) -> Value {
-    let kind = match v {
-        serde_json::Value::Null => Kind::NullValue(0),
-        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
-        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
-        serde_json::Value::Array(a) => Kind::ListValue(ListValue {
-            values: a.iter().map(to_value).collect(),
-        }),
-        serde_json::Value::Object(o) => Kind::StructValue(Struct {
-            fields: o.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
-        }),
-    };
-    Value { kind: Some(kind) }
-}
+use support::{Mesh, caller, descriptor_node, free_port, poll};
 
 /// An in-process ADS client that connects with `descriptor` as node metadata and stays open.
 async fn connect_proxy(
@@ -35,16 +17,7 @@ async fn connect_proxy(
     tokio::sync::mpsc::Sender<DiscoveryRequest>,
     tonic::Streaming<envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse>,
 ) {
-    let json: serde_json::Value = serde_norway::from_str(descriptor).expect("yaml");
-    let Some(Kind::StructValue(metadata)) = to_value(&json).kind else {
-        panic!("descriptor is a map")
-    };
-    let node = Node {
-        id: id.into(),
-        cluster: "orders".into(),
-        metadata: Some(metadata),
-        ..Default::default()
-    };
+    let node = descriptor_node(id, descriptor);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
         .await

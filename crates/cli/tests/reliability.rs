@@ -16,7 +16,7 @@ use meshplane_test_support::fault::{Fault, FaultProxy};
 use meshplane_test_support::http_front::{Answer, HttpFront};
 use meshplane_test_support::process::pause;
 use meshplane_test_support::{eventually, fault_window, hold};
-use support::{Mesh, caller, envoy_stat, free_port, upstream, via_egress};
+use support::{Mesh, caller, descriptor_node, envoy_stat, free_port, upstream, via_egress};
 use tokio::time::Instant;
 
 /// Scenario 1: after a hung control plane answers again, a service registered meanwhile is
@@ -842,36 +842,6 @@ const FLOOD_STREAMS: usize = 1000;
 type Ads = envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient<tonic::transport::Channel>;
 type Request = envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
-/// A `Node` whose metadata is `descriptor` (YAML), as a sidecar sends it.
-fn node(id: &str, descriptor: &str) -> envoy_types::pb::envoy::config::core::v3::Node {
-    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
-    fn to_value(v: &serde_json::Value) -> Value {
-        let kind = match v {
-            serde_json::Value::Null => Kind::NullValue(0),
-            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
-            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
-            serde_json::Value::Array(a) => Kind::ListValue(ListValue {
-                values: a.iter().map(to_value).collect(),
-            }),
-            serde_json::Value::Object(o) => Kind::StructValue(Struct {
-                fields: o.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
-            }),
-        };
-        Value { kind: Some(kind) }
-    }
-    let json: serde_json::Value = serde_norway::from_str(descriptor).expect("yaml");
-    let Some(Kind::StructValue(metadata)) = to_value(&json).kind else {
-        panic!("descriptor is a map")
-    };
-    envoy_types::pb::envoy::config::core::v3::Node {
-        id: id.into(),
-        cluster: json["service"].as_str().unwrap_or_default().into(),
-        metadata: Some(metadata),
-        ..Default::default()
-    }
-}
-
 const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 
 /// Opens an ADS stream on `client` and asks for clusters as `node`.
@@ -936,7 +906,7 @@ async fn bad_proxies_do_not_hold_back_the_others_and_show_in_the_panel() {
 
     // Garbage metadata: refused to that stream, naming what is wrong.
     let mut client = Ads::connect(xds.clone()).await.expect("xds");
-    let garbage = node("garbage-1", "service: garbage\ndependencies: 7\n");
+    let garbage = descriptor_node("garbage-1", "service: garbage\ndependencies: 7\n");
     let refused = match open_stream(&mut client, garbage).await {
         Err(status) => status,
         Ok((_tx, mut stream)) => stream
@@ -957,7 +927,7 @@ async fn bad_proxies_do_not_hold_back_the_others_and_show_in_the_panel() {
             "  - service: payments\n",
         )
     };
-    let nacker = node("nacker-1", &bad("nacker"));
+    let nacker = descriptor_node("nacker-1", &bad("nacker"));
     let (tx, mut stream) = open_stream(&mut client, nacker).await.expect("nacker");
     let nacking = tokio::spawn(async move {
         while let Ok(Some(response)) = stream.message().await {
@@ -983,7 +953,7 @@ async fn bad_proxies_do_not_hold_back_the_others_and_show_in_the_panel() {
     for c in 0..FLOOD_STREAMS / 100 {
         let mut client = Ads::connect(xds.clone()).await.expect("xds");
         for s in 0..100 {
-            let node = node(&format!("flood-{c}-{s}"), &flood_descriptor);
+            let node = descriptor_node(&format!("flood-{c}-{s}"), &flood_descriptor);
             if let Ok(Ok(open)) =
                 tokio::time::timeout(Duration::from_secs(2), open_stream(&mut client, node)).await
             {

@@ -3,6 +3,8 @@
 //! Consul is a protocol fake answering the two lookups as Consul documents them; the
 //! datacenters' exports are real.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,45 +12,15 @@ use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
-use meshplane_model::{Health, Instance, InstanceId, Locality, ServiceName};
+use common::{instance, serve};
+use meshplane_model::{Health, ServiceName};
 use meshplane_registry::{RegistryEvent, SourceId, Store, Writer};
 use meshplane_remote::discover::{Discovery, DiscoveryConfig};
 use meshplane_remote::{FollowState, Followed, LocalState, RemoteConfig};
 use meshplane_test_support::eventually;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-fn instance(service: &str, id: &str, dc: &str) -> Instance {
-    Instance {
-        id: InstanceId::new(id).expect("id"),
-        service: service.parse().expect("service"),
-        node: "node-1".into(),
-        address: "10.0.0.5".into(),
-        port: 31001,
-        tags: Vec::new(),
-        meta: BTreeMap::new(),
-        weight: 1,
-        health: Health::Passing,
-        locality: Locality {
-            datacenter: dc.into(),
-            zone: None,
-        },
-    }
-}
-
-async fn serve(router: axum::Router, shutdown: &CancellationToken) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(s.cancelled_owned())
-            .await
-    });
-    addr
-}
 
 /// A datacenter's control plane, as far as its export goes.
 async fn export(dc: &str, service: &str, shutdown: &CancellationToken) -> (Writer, SocketAddr) {
@@ -57,7 +29,12 @@ async fn export(dc: &str, service: &str, shutdown: &CancellationToken) -> (Write
         source: SourceId::new("embedded"),
         services: [(
             service.parse::<ServiceName>().expect("name"),
-            vec![instance(service, &format!("{service}-1"), dc)],
+            vec![instance(
+                service,
+                &format!("{service}-1"),
+                dc,
+                Health::Passing,
+            )],
         )]
         .into(),
     });

@@ -1,6 +1,8 @@
 //! A control plane following another datacenter: dc2's local-state export served over HTTP on
 //! 127.0.0.1, dc1's `RemoteSource` feeding dc1's store, with the link between them failing.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,37 +12,19 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use meshplane_model::{Health, Instance, InstanceId, Locality, ServiceName};
+use common::{instance, serve};
+use meshplane_model::{Health, ServiceName};
 use meshplane_registry::{RegistryEvent, RegistrySource, SourceId, SourceStatus, Store, Writer};
 use meshplane_remote::{
     DatacenterView, FollowState, Followed, LocalState, RemoteConfig, RemoteSource,
 };
 use meshplane_test_support::fault::{Fault, FaultProxy};
 use meshplane_test_support::{eventually, fault_window, hold};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// A change in dc2 is in dc1's store within this (the cross-DC bound is 1 s to
 /// reachable, translation and the push included).
 const CHANGE_ARRIVES_WITHIN: Duration = Duration::from_millis(500);
-
-fn instance(service: &str, id: &str, dc: &str, health: Health) -> Instance {
-    Instance {
-        id: InstanceId::new(id).expect("id"),
-        service: service.parse().expect("service"),
-        node: "node-1".into(),
-        address: "10.0.0.5".into(),
-        port: 31001,
-        tags: Vec::new(),
-        meta: BTreeMap::new(),
-        weight: 100,
-        health,
-        locality: Locality {
-            datacenter: dc.into(),
-            zone: None,
-        },
-    }
-}
 
 fn name(s: &str) -> ServiceName {
     s.parse().expect("service name")
@@ -50,18 +34,6 @@ fn name(s: &str) -> ServiceName {
 struct Dc2 {
     writer: Writer,
     addr: SocketAddr,
-}
-
-async fn serve(router: axum::Router, shutdown: &CancellationToken) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(s.cancelled_owned())
-            .await
-    });
-    addr
 }
 
 async fn dc2(shutdown: &CancellationToken) -> Dc2 {

@@ -472,3 +472,37 @@ fn rand_serial() -> [u8; 8] {
     b[0] |= 0x10;
     b
 }
+
+/// The `Node` a sidecar sends for `descriptor` (YAML): the instance id, the service as
+/// `cluster`, the descriptor's fields as metadata.
+pub fn descriptor_node(
+    id: &str,
+    descriptor: &str,
+) -> envoy_types::pb::envoy::config::core::v3::Node {
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+    fn to_value(v: &serde_json::Value) -> Value {
+        let kind = match v {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+            serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+            serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+                values: a.iter().map(to_value).collect(),
+            }),
+            serde_json::Value::Object(o) => Kind::StructValue(Struct {
+                fields: o.iter().map(|(k, v)| (k.clone(), to_value(v))).collect(),
+            }),
+        };
+        Value { kind: Some(kind) }
+    }
+    let json: serde_json::Value = serde_norway::from_str(descriptor).expect("yaml");
+    let Some(Kind::StructValue(metadata)) = to_value(&json).kind else {
+        panic!("descriptor is a map")
+    };
+    envoy_types::pb::envoy::config::core::v3::Node {
+        id: id.into(),
+        cluster: json["service"].as_str().unwrap_or_default().into(),
+        metadata: Some(metadata),
+        ..Default::default()
+    }
+}
