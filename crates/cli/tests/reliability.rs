@@ -1317,3 +1317,257 @@ async fn a_killed_sidecar_is_reaped_by_the_registry() {
         killed.elapsed()
     );
 }
+
+/// Scenario 4: services churning at once, each adding and removing instances.
+const CHURNING_SERVICES: usize = 100;
+
+/// Scenario 4: after the churn stops, every sidecar's Envoy holds exactly the registry's
+/// instances of every service within this.
+const CONVERGED_WITHIN: Duration = Duration::from_secs(5);
+
+/// Scenario 4: once the caller's Envoy no longer lists a removed instance (its removal
+/// pushed and applied), no request may arrive there later than this (Envoy's workers take
+/// the update from its main thread).
+const REMOVED_MEANS_UNUSED_AFTER: Duration = Duration::from_millis(100);
+
+/// An upstream that records when each request arrived.
+async fn recording_upstream(arrivals: std::sync::Arc<parking_lot::Mutex<Vec<Instant>>>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let router = axum::Router::new().fallback(axum::routing::get(move || {
+        let arrivals = arrivals.clone();
+        async move {
+            arrivals.lock().push(Instant::now());
+            "svc-000"
+        }
+    }));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    port
+}
+
+/// Hosts (`address:port`) of each cluster in Envoy's `/clusters`.
+async fn envoy_hosts(
+    http: &reqwest::Client,
+    admin: u16,
+) -> Option<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>> {
+    let text = http
+        .get(format!("http://127.0.0.1:{admin}/clusters"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let mut out: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for line in text.lines() {
+        let mut parts = line.split("::");
+        if let (Some(cluster), Some(host), Some("health_flags")) =
+            (parts.next(), parts.next(), parts.next())
+        {
+            out.entry(cluster.to_owned())
+                .or_default()
+                .insert(host.to_owned());
+        }
+    }
+    Some(out)
+}
+
+/// The registry's instances (`address:port`) of `service`.
+async fn registry_hosts(mesh: &Mesh, service: &str) -> Option<std::collections::BTreeSet<String>> {
+    let entries = get_json(
+        &mesh.http,
+        &format!("http://{}/v1/health/service/{service}", mesh.registry()),
+    )
+    .await
+    .ok()?;
+    Some(
+        entries
+            .as_array()?
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}:{}",
+                    e["Service"]["Address"].as_str().unwrap_or(""),
+                    e["Service"]["Port"]
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Scenario 4: [`CHURNING_SERVICES`] services each register a new instance and deregister
+/// their previous one over and over, all at once, for the window, while a caller sends traffic
+/// to one of them. Every request succeeds; no request reaches an instance later than
+/// [`REMOVED_MEANS_UNUSED_AFTER`] after the caller's Envoy stopped listing it; after the churn
+/// each sidecar's Envoy lists exactly the registry's instances of every service within
+/// [`CONVERGED_WITHIN`].
+#[tokio::test(flavor = "multi_thread")]
+async fn churn_converges_to_the_registry_and_never_uses_a_removed_instance() {
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let names: Vec<String> = (0..CHURNING_SERVICES)
+        .map(|s| format!("svc-{s:03}"))
+        .collect();
+    let dependencies: String = names
+        .iter()
+        .map(|n| format!("  - service: {n}\n"))
+        .collect();
+    // Instances of svc-000 are real upstreams recording their requests; the others are
+    // addresses nothing serves (only their presence in Envoy is checked).
+    type Arrivals = std::sync::Arc<parking_lot::Mutex<Vec<Instant>>>;
+    let first: Arrivals = Default::default();
+    let first_port = recording_upstream(first.clone()).await;
+    let (api, registry) = (mesh.http.clone(), mesh.registry());
+    let register = move |service: String, id: String, port: u16| {
+        let http = api.clone();
+        async move {
+            http.put(format!("http://{registry}/v1/agent/service/register"))
+                .json(&serde_json::json!({"ID": id, "Name": service, "Address": "127.0.0.1", "Port": port}))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    };
+    for (s, name) in names.iter().enumerate() {
+        let port = if s == 0 { first_port } else { free_port() };
+        assert!(register(name.clone(), format!("{name}-0"), port).await);
+    }
+    let egress = free_port();
+    let d = caller("web", free_port(), free_port(), egress, &dependencies);
+    mesh.sidecar("web-churn", &d, 2).await;
+    let admin = mesh.sidecar_admin("web-churn");
+    eventually("svc-000 reachable", Duration::from_secs(10), || {
+        reachable(&mesh.http, egress, "svc-000")
+    })
+    .await;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    // svc-000's instances: (port, arrivals), to check that removed ones get nothing.
+    let upstreams: std::sync::Arc<parking_lot::Mutex<Vec<(String, Arrivals)>>> =
+        std::sync::Arc::new(parking_lot::Mutex::new(vec![(
+            format!("127.0.0.1:{first_port}"),
+            first,
+        )]));
+    let mut churners = Vec::new();
+    for (s, name) in names.iter().cloned().enumerate() {
+        let (stop, register, upstreams) = (stop.clone(), register.clone(), upstreams.clone());
+        let (http, registry) = (mesh.http.clone(), mesh.registry());
+        churners.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            // Different services change at different paces (50–150 ms).
+            let pace = Duration::from_millis(50 + (s as u64 * 37) % 100);
+            while !stop.is_cancelled() {
+                n += 1;
+                let port = if s == 0 {
+                    let arrivals: Arrivals = Default::default();
+                    let port = recording_upstream(arrivals.clone()).await;
+                    upstreams
+                        .lock()
+                        .push((format!("127.0.0.1:{port}"), arrivals));
+                    port
+                } else {
+                    free_port()
+                };
+                register(name.clone(), format!("{name}-{n}"), port).await;
+                let _ = http
+                    .put(format!(
+                        "http://{registry}/v1/agent/service/deregister/{name}-{}",
+                        n - 1
+                    ))
+                    .send()
+                    .await;
+                tokio::time::sleep(pace).await;
+            }
+            n
+        }));
+    }
+    // When the caller's Envoy stopped listing each svc-000 instance.
+    let gone: std::sync::Arc<parking_lot::Mutex<std::collections::BTreeMap<String, Instant>>> =
+        Default::default();
+    let watcher = tokio::spawn({
+        let (http, stop, gone) = (mesh.http.clone(), stop.clone(), gone.clone());
+        let upstreams = upstreams.clone();
+        async move {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.is_cancelled() {
+                if let Some(hosts) = envoy_hosts(&http, admin).await {
+                    let now = hosts.get("svc-000").cloned().unwrap_or_default();
+                    for h in &now {
+                        seen.insert(h.clone());
+                    }
+                    let mut gone = gone.lock();
+                    for h in seen.iter().filter(|h| !now.contains(*h)) {
+                        gone.entry(h.clone()).or_insert_with(Instant::now);
+                    }
+                }
+                let _ = upstreams.lock().len();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    hold(
+        fault_window(),
+        "every request to a churning service succeeds",
+        || reachable(&mesh.http, egress, "svc-000"),
+    )
+    .await;
+    stop.cancel();
+    let mut changes = 0;
+    for c in churners {
+        changes += c.await.expect("churner");
+    }
+    let _ = watcher.await;
+    eprintln!(
+        "churn: {changes} registrations and as many deregistrations over {CHURNING_SERVICES} services"
+    );
+
+    // Nothing reached an instance after its removal was applied.
+    let (removed, served) = (
+        gone.lock().len(),
+        upstreams
+            .lock()
+            .iter()
+            .filter(|(_, a)| !a.lock().is_empty())
+            .count(),
+    );
+    eprintln!("churn: svc-000 had {removed} instances removed in Envoy, {served} served requests");
+    assert!(
+        removed >= 3 && served >= 3,
+        "the check below needs instances that served and were removed: {removed} removed, {served} served"
+    );
+    for (host, arrivals) in upstreams.lock().iter() {
+        if let Some(at) = gone.lock().get(host) {
+            let late: Vec<_> = arrivals
+                .lock()
+                .iter()
+                .filter(|a| **a > *at + REMOVED_MEANS_UNUSED_AFTER)
+                .map(|a| a.duration_since(*at))
+                .collect();
+            assert!(
+                late.is_empty(),
+                "{host} got requests {late:?} after Envoy dropped it"
+            );
+        }
+    }
+    // Converged: Envoy lists exactly the registry's instances of every service.
+    let started = Instant::now();
+    eventually(
+        "the caller's Envoy equals the registry",
+        CONVERGED_WITHIN,
+        || async {
+            let envoy = envoy_hosts(&mesh.http, admin).await.ok_or("no /clusters")?;
+            for name in &names {
+                let registry = registry_hosts(&mesh, name).await.ok_or("no registry")?;
+                let held = envoy.get(name).cloned().unwrap_or_default();
+                if held != registry {
+                    return Err(format!("{name}: Envoy {held:?}, registry {registry:?}"));
+                }
+            }
+            Ok::<_, String>(())
+        },
+    )
+    .await;
+    eprintln!("churn: converged {:?} after it stopped", started.elapsed());
+}
