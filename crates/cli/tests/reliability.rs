@@ -1571,3 +1571,210 @@ async fn churn_converges_to_the_registry_and_never_uses_a_removed_instance() {
     .await;
     eprintln!("churn: converged {:?} after it stopped", started.elapsed());
 }
+
+/// Scenario 9: the embedded registry's data directory is a filesystem of this size, filled
+/// up during the fault.
+const DATA_FS: &str = "size=48m";
+
+/// Scenario 9: once space returns, a registration succeeds within this.
+const WRITES_BACK_WITHIN: Duration = Duration::from_secs(5);
+
+/// A tmpfs mounted on a temporary directory, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount() -> SmallDisk {
+        let dir = tempfile::tempdir().expect("tmp");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", DATA_FS, "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "scenario 9 mounts a small tmpfs for the data directory: run the suite as root (CI does)"
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Writes a file until the filesystem is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path().join("filler");
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        // Large writes, then page-sized ones: nothing is left.
+        for size in [64 << 10, 4 << 10] {
+            let chunk = vec![0u8; size];
+            while f.write_all(&chunk).is_ok() {}
+        }
+        let _ = f.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Scenario 9: the embedded registry's disk full. Registrations are refused with a 5xx that
+/// says why, traffic keeps flowing and nothing known is withdrawn for the whole window; once
+/// space returns, writes succeed again within [`WRITES_BACK_WITHIN`]; every registration
+/// acknowledged before, during or after the fault is there after a restart from the same data
+/// directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_refuses_writes_clearly_and_loses_nothing() {
+    let disk = SmallDisk::mount();
+    let data = disk.path().join("data");
+    let config_data = data.clone();
+    let mut mesh = Mesh::start(move |c, _| c.data_dir = config_data).await;
+    let app = upstream("payments").await;
+    mesh.register("payments-1", "payments", app, &[], 1).await;
+    let egress = free_port();
+    mesh.sidecar(
+        "web-disk",
+        &caller(
+            "web",
+            free_port(),
+            free_port(),
+            egress,
+            "  - service: payments\n",
+        ),
+        2,
+    )
+    .await;
+    eventually("payments reachable", Duration::from_secs(10), || {
+        reachable(&mesh.http, egress, "payments")
+    })
+    .await;
+    let register = |id: String| {
+        let (http, registry) = (mesh.http.clone(), mesh.registry());
+        async move {
+            let r = http
+                .put(format!("http://{registry}/v1/agent/service/register"))
+                .json(&serde_json::json!({"ID": id, "Name": "ledger", "Address": "127.0.0.1", "Port": 31001}))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap_or_default();
+            Ok::<_, String>((status, body))
+        }
+    };
+    let mut acknowledged = vec!["payments-1".to_owned()];
+    assert_eq!(register("ledger-before".into()).await.map(|r| r.0), Ok(200));
+    acknowledged.push("ledger-before".into());
+
+    let filler = disk.fill();
+    let mut n = 0;
+    // A write may still fit in space the database file already holds: acknowledged, it must
+    // survive like any other; the others must be refused, saying why.
+    let during: std::sync::Arc<parking_lot::Mutex<(Vec<String>, usize)>> = Default::default();
+    hold(
+        fault_window(),
+        "writes refused clearly, traffic flowing, nothing withdrawn",
+        || {
+            n += 1;
+            let id = format!("ledger-full-{n}");
+            let attempt = register(id.clone());
+            let (http, registry, during) = (mesh.http.clone(), mesh.registry(), during.clone());
+            async move {
+                reachable(&http, egress, "payments").await?;
+                match attempt.await? {
+                    (200, _) => during.lock().0.push(id),
+                    (status, body)
+                        if (500..600).contains(&status)
+                            && body.to_lowercase().contains("space") =>
+                    {
+                        during.lock().1 += 1
+                    }
+                    (status, body) => {
+                        return Err(format!("a full disk answered {status} {body:?}"));
+                    }
+                }
+                let known = get_json(
+                    &http,
+                    &format!("http://{registry}/v1/health/service/payments"),
+                )
+                .await?;
+                (known.as_array().map(Vec::len) == Some(1))
+                    .then_some(())
+                    .ok_or(format!("payments withdrawn: {known}"))
+            }
+        },
+    )
+    .await;
+    let (fitted, refused) = during.lock().clone();
+    eprintln!(
+        "full disk: {refused} writes refused, {} acknowledged",
+        fitted.len()
+    );
+    assert!(refused > 0, "the full disk refused no write");
+    acknowledged.extend(fitted);
+
+    std::fs::remove_file(&filler).expect("space returns");
+    eventually("writes accepted again", WRITES_BACK_WITHIN, || async {
+        matches!(register("ledger-after".into()).await, Ok((200, _)))
+    })
+    .await;
+    acknowledged.push("ledger-after".into());
+    reachable(&mesh.http, egress, "payments")
+        .await
+        .expect("traffic");
+
+    // Restart from the same data directory: every acknowledged registration is there.
+    drop(mesh);
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let config = meshplane_runtime::ControlPlaneConfig {
+        xds_addr: any,
+        admin_addr: any,
+        registry_addr: any,
+        data_dir: data,
+        ..Default::default()
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let restarted = eventually(
+        "the registry reopens its data directory",
+        Duration::from_secs(10),
+        || {
+            let (config, shutdown) = (config.clone(), shutdown.clone());
+            async move {
+                meshplane_runtime::control_plane::start(config, shutdown)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
+    let registry = restarted.registry_addr.expect("embedded registry");
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    for id in &acknowledged {
+        let service = id.split('-').next().unwrap_or_default();
+        let entries = get_json(
+            &http,
+            &format!("http://{registry}/v1/health/service/{service}"),
+        )
+        .await
+        .expect("registry");
+        assert!(
+            entries
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["Service"]["ID"] == id.as_str())),
+            "{id} was acknowledged and is lost after the restart: {entries}"
+        );
+    }
+    shutdown.cancel();
+}

@@ -1,8 +1,13 @@
 //! Durable storage in redb. Every write transaction is committed with redb's default
 //! `Durability::Immediate` (fsync) before the HTTP API acknowledges it, so an acknowledged
 //! registration survives `kill -9` and power loss.
+//!
+//! A failed commit (a full disk, a read-only or failing device) leaves redb refusing every
+//! later transaction until the database is opened again; the next commit reopens it first
+//! (redb recovers the last committed state), so writes work again as soon as the device
+//! does, without a restart.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -16,7 +21,9 @@ const FILE_NAME: &str = "registry.redb";
 /// The registry's database file (`<data-dir>/registry.redb`).
 #[derive(Debug)]
 pub struct Db {
-    db: Database,
+    /// `None` after a failed commit, until it is opened again.
+    db: Option<Database>,
+    path: PathBuf,
 }
 
 /// Storage failures. The data directory is usually the thing to check.
@@ -69,21 +76,42 @@ impl Db {
             source,
         })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|source| DbError::Open {
-            path: path.display().to_string(),
-            source: Box::new(source),
-        })?;
+        let db = Self::open_file(&path)?;
         // Create the tables so read transactions never see them missing.
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(REGISTRATIONS).map_err(storage)?;
         txn.open_table(META).map_err(storage)?;
         txn.commit().map_err(storage)?;
-        Ok(Self { db })
+        Ok(Self { db: Some(db), path })
+    }
+
+    fn open_file(path: &Path) -> Result<Database, DbError> {
+        Database::create(path).map_err(|source| DbError::Open {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })
+    }
+
+    /// The open database, opening it again after a failed commit.
+    fn database(&mut self) -> Result<&Database, DbError> {
+        if self.db.is_none() {
+            let db = Database::create(&self.path).map_err(|e| {
+                storage(format!(
+                    "cannot reopen {} after a failed write: {e}",
+                    self.path.display()
+                ))
+            })?;
+            tracing::info!(path = %self.path.display(), "registry database reopened after a failed commit");
+            self.db = Some(db);
+        }
+        self.db
+            .as_ref()
+            .ok_or_else(|| storage("the registry database is not open"))
     }
 
     /// Everything stored, and the last index used.
-    pub fn load(&self) -> Result<(u64, Vec<Registration>), DbError> {
-        let txn = self.db.begin_read().map_err(storage)?;
+    pub fn load(&mut self) -> Result<(u64, Vec<Registration>), DbError> {
+        let txn = self.database()?.begin_read().map_err(storage)?;
         let index = txn
             .open_table(META)
             .map_err(storage)?
@@ -105,8 +133,17 @@ impl Db {
     }
 
     /// Writes a batch of changes and the new index in one durable transaction.
-    pub fn commit(&self, index: u64, changes: &[Change]) -> Result<(), DbError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+    pub fn commit(&mut self, index: u64, changes: &[Change]) -> Result<(), DbError> {
+        let result = self.write(index, changes);
+        if result.is_err() {
+            // Closed now, so the reopen can take the file's lock.
+            self.db = None;
+        }
+        result
+    }
+
+    fn write(&mut self, index: u64, changes: &[Change]) -> Result<(), DbError> {
+        let txn = self.database()?.begin_write().map_err(storage)?;
         {
             let mut table = txn.open_table(REGISTRATIONS).map_err(storage)?;
             for change in changes {

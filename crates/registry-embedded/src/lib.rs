@@ -122,7 +122,7 @@ impl EmbeddedRegistry {
     pub async fn bind(config: EmbeddedConfig) -> Result<Self, EmbeddedError> {
         let dir = config.data_dir.clone();
         let (db, index, regs) = tokio::task::spawn_blocking(move || {
-            let db = Db::open(&dir)?;
+            let mut db = Db::open(&dir)?;
             let (index, regs) = db.load()?;
             Ok::<_, DbError>((db, index, regs))
         })
