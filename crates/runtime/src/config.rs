@@ -44,6 +44,18 @@ pub enum RegistryKind {
     File,
 }
 
+/// Where one service's traffic may go (`service-datacenters` in the `--config` file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServiceDatacenters {
+    /// Failover order of the other datacenters for this service, replacing
+    /// `datacenter-order` (unlisted datacenters follow in name order).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<Vec<String>>,
+    /// Only the proxy's own datacenter: the service's traffic never leaves it.
+    pub local_only: bool,
+}
+
 /// Settings of `meshplane control-plane`: its flags, its `MESHPLANE_<FLAG>` variables and
 /// its `--config` YAML keys (the flag names, e.g. `xds-addr`). Absent YAML keys keep their
 /// defaults; unknown keys are an error naming the key.
@@ -170,6 +182,25 @@ pub struct ControlPlaneConfig {
     /// system's roots].
     #[arg(long, env = "MESHPLANE_REMOTE_CA_FILE")]
     pub remote_ca_file: Option<PathBuf>,
+    /// Failover order of the other datacenters after each proxy's own, e.g. `dc2,dc3`;
+    /// datacenters not listed follow in name order.
+    #[arg(long, env = "MESHPLANE_DATACENTER_ORDER", value_delimiter = ',')]
+    pub datacenter_order: Vec<String>,
+    /// Envoy's overprovisioning factor (percent, at least 100) on every service's endpoints:
+    /// a proxy's datacenter keeps all of a service's traffic while its share of healthy
+    /// instances times this factor reaches 100 %. The default keeps traffic in the datacenter
+    /// until none of its instances (up to 1,000) is healthy; 140 is Envoy's gradual spill-over.
+    #[arg(
+        long,
+        env = "MESHPLANE_OVERPROVISIONING_FACTOR",
+        default_value = "100000"
+    )]
+    pub overprovisioning_factor: u32,
+    /// Per-service datacenter order or local-only pinning, e.g.
+    /// `{payments: {order: [dc3, dc2]}, ledger: {local-only: true}}`. YAML only.
+    #[arg(skip)]
+    pub service_datacenters:
+        std::collections::BTreeMap<meshplane_model::ServiceName, ServiceDatacenters>,
     /// Fixed addresses for external domains (split-horizon DNS), e.g.
     /// `{api.partner.example: 10.1.2.3}`. YAML only.
     #[arg(skip)]
@@ -346,11 +377,7 @@ impl ControlPlaneConfig {
                 .split_once('=')
                 .ok_or_else(|| bad(format!("`{part}` has no `=`")))?;
             let dc = dc.trim();
-            if dc.is_empty()
-                || !dc
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
+            if !is_datacenter_name(dc) {
                 return Err(bad(format!("`{dc}` is not a datacenter name")));
             }
             if dc == self.datacenter {
@@ -378,6 +405,43 @@ impl ControlPlaneConfig {
             out.push((dc.to_owned(), urls));
         }
         Ok(out)
+    }
+
+    /// Checks `--datacenter-order`, `--overprovisioning-factor` and `service-datacenters`.
+    pub fn check_locality(&self) -> Result<(), ConfigError> {
+        let check_order = |what: &str, order: &[String]| {
+            for (at, dc) in order.iter().enumerate() {
+                if !is_datacenter_name(dc) {
+                    return Err(ConfigError::Invalid(format!(
+                        "{what}: `{dc}` is not a datacenter name"
+                    )));
+                }
+                if order[..at].contains(dc) {
+                    return Err(ConfigError::Invalid(format!(
+                        "{what}: `{dc}` is listed twice"
+                    )));
+                }
+            }
+            Ok(())
+        };
+        check_order("--datacenter-order", &self.datacenter_order)?;
+        if self.overprovisioning_factor < 100 {
+            return Err(ConfigError::Invalid(format!(
+                "--overprovisioning-factor {}: below 100 a datacenter with every instance healthy would still send traffic away; use 100 or more (140 spills gradually, 100000 only when none is healthy)",
+                self.overprovisioning_factor
+            )));
+        }
+        for (service, s) in &self.service_datacenters {
+            if let Some(order) = &s.order {
+                if s.local_only {
+                    return Err(ConfigError::Invalid(format!(
+                        "service-datacenters.{service}: `order` and `local-only: true` contradict each other (a local-only service has no other datacenter); keep one"
+                    )));
+                }
+                check_order(&format!("service-datacenters.{service}.order"), order)?;
+            }
+        }
+        Ok(())
     }
 
     /// `--remote-keep-stale` as a duration.
@@ -431,6 +495,7 @@ impl ControlPlaneConfig {
         }
         self.remote_datacenters()?;
         self.remote_keep_stale()?;
+        self.check_locality()?;
         let ttl = self.cert_ttl()?;
         if ttl < std::time::Duration::from_secs(10) {
             return Err(ConfigError::Invalid(format!(
@@ -458,6 +523,14 @@ fn tls_files(cert: &Option<PathBuf>, key: &Option<PathBuf>) -> Option<meshplane_
         }),
         _ => None,
     }
+}
+
+/// A datacenter name: letters, digits, `-`, `_`, `.`.
+fn is_datacenter_name(dc: &str) -> bool {
+    !dc.is_empty()
+        && dc
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 #[cfg(test)]
@@ -497,6 +570,64 @@ mod tests {
             assert_eq!(yaml_key(arg), long);
             assert!(keys.contains_key(long), "--{long} has no YAML key");
         }
+    }
+
+    #[test]
+    fn datacenter_order_and_service_datacenters_are_read_and_checked() {
+        let dir = tempfile::tempdir().expect("tmp dir");
+        let path = dir.path().join("cp.yaml");
+        std::fs::write(
+            &path,
+            "datacenter-order: [dc3]\noverprovisioning-factor: 140\nservice-datacenters:\n  \
+             payments: {order: [dc2, dc3]}\n  ledger: {local-only: true}\n",
+        )
+        .expect("write");
+        let (parsed, matches) = parse(&["--datacenter-order", "dc2,dc3"]);
+        let cfg = ControlPlaneConfig::layered(parsed, &matches, Some(&path)).expect("merged");
+        assert_eq!(cfg.datacenter_order, ["dc2", "dc3"], "flag over file");
+        assert_eq!(cfg.overprovisioning_factor, 140);
+        let service = |s: &str| meshplane_model::ServiceName::new(s).expect("name");
+        assert_eq!(
+            cfg.service_datacenters.get(&service("payments")),
+            Some(&ServiceDatacenters {
+                order: Some(vec!["dc2".into(), "dc3".into()]),
+                local_only: false
+            })
+        );
+        assert!(cfg.service_datacenters[&service("ledger")].local_only);
+        cfg.validate().expect("valid");
+        assert_eq!(
+            ControlPlaneConfig::default().overprovisioning_factor,
+            meshplane_translate::DEFAULT_OVERPROVISIONING_FACTOR
+        );
+
+        let invalid = |edit: &dyn Fn(&mut ControlPlaneConfig)| {
+            let mut cfg = cfg.clone();
+            edit(&mut cfg);
+            cfg.validate().expect_err("invalid").to_string()
+        };
+        let e = invalid(&|c| c.datacenter_order = vec!["dc2".into(), "dc2".into()]);
+        assert!(
+            e.contains("--datacenter-order") && e.contains("twice"),
+            "{e}"
+        );
+        let e = invalid(&|c| c.datacenter_order = vec!["d c".into()]);
+        assert!(e.contains("not a datacenter name"), "{e}");
+        let e = invalid(&|c| c.overprovisioning_factor = 99);
+        assert!(e.contains("--overprovisioning-factor 99"), "{e}");
+        let e = invalid(&|c| {
+            c.service_datacenters.insert(
+                service("ledger"),
+                ServiceDatacenters {
+                    order: Some(vec!["dc2".into()]),
+                    local_only: true,
+                },
+            );
+        });
+        assert!(
+            e.contains("service-datacenters.ledger") && e.contains("contradict"),
+            "{e}"
+        );
     }
 
     #[test]

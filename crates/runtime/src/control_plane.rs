@@ -11,7 +11,7 @@ use meshplane_registry_embedded::{EmbeddedConfig, EmbeddedRegistry};
 use meshplane_registry_file::{FileConfig, FileSource};
 use meshplane_remote::discover::{Discovery, DiscoveryConfig};
 use meshplane_remote::{Followed, LocalState, RemoteConfig, RemoteSource};
-use meshplane_translate::MeshOptions;
+use meshplane_translate::{MeshOptions, ServiceLocality};
 use meshplane_xds::{ServerConfig, SnapshotCache, StatusBoard, XdsServer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -55,6 +55,19 @@ fn mesh_options(config: &ControlPlaneConfig) -> MeshOptions {
     let defaults = MeshOptions::default();
     MeshOptions {
         datacenter: config.datacenter.clone(),
+        datacenter_order: config.datacenter_order.clone(),
+        service_localities: config
+            .service_datacenters
+            .iter()
+            .map(|(service, s)| {
+                let locality = ServiceLocality {
+                    datacenter_order: s.order.clone(),
+                    local_only: s.local_only,
+                };
+                (service.clone(), locality)
+            })
+            .collect(),
+        overprovisioning_factor: config.overprovisioning_factor,
         allow_wildcard_dependencies: config.allow_wildcard_dependencies.iter().cloned().collect(),
         domain_ca_file: config
             .domain_ca_file

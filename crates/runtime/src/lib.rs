@@ -7,4 +7,4 @@ pub mod config;
 pub mod control_plane;
 pub mod mesh;
 
-pub use config::{ConfigError, ControlPlaneConfig, RegistryKind};
+pub use config::{ConfigError, ControlPlaneConfig, RegistryKind, ServiceDatacenters};

@@ -1,11 +1,12 @@
 //! A service's endpoints (EDS): weights, health, canary and tag metadata for subset
-//! routing, local datacenter first and the others as failover priorities.
+//! routing, the proxy's datacenter first and the others as failover priorities.
 
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::{
-    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, cluster_load_assignment,
+    lb_endpoint,
 };
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use meshplane_model::{Health, Instance, ServiceName};
@@ -21,27 +22,34 @@ pub(crate) const TAGS_KEY: &str = "tags";
 /// The registry tag that puts an instance in the canary subset.
 pub(crate) const CANARY_TAG: &str = "canary";
 
-/// The `ClusterLoadAssignment` of a service (named after it). Critical instances are sent as
-/// unhealthy so Envoy's priority health accounting fails over to other datacenters.
+/// The `ClusterLoadAssignment` of a service (named after it) for proxies in
+/// `proxy_datacenter`: their datacenter is priority 0, the others follow in the service's
+/// failover order (none when it is pinned local-only). Critical instances are sent as
+/// unhealthy so Envoy's priority health accounting fails over to the next datacenter.
 pub fn service_endpoints(
     service: &ServiceName,
     instances: &[Instance],
+    proxy_datacenter: &str,
     options: &MeshOptions,
 ) -> ClusterLoadAssignment {
+    let locality = options.service_localities.get(service);
+    let local_only = locality.is_some_and(|l| l.local_only);
+    let order = locality
+        .and_then(|l| l.datacenter_order.as_deref())
+        .unwrap_or(&options.datacenter_order);
     let mut by_dc: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
     // EDS endpoints must be IP addresses: a host name would make Envoy reject the whole
     // assignment, taking every healthy instance of the service down with it. Registries
     // allow host names, so such instances are left out (and the runtime logs them).
     for i in instances.iter().filter(|i| routable_address(i)) {
-        by_dc
-            .entry(i.locality.datacenter.as_str())
-            .or_default()
-            .push(i);
+        let dc = i.locality.datacenter.as_str();
+        if local_only && dc != proxy_datacenter {
+            continue;
+        }
+        by_dc.entry(dc).or_default().push(i);
     }
-    let local = options.datacenter.as_str();
-    // Local datacenter is priority 0, the others follow in name order.
     let mut dcs: Vec<&str> = by_dc.keys().copied().collect();
-    dcs.sort_by_key(|dc| (*dc != local, *dc));
+    dcs.sort_by_key(|dc| (failover_rank(dc, proxy_datacenter, order), *dc));
     let endpoints = dcs
         .iter()
         .enumerate()
@@ -62,7 +70,25 @@ pub fn service_endpoints(
     ClusterLoadAssignment {
         cluster_name: service.to_string(),
         endpoints,
+        // Explicit rather than Envoy's default, which spills traffic out of the datacenter
+        // as soon as fewer than ~71 % of its instances are healthy.
+        policy: Some(cluster_load_assignment::Policy {
+            overprovisioning_factor: Some(u32_value(options.overprovisioning_factor)),
+            ..Default::default()
+        }),
         ..Default::default()
+    }
+}
+
+/// A datacenter's place in the failover order: the proxy's own first, then the listed ones,
+/// then every other (ties broken by name).
+fn failover_rank(dc: &str, proxy_datacenter: &str, order: &[String]) -> usize {
+    if dc == proxy_datacenter {
+        return 0;
+    }
+    match order.iter().position(|o| o == dc) {
+        Some(at) => at + 1,
+        None => order.len() + 1,
     }
 }
 
@@ -125,3 +151,6 @@ fn subset_metadata(i: &Instance) -> Option<Metadata> {
         ..Default::default()
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,8 +2,9 @@
 //! No async, no I/O, no registry or xDS-server types.
 //!
 //! Translation is split so its cost scales with what changed:
-//! - per service, shared by every proxy that depends on it: [`service_cluster`] and
-//!   [`service_endpoints`] (built once per registry change of that service);
+//! - per service, shared by every proxy that depends on it: [`service_cluster`], and
+//!   [`service_endpoints`] per datacenter of those proxies (each proxy's own datacenter is
+//!   priority 0), built once per registry change of that service;
 //! - per group of identical proxies: [`group_config`] (listeners, routes, and the clusters
 //!   only that group uses: the local app, external domains).
 //!
@@ -39,8 +40,17 @@ pub use rbac::{AUDIT_PREFIX, ENFORCE_PREFIX};
 /// Control-plane-wide translation settings.
 #[derive(Debug, Clone)]
 pub struct MeshOptions {
-    /// The local datacenter: its instances are preferred, others are failover priorities.
+    /// The control plane's datacenter: the datacenter of proxies that do not name theirs.
     pub datacenter: String,
+    /// Failover order of the other datacenters, after the proxy's own; datacenters not
+    /// listed come after these, in name order.
+    pub datacenter_order: Vec<String>,
+    /// Per-service failover order or local-only pinning, replacing [`Self::datacenter_order`].
+    pub service_localities: BTreeMap<ServiceName, ServiceLocality>,
+    /// Envoy's overprovisioning factor (percent) on every service's endpoints: the proxy's
+    /// datacenter keeps all of a service's traffic while its healthy share of instances times
+    /// this factor reaches 100 %. See [`DEFAULT_OVERPROVISIONING_FACTOR`].
+    pub overprovisioning_factor: u32,
     /// Services allowed to depend on every service (`service: "*"`).
     pub allow_wildcard_dependencies: BTreeSet<ServiceName>,
     /// CA bundle used to verify external `https://` domains.
@@ -55,12 +65,32 @@ impl Default for MeshOptions {
     fn default() -> Self {
         MeshOptions {
             datacenter: "dc1".to_owned(),
+            datacenter_order: Vec::new(),
+            service_localities: BTreeMap::new(),
+            overprovisioning_factor: DEFAULT_OVERPROVISIONING_FACTOR,
             allow_wildcard_dependencies: BTreeSet::new(),
             domain_ca_file: "/etc/ssl/certs/ca-certificates.crt".to_owned(),
             domain_addresses: BTreeMap::new(),
             trust_domain: meshplane_model::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
         }
     }
+}
+
+/// The default [`MeshOptions::overprovisioning_factor`]: 100,000 %, so a datacenter keeps all
+/// of a service's traffic while at least one in 1,000 of its instances is healthy. Traffic
+/// leaves the proxy's datacenter when none of its instances can serve, not when some are
+/// restarting (with Envoy's own default, 140 %, one instance of three down would already send
+/// 7 % of requests to another datacenter).
+pub const DEFAULT_OVERPROVISIONING_FACTOR: u32 = 100_000;
+
+/// Where a service's traffic may go, overriding the control plane's datacenter order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceLocality {
+    /// Failover order of the other datacenters for this service (unlisted ones follow in
+    /// name order); `None` keeps [`MeshOptions::datacenter_order`].
+    pub datacenter_order: Option<Vec<String>>,
+    /// Only the proxy's own datacenter: the service's endpoints never leave it.
+    pub local_only: bool,
 }
 
 /// What the translator needs to know about the registry.
@@ -78,6 +108,8 @@ pub struct ProxyGroup {
     pub descriptor: Descriptor,
     /// Address the ingress listener binds (the address registered in the registry).
     pub listen_address: String,
+    /// The proxy's datacenter (its node locality): priority 0 of every service's endpoints.
+    pub datacenter: String,
 }
 
 /// A group's own resources. Service clusters and endpoints come from

@@ -41,6 +41,7 @@ fn mk_group(yaml: &str) -> ProxyGroup {
     ProxyGroup {
         descriptor: Descriptor::from_yaml(yaml).expect("valid"),
         listen_address: "0.0.0.0".into(),
+        datacenter: "dc1".into(),
     }
 }
 
@@ -123,7 +124,12 @@ fn endpoints_prefer_the_local_datacenter_and_mark_critical_unhealthy() {
         down,
         mk_instance("payments", "p1", "dc1", &["canary", "blue"]),
     ];
-    let cla = service_endpoints(&name("payments"), &instances, &MeshOptions::default());
+    let cla = service_endpoints(
+        &name("payments"),
+        &instances,
+        "dc1",
+        &MeshOptions::default(),
+    );
     assert_eq!(cla.cluster_name, "payments");
     assert_eq!(cla.endpoints.len(), 2);
     assert_eq!(
@@ -153,11 +159,21 @@ fn equal_input_encodes_to_equal_bytes() {
         "dc1",
         &["canary", "blue", "green"],
     )];
-    let a =
-        service_endpoints(&name("payments"), &instances, &MeshOptions::default()).encode_to_vec();
+    let a = service_endpoints(
+        &name("payments"),
+        &instances,
+        "dc1",
+        &MeshOptions::default(),
+    )
+    .encode_to_vec();
     for _ in 0..20 {
-        let b = service_endpoints(&name("payments"), &instances, &MeshOptions::default())
-            .encode_to_vec();
+        let b = service_endpoints(
+            &name("payments"),
+            &instances,
+            "dc1",
+            &MeshOptions::default(),
+        )
+        .encode_to_vec();
         assert_eq!(a, b, "multi-key metadata must encode deterministically");
     }
 }
@@ -167,7 +183,12 @@ fn host_name_addresses_are_left_out_of_endpoints() {
     let mut named = mk_instance("payments", "p9", "dc1", &[]);
     named.address = "payments-9.internal".into();
     let instances = vec![mk_instance("payments", "p1", "dc1", &[]), named];
-    let cla = service_endpoints(&name("payments"), &instances, &MeshOptions::default());
+    let cla = service_endpoints(
+        &name("payments"),
+        &instances,
+        "dc1",
+        &MeshOptions::default(),
+    );
     assert_eq!(
         cla.endpoints[0].lb_endpoints.len(),
         1,

@@ -119,6 +119,7 @@ fn orders_group() {
     let group = ProxyGroup {
         descriptor: Descriptor::from_yaml(ORDERS).expect("valid"),
         listen_address: "10.0.0.9".into(),
+        datacenter: "dc1".into(),
     };
     let options = MeshOptions::default();
     let config = group_config(&group, &catalog(), &options).expect("translates");
@@ -143,7 +144,7 @@ fn payments_shared_resources() {
         "payments-endpoints",
         format!(
             "{:#?}",
-            service_endpoints(&name("payments"), instances, &options)
+            service_endpoints(&name("payments"), instances, "dc1", &options)
         ),
     );
 }

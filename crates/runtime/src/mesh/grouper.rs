@@ -145,7 +145,27 @@ impl DescriptorGrouper {
         Ok(ProxyGroup {
             descriptor,
             listen_address,
+            datacenter: self.datacenter_of(node)?,
         })
+    }
+
+    /// The proxy's datacenter: its node locality zone (the sidecar's `--datacenter`), or the
+    /// control plane's for a proxy that sends none.
+    fn datacenter_of(&self, node: &Node) -> Result<String, GroupError> {
+        let zone = node.locality.as_ref().map_or("", |l| l.zone.as_str());
+        if zone.is_empty() {
+            return Ok(self.options.datacenter.clone());
+        }
+        let valid = zone.len() <= 64
+            && zone
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid {
+            return Err(GroupError::InvalidArgument(format!(
+                "node.locality.zone `{zone}` is not a datacenter name (letters, digits, `-`, `_`, `.`; at most 64): start the sidecar with --datacenter NAME"
+            )));
+        }
+        Ok(zone.to_owned())
     }
 }
 
@@ -172,8 +192,11 @@ impl NodeGrouper for DescriptorGrouper {
                 )));
             }
         }
-        let canonical = serde_json::to_string(&(&group.descriptor, &group.listen_address))
-            .map_err(|e| GroupError::InvalidArgument(e.to_string()))?;
+        // Proxies of one service in two datacenters get different endpoint priorities, so
+        // the datacenter is part of the group.
+        let canonical =
+            serde_json::to_string(&(&group.descriptor, &group.listen_address, &group.datacenter))
+                .map_err(|e| GroupError::InvalidArgument(e.to_string()))?;
         let hash = xxhash_rust::xxh3::xxh3_64(canonical.as_bytes());
         let key = GroupKey::new(format!("{}-{hash:016x}", group.descriptor.service));
         self.groups.insert(key.clone(), group);

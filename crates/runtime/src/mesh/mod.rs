@@ -9,4 +9,6 @@ pub use grouper::{DescriptorGrouper, Groups, RelayDirectory};
 pub use translator::Translator;
 
 #[cfg(test)]
+mod locality_tests;
+#[cfg(test)]
 mod tests;

@@ -10,7 +10,7 @@ use meshplane_xds::{GroupError, GroupKey, NodeGrouper, PeerInfo, SnapshotCache};
 
 use super::{DescriptorGrouper, Groups, Translator};
 
-fn yaml_to_struct(yaml: &str) -> Struct {
+pub(super) fn yaml_to_struct(yaml: &str) -> Struct {
     let json: serde_json::Value = serde_norway::from_str(yaml).expect("yaml");
     fn to_value(v: &serde_json::Value) -> envoy_types::pb::google::protobuf::Value {
         use envoy_types::pb::google::protobuf::{ListValue, Value, value::Kind};
@@ -34,7 +34,7 @@ fn yaml_to_struct(yaml: &str) -> Struct {
     }
 }
 
-fn mk_node(id: &str, yaml: &str) -> Node {
+pub(super) fn mk_node(id: &str, yaml: &str) -> Node {
     let metadata = yaml_to_struct(yaml);
     let service = yaml
         .lines()
@@ -48,15 +48,35 @@ fn mk_node(id: &str, yaml: &str) -> Node {
     }
 }
 
+/// A node whose sidecar says it runs in `datacenter` (`node.locality.zone`).
+pub(super) fn mk_node_in(id: &str, yaml: &str, datacenter: &str) -> Node {
+    Node {
+        locality: Some(envoy_types::pb::envoy::config::core::v3::Locality {
+            zone: datacenter.into(),
+            ..Default::default()
+        }),
+        ..mk_node(id, yaml)
+    }
+}
+
+/// An instance on `port`, in dc2 when the port is odd and dc1 otherwise: changes that move
+/// instances between ports move them between datacenters too.
+fn mk_spread_instance(service: &str, tags: &[&str], port: u16) -> Instance {
+    let mut i = mk_instance(service, &format!("{service}-{port}"), port);
+    i.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+    i.locality.datacenter = if port % 2 == 1 { "dc2" } else { "dc1" }.into();
+    i
+}
+
 /// The first full sync of `source`, with no services: a registry that is loaded.
-fn synced(source: &SourceId) -> RegistryEvent {
+pub(super) fn synced(source: &SourceId) -> RegistryEvent {
     RegistryEvent::Replace {
         source: source.clone(),
         services: Default::default(),
     }
 }
 
-fn mk_instance(service: &str, id: &str, port: u16) -> Instance {
+pub(super) fn mk_instance(service: &str, id: &str, port: u16) -> Instance {
     Instance {
         id: InstanceId::new(id).expect("id"),
         service: ServiceName::new(service).expect("name"),
@@ -74,8 +94,8 @@ fn mk_instance(service: &str, id: &str, port: u16) -> Instance {
     }
 }
 
-const ORDERS: &str = "service: orders\nport: 1\ningress: { port: 2 }\negress: { port: 3 }\ndependencies: [{ service: payments }]\n";
-const WEB: &str = "service: web\nport: 1\ningress: { port: 2 }\negress: { port: 3 }\ndependencies: [{ service: orders }]\n";
+pub(super) const ORDERS: &str = "service: orders\nport: 1\ningress: { port: 2 }\negress: { port: 3 }\ndependencies: [{ service: payments }]\n";
+pub(super) const WEB: &str = "service: web\nport: 1\ningress: { port: 2 }\negress: { port: 3 }\ndependencies: [{ service: orders }]\n";
 
 #[test]
 fn identical_descriptors_share_a_group_and_bad_ones_get_field_errors() {
@@ -209,7 +229,7 @@ fn a_registry_change_recomputes_only_the_groups_that_see_it() {
     assert_ne!(e1.version(), e2.version());
 }
 
-const BATCH: &str = "service: batch\nport: 1\ningress: { port: 2 }\negress: { port: 3 }\ndependencies: [{ service: \"*\" }]\n";
+pub(super) const BATCH: &str = "service: batch\nport: 1\ningress: { port: 2 }\negress: { port: 3 }\ndependencies: [{ service: \"*\" }]\n";
 
 /// A wildcard group and an ordinary one, translated incrementally through a series of
 /// changes, always equal what a translator starting from the same registry builds from
@@ -229,6 +249,13 @@ fn incremental_updates_equal_a_fresh_translation() {
     let orders = grouper
         .group(&mk_node("orders-1", ORDERS), &peer)
         .expect("valid");
+    // The same services' proxies in another datacenter, served by the same control plane.
+    let batch_dc2 = grouper
+        .group(&mk_node_in("batch-2", BATCH, "dc2"), &peer)
+        .expect("valid");
+    let orders_dc2 = grouper
+        .group(&mk_node_in("orders-2", ORDERS, "dc2"), &peer)
+        .expect("valid");
     let cache = SnapshotCache::new();
     let mut translator = Translator::new(cache.clone(), groups.clone(), options.clone());
     let (store, mut writer) = meshplane_registry::store();
@@ -239,20 +266,18 @@ fn incremental_updates_equal_a_fresh_translation() {
         name: ServiceName::new(name).expect("name"),
         instances: ports
             .iter()
-            .map(|p| {
-                let mut i = mk_instance(name, &format!("{name}-{p}"), *p);
-                i.tags = tags.iter().map(|t| (*t).to_owned()).collect();
-                i
-            })
+            .map(|p| mk_spread_instance(name, tags, *p))
             .collect(),
     };
     writer.apply(synced(&source));
     writer.apply(service("payments", &[], &[10]));
     writer.apply(service("orders", &[], &[20]));
     translator.on_registry(store.snapshot());
-    let _subscribed = (cache.subscribe(&batch), cache.subscribe(&orders));
-    translator.on_demand(&batch);
-    translator.on_demand(&orders);
+    let all = [&batch, &orders, &batch_dc2, &orders_dc2];
+    let _subscribed: Vec<_> = all.iter().map(|k| cache.subscribe(k)).collect();
+    for key in all {
+        translator.on_demand(key);
+    }
 
     let route = |key: &GroupKey| {
         cache
@@ -290,7 +315,7 @@ fn incremental_updates_equal_a_fresh_translation() {
         let fresh_cache = SnapshotCache::new();
         let mut fresh = Translator::new(fresh_cache.clone(), groups.clone(), options.clone());
         fresh.on_registry(store.snapshot());
-        for key in [&batch, &orders] {
+        for key in all {
             fresh.on_demand(key);
             let incremental = cache.snapshot(key).expect("published");
             let scratch = fresh_cache.snapshot(key).expect("published");
@@ -330,6 +355,7 @@ fn reshapes_patch_snapshots_equal_to_a_fresh_translation() {
     let groups = Groups::default();
     let grouper = DescriptorGrouper::new(groups.clone(), options.clone());
     let peer = PeerInfo::default();
+    // Every kind of group in two datacenters, served by the same control plane.
     let keys: Vec<GroupKey> = [
         ("batch-1", BATCH),
         ("batch-2", BATCH_NO_EGRESS),
@@ -337,7 +363,14 @@ fn reshapes_patch_snapshots_equal_to_a_fresh_translation() {
         ("web-1", WEB),
     ]
     .into_iter()
-    .map(|(id, yaml)| grouper.group(&mk_node(id, yaml), &peer).expect("valid"))
+    .flat_map(|(id, yaml)| {
+        [
+            grouper.group(&mk_node(id, yaml), &peer).expect("valid"),
+            grouper
+                .group(&mk_node_in(id, yaml, "dc2"), &peer)
+                .expect("valid"),
+        ]
+    })
     .collect();
     let cache = SnapshotCache::new();
     let mut translator = Translator::new(cache.clone(), groups.clone(), options.clone());
@@ -348,11 +381,7 @@ fn reshapes_patch_snapshots_equal_to_a_fresh_translation() {
         name: ServiceName::new(name).expect("name"),
         instances: ports
             .iter()
-            .map(|p| {
-                let mut i = mk_instance(name, &format!("{name}-{p}"), *p);
-                i.tags = tags.iter().map(|t| (*t).to_owned()).collect();
-                i
-            })
+            .map(|p| mk_spread_instance(name, tags, *p))
             .collect(),
     };
     writer.apply(synced(&source));
@@ -367,17 +396,20 @@ fn reshapes_patch_snapshots_equal_to_a_fresh_translation() {
     let steps: Vec<(&str, Vec<RegistryEvent>)> = vec![
         (
             "ledger appears",
-            vec![service("ledger", &["canary"], &[30])],
+            vec![service("ledger", &["canary"], &[30, 31])],
         ),
         (
             "payments gets tags",
             vec![service("payments", &["canary", "eu"], &[10])],
         ),
         ("orders leaves", vec![service("orders", &[], &[])]),
-        ("ledger drops its tag", vec![service("ledger", &[], &[30])]),
+        (
+            "ledger drops its tag",
+            vec![service("ledger", &[], &[30, 31])],
+        ),
         (
             "orders comes back with a tag",
-            vec![service("orders", &["v2"], &[21])],
+            vec![service("orders", &["v2"], &[21, 22])],
         ),
         (
             "ledger leaves as payments moves",
@@ -390,7 +422,7 @@ fn reshapes_patch_snapshots_equal_to_a_fresh_translation() {
         (
             "payments and ledger come back",
             vec![
-                service("payments", &[], &[12]),
+                service("payments", &[], &[12, 13]),
                 service("ledger", &["eu"], &[32]),
             ],
         ),

@@ -1,7 +1,8 @@
 //! The translator task: keeps every active group's snapshot current.
 //!
-//! Cost scales with what changed: a service's cluster and endpoints are built once per change
-//! and shared (`Arc`) by every group that depends on it; a registry change touches only the
+//! Cost scales with what changed: a service's cluster, and its endpoints for each datacenter
+//! that has proxies depending on it (the proxy's datacenter is priority 0), are built once per
+//! change and shared (`Arc`) by every group that depends on it (groups are per datacenter); a registry change touches only the
 //! groups that depend on a changed service (and wildcard groups). When a change leaves a
 //! service's *shape* alone (it still exists, with the same tags: only instances, addresses,
 //! weights or health moved), a group's own listeners and routes cannot change, so its new
@@ -57,9 +58,12 @@ impl Catalog for RegistryCatalog<'_> {
     }
 }
 
+/// A service's shared resources: one cluster, and endpoints per datacenter of the proxies
+/// that depend on it (each datacenter sees itself as priority 0). Only datacenters with such
+/// proxies are built.
 struct ServiceResources {
     cluster: Arc<Resource>,
-    endpoints: Arc<Resource>,
+    endpoints: HashMap<String, Arc<Resource>>,
 }
 
 struct ActiveGroup {
@@ -260,7 +264,7 @@ impl Translator {
         let patched = if seen.iter().any(|s| reshaped.contains(s)) {
             self.reshape(key, &current, &seen)
         } else {
-            self.refresh(&current, &seen)
+            self.refresh(key, &current, &seen)
         };
         match patched {
             Ok(snapshot) => self.set_snapshot(key, snapshot),
@@ -276,14 +280,26 @@ impl Translator {
     }
 
     /// The seen services kept their shape: their new cluster and endpoints.
-    fn refresh(&mut self, current: &Snapshot, seen: &[ServiceName]) -> anyhow::Result<Snapshot> {
+    fn refresh(
+        &mut self,
+        key: &GroupKey,
+        current: &Snapshot,
+        seen: &[ServiceName],
+    ) -> anyhow::Result<Snapshot> {
+        let datacenter = self.datacenter_of(key)?;
         let mut upserts = Vec::with_capacity(seen.len() * 2);
         for service in seen {
-            let r = self.service_resources(service);
-            upserts.push(r.cluster.clone());
-            upserts.push(r.endpoints.clone());
+            let (cluster, endpoints) = self.service_resources(service, &datacenter);
+            upserts.push(cluster);
+            upserts.push(endpoints);
         }
         Ok(current.with_upserts(upserts)?)
+    }
+
+    /// The datacenter of an active group's proxies.
+    fn datacenter_of(&self, key: &GroupKey) -> anyhow::Result<String> {
+        let group = self.active.get(key).context("the group is not active")?;
+        Ok(group.group.datacenter.clone())
     }
 
     /// Some seen service appeared, left or changed tags: besides the services' clusters and
@@ -305,6 +321,7 @@ impl Translator {
             "the group's descriptor changed since it was translated"
         );
         let wildcard = group.wildcard;
+        let datacenter = group.group.datacenter.clone();
         let mut upserts = Vec::with_capacity(seen.len() * 2 + 1);
         let mut removals = Vec::new();
         for service in seen {
@@ -314,9 +331,9 @@ impl Translator {
                 removals.push((ResourceType::Cluster, service.to_string()));
                 removals.push((ResourceType::Endpoint, service.to_string()));
             } else {
-                let r = self.service_resources(service);
-                upserts.push(r.cluster.clone());
-                upserts.push(r.endpoints.clone());
+                let (cluster, endpoints) = self.service_resources(service, &datacenter);
+                upserts.push(cluster);
+                upserts.push(endpoints);
             }
         }
         let registry = self.registry.clone();
@@ -368,15 +385,21 @@ impl Translator {
         Ok(snapshot)
     }
 
-    fn service_resources(&mut self, name: &ServiceName) -> &ServiceResources {
+    /// A service's cluster and its endpoints for proxies in `datacenter`, built on first use
+    /// after each change of the service.
+    fn service_resources(
+        &mut self,
+        name: &ServiceName,
+        datacenter: &str,
+    ) -> (Arc<Resource>, Arc<Resource>) {
         let registry = &self.registry;
         let options = &self.options;
-        self.services.entry(name.clone()).or_insert_with(|| {
-            let instances = registry
-                .services
-                .get(name)
-                .map(|e| &*e.instances)
-                .unwrap_or_default();
+        let instances = registry
+            .services
+            .get(name)
+            .map(|e| &*e.instances)
+            .unwrap_or_default();
+        let resources = self.services.entry(name.clone()).or_insert_with(|| {
             for i in instances
                 .iter()
                 .filter(|i| !meshplane_translate::routable_address(i))
@@ -386,9 +409,16 @@ impl Translator {
             }
             ServiceResources {
                 cluster: Resource::cluster(&service_cluster(name, options)),
-                endpoints: Resource::endpoints(&service_endpoints(name, instances, options)),
+                endpoints: HashMap::new(),
             }
-        })
+        });
+        let endpoints = resources
+            .endpoints
+            .entry(datacenter.to_owned())
+            .or_insert_with(|| {
+                Resource::endpoints(&service_endpoints(name, instances, datacenter, options))
+            });
+        (resources.cluster.clone(), endpoints.clone())
     }
 
     fn publish(&mut self, key: &GroupKey) {
@@ -445,9 +475,9 @@ impl Translator {
             ));
         }
         for service in &config.services {
-            let r = self.service_resources(service);
-            resources.push(r.cluster.clone());
-            resources.push(r.endpoints.clone());
+            let (cluster, endpoints) = self.service_resources(service, &group.datacenter);
+            resources.push(cluster);
+            resources.push(endpoints);
         }
         Ok(Built {
             snapshot: Snapshot::new(resources)?,
@@ -510,6 +540,17 @@ impl Translator {
         self.dependents.retain(|_, set| !set.is_empty());
         let needed: BTreeSet<&ServiceName> = self.dependents.keys().collect();
         self.services.retain(|name, _| needed.contains(name));
+        // Endpoints of a datacenter whose proxies are all gone are not kept either.
+        let datacenters: BTreeSet<&str> = self
+            .active
+            .values()
+            .map(|g| g.group.datacenter.as_str())
+            .collect();
+        for resources in self.services.values_mut() {
+            resources
+                .endpoints
+                .retain(|dc, _| datacenters.contains(dc.as_str()));
+        }
         self.groups.remove(&gone);
     }
 

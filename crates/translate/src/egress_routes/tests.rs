@@ -145,6 +145,7 @@ fn routes_taken_from_a_group_config_equal_new_ones() {
         let group = ProxyGroup {
             descriptor: descriptor(yaml),
             listen_address: "10.0.0.1".into(),
+            datacenter: "dc1".into(),
         };
         let options = crate::MeshOptions {
             allow_wildcard_dependencies: [mk_name("batch")].into(),
