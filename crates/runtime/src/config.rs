@@ -675,6 +675,15 @@ mod tests {
             domain_addresses: [("api.partner.example".to_owned(), [10, 1, 2, 3].into())]
                 .into_iter()
                 .collect(),
+            datacenter_order: vec!["dc3".into(), "dc2".into()],
+            service_datacenters: [(
+                meshplane_model::ServiceName::new("ledger").expect("name"),
+                ServiceDatacenters {
+                    order: None,
+                    local_only: true,
+                },
+            )]
+            .into(),
             ..Default::default()
         };
         let yaml = cfg.to_yaml().expect("yaml");
