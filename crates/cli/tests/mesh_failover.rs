@@ -7,6 +7,8 @@ mod support;
 
 use meshplane_runtime::{RegistryKind, ServiceDatacenters};
 use support::{Mesh, caller, free_port, poll, upstream, via_egress};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Upstream ports: payments and ledger in dc1 and dc2.
 struct Upstreams {
@@ -48,10 +50,72 @@ fn mk_caller() -> (String, u16) {
     (d, egress)
 }
 
+/// An upstream answering `name` until `stop` is cancelled; then it closes its listener and
+/// its idle connections, like a stopped process (its registry entry stays passing).
+async fn stoppable_upstream(name: &'static str, stop: CancellationToken) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let router = axum::Router::new().fallback(axum::routing::get(move || async move { name }));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
+    port
+}
+
+/// Requests to payments through `egress`, one after another, until the token is cancelled;
+/// the task returns every answer.
+fn spawn_traffic(
+    http: &reqwest::Client,
+    egress: u16,
+) -> (CancellationToken, JoinHandle<Vec<(u16, String)>>) {
+    let (http, stop) = (http.clone(), CancellationToken::new());
+    let handle = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut answers = Vec::new();
+            while !stop.is_cancelled() {
+                answers.push(via_egress(&http, egress, "payments", None).await);
+            }
+            answers
+        }
+    });
+    (stop, handle)
+}
+
+/// Stops the traffic and checks every request was served, from both datacenters.
+async fn assert_all_served(
+    traffic: (CancellationToken, JoinHandle<Vec<(u16, String)>>),
+    what: &str,
+) {
+    let (stop, handle) = traffic;
+    stop.cancel();
+    let answers = handle.await.expect("traffic task");
+    let failed: Vec<_> = answers.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{what}: {} of {} requests failed: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        answers.iter().any(|(_, b)| b == "dc2") && answers.iter().any(|(_, b)| b == "dc1"),
+        "{what}: the traffic saw both datacenters"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn each_proxy_prefers_its_datacenter_and_fails_over_and_back() {
+    let stop_dc1 = CancellationToken::new();
     let u = Upstreams {
-        payments: [upstream("dc1").await, upstream("dc2").await],
+        payments: [
+            stoppable_upstream("dc1", stop_dc1.clone()).await,
+            upstream("dc2").await,
+        ],
         ledger: [upstream("ledger-dc1").await, upstream("ledger-dc2").await],
     };
     let file = tempfile::NamedTempFile::new().expect("tmp");
@@ -102,21 +166,7 @@ async fn each_proxy_prefers_its_datacenter_and_fails_over_and_back() {
 
     // dc1 fails its checks while the dc1 caller keeps sending: every request is served,
     // from dc1 until the change arrives, then from dc2.
-    let traffic = {
-        let http = http.clone();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let handle = tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                let mut answers = Vec::new();
-                while !stop.is_cancelled() {
-                    answers.push(via_egress(&http, egress1, "payments", None).await);
-                }
-                answers
-            }
-        });
-        (stop, handle)
-    };
+    let traffic = spawn_traffic(&mesh.http, egress1);
     std::fs::write(file.path(), services(&u, "critical")).expect("write");
     assert!(
         poll(|| async { get(egress1, "payments").await == (200, "dc2".into()) }).await,
@@ -144,19 +194,19 @@ async fn each_proxy_prefers_its_datacenter_and_fails_over_and_back() {
         poll(|| async { get(egress1, "ledger").await.1 == "ledger-dc1" }).await,
         "the local-only service is back"
     );
-    let (stop, handle) = traffic;
-    stop.cancel();
-    let answers = handle.await.expect("traffic task");
-    let failed: Vec<_> = answers.iter().filter(|(s, _)| *s != 200).collect();
+    assert_all_served(traffic, "failing checks, then back").await;
+
+    // dc1's instance stops while its registry entry still says passing (its check has not
+    // run yet): the attempts that find it refusing are retried in dc2, and none fails.
+    let traffic = spawn_traffic(&mesh.http, egress1);
+    assert!(poll(|| async { get(egress1, "payments").await.1 == "dc1" }).await);
+    stop_dc1.cancel();
     assert!(
-        failed.is_empty(),
-        "{} of {} requests failed during failover and back: {:?}",
-        failed.len(),
-        answers.len(),
-        &failed[..failed.len().min(5)]
+        poll(|| async { get(egress1, "payments").await == (200, "dc2".into()) }).await,
+        "a stopped datacenter's traffic goes to dc2"
     );
-    assert!(
-        answers.iter().any(|(_, b)| b == "dc2") && answers.iter().any(|(_, b)| b == "dc1"),
-        "the traffic saw both datacenters"
-    );
+    for _ in 0..20 {
+        assert_eq!(get(egress1, "payments").await, (200, "dc2".into()));
+    }
+    assert_all_served(traffic, "dc1 stopped").await;
 }

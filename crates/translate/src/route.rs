@@ -11,6 +11,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     RouteMatch, VirtualHost, header_matcher, retry_policy, route, route_action, route_match,
 };
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::Struct;
 use meshplane_model::descriptor::{Dependency, Domain, Retries, RetryOn, Target};
@@ -161,8 +162,16 @@ fn mk_route(name: &str, r#match: RouteMatch, action: route::Action) -> Route {
     }
 }
 
-/// A retry policy. Retries always go to a different host when one exists, with jittered
-/// backoff (25 ms base, 250 ms cap).
+/// Attempts made in a priority (a datacenter) before a retry moves on to the next one: the
+/// first two attempts of a request stay in the proxy's datacenter (on two hosts when it has
+/// two); the third and fourth go to the next datacenter. So a request whose local instances
+/// all refuse it (stopped before their health checks say so) is served elsewhere instead of
+/// failing, while one bad local instance only moves the request to another local one.
+pub const ATTEMPTS_PER_DATACENTER: i32 = 2;
+
+/// A retry policy. Retries always go to a different host when one exists, and to the next
+/// datacenter after [`ATTEMPTS_PER_DATACENTER`] attempts, with jittered backoff (25 ms base,
+/// 250 ms cap).
 pub(crate) fn retry_policy(retries: Option<&Retries>) -> RetryPolicy {
     let (attempts, per_try, on) = match retries {
         Some(r) => (r.attempts, r.per_try_timeout, r.on.clone()),
@@ -205,6 +214,14 @@ pub(crate) fn retry_policy(retries: Option<&Retries>) -> RetryPolicy {
             )),
         }],
         host_selection_retry_max_attempts: 5,
+        retry_priority: Some(retry_policy::RetryPriority {
+            name: "envoy.retry_priorities.previous_priorities".to_owned(),
+            config_type: Some(retry_policy::retry_priority::ConfigType::TypedConfig(any(
+                &PreviousPrioritiesConfig {
+                    update_frequency: ATTEMPTS_PER_DATACENTER,
+                },
+            ))),
+        }),
         retry_back_off: Some(retry_policy::RetryBackOff {
             base_interval: Some(duration(Duration::from_millis(25))),
             max_interval: Some(duration(Duration::from_millis(250))),
