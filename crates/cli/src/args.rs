@@ -21,9 +21,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the control plane: xDS server, registry and admin API.
-    ControlPlane(ControlPlaneArgs),
+    // The two large argument sets are boxed, so the parsed command stays small.
+    ControlPlane(Box<ControlPlaneArgs>),
     /// Run Envoy for a service: bootstrap, register, supervise, hot-restart on SIGHUP.
-    Sidecar(meshplane_sidecar::SidecarArgs),
+    Sidecar(Box<meshplane_sidecar::SidecarArgs>),
     /// Print the Envoy bootstrap for a descriptor (for hosts that run Envoy themselves).
     Bootstrap(meshplane_sidecar::BootstrapArgs),
     /// Serve a self-run Envoy its certificate over SDS (next to `meshplane bootstrap`).
@@ -87,6 +88,7 @@ fn print_stdout(text: &str) -> anyhow::Result<ExitCode> {
 pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::ControlPlane(args) => {
+            let args = *args;
             let sources = matches
                 .subcommand_matches("control-plane")
                 .ok_or_else(|| anyhow::anyhow!("control-plane arguments were not parsed"))?;
@@ -103,7 +105,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Sidecar(args) => block_on(async move {
-            let outcome = meshplane_sidecar::run_sidecar(args).await?;
+            let outcome = meshplane_sidecar::run_sidecar(*args).await?;
             Ok(ExitCode::from(outcome.exit_code()))
         }),
         Command::Bootstrap(args) => {
