@@ -176,3 +176,44 @@ fn a_zone_that_is_not_a_datacenter_name_is_refused() {
         other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
     }
 }
+
+#[test]
+fn endpoints_are_built_only_for_datacenters_with_proxies() {
+    let options = Arc::new(MeshOptions::default());
+    let groups = Groups::default();
+    let grouper = DescriptorGrouper::new(groups.clone(), options.clone());
+    let cache = SnapshotCache::new();
+    let mut translator = Translator::new(cache.clone(), groups, options);
+    let (store, mut writer) = meshplane_registry::store();
+    let source = SourceId::new("test");
+    writer.apply(synced(&source));
+    writer.apply(mk_payments(&source));
+    translator.on_registry(store.snapshot());
+    let peer = PeerInfo::default();
+    let dc1 = grouper
+        .group(&mk_node_in("orders-1", ORDERS, "dc1"), &peer)
+        .expect("valid");
+    let dc2 = grouper
+        .group(&mk_node_in("orders-2", ORDERS, "dc2"), &peer)
+        .expect("valid");
+    let payments = ServiceName::new("payments").expect("name");
+    let _dc1_rx = cache.subscribe(&dc1);
+    translator.on_demand(&dc1);
+    let built = |t: &Translator| {
+        t.endpoint_datacenters(&payments)
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        built(&translator),
+        ["dc1"],
+        "dc3 has instances but no proxies"
+    );
+    let dc2_rx = cache.subscribe(&dc2);
+    translator.on_demand(&dc2);
+    assert_eq!(built(&translator), ["dc1", "dc2"]);
+    // dc2's last proxy leaves: its endpoints are forgotten with its group.
+    drop(dc2_rx);
+    translator.prune();
+    assert_eq!(built(&translator), ["dc1"]);
+}

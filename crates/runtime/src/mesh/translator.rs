@@ -525,6 +525,15 @@ impl Translator {
         self.active.get(key).map(|g| &*g.services)
     }
 
+    /// The datacenters whose endpoints of `service` are built and kept.
+    #[cfg(test)]
+    pub(crate) fn endpoint_datacenters(&self, service: &ServiceName) -> BTreeSet<String> {
+        self.services
+            .get(service)
+            .map(|r| r.endpoints.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Forgets groups no proxy uses any more.
     pub fn prune(&mut self) {
         let gone = self.cache.prune_unwatched();
