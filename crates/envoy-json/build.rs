@@ -34,6 +34,7 @@ const FILES: &[&str] = &[
     "envoy/extensions/common/dynamic_forward_proxy/v3/dns_cache.proto",
     "envoy/extensions/http/header_formatters/preserve_case/v3/preserve_case.proto",
     "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
+    "envoy/extensions/retry/priority/previous_priorities/v3/previous_priorities_config.proto",
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
 ];
