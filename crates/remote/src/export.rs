@@ -94,8 +94,13 @@ impl LocalState {
             return history.back().cloned();
         }
         // A change elsewhere (another datacenter's instances) leaves the state as it was: the
-        // remembered one keeps serving, with its compressed body, under the new index.
-        if history.back().is_some_and(|b| b.version == built.version) {
+        // new entry serves the remembered one's bodies under the new index.
+        if let Some(same) = history
+            .back()
+            .filter(|b| b.version == built.version)
+            .cloned()
+        {
+            built.keep_bodies_of(&same);
             history.pop_back();
         }
         history.push_back(built.clone());

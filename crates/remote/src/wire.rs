@@ -190,6 +190,20 @@ impl Export {
         }
     }
 
+    /// Takes over `older`'s encoded bodies when it is the same state (only other
+    /// datacenters' instances changed), so they are not encoded and compressed again.
+    pub(crate) fn keep_bodies_of(&self, older: &Export) {
+        if older.version != self.version {
+            return;
+        }
+        if let Some(json) = older.json.get() {
+            let _ = self.json.set(json.clone());
+        }
+        if let Some(gzip) = older.gzip.get() {
+            let _ = self.gzip.set(gzip.clone());
+        }
+    }
+
     /// Number of services in it.
     pub fn service_count(&self) -> usize {
         self.services.len()

@@ -234,3 +234,27 @@ fn inflating_stops_at_the_limit() {
         Err(WireError::Gzip(_))
     ));
 }
+
+#[test]
+fn another_datacenters_change_reuses_the_encoded_bodies() {
+    let (store, mut writer) = registry(vec![instance("payments", "payments-1", "dc1")]);
+    let local = crate::LocalState::new("dc1", store);
+    let first = local.current().expect("synced");
+    let gzip = first.gzip();
+    set(
+        &mut writer,
+        "payments",
+        vec![
+            instance("payments", "payments-1", "dc1"),
+            instance("payments", "payments-dc2", "dc2"),
+        ],
+    );
+    let second = local.current().expect("synced");
+    assert!(second.index > first.index);
+    assert_eq!(second.version, first.version);
+    assert_eq!(
+        second.gzip().as_ptr(),
+        gzip.as_ptr(),
+        "the same state is not compressed again"
+    );
+}
