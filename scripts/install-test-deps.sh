@@ -10,6 +10,12 @@
 #   playwright-core (npm, pinned by tests/browser/package-lock.json) for the web panel's
 #   browser test, crates/cli/tests/panel.rs. Playwright drives the system Chromium; it never
 #   downloads browsers.
+# - Debian's prometheus (apt, only when missing) for crates/cli/tests/prometheus.rs: a real
+#   Prometheus discovers and scrapes the mesh through deploy/prometheus/http-sd.yml.
+# - .tools/bin/prometheus-consul-sd, built with Go from tests/prometheus-consul-sd (modules
+#   pinned by its go.sum, from the Go module proxy): Prometheus's own Consul discovery and
+#   relabelling, which Debian's Prometheus is built without, to check
+#   deploy/prometheus/consul-sd.yml against the embedded registry.
 set -euo pipefail
 
 PY_CONSUL_VERSION="1.8.0"
@@ -30,16 +36,38 @@ else
     echo "installed py-consul $PY_CONSUL_VERSION into $venv"
 fi
 
-if [[ -x /usr/bin/chromium ]]; then
-    echo "chromium already installed: $(/usr/bin/chromium --version 2>/dev/null || echo /usr/bin/chromium)"
-elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
-    echo "installing chromium with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq chromium >/dev/null
+apt_updated=""
+# Installs Debian package $1 with apt-get when $2 is missing (as root only); else warns.
+apt_install() {
+    local package="$1" binary="$2"
+    if [[ -x "$binary" ]]; then
+        echo "$package already installed: $binary"
+    elif [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        echo "installing $package with apt-get"
+        export DEBIAN_FRONTEND=noninteractive
+        if [[ -z "$apt_updated" ]]; then
+            apt-get update -qq >/dev/null
+            apt_updated=1
+        fi
+        apt-get install -y -qq --no-install-recommends "$package" >/dev/null
+    else
+        echo "warning: $binary is missing; install Debian's $package (as root:" \
+            "apt-get install $package) for the tests that use it" >&2
+    fi
+}
+
+apt_install chromium /usr/bin/chromium
+apt_install prometheus /usr/bin/prometheus
+
+sd_src="$root/tests/prometheus-consul-sd"
+sd_bin="$root/.tools/bin/prometheus-consul-sd"
+if [[ -x "$sd_bin" && -z "$(find "$sd_src" -newer "$sd_bin" -type f)" ]]; then
+    echo "prometheus-consul-sd already built: $sd_bin"
+elif command -v go >/dev/null; then
+    (cd "$sd_src" && GOTOOLCHAIN=local GOFLAGS=-mod=readonly go build -o "$sd_bin" .)
+    echo "built $sd_bin"
 else
-    echo "warning: /usr/bin/chromium is missing; install Debian's chromium (as root:" \
-        "apt-get install chromium) for the browser test" >&2
+    echo "warning: go is missing; install Go >= 1.26 to build $sd_bin for the Prometheus tests" >&2
 fi
 
 browser="$root/tests/browser"

@@ -186,9 +186,7 @@ pub(crate) async fn digest_route(State(s): State<AdminState>) -> Json<Digests> {
     Json(digests(&s))
 }
 
-/// Service under which control-plane instances may be registered; each instance's
-/// `meta.admin_url` is its admin API (e.g. `http://10.0.0.4:18080`).
-pub const CONTROL_PLANE_SERVICE: &str = "meshplane-control-plane";
+pub use meshplane_model::registration::CONTROL_PLANE_SERVICE;
 
 /// Peers from configuration plus control-plane instances found in the registry, without this
 /// instance and without duplicates. Those of other datacenters (learned through
@@ -200,7 +198,11 @@ pub fn peers(s: &AdminState, own_admin: Option<&str>) -> Vec<String> {
         .map(|e| {
             e.instances
                 .iter()
-                .filter_map(|i| i.meta.get("admin_url").cloned())
+                .filter_map(|i| {
+                    i.meta
+                        .get(meshplane_model::registration::ADMIN_URL_META_KEY)
+                        .cloned()
+                })
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();

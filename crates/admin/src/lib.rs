@@ -17,6 +17,7 @@ mod metrics;
 mod panel;
 pub mod relay;
 mod resources;
+pub mod targets;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -61,6 +62,9 @@ pub struct AdminState {
     /// Per-service enrolment tokens for the CA (service → token); empty: the control plane's
     /// `token` enrols every service.
     pub enrolment_tokens: Arc<EnrolmentTokens>,
+    /// Whether this admin API is served over TLS (its own URL among the Prometheus targets
+    /// is then `https://`).
+    pub admin_tls: bool,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -82,6 +86,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::render))
+        .route("/api/prometheus/targets", get(targets::route))
         .route("/api/services", get(services))
         .route("/api/services/{name}", get(service))
         .route("/api/proxies", get(proxies))

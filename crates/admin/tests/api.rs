@@ -104,6 +104,7 @@ async fn setup(synced: bool) -> Setup {
         metrics,
         ca: None,
         enrolment_tokens: Default::default(),
+        admin_tls: false,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -380,6 +381,7 @@ async fn peers_come_from_configuration_and_the_registry() {
         http: reqwest::Client::new(),
         ca: None,
         enrolment_tokens: Default::default(),
+        admin_tls: false,
     };
     let peers = meshplane_admin::consistency::peers(&state, Some("http://10.0.0.1:18080"));
     assert_eq!(

@@ -225,7 +225,14 @@ fn private_keys(v: &Value, out: &mut Vec<Value>) {
 
 /// Object keys whose names are data (service names, group keys, metadata keys): compared by the
 /// shape of their values.
-const DATA_KEYED: [&str; 5] = ["services", "sources", "meta", "groups", "datacenters"];
+const DATA_KEYED: [&str; 6] = [
+    "services",
+    "sources",
+    "meta",
+    "groups",
+    "datacenters",
+    "labels",
+];
 
 /// Every example of docs/admin-api.md, fenced as ```json METHOD ROUTE, has the keys and value
 /// types of the real response of that route (`null` on either side stands for an optional

@@ -49,6 +49,10 @@ fn demo_once_shows_traffic_through_real_envoys() {
         "{stdout}"
     );
     assert!(stdout.contains("proxies connected: 4"), "{stdout}");
+    assert!(
+        stdout.contains("/api/prometheus/targets (deploy/prometheus/http-sd.yml)"),
+        "where to point Prometheus: {stdout}"
+    );
     // mTLS with CA-issued identities, and permissions enforced by Envoy.
     assert!(
         stdout.contains("web → payments (not in payments' incoming)"),

@@ -539,11 +539,12 @@ impl Sidecars {
             .spawn()
             .expect("meshplane sidecar starts");
         self.running.push((admin, child));
+        // Ingress, egress and the scrape listener.
         let live = support::poll(|| async {
             envoy_stat(http, admin, "listener_manager.total_listeners_active")
                 .await
                 .unwrap_or(0)
-                >= 2
+                >= 3
         })
         .await;
         assert!(

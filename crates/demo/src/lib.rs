@@ -266,6 +266,10 @@ async fn run_mesh(
     );
     println!("  proxies connected: {}", cp.status.len());
     println!(
+        "  Prometheus: http_sd_configs url http://{}/api/prometheus/targets (deploy/prometheus/http-sd.yml) finds every sidecar and the control plane",
+        cp.admin_addr
+    );
+    println!(
         "  identities: certificates from the control plane's CA (spiffe://meshplane.local/service/<name>); sidecars call each other over mTLS"
     );
     loop {

@@ -6,7 +6,8 @@
 //!
 //! The sidecar's `Descriptor` (`meshplane.yaml`) lives in [`descriptor`]; the identity
 //! vocabulary (SPIFFE ids, secret names, the CA's wire shapes) in [`identity`]; the keys the
-//! sidecar adds to Envoy's node metadata in [`node_metadata`].
+//! sidecar adds to Envoy's node metadata in [`node_metadata`]; what the mesh writes into
+//! registry entries in [`registration`].
 
 mod instance;
 mod name;
@@ -19,3 +20,4 @@ pub use descriptor::{Descriptor, DescriptorError, Stats, StatsPattern};
 
 pub mod identity;
 pub mod node_metadata;
+pub mod registration;

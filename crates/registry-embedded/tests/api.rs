@@ -275,6 +275,54 @@ async fn passing_tag_and_dc_filters() {
     s.stop().await;
 }
 
+/// What Prometheus's Consul discovery reads besides services: the agent's datacenter, and
+/// node-meta filters (the single node has no metadata, so any filter excludes it, as Consul
+/// would); filter expressions are refused rather than ignored.
+#[tokio::test]
+async fn agent_self_node_meta_and_filter_expressions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path()).await;
+    let (status, _, me) = get(&format!("{}/v1/agent/self", s.url)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["Config"]["Datacenter"], "dc1");
+    assert_eq!(me["Member"]["Tags"]["dc"], "dc1");
+    assert!(me["Config"]["NodeName"].is_string(), "{me}");
+
+    let reg = format!("{}/v1/agent/service/register", s.url);
+    put(&reg, json!({"Name": "web", "ID": "a"})).await;
+    for path in [
+        "catalog/services",
+        "catalog/service/web",
+        "health/service/web",
+    ] {
+        let (_, _, all) = get(&format!("{}/v1/{path}?stale", s.url)).await;
+        assert!(
+            !all.as_object().map(|o| o.is_empty()).unwrap_or(false) && all != json!([]),
+            "{path}: {all}"
+        );
+        let (status, _, none) = get(&format!("{}/v1/{path}?node-meta=rack:r1", s.url)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            none == json!({}) || none == json!([]),
+            "{path} with node-meta: {none}"
+        );
+        let r = client()
+            .get(format!("{}/v1/{path}?filter=Service.Port%3D%3D1", s.url))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+        assert!(r.text().await.expect("text").contains("not supported"));
+    }
+    let r = client()
+        .get(format!("{}/v1/catalog/services?node-meta=rack", s.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn ttl_checks_heartbeat_expire_and_reap() {
     let dir = tempfile::tempdir().expect("tempdir");

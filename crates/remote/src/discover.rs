@@ -23,8 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::source::{ControlPlanes, RemoteConfig, RemoteError, RemoteSource};
 use crate::status::Followed;
 
-/// The service control planes register under, with `Meta.admin_url`.
-pub const CONTROL_PLANE_SERVICE: &str = "meshplane-control-plane";
+pub use meshplane_model::registration::CONTROL_PLANE_SERVICE;
 
 /// Where and how to discover.
 #[derive(Debug, Clone)]
@@ -101,7 +100,11 @@ impl Discovery {
                 .await?;
             let urls: BTreeSet<String> = entries
                 .iter()
-                .filter_map(|e| e.service.meta.get("admin_url"))
+                .filter_map(|e| {
+                    e.service
+                        .meta
+                        .get(meshplane_model::registration::ADMIN_URL_META_KEY)
+                })
                 .map(|u| u.trim_end_matches('/').to_owned())
                 .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
                 .collect();

@@ -312,6 +312,7 @@ pub async fn start(
         enrolment_tokens: Arc::new(meshplane_admin::EnrolmentTokens::new(
             config.load_enrolment_tokens()?,
         )),
+        admin_tls: admin_tls.is_some(),
     };
     tasks.spawn(prune_relays(relays, status.clone(), shutdown.clone()));
     // Other datacenters follow this one's local state on the admin address.

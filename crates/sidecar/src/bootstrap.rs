@@ -3,19 +3,27 @@
 //! Everything Envoy serves comes over ADS from the control plane; the bootstrap only says
 //! who this proxy is (`node`), where the control plane is (the static `meshplane_xds`
 //! cluster, one failover priority per address), where the admin API listens (127.0.0.1
-//! only), and which statistics Envoy keeps (`stats.rs`). Output is JSON, which Envoy reads
-//! as YAML.
+//! only), the scrape listener that serves Prometheus the admin's `/stats/prometheus` and
+//! nothing else, and which statistics Envoy keeps (`stats.rs`). Output is JSON, which Envoy
+//! reads as YAML.
 
 use std::net::{IpAddr, SocketAddr};
 
 use meshplane_model::identity::{IDENTITY_SECRET, TRUST_SECRET};
 use meshplane_model::node_metadata::{ADMIN_KEY, ADMIN_RELAY_KEY, LISTEN_ADDRESS_KEY};
+use meshplane_model::registration::METRICS_PATH;
 use serde_json::{Value, json};
 
 use crate::config::{ControlPlaneAddr, XdsFlavour};
 
 /// Name of the static cluster that reaches the control plane.
 pub const XDS_CLUSTER: &str = "meshplane_xds";
+
+/// Name of the scrape listener (static, so scraping works whatever the control plane does).
+pub const METRICS_LISTENER: &str = "meshplane_metrics";
+
+/// Static cluster from the scrape listener to Envoy's own admin API.
+const ADMIN_CLUSTER: &str = "meshplane_admin";
 
 /// Cap on downstream connections, so Envoy's overload manager has a limit (and does not warn).
 const MAX_DOWNSTREAM_CONNECTIONS: u64 = 50_000;
@@ -68,6 +76,9 @@ pub struct BootstrapSpec<'a> {
     pub sds_socket: &'a std::path::Path,
     /// Which statistics Envoy creates (the descriptor's `stats`).
     pub stats: &'a meshplane_model::Stats,
+    /// Port of the scrape listener, on the ingress listener's address; `None`: no scrape
+    /// listener.
+    pub metrics_port: Option<u16>,
 }
 
 /// How Envoy authenticates to the control plane on the xDS connection.
@@ -136,12 +147,93 @@ pub fn bootstrap(spec: &BootstrapSpec<'_>) -> Value {
             }],
         },
     });
+    if let Some(port) = spec.metrics_port {
+        let listen = spec
+            .listen_address
+            .map_or_else(|| "0.0.0.0".to_owned(), |ip| ip.to_string());
+        let statics = &mut bootstrap["static_resources"];
+        statics["listeners"] = json!([metrics_listener(&listen, port)]);
+        if let Some(clusters) = statics["clusters"].as_array_mut() {
+            clusters.push(admin_cluster(spec.admin));
+        }
+    }
     if let Some(obj) = bootstrap.as_object_mut() {
         for (key, value) in crate::stats::bootstrap_fields(spec.stats) {
             obj.insert(key.to_owned(), value);
         }
     }
     bootstrap
+}
+
+/// The scrape listener: `GET /stats/prometheus` goes to Envoy's admin API, every other
+/// method or path gets a 404 that says what the port serves, so a scraper's network reach
+/// never extends to the admin's write endpoints (`/quitquitquit`, `/runtime_modify`, ...).
+/// Paths are normalised first (`/stats/prometheus/../quitquitquit` is `/quitquitquit`), and
+/// escaped slashes are refused. A scrape is never turned away by the global connection limit
+/// (an overloaded proxy is exactly the one to look at).
+fn metrics_listener(address: &str, port: u16) -> Value {
+    let refuse = json!({
+        "match": { "prefix": "/" },
+        "direct_response": {
+            "status": 404,
+            "body": { "inline_string": format!("meshplane: this port serves only GET {METRICS_PATH}\n") },
+        },
+    });
+    json!({
+        "name": METRICS_LISTENER,
+        "address": socket_address(address, port),
+        "ignore_global_conn_limit": true,
+        "filter_chains": [{
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": METRICS_LISTENER,
+                    "normalize_path": true,
+                    "merge_slashes": true,
+                    "path_with_escaped_slashes_action": "REJECT_REQUEST",
+                    "route_config": {
+                        "name": METRICS_LISTENER,
+                        "virtual_hosts": [{
+                            "name": METRICS_LISTENER,
+                            "domains": ["*"],
+                            "routes": [
+                                {
+                                    "match": {
+                                        "path": METRICS_PATH,
+                                        "headers": [{ "name": ":method", "string_match": { "exact": "GET" } }],
+                                    },
+                                    "route": { "cluster": ADMIN_CLUSTER, "timeout": "10s" },
+                                },
+                                refuse,
+                            ],
+                        }],
+                    },
+                    "http_filters": [{
+                        "name": "envoy.filters.http.router",
+                        "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+                    }],
+                },
+            }],
+        }],
+    })
+}
+
+/// Envoy's own admin API, for the scrape listener.
+fn admin_cluster(admin: SocketAddr) -> Value {
+    json!({
+        "name": ADMIN_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": ADMIN_CLUSTER,
+            "endpoints": [{
+                "lb_endpoints": [{
+                    "endpoint": { "address": socket_address(&admin.ip().to_string(), admin.port()) },
+                }],
+            }],
+        },
+    })
 }
 
 /// The node: identity plus the descriptor (as written) and the admin address as metadata.

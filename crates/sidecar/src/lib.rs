@@ -165,6 +165,8 @@ pub fn render_bootstrap(args: BootstrapArgs) -> Result<String, SidecarError> {
         xds_tls: config.xds_tls_mode(),
         sds_socket: &sds_socket,
         stats: &d.stats,
+        // Without a sidecar nothing registers a picked port: only the descriptor's.
+        metrics_port: d.metrics.port,
     });
     serde_json::to_string_pretty(&value)
         .map_err(|e| SidecarError::io("cannot encode the bootstrap")(std::io::Error::other(e)))

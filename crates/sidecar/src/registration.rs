@@ -56,11 +56,13 @@ pub struct RegistryClient {
     http: reqwest::Client,
 }
 
-/// The registration for `descriptor`'s instance `id`, advertised at `address`.
+/// The registration for `descriptor`'s instance `id`, advertised at `address`, scraped by
+/// Prometheus at `metrics_port`.
 pub fn service_registration(
     descriptor: &Descriptor,
     id: &str,
     address: &str,
+    metrics_port: u16,
     check: CheckTimes,
 ) -> ServiceRegistration {
     let ingress = descriptor.ingress.port;
@@ -70,18 +72,27 @@ pub fn service_registration(
         address.to_owned()
     };
     let meta = BTreeMap::from([
-        ("meshplane_sidecar".to_owned(), "true".to_owned()),
+        (
+            meshplane_model::registration::SIDECAR_META_KEY.to_owned(),
+            "true".to_owned(),
+        ),
         (
             meshplane_model::identity::MTLS_META_KEY.to_owned(),
             mtls_name(descriptor),
         ),
+        (
+            meshplane_model::registration::METRICS_PORT_META_KEY.to_owned(),
+            metrics_port.to_string(),
+        ),
     ]);
+    let mut tags = descriptor.tags.clone();
+    tags.push(meshplane_model::registration::METRICS_TAG.to_owned());
     ServiceRegistration {
         id: Some(id.to_owned()),
         name: descriptor.service.to_string(),
         address: address.to_owned(),
         port: ingress,
-        tags: descriptor.tags.clone(),
+        tags,
         weights: Some(Weights {
             passing: descriptor.weight,
             warning: 1,

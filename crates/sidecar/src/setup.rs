@@ -2,13 +2,13 @@
 //! stops here, Envoy never started), fix the instance id, admin port and base id, find
 //! Envoy, write the bootstrap.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use crate::bootstrap::{BootstrapSpec, bootstrap};
 use crate::config::SidecarConfig;
 use crate::descriptor::{self, LoadError, LoadedDescriptor};
-use crate::envoy::{EnvoyCommand, base_id_for, find_envoy, free_loopback_port};
+use crate::envoy::{EnvoyCommand, base_id_for, find_envoy, free_loopback_port, free_port};
 use crate::error::SidecarError;
 use crate::registration::{ServiceRegistration, service_registration};
 
@@ -19,6 +19,9 @@ pub(crate) struct Prepared {
     pub loaded: LoadedDescriptor,
     pub instance_id: String,
     pub admin: SocketAddr,
+    /// The scrape listener's port: the descriptor's `metrics.port`, or one picked once
+    /// (kept across Envoy restarts, so hot restarts hand the socket over).
+    pub metrics_port: u16,
     pub base_id: u32,
     pub envoy: PathBuf,
     pub bootstrap_path: PathBuf,
@@ -39,6 +42,11 @@ impl Prepared {
         let admin_port = match config.admin_port {
             0 => free_loopback_port().map_err(SidecarError::io("cannot pick a free admin port"))?,
             p => p,
+        };
+        let metrics_port = match d.metrics.port {
+            Some(p) => p,
+            None => free_port(config.listen_address.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)))
+                .map_err(SidecarError::io("cannot pick a free port for the metrics listener; set metrics.port in the descriptor"))?,
         };
         let base_id = config.base_id.unwrap_or_else(|| base_id_for(&instance_id));
         let envoy = find_envoy(config.envoy.as_deref())?;
@@ -71,6 +79,7 @@ impl Prepared {
         let prepared = Prepared {
             relay,
             admin: SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port)),
+            metrics_port,
             bootstrap_path: dir.join("envoy-bootstrap.json"),
             config,
             loaded,
@@ -94,6 +103,9 @@ impl Prepared {
                 now: loaded.descriptor.service.to_string(),
             }));
         }
+        if let Some(port) = loaded.descriptor.metrics.port {
+            self.metrics_port = port;
+        }
         self.loaded = loaded;
         self.write_bootstrap()
     }
@@ -112,6 +124,7 @@ impl Prepared {
             xds_tls: self.config.xds_tls_mode(),
             sds_socket: &crate::config::sds_socket(self.work_dir()),
             stats: &self.loaded.descriptor.stats,
+            metrics_port: Some(self.metrics_port),
         })
     }
 
@@ -158,6 +171,7 @@ impl Prepared {
             &self.loaded.descriptor,
             &self.instance_id,
             &self.config.address,
+            self.metrics_port,
             self.config.check,
         )
     }

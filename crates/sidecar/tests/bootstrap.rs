@@ -53,6 +53,7 @@ fn mk_bootstrap_stats(
         xds_tls,
         sds_socket: Path::new("/run/meshplane/orders/sds.sock"),
         stats,
+        metrics_port: Some(31002),
     })
 }
 

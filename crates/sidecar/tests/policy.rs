@@ -124,7 +124,7 @@ fn registration_advertises_the_ingress_port_with_a_check_through_envoy() {
         timeout: ms(1500),
         deregister_critical_after: Duration::from_secs(600),
     };
-    let r = service_registration(&d, "orders-1", "10.0.0.5", check);
+    let r = service_registration(&d, "orders-1", "10.0.0.5", 31002, check);
     assert_eq!(
         serde_json::to_value(&r).unwrap(),
         json!({
@@ -132,9 +132,9 @@ fn registration_advertises_the_ingress_port_with_a_check_through_envoy() {
             "Name": "orders",
             "Address": "10.0.0.5",
             "Port": 31001,
-            "Tags": ["canary"],
+            "Tags": ["canary", "meshplane-metrics"],
             "Weights": { "Passing": 100, "Warning": 1 },
-            "Meta": { "meshplane_sidecar": "true", "mtls": "permissive" },
+            "Meta": { "meshplane_sidecar": "true", "mtls": "permissive", "metrics_port": "31002" },
             "Check": {
                 "CheckID": "service:orders-1",
                 "Name": "orders via Envoy ingress",
@@ -146,7 +146,7 @@ fn registration_advertises_the_ingress_port_with_a_check_through_envoy() {
             },
         })
     );
-    let v6 = service_registration(&d, "orders-1", "fd00::5", check);
+    let v6 = service_registration(&d, "orders-1", "fd00::5", 31002, check);
     assert_eq!(
         v6.check.and_then(|c| c.http).as_deref(),
         Some("http://[fd00::5]:31001/status/health")

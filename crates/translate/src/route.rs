@@ -64,13 +64,16 @@ pub(crate) fn dependency<'a>(d: &'a Descriptor, service: &ServiceName) -> Option
         .find(|dep| matches!(&dep.target, Target::Service(s) if s == service))
 }
 
-/// A service's tags: one route each.
+/// A service's tags: one route each. The scrape tag every sidecar adds selects nothing
+/// (every instance of the service has it), so it gets no route.
 pub(crate) fn tags_of(service: &ServiceName, catalog: &dyn Catalog) -> BTreeSet<String> {
     catalog
         .instances(service)
         .unwrap_or_default()
         .iter()
-        .flat_map(|i| i.tags.iter().cloned())
+        .flat_map(|i| i.tags.iter())
+        .filter(|t| *t != meshplane_model::registration::METRICS_TAG)
+        .cloned()
         .collect()
 }
 

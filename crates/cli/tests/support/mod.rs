@@ -178,8 +178,9 @@ impl Mesh {
             .chain(d.egress.map(|e| e.port))
             .collect();
         let stat = "listener_manager.total_listeners_active";
+        // `listeners` plus the scrape listener every sidecar's bootstrap has.
         let ok = poll(|| async {
-            envoy_stat(&self.http, admin_port, stat).await.unwrap_or(0) >= u64::from(listeners)
+            envoy_stat(&self.http, admin_port, stat).await.unwrap_or(0) > u64::from(listeners)
         })
         .await;
         if !ok {

@@ -45,6 +45,8 @@ pub struct Descriptor {
     pub preserve_header_case: bool,
     /// Which Envoy statistics the sidecar keeps; the control plane ignores it.
     pub stats: Stats,
+    /// Where Prometheus scrapes the sidecar's Envoy; the control plane ignores it.
+    pub metrics: MetricsListener,
 }
 
 /// The ingress listener.
@@ -63,6 +65,14 @@ pub struct IngressListener {
 pub struct EgressListener {
     /// Port of the local explicit proxy.
     pub port: u16,
+}
+
+/// The scrape listener: Envoy's `/stats/prometheus`, and nothing else of its admin API, on the
+/// ingress listener's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct MetricsListener {
+    /// Its port; `None`: any free port, which the sidecar registers (`Meta.metrics_port`).
+    pub port: Option<u16>,
 }
 
 /// How the ingress listener treats TLS.

@@ -7,8 +7,8 @@ use serde::Deserialize;
 use super::stats::RawStats;
 use super::{
     Client, Dependency, Descriptor, DescriptorError, Domain, EgressListener, EndpointRule,
-    Incoming, IngressListener, MtlsMode, PathMatch, Retries, RetryOn, Role, Target, Unlisted,
-    parse_duration,
+    Incoming, IngressListener, MetricsListener, MtlsMode, PathMatch, Retries, RetryOn, Role,
+    Target, Unlisted, parse_duration,
 };
 use crate::ServiceName;
 
@@ -39,6 +39,14 @@ struct RawDescriptor {
     preserve_header_case: bool,
     #[serde(default)]
     stats: Option<RawStats>,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    port: u16,
 }
 
 #[derive(Deserialize)]
@@ -228,6 +236,24 @@ impl RawDescriptor {
                 ),
             ));
         }
+        let metrics = match &self.metrics {
+            None => MetricsListener::default(),
+            Some(m) => {
+                let p = port("metrics.port", m.port)?;
+                if p == app_port
+                    || p == ingress_port
+                    || egress.as_ref().is_some_and(|e| e.port == p)
+                {
+                    return Err(DescriptorError::field(
+                        "metrics.port",
+                        format!(
+                            "port {p} is already used by the app, the ingress or the egress listener"
+                        ),
+                    ));
+                }
+                MetricsListener { port: Some(p) }
+            }
+        };
         let health_path = self
             .ingress
             .health_path
@@ -298,6 +324,7 @@ impl RawDescriptor {
             incoming,
             preserve_header_case: self.preserve_header_case,
             stats,
+            metrics,
         })
     }
 }

@@ -168,6 +168,20 @@ fn ports_must_be_distinct_and_nonzero() {
     assert_eq!(field, "port");
     let (field, message) = field_error("service: a\nport: 70000\ningress: { port: 2 }\n");
     assert_eq!(field, "port", "{message}");
+    let base = "service: a\nport: 1\ningress: { port: 2 }\negress: { port: 3 }\n";
+    for taken in [1, 2, 3] {
+        let (field, message) = field_error(&format!("{base}metrics: {{ port: {taken} }}\n"));
+        assert_eq!(field, "metrics.port", "{message}");
+        assert!(message.contains("already used"), "{message}");
+    }
+    let (field, _) = field_error(&format!("{base}metrics: {{ port: 0 }}\n"));
+    assert_eq!(field, "metrics.port");
+    let (field, message) = field_error(&format!("{base}metrics: {{ port: 4, path: /x }}\n"));
+    assert!(field.starts_with("metrics"), "{field}: {message}");
+    let d = Descriptor::from_yaml(&format!("{base}metrics: {{ port: 4 }}\n")).expect("valid");
+    assert_eq!(d.metrics.port, Some(4));
+    let d = Descriptor::from_yaml(base).expect("valid");
+    assert_eq!(d.metrics.port, None, "picked by the sidecar");
 }
 
 #[test]

@@ -62,6 +62,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agent/check/warn/{id}", put(agent::warn))
         .route("/v1/agent/check/fail/{id}", put(agent::fail))
         .route("/v1/agent/check/update/{id}", put(agent::update))
+        .route("/v1/agent/self", get(read::agent_self))
         .route("/v1/agent/services", get(read::agent_services))
         .route("/v1/agent/checks", get(read::agent_checks))
         .route("/v1/catalog/services", get(read::catalog_services))

@@ -30,6 +30,8 @@ pub struct Query {
     pub note: Option<String>,
     pub token: Option<String>,
     pub replace_existing_checks: bool,
+    /// `node-meta=key:value` filters (repeatable).
+    pub node_meta: Vec<(String, String)>,
 }
 
 // === impl Query ===
@@ -62,6 +64,20 @@ impl Query {
                 "stale" => q.stale = true,
                 "note" => q.note = Some(value.into_owned()),
                 "token" => q.token = Some(value.into_owned()),
+                "node-meta" => {
+                    let (k, v) = value.split_once(':').ok_or_else(|| {
+                        ApiError::bad_request(format!("Invalid node-meta {value:?}: use key:value"))
+                    })?;
+                    q.node_meta.push((k.to_owned(), v.to_owned()));
+                }
+                // Consul's filter expressions are a language of their own; answering
+                // unfiltered would hand the caller entries it asked to exclude.
+                "filter" => {
+                    return Err(ApiError::bad_request(
+                        "Filter expressions (?filter=) are not supported by Meshplane's embedded \
+                         registry: filter on the client side, or use node-meta, tag and passing",
+                    ));
+                }
                 "replace-existing-checks" => {
                     q.replace_existing_checks = !matches!(&*value, "false" | "0");
                 }
@@ -69,6 +85,12 @@ impl Query {
             }
         }
         Ok(q)
+    }
+
+    /// Whether the registry's node passes the `node-meta` filters. The embedded registry is
+    /// a single node without metadata: only a query without them matches it.
+    pub fn node_matches(&self) -> bool {
+        self.node_meta.is_empty()
     }
 
     /// Fails like Consul when another datacenter is asked for.

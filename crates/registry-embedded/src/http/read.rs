@@ -31,6 +31,7 @@ pub async fn catalog_services(State(state): State<ApiState>, RawQuery(raw): RawQ
     let body: CatalogServices = read(&state, |c| {
         c.services()
             .into_iter()
+            .filter(|_| query.node_matches())
             .map(|(name, tags)| {
                 let tags = tags.into_iter().map(str::to_owned).collect();
                 (name.to_string(), Some(tags))
@@ -50,7 +51,7 @@ pub async fn catalog_service(
     let index = block(&state, &query, |c| c.name_index(&name)).await;
     let body = read(&state, |c| {
         c.instances(&name)
-            .filter(|r| has_tags(r, &query.tags))
+            .filter(|r| query.node_matches() && has_tags(r, &query.tags))
             .map(|r| render::catalog_entry(r, c.node()))
             .collect::<Vec<CatalogService>>()
     });
@@ -67,7 +68,7 @@ pub async fn health_service(
     let index = block(&state, &query, |c| c.name_index(&name)).await;
     let body = read(&state, |c| {
         c.instances(&name)
-            .filter(|r| has_tags(r, &query.tags))
+            .filter(|r| query.node_matches() && has_tags(r, &query.tags))
             .filter(|r| {
                 !query.passing
                     || r.checks
@@ -165,6 +166,37 @@ pub async fn agent_checks(State(state): State<ApiState>) -> ApiResult {
 
 pub async fn datacenters(State(state): State<ApiState>) -> Response {
     Json([&*state.datacenter]).into_response()
+}
+
+/// `/v1/agent/self`: the agent's configuration and membership, as far as clients read them
+/// (Prometheus's Consul discovery takes `Config.Datacenter` from it). `Config.Version` is
+/// Meshplane's version: this is not a Consul agent.
+pub async fn agent_self(State(state): State<ApiState>) -> Response {
+    let node = state.catalog.read().node().clone();
+    let (host, port) = state
+        .leader
+        .rsplit_once(':')
+        .map_or((node.address.as_str(), "0"), |(h, p)| (h, p));
+    let body = serde_json::json!({
+        "Config": {
+            "Datacenter": node.datacenter,
+            "PrimaryDatacenter": node.datacenter,
+            "NodeName": node.name,
+            "NodeID": node.id,
+            "Server": true,
+            "Revision": "meshplane",
+            "Version": env!("CARGO_PKG_VERSION"),
+        },
+        "Member": {
+            "Name": node.name,
+            "Addr": host.trim_start_matches('[').trim_end_matches(']'),
+            "Port": port.parse::<u16>().unwrap_or_default(),
+            "Tags": { "dc": node.datacenter, "role": "consul" },
+            "Status": 1,
+        },
+        "Meta": {},
+    });
+    with_consul_headers(Json(body).into_response())
 }
 
 pub async fn leader(State(state): State<ApiState>) -> Response {

@@ -97,6 +97,8 @@ def main():
 
     _, services = c.catalog.services()
     expect({"pyweb", "pyhttp"} <= set(services), f"catalog.services(): {services}")
+    me = c.agent.self()
+    expect(me["Config"]["Datacenter"] == "dc1", f"agent.self(): {me}")
     _, catalog_nodes = c.catalog.service("pyweb")
     expect(catalog_nodes[0]["ServicePort"] == 8080, "catalog.service() shape")
 

@@ -6,7 +6,7 @@
 //! `/server_info` rather than `/ready` because during a hot restart both epochs share the
 //! admin port, and only `/server_info` tells which epoch answered.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
 
 /// Talks to one Envoy admin address (which stays the same across hot restarts).
@@ -53,6 +53,12 @@ const PORTS: std::ops::Range<u16> = 20_000..32_000;
 /// process binding it explicitly in between still makes Envoy fail to bind, loudly (pass
 /// `--admin-port` to rule that out).
 pub fn free_loopback_port() -> std::io::Result<u16> {
+    free_port(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// A port free now on `ip` (`0.0.0.0`: on every interface), chosen as
+/// [`free_loopback_port`] chooses, from the same sequence.
+pub fn free_port(ip: IpAddr) -> std::io::Result<u16> {
     static NEXT: parking_lot::Mutex<Option<u16>> = parking_lot::Mutex::new(None);
     let span = PORTS.end - PORTS.start;
     let mut next = NEXT.lock();
@@ -62,13 +68,13 @@ pub fn free_loopback_port() -> std::io::Result<u16> {
     });
     for i in 0..span {
         let port = PORTS.start + (start - PORTS.start + i) % span;
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+        if TcpListener::bind((ip, port)).is_ok() {
             *next = Some(PORTS.start + (port - PORTS.start + 1) % span);
             return Ok(port);
         }
     }
     Err(std::io::Error::new(
         std::io::ErrorKind::AddrInUse,
-        format!("no free port in 127.0.0.1:{}..{}", PORTS.start, PORTS.end),
+        format!("no free port in {ip}:{}..{}", PORTS.start, PORTS.end),
     ))
 }

@@ -5,7 +5,7 @@ mod admin;
 mod discovery;
 mod process;
 
-pub use admin::{AdminClient, free_loopback_port};
+pub use admin::{AdminClient, free_loopback_port, free_port};
 pub use discovery::{EnvoyNotFound, find_envoy};
 pub use process::{EnvoyCommand, EnvoyExit, EnvoyProcess, ExitReport};
 
