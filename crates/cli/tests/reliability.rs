@@ -16,7 +16,9 @@ use meshplane_test_support::fault::{Fault, FaultProxy};
 use meshplane_test_support::http_front::{Answer, HttpFront};
 use meshplane_test_support::process::pause;
 use meshplane_test_support::{eventually, fault_window, hold};
-use support::{Mesh, caller, descriptor_node, envoy_stat, free_port, upstream, via_egress};
+use support::{
+    Mesh, caller, descriptor_node, envoy_hosts, envoy_stat, free_port, upstream, via_egress,
+};
 use tokio::time::Instant;
 
 /// Scenario 1: after a hung control plane answers again, a service registered meanwhile is
@@ -1345,34 +1347,6 @@ async fn recording_upstream(arrivals: std::sync::Arc<parking_lot::Mutex<Vec<Inst
     }));
     tokio::spawn(async move { axum::serve(listener, router).await });
     port
-}
-
-/// Hosts (`address:port`) of each cluster in Envoy's `/clusters`.
-async fn envoy_hosts(
-    http: &reqwest::Client,
-    admin: u16,
-) -> Option<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>> {
-    let text = http
-        .get(format!("http://127.0.0.1:{admin}/clusters"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let mut out: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
-        Default::default();
-    for line in text.lines() {
-        let mut parts = line.split("::");
-        if let (Some(cluster), Some(host), Some("health_flags")) =
-            (parts.next(), parts.next(), parts.next())
-        {
-            out.entry(cluster.to_owned())
-                .or_default()
-                .insert(host.to_owned());
-        }
-    }
-    Some(out)
 }
 
 /// The registry's instances (`address:port`) of `service`.
