@@ -331,6 +331,58 @@ impl Drop for Sidecar {
     }
 }
 
+/// A `meshplane` process of a test's own (a control plane, or one used as a registry), its
+/// output appended to a log file. Killed with SIGKILL and reaped on drop; if the test is
+/// failing, the log's last lines are printed first (the log goes with the test's directory).
+pub struct MeshplaneProcess {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl MeshplaneProcess {
+    /// Runs `meshplane ARGS`, appending its output to `log`.
+    pub fn spawn(args: &[String], log: &std::path::Path) -> MeshplaneProcess {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_meshplane"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("meshplane starts");
+        MeshplaneProcess {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no goodbye to anyone, connections reset by the kernel; reaped.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MeshplaneProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("{}, last lines:\n{tail}", self.log.display());
+        }
+    }
+}
+
 /// Whether `check` returns true within [`DEADLINE`]; for tests that assert with their own
 /// message.
 pub async fn poll<F, Fut>(check: F) -> bool
