@@ -18,7 +18,7 @@ use meshplane_sidecar::bootstrap::XDS_HANG_DETECTED_WITHIN;
 use meshplane_test_support::process::{Paused, pause};
 use meshplane_test_support::{eventually, hold};
 use serde_json::Value;
-use support::{TestCa, caller, envoy_stat, free_port, upstream, via_egress};
+use support::{MeshplaneProcess, TestCa, caller, envoy_stat, free_port, upstream, via_egress};
 use tokio::time::Instant;
 
 /// After the control plane the proxies use dies, every proxy's xDS stream is on the other
@@ -398,7 +398,7 @@ impl ControlPlaneProcess {
 
     /// SIGSTOP until the guard is resumed or dropped.
     fn pause(&self) -> Paused {
-        let pid = self.process.as_ref().expect("running").child.id();
+        let pid = self.process.as_ref().expect("running").process.pid();
         pause(pid).expect("SIGSTOP")
     }
 
@@ -412,26 +412,14 @@ impl ControlPlaneProcess {
 
 struct Process {
     addr: SocketAddr,
-    child: Child,
+    process: MeshplaneProcess,
 }
 
 impl Process {
     fn spawn(args: &[String], log: &Path) -> Process {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_meshplane"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .spawn()
-            .expect("meshplane starts");
         Process {
             addr: ([127, 0, 0, 1], 0).into(),
-            child,
+            process: MeshplaneProcess::spawn(args, log),
         }
     }
 
@@ -458,8 +446,7 @@ impl Process {
 
     /// SIGKILL, and reap.
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     /// Registers a passing instance once the registry acknowledges it.
@@ -480,12 +467,6 @@ impl Process {
             },
         )
         .await;
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

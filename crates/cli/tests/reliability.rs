@@ -7,7 +7,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use meshplane_runtime::RegistryKind;
@@ -16,7 +16,10 @@ use meshplane_test_support::fault::{Fault, FaultProxy};
 use meshplane_test_support::http_front::{Answer, HttpFront};
 use meshplane_test_support::process::pause;
 use meshplane_test_support::{eventually, fault_window, hold};
-use support::{Mesh, caller, descriptor_node, envoy_stat, free_port, upstream, via_egress};
+use support::{
+    Mesh, MeshplaneProcess, caller, descriptor_node, envoy_hosts, envoy_stat, free_port, upstream,
+    via_egress,
+};
 use tokio::time::Instant;
 
 /// Scenario 1: after a hung control plane answers again, a service registered meanwhile is
@@ -596,7 +599,7 @@ async fn get_json(http: &reqwest::Client, url: &str) -> Result<serde_json::Value
 /// Consul's API. Killed and reaped on drop.
 struct RegistryProcess {
     addr: SocketAddr,
-    child: Child,
+    process: MeshplaneProcess,
     _dir: tempfile::TempDir,
 }
 
@@ -604,27 +607,28 @@ impl RegistryProcess {
     fn start() -> RegistryProcess {
         let dir = tempfile::tempdir().expect("tmp");
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_meshplane"))
-            .arg("control-plane")
-            .args(["--registry-addr", &addr.to_string()])
-            .args(["--xds-addr", &format!("127.0.0.1:{}", free_port())])
-            .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
-            .args(["--data-dir", &dir.path().join("data").display().to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("meshplane control-plane starts");
+        let args = [
+            "control-plane",
+            "--registry-addr",
+            &addr.to_string(),
+            "--xds-addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "--admin-addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data-dir",
+            &dir.path().join("data").display().to_string(),
+        ]
+        .map(str::to_owned);
+        let process = MeshplaneProcess::spawn(&args, &dir.path().join("registry.log"));
         RegistryProcess {
             addr,
-            child,
+            process,
             _dir: dir,
         }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     async fn deregister(&self, http: &reqwest::Client, id: &str) {
@@ -652,13 +656,6 @@ impl RegistryProcess {
             },
         )
         .await;
-    }
-}
-
-impl Drop for RegistryProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -1345,34 +1342,6 @@ async fn recording_upstream(arrivals: std::sync::Arc<parking_lot::Mutex<Vec<Inst
     }));
     tokio::spawn(async move { axum::serve(listener, router).await });
     port
-}
-
-/// Hosts (`address:port`) of each cluster in Envoy's `/clusters`.
-async fn envoy_hosts(
-    http: &reqwest::Client,
-    admin: u16,
-) -> Option<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>> {
-    let text = http
-        .get(format!("http://127.0.0.1:{admin}/clusters"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let mut out: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
-        Default::default();
-    for line in text.lines() {
-        let mut parts = line.split("::");
-        if let (Some(cluster), Some(host), Some("health_flags")) =
-            (parts.next(), parts.next(), parts.next())
-        {
-            out.entry(cluster.to_owned())
-                .or_default()
-                .insert(host.to_owned());
-        }
-    }
-    Some(out)
 }
 
 /// The registry's instances (`address:port`) of `service`.

@@ -22,4 +22,4 @@ pub mod pki;
 pub mod poll;
 pub mod process;
 
-pub use poll::{eventually, eventually_blocking, fault_window, hold};
+pub use poll::{eventually, eventually_blocking, fault_window, hold, hold_during};

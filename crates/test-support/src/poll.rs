@@ -10,7 +10,8 @@
 //!   holds and return its value, or panic with the description and the last thing seen.
 //!   [`try_eventually`] returns the [`Timeout`] instead, for harnesses with their own errors.
 //! - [`hold`] re-checks an assertion continuously for a whole window (while a fault is
-//!   injected) and panics on the first violation with what was seen and when.
+//!   injected) and panics on the first violation with what was seen and when;
+//!   [`hold_during`] does so for as long as a future runs (a restart and the storm after it).
 //! - [`fault_window`] is how long a fault lasts: `MESHPLANE_FAULT_WINDOW` (`3s`, `2m`;
 //!   minutes for a soak), [`DEFAULT_FAULT_WINDOW`] otherwise.
 
@@ -285,6 +286,49 @@ where
         Ok(passed) => passed,
         Err(violation) => panic!("{violation}"),
     }
+}
+
+/// [`hold`] for as long as `during` runs rather than for a fixed window: re-checks `what`
+/// continuously while `during` (a fault and the recovery it sets off, whose length is itself
+/// what is measured) runs, once more after it ends, and panics on the first run that does
+/// not hold. Returns `during`'s output and how many checks passed (at least one).
+pub async fn hold_during<D, C, Fut>(during: D, what: &str, mut check: C) -> (D::Output, u64)
+where
+    D: Future,
+    C: FnMut() -> Fut,
+    Fut: Future,
+    Fut::Output: Observation,
+{
+    let start = Instant::now();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let during = async {
+        let output = during.await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        output
+    };
+    let checking = async {
+        let mut passed = 0;
+        loop {
+            let last = done.load(std::sync::atomic::Ordering::SeqCst);
+            if let Err(seen) = check().await.into_result() {
+                let at = start.elapsed();
+                let violation = Violation {
+                    what: what.to_owned(),
+                    at,
+                    window: at,
+                    passed,
+                    seen,
+                };
+                panic!("{violation}");
+            }
+            passed += 1;
+            if last {
+                return passed;
+            }
+            tokio::time::sleep(HOLD_INTERVAL).await;
+        }
+    };
+    tokio::join!(during, checking)
 }
 
 /// How long a test keeps a fault injected: `MESHPLANE_FAULT_WINDOW` (`3s`, `2m`, `1m30s`),

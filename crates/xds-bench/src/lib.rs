@@ -23,6 +23,12 @@
 //! cargo run --release -p meshplane-xds-bench -- --storm reconnect --streams 10000 --mode sotw,delta
 //! cargo run --release -p meshplane-xds-bench -- --storm registry --streams 5000 --mode sotw,delta
 //! ```
+//!
+//! The reliability suite's reconnect storm (`crates/cli/tests/reliability_storm.rs`) uses
+//! this library as its simulated proxies: [`plane::register_services`] loads the `mixed`
+//! layout's services into a `meshplane control-plane` process, and a [`client::Fleet`] per
+//! protocol flavour connects, survives the process's restart and reports a
+//! [`client::StormReport`].
 
 pub mod bench;
 pub mod child;

@@ -200,7 +200,7 @@ pub(crate) async fn start(
         let (a, b) = tokio::join!(cp.wait(s.clone()), registry);
         a.and(b)
     });
-    plane.load(instances).await?;
+    register_services(&plane.http, &plane.api, instances).await?;
     let expected = SHARED_SERVICES * instances;
     let deadline = tokio::time::Instant::now() + sync_timeout;
     loop {
@@ -218,8 +218,63 @@ pub(crate) async fn start(
     Ok((plane, xds_addr, serving))
 }
 
-/// The registration body of an instance: a TTL check, passing, as a sidecar registers.
-fn registration(service: usize, id: &str, host: usize) -> Json {
+/// Registers `SHARED_SERVICES` × `instances` (the `mixed` layout's services) through the
+/// Consul-compatible API at `api` (`http://host:port`), `LOAD_CONCURRENCY` at a time; returns
+/// once every write is acknowledged. Used by [`start`] and by tests that run the control
+/// plane as a process of its own (the reliability suite's reconnect storm).
+pub async fn register_services(
+    http: &reqwest::Client,
+    api: &str,
+    instances: usize,
+) -> anyhow::Result<()> {
+    let all = (0..SHARED_SERVICES).flat_map(|s| (0..instances).map(move |i| (s, i)));
+    let mut puts = futures::stream::iter(all)
+        .map(|(s, i)| {
+            let body = registration(s, &instance_id(s, i), i + 1);
+            put(
+                http,
+                api,
+                "/v1/agent/service/register".to_owned(),
+                Some(body),
+            )
+        })
+        .buffer_unordered(LOAD_CONCURRENCY);
+    while let Some(done) = puts.next().await {
+        done?;
+    }
+    Ok(())
+}
+
+/// Sends one write to the API at `api`; returns once the registry acknowledged it
+/// (committed).
+async fn put(
+    http: &reqwest::Client,
+    api: &str,
+    path: String,
+    body: Option<Json>,
+) -> anyhow::Result<()> {
+    let request = http.put(format!("{api}{path}"));
+    let request = match body {
+        Some(b) => request.json(&b),
+        None => request,
+    };
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("PUT {path}"))?;
+    let status = response.status();
+    anyhow::ensure!(
+        status.is_success(),
+        "PUT {path}: {status}: {}",
+        response.text().await.unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// The registration body of instance `id` of service `service`, on host `host` of the
+/// service's `10.x.y.0/24` (instances `0..n` are hosts `1..=n`): a TTL check, passing, as a
+/// sidecar registers.
+pub fn registration(service: usize, id: &str, host: usize) -> Json {
     json!({
         "Name": service_name(service),
         "ID": id,
@@ -273,23 +328,6 @@ impl Plane {
     /// The xDS address proxies connect to.
     pub(crate) fn xds_addr(&self) -> SocketAddr {
         self.config.xds_addr
-    }
-
-    /// Registers every instance through the API, `LOAD_CONCURRENCY` at a time.
-    async fn load(&self, instances: usize) -> anyhow::Result<()> {
-        let all = (0..SHARED_SERVICES).flat_map(|s| (0..instances).map(move |i| (s, i)));
-        let mut puts = futures::stream::iter(all)
-            .map(|(s, i)| {
-                self.put(
-                    "/v1/agent/service/register".to_owned(),
-                    Some(registration(s, &instance_id(s, i), i + 1)),
-                )
-            })
-            .buffer_unordered(LOAD_CONCURRENCY);
-        while let Some(done) = puts.next().await {
-            done?;
-        }
-        Ok(())
     }
 
     /// Round `round`'s change: its path and body.
@@ -373,22 +411,7 @@ impl Plane {
 
     /// Sends one write; returns once the registry acknowledged it (committed).
     pub(crate) async fn put(&self, path: String, body: Option<Json>) -> anyhow::Result<()> {
-        let request = self.http.put(format!("{}{path}", self.api));
-        let request = match body {
-            Some(b) => request.json(&b),
-            None => request,
-        };
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("PUT {path}"))?;
-        let status = response.status();
-        anyhow::ensure!(
-            status.is_success(),
-            "PUT {path}: {status}: {}",
-            response.text().await.unwrap_or_default()
-        );
-        Ok(())
+        put(&self.http, &self.api, path, body).await
     }
 }
 

@@ -1,5 +1,5 @@
 //! What the benchmark reads from the operating system: a clock both processes share, the
-//! resident memory of this process, and the open-files limit.
+//! resident memory of this process (and the peak of another), and the open-files limit.
 
 use anyhow::Context;
 use rustix::process::{Resource, getrlimit, setrlimit};
@@ -15,37 +15,32 @@ pub fn mono_ns() -> u64 {
 
 /// Resident set size of this process in bytes (`VmRSS` in `/proc/self/status`).
 pub fn rss_bytes() -> anyhow::Result<u64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let line = status
+    kib_field("/proc/self/status", "VmRSS").map(|kib| kib * 1024)
+}
+
+/// Peak resident set size of process `pid` over its life so far, in bytes (`VmHWM` in
+/// `/proc/<pid>/status`): what a control-plane process needed at most.
+pub fn peak_rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    kib_field(&format!("/proc/{pid}/status"), "VmHWM").map(|kib| kib * 1024)
+}
+
+/// The `field:   N kB` line of a `/proc` file, in KiB.
+fn kib_field(path: &str, field: &str) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let line = text
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS line in /proc/self/status (is this Linux?)")?;
-    let kib: u64 = line
-        .trim_start_matches("VmRSS:")
-        .trim()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .with_context(|| format!("no {field} line in {path} (is this Linux?)"))?;
+    line.trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
-        .context("parsing VmRSS")?;
-    Ok(kib * 1024)
+        .with_context(|| format!("parsing {field} in {path}"))
 }
 
 /// Memory the kernel reports as available for new work (`MemAvailable`), in bytes.
 pub fn mem_available_bytes() -> anyhow::Result<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
-    let line = info
-        .lines()
-        .find(|l| l.starts_with("MemAvailable:"))
-        .context("no MemAvailable line in /proc/meminfo")?;
-    let kib: u64 = line
-        .trim_start_matches("MemAvailable:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .context("parsing MemAvailable")?;
-    Ok(kib * 1024)
+    kib_field("/proc/meminfo", "MemAvailable").map(|kib| kib * 1024)
 }
 
 /// CPU time (user + system, every thread) this process has used, in nanoseconds, from

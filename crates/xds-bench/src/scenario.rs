@@ -31,8 +31,9 @@ pub const SHARED_SERVICES: usize = 1_000;
 const SHARED_INSTANCES: usize = 20;
 /// One proxy in this many is a wildcard proxy in the mixed layout (1 %).
 const MIXED_WILDCARD_EVERY: usize = 100;
-/// The wildcard group's key (its proxies' `node.cluster`).
-pub(crate) const WILDCARD_GROUP: &str = "mesh";
+/// The wildcard group's key (its proxies' `node.cluster`; the service a control plane must
+/// allow to depend on `*`).
+pub const WILDCARD_GROUP: &str = "mesh";
 
 /// How proxies map to groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,7 +267,8 @@ fn mixed_seen(g: usize) -> BTreeSet<usize> {
     groups_seen(g, SHARED_SERVICES)
 }
 
-pub(crate) fn service_name(s: usize) -> String {
+/// The name of service `s` (`svc-00042`).
+pub fn service_name(s: usize) -> String {
     format!("svc-{s:05}")
 }
 

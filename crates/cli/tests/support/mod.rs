@@ -128,82 +128,115 @@ impl Mesh {
         listeners: u32,
         extra: &[&str],
     ) -> &Sidecar {
-        let file = self.dir.path().join(format!("{id}.yaml"));
-        std::fs::write(&file, descriptor).expect("write descriptor");
-        let log = self.dir.path().join(format!("{id}.log"));
-        let out = std::fs::File::create(&log).expect("log");
-        let admin_port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshplane"));
-        cmd.arg("sidecar")
-            .args(["--descriptor", &file.display().to_string()])
-            .args([
-                "--control-plane",
-                &self.xds_via.unwrap_or(self.cp.xds_addr).to_string(),
-            ])
-            .args(["--instance-id", id])
-            .args(["--admin-port", &admin_port.to_string()])
-            // Tests run in parallel with the same instance ids; the admin port is unique.
-            .args(["--base-id", &admin_port.to_string()])
-            .args(["--address", "127.0.0.1"])
-            .args([
-                "--ca-url",
-                &format!("{}://{}", self.scheme, self.cp.admin_addr),
-            ])
-            .args([
-                "--work-dir",
-                &self.dir.path().join(id).display().to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out);
-        if let Some(token) = &self.token {
-            cmd.args(["--token", token]);
-        }
-        cmd.args(extra);
-        if let Some(registry) = self.cp.registry_addr {
-            cmd.args(["--registry", &format!("{}://{registry}", self.scheme)]);
-        }
-        let child = cmd.spawn().expect("meshplane sidecar starts");
-        self.sidecars.push(Sidecar {
-            id: id.to_owned(),
-            admin_port,
-            log,
-            child,
-        });
-        let sidecar = self.sidecars.last().expect("just pushed");
-        // Listeners counted active must also accept connections before a test uses them.
-        let d =
-            meshplane_model::Descriptor::from_yaml(descriptor).expect("test descriptor is valid");
-        let ports: Vec<u16> = std::iter::once(d.ingress.port)
-            .chain(d.egress.map(|e| e.port))
-            .collect();
-        let stat = "listener_manager.total_listeners_active";
-        // `listeners` plus the scrape listener every sidecar's bootstrap has.
-        let ok = poll(|| async {
-            envoy_stat(&self.http, admin_port, stat).await.unwrap_or(0) > u64::from(listeners)
+        let target = SidecarTarget {
+            xds: self.xds_via.unwrap_or(self.cp.xds_addr),
+            admin: self.cp.admin_addr,
+            registry: self.cp.registry_addr,
+            scheme: self.scheme,
+            token: self.token.clone(),
+        };
+        let sidecar = start_sidecar(
+            &self.http,
+            self.dir.path(),
+            &target,
+            (id, descriptor, listeners),
+            extra,
+        )
+        .await;
+        self.sidecars.push(sidecar);
+        self.sidecars.last().expect("just pushed")
+    }
+}
+
+/// The control plane `meshplane sidecar` processes are started against: the one in-process
+/// ([`Mesh`]) or a `meshplane control-plane` process of a test's own.
+#[derive(Debug, Clone)]
+pub struct SidecarTarget {
+    /// Where the sidecar's Envoy reaches xDS.
+    pub xds: SocketAddr,
+    /// The admin API (the CA sidecars get their certificates from).
+    pub admin: SocketAddr,
+    /// The embedded registry the sidecar registers in, if any.
+    pub registry: Option<SocketAddr>,
+    /// `http` or `https`, for the admin API and the registry.
+    pub scheme: &'static str,
+    /// The control plane's token.
+    pub token: Option<String>,
+}
+
+/// Starts `meshplane sidecar` for `(id, descriptor)` (its descriptor, log and work directory
+/// under `dir`) and waits until its Envoy has `listeners` active listeners, each accepting.
+pub async fn start_sidecar(
+    http: &reqwest::Client,
+    dir: &std::path::Path,
+    target: &SidecarTarget,
+    (id, descriptor, listeners): (&str, &str, u32),
+    extra: &[&str],
+) -> Sidecar {
+    let file = dir.join(format!("{id}.yaml"));
+    std::fs::write(&file, descriptor).expect("write descriptor");
+    let log = dir.join(format!("{id}.log"));
+    let out = std::fs::File::create(&log).expect("log");
+    let admin_port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshplane"));
+    cmd.arg("sidecar")
+        .args(["--descriptor", &file.display().to_string()])
+        .args(["--control-plane", &target.xds.to_string()])
+        .args(["--instance-id", id])
+        .args(["--admin-port", &admin_port.to_string()])
+        // Tests run in parallel with the same instance ids; the admin port is unique.
+        .args(["--base-id", &admin_port.to_string()])
+        .args(["--address", "127.0.0.1"])
+        .args(["--ca-url", &format!("{}://{}", target.scheme, target.admin)])
+        .args(["--work-dir", &dir.join(id).display().to_string()])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out);
+    if let Some(token) = &target.token {
+        cmd.args(["--token", token]);
+    }
+    cmd.args(extra);
+    if let Some(registry) = target.registry {
+        cmd.args(["--registry", &format!("{}://{registry}", target.scheme)]);
+    }
+    let child = cmd.spawn().expect("meshplane sidecar starts");
+    let sidecar = Sidecar {
+        id: id.to_owned(),
+        admin_port,
+        log,
+        child,
+    };
+    // Listeners counted active must also accept connections before a test uses them.
+    let d = meshplane_model::Descriptor::from_yaml(descriptor).expect("test descriptor is valid");
+    let ports: Vec<u16> = std::iter::once(d.ingress.port)
+        .chain(d.egress.map(|e| e.port))
+        .collect();
+    let stat = "listener_manager.total_listeners_active";
+    // `listeners` plus the scrape listener every sidecar's bootstrap has.
+    let ok = poll(|| async {
+        envoy_stat(http, admin_port, stat).await.unwrap_or(0) > u64::from(listeners)
+    })
+    .await;
+    if !ok {
+        panic!(
+            "sidecar {id}: Envoy never had {listeners} listeners\n{}",
+            sidecar.log_text()
+        );
+    }
+    for port in ports {
+        let accepting = poll(|| async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
         })
         .await;
-        if !ok {
-            panic!(
-                "sidecar {id}: Envoy never had {listeners} listeners\n{}",
-                sidecar.log_text()
-            );
-        }
-        for port in ports {
-            let accepting = poll(|| async {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-            })
-            .await;
-            assert!(
-                accepting,
-                "sidecar {id}: nothing accepts on 127.0.0.1:{port}\n{}",
-                sidecar.log_text()
-            );
-        }
-        sidecar
+        assert!(
+            accepting,
+            "sidecar {id}: nothing accepts on 127.0.0.1:{port}\n{}",
+            sidecar.log_text()
+        );
     }
+    sidecar
 }
 
 impl Mesh {
@@ -258,26 +291,96 @@ impl Sidecar {
 
 impl Drop for Mesh {
     fn drop(&mut self) {
+        // Sidecars deregister from the registry, which stops with the control plane.
         for s in &mut self.sidecars {
-            if let Some(pid) = rustix::process::Pid::from_raw(s.child.id() as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(15);
-            loop {
-                match s.child.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => {
-                        let _ = s.child.kill();
-                        let _ = s.child.wait();
-                        break;
-                    }
+            s.stop();
+        }
+        self.shutdown.cancel();
+    }
+}
+
+impl Sidecar {
+    /// SIGTERM (the sidecar deregisters and stops its Envoy), then SIGKILL after 15 s;
+    /// reaped either way.
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
                 }
             }
         }
-        self.shutdown.cancel();
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A `meshplane` process of a test's own (a control plane, or one used as a registry), its
+/// output appended to a log file. Killed with SIGKILL and reaped on drop; if the test is
+/// failing, the log's last lines are printed first (the log goes with the test's directory).
+pub struct MeshplaneProcess {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl MeshplaneProcess {
+    /// Runs `meshplane ARGS`, appending its output to `log`.
+    pub fn spawn(args: &[String], log: &std::path::Path) -> MeshplaneProcess {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_meshplane"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("meshplane starts");
+        MeshplaneProcess {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no goodbye to anyone, connections reset by the kernel; reaped.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MeshplaneProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("{}, last lines:\n{tail}", self.log.display());
+        }
     }
 }
 
@@ -306,6 +409,34 @@ pub async fn envoy_stat(http: &reqwest::Client, admin_port: u16, name: &str) -> 
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name}: ")))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// Hosts (`address:port`) of each cluster in Envoy's `/clusters`.
+pub async fn envoy_hosts(
+    http: &reqwest::Client,
+    admin: u16,
+) -> Option<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>> {
+    let text = http
+        .get(format!("http://127.0.0.1:{admin}/clusters"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let mut out: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for line in text.lines() {
+        let mut parts = line.split("::");
+        if let (Some(cluster), Some(host), Some("health_flags")) =
+            (parts.next(), parts.next(), parts.next())
+        {
+            out.entry(cluster.to_owned())
+                .or_default()
+                .insert(host.to_owned());
+        }
+    }
+    Some(out)
 }
 
 fn regex_escape(s: &str) -> String {

@@ -183,3 +183,41 @@ fn the_fault_window_is_read_with_the_project_duration_parser() {
     let zero = parse_fault_window(Some("0s")).expect_err("zero");
     assert!(zero.contains("longer than zero"), "{zero}");
 }
+
+#[tokio::test]
+async fn hold_during_checks_until_the_future_ends_and_returns_its_output() {
+    let calls = AtomicU32::new(0);
+    let (answer, passed) = hold_during(
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            42
+        },
+        "always",
+        || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { true }
+        },
+    )
+    .await;
+    assert_eq!(answer, 42);
+    assert!(
+        passed >= 2,
+        "checked while running and once after: {passed}"
+    );
+    assert_eq!(u64::from(calls.load(Ordering::SeqCst)), passed);
+}
+
+#[tokio::test]
+#[should_panic(expected = "`traffic` stopped holding")]
+async fn hold_during_panics_on_the_first_violation() {
+    let calls = AtomicU32::new(0);
+    hold_during(
+        tokio::time::sleep(Duration::from_secs(5)),
+        "traffic",
+        || {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move { n < 3 }
+        },
+    )
+    .await;
+}
