@@ -5,7 +5,8 @@
 #
 # - py-consul in a project-local venv at .tools/venv (never touches system Python), for
 #   crates/registry-embedded/tests/py_consul.rs (a real Consul client against the embedded
-#   registry).
+#   registry); grpcio and opentelemetry-proto in the same venv for tests/otlp/receiver.py,
+#   the OTLP trace receiver of crates/cli/tests/tracing.rs.
 # - Debian's chromium (apt, only when /usr/bin/chromium is missing: needs root, as in CI) and
 #   playwright-core (npm, pinned by tests/browser/package-lock.json) for the web panel's
 #   browser test, crates/cli/tests/panel.rs. Playwright drives the system Chromium; it never
@@ -19,6 +20,8 @@
 set -euo pipefail
 
 PY_CONSUL_VERSION="1.8.0"
+# name==version of each Python package the tests use.
+PY_PACKAGES=("py-consul==$PY_CONSUL_VERSION" "grpcio==1.85.1" "opentelemetry-proto==1.45.2")
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.tools/venv"
@@ -29,11 +32,17 @@ if [[ ! -x "$venv/bin/python" ]]; then
     "$python" -m venv "$venv"
 fi
 
-if "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(0 if m.version('py-consul') == '$PY_CONSUL_VERSION' else 1)" 2>/dev/null; then
-    echo "py-consul $PY_CONSUL_VERSION already installed in $venv"
+missing=()
+for package in "${PY_PACKAGES[@]}"; do
+    if ! "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(0 if m.version('${package%%==*}') == '${package##*==}' else 1)" 2>/dev/null; then
+        missing+=("$package")
+    fi
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+    echo "Python test packages already installed in $venv"
 else
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "py-consul==$PY_CONSUL_VERSION"
-    echo "installed py-consul $PY_CONSUL_VERSION into $venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${missing[@]}"
+    echo "installed ${missing[*]} into $venv"
 fi
 
 apt_updated=""

@@ -36,6 +36,7 @@ const FILES: &[&str] = &[
     "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
     "envoy/extensions/retry/priority/previous_priorities/v3/previous_priorities_config.proto",
     "envoy/extensions/access_loggers/stream/v3/stream.proto",
+    "envoy/config/trace/v3/opentelemetry.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
 ];
 

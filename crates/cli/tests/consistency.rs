@@ -96,28 +96,30 @@ async fn instances_that_disagree_are_reported_with_the_differences() {
     // B's registry diverges: another instance of payments, and a service A lacks.
     std::fs::write(&file_b, services(9002, "  - name: billing\n    instances:\n      - { id: b1, address: 127.0.0.1, port: 9003 }\n"))
         .expect("write");
-    assert!(poll(|| async { report(&a).await["consistent"] == false }).await);
-    let r = report(&a).await;
-    let differences: Vec<String> = r["peers"][0]["differences"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|d| d.as_str().unwrap_or_default().to_owned())
-        .collect();
+    // B's store changes before B re-translates the group: wait for all three differences.
+    let differences = |r: serde_json::Value| -> Vec<String> {
+        r["peers"][0]["differences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| d.as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let complete = |d: &[String]| {
+        d.contains(&"service `payments`: instances differ".to_owned())
+            && d.contains(&"service `billing`: only on the peer".to_owned())
+            && d.iter().any(|d| {
+                d.starts_with("group `orders-") && d.ends_with("translated configuration differs")
+            })
+    };
     assert!(
-        differences.contains(&"service `payments`: instances differ".to_owned()),
-        "{differences:?}"
-    );
-    assert!(
-        differences.contains(&"service `billing`: only on the peer".to_owned()),
-        "{differences:?}"
-    );
-    assert!(
-        differences
-            .iter()
-            .any(|d| d.starts_with("group `orders-")
-                && d.ends_with("translated configuration differs")),
-        "{differences:?}"
+        poll(|| async {
+            let r = report(&a).await;
+            r["consistent"] == false && complete(&differences(r))
+        })
+        .await,
+        "{:?}",
+        differences(report(&a).await)
     );
     // And B sees the same disagreement from its side.
     assert_eq!(report(&b).await["consistent"], false);

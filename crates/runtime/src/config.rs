@@ -182,6 +182,14 @@ pub struct ControlPlaneConfig {
     /// system's roots].
     #[arg(long, env = "MESHPLANE_REMOTE_CA_FILE")]
     pub remote_ca_file: Option<PathBuf>,
+    /// Where every sidecar's Envoy sends trace spans: an OpenTelemetry collector's OTLP/gRPC
+    /// address, `HOST:PORT` [default: no tracing].
+    #[arg(long, env = "MESHPLANE_TRACING_COLLECTOR")]
+    pub tracing_collector: Option<String>,
+    /// Share of requests traced, in percent (0–100), for services whose descriptor sets no
+    /// `tracing.sampling`; a request that arrives sampled stays sampled.
+    #[arg(long, env = "MESHPLANE_TRACING_SAMPLING", default_value = "1")]
+    pub tracing_sampling: String,
     /// Failover order of the other datacenters after each proxy's own, e.g. `dc2,dc3`;
     /// datacenters not listed follow in name order.
     #[arg(long, env = "MESHPLANE_DATACENTER_ORDER", value_delimiter = ',')]
@@ -444,6 +452,39 @@ impl ControlPlaneConfig {
         Ok(())
     }
 
+    /// `--tracing-collector` and `--tracing-sampling`, checked: `None` without a collector.
+    pub fn tracing(&self) -> Result<Option<meshplane_translate::TracingOptions>, ConfigError> {
+        let sampling = meshplane_model::descriptor::Percent::parse(&self.tracing_sampling)
+            .map_err(|e| ConfigError::Invalid(format!("--tracing-sampling: {e}")))?;
+        let Some(collector) = &self.tracing_collector else {
+            return Ok(None);
+        };
+        let bad = |why: &str| {
+            ConfigError::Invalid(format!(
+                "--tracing-collector `{collector}`: {why}; give the OTLP/gRPC address as HOST:PORT, e.g. otel-collector:4317 or 10.0.0.9:4317"
+            ))
+        };
+        let (host, port) = collector.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let valid_name = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !(valid_name || host.parse::<std::net::IpAddr>().is_ok()) {
+            return Err(bad("the host is neither a DNS name nor an IP address"));
+        }
+        Ok(Some(meshplane_translate::TracingOptions {
+            host: host.to_owned(),
+            port,
+            sampling,
+        }))
+    }
+
     /// `--remote-keep-stale` as a duration.
     pub fn remote_keep_stale(&self) -> Result<std::time::Duration, ConfigError> {
         meshplane_model::descriptor::parse_duration(&self.remote_keep_stale).map_err(|e| {
@@ -496,6 +537,7 @@ impl ControlPlaneConfig {
         self.remote_datacenters()?;
         self.remote_keep_stale()?;
         self.check_locality()?;
+        self.tracing()?;
         let ttl = self.cert_ttl()?;
         if ttl < std::time::Duration::from_secs(10) {
             return Err(ConfigError::Invalid(format!(
@@ -615,6 +657,34 @@ mod tests {
         assert!(e.contains("not a datacenter name"), "{e}");
         let e = invalid(&|c| c.overprovisioning_factor = 99);
         assert!(e.contains("--overprovisioning-factor 99"), "{e}");
+        for (collector, why) in [
+            ("otel", "no port"),
+            ("otel:0", "not a number"),
+            ("otel:http", "not a number"),
+            ("ot el:4317", "neither"),
+            (":4317", "neither"),
+        ] {
+            let e = invalid(&|c| c.tracing_collector = Some(collector.to_owned()));
+            assert!(
+                e.contains("--tracing-collector") && e.contains(why),
+                "{collector}: {e}"
+            );
+        }
+        let e = invalid(&|c| c.tracing_sampling = "150".to_owned());
+        assert!(e.contains("--tracing-sampling"), "{e}");
+        let mut traced = cfg.clone();
+        assert_eq!(
+            traced.tracing().expect("valid"),
+            None,
+            "no collector, no tracing"
+        );
+        traced.tracing_collector = Some("[::1]:4317".to_owned());
+        traced.tracing_sampling = "0.5".to_owned();
+        let t = traced.tracing().expect("valid").expect("tracing");
+        assert_eq!(
+            (t.host.as_str(), t.port, t.sampling.value()),
+            ("::1", 4317, 0.5)
+        );
         let e = invalid(&|c| {
             c.service_datacenters.insert(
                 service("ledger"),

@@ -75,6 +75,8 @@ fn mesh_options(config: &ControlPlaneConfig) -> MeshOptions {
             .unwrap_or(defaults.domain_ca_file),
         domain_addresses: config.domain_addresses.clone(),
         trust_domain: config.trust_domain.clone(),
+        // Checked with the rest of the configuration before the control plane starts.
+        tracing: config.tracing().ok().flatten(),
     }
 }
 

@@ -180,6 +180,37 @@ fn with_http1_options(mut c: Cluster) -> Cluster {
     c
 }
 
+/// A gRPC server at `host:port` (an IP address, or a name Envoy resolves): HTTP/2.
+pub(crate) fn grpc_cluster(name: &str, host: &str, port: u16) -> Cluster {
+    let mut c = static_cluster(name, host, port);
+    if host.parse::<std::net::IpAddr>().is_err() {
+        c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::StrictDns as i32,
+        ));
+        c.dns_lookup_family = cluster::DnsLookupFamily::V4Preferred as i32;
+    }
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Default::default(),
+                        ),
+                    ),
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    c.typed_extension_protocol_options = stable_map();
+    c.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
+        any(&options),
+    );
+    c
+}
+
 /// The local application, `127.0.0.1:<port>`.
 pub(crate) fn local_app(d: &Descriptor) -> Cluster {
     with_http1_options(static_cluster(names::LOCAL_APP, "127.0.0.1", d.port))

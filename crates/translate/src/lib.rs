@@ -22,6 +22,7 @@ mod proto;
 mod rbac;
 mod route;
 mod security;
+mod tracing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -59,6 +60,20 @@ pub struct MeshOptions {
     pub domain_addresses: BTreeMap<String, IpAddr>,
     /// SPIFFE trust domain of service identities (`spiffe://<trust_domain>/service/<name>`).
     pub trust_domain: String,
+    /// Where Envoys send trace spans, and how many requests they trace; `None`: no tracing.
+    pub tracing: Option<TracingOptions>,
+}
+
+/// The OpenTelemetry collector every proxy sends its spans to (OTLP over gRPC), and the
+/// share of requests traced where a service's descriptor does not say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracingOptions {
+    /// The collector's host (a name or an IP address).
+    pub host: String,
+    /// The collector's OTLP/gRPC port.
+    pub port: u16,
+    /// Default sampling.
+    pub sampling: meshplane_model::descriptor::Percent,
 }
 
 impl Default for MeshOptions {
@@ -72,6 +87,7 @@ impl Default for MeshOptions {
             domain_ca_file: "/etc/ssl/certs/ca-certificates.crt".to_owned(),
             domain_addresses: BTreeMap::new(),
             trust_domain: meshplane_model::identity::DEFAULT_TRUST_DOMAIN.to_owned(),
+            tracing: None,
         }
     }
 }
@@ -179,7 +195,9 @@ pub fn group_config(
         services: services.clone(),
     };
     if let Some(egress) = &d.egress {
-        config.listeners.push(listener::egress(d, egress.port));
+        config
+            .listeners
+            .push(listener::egress(d, egress.port, options));
         config.routes.push(route::egress(d, &services, catalog));
         for dep in &d.dependencies {
             match &dep.target {
@@ -201,6 +219,9 @@ pub fn group_config(
                 Target::Service(_) | Target::AllServices => {}
             }
         }
+    }
+    if let Some(t) = &options.tracing {
+        config.clusters.push(tracing::collector(t));
     }
     config.clusters.dedup_by(|a, b| a.name == b.name);
     Ok(config)

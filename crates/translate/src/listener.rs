@@ -5,7 +5,7 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
     AccessLogFilter, ResponseFlagFilter, access_log_filter,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, SubstitutionFormatString, data_source, substitution_format_string,
+    DataSource, SubstitutionFormatString, TrafficDirection, data_source, substitution_format_string,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
@@ -62,11 +62,17 @@ fn chain(named: Option<(&str, &str)>, hcm: HttpConnectionManager) -> FilterChain
     }
 }
 
-/// A listener on `(name, ip, port)`.
-fn listener((name, ip, port): (&str, &str, u16), filter_chains: Vec<FilterChain>) -> Listener {
+/// A listener on `(name, ip, port)` for `direction`'s traffic (tracing makes server spans
+/// on inbound listeners, client spans on outbound ones).
+fn listener(
+    (name, ip, port): (&str, &str, u16),
+    direction: TrafficDirection,
+    filter_chains: Vec<FilterChain>,
+) -> Listener {
     Listener {
         name: name.to_owned(),
         address: Some(socket(ip, port)),
+        traffic_direction: direction as i32,
         filter_chains,
         // Without SO_REUSEPORT a second process on the same port (a misconfigured sidecar)
         // fails loudly with a NACK instead of silently taking half the connections. Hot
@@ -90,6 +96,9 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
         http_filters,
         access_log,
         http_protocol_options: d.preserve_header_case.then(preserve_case_http1),
+        tracing: crate::tracing::hcm(d, options),
+        // The caller's sidecar set `x-request-id` (and its trace decision): keep it.
+        preserve_external_request_id: true,
         ..Default::default()
     };
     let mut http_filters = rbac::filters(d, &options.trust_domain);
@@ -101,7 +110,13 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
         d.ingress.port,
     );
     let plaintext = match d.mtls {
-        MtlsMode::Disabled => return listener(address, vec![chain(None, checked)]),
+        MtlsMode::Disabled => {
+            return listener(
+                address,
+                TrafficDirection::Inbound,
+                vec![chain(None, checked)],
+            );
+        }
         MtlsMode::Permissive => checked.clone(),
         MtlsMode::Strict => to_app(route::strict_plaintext(d), vec![router()], Vec::new()),
     };
@@ -124,6 +139,7 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
     };
     let mut l = listener(
         address,
+        TrafficDirection::Inbound,
         vec![
             tls_chain,
             chain(Some(("plaintext", "raw_buffer")), plaintext),
@@ -140,7 +156,7 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
 }
 
 /// The egress listener on `127.0.0.1:port` (local only: it is the app's proxy).
-pub(crate) fn egress(d: &Descriptor, port: u16) -> Listener {
+pub(crate) fn egress(d: &Descriptor, port: u16, options: &MeshOptions) -> Listener {
     let mut http_filters = Vec::new();
     if d.dependencies
         .iter()
@@ -175,10 +191,14 @@ pub(crate) fn egress(d: &Descriptor, port: u16) -> Listener {
             true,
         )),
         local_reply_config: Some(not_a_dependency(d)),
+        tracing: crate::tracing::hcm(d, options),
+        // The app's `x-request-id` (often its caller's) is kept, not replaced.
+        preserve_external_request_id: true,
         ..Default::default()
     };
     listener(
         (names::EGRESS_LISTENER, "127.0.0.1", port),
+        TrafficDirection::Outbound,
         vec![chain(None, hcm)],
     )
 }

@@ -14,6 +14,8 @@ pub const EGRESS_ROUTES: &str = "egress";
 pub const INGRESS_ROUTES: &str = "ingress";
 /// The cluster of the local application.
 pub const LOCAL_APP: &str = "meshplane:local-app";
+/// The OpenTelemetry collector's cluster (`--tracing-collector`).
+pub const TRACING_COLLECTOR: &str = "meshplane:tracing";
 /// The dynamic forward proxy cluster (`domain_pattern` dependencies).
 pub const DYNAMIC_FORWARD_PROXY: &str = "meshplane:dynamic-forward-proxy";
 

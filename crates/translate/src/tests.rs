@@ -195,3 +195,88 @@ fn host_name_addresses_are_left_out_of_endpoints() {
         "only the IP instance is routable"
     );
 }
+
+#[test]
+fn tracing_goes_to_the_collector_from_both_listeners_named_after_the_service() {
+    use envoy_types::pb::envoy::config::trace::v3::{OpenTelemetryConfig, tracing};
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use prost::Message;
+
+    let hcms = |config: &GroupConfig| -> Vec<HttpConnectionManager> {
+        config
+            .listeners
+            .iter()
+            .flat_map(|l| l.filter_chains.iter())
+            .flat_map(|c| c.filters.iter())
+            .filter_map(|f| match &f.config_type {
+                Some(
+                    envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(
+                        a,
+                    ),
+                ) => HttpConnectionManager::decode(a.value.as_slice()).ok(),
+                _ => None,
+            })
+            .collect()
+    };
+    let catalog = Fixture(vec![]);
+    let untraced = group_config(&mk_group(ORDERS), &catalog, &MeshOptions::default()).expect("ok");
+    assert!(hcms(&untraced).iter().all(|h| h.tracing.is_none()));
+    assert!(
+        !untraced
+            .clusters
+            .iter()
+            .any(|c| c.name == names::TRACING_COLLECTOR)
+    );
+
+    let options = MeshOptions {
+        tracing: Some(TracingOptions {
+            host: "10.0.0.9".into(),
+            port: 4317,
+            sampling: meshplane_model::descriptor::Percent::new(1.0).expect("valid"),
+        }),
+        ..MeshOptions::default()
+    };
+    for (yaml, sampling) in [
+        (ORDERS.to_owned(), 1.0),
+        (format!("{ORDERS}tracing: {{ sampling: 12.5 }}\n"), 12.5),
+    ] {
+        let config = group_config(&mk_group(&yaml), &catalog, &options).expect("ok");
+        let hcms = hcms(&config);
+        assert_eq!(
+            hcms.len(),
+            3,
+            "ingress (its mTLS and plaintext chains) and egress"
+        );
+        for h in &hcms {
+            assert!(h.preserve_external_request_id);
+            let t = h.tracing.as_ref().expect("traced");
+            assert_eq!(t.random_sampling.as_ref().map(|p| p.value), Some(sampling));
+            let provider = t.provider.as_ref().expect("provider");
+            assert_eq!(provider.name, "envoy.tracers.opentelemetry");
+            let Some(tracing::http::ConfigType::TypedConfig(any)) = &provider.config_type else {
+                panic!("typed config");
+            };
+            let otel = OpenTelemetryConfig::decode(any.value.as_slice()).expect("decodes");
+            assert_eq!(otel.service_name, "orders");
+        }
+        let collector = config
+            .clusters
+            .iter()
+            .find(|c| c.name == names::TRACING_COLLECTOR)
+            .expect("collector cluster");
+        let options = collector
+            .typed_extension_protocol_options
+            .values()
+            .next()
+            .expect("protocol options");
+        let options =
+            envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions::decode(
+                options.value.as_slice(),
+            )
+            .expect("decodes");
+        assert!(
+            format!("{options:?}").contains("Http2ProtocolOptions"),
+            "gRPC needs HTTP/2: {options:?}"
+        );
+    }
+}

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use meshplane_model::{Descriptor, Health, Instance, InstanceId, Locality, ServiceName};
 use meshplane_translate::{
-    Catalog, MeshOptions, ProxyGroup, group_config, service_cluster, service_endpoints,
+    Catalog, MeshOptions, ProxyGroup, TracingOptions, group_config, service_cluster,
+    service_endpoints,
 };
 
 struct Fixture(Vec<(ServiceName, Vec<Instance>)>);
@@ -72,6 +73,7 @@ port: 8080
 ingress: { port: 31001, timeout: 30s }
 egress: { port: 31000 }
 preserve_header_case: true
+tracing: { sampling: 25 }
 dependencies:
   - service: payments
     timeout: 2s
@@ -121,7 +123,14 @@ fn orders_group() {
         listen_address: "10.0.0.9".into(),
         datacenter: "dc1".into(),
     };
-    let options = MeshOptions::default();
+    let options = MeshOptions {
+        tracing: Some(TracingOptions {
+            host: "otel-collector".into(),
+            port: 4317,
+            sampling: meshplane_model::descriptor::Percent::new(1.0).expect("valid"),
+        }),
+        ..MeshOptions::default()
+    };
     let config = group_config(&group, &catalog(), &options).expect("translates");
     check("orders-listeners", format!("{:#?}", config.listeners));
     check("orders-routes", format!("{:#?}", config.routes));

@@ -10,6 +10,7 @@ mod raw;
 mod stats;
 #[cfg(test)]
 mod tests;
+mod tracing;
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use serde::Serialize;
 use crate::ServiceName;
 pub use duration::{format_duration, parse_duration};
 pub use stats::{Stats, StatsPattern};
+pub use tracing::{Percent, Tracing};
 
 /// A parsed, validated service descriptor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,6 +49,8 @@ pub struct Descriptor {
     pub stats: Stats,
     /// Where Prometheus scrapes the sidecar's Envoy; the control plane ignores it.
     pub metrics: MetricsListener,
+    /// How many requests the Envoy traces (with the control plane's collector).
+    pub tracing: Tracing,
 }
 
 /// The ingress listener.

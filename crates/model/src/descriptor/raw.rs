@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 
 use super::stats::RawStats;
+use super::tracing::RawTracing;
 use super::{
     Client, Dependency, Descriptor, DescriptorError, Domain, EgressListener, EndpointRule,
     Incoming, IngressListener, MetricsListener, MtlsMode, PathMatch, Retries, RetryOn, Role,
@@ -41,6 +42,8 @@ struct RawDescriptor {
     stats: Option<RawStats>,
     #[serde(default)]
     metrics: Option<RawMetrics>,
+    #[serde(default)]
+    tracing: Option<RawTracing>,
 }
 
 #[derive(Deserialize)]
@@ -303,6 +306,11 @@ impl RawDescriptor {
                  set `mtls: permissive` or `strict`, or drop the clients (open endpoint)",
             ));
         }
+        let tracing = self
+            .tracing
+            .map(RawTracing::validate)
+            .transpose()?
+            .unwrap_or_default();
         let stats = self
             .stats
             .map(RawStats::validate)
@@ -325,6 +333,7 @@ impl RawDescriptor {
             preserve_header_case: self.preserve_header_case,
             stats,
             metrics,
+            tracing,
         })
     }
 }
