@@ -6,9 +6,9 @@ use serde::Deserialize;
 
 use super::stats::RawStats;
 use super::{
-    Client, Dependency, Descriptor, DescriptorError, Domain, EgressListener, EndpointRule,
-    Incoming, IngressListener, MtlsMode, PathMatch, Retries, RetryOn, Role, Target, Unlisted,
-    parse_duration,
+    AccessLog, Client, Dependency, Descriptor, DescriptorError, Domain, EgressListener,
+    EndpointRule, Incoming, IngressListener, MtlsMode, PathMatch, Retries, RetryOn, Role, Target,
+    Unlisted, parse_duration,
 };
 use crate::ServiceName;
 
@@ -39,6 +39,17 @@ struct RawDescriptor {
     preserve_header_case: bool,
     #[serde(default)]
     stats: Option<RawStats>,
+    #[serde(default)]
+    access_log: RawAccessLog,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+enum RawAccessLog {
+    #[default]
+    Errors,
+    All,
+    Off,
 }
 
 #[derive(Deserialize)]
@@ -298,6 +309,11 @@ impl RawDescriptor {
             incoming,
             preserve_header_case: self.preserve_header_case,
             stats,
+            access_log: match self.access_log {
+                RawAccessLog::Errors => AccessLog::Errors,
+                RawAccessLog::All => AccessLog::All,
+                RawAccessLog::Off => AccessLog::Off,
+            },
         })
     }
 }
