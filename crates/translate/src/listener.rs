@@ -23,6 +23,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use meshplane_model::Descriptor;
 use meshplane_model::descriptor::{MtlsMode, Target};
 
+use crate::access_log::{self, Direction};
 use crate::cluster::{dns_cache, preserve_case_http1};
 use crate::proto::{ads, any, socket, u32_value};
 use crate::{MeshOptions, ProxyGroup, names, rbac, route, security};
@@ -89,12 +90,18 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(route)),
         http_filters,
         access_log,
+        // The caller's request id is kept (Envoy generates one when there is none), so both
+        // sidecars' lines of a request carry the same `request_id`.
+        preserve_external_request_id: true,
         http_protocol_options: d.preserve_header_case.then(preserve_case_http1),
         ..Default::default()
     };
     let mut http_filters = rbac::filters(d, &options.trust_domain);
     http_filters.push(router());
-    let checked = to_app(route::ingress(d), http_filters, rbac::access_logs(d));
+    let requests = access_log::requests(d, Direction::Ingress, &options.trust_domain);
+    let mut access_logs = requests.clone();
+    access_logs.extend(rbac::access_logs(d));
+    let checked = to_app(route::ingress(d), http_filters, access_logs);
     let address = (
         names::INGRESS_LISTENER,
         group.listen_address.as_str(),
@@ -103,7 +110,7 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
     let plaintext = match d.mtls {
         MtlsMode::Disabled => return listener(address, vec![chain(None, checked)]),
         MtlsMode::Permissive => checked.clone(),
-        MtlsMode::Strict => to_app(route::strict_plaintext(d), vec![router()], Vec::new()),
+        MtlsMode::Strict => to_app(route::strict_plaintext(d), vec![router()], requests),
     };
     let mut tls = checked;
     // The app learns the verified caller (`x-forwarded-client-cert: ...;URI=spiffe://...`);
@@ -140,7 +147,7 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
 }
 
 /// The egress listener on `127.0.0.1:port` (local only: it is the app's proxy).
-pub(crate) fn egress(d: &Descriptor, port: u16) -> Listener {
+pub(crate) fn egress(d: &Descriptor, port: u16, options: &MeshOptions) -> Listener {
     let mut http_filters = Vec::new();
     if d.dependencies
         .iter()
@@ -175,6 +182,10 @@ pub(crate) fn egress(d: &Descriptor, port: u16) -> Listener {
             true,
         )),
         local_reply_config: Some(not_a_dependency(d)),
+        access_log: access_log::requests(d, Direction::Egress, &options.trust_domain),
+        // The app's request id is kept, so a request id it propagates from its own caller
+        // follows the request through the mesh.
+        preserve_external_request_id: true,
         ..Default::default()
     };
     listener(
