@@ -40,16 +40,7 @@ struct RawDescriptor {
     #[serde(default)]
     stats: Option<RawStats>,
     #[serde(default)]
-    access_log: RawAccessLog,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-enum RawAccessLog {
-    #[default]
-    Errors,
-    All,
-    Off,
+    access_log: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -201,6 +192,20 @@ fn duration(
         .transpose()
 }
 
+fn access_log(text: Option<&str>) -> Result<AccessLog, DescriptorError> {
+    match text {
+        None | Some("errors") => Ok(AccessLog::Errors),
+        Some("all") => Ok(AccessLog::All),
+        Some("off") => Ok(AccessLog::Off),
+        Some(other) => Err(DescriptorError::field(
+            "access_log",
+            format!(
+                "`{other}` is not a choice; use `errors` (the default: failed requests), `all` (every request) or `off`"
+            ),
+        )),
+    }
+}
+
 fn port(field: &str, port: u16) -> Result<u16, DescriptorError> {
     if port == 0 {
         return Err(DescriptorError::field(
@@ -309,11 +314,7 @@ impl RawDescriptor {
             incoming,
             preserve_header_case: self.preserve_header_case,
             stats,
-            access_log: match self.access_log {
-                RawAccessLog::Errors => AccessLog::Errors,
-                RawAccessLog::All => AccessLog::All,
-                RawAccessLog::Off => AccessLog::Off,
-            },
+            access_log: access_log(self.access_log.as_deref())?,
         })
     }
 }
