@@ -52,7 +52,7 @@ impl std::str::FromStr for AccessLogDestination {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim() {
             "" => Err("give `stdout` or a file path".to_owned()),
-            "stdout" | "-" => Ok(AccessLogDestination::Stdout),
+            "stdout" => Ok(AccessLogDestination::Stdout),
             path => Ok(AccessLogDestination::File(PathBuf::from(path))),
         }
     }
