@@ -426,6 +426,44 @@ async fn a_log_file_takes_hostile_requests_and_survives_a_move_and_a_hot_restart
         "lines after the hot restart reach the reopened file\n{}",
         mesh.sidecar_log("orders-1")
     );
+
+    // While the previous Envoy drains (pooled connections still reach it) and the new one
+    // serves new connections, both write: every line arrives, whole.
+    let ids: Vec<String> = (0..40).map(|i| format!("burst-{i}")).collect();
+    let mut burst = tokio::task::JoinSet::new();
+    for id in ids.clone() {
+        let http = mesh.http.clone();
+        burst.spawn(async move {
+            http.get(format!("http://127.0.0.1:{egress}/burst"))
+                .header("host", "payments")
+                .header("x-request-id", id)
+                .send()
+                .await
+                .map_or(0, |r| r.status().as_u16())
+        });
+    }
+    let statuses = burst.join_all().await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let all_logged = poll(|| async {
+        let lines = access_lines(&read(&file));
+        ids.iter()
+            .all(|id| lines.iter().any(|l| l["request_id"] == id.as_str()))
+    })
+    .await;
+    assert!(
+        all_logged,
+        "every request of the burst is logged\n{}",
+        read(&file)
+    );
+    for path in [&file, &rotated] {
+        for line in read(path).lines() {
+            assert!(
+                serde_json::from_str::<Value>(line).is_ok_and(|v| v.is_object()),
+                "{}: not one JSON object per line: {line:?}",
+                path.display()
+            );
+        }
+    }
 }
 
 /// Sends raw bytes as one HTTP/1.1 request and reads the answer (whatever it is).
