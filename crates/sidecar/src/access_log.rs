@@ -58,6 +58,15 @@ impl std::str::FromStr for AccessLogDestination {
     }
 }
 
+impl std::fmt::Display for AccessLogDestination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AccessLogDestination::Stdout => f.write_str("stdout"),
+            AccessLogDestination::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 /// The one writer of access-log lines, shared by the threads reading each Envoy's stdout.
 #[derive(Debug)]
 pub struct AccessLogSink {

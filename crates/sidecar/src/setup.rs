@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::access_log::{AccessLogDestination, AccessLogSink};
+use crate::access_log::AccessLogSink;
 use crate::bootstrap::{BootstrapSpec, bootstrap};
 use crate::config::SidecarConfig;
 use crate::descriptor::{self, LoadError, LoadedDescriptor};
@@ -60,16 +60,14 @@ impl Prepared {
             "cannot create the work directory {} (mode 0700); give a writable --work-dir",
             dir.display()
         )))?;
-        let access_log = AccessLogSink::open(&config.access_log).map_err(|error| {
-            SidecarError::Flag {
+        let access_log =
+            AccessLogSink::open(&config.access_log).map_err(|error| SidecarError::Flag {
                 flag: "access-log",
-                message: format!("cannot open {config_log} for appending: {error}; give a writable file or `stdout`",
-                    config_log = match &config.access_log {
-                        AccessLogDestination::File(p) => p.display().to_string(),
-                        AccessLogDestination::Stdout => "stdout".to_owned(),
-                    }),
-            }
-        })?;
+                message: format!(
+                    "cannot open {} for appending: {error}; give a writable file or `stdout`",
+                    config.access_log
+                ),
+            })?;
         let relay = match config.admin_relay {
             Some(addr) => {
                 let listener = std::net::TcpListener::bind(addr).map_err(SidecarError::io(format!(
