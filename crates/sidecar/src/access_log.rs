@@ -5,8 +5,11 @@
 //! RBAC decisions) as JSON on Envoy's stdout, the same for every proxy of a group; where they
 //! go is this sidecar's setting. Each Envoy gets its own pipe as stdout, read by a thread of
 //! its own, so during a hot restart both epochs' lines arrive, and each read's complete lines
-//! are written in one `write` under one lock: lines of two epochs never mix. The sidecar's own
-//! logs go to stderr, so stdout carries nothing but these lines.
+//! are written under one lock: lines of two epochs never mix. The sidecar's own logs (and
+//! Envoy's) go to stderr, so stdout carries nothing but these lines; where both end up in one
+//! pipe (`2>&1 | logger`), stdout is written in runs of whole lines of at most `PIPE_BUF`
+//! bytes, which a pipe never splits, so a stderr line cannot land inside an access-log line
+//! (one longer than that, which takes a hostile request's escaped values, is written alone).
 //!
 //! A file is opened for appending (created 0640) before Envoy starts, so a bad path stops the
 //! sidecar at once. For log rotation it is reopened on SIGHUP (which also hot-restarts Envoy)
@@ -33,6 +36,10 @@ const MOVED_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// A "line" longer than this without a newline is written out as it is (Envoy's lines are
 /// bounded far below: the translator cuts long values).
 const MAX_LINE: usize = 1 << 20;
+/// The largest write a pipe takes whole (POSIX `PIPE_BUF` on Linux): stdout is often a pipe
+/// shared with stderr (`2>&1 | logger`, a container runtime), where a larger write can be
+/// split and another process's log line land inside one of ours.
+const PIPE_BUF: usize = 4096;
 /// Write errors (a full disk) are logged at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -168,12 +175,40 @@ impl AccessLogSink {
         match &mut *self.output.lock() {
             Output::Stdout => {
                 let mut out = std::io::stdout().lock();
-                // stdout closed or broken: nothing better to do than drop the lines.
-                let _ = out.write_all(lines).and_then(|()| out.flush());
+                for batch in batches(lines, PIPE_BUF) {
+                    // stdout closed or broken: nothing better to do than drop the lines.
+                    let _ = out.write_all(batch).and_then(|()| out.flush());
+                }
             }
             Output::File(f) => f.write(lines, reopen),
         }
     }
+}
+
+/// `lines` (complete lines) in runs of whole lines of at most `max` bytes; a longer line is a
+/// run of its own.
+fn batches(lines: &[u8], max: usize) -> impl Iterator<Item = &[u8]> {
+    let mut rest = lines;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = 0;
+        for (i, b) in rest.iter().enumerate() {
+            if *b == b'\n' {
+                if end > 0 && i + 1 > max {
+                    break;
+                }
+                end = i + 1;
+            }
+        }
+        if end == 0 {
+            end = rest.len();
+        }
+        let (batch, tail) = rest.split_at(end);
+        rest = tail;
+        Some(batch)
+    })
 }
 
 // === impl OpenFile ===
@@ -260,6 +295,19 @@ mod tests {
         sink.copy_lines(std::io::Cursor::new(chunks.concat()));
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(text, "{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n");
+    }
+
+    #[test]
+    fn stdout_writes_are_whole_lines_within_a_pipe_buffer() {
+        let lines = b"aaaa\nbb\ncccccccccc\nd\n";
+        let got: Vec<&[u8]> = batches(lines, 8).collect();
+        assert_eq!(
+            got,
+            [&b"aaaa\nbb\n"[..], b"cccccccccc\n", b"d\n"],
+            "a line longer than the bound goes alone"
+        );
+        assert_eq!(batches(lines, 4096).count(), 1);
+        assert_eq!(batches(b"", 8).count(), 0);
     }
 
     #[test]
