@@ -124,6 +124,7 @@ async fn all_logs_a_request_on_both_sides_with_the_certificate_identity_of_the_c
     assert_eq!(out["method"], "GET", "{out}");
     assert_eq!(out["status"], 200, "{out}");
     assert_eq!(out["response_flags"], "-", "{out}");
+    assert_eq!(out["response_details"], "via_upstream", "{out}");
     assert_eq!(
         out["upstream_host"],
         format!("127.0.0.1:{payments_ingress}"),
@@ -170,12 +171,14 @@ async fn errors_is_the_default_and_logs_failures_but_not_successes_or_4xx() {
     let app = slow_app().await;
     mesh.register("payments-a", "payments", app, &[], 1).await;
     let egress = free_port();
+    let ingress = free_port();
     let orders = caller(
         "orders",
-        free_port(),
-        free_port(),
+        upstream("orders-app").await,
+        ingress,
         egress,
-        "  - service: payments\n    timeout: 300ms\n  - service: billing\n",
+        "  - service: payments\n    timeout: 300ms\n  - service: billing\n\
+         incoming:\n  endpoints:\n    - { path_prefix: /api/, clients: [web] }\n",
     );
     mesh.sidecar("orders-1", &orders, 2).await;
     assert!(
@@ -188,6 +191,14 @@ async fn errors_is_the_default_and_logs_failures_but_not_successes_or_4xx() {
         get_via(&mesh, egress, "payments", "/missing", &[]).await,
         404
     );
+    // Denied by `incoming`: the decision line, not a request line.
+    let denied = mesh
+        .http
+        .get(format!("http://127.0.0.1:{ingress}/api/denied"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(denied.status(), 403);
     // Declared, but no instance: no healthy upstream.
     assert_eq!(get_via(&mesh, egress, "billing", "/none", &[]).await, 503);
     assert_eq!(get_via(&mesh, egress, "payments", "/slow", &[]).await, 504);
@@ -214,6 +225,10 @@ async fn errors_is_the_default_and_logs_failures_but_not_successes_or_4xx() {
         "{slow}"
     );
     assert_eq!(slow["destination"], "payments", "{slow}");
+    assert_eq!(
+        slow["response_details"], "response_timeout",
+        "{slow}"
+    );
     let none = line("/none").expect("no healthy upstream is logged");
     assert_eq!(none["status"], 503, "{none}");
     assert!(
@@ -223,9 +238,19 @@ async fn errors_is_the_default_and_logs_failures_but_not_successes_or_4xx() {
         "{none}"
     );
     assert_eq!(none["destination"], "billing", "{none}");
+    assert_eq!(none["response_details"], "no_healthy_upstream", "{none}");
     // Written before the timeout's line, so they would be there by now.
     assert!(line("/fine").is_none(), "a 200 is not an error");
     assert!(line("/missing").is_none(), "the app's 404 is not an error");
+    assert!(
+        line("/api/denied").is_none(),
+        "a denial has its decision line, not a request line"
+    );
+    assert!(
+        mesh.sidecar_log("orders-1")
+            .contains(r#""decision":"denied""#),
+        "the decision line is there"
+    );
     assert!(
         lines
             .iter()

@@ -78,6 +78,7 @@ pub(crate) fn requests(d: &Descriptor, direction: Direction, trust_domain: &str)
         ("protocol", "%PROTOCOL%".to_owned()),
         ("status", "%RESPONSE_CODE%".to_owned()),
         ("response_flags", "%RESPONSE_FLAGS%".to_owned()),
+        ("response_details", "%RESPONSE_CODE_DETAILS%".to_owned()),
         ("duration_ms", "%DURATION%".to_owned()),
         (
             "upstream_service_time_ms",
@@ -96,7 +97,8 @@ pub(crate) fn requests(d: &Descriptor, direction: Direction, trust_domain: &str)
 }
 
 /// `errors`: a status of 500 or more, or any response flag Envoy set (no healthy upstream,
-/// timeout, reset, no route, RBAC denial, downstream protocol error...).
+/// timeout, reset, no route, downstream protocol error...). An `incoming` denial sets no
+/// flag: its 403 has the RBAC decision line instead.
 fn errors() -> AccessLogFilter {
     let status = AccessLogFilter {
         filter_specifier: Some(access_log_filter::FilterSpecifier::StatusCodeFilter(

@@ -54,7 +54,7 @@ pub struct Descriptor {
 #[serde(rename_all = "lowercase")]
 pub enum AccessLog {
     /// Failed requests: a 5xx answer, or any request Envoy flagged (no healthy upstream,
-    /// timeout, reset, no route, denied, protocol error...). A 4xx the app answered is not an
+    /// timeout, reset, no route, protocol error...). A 4xx the app answered is not an
     /// error of the mesh and is not logged.
     #[default]
     Errors,

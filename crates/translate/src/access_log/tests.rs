@@ -195,6 +195,7 @@ fn lines_name_caller_and_destination_per_direction_and_never_the_query() {
             "path",
             "protocol",
             "request_id",
+            "response_details",
             "response_flags",
             "service",
             "status",
