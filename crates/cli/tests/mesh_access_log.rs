@@ -225,10 +225,7 @@ async fn errors_is_the_default_and_logs_failures_but_not_successes_or_4xx() {
         "{slow}"
     );
     assert_eq!(slow["destination"], "payments", "{slow}");
-    assert_eq!(
-        slow["response_details"], "response_timeout",
-        "{slow}"
-    );
+    assert_eq!(slow["response_details"], "response_timeout", "{slow}");
     let none = line("/none").expect("no healthy upstream is logged");
     assert_eq!(none["status"], 503, "{none}");
     assert!(
