@@ -74,6 +74,52 @@ fn sidecar_with_a_bad_descriptor_fails_naming_the_field_and_starts_nothing() {
 }
 
 #[test]
+fn sidecar_with_an_unwritable_access_log_fails_naming_the_flag_and_starts_nothing() {
+    let dir = Scratch::new("access-log");
+    let descriptor = dir.0.join("meshplane.yaml");
+    std::fs::write(
+        &descriptor,
+        "service: orders\nport: 8080\ningress: { port: 31001 }\naccess_log: all\n",
+    )
+    .unwrap();
+    let marker = dir.0.join("envoy-was-started");
+    let envoy = dir.0.join("envoy");
+    std::fs::write(
+        &envoy,
+        format!("#!/bin/sh\ntouch '{}'\nsleep 60\n", marker.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&envoy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = meshplane()
+        .args([
+            "sidecar",
+            "--control-plane",
+            "127.0.0.1:1",
+            "--registry",
+            "http://127.0.0.1:1",
+            "--admin-relay-addr",
+            "off",
+        ])
+        .arg("--descriptor")
+        .arg(&descriptor)
+        .arg("--envoy")
+        .arg(&envoy)
+        .arg("--work-dir")
+        .arg(dir.0.join("work"))
+        .arg("--access-log")
+        .arg(dir.0.join("no-such-dir/access.log"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail: {stderr}");
+    assert!(
+        stderr.contains("--access-log: cannot open") && stderr.contains("no-such-dir"),
+        "names the flag and the path: {stderr}"
+    );
+    assert!(!marker.exists(), "Envoy must not be started");
+}
+
+#[test]
 fn bootstrap_prints_the_envoy_bootstrap() {
     let dir = Scratch::new("bootstrap");
     let descriptor = dir.0.join("meshplane.yaml");

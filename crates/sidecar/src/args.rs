@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use meshplane_model::descriptor::parse_duration;
 
+use crate::access_log::AccessLogDestination;
 use crate::config::{ControlPlaneAddr, SidecarConfig, XdsFlavour};
 use crate::error::SidecarError;
 
@@ -175,6 +176,12 @@ pub struct SidecarArgs {
     /// Warn when Envoy is not ready (has no config from the control plane) after this long.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     pub ready_timeout: Duration,
+    /// Where the access-log lines (one JSON object per line; which requests is the
+    /// descriptor's `access_log`) go: `stdout`, or a file appended to (created 0640) and
+    /// reopened when moved or removed (checked every second) or on SIGHUP, so logrotate needs
+    /// no postrotate script. The sidecar's own logs go to stderr.
+    #[arg(long, env = "MESHPLANE_ACCESS_LOG", default_value = "stdout")]
+    pub access_log: AccessLogDestination,
 }
 
 // === impl NodeArgs ===
@@ -290,6 +297,7 @@ impl SidecarArgs {
         c.crash.max_crashes = self.max_crashes;
         c.crash.window = self.crash_window;
         c.ready_timeout = self.ready_timeout;
+        c.access_log = self.access_log;
         if c.drain.parent_shutdown_time <= c.drain.drain_time {
             return Err(SidecarError::Flag {
                 flag: "parent-shutdown-time",

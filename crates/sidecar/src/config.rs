@@ -69,6 +69,8 @@ pub struct SidecarConfig {
     pub crash: CrashPolicy,
     /// How long to wait for Envoy's `/ready` before warning (polling goes on).
     pub ready_timeout: Duration,
+    /// Where Envoy's access-log lines (its stdout) are written.
+    pub access_log: crate::access_log::AccessLogDestination,
 }
 
 /// Hot restart and stop timings.
@@ -188,6 +190,7 @@ impl SidecarConfig {
                 backoff_max: Duration::from_secs(30),
             },
             ready_timeout: Duration::from_secs(60),
+            access_log: crate::access_log::AccessLogDestination::Stdout,
         }
     }
 }

@@ -10,8 +10,10 @@
 //!
 //! Start reading at [`Sidecar::run`], then `setup` (what is decided before Envoy starts),
 //! `supervisor` (the loop), [`bootstrap`] (the pure bootstrap), `announce` and
-//! [`registration`]. [`args`] holds the command-line flags the `meshplane` binary embeds.
+//! [`registration`]. [`access_log`] collects Envoy's access-log lines (its stdout) to stdout
+//! or a file. [`args`] holds the command-line flags the `meshplane` binary embeds.
 
+pub mod access_log;
 pub mod args;
 pub mod bootstrap;
 pub mod config;

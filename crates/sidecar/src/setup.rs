@@ -4,7 +4,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use crate::access_log::AccessLogSink;
 use crate::bootstrap::{BootstrapSpec, bootstrap};
 use crate::config::SidecarConfig;
 use crate::descriptor::{self, LoadError, LoadedDescriptor};
@@ -29,6 +31,8 @@ pub(crate) struct Prepared {
     pub relay: Option<(Option<std::net::TcpListener>, SocketAddr)>,
     /// `--control-plane-ca-file`'s certificates, for the https:// registry.
     pub control_plane_roots: Option<Vec<reqwest::Certificate>>,
+    /// Where Envoy's access-log lines go (opened before Envoy starts).
+    pub access_log: Arc<AccessLogSink>,
 }
 
 impl Prepared {
@@ -64,6 +68,14 @@ impl Prepared {
             "cannot create the work directory {} (mode 0700); give a writable --work-dir",
             dir.display()
         )))?;
+        let access_log =
+            AccessLogSink::open(&config.access_log).map_err(|error| SidecarError::Flag {
+                flag: "access-log",
+                message: format!(
+                    "cannot open {} for appending: {error}; give a writable file or `stdout`",
+                    config.access_log
+                ),
+            })?;
         let relay = match config.admin_relay {
             Some(addr) => {
                 let listener = std::net::TcpListener::bind(addr).map_err(SidecarError::io(format!(
@@ -87,6 +99,7 @@ impl Prepared {
             base_id,
             envoy,
             control_plane_roots,
+            access_log,
         };
         prepared.write_bootstrap()?;
         Ok(prepared)
@@ -163,6 +176,7 @@ impl Prepared {
             log_level: self.config.envoy_log_level.clone(),
             concurrency: self.config.envoy_concurrency,
             drain: self.config.drain,
+            access_log: self.access_log.clone(),
         }
     }
 

@@ -139,6 +139,8 @@ impl Supervisor {
             tracing::warn!("hot restart requested while Envoy is down; ignored");
             return;
         }
+        // Log rotation: a moved access-log file is let go now rather than at the next check.
+        self.command.access_log.reopen();
         match self.prepared.reload() {
             Ok(()) => self.registration = self.prepared.registration(),
             Err(e) => {

@@ -84,6 +84,8 @@ fn envoy_command_line_carries_epoch_and_base_id() {
         log_level: "info".into(),
         concurrency: Some(2),
         drain: config.drain,
+        access_log: meshplane_sidecar::access_log::AccessLogSink::open(&config.access_log)
+            .expect("stdout"),
     };
     let args: Vec<String> = cmd
         .args(3)

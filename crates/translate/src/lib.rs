@@ -13,6 +13,7 @@
 //!
 //! Start at [`group_config`]; [`MeshOptions`] holds the control-plane-wide settings.
 
+mod access_log;
 mod cluster;
 mod egress_routes;
 mod endpoints;
@@ -33,6 +34,7 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use meshplane_model::descriptor::Target;
 use meshplane_model::{Descriptor, Instance, ServiceName};
 
+pub use access_log::ERROR_STATUS_RUNTIME_KEY;
 pub use cluster::service_cluster;
 pub use egress_routes::EgressRoutes;
 pub use endpoints::{routable_address, service_endpoints};

@@ -23,6 +23,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use meshplane_model::Descriptor;
 use meshplane_model::descriptor::{MtlsMode, Target};
 
+use crate::access_log::{self, Direction};
 use crate::cluster::{dns_cache, preserve_case_http1};
 use crate::proto::{ads, any, socket, u32_value};
 use crate::{MeshOptions, ProxyGroup, names, rbac, route, security};
@@ -95,15 +96,20 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(route)),
         http_filters,
         access_log,
+        // The caller's request id (and the trace decision Envoy keeps in it) is kept; Envoy
+        // generates one when there is none. Both sidecars' log lines of a request carry the
+        // same `request_id`, and a trace is sampled or not as a whole.
+        preserve_external_request_id: true,
         http_protocol_options: d.preserve_header_case.then(preserve_case_http1),
         tracing: crate::tracing::hcm(d, options),
-        // The caller's sidecar set `x-request-id` (and its trace decision): keep it.
-        preserve_external_request_id: true,
         ..Default::default()
     };
     let mut http_filters = rbac::filters(d, &options.trust_domain);
     http_filters.push(router());
-    let checked = to_app(route::ingress(d), http_filters, rbac::access_logs(d));
+    let requests = access_log::requests(d, Direction::Ingress, &options.trust_domain);
+    let mut access_logs = requests.clone();
+    access_logs.extend(rbac::access_logs(d));
+    let checked = to_app(route::ingress(d), http_filters, access_logs);
     let address = (
         names::INGRESS_LISTENER,
         group.listen_address.as_str(),
@@ -118,7 +124,7 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
             );
         }
         MtlsMode::Permissive => checked.clone(),
-        MtlsMode::Strict => to_app(route::strict_plaintext(d), vec![router()], Vec::new()),
+        MtlsMode::Strict => to_app(route::strict_plaintext(d), vec![router()], requests),
     };
     let mut tls = checked;
     // The app learns the verified caller (`x-forwarded-client-cert: ...;URI=spiffe://...`);
@@ -192,7 +198,9 @@ pub(crate) fn egress(d: &Descriptor, port: u16, options: &MeshOptions) -> Listen
         )),
         local_reply_config: Some(not_a_dependency(d)),
         tracing: crate::tracing::hcm(d, options),
-        // The app's `x-request-id` (often its caller's) is kept, not replaced.
+        access_log: access_log::requests(d, Direction::Egress, &options.trust_domain),
+        // The app's request id is kept, so a request id it propagates from its own caller
+        // follows the request through the mesh.
         preserve_external_request_id: true,
         ..Default::default()
     };

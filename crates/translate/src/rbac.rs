@@ -20,18 +20,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::accesslog::v3::{
-    AccessLog, AccessLogFilter, MetadataFilter, access_log, access_log_filter,
-};
-use envoy_types::pb::envoy::config::core::v3::{
-    SubstitutionFormatString, substitution_format_string,
+    AccessLog, AccessLogFilter, MetadataFilter, access_log_filter,
 };
 use envoy_types::pb::envoy::config::rbac::v3::{
     Permission, Policy, Principal, Rbac, permission, principal, rbac,
 };
 use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
-use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
-    StdoutAccessLog, stdout_access_log,
-};
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpFilter, http_filter,
@@ -40,12 +34,12 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
     MetadataMatcher, PathMatcher, RegexMatcher, StringMatcher, ValueMatcher, metadata_matcher,
     path_matcher, string_matcher, value_matcher,
 };
-use envoy_types::pb::google::protobuf::Struct;
 use meshplane_model::descriptor::{Client, EndpointRule, Incoming, PathMatch, Unlisted};
 use meshplane_model::identity::spiffe_id;
 use meshplane_model::{Descriptor, ServiceName};
 
-use crate::proto::{merged_any, stable_map, string_value};
+use crate::access_log;
+use crate::proto::{merged_any, stable_map};
 
 /// Dynamic-metadata namespace both RBAC filters write to.
 const RBAC_NAMESPACE: &str = "envoy.filters.http.rbac";
@@ -331,15 +325,15 @@ fn decision_log(d: &Descriptor, decision: &str, result_key: &str, policy_key: &s
             },
         )),
     };
-    let mut parts = Vec::new();
-    for (k, v) in [
+    let fields = [
         ("meshplane", "rbac".to_owned()),
         ("service", d.service.to_string()),
         ("decision", decision.to_owned()),
         ("caller", "%DOWNSTREAM_PEER_URI_SAN%".to_owned()),
         ("method", "%REQ(:METHOD)%".to_owned()),
-        ("path", "%REQ(:PATH)%".to_owned()),
-        ("request_id", "%REQ(X-REQUEST-ID)%".to_owned()),
+        // Without the query string, which can carry secrets (see `access_log`).
+        ("path", "%PATH(NQ:PATH):2048%".to_owned()),
+        ("request_id", "%REQ(X-REQUEST-ID):256%".to_owned()),
         (
             "policy",
             format!("%DYNAMIC_METADATA({RBAC_NAMESPACE}:{policy_key})%"),
@@ -347,28 +341,6 @@ fn decision_log(d: &Descriptor, decision: &str, result_key: &str, policy_key: &s
         ("peer", "%DOWNSTREAM_REMOTE_ADDRESS%".to_owned()),
         ("status", "%RESPONSE_CODE%".to_owned()),
         ("time", "%START_TIME%".to_owned()),
-    ] {
-        let mut fields = stable_map();
-        fields.insert(k.to_owned(), string_value(&v));
-        parts.push((k, fields));
-    }
-    parts.sort_by(|a, b| a.0.cmp(b.0));
-    let parts: Vec<StdoutAccessLog> = parts
-        .into_iter()
-        .map(|(_, fields)| StdoutAccessLog {
-            access_log_format: Some(stdout_access_log::AccessLogFormat::LogFormat(
-                SubstitutionFormatString {
-                    format: Some(substitution_format_string::Format::JsonFormat(Struct {
-                        fields,
-                    })),
-                    ..Default::default()
-                },
-            )),
-        })
-        .collect();
-    AccessLog {
-        name: "envoy.access_loggers.stdout".to_owned(),
-        filter: Some(filter),
-        config_type: Some(access_log::ConfigType::TypedConfig(merged_any(&parts))),
-    }
+    ];
+    access_log::json_stdout(&fields, Some(filter))
 }

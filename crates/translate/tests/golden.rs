@@ -137,6 +137,60 @@ fn orders_group() {
     check("orders-clusters", format!("{:#?}", config.clusters));
 }
 
+/// Each listener's access logs, readable: per filter chain, each log's filter and its JSON
+/// keys with their Envoy format strings, sorted (the encoded `Struct` is a map).
+fn render_access_logs(
+    listeners: &[envoy_types::pb::envoy::config::listener::v3::Listener],
+) -> String {
+    use envoy_types::pb::envoy::config::accesslog::v3::access_log;
+    use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
+    use envoy_types::pb::envoy::config::listener::v3::filter;
+    use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
+        StdoutAccessLog, stdout_access_log,
+    };
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use prost::Message;
+    let mut out = String::new();
+    for listener in listeners {
+        for chain in &listener.filter_chains {
+            let Some(filter::ConfigType::TypedConfig(any)) = &chain.filters[0].config_type else {
+                continue;
+            };
+            let hcm = HttpConnectionManager::decode(any.value.as_slice()).expect("an HCM");
+            out.push_str(&format!("== {} / chain `{}`\n", listener.name, chain.name));
+            for log in &hcm.access_log {
+                out.push_str(&format!("- {}\n  filter: {:#?}\n", log.name, log.filter));
+                let Some(access_log::ConfigType::TypedConfig(any)) = &log.config_type else {
+                    continue;
+                };
+                let stdout = StdoutAccessLog::decode(any.value.as_slice()).expect("stdout log");
+                if let Some(stdout_access_log::AccessLogFormat::LogFormat(f)) =
+                    stdout.access_log_format
+                    && let Some(Format::JsonFormat(json)) = f.format
+                {
+                    let sorted: std::collections::BTreeMap<_, _> =
+                        json.fields.into_iter().collect();
+                    for (k, v) in sorted {
+                        out.push_str(&format!("  {k}: {:?}\n", v.kind));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn orders_access_logs() {
+    let group = ProxyGroup {
+        descriptor: Descriptor::from_yaml(ORDERS).expect("valid"),
+        listen_address: "10.0.0.9".into(),
+        datacenter: "dc1".into(),
+    };
+    let config = group_config(&group, &catalog(), &MeshOptions::default()).expect("translates");
+    check("orders-access-logs", render_access_logs(&config.listeners));
+}
+
 #[test]
 fn payments_shared_resources() {
     let c = catalog();

@@ -51,6 +51,23 @@ pub struct Descriptor {
     pub metrics: MetricsListener,
     /// How many requests the Envoy traces (with the control plane's collector).
     pub tracing: Tracing,
+    /// Which requests get a JSON access-log line, on both listeners.
+    pub access_log: AccessLog,
+}
+
+/// Which requests the proxy writes an access-log line for (`access_log`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLog {
+    /// Failed requests: a 5xx answer, or any request Envoy flagged (no healthy upstream,
+    /// timeout, reset, no route, protocol error...). A 4xx the app answered is not an
+    /// error of the mesh and is not logged.
+    #[default]
+    Errors,
+    /// Every request.
+    All,
+    /// None (the RBAC decision lines of `incoming` are kept).
+    Off,
 }
 
 /// The ingress listener.

@@ -7,9 +7,9 @@ use serde::Deserialize;
 use super::stats::RawStats;
 use super::tracing::RawTracing;
 use super::{
-    Client, Dependency, Descriptor, DescriptorError, Domain, EgressListener, EndpointRule,
-    Incoming, IngressListener, MetricsListener, MtlsMode, PathMatch, Retries, RetryOn, Role,
-    Target, Unlisted, parse_duration,
+    AccessLog, Client, Dependency, Descriptor, DescriptorError, Domain, EgressListener,
+    EndpointRule, Incoming, IngressListener, MetricsListener, MtlsMode, PathMatch, Retries,
+    RetryOn, Role, Target, Unlisted, parse_duration,
 };
 use crate::ServiceName;
 
@@ -44,6 +44,8 @@ struct RawDescriptor {
     metrics: Option<RawMetrics>,
     #[serde(default)]
     tracing: Option<RawTracing>,
+    #[serde(default)]
+    access_log: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -201,6 +203,20 @@ fn duration(
         .transpose()
 }
 
+fn access_log(text: Option<&str>) -> Result<AccessLog, DescriptorError> {
+    match text {
+        None | Some("errors") => Ok(AccessLog::Errors),
+        Some("all") => Ok(AccessLog::All),
+        Some("off") => Ok(AccessLog::Off),
+        Some(other) => Err(DescriptorError::field(
+            "access_log",
+            format!(
+                "`{other}` is not a choice; use `errors` (the default: failed requests), `all` (every request) or `off`"
+            ),
+        )),
+    }
+}
+
 fn port(field: &str, port: u16) -> Result<u16, DescriptorError> {
     if port == 0 {
         return Err(DescriptorError::field(
@@ -334,6 +350,7 @@ impl RawDescriptor {
             stats,
             metrics,
             tracing,
+            access_log: access_log(self.access_log.as_deref())?,
         })
     }
 }

@@ -272,3 +272,31 @@ fn bad_stats_name_their_field() {
         assert!(message.contains(want_message), "{extra}: {message}");
     }
 }
+
+#[test]
+fn access_log_defaults_to_errors_and_names_the_field_when_bad() {
+    let base = "service: orders\nport: 8080\ningress: { port: 31001 }\n";
+    let d = Descriptor::from_yaml(base).expect("valid");
+    assert_eq!(d.access_log, AccessLog::Errors);
+    for (text, want) in [
+        ("all", AccessLog::All),
+        ("off", AccessLog::Off),
+        ("errors", AccessLog::Errors),
+    ] {
+        let d = Descriptor::from_yaml(&format!("{base}access_log: {text}\n")).expect("valid");
+        assert_eq!(d.access_log, want, "{text}");
+    }
+    let (field, message) = field_error(&format!("{base}access_log: verbose\n"));
+    assert_eq!(field, "access_log");
+    assert!(
+        message.contains("`verbose` is not a choice; use `errors`"),
+        "the choices are named: {message}"
+    );
+    let json = serde_json::json!({
+        "service": "orders", "port": 8080, "ingress": { "port": 31001 }, "access_log": true,
+    });
+    match Descriptor::from_json(json) {
+        Err(DescriptorError::Field { field, .. }) => assert_eq!(field, "access_log"),
+        other => panic!("expected a field error, got {other:?}"),
+    }
+}

@@ -118,6 +118,20 @@ fn identical_descriptors_share_a_group_and_bad_ones_get_field_errors() {
     );
     let c = grouper.group(&mk_node("web-1", WEB), &peer).expect("valid");
     assert_ne!(a, c);
+    let all_logged = format!("{ORDERS}access_log: all\n");
+    let e = grouper
+        .group(&mk_node("orders-6", &all_logged), &peer)
+        .expect("valid");
+    assert_ne!(a, e, "access logs are configuration: another group");
+    match grouper.group(
+        &mk_node("orders-7", &format!("{ORDERS}access_log: loud\n")),
+        &peer,
+    ) {
+        Err(GroupError::InvalidArgument(m)) => {
+            assert!(m.contains("access_log: `loud` is not a choice"), "{m}")
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
 
     let bad = "service: orders\nport: 1\ningress: { port: 2 }\ndependencies: [{ service: payments, timeout: soon }]\n";
     match grouper.group(&mk_node("orders-3", bad), &peer) {

@@ -15,11 +15,16 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 
 use rustix::process::{Pid, Signal};
 use tokio::sync::mpsc;
 
+use crate::access_log::AccessLogSink;
 use crate::config::DrainTimes;
+
+/// How often Envoy writes out buffered access-log lines (`--file-flush-interval-msec`).
+pub const ACCESS_LOG_FLUSH_INTERVAL_MS: u64 = 1000;
 
 /// How to start Envoy, minus the restart epoch.
 #[derive(Debug, Clone)]
@@ -36,6 +41,8 @@ pub struct EnvoyCommand {
     pub concurrency: Option<u32>,
     /// Drain and parent-shutdown times.
     pub drain: DrainTimes,
+    /// Where every epoch's stdout (its access-log lines) is written.
+    pub access_log: Arc<AccessLogSink>,
 }
 
 /// A running (or recently exited) Envoy.
@@ -88,6 +95,12 @@ impl EnvoyCommand {
             self.drain.parent_shutdown_time.as_secs().max(1).to_string(),
         );
         push("--drain-strategy", "gradual".to_owned());
+        // Access-log lines reach the sidecar within a second (Envoy's default is 10 s); a
+        // flush is one write of everything buffered, so this costs nothing per request.
+        push(
+            "--file-flush-interval-msec",
+            ACCESS_LOG_FLUSH_INTERVAL_MS.to_string(),
+        );
         push("--log-level", self.log_level.clone());
         if let Some(c) = self.concurrency {
             push("--concurrency", c.to_string());
@@ -95,15 +108,21 @@ impl EnvoyCommand {
         args
     }
 
-    /// Starts Envoy at `epoch`; its exit is reported on `exits_tx`.
+    /// Starts Envoy at `epoch`; its exit is reported on `exits_tx`, its stdout goes to
+    /// [`Self::access_log`] (its stderr, Envoy's own log, is the sidecar's).
     pub fn spawn(
         &self,
         epoch: u32,
         exits_tx: mpsc::UnboundedSender<ExitReport>,
     ) -> std::io::Result<EnvoyProcess> {
+        let (stdout_rx, stdout_tx) = std::io::pipe()?;
+        // Reading before Envoy exists is fine; if Envoy fails to start, the write end closes
+        // with the command below and the reader ends.
+        self.access_log.capture(stdout_rx, epoch)?;
         let mut child = tokio::process::Command::new(&self.binary)
             .args(self.args(epoch))
             .stdin(Stdio::null())
+            .stdout(stdout_tx)
             .kill_on_drop(true)
             .process_group(0)
             .spawn()?;
