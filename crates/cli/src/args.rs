@@ -41,6 +41,10 @@ struct DemoArgs {
     /// Requests per route per round.
     #[arg(long, default_value_t = 200)]
     requests: usize,
+    /// Trace every request to this OpenTelemetry collector (OTLP/gRPC, `HOST:PORT`), e.g. a
+    /// local Jaeger or otel-collector on 127.0.0.1:4317.
+    #[arg(long)]
+    tracing_collector: Option<String>,
 }
 
 /// `meshplane control-plane`: the settings are [`ControlPlaneConfig`]'s own flags (its
@@ -122,6 +126,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             let options = meshplane_demo::DemoOptions {
                 once: args.once,
                 requests: args.requests,
+                tracing_collector: args.tracing_collector,
             };
             meshplane_demo::run(options, shutdown).await?;
             Ok(ExitCode::SUCCESS)

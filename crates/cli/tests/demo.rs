@@ -2,6 +2,8 @@
 //! leaves behind (nothing: its work directories hold private keys) when it succeeds, fails or
 //! is interrupted.
 
+mod support;
+
 use std::io::BufRead as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -131,4 +133,58 @@ fn an_interrupted_demo_removes_what_it_created() {
     };
     assert!(status.success(), "{status}");
     assert_empty(tmp.path());
+}
+
+/// `--tracing-collector`: the demo's Envoys trace every request there, and the demo says how
+/// many spans they sent; a real OTLP receiver gets them, named after the mesh services.
+#[test]
+fn demo_traces_every_request_to_the_collector_given() {
+    let receiver = support::otlp::Receiver::start();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let collector = format!("127.0.0.1:{}", receiver.port);
+    let output = demo(tmp.path())
+        .args([
+            "--once",
+            "--requests",
+            "10",
+            "--tracing-collector",
+            &collector,
+        ])
+        .output()
+        .expect("demo runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let sent: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("traces: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `traces:` line: {stdout}"));
+    assert!(sent > 0, "{stdout}");
+    let services: std::collections::BTreeSet<String> = receiver
+        .spans()
+        .iter()
+        .filter_map(|s| s["service"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        ["orders", "payments"].iter().all(|s| services.contains(*s)),
+        "spans received from {services:?}"
+    );
+    assert_empty(tmp.path());
+
+    // A malformed collector is a clear error before anything starts.
+    let output = demo(tmp.path())
+        .args(["--once", "--tracing-collector", "no-port-here"])
+        .output()
+        .expect("demo runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--tracing-collector") && stderr.contains("HOST:PORT"),
+        "{stderr}"
+    );
 }

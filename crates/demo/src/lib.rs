@@ -32,6 +32,8 @@ pub struct DemoOptions {
     pub once: bool,
     /// Requests per route per round.
     pub requests: usize,
+    /// An OpenTelemetry collector (OTLP/gRPC, `HOST:PORT`): every request is traced there.
+    pub tracing_collector: Option<String>,
 }
 
 fn progress(step: &str) {
@@ -119,8 +121,11 @@ async fn run_in(
         domain_addresses: [(PARTNER_HOST.to_owned(), IpAddr::V4(Ipv4Addr::LOCALHOST))]
             .into_iter()
             .collect(),
+        tracing_collector: options.tracing_collector.clone(),
+        tracing_sampling: "100".to_owned(),
         ..Default::default()
     };
+    config.tracing().context("--tracing-collector")?;
     let cp_shutdown = shutdown.child_token();
     let cp = control_plane::start(config, cp_shutdown.clone()).await?;
     let apps_shutdown = shutdown.child_token();
@@ -272,9 +277,28 @@ async fn run_mesh(
     println!(
         "  identities: certificates from the control plane's CA (spiffe://meshplane.local/service/<name>); sidecars call each other over mTLS"
     );
+    if let Some(collector) = &options.tracing_collector {
+        println!(
+            "  tracing: every request traced by the sidecars' Envoys, spans sent to {collector} (OTLP/gRPC), one service.name per mesh service"
+        );
+    }
     loop {
         let routes = round(options, &orders, &web, &pay1, partner, &pki.ca_file).await?;
         println!("\n{}", traffic::table(&routes));
+        if let Some(collector) = &options.tracing_collector {
+            // Envoys export every 5 s: a single round waits for the first export.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let mut sent = spans_sent(cp).await;
+            while options.once && sent == 0 && Instant::now() < deadline {
+                progress("waiting for the Envoys' first export of spans");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                sent = spans_sent(cp).await;
+            }
+            done_progress();
+            println!(
+                "traces: {sent} spans sent to {collector} so far (the Envoys' tracing.opentelemetry.spans_sent)"
+            );
+        }
         check(&routes)?;
         if options.once {
             return Ok(());
@@ -284,6 +308,47 @@ async fn run_mesh(
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
+}
+
+/// Spans the sidecars' Envoys have sent to the collector: their `spans_sent` counters, read
+/// on the scrape ports they registered (what Prometheus reads).
+async fn spans_sent(cp: &control_plane::ControlPlane) -> u64 {
+    let Ok(http) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+    else {
+        return 0;
+    };
+    let targets: Vec<String> = cp
+        .store
+        .snapshot()
+        .services
+        .values()
+        .flat_map(|e| e.instances.iter())
+        .filter_map(|i| {
+            let port = i
+                .meta
+                .get(meshplane_model::registration::METRICS_PORT_META_KEY)?;
+            Some(format!(
+                "http://{}:{port}{}",
+                i.address,
+                meshplane_model::registration::METRICS_PATH
+            ))
+        })
+        .collect();
+    let mut sent = 0;
+    for url in targets {
+        let Ok(text) = async { http.get(&url).send().await?.text().await }.await else {
+            continue;
+        };
+        sent += text
+            .lines()
+            .filter(|l| l.starts_with("envoy_tracing_opentelemetry_spans_sent"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64;
+    }
+    sent
 }
 
 async fn wait_until_ready(

@@ -51,6 +51,7 @@ pub fn spawn(
     let out = std::fs::File::create(&log)?;
     let err = out.try_clone()?;
     let exe = std::env::current_exe().context("cannot find the meshplane binary")?;
+    let admin_port = free_port()?;
     let child = Command::new(exe)
         .arg("sidecar")
         .arg("--descriptor")
@@ -67,8 +68,10 @@ pub fn spawn(
         .arg(id)
         .arg("--work-dir")
         .arg(dir.join(id))
-        .arg("--admin-port")
-        .arg(free_port()?.to_string())
+        // The admin port, unique on this machine while the demo runs, is also the hot-restart
+        // base id: two demos at once (same instance ids) must not share Envoy's.
+        .args(["--admin-port", &admin_port.to_string()])
+        .args(["--base-id", &admin_port.to_string()])
         .env("MESHPLANE_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(out)

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 /// Families kept whole: their size is fixed by the proxy's listeners and secrets, not by
 /// the number of services. `cluster.meshplane_*.` are the proxy's own links to the control
 /// plane and to its sidecar (tests count xDS connections there).
-pub const KEPT_PREFIXES: [&str; 19] = [
+pub const KEPT_PREFIXES: [&str; 20] = [
     "server.",
     "cluster_manager.",
     "listener_manager.",
@@ -35,6 +35,8 @@ pub const KEPT_PREFIXES: [&str; 19] = [
     "filesystem.",
     "cluster.meshplane_xds.",
     "cluster.meshplane_sds.",
+    // The tracer's own counters (spans sent, flushes): a handful, whatever the mesh's size.
+    "tracing.",
 ];
 
 /// What the mesh keeps of every cluster, by name after `cluster.<name>.`: endpoints known and
