@@ -251,19 +251,33 @@ async fn every_proxy_resyncs_after_a_killed_control_plane_restarts() {
         peak >> 20
     );
     // Per type (CDS, EDS, LDS, RDS): resources received, and re-sent that the proxy
-    // already held. The registry did not change, so nothing new is due either: a delta
-    // proxy, which reports the version of everything it holds, gets nothing at all.
+    // already held. The simulated services did not change, so nothing new is due for them: a
+    // delta proxy, which reports the version of everything it holds, is re-sent nothing. The
+    // two real sidecars' instances may change, legitimately: the restarted registry runs
+    // their HTTP checks again (through their Envoys, on a loaded machine) and a check that
+    // times out flips an instance, and back. Only wildcard proxies see those two services:
+    // each may get their assignments, new versions it did not hold, once per change.
     let received = |r: &StormReport| r.resources.map(|(received, _)| received);
     let held = |r: &StormReport| r.resources.map(|(_, held)| held);
+    let real_changes = (Layout::Mixed.wildcard_streams(PER_MODE) * 2 * 2) as u64;
+    let [_, delta_eds, _, _] = received(delta_report);
     assert_eq!(
-        (received(delta_report), held(delta_report)),
-        ([0; 4], [0; 4]),
-        "a delta proxy was sent something after the restart: {delta_report:?}"
+        (held(delta_report), [received(delta_report)[0], received(delta_report)[2], received(delta_report)[3]]),
+        ([0; 4], [0; 3]),
+        "a delta proxy was re-sent something it held: {delta_report:?}"
     );
-    assert_eq!(
-        received(sotw_report),
-        held(sotw_report),
-        "a SotW proxy was sent something it did not hold: {sotw_report:?}"
+    assert!(
+        delta_eds <= real_changes,
+        "delta proxies were sent {delta_eds} assignments, more than the real sidecars' changes allow ({real_changes}): {delta_report:?}"
+    );
+    let [_, sotw_eds, _, _] = received(sotw_report);
+    let [_, sotw_held_eds, _, _] = held(sotw_report);
+    assert!(
+        received(sotw_report)[0] == held(sotw_report)[0]
+            && received(sotw_report)[2] == held(sotw_report)[2]
+            && received(sotw_report)[3] == held(sotw_report)[3]
+            && sotw_eds - sotw_held_eds <= real_changes,
+        "a SotW proxy was sent something it did not hold, beyond the real sidecars' changes ({real_changes}): {sotw_report:?}"
     );
     let [cds, eds, lds, rds] = held(sotw_report);
     assert_eq!(

@@ -82,8 +82,13 @@ async fn registers_the_ingress_port_once_live_and_deregisters_on_stop() {
         "the Envoy ingress port, not the app's"
     );
     assert_eq!(body["Weights"], json!({ "Passing": 40, "Warning": 1 }));
-    assert_eq!(body["Tags"], json!(["canary"]));
+    assert_eq!(body["Tags"], json!(["canary", "meshplane-metrics"]));
     assert_eq!(body["Meta"]["mtls"], "disabled");
+    let metrics_port = body["Meta"]["metrics_port"].as_str().unwrap_or_default();
+    assert!(
+        metrics_port.parse::<u16>().is_ok_and(|p| p != 0),
+        "the scrape port the sidecar picked: {body}"
+    );
     let check_url = body["Check"]["HTTP"].as_str().unwrap().to_owned();
     assert_eq!(
         check_url,
