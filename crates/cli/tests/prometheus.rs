@@ -25,8 +25,9 @@ const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 /// scrape port.
 async fn orders_and_payments(mesh: &mut Mesh) -> (u16, u16) {
     let payments_app = upstream("payments-1").await;
+    // payments names orders as a client: its side counts orders' requests apart.
     let payments = format!(
-        "service: payments\nport: {payments_app}\ningress: {{ port: {} }}\n",
+        "service: payments\nport: {payments_app}\ningress: {{ port: {} }}\nincoming:\n  endpoints:\n    - {{ path_prefix: /, clients: [orders] }}\n",
         free_port()
     );
     mesh.sidecar("payments-1", &payments, 1).await;
@@ -343,14 +344,23 @@ async fn prometheus_discovers_and_scrapes_every_sidecar_and_the_control_plane() 
     .await;
     assert_eq!(seen.len(), 3, "exactly the mesh's three targets: {seen:?}");
 
-    // The request counter for orders → payments grows by exactly what was sent.
-    let counter =
-        "sum(envoy_cluster_upstream_rq_total{service=\"orders\",envoy_cluster_name=\"payments\"})";
+    // The service-pair counters for orders → payments, on orders' side and on payments',
+    // and orders' per-datacenter-pair counter, grow by exactly what was sent.
+    let counters = [
+        "sum(envoy_vhost_vcluster_upstream_rq_total{direction=\"outbound\",source_service=\"orders\",destination_service=\"payments\",service=\"orders\"})",
+        "sum(envoy_vhost_vcluster_upstream_rq_total{direction=\"inbound\",source_service=\"orders\",destination_service=\"payments\",service=\"payments\"})",
+        "sum(envoy_vhost_vcluster_upstream_rq_xx{direction=\"outbound\",source_service=\"orders\",destination_service=\"payments\",envoy_response_code_class=\"2\"})",
+        "sum(envoy_cluster_zone_upstream_rq_xx{service=\"orders\",envoy_cluster_name=\"payments\",source_datacenter=\"dc1\",destination_datacenter=\"dc1\",envoy_response_code_class=\"2\"})",
+        "sum(envoy_cluster_upstream_rq_total{service=\"orders\",envoy_cluster_name=\"payments\"})",
+    ];
     let scalar = |query: &'static str| {
         let (prometheus, http) = (&prometheus, &mesh.http);
         move || async move { prometheus.scalar(http, query).await }
     };
-    let before = eventually(counter, DEADLINE, scalar(counter)).await;
+    let mut before = Vec::new();
+    for counter in counters {
+        before.push(eventually(counter, DEADLINE, scalar(counter)).await);
+    }
     const SENT: u32 = 7;
     for _ in 0..SENT {
         assert_eq!(
@@ -358,14 +368,32 @@ async fn prometheus_discovers_and_scrapes_every_sidecar_and_the_control_plane() 
             200
         );
     }
-    let after = before + f64::from(SENT);
-    eventually(&format!("{counter} == {after}"), DEADLINE, || async {
-        match prometheus.scalar(&mesh.http, counter).await {
-            Some(v) if v == after => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    for (counter, before) in counters.into_iter().zip(before) {
+        let after = before + f64::from(SENT);
+        eventually(&format!("{counter} == {after}"), DEADLINE, || async {
+            match prometheus.scalar(&mesh.http, counter).await {
+                Some(v) if v == after => Ok(()),
+                other => Err(format!("{other:?} (was {before})")),
+            }
+        })
+        .await;
+    }
+    // Latency is a histogram per pair, on both sides.
+    for direction in ["outbound", "inbound"] {
+        let query: &'static str = if direction == "outbound" {
+            "sum(envoy_vhost_vcluster_upstream_rq_time_count{direction=\"outbound\",source_service=\"orders\",destination_service=\"payments\"})"
+        } else {
+            "sum(envoy_vhost_vcluster_upstream_rq_time_count{direction=\"inbound\",source_service=\"orders\",destination_service=\"payments\"})"
+        };
+        // Envoy merges histograms into its output every stats flush (5 s).
+        eventually(query, DEADLINE, || async {
+            match prometheus.scalar(&mesh.http, query).await {
+                Some(count) if count >= f64::from(SENT) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
 
     // The control plane's own metrics arrive too, labelled as such.
     let streams = "sum(meshplane_xds_streams{meshplane_component=\"control-plane\"})";

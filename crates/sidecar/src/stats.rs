@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 /// Families kept whole: their size is fixed by the proxy's listeners and secrets, not by
 /// the number of services. `cluster.meshplane_*.` are the proxy's own links to the control
 /// plane and to its sidecar (tests count xDS connections there).
-pub const KEPT_PREFIXES: [&str; 20] = [
+pub const KEPT_PREFIXES: [&str; 21] = [
     "server.",
     "cluster_manager.",
     "listener_manager.",
@@ -37,12 +37,38 @@ pub const KEPT_PREFIXES: [&str; 20] = [
     "cluster.meshplane_sds.",
     // The tracer's own counters (spans sent, flushes): a handful, whatever the mesh's size.
     "tracing.",
+    // Service pairs: one virtual cluster per dependency (egress) and per client named in
+    // `incoming` plus `other` (ingress); see [`service_pair_tags`].
+    "vhost.",
 ];
+
+/// Labels Envoy gives the service-pair statistics in its Prometheus output, from the names
+/// the control plane gives virtual hosts and clusters:
+///
+/// - `vhost.outbound|<destination>.vcluster.<source>.upstream_rq_*` (the caller's egress) and
+///   `vhost.inbound|<destination>.vcluster.<source>.upstream_rq_*` (the callee's ingress;
+///   `<source>` is a client named in `incoming`, or `other`) become
+///   `envoy_vhost_vcluster_upstream_rq_*{direction, destination_service, source_service}`;
+/// - `cluster.<name>.zone.<from>.<to>.upstream_rq_*` (the caller's requests by datacenter
+///   pair) become `envoy_cluster_zone_upstream_rq_*{envoy_cluster_name, source_datacenter,
+///   destination_datacenter}`.
+///
+/// Envoy's own labels stay (`envoy_response_code`, `envoy_response_code_class`, and
+/// `envoy_virtual_host`/`envoy_virtual_cluster` beside the pair's).
+pub fn service_pair_tags() -> Value {
+    json!([
+        { "tag_name": "direction", "regex": r"^vhost\.((inbound|outbound)\|)" },
+        { "tag_name": "destination_service", "regex": r"^vhost\.(?:inbound|outbound)\|((.+?)\.)vcluster\." },
+        { "tag_name": "source_service", "regex": r"^vhost\..+?\.vcluster\.((.+?)\.)upstream_rq" },
+        { "tag_name": "source_datacenter", "regex": r"^cluster\..+?\.zone\.(([^.]+)\.)[^.]+\.upstream_rq" },
+        { "tag_name": "destination_datacenter", "regex": r"^cluster\..+?\.zone\.[^.]+\.(([^.]+)\.)upstream_rq" },
+    ])
+}
 
 /// What the mesh keeps of every cluster, by name after `cluster.<name>.`: endpoints known and
 /// healthy, requests by outcome class and their latency, retries and timeouts, connection
 /// failures, circuit breakers and outlier ejections, EDS updates, and mTLS failures.
-pub const KEPT_PER_CLUSTER: [&str; 36] = [
+pub const KEPT_PER_CLUSTER: [&str; 38] = [
     "membership_total",
     "membership_healthy",
     "membership_degraded",
@@ -62,6 +88,7 @@ pub const KEPT_PER_CLUSTER: [&str; 36] = [
     "upstream_rq_retry",
     "upstream_rq_retry_success",
     "upstream_rq_retry_overflow",
+    "upstream_rq_retry_limit_exceeded",
     "upstream_rq_pending_overflow",
     "upstream_cx_total",
     "upstream_cx_active",
@@ -69,6 +96,7 @@ pub const KEPT_PER_CLUSTER: [&str; 36] = [
     "upstream_cx_connect_timeout",
     "upstream_cx_none_healthy",
     "upstream_cx_overflow",
+    "upstream_cx_destroy_remote_with_active_rq",
     "update_success",
     "update_rejected",
     "outlier_detection.ejections_active",
@@ -84,7 +112,7 @@ pub const KEPT_PER_CLUSTER: [&str; 36] = [
 /// The bootstrap fields for `stats` (none for `all`: Envoy's own behaviour).
 pub fn bootstrap_fields(stats: &Stats) -> Vec<(&'static str, Value)> {
     let Stats::Mesh(extra) = stats else {
-        return Vec::new();
+        return vec![("stats_config", json!({ "stats_tags": service_pair_tags() }))];
     };
     let patterns: Vec<Value> = KEPT_PREFIXES
         .iter()
@@ -97,7 +125,10 @@ pub fn bootstrap_fields(stats: &Stats) -> Vec<(&'static str, Value)> {
     vec![
         (
             "stats_config",
-            json!({ "stats_matcher": { "inclusion_list": { "patterns": patterns } } }),
+            json!({
+                "stats_tags": service_pair_tags(),
+                "stats_matcher": { "inclusion_list": { "patterns": patterns } },
+            }),
         ),
         // Cluster traffic statistics are created when a cluster first carries traffic: a
         // wildcard proxy calls few of its clusters, and the others cost no statistics at all.
@@ -134,7 +165,10 @@ mod tests {
 
     #[test]
     fn all_means_no_matcher_and_eager_statistics() {
-        assert!(bootstrap_fields(&Stats::All).is_empty());
+        assert_eq!(
+            bootstrap_fields(&Stats::All),
+            vec![("stats_config", json!({ "stats_tags": service_pair_tags() }))]
+        );
     }
 
     #[test]

@@ -89,6 +89,7 @@ impl EgressRoutes {
         };
         if dependency {
             let host = route::service_host(
+                &self.descriptor.service,
                 service,
                 route::dependency(&self.descriptor, service),
                 &route::tags_of(service, catalog),

@@ -57,8 +57,11 @@ pub fn service_endpoints(
             let mut members = by_dc[dc].clone();
             members.sort_by(|a, b| a.id.cmp(&b.id));
             LocalityLbEndpoints {
+                // The zone too: with the proxy's own (`node.locality.zone`), Envoy then
+                // counts requests per datacenter pair (`cluster.<name>.zone.<from>.<to>.*`).
                 locality: Some(Locality {
                     region: (*dc).to_owned(),
+                    zone: (*dc).to_owned(),
                     ..Default::default()
                 }),
                 lb_endpoints: members.into_iter().map(lb_endpoint).collect(),

@@ -109,7 +109,11 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
     let requests = access_log::requests(d, Direction::Ingress, &options.trust_domain);
     let mut access_logs = requests.clone();
     access_logs.extend(rbac::access_logs(d));
-    let checked = to_app(route::ingress(d), http_filters, access_logs);
+    let checked = to_app(
+        route::ingress(d, &options.trust_domain),
+        http_filters,
+        access_logs,
+    );
     let address = (
         names::INGRESS_LISTENER,
         group.listen_address.as_str(),
@@ -124,7 +128,11 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
             );
         }
         MtlsMode::Permissive => checked.clone(),
-        MtlsMode::Strict => to_app(route::strict_plaintext(d), vec![router()], requests),
+        MtlsMode::Strict => to_app(
+            route::strict_plaintext(d, &options.trust_domain),
+            vec![router()],
+            requests,
+        ),
     };
     let mut tls = checked;
     // The app learns the verified caller (`x-forwarded-client-cert: ...;URI=spiffe://...`);

@@ -2,6 +2,7 @@
 //! so config dumps read naturally; everything else has a `:` in its name, which a service
 //! name cannot contain, so the two never collide.
 
+use meshplane_model::ServiceName;
 use meshplane_model::descriptor::Domain;
 
 /// The ingress listener.
@@ -27,4 +28,15 @@ pub fn domain_cluster(d: &Domain) -> String {
 /// TCP cluster a `CONNECT` tunnel to an `https://` domain uses (the app does TLS itself).
 pub fn tunnel_cluster(d: &Domain) -> String {
     format!("tunnel:{}:{}", d.host, d.port)
+}
+
+/// The egress virtual host of mesh service `service` (its statistics are
+/// `vhost.outbound|<service>.*`; `|` cannot be in a service name).
+pub fn outbound_host(service: &ServiceName) -> String {
+    format!("outbound|{service}")
+}
+
+/// The ingress virtual host of `service` (statistics `vhost.inbound|<service>.*`).
+pub fn inbound_host(service: &ServiceName) -> String {
+    format!("inbound|{service}")
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::{DataSource, Metadata, data_source};
 use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration,
-    RouteMatch, VirtualHost, header_matcher, retry_policy, route, route_action, route_match,
+    RouteMatch, VirtualCluster, VirtualHost, header_matcher, retry_policy, route, route_action,
+    route_match,
 };
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
@@ -41,7 +42,12 @@ pub(crate) fn egress(
     let mut virtual_hosts = Vec::new();
     for service in services {
         let tags = tags_of(service, catalog);
-        virtual_hosts.push(service_host(service, dependency(d, service), &tags));
+        virtual_hosts.push(service_host(
+            &d.service,
+            service,
+            dependency(d, service),
+            &tags,
+        ));
     }
     for dep in &d.dependencies {
         match &dep.target {
@@ -100,6 +106,23 @@ fn header_exact(name: &str, value: &str) -> HeaderMatcher {
         header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
             StringMatcher {
                 match_pattern: Some(string_matcher::MatchPattern::Exact(value.to_owned())),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// The header Envoy sets on the mTLS chain with the verified client certificate's URI SAN,
+/// last: `By=<own>;Hash=<hash>;URI=<caller>`.
+const XFCC_HEADER: &str = "x-forwarded-client-cert";
+
+fn header_suffix(name: &str, suffix: &str) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.to_owned(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+            StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Suffix(suffix.to_owned())),
                 ..Default::default()
             },
         )),
@@ -233,8 +256,13 @@ pub(crate) fn retry_policy(retries: Option<&Retries>) -> RetryPolicy {
     }
 }
 
-/// A service's virtual host: one route per tag, the canary route, the default route.
+/// A service's virtual host for `caller`'s egress: one route per tag, the canary route, the
+/// default route, and one virtual cluster, `caller`, that counts every request: its
+/// statistics, `vhost.outbound|<service>.vcluster.<caller>.*`, are the caller's side of the
+/// service pair (the sidecar's bootstrap turns the names into `direction`,
+/// `destination_service` and `source_service` labels).
 pub(crate) fn service_host(
+    caller: &ServiceName,
     service: &ServiceName,
     dep: Option<&Dependency>,
     tags: &BTreeSet<String>,
@@ -279,9 +307,14 @@ pub(crate) fn service_host(
         forward(name, dep, None),
     ));
     VirtualHost {
-        name: name.to_owned(),
+        name: names::outbound_host(service),
         domains: vec![name.to_owned()],
         routes,
+        // Envoy wants a matcher: every request has a method.
+        virtual_clusters: vec![VirtualCluster {
+            name: caller.to_string(),
+            headers: vec![header_present(":method")],
+        }],
         ..Default::default()
     }
 }
@@ -333,8 +366,13 @@ fn pattern_host(pattern: &str, dep: &Dependency) -> VirtualHost {
     }
 }
 
-/// The ingress routes: health path and everything else to the local app.
-pub(crate) fn ingress(d: &Descriptor) -> RouteConfiguration {
+/// The ingress routes: health path and everything else to the local app. One virtual cluster
+/// per client the service names in `incoming`, matched on the caller identity Envoy sets from
+/// the verified certificate (`x-forwarded-client-cert`, which a caller cannot set: Envoy
+/// replaces it on the mTLS chain and removes it on the plaintext one): its statistics,
+/// `vhost.inbound|<service>.vcluster.<client>.*`, are the callee's side of the service
+/// pair; every other caller counts under Envoy's own `other`.
+pub(crate) fn ingress(d: &Descriptor, trust_domain: &str) -> RouteConfiguration {
     let to_app = |timeout: Duration| {
         route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
@@ -353,7 +391,22 @@ pub(crate) fn ingress(d: &Descriptor) -> RouteConfiguration {
     RouteConfiguration {
         name: names::INGRESS_ROUTES.to_owned(),
         virtual_hosts: vec![VirtualHost {
-            name: d.service.to_string(),
+            name: names::inbound_host(&d.service),
+            virtual_clusters: d
+                .named_clients()
+                .iter()
+                .map(|client| VirtualCluster {
+                    name: client.to_string(),
+                    headers: vec![header_suffix(
+                        XFCC_HEADER,
+                        &format!(
+                            ";URI={}",
+                            meshplane_model::identity::spiffe_id(trust_domain, client)
+                        ),
+                    )],
+                    ..Default::default()
+                })
+                .collect(),
             domains: vec!["*".to_owned()],
             routes: vec![
                 mk_route("health", health, to_app(Duration::from_secs(5))),
@@ -371,8 +424,8 @@ pub(crate) fn ingress(d: &Descriptor) -> RouteConfiguration {
 
 /// The plaintext side of a `strict` ingress: the health path reaches the app (the
 /// registry's check has no certificate); everything else is refused with a 403 that says why.
-pub(crate) fn strict_plaintext(d: &Descriptor) -> RouteConfiguration {
-    let mut config = ingress(d);
+pub(crate) fn strict_plaintext(d: &Descriptor, trust_domain: &str) -> RouteConfiguration {
+    let mut config = ingress(d, trust_domain);
     let refuse = route::Action::DirectResponse(DirectResponseAction {
         status: 403,
         body: Some(DataSource {
