@@ -404,7 +404,6 @@ pub(crate) fn ingress(d: &Descriptor, trust_domain: &str) -> RouteConfiguration 
                             meshplane_model::identity::spiffe_id(trust_domain, client)
                         ),
                     )],
-                    ..Default::default()
                 })
                 .collect(),
             domains: vec!["*".to_owned()],
