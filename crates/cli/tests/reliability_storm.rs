@@ -262,7 +262,14 @@ async fn every_proxy_resyncs_after_a_killed_control_plane_restarts() {
     let real_changes = (Layout::Mixed.wildcard_streams(PER_MODE) * 2 * 2) as u64;
     let [_, delta_eds, _, _] = received(delta_report);
     assert_eq!(
-        (held(delta_report), [received(delta_report)[0], received(delta_report)[2], received(delta_report)[3]]),
+        (
+            held(delta_report),
+            [
+                received(delta_report)[0],
+                received(delta_report)[2],
+                received(delta_report)[3]
+            ]
+        ),
         ([0; 4], [0; 3]),
         "a delta proxy was re-sent something it held: {delta_report:?}"
     );
