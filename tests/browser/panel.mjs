@@ -28,6 +28,7 @@ const { values: opt, positionals } = parseArgs({
     token: { type: 'string' },
     'expect-traffic': { type: 'boolean', default: false },
     remote: { type: 'string' },
+    grafana: { type: 'string' },
     chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
     timeout: { type: 'string', default: '30000' },
   },
@@ -117,6 +118,18 @@ try {
     await page.locator('#instances tr[data-instance]').first().waitFor();
     await page.locator(`#service-proxies tr[data-proxy="${proxyId}"]`).waitFor();
   });
+
+  if (opt.grafana) {
+    await step('service page links the service and its instances to Grafana', async () => {
+      const service = await page.locator('#service-dashboard').getAttribute('href');
+      const want = `${opt.grafana}/d/meshplane-service?var-service=${opt.service}`;
+      if (service !== want) throw new Error(`service dashboard link ${service}, expected ${want}`);
+      const row = page.locator(`#instances tr[data-instance="${proxyId}"] a.dashboard-link`);
+      const instance = await row.getAttribute('href');
+      const wantInstance = `${opt.grafana}/d/meshplane-instance?var-instance=${encodeURIComponent(proxyId)}`;
+      if (instance !== wantInstance) throw new Error(`instance dashboard link ${instance}, expected ${wantInstance}`);
+    });
+  }
 
   await step('proxy page shows sync status', async () => {
     await page.locator(`#service-proxies tr[data-proxy="${proxyId}"] a`).first().click();

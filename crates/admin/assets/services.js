@@ -82,7 +82,15 @@ export function servicePage(scope, name) {
     body);
 }
 
+/** A link to a Grafana dashboard, opened beside the panel. */
+function dashboardLink(href, id) {
+  return h('a', { href, id, class: 'dashboard-link', target: '_blank', rel: 'noopener' }, 'Dashboard ↗');
+}
+
 function instancesCard(detail) {
+  const dashboards = detail.instance_dashboard
+    ? (i) => [h('td', {}, dashboardLink(detail.instance_dashboard + encodeURIComponent(i.id)))]
+    : () => [];
   const rows = detail.instances.map((i) => h('tr', { 'data-instance': i.id },
     h('td', {}, h('code', {}, i.id)),
     h('td', {}, h('code', {}, `${i.address}:${i.port}`)),
@@ -90,10 +98,17 @@ function instancesCard(detail) {
     h('td', {}, i.weight),
     h('td', {}, badge(i.health)),
     h('td', {}, i.datacenter),
-    h('td', {}, i.node)));
+    h('td', {}, i.node),
+    ...dashboards(i)));
+  const headers = ['Instance', 'Address', 'Tags', 'Weight', 'Health', 'Datacenter', 'Node'];
+  if (detail.instance_dashboard) headers.push('Grafana');
   return section(`Instances (${detail.instances.length})`,
-    table(['Instance', 'Address', 'Tags', 'Weight', 'Health', 'Datacenter', 'Node'],
-      rows.length ? rows : h('tr', {}, h('td', { colspan: 7, class: 'muted' }, 'No instances.')),
+    detail.dashboard
+      ? h('p', {}, 'Traffic, errors and latency of the service and its callers: ',
+        dashboardLink(detail.dashboard, 'service-dashboard'))
+      : h('span', {}),
+    table(headers,
+      rows.length ? rows : h('tr', {}, h('td', { colspan: headers.length, class: 'muted' }, 'No instances.')),
       { id: 'instances' }),
     h('p', { class: 'muted small' }, `Registry modify index ${detail.modify_index}.`));
 }

@@ -65,6 +65,9 @@ pub struct AdminState {
     /// Whether this admin API is served over TLS (its own URL among the Prometheus targets
     /// is then `https://`).
     pub admin_tls: bool,
+    /// Grafana's address (no trailing `/`): service and instance views link to the shipped
+    /// dashboards there.
+    pub grafana_url: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -172,7 +175,17 @@ async fn services(State(s): State<AdminState>) -> Json<Vec<views::ServiceSummary
 
 async fn service(State(s): State<AdminState>, Path(name): Path<String>) -> Response {
     match views::service(&s.store.snapshot(), &s.status, &name, s.xds_addr) {
-        Some(detail) => Json(detail).into_response(),
+        Some(mut detail) => {
+            if let Some(grafana) = &s.grafana_url {
+                detail.dashboard = Some(format!(
+                    "{grafana}/d/meshplane-service?var-service={}",
+                    views::query_escape(&name)
+                ));
+                detail.instance_dashboard =
+                    Some(format!("{grafana}/d/meshplane-instance?var-instance="));
+            }
+            Json(detail).into_response()
+        }
         None => (
             StatusCode::NOT_FOUND,
             format!("no service `{name}` in the registry\n"),

@@ -58,6 +58,24 @@ pub struct ServiceDetail {
     pub instances: Vec<InstanceView>,
     /// Connected proxies of this service.
     pub proxies: Vec<ProxyView>,
+    /// The service's Grafana dashboard, when the control plane knows Grafana
+    /// (`--grafana-url`).
+    pub dashboard: Option<String>,
+    /// An instance's Grafana dashboard, less the instance id (query-escaped) at the end.
+    pub instance_dashboard: Option<String>,
+}
+
+/// `text` escaped for a URL's query string: everything but unreserved characters as `%XX`.
+pub fn query_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Sync state of one resource type on one proxy (like `istioctl proxy-status`).
@@ -221,6 +239,8 @@ pub fn service(
         modify_index: entry.modify_index,
         instances: entry.instances.iter().map(instance).collect(),
         proxies,
+        dashboard: None,
+        instance_dashboard: None,
     })
 }
 

@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The control plane's token: the panel must be refused without it and accepted with it.
 const TOKEN: &str = "panel-test-token";
+/// Where the panel links dashboards (never fetched: the test checks the links).
+const GRAFANA: &str = "https://grafana.example.test";
 
 /// Chromium start, a dozen steps and the charts' samples (2 s apart) fit well within this.
 const BROWSER_DEADLINE: Duration = Duration::from_secs(200);
@@ -178,6 +180,7 @@ async fn panel_works_in_headless_chromium() {
     let mut mesh = Mesh::start(|c, _| {
         c.token = Some(TOKEN.to_owned());
         c.remote_datacenters = Some(format!("dc2=http://{dc2}"));
+        c.grafana_url = Some(format!("{GRAFANA}/"));
     })
     .await;
     let orders = upstream("orders-app").await;
@@ -207,6 +210,7 @@ async fn panel_works_in_headless_chromium() {
         .args(["--proxy", "payments-1", "--listener", "ingress"])
         .args(["--level", "debug", "--token", TOKEN, "--expect-traffic"])
         .args(["--remote", "dc2"])
+        .args(["--grafana", GRAFANA])
         .arg("--chromium")
         .arg(&tools.chromium)
         .stdin(Stdio::null())

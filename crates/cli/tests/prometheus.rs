@@ -21,9 +21,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 /// orders (egress to payments) and payments, each with a sidecar; orders' scrape port is set
-/// in its descriptor, payments' is picked by its sidecar. Returns orders' egress port and
-/// scrape port.
-async fn orders_and_payments(mesh: &mut Mesh) -> (u16, u16) {
+/// in its descriptor, payments' is picked by its sidecar. Returns orders' egress, scrape and
+/// ingress ports.
+async fn orders_and_payments(mesh: &mut Mesh) -> (u16, u16, u16) {
     let payments_app = upstream("payments-1").await;
     // payments names orders as a client: its side counts orders' requests apart.
     let payments = format!(
@@ -31,11 +31,11 @@ async fn orders_and_payments(mesh: &mut Mesh) -> (u16, u16) {
         free_port()
     );
     mesh.sidecar("payments-1", &payments, 1).await;
-    let (egress, metrics) = (free_port(), free_port());
+    let (egress, metrics, ingress) = (free_port(), free_port(), free_port());
     let orders = caller(
         "orders",
         upstream("orders-1").await,
-        free_port(),
+        ingress,
         egress,
         "  - service: payments\n",
     ) + &format!("metrics: {{ port: {metrics} }}\n");
@@ -45,7 +45,7 @@ async fn orders_and_payments(mesh: &mut Mesh) -> (u16, u16) {
         "orders never reached payments\n{}",
         mesh.sidecar_log("orders-1")
     );
-    (egress, metrics)
+    (egress, metrics, ingress)
 }
 
 /// The registry's `Meta` and tags of instance `id` of `service`, once it is registered
@@ -102,7 +102,7 @@ async fn raw_status(port: u16, method: &str, path: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_scrape_port_serves_prometheus_stats_only_and_is_registered() {
     let mut mesh = Mesh::start(|_, _| {}).await;
-    let (_, metrics) = orders_and_payments(&mut mesh).await;
+    let (_, metrics, _) = orders_and_payments(&mut mesh).await;
 
     // Registered: the descriptor's port, and the one payments' sidecar picked.
     let (meta, tags) = registered(&mesh, "orders", "orders-1").await;
@@ -285,7 +285,7 @@ fn shipped(name: &str, replacements: &[(&str, &str)]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_discovers_and_scrapes_every_sidecar_and_the_control_plane() {
     let mut mesh = Mesh::start(|_, _| {}).await;
-    let (egress, metrics) = orders_and_payments(&mut mesh).await;
+    let (egress, metrics, orders_ingress) = orders_and_payments(&mut mesh).await;
     let config = shipped(
         "http-sd.yml",
         &[
@@ -367,6 +367,14 @@ async fn prometheus_discovers_and_scrapes_every_sidecar_and_the_control_plane() 
             via_egress(&mesh.http, egress, "payments", None).await.0,
             200
         );
+        // And a caller without a sidecar calls orders (its side counts it as `other`).
+        let direct = mesh
+            .http
+            .get(format!("http://127.0.0.1:{orders_ingress}/"))
+            .send()
+            .await
+            .expect("orders' ingress");
+        assert_eq!(direct.status(), 200);
     }
     for (counter, before) in counters.into_iter().zip(before) {
         let after = before + f64::from(SENT);
@@ -404,6 +412,82 @@ async fn prometheus_discovers_and_scrapes_every_sidecar_and_the_control_plane() 
         }
     })
     .await;
+
+    // Every panel of every shipped dashboard shows data: each query, with the dashboards'
+    // variables set to this mesh's, returns at least one series.
+    let dashboards = std::fs::read_dir(Path::new(ROOT).join("deploy/grafana"))
+        .expect("deploy/grafana")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect::<Vec<_>>();
+    assert_eq!(dashboards.len(), 4, "{dashboards:?}");
+    let mut checked = 0;
+    for file in &dashboards {
+        let dashboard: Value =
+            serde_json::from_str(&std::fs::read_to_string(file).expect("read")).expect("JSON");
+        let name = file.display();
+        for variable in dashboard["templating"]["list"]
+            .as_array()
+            .expect("variables")
+        {
+            let Some(query) = variable["definition"].as_str() else {
+                continue;
+            };
+            // label_values(<selector>, <label>): the values Grafana offers.
+            let (selector, label) = query
+                .strip_prefix("label_values(")
+                .and_then(|q| q.strip_suffix(')'))
+                .and_then(|q| q.rsplit_once(", "))
+                .unwrap_or_else(|| panic!("{name}: unexpected variable query {query}"));
+            let values = grafana_query(
+                &prometheus,
+                &mesh.http,
+                &format!("count by ({label}) ({selector})"),
+            )
+            .await;
+            let expected = if label == "instance_id" {
+                "orders-1"
+            } else {
+                "orders"
+            };
+            assert!(
+                values.iter().any(|v| v["metric"][label] == expected),
+                "{name}: variable {query} does not offer {expected}: {values:?}"
+            );
+        }
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                let query = expr
+                    .replace("$__rate_interval", "1m")
+                    .replace("$service", "orders")
+                    .replace("$instance", "orders-1");
+                let title = panel["title"].as_str().unwrap_or_default();
+                eventually(&format!("{name} / {title}: {query}"), DEADLINE, || async {
+                    let result = grafana_query(&prometheus, &mesh.http, &query).await;
+                    if result.is_empty() {
+                        Err("no data".to_owned())
+                    } else {
+                        Ok(())
+                    }
+                })
+                .await;
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 30, "only {checked} panel queries");
+}
+
+/// An instant query's result (`[]` when it failed or matched nothing).
+async fn grafana_query(prometheus: &Prometheus, http: &reqwest::Client, query: &str) -> Vec<Value> {
+    let answer = prometheus
+        .get(http, "/api/v1/query", &[("query", query)])
+        .await;
+    answer["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// What `tests/prometheus-consul-sd` found: (job, address, scheme, path, labels).
@@ -435,7 +519,7 @@ fn consul_sd(config: &Path, registry: &str, want: usize) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_consul_discovery_on_the_embedded_registry_finds_the_same_targets() {
     let mut mesh = Mesh::start(|_, _| {}).await;
-    let (_, metrics) = orders_and_payments(&mut mesh).await;
+    let (_, metrics, _) = orders_and_payments(&mut mesh).await;
     // A service without a sidecar is not scraped; the control plane registers as documented.
     mesh.register("legacy-1", "legacy", upstream("legacy-1").await, &[], 1)
         .await;

@@ -182,6 +182,10 @@ pub struct ControlPlaneConfig {
     /// system's roots].
     #[arg(long, env = "MESHPLANE_REMOTE_CA_FILE")]
     pub remote_ca_file: Option<PathBuf>,
+    /// Grafana's address, e.g. `https://grafana.example.com`: the web panel links each
+    /// service and instance to its dashboard (`deploy/grafana/`, imported with their uids).
+    #[arg(long, env = "MESHPLANE_GRAFANA_URL")]
+    pub grafana_url: Option<String>,
     /// Where every sidecar's Envoy sends trace spans: an OpenTelemetry collector's OTLP/gRPC
     /// address, `HOST:PORT` [default: no tracing].
     #[arg(long, env = "MESHPLANE_TRACING_COLLECTOR")]
@@ -538,6 +542,13 @@ impl ControlPlaneConfig {
         self.remote_keep_stale()?;
         self.check_locality()?;
         self.tracing()?;
+        if let Some(url) = &self.grafana_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--grafana-url `{url}` is not an http:// or https:// URL"
+            )));
+        }
         let ttl = self.cert_ttl()?;
         if ttl < std::time::Duration::from_secs(10) {
             return Err(ConfigError::Invalid(format!(

@@ -315,6 +315,10 @@ pub async fn start(
             config.load_enrolment_tokens()?,
         )),
         admin_tls: admin_tls.is_some(),
+        grafana_url: config
+            .grafana_url
+            .as_deref()
+            .map(|u| Arc::from(u.trim_end_matches('/'))),
     };
     tasks.spawn(prune_relays(relays, status.clone(), shutdown.clone()));
     // Other datacenters follow this one's local state on the admin address.

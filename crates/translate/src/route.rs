@@ -392,20 +392,7 @@ pub(crate) fn ingress(d: &Descriptor, trust_domain: &str) -> RouteConfiguration 
         name: names::INGRESS_ROUTES.to_owned(),
         virtual_hosts: vec![VirtualHost {
             name: names::inbound_host(&d.service),
-            virtual_clusters: d
-                .named_clients()
-                .iter()
-                .map(|client| VirtualCluster {
-                    name: client.to_string(),
-                    headers: vec![header_suffix(
-                        XFCC_HEADER,
-                        &format!(
-                            ";URI={}",
-                            meshplane_model::identity::spiffe_id(trust_domain, client)
-                        ),
-                    )],
-                })
-                .collect(),
+            virtual_clusters: ingress_clusters(d, trust_domain),
             domains: vec!["*".to_owned()],
             routes: vec![
                 mk_route("health", health, to_app(Duration::from_secs(5))),
@@ -420,6 +407,35 @@ pub(crate) fn ingress(d: &Descriptor, trust_domain: &str) -> RouteConfiguration 
         ..Default::default()
     }
 }
+
+/// The ingress virtual clusters: one per client named in `incoming`, matched on the verified
+/// identity; Envoy counts everyone else under its own `other`. Without named clients, one
+/// `other` counts every caller, so the callee's side of its pairs always exists.
+fn ingress_clusters(d: &Descriptor, trust_domain: &str) -> Vec<VirtualCluster> {
+    let clients = d.named_clients();
+    if clients.is_empty() {
+        return vec![VirtualCluster {
+            name: OTHER_CALLERS.to_owned(),
+            headers: vec![header_present(":method")],
+        }];
+    }
+    clients
+        .iter()
+        .map(|client| VirtualCluster {
+            name: client.to_string(),
+            headers: vec![header_suffix(
+                XFCC_HEADER,
+                &format!(
+                    ";URI={}",
+                    meshplane_model::identity::spiffe_id(trust_domain, client)
+                ),
+            )],
+        })
+        .collect()
+}
+
+/// Envoy's name for requests no virtual cluster matched.
+const OTHER_CALLERS: &str = "other";
 
 /// The plaintext side of a `strict` ingress: the health path reaches the app (the
 /// registry's check has no certificate); everything else is refused with a 403 that says why.
