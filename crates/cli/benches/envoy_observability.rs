@@ -1,8 +1,9 @@
 //! What tracing and access logging cost per request in Envoy: a caller's sidecar (`orders`,
 //! egress to `payments`) and the callee's (`payments`), over mTLS, under a constant load like
 //! the demo's (one client, one kept-alive connection, requests one after the other, paced),
-//! in four configurations: nothing, `access_log: all`, tracing at 100 % to a real OTLP
-//! receiver (`tests/otlp/receiver.py`, with the project's venv), and both.
+//! in five configurations: nothing, `access_log: all`, tracing at 100 % to a real OTLP
+//! receiver (`tests/otlp/receiver.py`, with the project's venv), both, and tracing at the
+//! default 1 % (what a request that is not sampled costs).
 //!
 //!     cargo bench -p meshplane --bench envoy_observability
 //!     cargo bench -p meshplane --bench envoy_observability -- --rate 250 --seconds 6 --rounds 3
@@ -40,29 +41,35 @@ const DEADLINE: Duration = Duration::from_secs(60);
 struct Setup {
     name: &'static str,
     access_log: bool,
-    tracing: bool,
+    /// `--tracing-sampling` of a control plane with a collector; `None`: no collector.
+    tracing: Option<&'static str>,
 }
 
-const SETUPS: [Setup; 4] = [
+const SETUPS: [Setup; 5] = [
     Setup {
         name: "nothing",
         access_log: false,
-        tracing: false,
+        tracing: None,
     },
     Setup {
         name: "access_log: all",
         access_log: true,
-        tracing: false,
+        tracing: None,
     },
     Setup {
         name: "tracing 100 %",
         access_log: false,
-        tracing: true,
+        tracing: Some("100"),
     },
     Setup {
         name: "both",
         access_log: true,
-        tracing: true,
+        tracing: Some("100"),
+    },
+    Setup {
+        name: "tracing 1 % (default)",
+        access_log: false,
+        tracing: Some("1"),
     },
 ];
 
@@ -127,7 +134,7 @@ async fn run(args: Args) {
         let env = Env {
             envoy: &envoy,
             dir: &dir.path().join(format!("setup-{i}")),
-            collector: setup.tracing.then_some(receiver.port),
+            collector: setup.tracing.map(|sampling| (receiver.port, sampling)),
         };
         meshes.push(Mesh::start(&env, *setup).await);
     }
@@ -159,7 +166,7 @@ async fn run(args: Args) {
                 caller_us: per_request(0),
                 callee_us: per_request(1),
                 sidecars_us: per_request(2),
-                receiver_us: if SETUPS[i].tracing {
+                receiver_us: if SETUPS[i].tracing.is_some() {
                     per_request(3)
                 } else {
                     0.0
@@ -176,9 +183,13 @@ async fn run(args: Args) {
     report(&runs);
     let spans = receiver.spans.load(Ordering::SeqCst);
     let lines: Vec<usize> = meshes.iter().map(Mesh::access_log_lines).collect();
+    let mut handshakes = Vec::new();
+    for mesh in &meshes {
+        handshakes.push(mesh.handshakes().await);
+    }
     println!();
     println!(
-        "checks: spans received {spans}; access-log lines per setup {lines:?}; load average after {}",
+        "checks: spans received {spans}; access-log lines per setup {lines:?}; {handshakes:?}; load average after {}",
         load_average()
     );
     for mesh in meshes {
@@ -239,7 +250,8 @@ fn report(runs: &[Vec<Run>]) {
 struct Env<'a> {
     envoy: &'a Path,
     dir: &'a Path,
-    collector: Option<u16>,
+    /// The receiver's port and the sampling, for a traced configuration.
+    collector: Option<(u16, &'static str)>,
 }
 
 /// A control plane with `payments` and `orders` sidecars.
@@ -264,9 +276,9 @@ impl Mesh {
             data_dir: env.dir.join("data"),
             ..Default::default()
         };
-        if let Some(port) = env.collector {
+        if let Some((port, sampling)) = env.collector {
             config.tracing_collector = Some(format!("127.0.0.1:{port}"));
-            config.tracing_sampling = "100".to_owned();
+            config.tracing_sampling = sampling.to_owned();
         }
         let cp = control_plane::start(config, shutdown.clone())
             .await
@@ -355,6 +367,19 @@ impl Mesh {
         ]
     }
 
+    /// The caller's TLS handshakes to payments (`cluster.payments.ssl.handshake`): mTLS is
+    /// on the path.
+    async fn handshakes(&self) -> String {
+        let url = format!(
+            "http://127.0.0.1:{}/stats?filter=^cluster\\.payments\\.ssl\\.handshake$",
+            self.caller.admin
+        );
+        match self.http.get(url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default().trim().to_owned(),
+            Err(e) => e.to_string(),
+        }
+    }
+
     fn access_log_lines(&self) -> usize {
         self.access_logs
             .iter()
@@ -391,6 +416,7 @@ async fn app() -> u16 {
 struct Sidecar {
     child: Child,
     envoy_pid: u32,
+    admin: u16,
     access_log: PathBuf,
 }
 
@@ -423,6 +449,7 @@ impl Sidecar {
         let mut sidecar = Sidecar {
             child,
             envoy_pid: 0,
+            admin,
             access_log,
         };
         let end = Instant::now() + DEADLINE;
