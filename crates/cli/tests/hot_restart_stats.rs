@@ -22,8 +22,8 @@
 //! Envoy 1.40 passes: when the old epoch exits, the new one takes its part out of every
 //! gauge, so no workaround is needed and this test guards against a regression. Run with the
 //! old epoch kept (a 60 s `--parent-shutdown-time`, no wait for its exit), the same check
-//! fails on `upstream_cx_active` and `rq_active` of every cluster and on
-//! `http2_streams_active`. `server.*` gauges (`parent_connections`, `total_connections`) are
+//! fails on the clusters' `upstream_cx_active` and `upstream_rq_active` (against
+//! `/clusters`) and `http2_streams_active` (against the fresh Envoy). `server.*` gauges (`parent_connections`, `total_connections`) are
 //! only refreshed at Envoy's stats flush: for up to 5 s after the old epoch exits they still
 //! show its last values, which is why the comparison waits (up to 30 s) rather than reads once.
 
