@@ -643,6 +643,9 @@ async fn key_value_store_with_check_and_set_blocking_reads_and_durability() {
         ])
     );
 
+    // Locks need sessions, which this registry has not: refused, not ignored.
+    let (status, _) = put_raw(format!("{}?acquire=abc", kv("meshplane/lock")), "x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     // A missing key is a 404; deletes are writes too.
     let (status, _, _) = get(&kv("nothing/here")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -46,6 +46,13 @@ fn kv_query(raw: Option<&str>) -> Result<KvQuery, ApiError> {
             "keys" => q.keys = true,
             "cas" => q.cas = Some(number("cas", &value)?),
             "flags" => q.flags = number("flags", &value)?,
+            // Locks need sessions, which this registry does not have: writing anyway would
+            // let two holders believe they hold the lock.
+            "acquire" | "release" => {
+                return Err(ApiError::bad_request(format!(
+                    "`{key}` needs a session; Meshplane's embedded registry has no sessions or locks: use cas"
+                )));
+            }
             _ => {}
         }
     }
