@@ -18,6 +18,10 @@ pub enum Change {
     Put(Registration),
     /// Remove the registration with this service id.
     Delete(String),
+    /// Write a key/value entry.
+    KvPut(crate::kv::KvEntry),
+    /// Remove a key.
+    KvDelete(String),
     /// A TTL check was reported on; push its deadline without a status change.
     Touch {
         /// The TTL check.
@@ -41,13 +45,22 @@ pub struct Catalog {
     check_owner: HashMap<String, String>,
     ttl_deadline: HashMap<String, Instant>,
     critical_since: HashMap<String, Instant>,
+    kv: BTreeMap<String, crate::kv::KvEntry>,
+    /// Index of the last key/value write or delete (what KV reads block on).
+    kv_index: u64,
 }
 
 // === impl Catalog ===
 
 impl Catalog {
-    /// A catalog holding `regs`, loaded from disk at `index`.
-    pub fn new(node: Node, index: u64, regs: Vec<Registration>) -> Self {
+    /// A catalog holding `regs` and the key/value entries `kv`, loaded from disk at `index`.
+    pub fn new(
+        node: Node,
+        index: u64,
+        regs: Vec<Registration>,
+        kv: Vec<crate::kv::KvEntry>,
+    ) -> Self {
+        let kv_index = kv.iter().map(|e| e.modify_index).max().unwrap_or(1);
         let mut catalog = Catalog {
             node,
             index: index.max(1),
@@ -58,6 +71,8 @@ impl Catalog {
             check_owner: HashMap::new(),
             ttl_deadline: HashMap::new(),
             critical_since: HashMap::new(),
+            kv: kv.into_iter().map(|e| (e.key.clone(), e)).collect(),
+            kv_index,
         };
         let now = Instant::now();
         for reg in regs {
@@ -69,6 +84,30 @@ impl Catalog {
     /// The single node this registry represents.
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// A key's entry.
+    pub fn kv_get(&self, key: &str) -> Option<&crate::kv::KvEntry> {
+        self.kv.get(key)
+    }
+
+    /// Every entry whose key starts with `prefix`, in key order.
+    pub fn kv_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = &'a crate::kv::KvEntry> + 'a {
+        self.kv
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(_, e)| e)
+    }
+
+    /// Index of the last key/value change (≥ 1).
+    pub fn kv_index(&self) -> u64 {
+        self.kv_index.max(1)
     }
 
     /// The last index used (≥ 1).
@@ -217,6 +256,14 @@ impl Catalog {
                     if self.check_owner.contains_key(&check_id) {
                         self.ttl_deadline.insert(check_id, deadline);
                     }
+                }
+                Change::KvPut(entry) => {
+                    self.kv_index = index;
+                    self.kv.insert(entry.key.clone(), entry);
+                }
+                Change::KvDelete(key) => {
+                    self.kv_index = index;
+                    self.kv.remove(&key);
                 }
             }
         }

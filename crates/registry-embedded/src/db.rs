@@ -11,10 +11,14 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::{catalog::Change, registration::Registration};
+use crate::{catalog::Change, kv::KvEntry, registration::Registration};
+
+/// What is stored: the last index used, every registration and every key/value entry.
+pub type Stored = (u64, Vec<Registration>, Vec<KvEntry>);
 
 const REGISTRATIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("registrations");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const KV: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("kv");
 const INDEX_KEY: &str = "index";
 const FILE_NAME: &str = "registry.redb";
 
@@ -81,6 +85,7 @@ impl Db {
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(REGISTRATIONS).map_err(storage)?;
         txn.open_table(META).map_err(storage)?;
+        txn.open_table(KV).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(Self { db: Some(db), path })
     }
@@ -110,7 +115,7 @@ impl Db {
     }
 
     /// Everything stored, and the last index used.
-    pub fn load(&mut self) -> Result<(u64, Vec<Registration>), DbError> {
+    pub fn load(&mut self) -> Result<Stored, DbError> {
         let txn = self.database()?.begin_read().map_err(storage)?;
         let index = txn
             .open_table(META)
@@ -129,7 +134,22 @@ impl Db {
             })?;
             regs.push(reg);
         }
-        Ok((index, regs))
+        let mut kv = Vec::new();
+        for row in txn
+            .open_table(KV)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (key, value) = row.map_err(storage)?;
+            let entry =
+                serde_json::from_slice(value.value()).map_err(|source| DbError::Corrupt {
+                    key: format!("kv/{}", key.value()),
+                    source,
+                })?;
+            kv.push(entry);
+        }
+        Ok((index, regs, kv))
     }
 
     /// Writes a batch of changes and the new index in one durable transaction.
@@ -157,9 +177,24 @@ impl Db {
                     Change::Delete(id) => {
                         table.remove(id.as_str()).map_err(storage)?;
                     }
-                    Change::Touch { .. } => {}
+                    Change::Touch { .. } | Change::KvPut(_) | Change::KvDelete(_) => {}
                 }
             }
+            let mut kv = txn.open_table(KV).map_err(storage)?;
+            for change in changes {
+                match change {
+                    Change::KvPut(entry) => {
+                        let bytes = serde_json::to_vec(entry).map_err(storage)?;
+                        kv.insert(entry.key.as_str(), bytes.as_slice())
+                            .map_err(storage)?;
+                    }
+                    Change::KvDelete(key) => {
+                        kv.remove(key.as_str()).map_err(storage)?;
+                    }
+                    _ => {}
+                }
+            }
+            drop(kv);
             let mut meta = txn.open_table(META).map_err(storage)?;
             meta.insert(INDEX_KEY, index).map_err(storage)?;
         }

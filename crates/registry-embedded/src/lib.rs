@@ -16,6 +16,7 @@ mod checks;
 mod db;
 mod decode;
 mod http;
+mod kv;
 mod registration;
 mod source;
 mod writer;
@@ -121,10 +122,10 @@ impl EmbeddedRegistry {
     /// listener. Nothing is served until [`EmbeddedRegistry::serve`].
     pub async fn bind(config: EmbeddedConfig) -> Result<Self, EmbeddedError> {
         let dir = config.data_dir.clone();
-        let (db, index, regs) = tokio::task::spawn_blocking(move || {
+        let (db, (index, regs, kv)) = tokio::task::spawn_blocking(move || {
             let mut db = Db::open(&dir)?;
-            let (index, regs) = db.load()?;
-            Ok::<_, DbError>((db, index, regs))
+            let stored = db.load()?;
+            Ok::<_, DbError>((db, stored))
         })
         .await
         .map_err(|e| EmbeddedError::Writer(e.to_string()))??;
@@ -135,7 +136,12 @@ impl EmbeddedRegistry {
                 source,
             })?;
         let local = listener.local_addr().map_err(EmbeddedError::Serve)?;
-        let catalog = Arc::new(RwLock::new(Catalog::new(node(&config, local), index, regs)));
+        let catalog = Arc::new(RwLock::new(Catalog::new(
+            node(&config, local),
+            index,
+            regs,
+            kv,
+        )));
         let start_index = catalog.read().index();
         tracing::info!(
             services = catalog.read().registrations().count(),

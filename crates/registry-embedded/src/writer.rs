@@ -16,6 +16,7 @@ use crate::{
     catalog::{Catalog, Change, ttl_deadline},
     db::Db,
     decode::RegisterRequest,
+    kv::KvEntry,
     registration::{Check, CheckKind, Registration},
 };
 
@@ -56,6 +57,28 @@ pub enum Op {
     },
     /// Deregister a service whose check stayed critical too long, if that is still true.
     Reap(String),
+    /// Write a key (`PUT /v1/kv/:key`); with `cas`, only if its modify index is that (0: only
+    /// if absent), else [`OpError::CasMismatch`].
+    KvPut {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Vec<u8>,
+        /// Consul's opaque flags.
+        flags: u64,
+        /// Check-and-set index.
+        cas: Option<u64>,
+    },
+    /// Remove a key, or every key under a prefix (`DELETE /v1/kv/:key`); `cas` as for
+    /// [`Op::KvPut`] (single keys only).
+    KvDelete {
+        /// The key or prefix.
+        key: String,
+        /// Every key starting with `key`.
+        recurse: bool,
+        /// Check-and-set index.
+        cas: Option<u64>,
+    },
 }
 
 /// Why an operation was refused. Mapped to HTTP statuses in one place (`http::error`).
@@ -78,6 +101,10 @@ pub enum OpError {
     /// The registry is shutting down.
     #[error("the registry is shutting down; retry against another instance")]
     ShuttingDown,
+    /// A `cas` write whose index no longer matches: nothing was written (Consul answers
+    /// `false`).
+    #[error("the key changed since index {0}")]
+    CasMismatch(u64),
 }
 
 /// A queued operation and where to send its outcome.
@@ -101,6 +128,8 @@ pub struct WriterThread {
 struct Batch<'a> {
     catalog: &'a Catalog,
     overlay: HashMap<String, Option<Registration>>,
+    /// Key/value entries written (Some) or deleted (None) so far in this batch.
+    kv_overlay: HashMap<String, Option<KvEntry>>,
     changes: Vec<Change>,
     index: u64,
 }
@@ -127,6 +156,7 @@ impl WriterThread {
         let mut batch = Batch {
             catalog: &catalog,
             overlay: HashMap::new(),
+            kv_overlay: HashMap::new(),
             changes: Vec::new(),
             index: catalog.index(),
         };
@@ -221,6 +251,76 @@ impl Batch<'_> {
                 }
                 Ok(())
             }
+            Op::KvPut {
+                key,
+                value,
+                flags,
+                cas,
+            } => {
+                let current = self.kv_get(&key).cloned();
+                let current_index = current.as_ref().map_or(0, |e| e.modify_index);
+                if let Some(cas) = cas
+                    && cas != current_index
+                {
+                    return Err(OpError::CasMismatch(cas));
+                }
+                let index = self.next_index();
+                let entry = KvEntry {
+                    create_index: current.map_or(index, |e| e.create_index),
+                    modify_index: index,
+                    key: key.clone(),
+                    value,
+                    flags,
+                };
+                self.kv_overlay.insert(key, Some(entry.clone()));
+                self.changes.push(Change::KvPut(entry));
+                Ok(())
+            }
+            Op::KvDelete { key, recurse, cas } => {
+                if let Some(cas) = cas {
+                    let current_index = self.kv_get(&key).map_or(0, |e| e.modify_index);
+                    if cas != current_index {
+                        return Err(OpError::CasMismatch(cas));
+                    }
+                }
+                let keys: Vec<String> = if recurse {
+                    let mut keys: Vec<String> = self
+                        .catalog
+                        .kv_prefix(&key)
+                        .map(|e| e.key.clone())
+                        .chain(
+                            self.kv_overlay
+                                .keys()
+                                .filter(|k| k.starts_with(&key))
+                                .cloned(),
+                        )
+                        .collect();
+                    keys.sort();
+                    keys.dedup();
+                    keys
+                } else {
+                    vec![key]
+                };
+                let keys: Vec<String> = keys
+                    .into_iter()
+                    .filter(|k| self.kv_get(k).is_some())
+                    .collect();
+                if !keys.is_empty() {
+                    self.next_index();
+                }
+                for key in keys {
+                    self.kv_overlay.insert(key.clone(), None);
+                    self.changes.push(Change::KvDelete(key));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn kv_get(&self, key: &str) -> Option<&KvEntry> {
+        match self.kv_overlay.get(key) {
+            Some(pending) => pending.as_ref(),
+            None => self.catalog.kv_get(key),
         }
     }
 

@@ -558,3 +558,116 @@ async fn health_state_lists_every_check_by_state_and_blocks_on_changes() {
     assert_eq!(db["Status"], "passing");
     s.stop().await;
 }
+
+/// Consul's key/value API: writes durable and answered `true`, check-and-set answered
+/// `false` without writing, reads in Consul's shapes (base64 values, `raw`, `keys`,
+/// `recurse`), blocking reads woken by a write, everything kept across a restart.
+#[tokio::test]
+async fn key_value_store_with_check_and_set_blocking_reads_and_durability() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = start(dir.path()).await;
+    let kv = |key: &str| format!("{}/v1/kv/{key}", s.url);
+    let put_raw = |url: String, body: &'static str| async move {
+        let r = client().put(url).body(body).send().await.expect("put");
+        (r.status(), r.text().await.expect("body"))
+    };
+    assert_eq!(
+        put_raw(kv("meshplane/flags"), "{\"v\":1}").await,
+        (StatusCode::OK, "true".into())
+    );
+    let (status, index, body) = get(&kv("meshplane/flags")).await;
+    assert_eq!(status, StatusCode::OK);
+    let entry = &body[0];
+    assert_eq!(entry["Key"], "meshplane/flags");
+    assert_eq!(entry["Value"], "eyJ2IjoxfQ==", "base64 of the value");
+    let modify = entry["ModifyIndex"].as_u64().expect("index");
+    assert_eq!(entry["CreateIndex"].as_u64(), Some(modify));
+    assert!(index.expect("X-Consul-Index") >= modify);
+
+    // Check-and-set: a stale index is refused and changes nothing; the current one wins.
+    assert_eq!(
+        put_raw(
+            format!("{}?cas={}", kv("meshplane/flags"), modify + 100),
+            "{\"v\":2}"
+        )
+        .await,
+        (StatusCode::OK, "false".into())
+    );
+    assert_eq!(
+        put_raw(format!("{}?cas=0", kv("meshplane/flags")), "{\"v\":2}").await,
+        (StatusCode::OK, "false".into()),
+        "cas=0 writes only a new key"
+    );
+    let raw = client()
+        .get(format!("{}?raw", kv("meshplane/flags")))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(raw.text().await.expect("text"), "{\"v\":1}");
+    assert_eq!(
+        put_raw(
+            format!("{}?cas={modify}", kv("meshplane/flags")),
+            "{\"v\":2}"
+        )
+        .await,
+        (StatusCode::OK, "true".into())
+    );
+
+    // A blocking read returns when the key changes.
+    let (_, index, _) = get(&kv("meshplane/flags")).await;
+    let index = index.expect("index");
+    let url = format!("{}?index={index}&wait=10s", kv("meshplane/audit/"));
+    let started = Instant::now();
+    let blocked = tokio::spawn(async move { get(&format!("{url}&recurse")).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(put_raw(kv("meshplane/audit/0001"), "first").await.1, "true");
+    let (status, woken, entries) = blocked.await.expect("join");
+    assert_eq!(status, StatusCode::OK);
+    assert!(woken.expect("index") > index);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "woken by the write, not the wait"
+    );
+    assert_eq!(entries.as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        put_raw(kv("meshplane/audit/0002"), "second").await.1,
+        "true"
+    );
+    let (_, _, keys) = get(&format!("{}?keys", kv("meshplane/"))).await;
+    assert_eq!(
+        keys,
+        json!([
+            "meshplane/audit/0001",
+            "meshplane/audit/0002",
+            "meshplane/flags"
+        ])
+    );
+
+    // Locks need sessions, which this registry has not: refused, not ignored.
+    let (status, _) = put_raw(format!("{}?acquire=abc", kv("meshplane/lock")), "x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A missing key is a 404; deletes are writes too.
+    let (status, _, _) = get(&kv("nothing/here")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let r = client()
+        .delete(kv("meshplane/audit/0001"))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.text().await.expect("text"), "true");
+
+    // Acknowledged means on disk.
+    s.stop().await;
+    let s = start(dir.path()).await;
+    let (_, _, keys) = get(&format!("{}/v1/kv/meshplane/?keys", s.url)).await;
+    assert_eq!(keys, json!(["meshplane/audit/0002", "meshplane/flags"]));
+    let r = client()
+        .delete(format!("{}/v1/kv/meshplane/?recurse", s.url))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.text().await.expect("text"), "true");
+    let (status, _, _) = get(&format!("{}/v1/kv/meshplane/?recurse", s.url)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    s.stop().await;
+}

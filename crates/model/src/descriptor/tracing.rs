@@ -19,6 +19,16 @@ pub struct Tracing {
 #[serde(into = "f64")]
 pub struct Percent(u32);
 
+impl<'de> serde::Deserialize<'de> for Percent {
+    /// A number from 0 to 100.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = f64::deserialize(d)?;
+        Percent::new(value).ok_or_else(|| {
+            serde::de::Error::custom(format!("{value} is not a percentage from 0 to 100"))
+        })
+    }
+}
+
 impl Percent {
     const SCALE: f64 = 1_000_000.0;
 
@@ -30,6 +40,11 @@ impl Percent {
         (value.is_finite() && (0.0..=100.0).contains(&value))
             // In range, so the product fits in u32 (at most 10^8).
             .then(|| Percent((value * Self::SCALE).round() as u32))
+    }
+
+    /// Millionths of a percent: 0 to 100,000,000.
+    pub fn millionths(self) -> u32 {
+        self.0
     }
 
     /// The percentage.

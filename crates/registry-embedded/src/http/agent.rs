@@ -120,7 +120,7 @@ async fn ttl_update(
 }
 
 /// Reads a request body up to [`MAX_BODY_BYTES`].
-async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
+pub(super) async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
     to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
         ApiError::bad_request(format!(
             "Request body too large or unreadable: the limit is {} KiB",
@@ -130,7 +130,7 @@ async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
 }
 
 /// Queues `op` and waits until it is committed (or refused).
-async fn submit(state: &ApiState, op: Op) -> Result<(), ApiError> {
+pub(super) async fn submit(state: &ApiState, op: Op) -> Result<(), ApiError> {
     let (reply_tx, reply_rx) = oneshot::channel();
     let command = Command {
         op,

@@ -2,6 +2,7 @@
 //! HTTP statuses.
 
 mod agent;
+mod kv;
 mod query;
 mod read;
 mod render;
@@ -63,6 +64,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agent/check/fail/{id}", put(agent::fail))
         .route("/v1/agent/check/update/{id}", put(agent::update))
         .route("/v1/agent/self", get(read::agent_self))
+        .route(
+            "/v1/kv/{*key}",
+            get(kv::get).put(kv::put).delete(kv::delete),
+        )
         .route("/v1/agent/services", get(read::agent_services))
         .route("/v1/agent/checks", get(read::agent_checks))
         .route("/v1/catalog/services", get(read::catalog_services))
@@ -104,6 +109,7 @@ impl From<OpError> for ApiError {
             OpError::UnknownService(_) | OpError::UnknownCheck(_) => StatusCode::NOT_FOUND,
             OpError::NotTtl(_) | OpError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             OpError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            OpError::CasMismatch(_) => StatusCode::CONFLICT,
         };
         Self::new(status, e.to_string())
     }

@@ -216,7 +216,7 @@ fn has_tags(reg: &Registration, tags: &[String]) -> bool {
     tags.iter().all(|t| reg.service.tags.contains(t))
 }
 
-fn blocking_response(index: u64, query: &Query, body: impl Serialize) -> Response {
+pub(super) fn blocking_response(index: u64, query: &Query, body: impl Serialize) -> Response {
     blocking_headers(index, query, Json(body).into_response())
 }
 

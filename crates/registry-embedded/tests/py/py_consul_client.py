@@ -99,6 +99,18 @@ def main():
     expect({"pyweb", "pyhttp"} <= set(services), f"catalog.services(): {services}")
     me = c.agent.self()
     expect(me["Config"]["Datacenter"] == "dc1", f"agent.self(): {me}")
+
+    # The key/value store, as the control plane uses it on Consul.
+    expect(c.kv.put("meshplane/py", "one") is True, "kv.put failed")
+    kv_index, entry = c.kv.get("meshplane/py")
+    expect(entry["Value"] == b"one", f"kv.get(): {entry}")
+    expect(c.kv.put("meshplane/py", "stale", cas=entry["ModifyIndex"] + 99) is False, "cas accepted a stale index")
+    expect(c.kv.put("meshplane/py", "two", cas=entry["ModifyIndex"]) is True, "cas refused the current index")
+    _, entry = c.kv.get("meshplane/py", index=kv_index, wait="5s")
+    expect(entry["Value"] == b"two", f"blocking kv.get(): {entry}")
+    expect(c.kv.delete("meshplane/py") is True, "kv.delete failed")
+    _, entry = c.kv.get("meshplane/py")
+    expect(entry is None, f"deleted key still there: {entry}")
     _, catalog_nodes = c.catalog.service("pyweb")
     expect(catalog_nodes[0]["ServicePort"] == 8080, "catalog.service() shape")
 
