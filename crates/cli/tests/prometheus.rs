@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use meshplane_test_support::poll::eventually;
+use meshplane_test_support::poll::{eventually, hold};
 use serde_json::Value;
 use support::{DEADLINE, Mesh, caller, free_port, poll, upstream, via_egress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -102,7 +102,7 @@ async fn raw_status(port: u16, method: &str, path: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_scrape_port_serves_prometheus_stats_only_and_is_registered() {
     let mut mesh = Mesh::start(|_, _| {}).await;
-    let (_, metrics, _) = orders_and_payments(&mut mesh).await;
+    let (egress, metrics, _) = orders_and_payments(&mut mesh).await;
 
     // Registered: the descriptor's port, and the one payments' sidecar picked.
     let (meta, tags) = registered(&mesh, "orders", "orders-1").await;
@@ -200,6 +200,42 @@ async fn the_scrape_port_serves_prometheus_stats_only_and_is_registered() {
         support::envoy_stat(&mesh.http, admin, "server.live").await,
         Some(1)
     );
+
+    // Scrapers never cost a request: 16 scrapers in a loop, and some that connect and then
+    // hang (a stuck Prometheus), while every call orders → payments keeps answering.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut hung = Vec::new();
+    for _ in 0..16 {
+        hung.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", metrics))
+                .await
+                .expect("connect"),
+        );
+        let (http, stop) = (mesh.http.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let _ = http
+                    .get(format!("http://127.0.0.1:{metrics}/stats/prometheus"))
+                    .send()
+                    .await
+                    .map(|r| r.bytes());
+            }
+        });
+    }
+    let calls = hold(
+        meshplane_test_support::poll::fault_window(),
+        "orders → payments while scraped hard",
+        || async {
+            match via_egress(&mesh.http, egress, "payments", None).await {
+                (200, _) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    stop.cancel();
+    drop(hung);
+    assert!(calls > 10, "only {calls} calls checked");
 }
 
 /// A real Prometheus server, stopped (and reaped) on drop.
