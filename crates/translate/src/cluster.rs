@@ -8,7 +8,8 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection, circuit_breakers, cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, Http1ProtocolOptions, TransportSocket, TypedExtensionConfig, data_source,
+    DataSource, HealthCheck, Http1ProtocolOptions, TransportSocket, TypedExtensionConfig,
+    data_source, health_check,
     http1_protocol_options::{HeaderKeyFormat, header_key_format},
     transport_socket,
 };
@@ -30,7 +31,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::Struct;
 use meshplane_model::descriptor::Domain;
-use meshplane_model::{Descriptor, Instance, ServiceName};
+use meshplane_model::{Descriptor, Instance, Protocol, ServiceName};
 
 use crate::MeshOptions;
 use crate::endpoints::TAGS_KEY;
@@ -214,10 +215,32 @@ pub(crate) fn local_app(d: &Descriptor) -> Cluster {
     } else {
         UpstreamProtocol::Http1
     };
-    with_protocol_options(
-        static_cluster(names::LOCAL_APP, "127.0.0.1", d.port),
-        protocol,
-    )
+    let mut c = static_cluster(names::LOCAL_APP, "127.0.0.1", d.port);
+    if d.protocol == Protocol::Grpc {
+        c.health_checks = vec![grpc_health_check()];
+    }
+    with_protocol_options(c, protocol)
+}
+
+/// How often a gRPC app's health is asked (`grpc.health.v1.Health/Check`, the server's
+/// overall health): the ingress health path answers from it (see `listener`), since a gRPC
+/// server cannot answer the registry's plain HTTP check itself.
+pub const GRPC_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
+fn grpc_health_check() -> HealthCheck {
+    HealthCheck {
+        timeout: Some(duration(Duration::from_secs(1))),
+        interval: Some(duration(GRPC_HEALTH_INTERVAL)),
+        // Envoy's default checks a cluster that has had no traffic yet once a minute; the
+        // registry asks about a new instance long before its first call.
+        no_traffic_interval: Some(duration(GRPC_HEALTH_INTERVAL)),
+        unhealthy_threshold: Some(u32_value(2)),
+        healthy_threshold: Some(u32_value(1)),
+        health_checker: Some(health_check::HealthChecker::GrpcHealthCheck(
+            health_check::GrpcHealthCheck::default(),
+        )),
+        ..Default::default()
+    }
 }
 
 fn static_cluster(name: &str, host: &str, port: u16) -> Cluster {

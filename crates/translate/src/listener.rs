@@ -11,16 +11,22 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
 use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3::{
     FilterConfig, filter_config,
 };
+use envoy_types::pb::envoy::extensions::filters::http::health_check::v3::HealthCheck;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, LocalReplyConfig, Rds, ResponseMapper,
     http_connection_manager, http_filter,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::BoolValue;
 use meshplane_model::Descriptor;
+use meshplane_model::Protocol;
 use meshplane_model::descriptor::{MtlsMode, Target};
 
 use crate::access_log::{self, Direction};
@@ -104,7 +110,8 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
         tracing: crate::tracing::hcm(d, options),
         ..Default::default()
     };
-    let mut http_filters = rbac::filters(d, &options.trust_domain);
+    let mut http_filters = grpc_health(d).into_iter().collect::<Vec<_>>();
+    http_filters.extend(rbac::filters(d, &options.trust_domain));
     http_filters.push(router());
     let requests = access_log::requests(d, Direction::Ingress, &options.trust_domain);
     let mut access_logs = requests.clone();
@@ -124,7 +131,11 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
             );
         }
         MtlsMode::Permissive => checked.clone(),
-        MtlsMode::Strict => to_app(route::strict_plaintext(d), vec![router()], requests),
+        MtlsMode::Strict => to_app(
+            route::strict_plaintext(d),
+            grpc_health(d).into_iter().chain([router()]).collect(),
+            requests,
+        ),
     };
     let mut tls = checked;
     // The app learns the verified caller (`x-forwarded-client-cert: ...;URI=spiffe://...`);
@@ -159,6 +170,38 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
         ..Default::default()
     }];
     l
+}
+
+/// For a gRPC app, the health path is answered by Envoy: 200 while the app reports SERVING
+/// to the local-app cluster's gRPC health check, 503 otherwise. A gRPC server resets a plain
+/// `GET`, so the registry's HTTP check could never pass through to it.
+fn grpc_health(d: &Descriptor) -> Option<HttpFilter> {
+    if d.protocol != Protocol::Grpc {
+        return None;
+    }
+    let config = HealthCheck {
+        pass_through_mode: Some(BoolValue { value: false }),
+        cluster_min_healthy_percentages: [(names::LOCAL_APP.to_owned(), Percent { value: 100.0 })]
+            .into(),
+        headers: vec![HeaderMatcher {
+            name: ":path".to_owned(),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Exact(
+                        d.ingress.health_path.clone(),
+                    )),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Some(HttpFilter {
+        name: "envoy.filters.http.health_check".to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(&config))),
+        ..Default::default()
+    })
 }
 
 /// The egress listener on `127.0.0.1:port` (local only: it is the app's proxy).

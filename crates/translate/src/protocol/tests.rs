@@ -221,3 +221,58 @@ fn listeners_accept_http1_and_http2_and_mtls_offers_both() {
         vec!["h2", "http/1.1"]
     );
 }
+
+#[test]
+fn a_grpc_apps_health_path_is_answered_from_its_grpc_health() {
+    use envoy_types::pb::envoy::config::core::v3::health_check::HealthChecker;
+    use envoy_types::pb::envoy::extensions::filters::http::health_check::v3::HealthCheck;
+    let base = "service: payments\nport: 9090\ningress: { port: 31001 }\n";
+    for mtls in ["permissive", "strict", "disabled"] {
+        let config = translate(&format!("{base}protocol: grpc\nmtls: {mtls}\n"));
+        let app = config
+            .clusters
+            .iter()
+            .find(|c| c.name == names::LOCAL_APP)
+            .expect("local app");
+        assert!(
+            matches!(
+                app.health_checks[0].health_checker,
+                Some(HealthChecker::GrpcHealthCheck(_))
+            ),
+            "the app's gRPC health is checked"
+        );
+        for hcm in hcms(&config.listeners[0]) {
+            let first = &hcm.http_filters[0];
+            assert_eq!(first.name, "envoy.filters.http.health_check", "{mtls}");
+            let Some(
+                envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any),
+            ) = &first.config_type
+            else {
+                panic!("typed config");
+            };
+            let filter = HealthCheck::decode(any.value.as_slice()).expect("decodes");
+            assert_eq!(filter.pass_through_mode.map(|b| b.value), Some(false));
+            assert_eq!(
+                filter.cluster_min_healthy_percentages[names::LOCAL_APP].value,
+                100.0
+            );
+        }
+    }
+    for protocol in ["http1", "http2"] {
+        let config = translate(&format!("{base}protocol: {protocol}\n"));
+        let app = config
+            .clusters
+            .iter()
+            .find(|c| c.name == names::LOCAL_APP)
+            .expect("local app");
+        assert!(app.health_checks.is_empty(), "{protocol}");
+        for hcm in hcms(&config.listeners[0]) {
+            assert!(
+                hcm.http_filters
+                    .iter()
+                    .all(|f| f.name != "envoy.filters.http.health_check"),
+                "{protocol}: the app answers its own health path"
+            );
+        }
+    }
+}
