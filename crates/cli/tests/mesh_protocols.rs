@@ -352,3 +352,184 @@ async fn http2_callers_reach_http2_and_http1_apps() {
         "h2c in plaintext: ssl {ssl}, http2 {h2}"
     );
 }
+
+/// A WebSocket-capable HTTP/1.1 app, as far as the mesh can tell: it answers an upgrade
+/// request with 101 and then echoes every byte.
+async fn upgrading_app() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let reply: &[u8] = if head.contains("upgrade: websocket") {
+                    b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                };
+                if tcp.write_all(reply).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+/// Sends a WebSocket upgrade for `host` through `egress`, then `payload`: the status line
+/// and what came back after the upgrade.
+async fn upgrade_and_echo(egress: u16, host: &str, payload: &[u8]) -> (String, Vec<u8>) {
+    upgrade_and_echo_with(egress, host, "", payload).await
+}
+
+/// [`upgrade_and_echo`] with extra header lines (`name: value\r\n`).
+async fn upgrade_and_echo_with(
+    egress: u16,
+    host: &str,
+    headers: &str,
+    payload: &[u8],
+) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut tcp) = tokio::net::TcpStream::connect(("127.0.0.1", egress)).await else {
+        return (String::new(), Vec::new());
+    };
+    let request = format!(
+        "GET /chat HTTP/1.1\r\nhost: {host}\r\n{headers}connection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    let exchange = async {
+        tcp.write_all(request.as_bytes()).await.ok()?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if tcp.read(&mut byte).await.ok()? == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        let status = String::from_utf8_lossy(&head)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if !status.contains(" 101 ") {
+            return Some((status, Vec::new()));
+        }
+        tcp.write_all(payload).await.ok()?;
+        let mut echoed = vec![0u8; payload.len()];
+        tcp.read_exact(&mut echoed).await.ok()?;
+        Some((status, echoed))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_upgrades_reach_an_http1_app_with_nothing_declared() {
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let app = upgrading_app().await;
+    let chat = format!(
+        "service: chat\nport: {app}\ningress: {{ port: {} }}\n",
+        free_port()
+    );
+    mesh.sidecar("chat-1", &chat, 1).await;
+    let egress = free_port();
+    let web = caller(
+        "web",
+        free_port(),
+        free_port(),
+        egress,
+        "  - service: chat\n",
+    );
+    mesh.sidecar("web-1", &web, 2).await;
+    // Bytes after the upgrade are opaque to Envoy: a frame is just bytes here.
+    let frame = b"\x81\x05hello";
+    let want = (
+        "HTTP/1.1 101 Switching Protocols".to_owned(),
+        frame.to_vec(),
+    );
+    let upgraded = poll(|| async { upgrade_and_echo(egress, "chat", frame).await == want }).await;
+    assert!(
+        upgraded,
+        "the upgrade goes through both sidecars (over mTLS) and the app echoes: {:?}\n{}",
+        upgrade_and_echo(egress, "chat", frame).await,
+        mesh.sidecar_log("web-1")
+    );
+}
+
+/// During a rollout of a service to `http2`, its callers reach every instance over HTTP/2
+/// (all are behind sidecars): a WebSocket upgrade for an `http1` instance crosses that hop
+/// as an extended CONNECT and reaches the app as an HTTP/1.1 upgrade again.
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_upgrades_cross_an_http2_hop_during_a_rollout() {
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let old = upgrading_app().await;
+    let new = versioned_app(true).await;
+    for (id, app, protocol, tag) in [
+        ("chat-1", old, "http1", "old"),
+        ("chat-2", new, "http2", "new"),
+    ] {
+        let d = format!(
+            "service: chat\nport: {app}\nprotocol: {protocol}\ntags: [{tag}]\ningress: {{ port: {} }}\n{ALL_STATS}",
+            free_port()
+        );
+        mesh.sidecar(id, &d, 1).await;
+    }
+    let egress = free_port();
+    let web = caller(
+        "web",
+        free_port(),
+        free_port(),
+        egress,
+        "  - service: chat\n",
+    ) + ALL_STATS;
+    mesh.sidecar("web-1", &web, 2).await;
+    let frame = b"\x81\x05hello";
+    let want = (
+        "HTTP/1.1 101 Switching Protocols".to_owned(),
+        frame.to_vec(),
+    );
+    let to_old = "x-service-tag: old\r\n";
+    let upgraded =
+        poll(|| async { upgrade_and_echo_with(egress, "chat", to_old, frame).await == want }).await;
+    assert!(
+        upgraded,
+        "the upgrade reaches the http1 instance: {:?}\n{}",
+        upgrade_and_echo_with(egress, "chat", to_old, frame).await,
+        mesh.sidecar_log("chat-1")
+    );
+    let web_admin = mesh.sidecar_admin("web-1");
+    let h2 = envoy_stat(
+        &mesh.http,
+        web_admin,
+        "cluster.chat.upstream_cx_http2_total",
+    )
+    .await
+    .unwrap_or(0);
+    let h1 = envoy_stat(
+        &mesh.http,
+        web_admin,
+        "cluster.chat.upstream_cx_http1_total",
+    )
+    .await
+    .unwrap_or(0);
+    assert!(
+        h2 > 0 && h1 == 0,
+        "the hop is HTTP/2: http2 {h2}, http1 {h1}"
+    );
+}

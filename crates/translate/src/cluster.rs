@@ -8,8 +8,8 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection, circuit_breakers, cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, HealthCheck, Http1ProtocolOptions, TransportSocket, TypedExtensionConfig,
-    data_source, health_check,
+    DataSource, HealthCheck, Http1ProtocolOptions, Http2ProtocolOptions, TransportSocket,
+    TypedExtensionConfig, data_source, health_check,
     http1_protocol_options::{HeaderKeyFormat, header_key_format},
     transport_socket,
 };
@@ -174,7 +174,12 @@ fn with_protocol_options(mut c: Cluster, protocol: UpstreamProtocol) -> Cluster 
     use http_protocol_options::explicit_http_config::ProtocolConfig;
     let config = match protocol {
         UpstreamProtocol::Http1 => ProtocolConfig::HttpProtocolOptions(preserve_case_http1()),
-        UpstreamProtocol::Http2 => ProtocolConfig::Http2ProtocolOptions(Default::default()),
+        // Extended CONNECT (RFC 8441): a WebSocket upgrade towards an `http1` instance
+        // crosses an HTTP/2 hop (a service in a rollout to `http2`/`grpc`) as a stream.
+        UpstreamProtocol::Http2 => ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions {
+            allow_connect: true,
+            ..Default::default()
+        }),
     };
     let options = HttpProtocolOptions {
         upstream_protocol_options: Some(

@@ -5,7 +5,8 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
     AccessLogFilter, ResponseFlagFilter, access_log_filter,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, SubstitutionFormatString, TrafficDirection, data_source, substitution_format_string,
+    DataSource, Http2ProtocolOptions, SubstitutionFormatString, TrafficDirection, data_source,
+    substitution_format_string,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
@@ -42,6 +43,15 @@ fn router() -> HttpFilter {
         config_type: Some(http_filter::ConfigType::TypedConfig(
             any(&Router::default()),
         )),
+        ..Default::default()
+    }
+}
+
+/// WebSocket upgrades pass through (an HTTP/1.1 app that speaks WebSocket needs nothing
+/// declared: `http1` services keep HTTP/1.1 between sidecars, which carries the upgrade).
+fn websocket() -> http_connection_manager::UpgradeConfig {
+    http_connection_manager::UpgradeConfig {
+        upgrade_type: "websocket".to_owned(),
         ..Default::default()
     }
 }
@@ -108,6 +118,12 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
         preserve_external_request_id: true,
         http_protocol_options: d.preserve_header_case.then(preserve_case_http1),
         tracing: crate::tracing::hcm(d, options),
+        upgrade_configs: vec![websocket()],
+        // A WebSocket upgrade that crossed an HTTP/2 hop arrives as an extended CONNECT.
+        http2_protocol_options: Some(Http2ProtocolOptions {
+            allow_connect: true,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let mut http_filters = grpc_health(d).into_iter().collect::<Vec<_>>();
@@ -231,10 +247,13 @@ pub(crate) fn egress(d: &Descriptor, port: u16, options: &MeshOptions) -> Listen
         })),
         http_filters,
         http_protocol_options: d.preserve_header_case.then(preserve_case_http1),
-        upgrade_configs: vec![http_connection_manager::UpgradeConfig {
-            upgrade_type: "CONNECT".to_owned(),
-            ..Default::default()
-        }],
+        upgrade_configs: vec![
+            http_connection_manager::UpgradeConfig {
+                upgrade_type: "CONNECT".to_owned(),
+                ..Default::default()
+            },
+            websocket(),
+        ],
         // `Host: payments:80` and `CONNECT api.example.com:443` match their virtual hosts.
         strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(
             true,

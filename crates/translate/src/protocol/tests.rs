@@ -204,7 +204,18 @@ fn listeners_accept_http1_and_http2_and_mtls_offers_both() {
     for l in &config.listeners {
         for hcm in hcms(l) {
             assert_eq!(hcm.codec_type, CodecType::Auto as i32, "{}", l.name);
+            assert!(
+                hcm.upgrade_configs
+                    .iter()
+                    .any(|u| u.upgrade_type == "websocket"),
+                "{}: WebSocket upgrades pass",
+                l.name
+            );
         }
+    }
+    for hcm in hcms(&config.listeners[0]) {
+        let h2 = hcm.http2_protocol_options.expect("HTTP/2 options");
+        assert!(h2.allow_connect, "the ingress takes extended CONNECT");
     }
     let ingress = &config.listeners[0];
     let mtls = ingress
