@@ -1,8 +1,10 @@
 //! Protocols per service through real sidecars: a real gRPC client and server (`grpcio`,
 //! `tests/grpc/echo.py`) through two sidecars over mTLS — unary, server- and
-//! client-streaming calls, a deadline that reaches the server — and `curl
-//! --http2-prior-knowledge` through an egress port to an HTTP/2 app (mTLS and plaintext
-//! between sidecars) and to an HTTP/1.1-only app (Envoy converts).
+//! client-streaming calls, a deadline that reaches the server, the registry's health check
+//! answered from the app's gRPC health; `curl --http2-prior-knowledge` through an egress
+//! port to an HTTP/2 app (mTLS and plaintext between sidecars) and to an HTTP/1.1-only app
+//! (Envoy converts), and straight to ingress ports (callers without a sidecar); WebSocket
+//! upgrades to an `http1` app, also across the HTTP/2 hop of a rollout to `http2`.
 
 mod support;
 
@@ -284,17 +286,19 @@ async fn curl_h2(egress: u16, host: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_callers_reach_http2_and_http1_apps() {
     let mut mesh = Mesh::start(|_, _| {}).await;
+    let mut ingress = std::collections::BTreeMap::new();
     for (service, protocol, mtls) in [
         ("h2-mtls", "http2", "permissive"),
         ("h2-plain", "http2", "disabled"),
         ("h1-only", "http1", "permissive"),
     ] {
         let app = versioned_app(protocol == "http2").await;
+        let port = free_port();
         let d = format!(
-            "service: {service}\nport: {app}\nprotocol: {protocol}\nmtls: {mtls}\ningress: {{ port: {} }}\n{ALL_STATS}",
-            free_port()
+            "service: {service}\nport: {app}\nprotocol: {protocol}\nmtls: {mtls}\ningress: {{ port: {port} }}\n{ALL_STATS}",
         );
         mesh.sidecar(&format!("{service}-1"), &d, 1).await;
+        ingress.insert(service, port);
     }
     let egress = free_port();
     let web = caller(
