@@ -186,9 +186,10 @@ async fn grpc_through_two_sidecars_over_mtls() {
         .as_str()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("the server sees a deadline: {results:?}"));
-    // grpc-timeout is rounded up to its unit, so a little over 5 s may be left.
+    // grpc-timeout is coarse (the client rounds it up to its unit), so a little over 5 s
+    // may be left; without the header the server would see no deadline at all.
     assert!(
-        left > 0.0 && left <= 5.1,
+        left > 3.0 && left <= 6.0,
         "the client's 5 s deadline reaches the server: {left}"
     );
     assert_eq!(results[4]["reply"], "none", "no deadline, none invented");
