@@ -107,27 +107,29 @@ fn listener(
 /// other plaintext request with 403. `incoming` permissions apply on every chain.
 pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
     let d = &group.descriptor;
-    let to_app = |route: RouteConfiguration, http_filters, access_log| HttpConnectionManager {
-        stat_prefix: names::INGRESS_LISTENER.to_owned(),
-        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(route)),
-        http_filters,
-        access_log,
-        // The caller's request id (and the trace decision Envoy keeps in it) is kept; Envoy
-        // generates one when there is none. Both sidecars' log lines of a request carry the
-        // same `request_id`, and a trace is sampled or not as a whole.
-        preserve_external_request_id: true,
-        http_protocol_options: d.preserve_header_case.then(preserve_case_http1),
-        tracing: crate::tracing::hcm(d, options),
-        upgrade_configs: vec![websocket()],
-        // A WebSocket upgrade that crossed an HTTP/2 hop arrives as an extended CONNECT.
-        http2_protocol_options: Some(Http2ProtocolOptions {
-            allow_connect: true,
+    let to_app = |route: RouteConfiguration, http_filters: Vec<HttpFilter>, access_log| {
+        HttpConnectionManager {
+            stat_prefix: names::INGRESS_LISTENER.to_owned(),
+            route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(route)),
+            // A gRPC app's health path is answered before anything else (it is open to all).
+            http_filters: grpc_health(d).into_iter().chain(http_filters).collect(),
+            access_log,
+            // The caller's request id (and the trace decision Envoy keeps in it) is kept; Envoy
+            // generates one when there is none. Both sidecars' log lines of a request carry the
+            // same `request_id`, and a trace is sampled or not as a whole.
+            preserve_external_request_id: true,
+            http_protocol_options: d.preserve_header_case.then(preserve_case_http1),
+            tracing: crate::tracing::hcm(d, options),
+            upgrade_configs: vec![websocket()],
+            // A WebSocket upgrade that crossed an HTTP/2 hop arrives as an extended CONNECT.
+            http2_protocol_options: Some(Http2ProtocolOptions {
+                allow_connect: true,
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
+        }
     };
-    let mut http_filters = grpc_health(d).into_iter().collect::<Vec<_>>();
-    http_filters.extend(rbac::filters(d, &options.trust_domain));
+    let mut http_filters = rbac::filters(d, &options.trust_domain);
     http_filters.push(router());
     let requests = access_log::requests(d, Direction::Ingress, &options.trust_domain);
     let mut access_logs = requests.clone();
@@ -147,11 +149,7 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
             );
         }
         MtlsMode::Permissive => checked.clone(),
-        MtlsMode::Strict => to_app(
-            route::strict_plaintext(d),
-            grpc_health(d).into_iter().chain([router()]).collect(),
-            requests,
-        ),
+        MtlsMode::Strict => to_app(route::strict_plaintext(d), vec![router()], requests),
     };
     let mut tls = checked;
     // The app learns the verified caller (`x-forwarded-client-cert: ...;URI=spiffe://...`);
