@@ -200,6 +200,15 @@ async fn grpc_through_two_sidecars_over_mtls() {
         server.printed()
     );
 
+    // An undeclared service: a gRPC error that says so, as HTTP callers get a 503 body.
+    let undeclared = grpc_calls(egress, "billing", std::slice::from_ref(&unary)).await;
+    assert_eq!(undeclared[0]["code"], "UNAVAILABLE", "{undeclared:?}");
+    let details = undeclared[0]["details"].as_str().unwrap_or_default();
+    assert!(
+        details.contains("`billing` is not a dependency of `orders`"),
+        "{details}"
+    );
+
     // The hop between the sidecars is HTTP/2 over mTLS.
     let orders_admin = mesh.sidecar_admin("orders-1");
     let payments_admin = mesh.sidecar_admin("payments-1");
