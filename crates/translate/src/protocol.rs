@@ -20,6 +20,8 @@
 use meshplane_model::registration::{PROTOCOL_META_KEY, SIDECAR_META_KEY};
 use meshplane_model::{Instance, Protocol};
 
+use crate::endpoints::routable_address;
+
 /// The HTTP version of a connection from a caller's sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
@@ -45,11 +47,11 @@ fn accepts_http2(i: &Instance) -> bool {
 }
 
 /// The protocol callers use towards a service with these instances (see the module docs).
+/// Only instances that become endpoints count (not those registered with a host name).
 pub fn upstream_protocol(instances: &[Instance]) -> UpstreamProtocol {
-    let wants = instances
-        .iter()
-        .any(|i| declared(i).is_some_and(Protocol::is_http2));
-    if wants && instances.iter().all(accepts_http2) {
+    let endpoints = || instances.iter().filter(|i| routable_address(i));
+    let wants = endpoints().any(|i| declared(i).is_some_and(Protocol::is_http2));
+    if wants && endpoints().all(accepts_http2) {
         UpstreamProtocol::Http2
     } else {
         UpstreamProtocol::Http1

@@ -88,6 +88,14 @@ fn a_rollout_uses_http2_only_when_every_instance_takes_it() {
             old.meta
         );
     }
+    // An instance registered with a host name gets no traffic (it is no endpoint): it
+    // does not hold the others back.
+    let named = Instance {
+        address: "payments-old.example.org".into(),
+        ..mk_instance("a", &[])
+    };
+    let mixed = [named, sidecar("b", "grpc")];
+    assert_eq!(upstream_protocol(&mixed), UpstreamProtocol::Http2);
     // A newer sidecar registering a protocol this control plane does not know still
     // fronts the app with an ingress that accepts HTTP/2.
     let newer = [sidecar("a", "http3"), sidecar("b", "grpc")];
