@@ -15,7 +15,7 @@ use std::sync::Arc;
 use axum::http::Request;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use support::{Mesh, caller, envoy_stat, free_port, poll};
+use support::{Mesh, caller, envoy_hosts, envoy_stat, free_port, poll};
 
 /// Every Envoy statistic, for the per-protocol connection counters the mesh's list leaves out.
 const ALL_STATS: &str = "stats: { include: all }\n";
@@ -513,6 +513,17 @@ async fn websocket_upgrades_cross_an_http2_hop_during_a_rollout() {
         "  - service: chat\n",
     ) + ALL_STATS;
     mesh.sidecar("web-1", &web, 2).await;
+    // Both instances registered (sidecars register once live, in their own time): only
+    // then does web's cluster see the rollout; no request goes out before.
+    let web_admin = mesh.sidecar_admin("web-1");
+    let both = poll(|| async {
+        envoy_hosts(&mesh.http, web_admin)
+            .await
+            .and_then(|h| h.get("chat").map(|hosts| hosts.len() == 2))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(both, "web sees both chat instances");
     let frame = b"\x81\x05hello";
     let want = (
         "HTTP/1.1 101 Switching Protocols".to_owned(),
@@ -527,7 +538,6 @@ async fn websocket_upgrades_cross_an_http2_hop_during_a_rollout() {
         upgrade_and_echo_with(egress, "chat", to_old, frame).await,
         mesh.sidecar_log("chat-1")
     );
-    let web_admin = mesh.sidecar_admin("web-1");
     let h2 = envoy_stat(
         &mesh.http,
         web_admin,
