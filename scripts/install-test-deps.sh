@@ -6,7 +6,8 @@
 # - py-consul in a project-local venv at .tools/venv (never touches system Python), for
 #   crates/registry-embedded/tests/py_consul.rs (a real Consul client against the embedded
 #   registry); grpcio and opentelemetry-proto in the same venv for tests/otlp/receiver.py,
-#   the OTLP trace receiver of crates/cli/tests/tracing.rs.
+#   the OTLP trace receiver of crates/cli/tests/tracing.rs, and grpcio for tests/grpc/echo.py,
+#   the gRPC client and server of crates/cli/tests/mesh_protocols.rs.
 # - Debian's chromium (apt, only when /usr/bin/chromium is missing: needs root, as in CI) and
 #   playwright-core (npm, pinned by tests/browser/package-lock.json) for the web panel's
 #   browser test, crates/cli/tests/panel.rs. Playwright drives the system Chromium; it never

@@ -16,7 +16,7 @@ pub use instance::{Health, Instance, InstanceId, Locality};
 pub use name::{NameError, ServiceName};
 
 pub mod descriptor;
-pub use descriptor::{AccessLog, Descriptor, DescriptorError, Stats, StatsPattern};
+pub use descriptor::{AccessLog, Descriptor, DescriptorError, Protocol, Stats, StatsPattern};
 
 pub mod identity;
 pub mod node_metadata;

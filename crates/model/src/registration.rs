@@ -10,6 +10,11 @@ pub const SIDECAR_META_KEY: &str = "meshplane_sidecar";
 /// `/stats/prometheus` and nothing else, on the instance's address.
 pub const METRICS_PORT_META_KEY: &str = "metrics_port";
 
+/// `Meta` key: what the instance's app speaks (`http1`, `http2`, `grpc`: the descriptor's
+/// `protocol`). Callers' sidecars choose HTTP/2 or HTTP/1.1 towards a service from it; an
+/// instance without it is taken as `http1`.
+pub const PROTOCOL_META_KEY: &str = "protocol";
+
 /// The path the scrape listener serves.
 pub const METRICS_PATH: &str = "/stats/prometheus";
 

@@ -84,6 +84,10 @@ pub fn service_registration(
             meshplane_model::registration::METRICS_PORT_META_KEY.to_owned(),
             metrics_port.to_string(),
         ),
+        (
+            meshplane_model::registration::PROTOCOL_META_KEY.to_owned(),
+            descriptor.protocol.as_str().to_owned(),
+        ),
     ]);
     let mut tags = descriptor.tags.clone();
     tags.push(meshplane_model::registration::METRICS_TAG.to_owned());

@@ -136,7 +136,10 @@ fn registration_advertises_the_ingress_port_with_a_check_through_envoy() {
             "Port": 31001,
             "Tags": ["canary", "meshplane-metrics"],
             "Weights": { "Passing": 100, "Warning": 1 },
-            "Meta": { "meshplane_sidecar": "true", "mtls": "permissive", "metrics_port": "31002" },
+            "Meta": {
+                "meshplane_sidecar": "true", "mtls": "permissive", "metrics_port": "31002",
+                "protocol": "http1",
+            },
             "Check": {
                 "CheckID": "service:orders-1",
                 "Name": "orders via Envoy ingress",
@@ -153,4 +156,16 @@ fn registration_advertises_the_ingress_port_with_a_check_through_envoy() {
         v6.check.and_then(|c| c.http).as_deref(),
         Some("http://[fd00::5]:31001/status/health")
     );
+    for protocol in meshplane_model::Protocol::ALL {
+        let d = meshplane_model::Descriptor {
+            protocol,
+            ..d.clone()
+        };
+        let r = service_registration(&d, "orders-1", "10.0.0.5", 31002, check);
+        assert_eq!(
+            r.meta.get("protocol").map(String::as_str),
+            Some(protocol.as_str()),
+            "the app's protocol is registered for callers"
+        );
+    }
 }

@@ -8,7 +8,8 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection, circuit_breakers, cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, Http1ProtocolOptions, TransportSocket, TypedExtensionConfig, data_source,
+    DataSource, HealthCheck, Http1ProtocolOptions, Http2ProtocolOptions, TransportSocket,
+    TypedExtensionConfig, data_source, health_check,
     http1_protocol_options::{HeaderKeyFormat, header_key_format},
     transport_socket,
 };
@@ -30,11 +31,12 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::Struct;
 use meshplane_model::descriptor::Domain;
-use meshplane_model::{Descriptor, ServiceName};
+use meshplane_model::{Descriptor, Instance, Protocol, ServiceName};
 
 use crate::MeshOptions;
 use crate::endpoints::TAGS_KEY;
 use crate::proto::{ads, any, duration, socket, stable_map, string_value, u32_value};
+use crate::protocol::{UpstreamProtocol, upstream_protocol};
 use crate::{names, security};
 
 /// Connect timeout of every mesh cluster. Short, because a connect failure is retried on
@@ -52,46 +54,59 @@ pub const MAX_RETRIES: u32 = 64;
 /// round robin honouring endpoint weights, subset load balancing for `x-canary` (falls back
 /// to any instance) and `x-service-tag` (no fallback), outlier detection (5 consecutive 5xx
 /// or gateway errors eject a host for 30 s, at most 50% of hosts), circuit breakers above.
-pub fn service_cluster(service: &ServiceName, options: &MeshOptions) -> Cluster {
-    with_http1_options(Cluster {
-        // Instances that accept mTLS (endpoint metadata, see `security`) get it; others,
-        // like apps without a sidecar, get plaintext.
-        transport_socket_matches: vec![cluster::TransportSocketMatch {
-            name: security::TLS_MATCH_NAME.to_owned(),
-            r#match: Some(Struct {
-                fields: {
-                    let mut f = stable_map();
-                    f.insert(
-                        security::TLS_MATCH_KEY.to_owned(),
-                        string_value(security::TLS_MATCH_MTLS),
-                    );
-                    f
-                },
+/// HTTP/2 or HTTP/1.1 from its instances' registered protocols (see `protocol`).
+pub fn service_cluster(
+    service: &ServiceName,
+    instances: &[Instance],
+    options: &MeshOptions,
+) -> Cluster {
+    let protocol = upstream_protocol(instances);
+    with_protocol_options(
+        Cluster {
+            // Instances that accept mTLS (endpoint metadata, see `security`) get it; others,
+            // like apps without a sidecar, get plaintext.
+            transport_socket_matches: vec![cluster::TransportSocketMatch {
+                name: security::TLS_MATCH_NAME.to_owned(),
+                r#match: Some(Struct {
+                    fields: {
+                        let mut f = stable_map();
+                        f.insert(
+                            security::TLS_MATCH_KEY.to_owned(),
+                            string_value(security::TLS_MATCH_MTLS),
+                        );
+                        f
+                    },
+                }),
+                transport_socket: Some(security::upstream_mtls(
+                    service,
+                    &options.trust_domain,
+                    protocol,
+                )),
+            }],
+            name: service.to_string(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
+            eds_cluster_config: Some(cluster::EdsClusterConfig {
+                eds_config: Some(ads()),
+                service_name: String::new(),
             }),
-            transport_socket: Some(security::upstream_mtls(service, &options.trust_domain)),
-        }],
-        name: service.to_string(),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::Eds as i32,
-        )),
-        eds_cluster_config: Some(cluster::EdsClusterConfig {
-            eds_config: Some(ads()),
-            service_name: String::new(),
-        }),
-        connect_timeout: Some(duration(CONNECT_TIMEOUT)),
-        lb_subset_config: Some(subset_config()),
-        outlier_detection: Some(outlier_detection()),
-        circuit_breakers: Some(circuit_breakers()),
-        common_lb_config: Some(cluster::CommonLbConfig {
-            // Without a health threshold, one dead instance in the local datacenter would
-            // already shift traffic to other priorities; fail over only when few are left.
-            healthy_panic_threshold: Some(envoy_types::pb::envoy::r#type::v3::Percent {
-                value: 0.0,
+            connect_timeout: Some(duration(CONNECT_TIMEOUT)),
+            lb_subset_config: Some(subset_config()),
+            outlier_detection: Some(outlier_detection()),
+            circuit_breakers: Some(circuit_breakers()),
+            common_lb_config: Some(cluster::CommonLbConfig {
+                // Without a health threshold, one dead instance in the local datacenter would
+                // already shift traffic to other priorities; fail over only when few are left.
+                healthy_panic_threshold: Some(envoy_types::pb::envoy::r#type::v3::Percent {
+                    value: 0.0,
+                }),
+                ..Default::default()
             }),
             ..Default::default()
-        }),
-        ..Default::default()
-    })
+        },
+        protocol,
+    )
 }
 
 /// One subset selector on the `tags` list (`list_as_any`): `x-canary` asks for tag `canary`
@@ -151,53 +166,26 @@ pub(crate) fn preserve_case_http1() -> Http1ProtocolOptions {
     }
 }
 
-/// Upstream HTTP/1.1 options with the case-preserving header formatter. Set on every
-/// cluster: it only records the case the upstream used, and a listener writes it back only
-/// when its service asked for `preserve_header_case`, so shared clusters serve both kinds.
-fn http1_upstream() -> (String, envoy_types::pb::google::protobuf::Any) {
-    let options = HttpProtocolOptions {
-        upstream_protocol_options: Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-            http_protocol_options::ExplicitHttpConfig {
-                protocol_config: Some(
-                    http_protocol_options::explicit_http_config::ProtocolConfig::HttpProtocolOptions(
-                        preserve_case_http1(),
-                    ),
-                ),
-            },
-        )),
-        ..Default::default()
+/// Upstream HTTP options: HTTP/2 (prior knowledge in plaintext), or HTTP/1.1 with the
+/// case-preserving header formatter. The formatter is set on every HTTP/1.1 cluster: it only
+/// records the case the upstream used, and a listener writes it back only when its service
+/// asked for `preserve_header_case`, so shared clusters serve both kinds.
+fn with_protocol_options(mut c: Cluster, protocol: UpstreamProtocol) -> Cluster {
+    use http_protocol_options::explicit_http_config::ProtocolConfig;
+    let config = match protocol {
+        UpstreamProtocol::Http1 => ProtocolConfig::HttpProtocolOptions(preserve_case_http1()),
+        // Extended CONNECT (RFC 8441): a WebSocket upgrade towards an `http1` instance
+        // crosses an HTTP/2 hop (a service in a rollout to `http2`/`grpc`) as a stream.
+        UpstreamProtocol::Http2 => ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions {
+            allow_connect: true,
+            ..Default::default()
+        }),
     };
-    (
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(),
-        any(&options),
-    )
-}
-
-fn with_http1_options(mut c: Cluster) -> Cluster {
-    let (k, v) = http1_upstream();
-    c.typed_extension_protocol_options = stable_map();
-    c.typed_extension_protocol_options.insert(k, v);
-    c
-}
-
-/// A gRPC server at `host:port` (an IP address, or a name Envoy resolves): HTTP/2.
-pub(crate) fn grpc_cluster(name: &str, host: &str, port: u16) -> Cluster {
-    let mut c = static_cluster(name, host, port);
-    if host.parse::<std::net::IpAddr>().is_err() {
-        c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::StrictDns as i32,
-        ));
-        c.dns_lookup_family = cluster::DnsLookupFamily::V4Preferred as i32;
-    }
     let options = HttpProtocolOptions {
         upstream_protocol_options: Some(
             http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
                 http_protocol_options::ExplicitHttpConfig {
-                    protocol_config: Some(
-                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                            Default::default(),
-                        ),
-                    ),
+                    protocol_config: Some(config),
                 },
             ),
         ),
@@ -211,9 +199,53 @@ pub(crate) fn grpc_cluster(name: &str, host: &str, port: u16) -> Cluster {
     c
 }
 
-/// The local application, `127.0.0.1:<port>`.
+/// A gRPC server at `host:port` (an IP address, or a name Envoy resolves): HTTP/2.
+pub(crate) fn grpc_cluster(name: &str, host: &str, port: u16) -> Cluster {
+    let mut c = static_cluster(name, host, port);
+    if host.parse::<std::net::IpAddr>().is_err() {
+        c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::StrictDns as i32,
+        ));
+        c.dns_lookup_family = cluster::DnsLookupFamily::V4Preferred as i32;
+    }
+    with_protocol_options(c, UpstreamProtocol::Http2)
+}
+
+/// The local application, `127.0.0.1:<port>`, in the protocol its descriptor declares
+/// (HTTP/2 without TLS for `http2` and `grpc`): the ingress listener converts callers'
+/// HTTP/1.1 or HTTP/2 to it.
 pub(crate) fn local_app(d: &Descriptor) -> Cluster {
-    with_http1_options(static_cluster(names::LOCAL_APP, "127.0.0.1", d.port))
+    let protocol = if d.protocol.is_http2() {
+        UpstreamProtocol::Http2
+    } else {
+        UpstreamProtocol::Http1
+    };
+    let mut c = static_cluster(names::LOCAL_APP, "127.0.0.1", d.port);
+    if d.protocol == Protocol::Grpc {
+        c.health_checks = vec![grpc_health_check()];
+    }
+    with_protocol_options(c, protocol)
+}
+
+/// How often a gRPC app's health is asked (`grpc.health.v1.Health/Check`, the server's
+/// overall health): the ingress health path answers from it (see `listener`), since a gRPC
+/// server cannot answer the registry's plain HTTP check itself.
+pub const GRPC_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+
+fn grpc_health_check() -> HealthCheck {
+    HealthCheck {
+        timeout: Some(duration(Duration::from_secs(1))),
+        interval: Some(duration(GRPC_HEALTH_INTERVAL)),
+        // Envoy's default checks a cluster that has had no traffic yet once a minute; the
+        // registry asks about a new instance long before its first call.
+        no_traffic_interval: Some(duration(GRPC_HEALTH_INTERVAL)),
+        unhealthy_threshold: Some(u32_value(2)),
+        healthy_threshold: Some(u32_value(1)),
+        health_checker: Some(health_check::HealthChecker::GrpcHealthCheck(
+            health_check::GrpcHealthCheck::default(),
+        )),
+        ..Default::default()
+    }
 }
 
 fn static_cluster(name: &str, host: &str, port: u16) -> Cluster {
@@ -251,7 +283,7 @@ pub(crate) fn domain(d: &Domain, options: &MeshOptions) -> Cluster {
     if d.tls {
         c.transport_socket = Some(upstream_tls(d, options));
     }
-    with_http1_options(c)
+    with_protocol_options(c, UpstreamProtocol::Http1)
 }
 
 /// Plain TCP to an `https://` domain for `CONNECT` tunnels (the app speaks TLS inside).

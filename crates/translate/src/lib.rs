@@ -20,6 +20,7 @@ mod endpoints;
 mod listener;
 pub mod names;
 mod proto;
+mod protocol;
 mod rbac;
 mod route;
 mod security;
@@ -38,6 +39,7 @@ pub use access_log::ERROR_STATUS_RUNTIME_KEY;
 pub use cluster::service_cluster;
 pub use egress_routes::EgressRoutes;
 pub use endpoints::{routable_address, service_endpoints};
+pub use protocol::{UpstreamProtocol, upstream_protocol};
 pub use rbac::{AUDIT_PREFIX, ENFORCE_PREFIX};
 
 /// Control-plane-wide translation settings.

@@ -5,22 +5,29 @@ use envoy_types::pb::envoy::config::accesslog::v3::{
     AccessLogFilter, ResponseFlagFilter, access_log_filter,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, SubstitutionFormatString, TrafficDirection, data_source, substitution_format_string,
+    DataSource, Http2ProtocolOptions, SubstitutionFormatString, TrafficDirection, data_source,
+    substitution_format_string,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
 use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3::{
     FilterConfig, filter_config,
 };
+use envoy_types::pb::envoy::extensions::filters::http::health_check::v3::HealthCheck;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, LocalReplyConfig, Rds, ResponseMapper,
     http_connection_manager, http_filter,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::BoolValue;
 use meshplane_model::Descriptor;
+use meshplane_model::Protocol;
 use meshplane_model::descriptor::{MtlsMode, Target};
 
 use crate::access_log::{self, Direction};
@@ -36,6 +43,15 @@ fn router() -> HttpFilter {
         config_type: Some(http_filter::ConfigType::TypedConfig(
             any(&Router::default()),
         )),
+        ..Default::default()
+    }
+}
+
+/// WebSocket upgrades pass through (an HTTP/1.1 app that speaks WebSocket needs nothing
+/// declared: `http1` services keep HTTP/1.1 between sidecars, which carries the upgrade).
+fn websocket() -> http_connection_manager::UpgradeConfig {
+    http_connection_manager::UpgradeConfig {
+        upgrade_type: "websocket".to_owned(),
         ..Default::default()
     }
 }
@@ -91,18 +107,27 @@ fn listener(
 /// other plaintext request with 403. `incoming` permissions apply on every chain.
 pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
     let d = &group.descriptor;
-    let to_app = |route: RouteConfiguration, http_filters, access_log| HttpConnectionManager {
-        stat_prefix: names::INGRESS_LISTENER.to_owned(),
-        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(route)),
-        http_filters,
-        access_log,
-        // The caller's request id (and the trace decision Envoy keeps in it) is kept; Envoy
-        // generates one when there is none. Both sidecars' log lines of a request carry the
-        // same `request_id`, and a trace is sampled or not as a whole.
-        preserve_external_request_id: true,
-        http_protocol_options: d.preserve_header_case.then(preserve_case_http1),
-        tracing: crate::tracing::hcm(d, options),
-        ..Default::default()
+    let to_app = |route: RouteConfiguration, http_filters: Vec<HttpFilter>, access_log| {
+        HttpConnectionManager {
+            stat_prefix: names::INGRESS_LISTENER.to_owned(),
+            route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(route)),
+            // A gRPC app's health path is answered before anything else (it is open to all).
+            http_filters: grpc_health(d).into_iter().chain(http_filters).collect(),
+            access_log,
+            // The caller's request id (and the trace decision Envoy keeps in it) is kept; Envoy
+            // generates one when there is none. Both sidecars' log lines of a request carry the
+            // same `request_id`, and a trace is sampled or not as a whole.
+            preserve_external_request_id: true,
+            http_protocol_options: d.preserve_header_case.then(preserve_case_http1),
+            tracing: crate::tracing::hcm(d, options),
+            upgrade_configs: vec![websocket()],
+            // A WebSocket upgrade that crossed an HTTP/2 hop arrives as an extended CONNECT.
+            http2_protocol_options: Some(Http2ProtocolOptions {
+                allow_connect: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     };
     let mut http_filters = rbac::filters(d, &options.trust_domain);
     http_filters.push(router());
@@ -169,6 +194,38 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
     l
 }
 
+/// For a gRPC app, the health path is answered by Envoy: 200 while the app reports SERVING
+/// to the local-app cluster's gRPC health check, 503 otherwise. A gRPC server resets a plain
+/// `GET`, so the registry's HTTP check could never pass through to it.
+fn grpc_health(d: &Descriptor) -> Option<HttpFilter> {
+    if d.protocol != Protocol::Grpc {
+        return None;
+    }
+    let config = HealthCheck {
+        pass_through_mode: Some(BoolValue { value: false }),
+        cluster_min_healthy_percentages: [(names::LOCAL_APP.to_owned(), Percent { value: 100.0 })]
+            .into(),
+        headers: vec![HeaderMatcher {
+            name: ":path".to_owned(),
+            header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
+                StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Exact(
+                        d.ingress.health_path.clone(),
+                    )),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Some(HttpFilter {
+        name: "envoy.filters.http.health_check".to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(&config))),
+        ..Default::default()
+    })
+}
+
 /// The egress listener on `127.0.0.1:port` (local only: it is the app's proxy).
 pub(crate) fn egress(d: &Descriptor, port: u16, options: &MeshOptions) -> Listener {
     let mut http_filters = Vec::new();
@@ -196,10 +253,13 @@ pub(crate) fn egress(d: &Descriptor, port: u16, options: &MeshOptions) -> Listen
         })),
         http_filters,
         http_protocol_options: d.preserve_header_case.then(preserve_case_http1),
-        upgrade_configs: vec![http_connection_manager::UpgradeConfig {
-            upgrade_type: "CONNECT".to_owned(),
-            ..Default::default()
-        }],
+        upgrade_configs: vec![
+            http_connection_manager::UpgradeConfig {
+                upgrade_type: "CONNECT".to_owned(),
+                ..Default::default()
+            },
+            websocket(),
+        ],
         // `Host: payments:80` and `CONNECT api.example.com:443` match their virtual hosts.
         strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(
             true,

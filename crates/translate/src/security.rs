@@ -25,6 +25,7 @@ use meshplane_model::ServiceName;
 use meshplane_model::identity::{IDENTITY_SECRET, SDS_CLUSTER, TRUST_SECRET, spiffe_id};
 
 use crate::proto::any;
+use crate::protocol::UpstreamProtocol;
 
 /// Endpoint metadata namespace Envoy matches transport sockets against.
 pub(crate) const TLS_MATCH_NAMESPACE: &str = "envoy.transport_socket_match";
@@ -36,6 +37,9 @@ pub(crate) const TLS_MATCH_MTLS: &str = "mtls";
 pub(crate) const TLS_MATCH_NAME: &str = "mtls";
 
 const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
+/// ALPN names of HTTP/2 and HTTP/1.1.
+const ALPN_H2: &str = "h2";
+const ALPN_HTTP11: &str = "http/1.1";
 
 /// Whether a registered instance accepts mTLS (its `mtls` registry metadata).
 pub(crate) fn accepts_mtls(meta: &std::collections::BTreeMap<String, String>) -> bool {
@@ -101,7 +105,13 @@ fn common(validation: CertificateValidationContext) -> CommonTlsContext {
 
 /// What a caller uses towards an instance of `service` that accepts mTLS: present our
 /// certificate, and accept only a peer proving `service`'s SPIFFE id.
-pub(crate) fn upstream_mtls(service: &ServiceName, trust_domain: &str) -> TransportSocket {
+/// Over HTTP/2 it offers ALPN `h2` (a callee's ingress picks its codec from it); over
+/// HTTP/1.1 it offers none, as before protocols, which every ingress reads as HTTP/1.1.
+pub(crate) fn upstream_mtls(
+    service: &ServiceName,
+    trust_domain: &str,
+    protocol: UpstreamProtocol,
+) -> TransportSocket {
     let validation = CertificateValidationContext {
         match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
             san_type: subject_alt_name_matcher::SanType::Uri as i32,
@@ -116,8 +126,12 @@ pub(crate) fn upstream_mtls(service: &ServiceName, trust_domain: &str) -> Transp
         }],
         ..Default::default()
     };
+    let mut common_tls_context = common(validation);
+    if protocol == UpstreamProtocol::Http2 {
+        common_tls_context.alpn_protocols = vec![ALPN_H2.to_owned()];
+    }
     let tls = UpstreamTlsContext {
-        common_tls_context: Some(common(validation)),
+        common_tls_context: Some(common_tls_context),
         ..Default::default()
     };
     TransportSocket {
@@ -129,8 +143,13 @@ pub(crate) fn upstream_mtls(service: &ServiceName, trust_domain: &str) -> Transp
 /// The ingress side: present our certificate and require a client certificate from the
 /// trust bundle. Which service may call what is decided per request by RBAC (on the SAN).
 pub(crate) fn downstream_mtls() -> TransportSocket {
+    // Both HTTP versions are offered: the listener's codec follows what the caller picks.
+    let common_tls_context = CommonTlsContext {
+        alpn_protocols: vec![ALPN_H2.to_owned(), ALPN_HTTP11.to_owned()],
+        ..common(CertificateValidationContext::default())
+    };
     let tls = DownstreamTlsContext {
-        common_tls_context: Some(common(CertificateValidationContext::default())),
+        common_tls_context: Some(common_tls_context),
         require_client_certificate: Some(BoolValue { value: true }),
         // Resumed sessions would skip certificate validation after a rotation of the trust
         // bundle; mesh connections are long-lived, so full handshakes cost little.

@@ -200,7 +200,7 @@ fn payments_shared_resources() {
         "payments-cluster",
         format!(
             "{:#?}",
-            service_cluster(&name("payments"), &MeshOptions::default())
+            service_cluster(&name("payments"), instances, &MeshOptions::default())
         ),
     );
     check(
@@ -210,4 +210,46 @@ fn payments_shared_resources() {
             service_endpoints(&name("payments"), instances, "dc1", &options)
         ),
     );
+}
+
+/// A gRPC service behind sidecars: its shared cluster speaks HTTP/2 (ALPN `h2` over mTLS),
+/// and its own sidecar's local-app cluster HTTP/2 without TLS.
+#[test]
+fn grpc_service_resources() {
+    let sidecar_meta = |mtls: &str| {
+        [
+            ("meshplane_sidecar".to_owned(), "true".to_owned()),
+            ("mtls".to_owned(), mtls.to_owned()),
+            ("protocol".to_owned(), "grpc".to_owned()),
+        ]
+        .into()
+    };
+    let instances = vec![
+        Instance {
+            meta: sidecar_meta("strict"),
+            ..mk_instance("payments-1", "dc1", &[], 100, Health::Passing)
+        },
+        Instance {
+            meta: sidecar_meta("disabled"),
+            ..mk_instance("payments-2", "dc1", &[], 100, Health::Passing)
+        },
+    ];
+    check(
+        "payments-grpc-cluster",
+        format!(
+            "{:#?}",
+            service_cluster(&name("payments"), &instances, &MeshOptions::default())
+        ),
+    );
+    let group = ProxyGroup {
+        descriptor: Descriptor::from_yaml(
+            "service: payments\nport: 9090\nprotocol: grpc\ningress: { port: 31001 }\n",
+        )
+        .expect("valid"),
+        listen_address: "10.0.0.7".into(),
+        datacenter: "dc1".into(),
+    };
+    let config =
+        group_config(&group, &Fixture(Vec::new()), &MeshOptions::default()).expect("translates");
+    check("payments-grpc-clusters", format!("{:#?}", config.clusters));
 }

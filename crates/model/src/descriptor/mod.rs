@@ -28,6 +28,8 @@ pub struct Descriptor {
     pub service: ServiceName,
     /// The application's own local port (ingress traffic is forwarded there).
     pub port: u16,
+    /// What the application speaks on `port`.
+    pub protocol: Protocol,
     /// Envoy's public listener: this is what the registry advertises.
     pub ingress: IngressListener,
     /// Envoy's local explicit HTTP proxy for outgoing calls, if the service makes any.
@@ -53,6 +55,50 @@ pub struct Descriptor {
     pub tracing: Tracing,
     /// Which requests get a JSON access-log line, on both listeners.
     pub access_log: AccessLog,
+}
+
+/// What an application speaks on its port (`protocol`). Registered as `Meta.protocol`, from
+/// which callers' sidecars choose the protocol towards its instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 (WebSocket upgrades included).
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS, with prior knowledge (h2c).
+    Http2,
+    /// gRPC: HTTP/2 (h2c) carrying gRPC.
+    Grpc,
+}
+
+impl Protocol {
+    /// Every protocol, in the order the docs list them.
+    pub const ALL: [Protocol; 3] = [Protocol::Http1, Protocol::Http2, Protocol::Grpc];
+
+    /// The name used in descriptors and in `Meta.protocol`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
+        }
+    }
+
+    /// The protocol named `name` (as in a descriptor or `Meta.protocol`).
+    pub fn from_name(name: &str) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+
+    /// Whether the application needs HTTP/2 (h2c) rather than HTTP/1.1.
+    pub fn is_http2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Which requests the proxy writes an access-log line for (`access_log`).

@@ -8,8 +8,8 @@ use super::stats::RawStats;
 use super::tracing::RawTracing;
 use super::{
     AccessLog, Client, Dependency, Descriptor, DescriptorError, Domain, EgressListener,
-    EndpointRule, Incoming, IngressListener, MetricsListener, MtlsMode, PathMatch, Retries,
-    RetryOn, Role, Target, Unlisted, parse_duration,
+    EndpointRule, Incoming, IngressListener, MetricsListener, MtlsMode, PathMatch, Protocol,
+    Retries, RetryOn, Role, Target, Unlisted, parse_duration,
 };
 use crate::ServiceName;
 
@@ -23,6 +23,8 @@ const MAX_RETRIES: u32 = 10;
 struct RawDescriptor {
     service: String,
     port: u16,
+    #[serde(default)]
+    protocol: Option<String>,
     ingress: RawIngress,
     #[serde(default)]
     egress: Option<RawEgress>,
@@ -217,6 +219,20 @@ fn access_log(text: Option<&str>) -> Result<AccessLog, DescriptorError> {
     }
 }
 
+fn protocol(text: Option<&str>) -> Result<Protocol, DescriptorError> {
+    let Some(text) = text else {
+        return Ok(Protocol::default());
+    };
+    Protocol::from_name(text).ok_or_else(|| {
+        DescriptorError::field(
+            "protocol",
+            format!(
+                "`{text}` is not a choice; use `http1` (the default, WebSocket included), `http2` (HTTP/2 without TLS, h2c) or `grpc`"
+            ),
+        )
+    })
+}
+
 fn port(field: &str, port: u16) -> Result<u16, DescriptorError> {
     if port == 0 {
         return Err(DescriptorError::field(
@@ -335,6 +351,7 @@ impl RawDescriptor {
         Ok(Descriptor {
             service,
             port: app_port,
+            protocol: protocol(self.protocol.as_deref())?,
             ingress,
             egress,
             tags: self.tags,

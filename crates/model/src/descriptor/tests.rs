@@ -300,3 +300,32 @@ fn access_log_defaults_to_errors_and_names_the_field_when_bad() {
         other => panic!("expected a field error, got {other:?}"),
     }
 }
+
+#[test]
+fn protocol_defaults_to_http1_and_names_the_field_when_bad() {
+    let base = "service: orders\nport: 8080\ningress: { port: 31001 }\n";
+    let d = Descriptor::from_yaml(base).expect("valid");
+    assert_eq!(d.protocol, Protocol::Http1);
+    for want in Protocol::ALL {
+        let d = Descriptor::from_yaml(&format!("{base}protocol: {want}\n")).expect("valid");
+        assert_eq!(d.protocol, want);
+        assert_eq!(
+            serde_json::to_value(d.protocol).expect("serializes"),
+            serde_json::json!(want.as_str()),
+            "the serialized name is the one descriptors use"
+        );
+    }
+    let (field, message) = field_error(&format!("{base}protocol: http3\n"));
+    assert_eq!(field, "protocol");
+    assert!(
+        message.contains("`http3` is not a choice; use `http1`"),
+        "the choices are named: {message}"
+    );
+    let json = serde_json::json!({
+        "service": "orders", "port": 8080, "ingress": { "port": 31001 }, "protocol": 2,
+    });
+    match Descriptor::from_json(json) {
+        Err(DescriptorError::Field { field, .. }) => assert_eq!(field, "protocol"),
+        other => panic!("expected a field error, got {other:?}"),
+    }
+}

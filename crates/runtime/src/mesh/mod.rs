@@ -11,4 +11,6 @@ pub use translator::Translator;
 #[cfg(test)]
 mod locality_tests;
 #[cfg(test)]
+mod protocol_tests;
+#[cfg(test)]
 mod tests;

@@ -408,7 +408,7 @@ impl Translator {
                     "instance address is not an IP address; register its IP (Envoy endpoints cannot be host names)");
             }
             ServiceResources {
-                cluster: Resource::cluster(&service_cluster(name, options)),
+                cluster: Resource::cluster(&service_cluster(name, instances, options)),
                 endpoints: HashMap::new(),
             }
         });

@@ -1,0 +1,109 @@
+//! A service's registered protocol (`Meta.protocol`) reaches its callers' clusters: a
+//! registry change that only changes it republishes the shared cluster in every group that
+//! depends on the service, named or wildcard.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use meshplane_model::registration::{PROTOCOL_META_KEY, SIDECAR_META_KEY};
+use meshplane_model::{Instance, ServiceName};
+use meshplane_registry::{RegistryEvent, SourceId};
+use meshplane_translate::MeshOptions;
+use meshplane_xds::{GroupKey, NodeGrouper, PeerInfo, ResourceType, SnapshotCache};
+use prost::Message;
+
+use super::tests::{BATCH, ORDERS, mk_instance, mk_node, synced};
+use super::{DescriptorGrouper, Groups, Translator};
+
+fn payments(source: &SourceId, protocols: &[&str]) -> RegistryEvent {
+    let instances: Vec<Instance> = protocols
+        .iter()
+        .enumerate()
+        .map(|(at, protocol)| {
+            let mut i = mk_instance("payments", &format!("p{at}"), 10 + at as u16);
+            i.meta.insert(SIDECAR_META_KEY.into(), "true".into());
+            i.meta.insert(PROTOCOL_META_KEY.into(), (*protocol).into());
+            i
+        })
+        .collect();
+    RegistryEvent::Service {
+        source: source.clone(),
+        name: ServiceName::new("payments").expect("name"),
+        instances,
+    }
+}
+
+/// Whether a group's `payments` cluster speaks HTTP/2 (its protocol options name it).
+fn speaks_http2(cache: &SnapshotCache, key: &GroupKey) -> bool {
+    let snapshot = cache.snapshot(key).expect("published");
+    let resource = snapshot
+        .get(ResourceType::Cluster, "payments")
+        .expect("payments cluster");
+    let cluster = Cluster::decode(&*resource.to_any().value).expect("a Cluster");
+    let options = &cluster.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        HttpProtocolOptions, http_protocol_options,
+    };
+    let options = HttpProtocolOptions::decode(&*options.value).expect("options");
+    matches!(
+        options.upstream_protocol_options,
+        Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+            http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(
+                    http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(_)
+                ),
+            }
+        ))
+    )
+}
+
+#[test]
+fn a_protocol_change_in_the_registry_reaches_every_callers_cluster() {
+    let options = Arc::new(MeshOptions {
+        allow_wildcard_dependencies: [ServiceName::new("batch").expect("name")].into(),
+        ..MeshOptions::default()
+    });
+    let groups = Groups::default();
+    let grouper = DescriptorGrouper::new(groups.clone(), options.clone());
+    let cache = SnapshotCache::new();
+    let mut translator = Translator::new(cache.clone(), groups, options);
+    let (store, mut writer) = meshplane_registry::store();
+    let source = SourceId::new("test");
+    writer.apply(synced(&source));
+    writer.apply(payments(&source, &["http1", "http1"]));
+    translator.on_registry(store.snapshot());
+
+    let peer = PeerInfo::default();
+    let orders = grouper
+        .group(&mk_node("orders-1", ORDERS), &peer)
+        .expect("valid");
+    let batch = grouper
+        .group(&mk_node("batch-1", BATCH), &peer)
+        .expect("valid");
+    let _subscribed = (cache.subscribe(&orders), cache.subscribe(&batch));
+    translator.on_demand(&orders);
+    translator.on_demand(&batch);
+    for key in [&orders, &batch] {
+        assert!(!speaks_http2(&cache, key), "http1 instances: HTTP/1.1");
+    }
+
+    // A rollout to gRPC: one instance switched, one not (both behind sidecars): HTTP/2.
+    writer.apply(payments(&source, &["grpc", "http1"]));
+    translator.on_registry(store.snapshot());
+    for key in [&orders, &batch] {
+        assert!(speaks_http2(&cache, key), "the rollout reaches {key}");
+    }
+    // An instance without a protocol (a sidecar from before protocols) joins: HTTP/1.1,
+    // which it can take.
+    let mut event = payments(&source, &["grpc", "grpc"]);
+    if let RegistryEvent::Service { instances, .. } = &mut event {
+        let mut old = mk_instance("payments", "old", 30);
+        old.meta.insert(SIDECAR_META_KEY.into(), "true".into());
+        instances.push(old);
+    }
+    writer.apply(event);
+    translator.on_registry(store.snapshot());
+    for key in [&orders, &batch] {
+        assert!(!speaks_http2(&cache, key), "{key} falls back to HTTP/1.1");
+    }
+}

@@ -1,0 +1,122 @@
+"""A real gRPC server and client (grpcio) for Meshplane's protocol tests.
+
+No generated code: the service `meshplane.test.Echo` carries raw bytes.
+
+    echo.py server NAME
+        Serves on 127.0.0.1 (h2c) and prints the port on its first line. Methods:
+        Unary(b) -> b"NAME:" + b; Deadline(_) -> the seconds left of the call's deadline
+        as text ("none" without one); Stream(b"N") -> N messages b"NAME:0".. b"NAME:N-1";
+        Collect(stream) -> the messages joined with ","; Sleep(b"S") sleeps S seconds,
+        then answers b"woke"; a call whose deadline passed first prints
+        "cancelled Sleep" on stdout. grpc.health.v1.Health/Check answers SERVING.
+
+    echo.py client TARGET AUTHORITY
+        Reads one JSON call per line on stdin ({"method", "payload", "timeout"} or
+        {"method": "Stream", "count"} or {"method": "Collect", "messages"}) and prints one
+        JSON line per call: {"ok": true, "reply"} or {"ok": false, "code", "details"}.
+
+Run with the project's venv (scripts/install-test-deps.sh installs grpcio).
+"""
+
+import json
+import sys
+import threading
+import time
+from concurrent import futures
+
+import grpc
+
+SERVICE = "meshplane.test.Echo"
+
+
+def serve(name):
+    prefix = name.encode() + b":"
+
+    def unary(request, context):
+        return prefix + request
+
+    def deadline(request, context):
+        # grpcio reports a call without a deadline as one ~292 years away.
+        left = context.time_remaining()
+        return b"none" if left is None or left > 1e6 else ("%.3f" % left).encode()
+
+    def stream(request, context):
+        for i in range(int(request or b"0")):
+            yield prefix + str(i).encode()
+
+    def collect(requests, context):
+        return b",".join(requests)
+
+    def sleep(request, context):
+        woke = threading.Event()
+        context.add_callback(woke.set)
+        if woke.wait(float(request)) and not context.is_active():
+            sys.stdout.write("cancelled Sleep\n")
+            sys.stdout.flush()
+        return b"woke"
+
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Deadline": grpc.unary_unary_rpc_method_handler(deadline),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        "Collect": grpc.stream_unary_rpc_method_handler(collect),
+        "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
+    }
+    # grpc.health.v1.Health/Check answers HealthCheckResponse{status: SERVING}, encoded by
+    # hand (field 1, varint 1), for the sidecar's health check of a gRPC app.
+    health = {"Check": grpc.unary_unary_rpc_method_handler(lambda request, context: b"\x08\x01")}
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(SERVICE, handlers),
+            grpc.method_handlers_generic_handler("grpc.health.v1.Health", health),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    sys.stdout.write("%d\n" % port)
+    sys.stdout.flush()
+    try:
+        sys.stdin.read()  # until the test closes stdin (or kills the process)
+    finally:
+        server.stop(0)
+
+
+def call(channel, spec):
+    method = "/%s/%s" % (SERVICE, spec["method"])
+    timeout = spec.get("timeout")
+    if spec["method"] == "Stream":
+        replies = channel.unary_stream(method)(str(spec["count"]).encode(), timeout=timeout)
+        return [r.decode() for r in replies]
+    if spec["method"] == "Collect":
+        messages = iter([m.encode() for m in spec["messages"]])
+        return channel.stream_unary(method)(messages, timeout=timeout).decode()
+    return channel.unary_unary(method)(spec.get("payload", "").encode(), timeout=timeout).decode()
+
+
+def client(target, authority):
+    options = [("grpc.default_authority", authority), ("grpc.enable_http_proxy", 0)]
+    with grpc.insecure_channel(target, options=options) as channel:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            spec = json.loads(line)
+            try:
+                result = {"ok": True, "reply": call(channel, spec)}
+            except grpc.RpcError as e:
+                result = {"ok": False, "code": e.code().name, "details": e.details() or ""}
+            sys.stdout.write(json.dumps(result) + "\n")
+            sys.stdout.flush()
+
+
+def main():
+    if sys.argv[1:2] == ["server"] and len(sys.argv) == 3:
+        serve(sys.argv[2])
+    elif sys.argv[1:2] == ["client"] and len(sys.argv) == 4:
+        client(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit("usage: echo.py server NAME | echo.py client TARGET AUTHORITY")
+
+
+if __name__ == "__main__":
+    main()
