@@ -2,8 +2,9 @@
 
 No generated code: the service `meshplane.test.Echo` carries raw bytes.
 
-    echo.py server NAME
-        Serves on 127.0.0.1 (h2c) and prints the port on its first line. Methods:
+    echo.py server NAME [unavailable]
+        Serves on 127.0.0.1 (h2c) and prints the port on its first line (with
+        `unavailable`, Unary fails with UNAVAILABLE, as a server shedding load). Methods:
         Unary(b) -> b"NAME:" + b; Deadline(_) -> the seconds left of the call's deadline
         as text ("none" without one); Stream(b"N") -> N messages b"NAME:0".. b"NAME:N-1";
         Collect(stream) -> the messages joined with ","; Sleep(b"S") sleeps S seconds,
@@ -29,10 +30,14 @@ import grpc
 SERVICE = "meshplane.test.Echo"
 
 
-def serve(name):
+def serve(name, unavailable=False):
     prefix = name.encode() + b":"
 
     def unary(request, context):
+        if unavailable:
+            sys.stdout.write("refused Unary\n")
+            sys.stdout.flush()
+            context.abort(grpc.StatusCode.UNAVAILABLE, "shedding load")
         return prefix + request
 
     def deadline(request, context):
@@ -112,10 +117,12 @@ def client(target, authority):
 def main():
     if sys.argv[1:2] == ["server"] and len(sys.argv) == 3:
         serve(sys.argv[2])
+    elif sys.argv[1:2] == ["server"] and sys.argv[3:] == ["unavailable"]:
+        serve(sys.argv[2], unavailable=True)
     elif sys.argv[1:2] == ["client"] and len(sys.argv) == 4:
         client(sys.argv[2], sys.argv[3])
     else:
-        sys.exit("usage: echo.py server NAME | echo.py client TARGET AUTHORITY")
+        sys.exit("usage: echo.py server NAME [unavailable] | echo.py client TARGET AUTHORITY")
 
 
 if __name__ == "__main__":

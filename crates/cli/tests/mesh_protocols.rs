@@ -40,8 +40,14 @@ struct GrpcServer {
 
 impl GrpcServer {
     fn start(name: &str) -> GrpcServer {
+        Self::start_with(name, &[])
+    }
+
+    /// With `["unavailable"]`: a server whose Unary fails with UNAVAILABLE.
+    fn start_with(name: &str, extra: &[&str]) -> GrpcServer {
         let mut child = Command::new(python())
             .args([&format!("{ROOT}/tests/grpc/echo.py"), "server", name])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -556,4 +562,91 @@ async fn websocket_upgrades_cross_an_http2_hop_during_a_rollout() {
         h2 > 0 && h1 == 0,
         "the hop is HTTP/2: http2 {h2}, http1 {h1}"
     );
+}
+
+/// gRPC semantics through the mesh: a call refused with UNAVAILABLE by one instance is
+/// retried on another (the default retry conditions include gRPC's `unavailable`), the
+/// refusal is in the callee's access log with its gRPC status, a call's own deadline
+/// replaces the dependency's timeout, and a method `incoming` does not grant is answered
+/// PERMISSION_DENIED as a gRPC status, not an HTML 403.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_retries_on_unavailable_and_permissions_per_method() {
+    let mut mesh = Mesh::start(|_, _| {}).await;
+    let good = GrpcServer::start("payments-1");
+    let shedding = GrpcServer::start_with("payments-2", &["unavailable"]);
+    let incoming = "incoming:\n  endpoints:\n    - { path: /meshplane.test.Echo/Unary, clients: [orders] }\n    - { path: /meshplane.test.Echo/Sleep, clients: [orders] }\n";
+    for (id, server) in [("payments-1", &good), ("payments-2", &shedding)] {
+        let d = format!(
+            "service: payments\nport: {}\nprotocol: grpc\nmtls: strict\ningress: {{ port: {} }}\n{incoming}",
+            server.port,
+            free_port()
+        );
+        mesh.sidecar(id, &d, 1).await;
+    }
+    let egress = free_port();
+    // A short dependency timeout: a gRPC call's own deadline replaces it.
+    let orders = caller(
+        "orders",
+        free_port(),
+        free_port(),
+        egress,
+        "  - service: payments\n    timeout: 500ms\n",
+    );
+    mesh.sidecar("orders-1", &orders, 2).await;
+    let admin = mesh.sidecar_admin("orders-1");
+    assert!(
+        poll(|| async {
+            envoy_stat(&mesh.http, admin, "cluster.payments.membership_healthy").await == Some(2)
+        })
+        .await,
+        "both payments instances healthy at orders\n{}",
+        mesh.sidecar_log("payments-2")
+    );
+
+    let calls: Vec<Value> = (0..20)
+        .map(|i| json!({"method": "Unary", "payload": format!("{i}")}))
+        .collect();
+    let results = grpc_calls(egress, "payments", &calls).await;
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["reply"], format!("payments-1:{i}"), "call {i}: {r}");
+    }
+    assert!(
+        shedding.printed().iter().any(|l| l == "refused Unary"),
+        "no call reached the shedding instance, so nothing was retried"
+    );
+    let retried = envoy_stat(&mesh.http, admin, "cluster.payments.upstream_rq_retry")
+        .await
+        .unwrap_or(0);
+    assert!(retried > 0, "orders' Envoy retried: {retried}");
+    // The callee logs the refusal (default `errors`: a gRPC status other than OK).
+    assert!(
+        poll(|| async {
+            mesh.sidecar_log("payments-2").lines().any(|l| {
+                l.contains("\"meshplane\":\"access\"")
+                    && l.contains("\"grpc_status\":\"UNAVAILABLE\"")
+            })
+        })
+        .await,
+        "payments-2's access log has the UNAVAILABLE call\n{}",
+        mesh.sidecar_log("payments-2")
+    );
+
+    // The client's 5 s deadline, not the dependency's 500 ms timeout, bounds a 1 s call.
+    let long = grpc_calls(
+        egress,
+        "payments",
+        &[json!({"method": "Sleep", "payload": "1", "timeout": 5})],
+    )
+    .await;
+    assert_eq!(long[0]["reply"], "woke", "{long:?}");
+
+    // A method incoming does not grant: a gRPC PERMISSION_DENIED.
+    let denied = grpc_calls(
+        egress,
+        "payments",
+        &[json!({"method": "Stream", "count": 2})],
+    )
+    .await;
+    assert_eq!(denied[0]["ok"], false, "{denied:?}");
+    assert_eq!(denied[0]["code"], "PERMISSION_DENIED", "{denied:?}");
 }

@@ -7,22 +7,26 @@
 //! Each line has a `meshplane` key saying which kind it is (`access`, `rbac`).
 //!
 //! Request lines (`docs/descriptor.md#access_log`, README "Access logs") have fixed keys;
-//! later work adds keys (`trace_id`, `grpc_status`) without renaming or removing one, so
+//! later work adds keys (`trace_id` and `grpc_status` were added so) without renaming or
+//! removing one, so
 //! consumers that ignore unknown keys keep working. Values that can be long or come from the
 //! caller are cut to a bound, and the path never carries its query string (queries carry
 //! tokens and other secrets). Envoy escapes what it writes (quotes, control characters,
 //! bytes that are not UTF-8), so a hostile request still gives one JSON object per line.
 
 use envoy_types::pb::envoy::config::accesslog::v3::{
-    AccessLog, AccessLogFilter, ComparisonFilter, OrFilter, ResponseFlagFilter, StatusCodeFilter,
-    access_log, access_log_filter, comparison_filter,
+    AccessLog, AccessLogFilter, AndFilter, ComparisonFilter, GrpcStatusFilter, HeaderFilter,
+    OrFilter, ResponseFlagFilter, StatusCodeFilter, access_log, access_log_filter,
+    comparison_filter, grpc_status_filter,
 };
 use envoy_types::pb::envoy::config::core::v3::{
     RuntimeUInt32, SubstitutionFormatString, substitution_format_string,
 };
+use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
 use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
     StdoutAccessLog, stdout_access_log,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::Struct;
 use meshplane_model::identity::spiffe_id;
 use meshplane_model::{AccessLog as Mode, Descriptor};
@@ -92,6 +96,10 @@ pub(crate) fn requests(d: &Descriptor, direction: Direction, trust_domain: &str)
         ("bytes_received", "%BYTES_RECEIVED%".to_owned()),
         ("bytes_sent", "%BYTES_SENT%".to_owned()),
         ("request_id", "%REQ(X-REQUEST-ID):256%".to_owned()),
+        // gRPC calls: the status in `grpc-status` (`PERMISSION_DENIED`; `null` otherwise).
+        ("grpc_status", "%GRPC_STATUS(SNAKE_STRING)%".to_owned()),
+        // The trace the request belongs to, when tracing is on (`--tracing-collector`).
+        ("trace_id", "%TRACE_ID%".to_owned()),
     ];
     vec![json_stdout(&fields, filter)]
 }
@@ -119,9 +127,47 @@ fn errors() -> AccessLogFilter {
             ResponseFlagFilter { flags: Vec::new() },
         )),
     };
+    // A gRPC call fails with HTTP 200 and a `grpc-status`: any but OK is an error. Only for
+    // gRPC requests: Envoy infers a status from the HTTP code of any other response.
+    let grpc = AccessLogFilter {
+        filter_specifier: Some(access_log_filter::FilterSpecifier::AndFilter(AndFilter {
+            filters: vec![
+                AccessLogFilter {
+                    filter_specifier: Some(access_log_filter::FilterSpecifier::HeaderFilter(
+                        HeaderFilter {
+                            header: Some(HeaderMatcher {
+                                name: "content-type".to_owned(),
+                                header_match_specifier: Some(
+                                    header_matcher::HeaderMatchSpecifier::StringMatch(
+                                        StringMatcher {
+                                            match_pattern: Some(
+                                                string_matcher::MatchPattern::Prefix(
+                                                    "application/grpc".to_owned(),
+                                                ),
+                                            ),
+                                            ..Default::default()
+                                        },
+                                    ),
+                                ),
+                                ..Default::default()
+                            }),
+                        },
+                    )),
+                },
+                AccessLogFilter {
+                    filter_specifier: Some(access_log_filter::FilterSpecifier::GrpcStatusFilter(
+                        GrpcStatusFilter {
+                            statuses: vec![grpc_status_filter::Status::Ok as i32],
+                            exclude: true,
+                        },
+                    )),
+                },
+            ],
+        })),
+    };
     AccessLogFilter {
         filter_specifier: Some(access_log_filter::FilterSpecifier::OrFilter(OrFilter {
-            filters: vec![status, flagged],
+            filters: vec![status, flagged, grpc],
         })),
     }
 }

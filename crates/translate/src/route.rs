@@ -161,6 +161,12 @@ fn forward(
         )),
         retry_policy: Some(retry_policy(dep.and_then(|d| d.retries.as_ref()))),
         metadata_match,
+        // A gRPC call's own deadline (`grpc-timeout`) replaces the dependency's timeout, so a
+        // long stream lives as long as its client allows (0: no cap). Other requests keep the
+        // route's timeout. `max_stream_duration.grpc_timeout_header_max` would say the same
+        // but switches every request to Envoy's stream-duration timeouts, dropping `timeout`.
+        #[allow(deprecated)]
+        max_grpc_timeout: Some(duration(Duration::ZERO)),
         ..Default::default()
     })
 }
@@ -208,6 +214,8 @@ pub(crate) fn retry_policy(retries: Option<&Retries>) -> RetryPolicy {
                 RetryOn::ConnectFailure,
                 RetryOn::Reset,
                 RetryOn::RefusedStream,
+                // gRPC's own "try again" (a server shedding load, or going away).
+                RetryOn::Grpc(meshplane_model::descriptor::GrpcRetryStatus::Unavailable),
             ],
         ),
     };
@@ -222,6 +230,7 @@ pub(crate) fn retry_policy(retries: Option<&Retries>) -> RetryPolicy {
             RetryOn::ServerError => retry_on.push("5xx"),
             // Envoy has no "503" token: statuses go through retriable-status-codes.
             RetryOn::Status(code) => codes.push(u32::from(*code)),
+            RetryOn::Grpc(status) => retry_on.push(status.name()),
         }
     }
     if !codes.is_empty() {

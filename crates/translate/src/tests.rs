@@ -89,7 +89,10 @@ fn retries_map_statuses_to_retriable_status_codes() {
     assert_eq!(policy.retriable_status_codes, vec![503]);
     assert_eq!(policy.num_retries.map(|n| n.value), Some(3));
     let default = route::retry_policy(None);
-    assert_eq!(default.retry_on, "connect-failure,reset,refused-stream");
+    assert_eq!(
+        default.retry_on,
+        "connect-failure,reset,refused-stream,unavailable"
+    );
     assert_eq!(
         default.retry_host_predicate.len(),
         1,

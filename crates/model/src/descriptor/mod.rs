@@ -219,6 +219,44 @@ pub enum RetryOn {
     ServerError,
     /// One specific status code.
     Status(u16),
+    /// A gRPC status in the response (gRPC calls answer HTTP 200 with the status in
+    /// `grpc-status`).
+    Grpc(GrpcRetryStatus),
+}
+
+/// The gRPC statuses a call may be retried on (Envoy's gRPC retry conditions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GrpcRetryStatus {
+    /// `CANCELLED`.
+    Cancelled,
+    /// `DEADLINE_EXCEEDED`.
+    DeadlineExceeded,
+    /// `INTERNAL`.
+    Internal,
+    /// `RESOURCE_EXHAUSTED`.
+    ResourceExhausted,
+    /// `UNAVAILABLE`.
+    Unavailable,
+}
+
+impl GrpcRetryStatus {
+    /// Every one, with the name the descriptor and Envoy use.
+    pub const ALL: [(GrpcRetryStatus, &'static str); 5] = [
+        (GrpcRetryStatus::Cancelled, "cancelled"),
+        (GrpcRetryStatus::DeadlineExceeded, "deadline-exceeded"),
+        (GrpcRetryStatus::Internal, "internal"),
+        (GrpcRetryStatus::ResourceExhausted, "resource-exhausted"),
+        (GrpcRetryStatus::Unavailable, "unavailable"),
+    ];
+
+    /// The name the descriptor and Envoy's `retry_on` use (`resource-exhausted`).
+    pub fn name(self) -> &'static str {
+        GrpcRetryStatus::ALL
+            .iter()
+            .find(|(s, _)| *s == self)
+            .map_or("", |(_, n)| n)
+    }
 }
 
 /// Incoming permissions.

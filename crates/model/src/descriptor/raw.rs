@@ -502,14 +502,17 @@ fn retry_on(field: &str, value: StringOrNumber) -> Result<RetryOn, DescriptorErr
         "5xx" => RetryOn::ServerError,
         code => match code.parse::<u16>() {
             Ok(c) if (100..=599).contains(&c) => RetryOn::Status(c),
-            _ => {
-                return Err(DescriptorError::field(
-                    field,
-                    format!(
-                        "unknown retry condition `{code}`; use connect-failure, reset, refused-stream, gateway-error, 5xx or a status code such as \"503\""
-                    ),
-                ));
-            }
+            _ => match super::GrpcRetryStatus::ALL.iter().find(|(_, n)| *n == code) {
+                Some((status, _)) => RetryOn::Grpc(*status),
+                None => {
+                    return Err(DescriptorError::field(
+                        field,
+                        format!(
+                            "unknown retry condition `{code}`; use connect-failure, reset, refused-stream, gateway-error, 5xx, a status code such as \"503\", or for gRPC calls unavailable, resource-exhausted, internal, deadline-exceeded or cancelled"
+                        ),
+                    ));
+                }
+            },
         },
     })
 }

@@ -131,10 +131,24 @@ fn errors_is_the_default_on_every_chain_of_both_listeners() {
                         Some(access_log_filter::FilterSpecifier::ResponseFlagFilter(r)) => {
                             format!("flags{:?}", r.flags)
                         }
+                        Some(access_log_filter::FilterSpecifier::AndFilter(a)) => {
+                            // gRPC requests whose grpc-status is not OK.
+                            let grpc = a.filters.iter().any(|f| {
+                                matches!(&f.filter_specifier,
+                                    Some(access_log_filter::FilterSpecifier::GrpcStatusFilter(g))
+                                        if g.exclude && g.statuses == [0])
+                            });
+                            let request = a.filters.iter().any(|f| {
+                                matches!(&f.filter_specifier,
+                                    Some(access_log_filter::FilterSpecifier::HeaderFilter(h))
+                                        if h.header.as_ref().is_some_and(|h| h.name == "content-type"))
+                            });
+                            if grpc && request { "grpc!=OK".to_owned() } else { format!("{a:?}") }
+                        }
                         other => format!("{other:?}"),
                     })
                     .collect();
-                assert_eq!(kinds, ["status>=500", "flags[]"]);
+                assert_eq!(kinds, ["status>=500", "flags[]", "grpc!=OK"]);
             }
         }
     }
@@ -190,6 +204,7 @@ fn lines_name_caller_and_destination_per_direction_and_never_the_query() {
             "destination",
             "direction",
             "duration_ms",
+            "grpc_status",
             "meshplane",
             "method",
             "path",
@@ -200,6 +215,7 @@ fn lines_name_caller_and_destination_per_direction_and_never_the_query() {
             "service",
             "status",
             "time",
+            "trace_id",
             "upstream_failure",
             "upstream_host",
             "upstream_service_time_ms",
