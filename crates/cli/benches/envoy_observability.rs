@@ -19,20 +19,20 @@
 //! requests). "Added" is a configuration's figure minus the same round's `nothing`. Every
 //! process started is reaped.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
 use meshplane_runtime::ControlPlaneConfig;
 use meshplane_runtime::control_plane::{self, ControlPlane};
+use otlp::Receiver;
 use tokio_util::sync::CancellationToken;
 
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+/// The tracing tests' OTLP receiver (one implementation for tests and benchmark).
+#[path = "../tests/support/otlp.rs"]
+mod otlp;
 /// A sidecar that is not ready by then has failed.
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -181,7 +181,7 @@ async fn run(args: Args) {
         }
     }
     report(&runs);
-    let spans = receiver.spans.load(Ordering::SeqCst);
+    let spans = receiver.spans().len();
     let lines: Vec<usize> = meshes.iter().map(Mesh::access_log_lines).collect();
     let mut handshakes = Vec::new();
     for mesh in &meshes {
@@ -363,7 +363,7 @@ impl Mesh {
             cpu_ticks(self.caller.envoy_pid),
             cpu_ticks(self.callee.envoy_pid),
             cpu_ticks(self.caller.child.id()) + cpu_ticks(self.callee.child.id()),
-            cpu_ticks(receiver.child.id()),
+            cpu_ticks(receiver.pid()),
         ]
     }
 
@@ -489,50 +489,6 @@ impl Drop for Sidecar {
         {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
-    }
-}
-
-/// The real OTLP/gRPC receiver of the tracing tests; counts the spans it prints.
-struct Receiver {
-    child: Child,
-    port: u16,
-    spans: Arc<AtomicU64>,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let python = format!("{ROOT}/.tools/venv/bin/python");
-        assert!(
-            Path::new(&python).exists(),
-            "{python} is missing: run scripts/install-test-deps.sh"
-        );
-        let mut child = Command::new(&python)
-            .arg(format!("{ROOT}/tests/otlp/receiver.py"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the OTLP receiver starts");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let port = lines
-            .next()
-            .and_then(Result::ok)
-            .and_then(|l| l.trim().parse().ok())
-            .expect("the receiver prints its port (are grpcio and opentelemetry-proto installed?)");
-        let spans = Arc::new(AtomicU64::new(0));
-        let count = spans.clone();
-        std::thread::spawn(move || {
-            for _ in lines.map_while(Result::ok) {
-                count.fetch_add(1, Ordering::SeqCst);
-            }
-        });
-        Receiver { child, port, spans }
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -1,5 +1,6 @@
 //! The OTLP/gRPC trace receiver of `tests/otlp/receiver.py` (grpcio and opentelemetry-proto
-//! from PyPI, in the project's venv) as a child process of a test.
+//! from PyPI, in the project's venv) as a child process of a test (or of the
+//! `envoy_observability` benchmark, which includes this file).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -42,6 +43,11 @@ impl Receiver {
         let sink = spans.clone();
         std::thread::spawn(move || read_spans(lines, &sink));
         Receiver { child, port, spans }
+    }
+
+    /// Its process id (the cost benchmark reads its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Every span received so far.
