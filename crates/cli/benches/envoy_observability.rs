@@ -466,23 +466,7 @@ impl Sidecar {
 
 impl Drop for Sidecar {
     fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break;
-                }
-            }
-        }
+        meshplane_test_support::process::terminate(&mut self.child, Duration::from_secs(20));
         // The sidecar reaps its Envoy on SIGTERM; this only matters if it had to be killed.
         if let Some(pid) = rustix::process::Pid::from_raw(self.envoy_pid as i32)
             && Path::new(&format!("/proc/{}", self.envoy_pid)).exists()

@@ -1,9 +1,12 @@
 //! Pausing a process with SIGSTOP: a registry, control plane or Envoy that is alive (its
 //! sockets open, connections accepted by the kernel) but answers nothing, as under a long GC
 //! pause, a frozen VM or a debugger. [`pause`] returns a guard that sends SIGCONT when it
-//! is dropped, so a failing test never leaves a stopped process behind.
+//! is dropped, so a failing test never leaves a stopped process behind. [`terminate`] stops a
+//! child for good: SIGTERM, SIGKILL after a grace period, reaped either way.
 
 use std::io;
+use std::process::Child;
+use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
 
@@ -51,6 +54,24 @@ pub fn is_stopped(pid: u32) -> io::Result<bool> {
         .and_then(|(_, rest)| rest.chars().next())
         .ok_or_else(|| io::Error::other(format!("unexpected /proc/{pid}/stat: {stat}")))?;
     Ok(state == 'T')
+}
+
+/// Stops `child` (a sidecar, a control plane): SIGTERM so it can clean up (deregister, stop
+/// its Envoy), SIGKILL once `grace` has passed without it exiting; reaped either way. Nothing
+/// to do when it has already exited.
+pub fn terminate(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    if let Ok(pid) = to_pid(child.id()) {
+        let _ = kill_process(pid, Signal::TERM);
+    }
+    let deadline = Instant::now() + grace;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn to_pid(pid: u32) -> io::Result<Pid> {
