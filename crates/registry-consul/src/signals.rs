@@ -50,7 +50,13 @@ impl CheckSignals {
         self.index
     }
 
-    /// Takes in an answer at `index`. The first answer only sets the baseline.
+    /// Whether the first answer (the baseline every later one is compared with) is in.
+    pub fn has_baseline(&self) -> bool {
+        self.seen
+    }
+
+    /// Takes in an answer at `index`. The first answer only sets the baseline: a change
+    /// before it shows in no signal, so what was read before it must be read again.
     pub fn update(&mut self, answer: Reduced, index: u64) -> Changes {
         let mut changes = Changes::default();
         if self.seen {

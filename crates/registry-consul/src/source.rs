@@ -9,6 +9,8 @@
 //! - **Signals** (more services; back to watches below half the slots): one blocking query on
 //!   `/v1/health/state/any` (holding one slot) says which services' checks changed
 //!   ([`CheckSignals`]), and only those are read again, up to `MAX_READS` (32) at once.
+//!   Its first answer is only a baseline (a change before it is in no signal), so every
+//!   service is read once it is in, and whatever was read before it is read again.
 //!   Registrations and deregistrations with checks, and health changes, show there. What
 //!   checks do not show (an instance without checks, a re-registration with other ports) moves
 //!   the catalog's index or the checks' index without a check change: after `CATALOG_GRACE`
@@ -110,6 +112,13 @@ struct Signals {
     /// Reads in flight, and those asked for again meanwhile.
     reading: HashSet<ServiceName>,
     again: HashSet<ServiceName>,
+    /// Services read before the checks watch's first answer (the baseline): a change between
+    /// such a read and the baseline is in no signal, so each is read again once it is in.
+    early: HashSet<ServiceName>,
+    /// Whether every service has been read since switching to signals. The first sweep waits
+    /// for the baseline (so that nothing needs reading twice), unless the checks watch fails
+    /// first.
+    swept: bool,
     next_resync: Instant,
 }
 
@@ -436,7 +445,10 @@ impl Coordinator {
                 }
             }
             Update::Checks(Ok((checks, index))) => self.checks(checks, index, health),
-            Update::Checks(Err(e)) => self.failed(CHECKS.into(), e.to_string()),
+            Update::Checks(Err(e)) => {
+                self.failed(CHECKS.into(), e.to_string());
+                self.sweep_without_baseline(health);
+            }
             Update::ReadDone(name) => self.read_done(name, health),
             Update::Probe(Ok(())) => {
                 self.failing.remove(PROBE);
@@ -502,7 +514,7 @@ impl Coordinator {
                 }
             }
             Mode::Signals(signals) => {
-                // (Just switched: every service is being read, nothing to explain.)
+                // (Just switched: every service will be read, nothing to explain.)
                 if !switched
                     && changed.is_empty()
                     && gone.is_empty()
@@ -522,7 +534,7 @@ impl Coordinator {
 
     /// Switches between watches and signals as the number of services crosses the slots, and
     /// to multiplexed watches while Consul answers over HTTP/2; whether it switched to signals
-    /// (every service is being read).
+    /// (every service will be read once the checks watch's baseline is in).
     fn choose_mode(&mut self, health: &Health) -> bool {
         let services = self.catalog.len();
         let multiplexed = health.client.multiplexed()
@@ -576,10 +588,12 @@ impl Coordinator {
                     unexplained: None,
                     reading: HashSet::new(),
                     again: HashSet::new(),
+                    early: HashSet::new(),
+                    swept: false,
                     next_resync: Instant::now() + health.config.resync,
                 }));
-                // Read every service once: what changed while switching is not in a signal.
-                self.sweep(health);
+                // Every service is read once the checks watch's first answer is in: what
+                // changed before that answer is in no signal, what changes after it is.
                 true
             }
             Mode::Signals(ref signals) if services <= health.slots / 2 => {
@@ -598,6 +612,9 @@ impl Coordinator {
         let Mode::Signals(signals) = &mut self.mode else {
             return;
         };
+        if !signals.signals.has_baseline() {
+            signals.early.insert(name.clone());
+        }
         if signals.reading.contains(&name) {
             signals.again.insert(name);
         } else {
@@ -622,9 +639,25 @@ impl Coordinator {
         let Mode::Signals(signals) = &mut self.mode else {
             return; // a late answer after switching back to watches
         };
+        let baseline = !signals.signals.has_baseline();
         let changes = signals.signals.update(checks, index);
         if signals.unexplained.is_some_and(|(at, _)| index >= at) {
             signals.unexplained = None;
+        }
+        if baseline {
+            // Read now what was read before the baseline (or everything, the first time):
+            // each read is sent after it, so it sees every change the baseline holds.
+            let early = std::mem::take(&mut signals.early);
+            if std::mem::replace(&mut signals.swept, true) {
+                for name in early {
+                    if self.catalog.contains_key(&name) {
+                        self.read(name, health);
+                    }
+                }
+            } else {
+                self.sweep(health);
+            }
+            return;
         }
         let sweep = changes.unexplained;
         for name in changes.services {
@@ -635,6 +668,18 @@ impl Coordinator {
             }
         }
         if sweep {
+            self.sweep(health);
+        }
+    }
+
+    /// Signals mode: the checks watch failed before its first answer. Every service is read
+    /// anyway, so the state does not wait on that one endpoint; the reads are repeated once
+    /// the baseline is in.
+    fn sweep_without_baseline(&mut self, health: &Health) {
+        if let Mode::Signals(signals) = &mut self.mode
+            && !signals.swept
+        {
+            signals.swept = true;
             self.sweep(health);
         }
     }
