@@ -284,10 +284,20 @@ async fn versioned_app(http2: bool) -> u16 {
     port
 }
 
-/// `curl --http2-prior-knowledge` through `egress` to `host`: (HTTP version, status, body).
+/// `curl --http2-prior-knowledge` through `egress` to `host`: (HTTP version and status, body).
 async fn curl_h2(egress: u16, host: &str) -> (String, String) {
+    curl_with(egress, host, "--http2-prior-knowledge").await
+}
+
+/// `curl --http2`: an HTTP/1.1 request with `Upgrade: h2c` (and `HTTP2-Settings`) through
+/// `egress` to `host`: (HTTP version and status, body).
+async fn curl_h2c_upgrade(egress: u16, host: &str) -> (String, String) {
+    curl_with(egress, host, "--http2").await
+}
+
+async fn curl_with(egress: u16, host: &str, mode: &str) -> (String, String) {
     let out = tokio::process::Command::new("curl")
-        .args(["-s", "--http2-prior-knowledge", "--max-time", "5"])
+        .args(["-s", mode, "--max-time", "5"])
         .args(["-H", &format!("host: {host}")])
         .args(["-w", "\n%{http_version} %{http_code}"])
         .arg(format!("http://127.0.0.1:{egress}/hello"))
@@ -338,6 +348,36 @@ async fn http2_callers_reach_http2_and_http1_apps() {
             "curl speaks HTTP/2 to the egress and {service}'s app gets {app_saw}: {:?}\n{}",
             curl_h2(egress, service).await,
             mesh.sidecar_log("web-1")
+        );
+    }
+    // `Upgrade: h2c` from an HTTP/1.1 client: the upgrade is declined (the answer is
+    // HTTP/1.1), the request itself is served — over HTTP/2 past the egress where the
+    // callee speaks it.
+    for (service, app_saw) in [
+        ("h2-mtls", "HTTP/2.0"),
+        ("h2-plain", "HTTP/2.0"),
+        ("h1-only", "HTTP/1.1"),
+    ] {
+        let got = curl_h2c_upgrade(egress, service).await;
+        assert_eq!(
+            got,
+            ("1.1 200".to_owned(), app_saw.to_owned()),
+            "curl --http2 (Upgrade: h2c) to {service}\n{}",
+            mesh.sidecar_log("web-1")
+        );
+    }
+    // The same straight to a sidecar's ingress, from a caller outside the mesh (plaintext is
+    // accepted by `permissive` and `disabled`).
+    for (service, app_saw) in [
+        ("h2-mtls", "HTTP/2.0"),
+        ("h2-plain", "HTTP/2.0"),
+        ("h1-only", "HTTP/1.1"),
+    ] {
+        let got = curl_h2c_upgrade(ingress[service], service).await;
+        assert_eq!(
+            got,
+            ("1.1 200".to_owned(), app_saw.to_owned()),
+            "curl --http2 (Upgrade: h2c) to {service}'s ingress"
         );
     }
     // Between sidecars: HTTP/2 over mTLS, h2c in plaintext, HTTP/1.1 to the HTTP/1.1 service.
@@ -649,4 +689,44 @@ async fn grpc_retries_on_unavailable_and_permissions_per_method() {
     .await;
     assert_eq!(denied[0]["ok"], false, "{denied:?}");
     assert_eq!(denied[0]["code"], "PERMISSION_DENIED", "{denied:?}");
+
+    // gRPC statuses in the metrics, on both sides: the caller counts each call's final status
+    // per dependency (the retried calls ended OK), the shedding callee its refusals.
+    for (id, stat, at_least) in [
+        ("orders-1", "cluster.payments.grpc.0", 21),
+        ("orders-1", "cluster.payments.grpc.7", 1),
+        ("orders-1", "cluster.payments.grpc.total", 22),
+        ("payments-2", "cluster.meshplane_local-app.grpc.14", 1),
+    ] {
+        let admin = mesh.sidecar_admin(id);
+        assert!(
+            poll(|| async { envoy_stat(&mesh.http, admin, stat).await.unwrap_or(0) >= at_least })
+                .await,
+            "{id}: {stat} = {:?}, want at least {at_least}",
+            envoy_stat(&mesh.http, admin, stat).await
+        );
+    }
+    let scrape = mesh
+        .http
+        .get(format!("http://127.0.0.1:{admin}/stats/prometheus"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    let denied_series = scrape.lines().find(|l| {
+        l.starts_with("envoy_cluster_grpc{")
+            && l.contains("envoy_cluster_name=\"payments\"")
+            && l.contains("grpc_status=\"7\"")
+    });
+    assert!(
+        denied_series.is_some(),
+        "envoy_cluster_grpc{{envoy_cluster_name=\"payments\",grpc_status=\"7\"}} in:\n{}",
+        scrape
+            .lines()
+            .filter(|l| l.contains("grpc"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

@@ -53,6 +53,10 @@ pub const KEPT_PREFIXES: [&str; 21] = [
 ///   pair) become `envoy_cluster_zone_upstream_rq_*{envoy_cluster_name, source_datacenter,
 ///   destination_datacenter}`.
 ///
+/// - `cluster.<name>.grpc.<code>` (gRPC calls by final status, counted by the listeners'
+///   `grpc_stats` filter) become `envoy_cluster_grpc{envoy_cluster_name, grpc_status}`, the
+///   status as its number (`0` OK, `7` PERMISSION_DENIED, `14` UNAVAILABLE…).
+///
 /// Envoy's own labels stay (`envoy_response_code`, `envoy_response_code_class`, and
 /// `envoy_virtual_host`/`envoy_virtual_cluster` beside the pair's).
 pub fn service_pair_tags() -> Value {
@@ -62,6 +66,7 @@ pub fn service_pair_tags() -> Value {
         { "tag_name": "source_service", "regex": r"^vhost\..+?\.vcluster\.((.+?)\.)upstream_rq" },
         { "tag_name": "source_datacenter", "regex": r"^cluster\..+?\.zone\.(([^.]+)\.)[^.]+\.upstream_rq" },
         { "tag_name": "destination_datacenter", "regex": r"^cluster\..+?\.zone\.[^.]+\.(([^.]+)\.)upstream_rq" },
+        { "tag_name": "grpc_status", "regex": r"^cluster\..+\.grpc(\.(\d+))$" },
     ])
 }
 
@@ -109,6 +114,11 @@ pub const KEPT_PER_CLUSTER: [&str; 38] = [
     "ssl.fail_verify_san",
 ];
 
+/// gRPC calls per cluster (a regular expression after `cluster.<name>.`): by final status
+/// (`grpc.0`, `grpc.14`…), `success`, `failure`, `total` and message counts — a fixed set,
+/// since the `grpc_stats` filter does not split them by method.
+pub const KEPT_GRPC_PER_CLUSTER: &str = r"grpc\.[a-z0-9_]+";
+
 /// The bootstrap fields for `stats` (none for `all`: Envoy's own behaviour).
 pub fn bootstrap_fields(stats: &Stats) -> Vec<(&'static str, Value)> {
     let Stats::Mesh(extra) = stats else {
@@ -146,7 +156,10 @@ fn per_cluster_regex() -> String {
         .iter()
         .map(|n| n.replace('.', "\\."))
         .collect();
-    format!("^cluster\\..+\\.({})$", names.join("|"))
+    format!(
+        "^cluster\\..+\\.({}|{KEPT_GRPC_PER_CLUSTER})$",
+        names.join("|")
+    )
 }
 
 fn pattern(p: &StatsPattern) -> Value {

@@ -16,6 +16,9 @@ use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
 use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3::{
     FilterConfig, filter_config,
 };
+use envoy_types::pb::envoy::extensions::filters::http::grpc_stats::v3::{
+    FilterConfig as GrpcStats, filter_config::PerMethodStatSpecifier,
+};
 use envoy_types::pb::envoy::extensions::filters::http::health_check::v3::HealthCheck;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
@@ -43,6 +46,23 @@ fn router() -> HttpFilter {
         config_type: Some(http_filter::ConfigType::TypedConfig(
             any(&Router::default()),
         )),
+        ..Default::default()
+    }
+}
+
+/// gRPC calls counted by their final status per cluster (`cluster.<name>.grpc.<code>`, with
+/// `success`, `failure`, `total` and message counts); other requests pass untouched. Not per
+/// method: a caller could grow the statistics without bound by inventing method names.
+fn grpc_stats() -> HttpFilter {
+    let config = GrpcStats {
+        per_method_stat_specifier: Some(PerMethodStatSpecifier::StatsForAllMethods(BoolValue {
+            value: false,
+        })),
+        ..Default::default()
+    };
+    HttpFilter {
+        name: "envoy.filters.http.grpc_stats".to_owned(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(&config))),
         ..Default::default()
     }
 }
@@ -130,7 +150,7 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
         }
     };
     let mut http_filters = rbac::filters(d, &options.trust_domain);
-    http_filters.push(router());
+    http_filters.extend([grpc_stats(), router()]);
     let requests = access_log::requests(d, Direction::Ingress, &options.trust_domain);
     let mut access_logs = requests.clone();
     access_logs.extend(rbac::access_logs(d));
@@ -244,7 +264,7 @@ pub(crate) fn egress(d: &Descriptor, port: u16, options: &MeshOptions) -> Listen
             ..Default::default()
         });
     }
-    http_filters.push(router());
+    http_filters.extend([grpc_stats(), router()]);
     let hcm = HttpConnectionManager {
         stat_prefix: names::EGRESS_LISTENER.to_owned(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
