@@ -13,6 +13,7 @@ mod auth;
 mod ca;
 pub use ca::EnrolmentTokens;
 pub mod consistency;
+pub mod dry_run;
 mod metrics;
 mod panel;
 pub mod relay;
@@ -68,6 +69,8 @@ pub struct AdminState {
     /// Grafana's address (no trailing `/`): service and instance views link to the shipped
     /// dashboards there.
     pub grafana_url: Option<Arc<str>>,
+    /// Translates descriptors for `POST /api/dry-run`; `None`: the route answers 501.
+    pub dry_run: Option<Arc<dyn dry_run::Planner>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -96,6 +99,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/state", get(registry_state))
         .route("/api/groups", get(groups))
         .route("/api/groups/{key}/resources", get(group_resources))
+        .route(
+            "/api/dry-run",
+            axum::routing::post(dry_run_route)
+                .layer(axum::extract::DefaultBodyLimit::max(DRY_RUN_BODY_LIMIT)),
+        )
         .route("/api/proxies/{id}/config_dump", get(relay::config_dump))
         .route("/api/proxies/{id}/stats", get(relay::stats))
         .route("/api/proxies/{id}/certs", get(relay::certs))
@@ -220,6 +228,58 @@ async fn group_resources(State(s): State<AdminState>, Path(key): Path<String>) -
             format!("no snapshot for group `{key}`\n"),
         )
             .into_response(),
+    }
+}
+
+/// Largest descriptor a dry run takes (a sidecar's node metadata is bounded likewise).
+const DRY_RUN_BODY_LIMIT: usize = 256 * 1024;
+
+/// Query of `POST /api/dry-run`.
+#[derive(serde::Deserialize)]
+struct DryRunQuery {
+    /// `text` for the readable diff; JSON otherwise.
+    format: Option<String>,
+}
+
+/// `POST /api/dry-run` (body: a descriptor, YAML or JSON): what the service's proxies would
+/// be sent, compared with what they are sent now. Changes nothing.
+async fn dry_run_route(
+    State(s): State<AdminState>,
+    axum::extract::Query(q): axum::extract::Query<DryRunQuery>,
+    body: String,
+) -> Response {
+    let Some(planner) = s.dry_run.clone() else {
+        return (
+            StatusCode::NOT_IMPLEMENTED,
+            "this control plane does not translate descriptors for dry runs\n",
+        )
+            .into_response();
+    };
+    // Translating a wildcard descriptor is real work: off the async workers.
+    let plan = match tokio::task::spawn_blocking(move || planner.plan(&body)).await {
+        Ok(Ok(plan)) => plan,
+        Ok(Err(e)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("invalid descriptor: {e}\n"),
+            )
+                .into_response();
+        }
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("dry run failed: {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    let proxies = s.status.proxies();
+    let run = dry_run::DryRun::of(plan, |key| {
+        proxies.iter().filter(|p| &p.stream.group == key).count()
+    });
+    match q.format.as_deref() {
+        Some("text") => dry_run::render(&run).into_response(),
+        _ => Json(run).into_response(),
     }
 }
 

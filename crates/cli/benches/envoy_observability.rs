@@ -20,7 +20,6 @@
 //! process started is reaped.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -28,13 +27,17 @@ use axum::routing::get;
 use meshplane_runtime::ControlPlaneConfig;
 use meshplane_runtime::control_plane::{self, ControlPlane};
 use otlp::Receiver;
+use support::{
+    DEADLINE, Sidecar, clock_ticks, cpu_ticks, free_port, load_average, machine, quantile, spread,
+    us,
+};
 use tokio_util::sync::CancellationToken;
 
 /// The tracing tests' OTLP receiver (one implementation for tests and benchmark).
 #[path = "../tests/support/otlp.rs"]
 mod otlp;
-/// A sidecar that is not ready by then has failed.
-const DEADLINE: Duration = Duration::from_secs(60);
+/// Sidecar processes, CPU time, quantiles (shared with the gRPC benchmark).
+mod support;
 
 /// One configuration of both sidecars.
 #[derive(Clone, Copy)]
@@ -197,24 +200,6 @@ async fn run(args: Args) {
     }
 }
 
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted.get(i).copied().unwrap_or_default()
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-/// `median (min–max)` of `values`.
-fn spread(mut values: Vec<f64>) -> String {
-    values.sort_by(f64::total_cmp);
-    let (Some(min), Some(max)) = (values.first(), values.last()) else {
-        return "-".to_owned();
-    };
-    format!("{:.0} ({:.0}–{:.0})", values[values.len() / 2], min, max)
-}
-
 fn report(runs: &[Vec<Run>]) {
     println!();
     println!(
@@ -295,8 +280,8 @@ impl Mesh {
             free_port(),
             free_port()
         );
-        let callee = Sidecar::spawn(env, &cp, "payments-1", &payments).await;
-        let caller = Sidecar::spawn(env, &cp, "orders-1", &orders).await;
+        let callee = Sidecar::spawn(env.envoy, env.dir, &cp, "payments-1", &payments).await;
+        let caller = Sidecar::spawn(env.envoy, env.dir, &cp, "orders-1", &orders).await;
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(5))
@@ -410,138 +395,4 @@ async fn app() -> u16 {
         let _ = axum::serve(listener, router).await;
     });
     port
-}
-
-/// A `meshplane sidecar` process; stopped (SIGTERM, then SIGKILL) and reaped on drop.
-struct Sidecar {
-    child: Child,
-    envoy_pid: u32,
-    admin: u16,
-    access_log: PathBuf,
-}
-
-impl Sidecar {
-    async fn spawn(env: &Env<'_>, cp: &ControlPlane, id: &str, descriptor: &str) -> Sidecar {
-        let file = env.dir.join(format!("{id}.yaml"));
-        std::fs::write(&file, descriptor).expect("write descriptor");
-        let log = std::fs::File::create(env.dir.join(format!("{id}.log"))).expect("log");
-        let access_log = env.dir.join(format!("{id}-access.log"));
-        let admin = free_port();
-        let registry = cp.registry_addr.expect("embedded registry");
-        let child = Command::new(env!("CARGO_BIN_EXE_meshplane"))
-            .arg("sidecar")
-            .args(["--descriptor", &file.display().to_string()])
-            .args(["--control-plane", &cp.xds_addr.to_string()])
-            .args(["--instance-id", id])
-            .args(["--admin-port", &admin.to_string()])
-            .args(["--base-id", &admin.to_string()])
-            .args(["--address", "127.0.0.1"])
-            .args(["--ca-url", &format!("http://{}", cp.admin_addr)])
-            .args(["--registry", &format!("http://{registry}")])
-            .args(["--access-log", &access_log.display().to_string()])
-            .args(["--work-dir", &env.dir.join(id).display().to_string()])
-            .env("MESHPLANE_ENVOY", env.envoy)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("meshplane sidecar starts");
-        let mut sidecar = Sidecar {
-            child,
-            envoy_pid: 0,
-            admin,
-            access_log,
-        };
-        let end = Instant::now() + DEADLINE;
-        loop {
-            if let Some(pid) = envoy_pid(sidecar.child.id()) {
-                sidecar.envoy_pid = pid;
-                return sidecar;
-            }
-            assert!(Instant::now() < end, "{id}: no Envoy");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        meshplane_test_support::process::terminate(&mut self.child, Duration::from_secs(20));
-        // The sidecar reaps its Envoy on SIGTERM; this only matters if it had to be killed.
-        if let Some(pid) = rustix::process::Pid::from_raw(self.envoy_pid as i32)
-            && Path::new(&format!("/proc/{}", self.envoy_pid)).exists()
-        {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    meshplane_sidecar::envoy::free_loopback_port().expect("a free port on 127.0.0.1")
-}
-
-/// The Envoy a sidecar started: its child named `envoy`.
-fn envoy_pid(sidecar: u32) -> Option<u32> {
-    let tasks = std::fs::read_dir(format!("/proc/{sidecar}/task")).ok()?;
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|c| {
-            c.split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok())
-                .collect::<Vec<_>>()
-        })
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.trim() == "envoy")
-        })
-}
-
-/// `utime + stime` of a process (all its threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which may contain spaces) start at field 3, `state`.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-    field(14).unwrap_or(0) + field(15).unwrap_or(0)
-}
-
-/// Clock ticks a second (`getconf CLK_TCK`; 100 on Linux).
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_default();
-    format!(
-        "{} vCPU {cpu}, load average {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        load_average()
-    )
 }

@@ -31,6 +31,9 @@ enum Command {
     Identity(meshplane_sidecar::IdentityArgs),
     /// Run the demo: control plane, three services with Envoy sidecars, traffic, a summary.
     Demo(DemoArgs),
+    /// Show what a descriptor change would send the service's proxies, before deploying it
+    /// (a dry run on the control plane: nothing changes).
+    Diff(meshplane_sidecar::DiffArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,6 +122,10 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
         Command::Identity(args) => block_on(async move {
             meshplane_sidecar::run_identity(args).await?;
             Ok(ExitCode::SUCCESS)
+        }),
+        Command::Diff(args) => block_on(async move {
+            let text = meshplane_sidecar::run_diff(args).await?;
+            print_stdout(&text)
         }),
         Command::Demo(args) => block_on(async move {
             let shutdown = CancellationToken::new();

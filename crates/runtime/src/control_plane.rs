@@ -280,6 +280,12 @@ pub async fn start(
     )
     .with_observer(Arc::new(metrics.xds().clone()));
     let status = server.status();
+    let dry_run = crate::mesh::DryRunPlanner::new(
+        store.clone(),
+        groups.clone(),
+        cache.clone(),
+        options.clone(),
+    );
     let translator =
         Translator::new(cache.clone(), groups, options).with_metrics(metrics.translation().clone());
     tasks.spawn({
@@ -319,6 +325,7 @@ pub async fn start(
             .grafana_url
             .as_deref()
             .map(|u| Arc::from(u.trim_end_matches('/'))),
+        dry_run: Some(Arc::new(dry_run)),
     };
     tasks.spawn(prune_relays(relays, status.clone(), shutdown.clone()));
     // Other datacenters follow this one's local state on the admin address.

@@ -18,6 +18,7 @@ pub mod args;
 pub mod bootstrap;
 pub mod config;
 pub mod descriptor;
+pub mod dry_run;
 pub mod envoy;
 pub mod identity;
 pub mod registration;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use args::{BootstrapArgs, IdentityArgs, SidecarArgs};
 pub use config::{ControlPlaneAddr, SidecarConfig, XdsFlavour};
+pub use dry_run::{DiffArgs, run_diff};
 pub use error::SidecarError;
 pub use status::{Outcome, SidecarStatus};
 

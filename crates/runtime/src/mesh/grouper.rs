@@ -33,6 +33,18 @@ impl Groups {
         map.entry(key).or_insert_with(|| Arc::new(group));
     }
 
+    /// The groups of one service, by key.
+    pub fn of_service(&self, service: &str) -> Vec<(GroupKey, Arc<ProxyGroup>)> {
+        let map = self.inner.read();
+        let mut groups: Vec<_> = map
+            .iter()
+            .filter(|(_, g)| g.descriptor.service.as_str() == service)
+            .map(|(k, g)| (k.clone(), g.clone()))
+            .collect();
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
+        groups
+    }
+
     /// Forgets groups (their proxies are gone).
     pub fn remove(&self, keys: &[GroupKey]) {
         let mut map = self.inner.write();

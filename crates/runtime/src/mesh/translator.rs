@@ -46,7 +46,7 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 /// and the last change reaches it within one interval plus the pass.
 pub const MIN_PASS_INTERVAL: Duration = Duration::from_millis(50);
 
-struct RegistryCatalog<'a>(&'a RegistrySnapshot);
+pub(crate) struct RegistryCatalog<'a>(pub(crate) &'a RegistrySnapshot);
 
 impl Catalog for RegistryCatalog<'_> {
     fn services(&self) -> Vec<ServiceName> {
@@ -464,10 +464,7 @@ impl Translator {
         } else {
             None
         };
-        let mut resources: Vec<Arc<Resource>> = Vec::new();
-        resources.extend(config.clusters.iter().map(Resource::cluster));
-        resources.extend(config.listeners.iter().map(Resource::listener));
-        resources.extend(config.routes.iter().map(Resource::route));
+        let mut resources = own_resources(&config);
         if let Some(routes) = &routes {
             resources.push(Resource::route_encoded(
                 names::EGRESS_ROUTES,
@@ -599,4 +596,38 @@ impl Translator {
             }
         }
     }
+}
+
+/// A group's own resources: its clusters, listeners and route configurations.
+fn own_resources(config: &meshplane_translate::GroupConfig) -> Vec<Arc<Resource>> {
+    let mut resources: Vec<Arc<Resource>> = Vec::new();
+    resources.extend(config.clusters.iter().map(Resource::cluster));
+    resources.extend(config.listeners.iter().map(Resource::listener));
+    resources.extend(config.routes.iter().map(Resource::route));
+    resources
+}
+
+/// Translates `group` in full against `registry`, outside the translator (dry runs): what
+/// its proxies would be sent, shared service resources included. Nothing is published.
+pub(crate) fn translate_once(
+    group: &ProxyGroup,
+    registry: &RegistrySnapshot,
+    options: &MeshOptions,
+) -> anyhow::Result<Snapshot> {
+    let catalog = RegistryCatalog(registry);
+    let config = group_config(group, &catalog, options)?;
+    let mut resources = own_resources(&config);
+    for service in &config.services {
+        let instances = catalog.instances(service).unwrap_or_default();
+        resources.push(Resource::cluster(&service_cluster(
+            service, instances, options,
+        )));
+        resources.push(Resource::endpoints(&service_endpoints(
+            service,
+            instances,
+            &group.datacenter,
+            options,
+        )));
+    }
+    Ok(Snapshot::new(resources)?)
 }
