@@ -33,6 +33,8 @@ pub struct Sidecar {
     pub child: Child,
     pub envoy_pid: u32,
     pub admin: u16,
+    // Not every benchmark reads its access log.
+    #[allow(dead_code)]
     pub access_log: PathBuf,
 }
 
