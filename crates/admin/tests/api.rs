@@ -106,6 +106,7 @@ async fn setup(synced: bool) -> Setup {
         enrolment_tokens: Default::default(),
         admin_tls: false,
         grafana_url: None,
+        rollout: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -384,6 +385,7 @@ async fn peers_come_from_configuration_and_the_registry() {
         enrolment_tokens: Default::default(),
         admin_tls: false,
         grafana_url: None,
+        rollout: None,
     };
     let peers = meshplane_admin::consistency::peers(&state, Some("http://10.0.0.1:18080"));
     assert_eq!(
