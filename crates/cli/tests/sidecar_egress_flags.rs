@@ -144,3 +144,203 @@ async fn the_sidecar_serves_its_decisions_follows_a_flip_within_a_second_and_kee
     let cached = std::fs::read_to_string(&cache).expect("the decisions are kept on disk");
     assert!(cached.contains(&new_etag.replace('"', "\\\"")), "{cached}");
 }
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+/// The example app (examples/python-requests/app.py, using the reference interceptor) as a
+/// process: each line it prints, with when it was read. Killed and reaped on drop.
+struct App {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<(Instant, String)>,
+}
+
+impl App {
+    fn start(egress: u16, direct: u16) -> App {
+        let python = format!("{ROOT}/.tools/venv/bin/python");
+        assert!(
+            std::path::Path::new(&python).exists(),
+            "{python} is missing: run scripts/install-test-deps.sh"
+        );
+        let mut child = std::process::Command::new(python)
+            .arg(format!("{ROOT}/examples/python-requests/app.py"))
+            .args(["--egress-port", &egress.to_string()])
+            .args(["--call", "http://payments/"])
+            .args(["--direct", &format!("payments=http://127.0.0.1:{direct}")])
+            .args(["--every", "0.02"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python app starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send((Instant::now(), line)).is_err() {
+                    return;
+                }
+            }
+        });
+        App { child, lines }
+    }
+
+    /// The next line, waiting at most `within`.
+    fn next(&self, within: Duration) -> Option<(Instant, String)> {
+        self.lines.recv_timeout(within).ok()
+    }
+
+    /// Reads lines until one is `want`; when it was read.
+    fn until(&self, want: &str, within: Duration) -> Instant {
+        let deadline = Instant::now() + within;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.next(left) {
+                Some((at, line)) if line == want => return at,
+                Some((_, line)) => seen.push(line),
+                None => break,
+            }
+        }
+        let last = &seen[seen.len().saturating_sub(10)..];
+        panic!(
+            "the app never printed {want:?} within {within:?}; it printed {} lines, the last {last:?}",
+            seen.len()
+        );
+    }
+
+    /// Drops the lines printed so far.
+    fn skip_pending(&self) {
+        while self.lines.try_recv().is_ok() {}
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The callee: answers `envoy` when the call came through an Envoy (which adds
+/// `x-envoy-expected-rq-timeout-ms`), `direct` otherwise.
+async fn callee() -> u16 {
+    use axum::http::HeaderMap;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let router = axum::Router::new().fallback(|headers: HeaderMap| async move {
+        if headers.contains_key("x-envoy-expected-rq-timeout-ms") {
+            "envoy"
+        } else {
+            "direct"
+        }
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    port
+}
+
+async fn decision(mesh: &Mesh, instance: &str) -> bool {
+    let body: Value = mesh
+        .http
+        .get(format!(
+            "http://{}/api/rollout/decisions?service=orders&instance={instance}&dependency=payments",
+            mesh.cp.admin_addr
+        ))
+        .send()
+        .await
+        .expect("admin API")
+        .json()
+        .await
+        .expect("json");
+    body["dependencies"]["payments"]["proxy"]
+        .as_bool()
+        .expect("a decision")
+}
+
+fn rollout(percent: u32) -> String {
+    format!(
+        r#"{{"services": {{"orders": {{"dependencies": {{"payments": {{"proxy": true, "rollout": {percent}}}}}}}}}}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_with_the_python_interceptor_moves_to_envoy_within_a_second_of_the_flip_and_rollouts_pick_a_stable_subset()
+ {
+    let mut mesh = Mesh::start(|c, _| c.token = Some(TOKEN.into())).await;
+    let pay = callee().await;
+    mesh.register("payments-1", "payments", pay, &[], 1).await;
+    let (d, egress) = orders_to_payments();
+    mesh.sidecar("orders-1", &d, 2).await;
+    let admin = mesh.sidecar_admin("orders-1");
+    let through_envoy = || async {
+        support::envoy_stat(&mesh.http, admin, "cluster.payments.upstream_rq_total")
+            .await
+            .unwrap_or(0)
+    };
+
+    // Not migrated: the app calls payments directly, Envoy carries nothing.
+    let app = App::start(egress, pay);
+    app.until("200 direct", Duration::from_secs(20));
+    assert_eq!(through_envoy().await, 0);
+
+    // Flipped in the admin API: the app's calls go through Envoy within a second.
+    put_flags(
+        &mesh,
+        r#"{"services": {"orders": {"dependencies": {"payments": {"proxy": true}}}}}"#,
+    )
+    .await;
+    let flipped = Instant::now();
+    let seen = app.until("200 envoy", Duration::from_secs(5));
+    let took = seen.saturating_duration_since(flipped);
+    println!("flip to the app's first call through Envoy: {took:?}");
+    assert!(took < FLIP_WITHIN, "the app moved {took:?} after the flip");
+    // From then on, every call does; Envoy counts them.
+    app.skip_pending();
+    for _ in 0..10 {
+        let (_, line) = app.next(Duration::from_secs(5)).expect("a call");
+        assert_eq!(line, "200 envoy");
+    }
+    assert!(through_envoy().await >= 10);
+
+    // A rollout: a stable share of the instances, only growing with the percentage.
+    put_flags(&mesh, &rollout(50)).await;
+    let instances: Vec<String> = (1..=40).map(|i| format!("orders-{i}")).collect();
+    let mut half = Vec::new();
+    for id in &instances {
+        half.push(decision(&mesh, id).await);
+    }
+    let proxied = half.iter().filter(|p| **p).count();
+    assert!(
+        (10..=30).contains(&proxied),
+        "50 % of 40 instances: {proxied}"
+    );
+    for (id, was) in instances.iter().zip(&half) {
+        assert_eq!(decision(&mesh, id).await, *was, "{id} is stable");
+    }
+    put_flags(&mesh, &rollout(80)).await;
+    let mut more = 0;
+    for (id, was) in instances.iter().zip(&half) {
+        let now = decision(&mesh, id).await;
+        assert!(now || !was, "{id} left the rollout when it grew");
+        more += usize::from(now);
+    }
+    assert!(more > proxied, "80 % takes more instances than 50 %");
+    // The running instance follows its own share of it.
+    let want = if decision(&mesh, "orders-1").await {
+        "200 envoy"
+    } else {
+        "200 direct"
+    };
+    app.until(want, Duration::from_secs(5));
+    app.skip_pending();
+    for _ in 0..5 {
+        assert_eq!(app.next(Duration::from_secs(5)).expect("a call").1, want);
+    }
+
+    // Back to off: direct again, without restarting anything.
+    put_flags(&mesh, r#"{"default": {"proxy": false}}"#).await;
+    app.until("200 direct", Duration::from_secs(5));
+}
