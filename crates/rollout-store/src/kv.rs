@@ -18,6 +18,9 @@ pub struct KvConfig {
     pub token: Option<String>,
     /// A CA bundle (PEM) to trust for `https://`.
     pub ca_pem: Option<Vec<u8>>,
+    /// The exact certificate (PEM) the server presents, trusted instead of a CA: the control
+    /// plane's own embedded registry (`--registry-tls-cert`).
+    pub pinned_cert_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for KvConfig {
@@ -72,6 +75,9 @@ impl Kv {
             {
                 builder = builder.add_root_certificate(cert);
             }
+        }
+        if let Some(pem) = &config.pinned_cert_pem {
+            builder = builder.tls_backend_preconfigured(crate::pinned::client_config(pem)?);
         }
         let http = builder
             .build()

@@ -19,6 +19,7 @@
 
 mod change;
 mod kv;
+mod pinned;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

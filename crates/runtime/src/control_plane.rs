@@ -161,6 +161,7 @@ pub async fn start(
                 address: config.consul_addr.clone().unwrap_or_default(),
                 token: config.consul_token.clone(),
                 ca_pem: read_optional(config.consul_ca_file.as_deref(), "--consul-ca-file")?,
+                pinned_cert_pem: None,
             });
             let defaults = ConsulConfig::default();
             // Discovering the other datacenters takes one connection to Consul: it comes out
@@ -411,7 +412,9 @@ fn embedded_kv(
     Ok(meshplane_rollout_store::KvConfig {
         address: format!("{scheme}://{addr}"),
         token: config.token.clone(),
-        ca_pem: read_optional(config.registry_tls_cert.as_deref(), "--registry-tls-cert")?,
+        ca_pem: None,
+        // Its own certificate, whatever CA issued it (the control plane may not have that CA).
+        pinned_cert_pem: read_optional(config.registry_tls_cert.as_deref(), "--registry-tls-cert")?,
     })
 }
 
