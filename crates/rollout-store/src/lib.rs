@@ -266,6 +266,7 @@ impl RolloutStore {
     /// lacks. A KV outage keeps the last document.
     pub async fn follow(&self, shutdown: CancellationToken) {
         let mut index = 0;
+        let mut recorded = 0;
         let mut failing = false;
         loop {
             let read = tokio::select! {
@@ -288,8 +289,13 @@ impl RolloutStore {
                         tracing::info!("rollout flags storage reachable again");
                         failing = false;
                     }
-                    if let Some(change) = change {
-                        self.record(&change, &versioned.flags).await;
+                    // Once per version: a blocking query also returns when other keys move.
+                    let copied = match change.filter(|_| versioned.version != recorded) {
+                        Some(change) => self.record(&change, &versioned.flags).await,
+                        None => true,
+                    };
+                    if copied {
+                        recorded = versioned.version;
                     }
                     self.publish(Arc::new(versioned));
                 }
@@ -318,18 +324,23 @@ impl RolloutStore {
         });
     }
 
-    /// Copies a change record to the audit log unless it is there already (`cas=0`).
-    async fn record(&self, change: &Change, after: &Flags) {
+    /// Copies a change record to the audit log unless it is there already (`cas=0`);
+    /// `false` when the KV store could not be written (a later read retries).
+    async fn record(&self, change: &Change, after: &Flags) -> bool {
         let entry = change.entry(after);
         let bytes = match serde_json::to_vec(&entry) {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot encode an audit entry");
-                return;
+                return true;
             }
         };
-        if let Err(e) = self.kv.put_cas(&change.audit_key(), bytes, 0).await {
-            tracing::warn!(error = %e, "cannot write the rollout audit entry; the next follower retries");
+        match self.kv.put_cas(&change.audit_key(), bytes, 0).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot write the rollout audit entry; retrying on the next read");
+                false
+            }
         }
     }
 }

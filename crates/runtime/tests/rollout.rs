@@ -342,6 +342,63 @@ async fn with_registry_consul_the_flags_live_in_that_registrys_kv() {
         status == 200 && body.contains(r#""payments":{"proxy":false"#)
     })
     .await;
+
+    // A second control plane on the same registry sees the same document and version, and
+    // a write on a version the first one moved since is refused.
+    let cp2_data = tempfile::tempdir().expect("dir");
+    let cp2 = control_plane::start(
+        ControlPlaneConfig {
+            registry: RegistryKind::Consul,
+            consul_addr: Some(format!("http://{registry_addr}")),
+            consul_token: Some(TOKEN.into()),
+            ..config(cp2_data.path())
+        },
+        shutdown.clone(),
+    )
+    .await
+    .expect("second control plane");
+    let api2 = Api::new(&cp2);
+    let (etag, doc) = api.document().await;
+    assert_eq!(api2.document().await, (etag.clone(), doc));
+    let (status, body) = api.put(PAYMENTS_ON, &[BEARER, ("if-match", &etag)]).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = api2
+        .put(PAYMENTS_OFF_YAML, &[BEARER, ("if-match", &etag)])
+        .await;
+    assert_eq!(status, 412, "{body}");
+
+    // A change whose control plane stopped before copying it into the audit log (written
+    // here by hand, as it stores it): a control plane following the key copies it.
+    let (etag, _) = api.document().await;
+    let version: u64 = etag.trim_matches('"').parse().expect("version");
+    let stored = json!({
+        "flags": second_doc(),
+        "change": {
+            "at": "Fri, 04 Dec 2026 19:00:00 GMT", "at_unix_ms": 1796410800000u64,
+            "actor": {"name": "crashed-writer"}, "previous_version": version,
+            "summary": ["by hand"], "before": {"default": {"proxy": false}},
+        },
+    });
+    let r = client()
+        .put(format!(
+            "http://{registry_addr}/v1/kv/meshplane/rollout/flags?cas={version}"
+        ))
+        .header("x-consul-token", TOKEN)
+        .body(stored.to_string())
+        .send()
+        .await
+        .expect("registry KV");
+    assert_eq!(r.text().await.expect("body").trim(), "true");
+    eventually(
+        "the change is copied into the audit log",
+        Duration::from_secs(5),
+        || async {
+            let (_, _, body) = api2.get("/api/rollout/audit").await;
+            body.contains("crashed-writer")
+        },
+    )
+    .await;
+    stop(cp2, shutdown.clone()).await;
     stop(cp, shutdown.clone()).await;
     serving.await.expect("join").expect("registry stops");
 }
