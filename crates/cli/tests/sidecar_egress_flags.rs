@@ -119,6 +119,26 @@ async fn the_sidecar_serves_its_decisions_follows_a_flip_within_a_second_and_kee
     println!("flip to the app's long poll answering: {took:?}");
     assert!(took < FLIP_WITHIN, "the app saw the flip {took:?} after it");
 
+    // A reloaded descriptor (SIGHUP) with a new tag: the sidecar asks for the new
+    // instance's decisions at once.
+    put_flags(
+        &mesh,
+        r#"{"services": {"orders": {"dependencies": {"payments": {"proxy": true, "overrides": [{"tag": "canary", "proxy": false}]}}}}}"#,
+    )
+    .await;
+    let file = mesh.dir.path().join("orders-1.yaml");
+    std::fs::write(&file, format!("{d}tags: [canary]\n")).expect("descriptor");
+    let pid = rustix::process::Pid::from_raw(mesh.sidecar_pid("orders-1") as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP");
+    let overridden = poll(|| async {
+        let (status, _, body) = flags(&http, egress, "", None).await;
+        status == 200
+            && body.contains(r#""payments":{"proxy":false,"source":"dependency-override"}"#)
+    })
+    .await;
+    assert!(overridden, "{:?}", flags(&http, egress, "", None).await);
+    let (_, new_etag, _) = flags(&http, egress, "", None).await;
+
     // The control plane goes away: the sidecar keeps serving the last decisions (and keeps
     // them on disk for a restart).
     mesh.shutdown.cancel();
@@ -136,7 +156,7 @@ async fn the_sidecar_serves_its_decisions_follows_a_flip_within_a_second_and_kee
         "the last decisions are served",
         || async {
             let (status, etag, body) = flags(&http, egress, "", None).await;
-            status == 200 && etag == new_etag && payments_proxy(&body) == Some(true)
+            status == 200 && etag == new_etag && payments_proxy(&body) == Some(false)
         },
     )
     .await;

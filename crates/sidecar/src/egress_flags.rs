@@ -49,8 +49,9 @@ pub struct Known {
 pub struct FollowSpec {
     /// The control plane's admin URLs, tried in turn.
     pub admin_urls: Vec<String>,
-    /// The decisions route's query (without `wait`).
-    pub query: String,
+    /// The decisions route's query (without `wait`); a new one (a reloaded descriptor) is
+    /// asked at once.
+    pub query: watch::Receiver<String>,
     /// Where the last decisions are kept across restarts.
     pub cache: PathBuf,
     /// The client (with the control plane's CA bundle, if any).
@@ -124,12 +125,16 @@ pub async fn follow(
     let mut at = 0;
     let mut pause = RETRY_FIRST;
     let mut failing = false;
+    let mut query_rx = spec.query.clone();
     loop {
         let base = &spec.admin_urls[at % spec.admin_urls.len()];
+        let query = query_rx.borrow_and_update().clone();
         let known_etag = known_tx.borrow().as_ref().map(|k| k.etag.clone());
-        let poll = poll_once(&spec, base, known_etag.as_deref());
+        let poll = poll_once(&spec.http, base, &query, known_etag.as_deref());
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
+            // Dependencies or tags changed: ask the new question now.
+            Ok(()) = query_rx.changed() => continue,
             outcome = poll => outcome,
         };
         match outcome {
@@ -166,8 +171,9 @@ pub async fn follow(
 
 /// One long poll: new decisions, `None` when unchanged, or why it failed.
 async fn poll_once(
-    spec: &FollowSpec,
+    http: &reqwest::Client,
     base: &str,
+    query: &str,
     known_etag: Option<&str>,
 ) -> Result<Option<Known>, String> {
     let wait = if known_etag.is_some() {
@@ -176,11 +182,10 @@ async fn poll_once(
         Duration::ZERO
     };
     let url = format!(
-        "{base}/api/rollout/decisions?{}&wait={}ms",
-        spec.query,
+        "{base}/api/rollout/decisions?{query}&wait={}ms",
         wait.as_millis()
     );
-    let mut request = spec.http.get(url).timeout(wait + Duration::from_secs(10));
+    let mut request = http.get(url).timeout(wait + Duration::from_secs(10));
     if let Some(etag) = known_etag {
         request = request.header(header::IF_NONE_MATCH, etag);
     }

@@ -102,11 +102,7 @@ impl Sidecar {
             tokio::spawn(egress_flags::serve(listener, known_rx, shutdown.clone()));
             let spec = egress_flags::FollowSpec {
                 admin_urls: prepared.config.ca_admin_urls(),
-                query: egress_flags::decisions_query(
-                    &prepared.loaded.descriptor,
-                    &prepared.instance_id,
-                    &prepared.config.datacenter,
-                ),
+                query: prepared.egress_flags_query.subscribe(),
                 cache,
                 http: prepared.control_plane_client()?,
             };

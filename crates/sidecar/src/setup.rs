@@ -32,6 +32,9 @@ pub(crate) struct Prepared {
     /// The egress flags server's bound socket (taken by `Sidecar::run`) and its address, on
     /// 127.0.0.1, when the descriptor has an egress listener.
     pub egress_flags: Option<(Option<std::net::TcpListener>, SocketAddr)>,
+    /// The decisions query for this instance (`egress_flags::decisions_query`), updated when
+    /// a reload changes the descriptor's tags or dependencies.
+    pub egress_flags_query: tokio::sync::watch::Sender<String>,
     /// `--control-plane-ca-file`'s certificates, for the https:// registry.
     pub control_plane_roots: Option<Vec<reqwest::Certificate>>,
     /// Where Envoy's access-log lines go (opened before Envoy starts).
@@ -101,9 +104,11 @@ impl Prepared {
             }
             None => None,
         };
+        let query = crate::egress_flags::decisions_query(d, &instance_id, &config.datacenter);
         let prepared = Prepared {
             relay,
             egress_flags,
+            egress_flags_query: tokio::sync::watch::Sender::new(query),
             admin: SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port)),
             metrics_port,
             bootstrap_path: dir.join("envoy-bootstrap.json"),
@@ -134,6 +139,12 @@ impl Prepared {
             self.metrics_port = port;
         }
         self.loaded = loaded;
+        self.egress_flags_query
+            .send_replace(crate::egress_flags::decisions_query(
+                &self.loaded.descriptor,
+                &self.instance_id,
+                &self.config.datacenter,
+            ));
         self.write_bootstrap()
     }
 
