@@ -105,12 +105,12 @@ async fn the_sidecar_serves_its_decisions_follows_a_flip_within_a_second_and_kee
         || async { !waiting.is_finished() },
     )
     .await;
+    let flipped = Instant::now();
     put_flags(
         &mesh,
         r#"{"services": {"orders": {"dependencies": {"payments": {"proxy": true}}}}}"#,
     )
     .await;
-    let flipped = Instant::now();
     let ((status, new_etag, body), answered) = waiting.await.expect("poll task");
     assert_eq!(status, 200, "{body}");
     assert_ne!(new_etag, etag);
@@ -307,12 +307,12 @@ async fn an_app_with_the_python_interceptor_moves_to_envoy_within_a_second_of_th
     assert_eq!(through_envoy().await, 0);
 
     // Flipped in the admin API: the app's calls go through Envoy within a second.
+    let flipped = Instant::now();
     put_flags(
         &mesh,
         r#"{"services": {"orders": {"dependencies": {"payments": {"proxy": true}}}}}"#,
     )
     .await;
-    let flipped = Instant::now();
     let seen = app.until("200 envoy", Duration::from_secs(5));
     let took = seen.saturating_duration_since(flipped);
     println!("flip to the app's first call through Envoy: {took:?}");

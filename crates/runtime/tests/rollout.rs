@@ -197,12 +197,13 @@ async fn flags_need_the_token_are_versioned_validated_audited_and_survive_a_rest
     )
     .await;
     // YAML, no If-Match, no actor header: the token's write.
-    let (status, body) = api.put(PAYMENTS_OFF_YAML, &[BEARER]).await;
     let flipped = Instant::now();
+    let (status, body) = api.put(PAYMENTS_OFF_YAML, &[BEARER]).await;
     assert_eq!(status, 200, "{body}");
     let (status, answered, body) = poll.await.expect("poll task");
     assert_eq!(status, 200, "{body}");
     let waited = answered.saturating_duration_since(flipped);
+    println!("flip (PUT sent) to the long poll answering: {waited:?}");
     assert!(
         waited < FLIP_WITHIN,
         "the long poll answered {waited:?} after the flip"
