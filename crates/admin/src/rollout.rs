@@ -229,7 +229,8 @@ pub(crate) async fn decisions(
         .service
         .clone()
         .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "service: required"))?;
-    let mut current_rx = store(&s)?.subscribe();
+    let store = store(&s)?;
+    let mut current_rx = store.subscribe();
     let known = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -247,6 +248,9 @@ pub(crate) async fn decisions(
             }
         }
         tokio::select! {
+            () = store.stopped() => {
+                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the control plane is shutting down"));
+            }
             changed = current_rx.changed() => {
                 if changed.is_err() {
                     return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the control plane is shutting down"));

@@ -137,6 +137,12 @@ async fn the_sidecar_serves_its_decisions_follows_a_flip_within_a_second_and_kee
     })
     .await;
     assert!(overridden, "{:?}", flags(&http, egress, "", None).await);
+    let confirmed = http
+        .get(format!("http://127.0.0.1:{egress}/.meshplane/egress"))
+        .send()
+        .await
+        .expect("sidecar");
+    assert!(!confirmed.headers().contains_key("x-meshplane-stale"));
     let (_, new_etag, _) = flags(&http, egress, "", None).await;
 
     // The control plane goes away: the sidecar keeps serving the last decisions (and keeps
@@ -160,6 +166,19 @@ async fn the_sidecar_serves_its_decisions_follows_a_flip_within_a_second_and_kee
         },
     )
     .await;
+    // ... saying they could not be confirmed.
+    let stale = || async {
+        http.get(format!("http://127.0.0.1:{egress}/.meshplane/egress"))
+            .send()
+            .await
+            .ok()
+            .and_then(|r| r.headers().get("x-meshplane-stale").cloned())
+            .is_some_and(|v| v == "true")
+    };
+    assert!(
+        poll(stale).await,
+        "x-meshplane-stale: true once the control plane is away"
+    );
     let cache = mesh.dir.path().join("orders-1").join("egress-flags.json");
     let cached = std::fs::read_to_string(&cache).expect("the decisions are kept on disk");
     assert!(cached.contains(&new_etag.replace('"', "\\\"")), "{cached}");

@@ -166,6 +166,9 @@ impl Change {
 pub struct RolloutStore {
     kv: kv::Kv,
     current_tx: Arc<watch::Sender<Option<Arc<Versioned>>>>,
+    /// Cancelled when [`RolloutStore::follow`] stops: long polls end then, instead of
+    /// holding the control plane's shutdown until they time out.
+    stopped: CancellationToken,
 }
 
 impl std::fmt::Debug for RolloutStore {
@@ -180,6 +183,7 @@ impl RolloutStore {
         Ok(RolloutStore {
             kv: kv::Kv::new(config)?,
             current_tx: Arc::new(watch::Sender::new(None)),
+            stopped: CancellationToken::new(),
         })
     }
 
@@ -187,6 +191,11 @@ impl RolloutStore {
     /// `None` until the first read succeeded. Changes are announced on it.
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Versioned>>> {
         self.current_tx.subscribe()
+    }
+
+    /// Resolves once [`RolloutStore::follow`] stopped (the control plane is shutting down).
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await;
     }
 
     /// Reads the document from KV now.
@@ -265,6 +274,7 @@ impl RolloutStore {
     /// to [`RolloutStore::subscribe`]'s receivers and copying a change record the audit log
     /// lacks. A KV outage keeps the last document.
     pub async fn follow(&self, shutdown: CancellationToken) {
+        let _stopped = self.stopped.clone().drop_guard();
         let mut index = 0;
         let mut recorded = 0;
         let mut failing = false;

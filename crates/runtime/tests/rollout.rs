@@ -250,8 +250,33 @@ async fn flags_need_the_token_are_versioned_validated_audited_and_survive_a_rest
     check_audit(serde_json::from_str(&body).expect("json"));
     let (etag2, doc2) = api.document().await;
 
-    // Restarted on the same data directory: the same document, version and audit log.
+    // Restarted on the same data directory: the same document, version and audit log. A
+    // long poll waiting meanwhile ends at once (503), and does not hold the shutdown.
+    let (_, tag, _) = api.get(decisions).await;
+    let waiting = {
+        let (http, url) = (
+            api.http.clone(),
+            format!("{}{decisions}&wait=60s", api.base),
+        );
+        tokio::spawn(async move {
+            let r = http.get(url).header("if-none-match", tag).send().await;
+            r.map(|r| r.status().as_u16()).unwrap_or(0)
+        })
+    };
+    hold(
+        Duration::from_millis(200),
+        "the long poll waits",
+        || async { !waiting.is_finished() },
+    )
+    .await;
+    let stopping = Instant::now();
     stop(cp, shutdown).await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "the shutdown waited {:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(waiting.await.expect("poll"), 503);
     let shutdown = CancellationToken::new();
     let cp = control_plane::start(config(data.path()), shutdown.clone())
         .await

@@ -11,6 +11,8 @@
 //! the wait ends first); `503` until the decisions were ever known.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -25,6 +27,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// Set on answers while the decisions could not be confirmed with the control plane (it is
+/// away, or has not answered since the sidecar started from its cache): `true`.
+pub const STALE_HEADER: &str = "x-meshplane-stale";
 /// The cache file in the work directory.
 pub const CACHE_FILE: &str = "egress-flags.json";
 /// How long one long poll of the control plane waits.
@@ -56,6 +61,8 @@ pub struct FollowSpec {
     pub cache: PathBuf,
     /// The client (with the control plane's CA bundle, if any).
     pub http: reqwest::Client,
+    /// Whether the last poll failed (shared with [`serve`]).
+    pub stale: Arc<AtomicBool>,
 }
 
 /// The decisions route's query for this instance: its service, id, datacenter, tags and
@@ -143,6 +150,7 @@ pub async fn follow(
                     tracing::info!(control_plane = %base, "egress flags followed again");
                     failing = false;
                 }
+                spec.stale.store(false, Ordering::Relaxed);
                 pause = RETRY_FIRST;
                 if let Some(known) = answer {
                     store_cache(&spec.cache, &known);
@@ -154,6 +162,7 @@ pub async fn follow(
                 }
             }
             Err(e) => {
+                spec.stale.store(true, Ordering::Relaxed);
                 if !failing {
                     tracing::warn!(control_plane = %base, error = %e, "cannot follow the egress flags; serving the last known");
                     failing = true;
@@ -213,11 +222,12 @@ async fn poll_once(
 pub async fn serve(
     listener: TcpListener,
     known_rx: watch::Receiver<Option<Known>>,
+    stale: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let app = Router::new()
         .route(meshplane_model::egress_flags::PATH, get(answer))
-        .with_state(known_rx);
+        .with_state(Served { known_rx, stale });
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
@@ -226,8 +236,17 @@ pub async fn serve(
     }
 }
 
+#[derive(Clone)]
+struct Served {
+    known_rx: watch::Receiver<Option<Known>>,
+    stale: Arc<AtomicBool>,
+}
+
 async fn answer(
-    State(mut known_rx): State<watch::Receiver<Option<Known>>>,
+    State(Served {
+        mut known_rx,
+        stale,
+    }): State<Served>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
@@ -244,10 +263,10 @@ async fn answer(
         let current = known_rx.borrow_and_update().clone();
         if let Some(known) = &current {
             if given.as_deref() != Some(known.etag.as_str()) {
-                return reply(StatusCode::OK, known);
+                return reply(StatusCode::OK, known, &stale);
             }
             if wait.is_none() {
-                return reply(StatusCode::NOT_MODIFIED, known);
+                return reply(StatusCode::NOT_MODIFIED, known, &stale);
             }
         }
         tokio::select! {
@@ -258,7 +277,7 @@ async fn answer(
             }
             _ = tokio::time::sleep_until(deadline) => {
                 return match &current {
-                    Some(known) => reply(StatusCode::NOT_MODIFIED, known),
+                    Some(known) => reply(StatusCode::NOT_MODIFIED, known, &stale),
                     None => (
                         StatusCode::SERVICE_UNAVAILABLE,
                         "meshplane: the egress flags are not known yet (the control plane has not answered since this sidecar started); retry\n",
@@ -281,7 +300,7 @@ fn app_wait(query: Option<&str>) -> Result<Option<Duration>, String> {
     Ok(None)
 }
 
-fn reply(status: StatusCode, known: &Known) -> Response {
+fn reply(status: StatusCode, known: &Known, stale: &AtomicBool) -> Response {
     let body = if status == StatusCode::OK {
         known.decisions.clone()
     } else {
@@ -299,6 +318,9 @@ fn reply(status: StatusCode, known: &Known) -> Response {
         );
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if stale.load(Ordering::Relaxed) {
+        headers.insert(STALE_HEADER, HeaderValue::from_static("true"));
+    }
     resp
 }
 

@@ -99,12 +99,19 @@ impl Sidecar {
             tracing::info!(egress_flags = %addr, "egress flags server listening");
             let cache = prepared.work_dir().join(egress_flags::CACHE_FILE);
             let (known_tx, known_rx) = watch::channel(egress_flags::load_cache(&cache));
-            tokio::spawn(egress_flags::serve(listener, known_rx, shutdown.clone()));
+            let stale = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+            tokio::spawn(egress_flags::serve(
+                listener,
+                known_rx,
+                stale.clone(),
+                shutdown.clone(),
+            ));
             let spec = egress_flags::FollowSpec {
                 admin_urls: prepared.config.ca_admin_urls(),
                 query: prepared.egress_flags_query.subscribe(),
                 cache,
                 http: prepared.control_plane_client()?,
+                stale,
             };
             tokio::spawn(egress_flags::follow(spec, known_tx, shutdown.clone()));
         }
