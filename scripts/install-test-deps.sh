@@ -7,7 +7,9 @@
 #   crates/registry-embedded/tests/py_consul.rs (a real Consul client against the embedded
 #   registry); grpcio and opentelemetry-proto in the same venv for tests/otlp/receiver.py,
 #   the OTLP trace receiver of crates/cli/tests/tracing.rs, and grpcio for tests/grpc/echo.py,
-#   the gRPC client and server of crates/cli/tests/mesh_protocols.rs.
+#   the gRPC client and server of crates/cli/tests/mesh_protocols.rs; requests for
+#   examples/python-requests (the egress flags' reference interceptor), driven by
+#   crates/cli/tests/sidecar_egress_flags.rs.
 # - Debian's chromium (apt, only when /usr/bin/chromium is missing: needs root, as in CI) and
 #   playwright-core (npm, pinned by tests/browser/package-lock.json) for the web panel's
 #   browser test, crates/cli/tests/panel.rs. Playwright drives the system Chromium; it never
@@ -22,7 +24,7 @@ set -euo pipefail
 
 PY_CONSUL_VERSION="1.8.0"
 # name==version of each Python package the tests use.
-PY_PACKAGES=("py-consul==$PY_CONSUL_VERSION" "grpcio==1.85.1" "opentelemetry-proto==1.45.2")
+PY_PACKAGES=("py-consul==$PY_CONSUL_VERSION" "grpcio==1.85.1" "opentelemetry-proto==1.45.2" "requests==2.34.2")
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.tools/venv"

@@ -1,10 +1,12 @@
 //! The admin API on `--admin-addr`: what the registry holds, what every connected proxy was
 //! sent and acknowledged, the translated snapshot of every group, Prometheus metrics, and
 //! health/readiness. It holds read handles only: nothing here can change the registry, the
-//! translation or what proxies are sent. Two routes do act, and need the token when one is
-//! set: setting a proxy's Envoy log level (forwarded to its sidecar's relay, [`relay`]) and
-//! the built-in CA's signing route (`POST /api/ca/sign`, `ca.rs`, which also takes per-service
-//! enrolment tokens), which issues a sidecar's certificate.
+//! translation or what proxies are sent. Three routes do act, and need the token when one is
+//! set: setting a proxy's Envoy log level (forwarded to its sidecar's relay, [`relay`]),
+//! replacing the egress rollout flags (`PUT /api/rollout`, `rollout.rs`, through the
+//! `meshplane-rollout-store` handle, which also serves their audit log and the decisions'
+//! long poll) and the built-in CA's signing route (`POST /api/ca/sign`, `ca.rs`, which also
+//! takes per-service enrolment tokens), which issues a sidecar's certificate.
 //!
 //! Start at [`router`]; [`views`] turns internal state into the JSON shapes. `/metrics` only
 //! serves the families that `meshplane-telemetry` owns and others record into.
@@ -18,6 +20,7 @@ mod metrics;
 mod panel;
 pub mod relay;
 mod resources;
+mod rollout;
 pub mod targets;
 pub mod views;
 
@@ -71,6 +74,9 @@ pub struct AdminState {
     pub grafana_url: Option<Arc<str>>,
     /// Translates descriptors for `POST /api/dry-run`; `None`: the route answers 501.
     pub dry_run: Option<Arc<dyn dry_run::Planner>>,
+    /// The egress rollout flags in the registry's key/value store; `None` when the registry
+    /// has none (`--registry file`), and the rollout routes say so.
+    pub rollout: Option<meshplane_rollout_store::RolloutStore>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -119,6 +125,16 @@ pub fn router(state: AdminState) -> Router {
             axum::routing::post(ca::sign)
                 .layer(axum::extract::DefaultBodyLimit::max(ca::MAX_SIGN_BODY)),
         )
+        .route(
+            "/api/rollout",
+            get(rollout::get)
+                .put(rollout::put)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    rollout::MAX_FLAGS_BODY,
+                )),
+        )
+        .route("/api/rollout/audit", get(rollout::audit))
+        .route("/api/rollout/decisions", get(rollout::decisions))
         .merge(panel::routes())
         .with_state(state)
 }
@@ -134,7 +150,9 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router)
+    // The peer address reaches handlers (the rollout audit log records it).
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }

@@ -107,6 +107,7 @@ async fn setup(synced: bool) -> Setup {
         admin_tls: false,
         grafana_url: None,
         dry_run: None,
+        rollout: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -386,6 +387,7 @@ async fn peers_come_from_configuration_and_the_registry() {
         admin_tls: false,
         grafana_url: None,
         dry_run: None,
+        rollout: None,
     };
     let peers = meshplane_admin::consistency::peers(&state, Some("http://10.0.0.1:18080"));
     assert_eq!(

@@ -249,6 +249,21 @@ async fn documented_responses_and_resource_views_match_reality() {
         .expect("group")
         .to_owned();
 
+    // Rollout flags as the examples show them (the audit log then has an entry).
+    let flags = r#"{"services": {"orders": {
+        "default": {"proxy": true, "rollout": 25},
+        "dependencies": {"payments": {"proxy": true, "overrides": [{"datacenter": "dc2", "proxy": false}]}}
+    }}}"#;
+    let r = mesh
+        .http
+        .put(format!("http://{}/api/rollout", mesh.cp.admin_addr))
+        .bearer_auth(TOKEN)
+        .body(flags)
+        .send()
+        .await
+        .expect("admin");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+
     // The documented shapes.
     let doc = include_str!("../../../docs/admin-api.md");
     let examples = json_examples(doc);

@@ -114,6 +114,54 @@ async fn a_sidecar_and_a_consul_client_use_the_admin_api_and_the_registry_over_h
     })
     .await;
     assert!(reached, "{}", mesh.sidecar_log("orders-1"));
+
+    // Egress rollout flags: stored in the registry's KV over HTTPS, followed by the sidecar
+    // over HTTPS, the caller's address in the audit log.
+    let roots =
+        reqwest::Certificate::from_pem_bundle(&std::fs::read(&ca).expect("ca")).expect("ca bundle");
+    let https = reqwest::Client::builder()
+        .tls_certs_only(roots)
+        .no_proxy()
+        .build()
+        .expect("client");
+    let r = https
+        .put(format!("https://{}/api/rollout", mesh.cp.admin_addr))
+        .body(r#"{"services": {"orders": {"dependencies": {"payments": {"proxy": true}}}}}"#)
+        .send()
+        .await
+        .expect("admin API");
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let audit: serde_json::Value = https
+        .get(format!("https://{}/api/rollout/audit", mesh.cp.admin_addr))
+        .send()
+        .await
+        .expect("admin API")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(audit[0]["actor"]["name"], "anonymous", "{audit}");
+    assert!(
+        audit[0]["actor"]["remote_address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{audit}"
+    );
+    let followed = support::poll(|| async {
+        let Ok(r) = mesh
+            .http
+            .get(format!("http://127.0.0.1:{egress}/.meshplane/egress"))
+            .send()
+            .await
+        else {
+            return false;
+        };
+        r.text()
+            .await
+            .unwrap_or_default()
+            .contains(r#""payments":{"proxy":true"#)
+    })
+    .await;
+    assert!(followed, "{}", mesh.sidecar_log("orders-1"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -134,7 +134,13 @@ pub async fn serve(
         // after the first waits for the client's delayed ACK (40 ms on Linux).
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        // The peer's address reaches handlers as with plain HTTP (`ConnectInfo`): the rollout
+        // audit log records it.
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {

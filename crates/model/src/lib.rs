@@ -18,6 +18,7 @@ pub use name::{NameError, ServiceName};
 pub mod descriptor;
 pub use descriptor::{AccessLog, Descriptor, DescriptorError, Protocol, Stats, StatsPattern};
 
+pub mod egress_flags;
 pub mod identity;
 pub mod node_metadata;
 pub mod registration;

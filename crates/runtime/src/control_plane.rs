@@ -128,6 +128,7 @@ pub async fn start(
     let admin_tls = load_tls(config.admin_tls(), "--admin-tls-cert")?;
     let registry_tls = load_tls(config.registry_tls(), "--registry-tls-cert")?;
     let registry_addr;
+    let rollout_kv;
     match config.registry {
         RegistryKind::Embedded => {
             let registry = EmbeddedRegistry::bind(EmbeddedConfig {
@@ -141,6 +142,7 @@ pub async fn start(
             .await
             .context("cannot start the embedded registry")?;
             registry_addr = Some(registry.local_addr());
+            rollout_kv = Some(embedded_kv(&config, registry.local_addr())?);
             let source = registry.source();
             let (sink, s) = (sink.clone(), shutdown.clone());
             tasks.spawn(async move {
@@ -155,6 +157,12 @@ pub async fn start(
         }
         RegistryKind::Consul => {
             registry_addr = None;
+            rollout_kv = Some(meshplane_rollout_store::KvConfig {
+                address: config.consul_addr.clone().unwrap_or_default(),
+                token: config.consul_token.clone(),
+                ca_pem: read_optional(config.consul_ca_file.as_deref(), "--consul-ca-file")?,
+                pinned_cert_pem: None,
+            });
             let defaults = ConsulConfig::default();
             // Discovering the other datacenters takes one connection to Consul: it comes out
             // of the same budget, so the control plane never holds more than the default.
@@ -177,6 +185,7 @@ pub async fn start(
         }
         RegistryKind::File => {
             registry_addr = None;
+            rollout_kv = None;
             let source = FileSource::new(FileConfig {
                 path: config.services_file.clone().unwrap_or_default(),
                 datacenter: config.datacenter.clone(),
@@ -305,6 +314,10 @@ pub async fn start(
             )
         })?;
     let admin_addr = admin_listener.local_addr()?;
+    let rollout = rollout_kv
+        .map(meshplane_rollout_store::RolloutStore::new)
+        .transpose()
+        .context("egress rollout flags storage")?;
     let admin = AdminState {
         store: store.clone(),
         status: status.clone(),
@@ -326,7 +339,15 @@ pub async fn start(
             .as_deref()
             .map(|u| Arc::from(u.trim_end_matches('/'))),
         dry_run: Some(Arc::new(dry_run)),
+        rollout: rollout.clone(),
     };
+    if let Some(store) = &rollout {
+        let (store, s) = (store.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            store.follow(s).await;
+            Ok(())
+        });
+    }
     tasks.spawn(prune_relays(relays, status.clone(), shutdown.clone()));
     // Other datacenters follow this one's local state on the admin address.
     let router = meshplane_admin::router(admin).merge(meshplane_remote::router(
@@ -378,6 +399,34 @@ fn load_tls(
 ) -> anyhow::Result<Option<Arc<meshplane_https::ServerConfig>>> {
     files
         .map(|f| f.load().with_context(|| format!("cannot use {flag}")))
+        .transpose()
+}
+
+/// The embedded registry's KV API, where the rollout flags live with `--registry embedded`:
+/// the same HTTP API as Consul's, so one implementation serves both.
+fn embedded_kv(
+    config: &ControlPlaneConfig,
+    mut addr: SocketAddr,
+) -> anyhow::Result<meshplane_rollout_store::KvConfig> {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let scheme = if config.registry_tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Ok(meshplane_rollout_store::KvConfig {
+        address: format!("{scheme}://{addr}"),
+        token: config.token.clone(),
+        ca_pem: None,
+        // Its own certificate, whatever CA issued it (the control plane may not have that CA).
+        pinned_cert_pem: read_optional(config.registry_tls_cert.as_deref(), "--registry-tls-cert")?,
+    })
+}
+
+fn read_optional(path: Option<&std::path::Path>, flag: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    path.map(|p| std::fs::read(p).with_context(|| format!("{flag} {}", p.display())))
         .transpose()
 }
 

@@ -79,6 +79,9 @@ pub struct BootstrapSpec<'a> {
     /// Port of the scrape listener, on the ingress listener's address; `None`: no scrape
     /// listener.
     pub metrics_port: Option<u16>,
+    /// Where this process serves the app's egress flags (`meshplane:egress-flags`, which the
+    /// egress route of `/.meshplane/egress` names); `None`: no such cluster.
+    pub egress_flags: Option<SocketAddr>,
 }
 
 /// How Envoy authenticates to the control plane on the xDS connection.
@@ -157,12 +160,33 @@ pub fn bootstrap(spec: &BootstrapSpec<'_>) -> Value {
             clusters.push(admin_cluster(spec.admin));
         }
     }
+    if let Some(addr) = spec.egress_flags
+        && let Some(clusters) = bootstrap["static_resources"]["clusters"].as_array_mut()
+    {
+        clusters.push(egress_flags_cluster(addr));
+    }
     if let Some(obj) = bootstrap.as_object_mut() {
         for (key, value) in crate::stats::bootstrap_fields(spec.stats) {
             obj.insert(key.to_owned(), value);
         }
     }
     bootstrap
+}
+
+/// The sidecar process's egress flags server, on 127.0.0.1.
+fn egress_flags_cluster(addr: SocketAddr) -> Value {
+    let name = meshplane_model::egress_flags::CLUSTER;
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": {
+                "address": socket_address(&addr.ip().to_string(), addr.port()),
+            } }] }],
+        },
+    })
 }
 
 /// The scrape listener: `GET /stats/prometheus` goes to Envoy's admin API, every other

@@ -19,6 +19,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod descriptor;
 pub mod dry_run;
+pub mod egress_flags;
 pub mod envoy;
 pub mod identity;
 pub mod registration;
@@ -87,6 +88,34 @@ impl Sidecar {
                 prepared.config.token.clone(),
                 shutdown.clone(),
             ));
+        }
+        if let Some((listener, addr)) = prepared.egress_flags.as_mut()
+            && let Some(listener) = listener.take()
+        {
+            let what = "cannot set up the egress flags server";
+            listener
+                .set_nonblocking(true)
+                .map_err(SidecarError::io(what))?;
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(SidecarError::io(what))?;
+            tracing::info!(egress_flags = %addr, "egress flags server listening");
+            let cache = prepared.work_dir().join(egress_flags::CACHE_FILE);
+            let (known_tx, known_rx) = watch::channel(egress_flags::load_cache(&cache));
+            let stale = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+            tokio::spawn(egress_flags::serve(
+                listener,
+                known_rx,
+                stale.clone(),
+                shutdown.clone(),
+            ));
+            let spec = egress_flags::FollowSpec {
+                admin_urls: prepared.config.ca_admin_urls(),
+                query: prepared.egress_flags_query.subscribe(),
+                cache,
+                http: prepared.control_plane_client()?,
+                stale,
+            };
+            tokio::spawn(egress_flags::follow(spec, known_tx, shutdown.clone()));
         }
         // Kept until the sidecar stops: it serves Envoy's certificate.
         let _identity = identity::start(prepared.identity_config(), shutdown.clone())
@@ -171,6 +200,8 @@ pub fn render_bootstrap(args: BootstrapArgs) -> Result<String, SidecarError> {
         stats: &d.stats,
         // Without a sidecar nothing registers a picked port: only the descriptor's.
         metrics_port: d.metrics.port,
+        // No sidecar process: nothing serves the egress flags.
+        egress_flags: None,
     });
     serde_json::to_string_pretty(&value)
         .map_err(|e| SidecarError::io("cannot encode the bootstrap")(std::io::Error::other(e)))

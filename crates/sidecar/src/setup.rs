@@ -29,6 +29,12 @@ pub(crate) struct Prepared {
     pub bootstrap_path: PathBuf,
     /// The admin relay's bound socket (taken by `Sidecar::run`) and its address.
     pub relay: Option<(Option<std::net::TcpListener>, SocketAddr)>,
+    /// The egress flags server's bound socket (taken by `Sidecar::run`) and its address, on
+    /// 127.0.0.1, when the descriptor has an egress listener.
+    pub egress_flags: Option<(Option<std::net::TcpListener>, SocketAddr)>,
+    /// The decisions query for this instance (`egress_flags::decisions_query`), updated when
+    /// a reload changes the descriptor's tags or dependencies.
+    pub egress_flags_query: tokio::sync::watch::Sender<String>,
     /// `--control-plane-ca-file`'s certificates, for the https:// registry.
     pub control_plane_roots: Option<Vec<reqwest::Certificate>>,
     /// Where Envoy's access-log lines go (opened before Envoy starts).
@@ -88,8 +94,21 @@ impl Prepared {
             }
             None => None,
         };
+        let egress_flags = match d.egress {
+            Some(_) => {
+                let what = "cannot bind the egress flags server on 127.0.0.1";
+                let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                    .map_err(SidecarError::io(what))?;
+                let bound = listener.local_addr().map_err(SidecarError::io(what))?;
+                Some((Some(listener), bound))
+            }
+            None => None,
+        };
+        let query = crate::egress_flags::decisions_query(d, &instance_id, &config.datacenter);
         let prepared = Prepared {
             relay,
+            egress_flags,
+            egress_flags_query: tokio::sync::watch::Sender::new(query),
             admin: SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port)),
             metrics_port,
             bootstrap_path: dir.join("envoy-bootstrap.json"),
@@ -120,6 +139,12 @@ impl Prepared {
             self.metrics_port = port;
         }
         self.loaded = loaded;
+        self.egress_flags_query
+            .send_replace(crate::egress_flags::decisions_query(
+                &self.loaded.descriptor,
+                &self.instance_id,
+                &self.config.datacenter,
+            ));
         self.write_bootstrap()
     }
 
@@ -138,6 +163,7 @@ impl Prepared {
             sds_socket: &crate::config::sds_socket(self.work_dir()),
             stats: &self.loaded.descriptor.stats,
             metrics_port: Some(self.metrics_port),
+            egress_flags: self.egress_flags.as_ref().map(|(_, addr)| *addr),
         })
     }
 
@@ -155,8 +181,20 @@ impl Prepared {
         std::fs::rename(&tmp, &self.bootstrap_path).map_err(SidecarError::io(what))
     }
 
-    /// The directory of the bootstrap, the SDS socket and the certificate cache.
-    fn work_dir(&self) -> &std::path::Path {
+    /// A client for the control plane's admin API (trusting `--control-plane-ca-file`).
+    pub(crate) fn control_plane_client(&self) -> Result<reqwest::Client, SidecarError> {
+        let mut builder = reqwest::Client::builder().no_proxy();
+        if let Some(roots) = &self.control_plane_roots {
+            builder = builder.tls_certs_only(roots.clone());
+        }
+        builder.build().map_err(|e| {
+            SidecarError::io("cannot build the control-plane client")(std::io::Error::other(e))
+        })
+    }
+
+    /// The directory of the bootstrap, the SDS socket, the certificate cache and the last
+    /// egress flags.
+    pub(crate) fn work_dir(&self) -> &std::path::Path {
         self.bootstrap_path
             .parent()
             .unwrap_or(std::path::Path::new("."))

@@ -54,6 +54,7 @@ fn mk_bootstrap_stats(
         sds_socket: Path::new("/run/meshplane/orders/sds.sock"),
         stats,
         metrics_port: Some(31002),
+        egress_flags: Some(SocketAddr::from(([127, 0, 0, 1], 31003))),
     })
 }
 

@@ -17,6 +17,8 @@ pub const INGRESS_ROUTES: &str = "ingress";
 pub const LOCAL_APP: &str = "meshplane:local-app";
 /// The OpenTelemetry collector's cluster (`--tracing-collector`).
 pub const TRACING_COLLECTOR: &str = "meshplane:tracing";
+/// The egress virtual host (and route) of the sidecar's flags endpoint.
+pub const EGRESS_FLAGS_HOST: &str = "meshplane:egress-flags";
 /// The dynamic forward proxy cluster (`domain_pattern` dependencies).
 pub const DYNAMIC_FORWARD_PROXY: &str = "meshplane:dynamic-forward-proxy";
 

@@ -1,5 +1,6 @@
-//! Egress routes: one virtual host per dependency and nothing else (an undeclared host
-//! matches no route and gets the listener's "not a dependency" 503), with per-dependency
+//! Egress routes: one virtual host per dependency and, for any other host, only the path of
+//! the sidecar's egress flags (an undeclared host matches no route and gets the listener's
+//! "not a dependency" 503), with per-dependency
 //! timeouts and retries, canary preference and tag selection.
 
 use std::collections::BTreeSet;
@@ -56,9 +57,38 @@ pub(crate) fn egress(
             Target::Service(_) | Target::AllServices => {}
         }
     }
+    virtual_hosts.push(egress_flags_host());
     RouteConfiguration {
         name: names::EGRESS_ROUTES.to_owned(),
         virtual_hosts,
+        ..Default::default()
+    }
+}
+
+/// The app's own questions to its egress port (`http://127.0.0.1:<egress>/.meshplane/egress`,
+/// any host no dependency claims): that one path goes to the sidecar process's flags server,
+/// with no timeout (the app long-polls it). Every other path still matches no route and gets
+/// the listener's "not a dependency" 503.
+fn egress_flags_host() -> VirtualHost {
+    VirtualHost {
+        name: names::EGRESS_FLAGS_HOST.to_owned(),
+        domains: vec!["*".to_owned()],
+        routes: vec![mk_route(
+            names::EGRESS_FLAGS_HOST,
+            RouteMatch {
+                path_specifier: Some(route_match::PathSpecifier::Path(
+                    meshplane_model::egress_flags::PATH.to_owned(),
+                )),
+                ..Default::default()
+            },
+            route::Action::Route(RouteAction {
+                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                    meshplane_model::egress_flags::CLUSTER.to_owned(),
+                )),
+                timeout: Some(duration(Duration::ZERO)),
+                ..Default::default()
+            }),
+        )],
         ..Default::default()
     }
 }

@@ -76,7 +76,8 @@ fn group_gets_only_its_dependencies() {
         .iter()
         .map(|v| v.domains[0].as_str())
         .collect();
-    assert_eq!(hosts, vec!["payments", "api.example.com"]);
+    // Last, any other host: only the egress flags path.
+    assert_eq!(hosts, vec!["payments", "api.example.com", "*"]);
     let listeners: Vec<_> = config.listeners.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(listeners, vec!["ingress", "egress"]);
 }
