@@ -27,8 +27,8 @@ use meshplane_model::{Instance, ServiceName};
 use meshplane_registry::{Changes, Snapshot as RegistrySnapshot, Store};
 use meshplane_telemetry::TranslationMetrics;
 use meshplane_translate::{
-    Catalog, EgressRoutes, MeshOptions, ProxyGroup, group_config, names, service_cluster,
-    service_endpoints,
+    Catalog, EgressRoutes, MeshOptions, ProxyGroup, group_config, names, proxyless_clusters,
+    proxyless_config, proxyless_endpoints, service_cluster, service_endpoints,
 };
 use meshplane_xds::{GroupKey, Resource, ResourceType, Snapshot, SnapshotCache};
 use tokio::sync::mpsc;
@@ -64,6 +64,11 @@ impl Catalog for RegistryCatalog<'_> {
 struct ServiceResources {
     cluster: Arc<Resource>,
     endpoints: HashMap<String, Arc<Resource>>,
+    /// Proxyless gRPC clients' clusters (the service's, and its canary one), built when some
+    /// proxyless group depends on the service.
+    proxyless: Option<Vec<Arc<Resource>>>,
+    /// Their endpoints, per datacenter like [`Self::endpoints`].
+    proxyless_endpoints: HashMap<String, Vec<Arc<Resource>>>,
 }
 
 struct ActiveGroup {
@@ -261,7 +266,14 @@ impl Translator {
             self.publish(key);
             return;
         };
-        let patched = if seen.iter().any(|s| reshaped.contains(s)) {
+        let reshaping = seen.iter().any(|s| reshaped.contains(s));
+        if reshaping && group.group.proxyless {
+            // A proxyless group's listeners, routes and clusters follow the set of services
+            // and their canaries; it is small: translate it again.
+            self.publish(key);
+            return;
+        }
+        let patched = if reshaping {
             self.reshape(key, &current, &seen)
         } else {
             self.refresh(key, &current, &seen)
@@ -286,20 +298,28 @@ impl Translator {
         current: &Snapshot,
         seen: &[ServiceName],
     ) -> anyhow::Result<Snapshot> {
-        let datacenter = self.datacenter_of(key)?;
+        let group = self
+            .active
+            .get(key)
+            .context("the group is not active")?
+            .group
+            .clone();
         let mut upserts = Vec::with_capacity(seen.len() * 2);
         for service in seen {
-            let (cluster, endpoints) = self.service_resources(service, &datacenter);
-            upserts.push(cluster);
-            upserts.push(endpoints);
+            upserts.extend(self.resources_for(service, &group));
         }
         Ok(current.with_upserts(upserts)?)
     }
 
-    /// The datacenter of an active group's proxies.
-    fn datacenter_of(&self, key: &GroupKey) -> anyhow::Result<String> {
-        let group = self.active.get(key).context("the group is not active")?;
-        Ok(group.group.datacenter.clone())
+    /// A service's shared resources for `group`: the sidecars' cluster and endpoints, or the
+    /// proxyless clients' clusters and endpoints.
+    fn resources_for(&mut self, service: &ServiceName, group: &ProxyGroup) -> Vec<Arc<Resource>> {
+        if group.proxyless {
+            self.proxyless_resources(service, &group.datacenter)
+        } else {
+            let (cluster, endpoints) = self.service_resources(service, &group.datacenter);
+            vec![cluster, endpoints]
+        }
     }
 
     /// Some seen service appeared, left or changed tags: besides the services' clusters and
@@ -410,6 +430,8 @@ impl Translator {
             ServiceResources {
                 cluster: Resource::cluster(&service_cluster(name, instances, options)),
                 endpoints: HashMap::new(),
+                proxyless: None,
+                proxyless_endpoints: HashMap::new(),
             }
         });
         let endpoints = resources
@@ -419,6 +441,46 @@ impl Translator {
                 Resource::endpoints(&service_endpoints(name, instances, datacenter, options))
             });
         (resources.cluster.clone(), endpoints.clone())
+    }
+
+    /// A service's clusters and endpoints for proxyless clients in `datacenter`, built on
+    /// first use after each change of the service (next to the sidecars' ones).
+    fn proxyless_resources(&mut self, name: &ServiceName, datacenter: &str) -> Vec<Arc<Resource>> {
+        // The sidecars' entry holds the proxyless ones, so a change drops both at once.
+        self.service_resources(name, datacenter);
+        let registry = &self.registry;
+        let options = &self.options;
+        let instances = registry
+            .services
+            .get(name)
+            .map(|e| &*e.instances)
+            .unwrap_or_default();
+        let Some(resources) = self.services.get_mut(name) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Arc<Resource>> = resources
+            .proxyless
+            .get_or_insert_with(|| {
+                proxyless_clusters(name, instances)
+                    .iter()
+                    .map(Resource::cluster)
+                    .collect()
+            })
+            .clone();
+        out.extend(
+            resources
+                .proxyless_endpoints
+                .entry(datacenter.to_owned())
+                .or_insert_with(|| {
+                    proxyless_endpoints(name, instances, datacenter, options)
+                        .iter()
+                        .map(Resource::endpoints)
+                        .collect()
+                })
+                .iter()
+                .cloned(),
+        );
+        out
     }
 
     fn publish(&mut self, key: &GroupKey) {
@@ -458,8 +520,13 @@ impl Translator {
     }
 
     fn build(&mut self, group: &ProxyGroup) -> anyhow::Result<Built> {
-        let mut config = group_config(group, &RegistryCatalog(&self.registry), &self.options)?;
-        let routes = if group.descriptor.depends_on_all() {
+        let catalog = RegistryCatalog(&self.registry);
+        let mut config = if group.proxyless {
+            proxyless_config(group, &catalog, &self.options)?
+        } else {
+            group_config(group, &catalog, &self.options)?
+        };
+        let routes = if group.descriptor.depends_on_all() && !group.proxyless {
             EgressRoutes::take_from_config(&group.descriptor, &mut config)
         } else {
             None
@@ -475,9 +542,7 @@ impl Translator {
             ));
         }
         for service in &config.services {
-            let (cluster, endpoints) = self.service_resources(service, &group.datacenter);
-            resources.push(cluster);
-            resources.push(endpoints);
+            resources.extend(self.resources_for(service, group));
         }
         Ok(Built {
             snapshot: Snapshot::new(resources)?,
@@ -558,6 +623,9 @@ impl Translator {
         for resources in self.services.values_mut() {
             resources
                 .endpoints
+                .retain(|dc, _| datacenters.contains(dc.as_str()));
+            resources
+                .proxyless_endpoints
                 .retain(|dc, _| datacenters.contains(dc.as_str()));
         }
         self.groups.remove(&gone);
