@@ -185,7 +185,7 @@ async fn follows_the_registry(grpc: Grpc) {
         "weights 3:1 give payments-a ~75 % of calls, got {counts:?}"
     );
 
-    // The admin API shows the client like a sidecar: its group, SYNCED.
+    // The admin API shows the client like a sidecar: its group, SYNCED, and which gRPC.
     let admin = format!("http://{}/api/proxies", mesh.cp.admin_addr);
     let synced = poll(|| async {
         let proxies: Value = match mesh.http.get(&admin).send().await {
@@ -195,6 +195,7 @@ async fn follows_the_registry(grpc: Grpc) {
         proxies.as_array().into_iter().flatten().any(|p| {
             p["node_id"] == "checkout-1"
                 && p["sync"] == "SYNCED"
+                && p["client"].as_str().is_some_and(|c| c.starts_with("gRPC "))
                 && p["group"].as_str().is_some_and(|g| g.contains("-grpc-"))
         })
     })
