@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::grpc::{GrpcServer, ROOT, python};
-use support::{Mesh, poll};
+use support::{Mesh, TestCa, poll};
 
 /// A proxyless client process: one JSON command per line in, one JSON answer per line out.
 struct XdsClient {
@@ -113,6 +113,10 @@ fn payments(count: usize) -> Value {
 
 /// `meshplane bootstrap --grpc` for `descriptor`, written to a file in the test's directory.
 fn bootstrap(mesh: &Mesh, name: &str, descriptor: &str) -> std::path::PathBuf {
+    bootstrap_with(mesh, name, descriptor, &[])
+}
+
+fn bootstrap_with(mesh: &Mesh, name: &str, descriptor: &str, extra: &[&str]) -> std::path::PathBuf {
     let dir = mesh.dir.path();
     let descriptor_file = dir.join(format!("{name}.yaml"));
     std::fs::write(&descriptor_file, descriptor).expect("descriptor written");
@@ -124,6 +128,7 @@ fn bootstrap(mesh: &Mesh, name: &str, descriptor: &str) -> std::path::PathBuf {
         .arg(&descriptor_file)
         .arg("--control-plane")
         .arg(mesh.cp.xds_addr.to_string())
+        .args(extra)
         .args(["--instance-id", name, "--output"])
         .arg(&out)
         .status()
@@ -282,4 +287,63 @@ async fn follows_the_registry(grpc: Grpc) {
             assert!(details.contains("name resolution"), "{answer}");
         }
     }
+}
+
+/// Authenticated xDS: with client certificates required on the xDS port, a proxyless client
+/// presents its host certificate through gRPC's `tls` channel credentials (`--xds-tls` with
+/// host files) and gets its service's configuration; a certificate proving another service
+/// gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxyless_client_over_authenticated_xds() {
+    let pki = tempfile::tempdir().expect("tmp");
+    let ca = TestCa::new(pki.path(), "deploy");
+    let (server_cert, server_key) = ca.issue_server("xds-server");
+    let mesh = Mesh::start(|config, _| {
+        config.xds_tls_cert = Some(server_cert.clone().into());
+        config.xds_tls_key = Some(server_key.clone().into());
+        config.xds_client_ca = Some(ca.ca_file().into());
+    })
+    .await;
+    let a = GrpcServer::start("payments-a");
+    mesh.register("payments-a", "payments", a.port, &[], 1)
+        .await;
+
+    let tls_flags = |name: &str, uri: &str| {
+        let (cert, key, ca_file, _) = ca.issue(name, uri);
+        vec![
+            "--xds-tls".to_owned(),
+            "--cert-file".to_owned(),
+            cert,
+            "--key-file".to_owned(),
+            key,
+            "--ca-file".to_owned(),
+            ca_file,
+        ]
+    };
+    let flags = tls_flags("checkout", "spiffe://meshplane.local/service/checkout");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let good = bootstrap_with(&mesh, "checkout-1", CHECKOUT, &flags);
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&good).expect("read")).expect("JSON");
+    assert_eq!(written["xds_servers"][0]["channel_creds"][0]["type"], "tls");
+    let mut client = XdsClient::start(Grpc::Python, &good);
+    let answer = client.call(payments(5));
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(
+        by_server(&answer).keys().collect::<Vec<_>>(),
+        vec!["payments-a"]
+    );
+
+    // A certificate that proves another service: the control plane refuses the stream.
+    let flags = tls_flags("impostor", "spiffe://meshplane.local/service/billing");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let bad = bootstrap_with(&mesh, "checkout-2", CHECKOUT, &flags);
+    let mut impostor = XdsClient::start(Grpc::Python, &bad);
+    let answer =
+        impostor.call(json!({ "target": "xds:///payments", "payload": "x", "timeout": 5 }));
+    assert_eq!(
+        answer["ok"], false,
+        "an impostor must get nothing: {answer}"
+    );
+    eprintln!("impostor: {answer}");
 }
