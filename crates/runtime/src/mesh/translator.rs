@@ -419,7 +419,24 @@ impl Translator {
             .get(name)
             .map(|e| &*e.instances)
             .unwrap_or_default();
-        let resources = self.services.entry(name.clone()).or_insert_with(|| {
+        let resources = Self::entry(&mut self.services, name, instances, options);
+        let endpoints = resources
+            .endpoints
+            .entry(datacenter.to_owned())
+            .or_insert_with(|| {
+                Resource::endpoints(&service_endpoints(name, instances, datacenter, options))
+            });
+        (resources.cluster.clone(), endpoints.clone())
+    }
+
+    /// A service's entry, created (with its sidecars' cluster) on first use after a change.
+    fn entry<'s>(
+        services: &'s mut HashMap<ServiceName, ServiceResources>,
+        name: &ServiceName,
+        instances: &[Instance],
+        options: &MeshOptions,
+    ) -> &'s mut ServiceResources {
+        services.entry(name.clone()).or_insert_with(|| {
             for i in instances
                 .iter()
                 .filter(|i| !meshplane_translate::routable_address(i))
@@ -433,21 +450,13 @@ impl Translator {
                 proxyless: None,
                 proxyless_endpoints: HashMap::new(),
             }
-        });
-        let endpoints = resources
-            .endpoints
-            .entry(datacenter.to_owned())
-            .or_insert_with(|| {
-                Resource::endpoints(&service_endpoints(name, instances, datacenter, options))
-            });
-        (resources.cluster.clone(), endpoints.clone())
+        })
     }
 
     /// A service's clusters and endpoints for proxyless clients in `datacenter`, built on
-    /// first use after each change of the service (next to the sidecars' ones).
+    /// first use after each change of the service. They live in the service's entry, next
+    /// to the sidecars' ones, so a change of the service drops both at once.
     fn proxyless_resources(&mut self, name: &ServiceName, datacenter: &str) -> Vec<Arc<Resource>> {
-        // The sidecars' entry holds the proxyless ones, so a change drops both at once.
-        self.service_resources(name, datacenter);
         let registry = &self.registry;
         let options = &self.options;
         let instances = registry
@@ -455,9 +464,7 @@ impl Translator {
             .get(name)
             .map(|e| &*e.instances)
             .unwrap_or_default();
-        let Some(resources) = self.services.get_mut(name) else {
-            return Vec::new();
-        };
+        let resources = Self::entry(&mut self.services, name, instances, options);
         let mut out: Vec<Arc<Resource>> = resources
             .proxyless
             .get_or_insert_with(|| {
