@@ -20,4 +20,9 @@ pub const PROXYLESS_KEY: &str = "proxyless";
 pub const PROXYLESS_GRPC: &str = "grpc";
 
 /// Every key above: none of them is a descriptor field.
-pub const SIDECAR_KEYS: [&str; 4] = [ADMIN_KEY, ADMIN_RELAY_KEY, LISTEN_ADDRESS_KEY, PROXYLESS_KEY];
+pub const SIDECAR_KEYS: [&str; 4] = [
+    ADMIN_KEY,
+    ADMIN_RELAY_KEY,
+    LISTEN_ADDRESS_KEY,
+    PROXYLESS_KEY,
+];
