@@ -201,6 +201,8 @@ async fn follows_the_registry(grpc: Grpc) {
             p["node_id"] == "checkout-1"
                 && p["sync"] == "SYNCED"
                 && p["client"].as_str().is_some_and(|c| c.starts_with("gRPC "))
+                // Both libraries speak state-of-the-world ADS.
+                && p["protocol"] == "sotw"
                 && p["group"].as_str().is_some_and(|g| g.contains("-grpc-"))
         })
     })
