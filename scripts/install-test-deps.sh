@@ -14,6 +14,8 @@
 #   playwright-core (npm, pinned by tests/browser/package-lock.json) for the web panel's
 #   browser test, crates/cli/tests/panel.rs. Playwright drives the system Chromium; it never
 #   downloads browsers.
+# - @grpc/grpc-js and @grpc/grpc-js-xds (npm, pinned by tests/grpc-node/package-lock.json)
+#   for the proxyless Node client of crates/cli/tests/proxyless_grpc.rs.
 # - Debian's prometheus (apt, only when missing) for crates/cli/tests/prometheus.rs: a real
 #   Prometheus discovers and scrapes the mesh through deploy/prometheus/http-sd.yml.
 # - .tools/bin/prometheus-consul-sd, built with Go from tests/prometheus-consul-sd (modules
@@ -92,4 +94,16 @@ elif [[ -f "$browser/node_modules/.package-lock.json" ]] \
 else
     (cd "$browser" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
     echo "installed playwright-core into $browser/node_modules"
+fi
+
+grpc_node="$root/tests/grpc-node"
+if ! command -v npm >/dev/null; then
+    echo "warning: node/npm are missing; install Node.js >= 20 for the proxyless gRPC test" >&2
+elif [[ -f "$grpc_node/node_modules/.package-lock.json" ]] \
+    && cmp -s <(cd "$grpc_node" && node -p "['@grpc/grpc-js', '@grpc/grpc-js-xds'].map((p) => require('./package-lock.json').packages['node_modules/' + p].version).join()" 2>/dev/null) \
+              <(cd "$grpc_node" && node -p "['@grpc/grpc-js', '@grpc/grpc-js-xds'].map((p) => require('./node_modules/' + p + '/package.json').version).join()" 2>/dev/null); then
+    echo "@grpc/grpc-js-xds already installed in $grpc_node"
+else
+    (cd "$grpc_node" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "installed @grpc/grpc-js and @grpc/grpc-js-xds into $grpc_node/node_modules"
 fi

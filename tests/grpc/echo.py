@@ -16,6 +16,15 @@ No generated code: the service `meshplane.test.Echo` carries raw bytes.
         {"method": "Stream", "count"} or {"method": "Collect", "messages"}) and prints one
         JSON line per call: {"ok": true, "reply"} or {"ok": false, "code", "details"}.
 
+    echo.py client-xds
+        A proxyless client: channels to `xds:///SERVICE` targets, resolved through the
+        control plane named by the bootstrap in GRPC_XDS_BOOTSTRAP (`meshplane bootstrap
+        --grpc`), kept open across calls. Reads one JSON command per line on stdin:
+        {"target", "method", "payload", "count", "metadata", "timeout", "until",
+        "max_seconds"}: `count` Unary calls (default 1), or with `until`, calls until a reply
+        starts with it (at most `max_seconds`); prints one JSON line per command:
+        {"ok": true, "replies": [...]} or {"ok": false, "code", "details", "replies"}.
+
 Run with the project's venv (scripts/install-test-deps.sh installs grpcio).
 """
 
@@ -114,6 +123,44 @@ def client(target, authority):
             sys.stdout.flush()
 
 
+def client_xds():
+    channels = {}
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        spec = json.loads(line)
+        target = spec["target"]
+        if target not in channels:
+            channels[target] = grpc.insecure_channel(target)
+        unary = channels[target].unary_unary("/%s/%s" % (SERVICE, spec.get("method", "Unary")))
+        metadata = tuple((spec.get("metadata") or {}).items())
+        payload = spec.get("payload", "").encode()
+        until = spec.get("until")
+        give_up = time.monotonic() + spec.get("max_seconds", 10)
+        replies = []
+        result = None
+        count = spec.get("count", 1)
+        while result is None:
+            try:
+                reply = unary(payload, timeout=spec.get("timeout", 5), metadata=metadata)
+                replies.append(reply.decode())
+            except grpc.RpcError as e:
+                result = {"ok": False, "code": e.code().name, "details": e.details() or ""}
+                break
+            if until is not None:
+                if replies[-1].startswith(until):
+                    result = {"ok": True}
+                elif time.monotonic() > give_up:
+                    result = {"ok": False, "code": "TIMEOUT", "details": "no reply from %s" % until}
+            elif len(replies) >= count:
+                result = {"ok": True}
+        result["replies"] = replies
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+    for channel in channels.values():
+        channel.close()
+
+
 def main():
     if sys.argv[1:2] == ["server"] and len(sys.argv) == 3:
         serve(sys.argv[2])
@@ -121,8 +168,10 @@ def main():
         serve(sys.argv[2], unavailable=True)
     elif sys.argv[1:2] == ["client"] and len(sys.argv) == 4:
         client(sys.argv[2], sys.argv[3])
+    elif sys.argv[1:] == ["client-xds"]:
+        client_xds()
     else:
-        sys.exit("usage: echo.py server NAME [unavailable] | echo.py client TARGET AUTHORITY")
+        sys.exit("usage: echo.py server NAME [unavailable] | echo.py client TARGET AUTHORITY | echo.py client-xds")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ function summaryCard(p) {
       row('Connected to', h('code', {}, p.connected_to)),
       row('From', h('code', {}, p.remote_addr || '—')),
       row('Protocol', p.protocol),
+      row('Client', p.client || '—'),
       row('Connected', ago(p.connected_since)))));
 }
 

@@ -139,6 +139,10 @@ pub struct ProxyView {
     pub connected_to: String,
     /// Unix seconds.
     pub connected_since: u64,
+    /// The xDS client as it names itself: `envoy 1.36.2` for a sidecar's Envoy, e.g.
+    /// `gRPC Python 1.85.1` for a proxyless gRPC client (whose group is
+    /// `<service>-grpc-<hash>`).
+    pub client: String,
     /// SYNCED when every type is synced, NACKED if any is, otherwise STALE.
     pub sync: Sync,
     /// Per type: CDS, EDS, LDS, RDS, SDS.
@@ -299,6 +303,7 @@ pub fn proxy(p: &ProxyStatus, xds: SocketAddr) -> ProxyView {
         remote_addr: p.stream.remote_addr.map(|a| a.to_string()),
         connected_to: xds.to_string(),
         connected_since: unix(p.stream.connected_since),
+        client: p.stream.user_agent.clone(),
         sync,
         types,
     }

@@ -116,8 +116,15 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(outcome.exit_code()))
         }),
         Command::Bootstrap(args) => {
+            let output = args.output.clone();
             let text = meshplane_sidecar::render_bootstrap(args)?;
-            print_stdout(&format!("{text}\n"))
+            match output {
+                Some(path) => {
+                    meshplane_sidecar::write_file_atomically(&path, &format!("{text}\n"))?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => print_stdout(&format!("{text}\n")),
+            }
         }
         Command::Identity(args) => block_on(async move {
             meshplane_sidecar::run_identity(args).await?;

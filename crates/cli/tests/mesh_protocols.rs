@@ -8,83 +8,16 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::Arc;
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 use axum::http::Request;
-use parking_lot::Mutex;
 use serde_json::{Value, json};
+use support::grpc::{GrpcServer, ROOT, python};
 use support::{Mesh, caller, envoy_hosts, envoy_stat, free_port, poll};
 
 /// Every Envoy statistic, for the per-protocol connection counters the mesh's list leaves out.
 const ALL_STATS: &str = "stats: { include: all }\n";
-
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-
-fn python() -> String {
-    let python = format!("{ROOT}/.tools/venv/bin/python");
-    assert!(
-        std::path::Path::new(&python).exists(),
-        "{python} is missing: run scripts/install-test-deps.sh"
-    );
-    python
-}
-
-/// The gRPC server process and what it printed after its port.
-struct GrpcServer {
-    child: Child,
-    port: u16,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl GrpcServer {
-    fn start(name: &str) -> GrpcServer {
-        Self::start_with(name, &[])
-    }
-
-    /// With `["unavailable"]`: a server whose Unary fails with UNAVAILABLE.
-    fn start_with(name: &str, extra: &[&str]) -> GrpcServer {
-        let mut child = Command::new(python())
-            .args([&format!("{ROOT}/tests/grpc/echo.py"), "server", name])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("the gRPC server starts");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let port = lines
-            .next()
-            .and_then(Result::ok)
-            .and_then(|l| l.trim().parse().ok())
-            .expect("the server prints its port (is grpcio installed?)");
-        let printed = Arc::new(Mutex::new(Vec::new()));
-        let sink = printed.clone();
-        std::thread::spawn(move || read_lines(lines, &sink));
-        GrpcServer {
-            child,
-            port,
-            lines: printed,
-        }
-    }
-
-    fn printed(&self) -> Vec<String> {
-        self.lines.lock().clone()
-    }
-}
-
-fn read_lines(lines: std::io::Lines<BufReader<ChildStdout>>, sink: &Mutex<Vec<String>>) {
-    for line in lines.map_while(Result::ok) {
-        sink.lock().push(line);
-    }
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs the gRPC client against `127.0.0.1:port` (`:authority` = `authority`), one call per
 /// spec, and returns one result per call.

@@ -65,6 +65,7 @@ fn group(yaml: &str) -> ProxyGroup {
         descriptor: Descriptor::from_yaml(yaml).expect("valid descriptor"),
         listen_address: "10.0.0.1".into(),
         datacenter: "dc1".into(),
+        proxyless: false,
     }
 }
 

@@ -88,6 +88,15 @@ pub struct BootstrapArgs {
     /// `meshplane sidecar --help`].
     #[arg(long, env = "MESHPLANE_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Write the bootstrap of a proxyless gRPC client (the file `GRPC_XDS_BOOTSTRAP` names)
+    /// instead of Envoy's: its channels to `xds:///<service>` reach the descriptor's
+    /// dependencies. With --xds-tls it needs --cert-file, --key-file and --ca-file (gRPC
+    /// reads them itself).
+    #[arg(long)]
+    pub grpc: bool,
+    /// Write the bootstrap to this file (replaced atomically) instead of printing it.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
 }
 
 /// `meshplane identity`: serve a self-run Envoy its certificate (what `meshplane sidecar`

@@ -21,6 +21,7 @@ pub mod descriptor;
 pub mod dry_run;
 pub mod egress_flags;
 pub mod envoy;
+pub mod grpc_bootstrap;
 pub mod identity;
 pub mod registration;
 pub mod restart_policy;
@@ -175,8 +176,10 @@ pub async fn run_identity(args: IdentityArgs) -> Result<(), SidecarError> {
 }
 
 /// `meshplane bootstrap`: the bootstrap JSON the sidecar would write, for hosts that run
-/// Envoy themselves. Envoy is neither found nor started; the descriptor is validated.
+/// Envoy themselves, or with `--grpc` a proxyless gRPC client's. Envoy is neither found nor
+/// started; the descriptor is validated.
 pub fn render_bootstrap(args: BootstrapArgs) -> Result<String, SidecarError> {
+    let grpc = args.grpc;
     let config = args.into_config()?;
     let loaded = descriptor::load(&config.descriptor)?;
     if config.control_plane.is_empty() {
@@ -184,6 +187,9 @@ pub fn render_bootstrap(args: BootstrapArgs) -> Result<String, SidecarError> {
     }
     let d = &loaded.descriptor;
     let instance_id = config.instance_id_for(d);
+    if grpc {
+        return render_grpc_bootstrap(&config, &loaded, &instance_id);
+    }
     let sds_socket = config::sds_socket(&config.work_dir_for(&instance_id));
     let value = bootstrap::bootstrap(&bootstrap::BootstrapSpec {
         descriptor: &loaded.written,
@@ -205,4 +211,49 @@ pub fn render_bootstrap(args: BootstrapArgs) -> Result<String, SidecarError> {
     });
     serde_json::to_string_pretty(&value)
         .map_err(|e| SidecarError::io("cannot encode the bootstrap")(std::io::Error::other(e)))
+}
+
+fn render_grpc_bootstrap(
+    config: &SidecarConfig,
+    loaded: &descriptor::LoadedDescriptor,
+    instance_id: &str,
+) -> Result<String, SidecarError> {
+    let tls = match (config.xds_tls, &config.host_certs) {
+        (false, _) => None,
+        (true, Some(files)) => Some(grpc_bootstrap::GrpcXdsTls {
+            ca_file: config
+                .control_plane_ca_file
+                .as_deref()
+                .unwrap_or(&files.ca_file),
+            cert_file: &files.cert_file,
+            key_file: &files.key_file,
+        }),
+        (true, None) => {
+            return Err(SidecarError::Flag {
+                flag: "xds-tls",
+                message: "a proxyless gRPC client reads its certificate from files: give --cert-file, --key-file and --ca-file (gRPC cannot fetch one from the control plane's CA)".into(),
+            });
+        }
+    };
+    let value = grpc_bootstrap::grpc_bootstrap(&grpc_bootstrap::GrpcBootstrapSpec {
+        descriptor: &loaded.written,
+        instance_id,
+        service: loaded.descriptor.service.as_ref(),
+        datacenter: &config.datacenter,
+        control_plane: &config.control_plane,
+        tls,
+    });
+    serde_json::to_string_pretty(&value)
+        .map_err(|e| SidecarError::io("cannot encode the bootstrap")(std::io::Error::other(e)))
+}
+
+/// Writes `text` to `path` through a temporary file beside it and a rename, so a reader
+/// (a gRPC client reading `GRPC_XDS_BOOTSTRAP`) never sees half a file.
+pub fn write_file_atomically(path: &std::path::Path, text: &str) -> Result<(), SidecarError> {
+    let what = format!("cannot write {}", path.display());
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, text).map_err(SidecarError::io(what.clone()))?;
+    std::fs::rename(&tmp, path).map_err(SidecarError::io(what))
 }

@@ -37,6 +37,7 @@ fn mk_stream(kind: StreamKind) -> StreamInfo {
         kind,
         remote_addr: None,
         connected_since: SystemTime::now(),
+        user_agent: String::new(),
     }
 }
 

@@ -21,6 +21,7 @@ mod listener;
 pub mod names;
 mod proto;
 mod protocol;
+mod proxyless;
 mod rbac;
 mod route;
 mod security;
@@ -40,6 +41,7 @@ pub use cluster::service_cluster;
 pub use egress_routes::EgressRoutes;
 pub use endpoints::{routable_address, service_endpoints};
 pub use protocol::{UpstreamProtocol, upstream_protocol};
+pub use proxyless::{proxyless_clusters, proxyless_config, proxyless_endpoints};
 pub use rbac::{AUDIT_PREFIX, ENFORCE_PREFIX};
 
 /// Control-plane-wide translation settings.
@@ -130,6 +132,9 @@ pub struct ProxyGroup {
     pub listen_address: String,
     /// The proxy's datacenter (its node locality): priority 0 of every service's endpoints.
     pub datacenter: String,
+    /// A proxyless gRPC client (its node metadata says so), not an Envoy: it gets
+    /// [`proxyless_config`] and the services' [`proxyless_clusters`] instead.
+    pub proxyless: bool,
 }
 
 /// A group's own resources. Service clusters and endpoints come from

@@ -42,3 +42,13 @@ pub fn outbound_host(service: &ServiceName) -> String {
 pub fn inbound_host(service: &ServiceName) -> String {
     format!("inbound|{service}")
 }
+
+/// The route configuration of a proxyless gRPC client's target `service`.
+pub fn proxyless_routes(service: &ServiceName) -> String {
+    format!("grpc:{service}")
+}
+
+/// A proxyless gRPC client's cluster of `service`'s canary instances (and its EDS name).
+pub fn canary_cluster(service: &ServiceName) -> String {
+    format!("canary:{service}")
+}

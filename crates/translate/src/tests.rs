@@ -42,6 +42,7 @@ fn mk_group(yaml: &str) -> ProxyGroup {
         descriptor: Descriptor::from_yaml(yaml).expect("valid"),
         listen_address: "0.0.0.0".into(),
         datacenter: "dc1".into(),
+        proxyless: false,
     }
 }
 

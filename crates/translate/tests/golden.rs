@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use meshplane_model::{Descriptor, Health, Instance, InstanceId, Locality, ServiceName};
 use meshplane_translate::{
-    Catalog, MeshOptions, ProxyGroup, TracingOptions, group_config, service_cluster,
-    service_endpoints,
+    Catalog, MeshOptions, ProxyGroup, TracingOptions, group_config, proxyless_clusters,
+    proxyless_config, proxyless_endpoints, service_cluster, service_endpoints,
 };
 
 struct Fixture(Vec<(ServiceName, Vec<Instance>)>);
@@ -122,6 +122,7 @@ fn orders_group() {
         descriptor: Descriptor::from_yaml(ORDERS).expect("valid"),
         listen_address: "10.0.0.9".into(),
         datacenter: "dc1".into(),
+        proxyless: false,
     };
     let options = MeshOptions {
         tracing: Some(TracingOptions {
@@ -186,6 +187,7 @@ fn orders_access_logs() {
         descriptor: Descriptor::from_yaml(ORDERS).expect("valid"),
         listen_address: "10.0.0.9".into(),
         datacenter: "dc1".into(),
+        proxyless: false,
     };
     let config = group_config(&group, &catalog(), &MeshOptions::default()).expect("translates");
     check("orders-access-logs", render_access_logs(&config.listeners));
@@ -248,8 +250,75 @@ fn grpc_service_resources() {
         .expect("valid"),
         listen_address: "10.0.0.7".into(),
         datacenter: "dc1".into(),
+        proxyless: false,
     };
     let config =
         group_config(&group, &Fixture(Vec::new()), &MeshOptions::default()).expect("translates");
     check("payments-grpc-clusters", format!("{:#?}", config.clusters));
+}
+
+/// A proxyless gRPC client (`meshplane bootstrap --grpc`): an API listener and a route
+/// configuration per dependency, and the services' plain EDS clusters (with a canary one)
+/// whose endpoints are one weighted locality per instance.
+#[test]
+fn proxyless_grpc_client() {
+    let at = |i: Instance, address: &str| Instance {
+        address: address.into(),
+        ..i
+    };
+    let instances = vec![
+        at(
+            mk_instance("payments-1", "dc1", &[], 300, Health::Passing),
+            "10.0.0.1",
+        ),
+        at(
+            mk_instance("payments-2", "dc1", &["canary"], 100, Health::Passing),
+            "10.0.0.2",
+        ),
+        at(
+            mk_instance("payments-3", "dc2", &[], 100, Health::Passing),
+            "10.0.0.3",
+        ),
+        at(
+            mk_instance("payments-4", "dc1", &[], 100, Health::Critical),
+            "10.0.0.4",
+        ),
+    ];
+    let catalog = Fixture(vec![(name("payments"), instances.clone())]);
+    let group = ProxyGroup {
+        descriptor: Descriptor::from_yaml(
+            "service: checkout\nport: 8080\ningress: { port: 31001 }\ndependencies:\n  - service: payments\n    timeout: 2s\n    retries: { attempts: 3, on: [unavailable, resource-exhausted, connect-failure] }\n",
+        )
+        .expect("valid"),
+        listen_address: "0.0.0.0".into(),
+        datacenter: "dc1".into(),
+        proxyless: true,
+    };
+    let options = MeshOptions::default();
+    let config = proxyless_config(&group, &catalog, &options).expect("translates");
+    assert!(config.clusters.is_empty(), "no local app, no domains");
+    // The API listener's HTTP connection manager decoded, so the golden reads.
+    let listeners: Vec<_> = config
+        .listeners
+        .iter()
+        .map(|l| {
+            use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+            use prost::Message;
+            let any = l.api_listener.as_ref().and_then(|a| a.api_listener.as_ref());
+            let hcm = any.map(|a| HttpConnectionManager::decode(a.value.as_slice()).expect("HCM"));
+            (l.name.clone(), hcm)
+        })
+        .collect();
+    check(
+        "proxyless-listeners-routes",
+        format!("{listeners:#?}\n{:#?}", config.routes),
+    );
+    check(
+        "proxyless-clusters-endpoints",
+        format!(
+            "{:#?}\n{:#?}",
+            proxyless_clusters(&name("payments"), &instances),
+            proxyless_endpoints(&name("payments"), &instances, "dc1", &options)
+        ),
+    );
 }

@@ -93,6 +93,9 @@ pub struct StreamInfo {
     pub remote_addr: Option<SocketAddr>,
     /// When the stream opened.
     pub connected_since: SystemTime,
+    /// The xDS client, as the node names itself (`user_agent_name` and its version):
+    /// `envoy 1.36.2`, or a proxyless gRPC client's `gRPC Python 1.85.1`.
+    pub user_agent: String,
 }
 
 /// Watches the streams of an xDS server; register one with

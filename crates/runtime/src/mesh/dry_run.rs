@@ -54,17 +54,22 @@ impl Planner for DryRunPlanner {
         check_policy(&descriptor, &self.options).map_err(|e| e.to_string())?;
         let registry = self.store.snapshot();
         let translate = |group: &ProxyGroup| {
-            translate_once(group, &registry, &self.options).map_err(|e| {
+            translate_once(group, registry.clone(), self.options.clone()).map_err(|e| {
                 format!(
                     "cannot translate for datacenter {}: {e:#}",
                     group.datacenter
                 )
             })
         };
-        let proposed = |listen_address: &str, datacenter: &str| ProxyGroup {
+        // The proposed descriptor deployed where each live group runs, as the same kind of
+        // client (an Envoy, or a proxyless gRPC client).
+        let proposed = |live: Option<&ProxyGroup>| ProxyGroup {
             descriptor: descriptor.clone(),
-            listen_address: listen_address.to_owned(),
-            datacenter: datacenter.to_owned(),
+            listen_address: live.map_or("0.0.0.0", |g| &g.listen_address).to_owned(),
+            datacenter: live
+                .map_or(&self.options.datacenter, |g| &g.datacenter)
+                .clone(),
+            proxyless: live.is_some_and(|g| g.proxyless),
         };
         let live: Vec<_> = self
             .groups
@@ -74,7 +79,7 @@ impl Planner for DryRunPlanner {
             .collect();
         let mut groups = Vec::new();
         if live.is_empty() {
-            let group = proposed("0.0.0.0", &self.options.datacenter);
+            let group = proposed(None);
             groups.push(PlannedGroup {
                 key: None,
                 datacenter: group.datacenter.clone(),
@@ -83,7 +88,7 @@ impl Planner for DryRunPlanner {
             });
         }
         for (key, group) in live {
-            let next = proposed(&group.listen_address, &group.datacenter);
+            let next = proposed(Some(&group));
             groups.push(PlannedGroup {
                 key: Some(key),
                 datacenter: group.datacenter.clone(),

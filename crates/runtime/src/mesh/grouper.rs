@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meshplane_model::Descriptor;
-use meshplane_model::node_metadata::{ADMIN_KEY, ADMIN_RELAY_KEY, LISTEN_ADDRESS_KEY};
+use meshplane_model::node_metadata::{
+    ADMIN_KEY, ADMIN_RELAY_KEY, LISTEN_ADDRESS_KEY, PROXYLESS_GRPC, PROXYLESS_KEY,
+};
 use meshplane_translate::{MeshOptions, ProxyGroup, check_policy};
 use meshplane_xds::server::node::check_node_identity;
 use meshplane_xds::{GroupError, GroupKey, MetadataGrouper, NodeGrouper, PeerInfo};
@@ -123,9 +125,18 @@ impl DescriptorGrouper {
             ))
         })?;
         let mut json = to_json(metadata);
+        let mut proxyless = false;
         let listen_address = match json.as_object_mut() {
             Some(map) => {
                 map.remove(ADMIN_KEY);
+                if let Some(kind) = map.remove(PROXYLESS_KEY) {
+                    if kind.as_str() != Some(PROXYLESS_GRPC) {
+                        return Err(invalid(format!(
+                            "node.metadata.{PROXYLESS_KEY} is {kind}: the only proxyless client is \"{PROXYLESS_GRPC}\" (write the bootstrap with `meshplane bootstrap --grpc`)"
+                        )));
+                    }
+                    proxyless = true;
+                }
                 if let Some(relay) = map.remove(ADMIN_RELAY_KEY)
                     && let Some(addr) = relay_addr(&relay)
                 {
@@ -158,6 +169,7 @@ impl DescriptorGrouper {
             descriptor,
             listen_address,
             datacenter: self.datacenter_of(node)?,
+            proxyless,
         })
     }
 
@@ -210,7 +222,9 @@ impl NodeGrouper for DescriptorGrouper {
             serde_json::to_string(&(&group.descriptor, &group.listen_address, &group.datacenter))
                 .map_err(|e| GroupError::InvalidArgument(e.to_string()))?;
         let hash = xxhash_rust::xxh3::xxh3_64(canonical.as_bytes());
-        let key = GroupKey::new(format!("{}-{hash:016x}", group.descriptor.service));
+        // A proxyless client gets other resources than an Envoy with the same descriptor.
+        let kind = if group.proxyless { "grpc-" } else { "" };
+        let key = GroupKey::new(format!("{}-{kind}{hash:016x}", group.descriptor.service));
         self.groups.insert(key.clone(), group);
         Ok(key)
     }

@@ -15,4 +15,6 @@ mod locality_tests;
 #[cfg(test)]
 mod protocol_tests;
 #[cfg(test)]
+mod proxyless_tests;
+#[cfg(test)]
 mod tests;

@@ -27,8 +27,8 @@ use meshplane_model::{Instance, ServiceName};
 use meshplane_registry::{Changes, Snapshot as RegistrySnapshot, Store};
 use meshplane_telemetry::TranslationMetrics;
 use meshplane_translate::{
-    Catalog, EgressRoutes, MeshOptions, ProxyGroup, group_config, names, service_cluster,
-    service_endpoints,
+    Catalog, EgressRoutes, MeshOptions, ProxyGroup, group_config, names, proxyless_clusters,
+    proxyless_config, proxyless_endpoints, service_cluster, service_endpoints,
 };
 use meshplane_xds::{GroupKey, Resource, ResourceType, Snapshot, SnapshotCache};
 use tokio::sync::mpsc;
@@ -46,7 +46,7 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(30);
 /// and the last change reaches it within one interval plus the pass.
 pub const MIN_PASS_INTERVAL: Duration = Duration::from_millis(50);
 
-pub(crate) struct RegistryCatalog<'a>(pub(crate) &'a RegistrySnapshot);
+struct RegistryCatalog<'a>(&'a RegistrySnapshot);
 
 impl Catalog for RegistryCatalog<'_> {
     fn services(&self) -> Vec<ServiceName> {
@@ -64,6 +64,11 @@ impl Catalog for RegistryCatalog<'_> {
 struct ServiceResources {
     cluster: Arc<Resource>,
     endpoints: HashMap<String, Arc<Resource>>,
+    /// Proxyless gRPC clients' clusters (the service's, and its canary one), built when some
+    /// proxyless group depends on the service.
+    proxyless: Option<Vec<Arc<Resource>>>,
+    /// Their endpoints, per datacenter like [`Self::endpoints`].
+    proxyless_endpoints: HashMap<String, Vec<Arc<Resource>>>,
 }
 
 struct ActiveGroup {
@@ -261,7 +266,14 @@ impl Translator {
             self.publish(key);
             return;
         };
-        let patched = if seen.iter().any(|s| reshaped.contains(s)) {
+        let reshaping = seen.iter().any(|s| reshaped.contains(s));
+        if reshaping && group.group.proxyless {
+            // A proxyless group's listeners, routes and clusters follow the set of services
+            // and their canaries; it is small: translate it again.
+            self.publish(key);
+            return;
+        }
+        let patched = if reshaping {
             self.reshape(key, &current, &seen)
         } else {
             self.refresh(key, &current, &seen)
@@ -286,20 +298,28 @@ impl Translator {
         current: &Snapshot,
         seen: &[ServiceName],
     ) -> anyhow::Result<Snapshot> {
-        let datacenter = self.datacenter_of(key)?;
+        let group = self
+            .active
+            .get(key)
+            .context("the group is not active")?
+            .group
+            .clone();
         let mut upserts = Vec::with_capacity(seen.len() * 2);
         for service in seen {
-            let (cluster, endpoints) = self.service_resources(service, &datacenter);
-            upserts.push(cluster);
-            upserts.push(endpoints);
+            upserts.extend(self.resources_for(service, &group));
         }
         Ok(current.with_upserts(upserts)?)
     }
 
-    /// The datacenter of an active group's proxies.
-    fn datacenter_of(&self, key: &GroupKey) -> anyhow::Result<String> {
-        let group = self.active.get(key).context("the group is not active")?;
-        Ok(group.group.datacenter.clone())
+    /// A service's shared resources for `group`: the sidecars' cluster and endpoints, or the
+    /// proxyless clients' clusters and endpoints.
+    fn resources_for(&mut self, service: &ServiceName, group: &ProxyGroup) -> Vec<Arc<Resource>> {
+        if group.proxyless {
+            self.proxyless_resources(service, &group.datacenter)
+        } else {
+            let (cluster, endpoints) = self.service_resources(service, &group.datacenter);
+            vec![cluster, endpoints]
+        }
     }
 
     /// Some seen service appeared, left or changed tags: besides the services' clusters and
@@ -399,7 +419,24 @@ impl Translator {
             .get(name)
             .map(|e| &*e.instances)
             .unwrap_or_default();
-        let resources = self.services.entry(name.clone()).or_insert_with(|| {
+        let resources = Self::entry(&mut self.services, name, instances, options);
+        let endpoints = resources
+            .endpoints
+            .entry(datacenter.to_owned())
+            .or_insert_with(|| {
+                Resource::endpoints(&service_endpoints(name, instances, datacenter, options))
+            });
+        (resources.cluster.clone(), endpoints.clone())
+    }
+
+    /// A service's entry, created (with its sidecars' cluster) on first use after a change.
+    fn entry<'s>(
+        services: &'s mut HashMap<ServiceName, ServiceResources>,
+        name: &ServiceName,
+        instances: &[Instance],
+        options: &MeshOptions,
+    ) -> &'s mut ServiceResources {
+        services.entry(name.clone()).or_insert_with(|| {
             for i in instances
                 .iter()
                 .filter(|i| !meshplane_translate::routable_address(i))
@@ -410,15 +447,47 @@ impl Translator {
             ServiceResources {
                 cluster: Resource::cluster(&service_cluster(name, instances, options)),
                 endpoints: HashMap::new(),
+                proxyless: None,
+                proxyless_endpoints: HashMap::new(),
             }
-        });
-        let endpoints = resources
-            .endpoints
-            .entry(datacenter.to_owned())
-            .or_insert_with(|| {
-                Resource::endpoints(&service_endpoints(name, instances, datacenter, options))
-            });
-        (resources.cluster.clone(), endpoints.clone())
+        })
+    }
+
+    /// A service's clusters and endpoints for proxyless clients in `datacenter`, built on
+    /// first use after each change of the service. They live in the service's entry, next
+    /// to the sidecars' ones, so a change of the service drops both at once.
+    fn proxyless_resources(&mut self, name: &ServiceName, datacenter: &str) -> Vec<Arc<Resource>> {
+        let registry = &self.registry;
+        let options = &self.options;
+        let instances = registry
+            .services
+            .get(name)
+            .map(|e| &*e.instances)
+            .unwrap_or_default();
+        let resources = Self::entry(&mut self.services, name, instances, options);
+        let mut out: Vec<Arc<Resource>> = resources
+            .proxyless
+            .get_or_insert_with(|| {
+                proxyless_clusters(name, instances)
+                    .iter()
+                    .map(Resource::cluster)
+                    .collect()
+            })
+            .clone();
+        out.extend(
+            resources
+                .proxyless_endpoints
+                .entry(datacenter.to_owned())
+                .or_insert_with(|| {
+                    proxyless_endpoints(name, instances, datacenter, options)
+                        .iter()
+                        .map(Resource::endpoints)
+                        .collect()
+                })
+                .iter()
+                .cloned(),
+        );
+        out
     }
 
     fn publish(&mut self, key: &GroupKey) {
@@ -458,13 +527,21 @@ impl Translator {
     }
 
     fn build(&mut self, group: &ProxyGroup) -> anyhow::Result<Built> {
-        let mut config = group_config(group, &RegistryCatalog(&self.registry), &self.options)?;
-        let routes = if group.descriptor.depends_on_all() {
+        let catalog = RegistryCatalog(&self.registry);
+        let mut config = if group.proxyless {
+            proxyless_config(group, &catalog, &self.options)?
+        } else {
+            group_config(group, &catalog, &self.options)?
+        };
+        let routes = if group.descriptor.depends_on_all() && !group.proxyless {
             EgressRoutes::take_from_config(&group.descriptor, &mut config)
         } else {
             None
         };
-        let mut resources = own_resources(&config);
+        let mut resources: Vec<Arc<Resource>> = Vec::new();
+        resources.extend(config.clusters.iter().map(Resource::cluster));
+        resources.extend(config.listeners.iter().map(Resource::listener));
+        resources.extend(config.routes.iter().map(Resource::route));
         if let Some(routes) = &routes {
             resources.push(Resource::route_encoded(
                 names::EGRESS_ROUTES,
@@ -472,9 +549,7 @@ impl Translator {
             ));
         }
         for service in &config.services {
-            let (cluster, endpoints) = self.service_resources(service, &group.datacenter);
-            resources.push(cluster);
-            resources.push(endpoints);
+            resources.extend(self.resources_for(service, group));
         }
         Ok(Built {
             snapshot: Snapshot::new(resources)?,
@@ -556,6 +631,9 @@ impl Translator {
             resources
                 .endpoints
                 .retain(|dc, _| datacenters.contains(dc.as_str()));
+            resources
+                .proxyless_endpoints
+                .retain(|dc, _| datacenters.contains(dc.as_str()));
         }
         self.groups.remove(&gone);
     }
@@ -598,36 +676,15 @@ impl Translator {
     }
 }
 
-/// A group's own resources: its clusters, listeners and route configurations.
-fn own_resources(config: &meshplane_translate::GroupConfig) -> Vec<Arc<Resource>> {
-    let mut resources: Vec<Arc<Resource>> = Vec::new();
-    resources.extend(config.clusters.iter().map(Resource::cluster));
-    resources.extend(config.listeners.iter().map(Resource::listener));
-    resources.extend(config.routes.iter().map(Resource::route));
-    resources
-}
-
-/// Translates `group` in full against `registry`, outside the translator (dry runs): what
-/// its proxies would be sent, shared service resources included. Nothing is published.
+/// Translates `group` in full against `registry`, outside the control plane's translator
+/// (dry runs), with the very code it runs: what the group's proxies would be sent, shared
+/// service resources included. Nothing is published.
 pub(crate) fn translate_once(
     group: &ProxyGroup,
-    registry: &RegistrySnapshot,
-    options: &MeshOptions,
+    registry: Arc<RegistrySnapshot>,
+    options: Arc<MeshOptions>,
 ) -> anyhow::Result<Snapshot> {
-    let catalog = RegistryCatalog(registry);
-    let config = group_config(group, &catalog, options)?;
-    let mut resources = own_resources(&config);
-    for service in &config.services {
-        let instances = catalog.instances(service).unwrap_or_default();
-        resources.push(Resource::cluster(&service_cluster(
-            service, instances, options,
-        )));
-        resources.push(Resource::endpoints(&service_endpoints(
-            service,
-            instances,
-            &group.datacenter,
-            options,
-        )));
-    }
-    Ok(Snapshot::new(resources)?)
+    let mut translator = Translator::new(SnapshotCache::new(), Groups::default(), options);
+    translator.registry = registry;
+    Ok(translator.build(group)?.snapshot)
 }

@@ -31,6 +31,7 @@ fn mk_listeners(extra: &str) -> Vec<Listener> {
         descriptor: Descriptor::from_yaml(&format!("{BASE}{extra}")).expect("valid"),
         listen_address: "0.0.0.0".into(),
         datacenter: "dc1".into(),
+        proxyless: false,
     };
     group_config(&group, &Empty, &MeshOptions::default())
         .expect("translates")

@@ -147,6 +147,7 @@ fn translate(yaml: &str) -> crate::GroupConfig {
         descriptor: Descriptor::from_yaml(yaml).expect("valid"),
         listen_address: "127.0.0.1".into(),
         datacenter: "dc1".into(),
+        proxyless: false,
     };
     group_config(&group, &NoServices, &MeshOptions::default()).expect("translates")
 }

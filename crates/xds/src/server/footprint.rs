@@ -72,6 +72,7 @@ fn mk_status() -> StatusEntry {
             kind: StreamKind::Sotw,
             remote_addr: None,
             connected_since: SystemTime::now(),
+            user_agent: String::new(),
         },
     )
 }

@@ -203,6 +203,32 @@ fn refused(shared: &Shared, status: &Status) {
     }
 }
 
+/// `user_agent_name` and its version (Envoy and gRPC send `user_agent_version`; a build may
+/// send `user_agent_build_version` instead), cut to a sane length: it is only displayed.
+fn user_agent(node: &envoy_types::pb::envoy::config::core::v3::Node) -> String {
+    use envoy_types::pb::envoy::config::core::v3::node::UserAgentVersionType;
+    let version = match &node.user_agent_version_type {
+        Some(UserAgentVersionType::UserAgentVersion(v)) => v.clone(),
+        Some(UserAgentVersionType::UserAgentBuildVersion(b)) => b
+            .version
+            .as_ref()
+            .map(|v| format!("{}.{}.{}", v.major_number, v.minor_number, v.patch))
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    let mut out = format!("{} {version}", node.user_agent_name)
+        .trim()
+        .to_owned();
+    if out.len() > 128 {
+        let mut cut = 128;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+    }
+    out
+}
+
 fn admit<P: Protocol>(
     shared: &Shared,
     first: &P::Request,
@@ -225,6 +251,7 @@ fn admit<P: Protocol>(
         kind,
         remote_addr: peer.remote_addr,
         connected_since: SystemTime::now(),
+        user_agent: user_agent(node),
     };
     Ok((group, StatusEntry::open(&shared.observers, &stream)))
 }

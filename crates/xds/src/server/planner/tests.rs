@@ -134,6 +134,7 @@ fn mk_status() -> StatusEntry {
             kind: StreamKind::Sotw,
             remote_addr: None,
             connected_since: SystemTime::now(),
+            user_agent: String::new(),
         },
     )
 }

@@ -1,0 +1,351 @@
+//! Proxyless gRPC: real gRPC clients with no sidecar — grpcio's own xDS client
+//! (`tests/grpc/echo.py client-xds`) and Node's `@grpc/grpc-js-xds`
+//! (`tests/grpc-node/echo-xds.js`, the same commands) — bootstrapped by `meshplane bootstrap --grpc`, resolve
+//! `xds:///payments` through the control plane (LDS API listener → RDS → CDS → EDS) to
+//! grpcio echo servers registered in the embedded registry: they reach the right service,
+//! honour registry weights, move to a new instance within 1 s of its registration, stop
+//! using a deregistered one, follow `x-canary: 1` to a canary; a target that is not one of
+//! the descriptor's dependencies does not exist for them; the admin API shows the client
+//! SYNCED like a sidecar.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::grpc::{GrpcServer, ROOT, python};
+use support::{Mesh, TestCa, poll};
+
+/// A proxyless client process: one JSON command per line in, one JSON answer per line out.
+struct XdsClient {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// Which gRPC implementation a client is.
+#[derive(Debug, Clone, Copy)]
+enum Grpc {
+    /// grpcio (gRPC's C core).
+    Python,
+    /// @grpc/grpc-js with @grpc/grpc-js-xds.
+    Node,
+}
+
+impl XdsClient {
+    fn start(grpc: Grpc, bootstrap: &std::path::Path) -> XdsClient {
+        let mut command = match grpc {
+            Grpc::Python => {
+                let mut c = Command::new(python());
+                c.args([&format!("{ROOT}/tests/grpc/echo.py"), "client-xds"]);
+                c
+            }
+            Grpc::Node => {
+                let modules = format!("{ROOT}/tests/grpc-node/node_modules/@grpc/grpc-js-xds");
+                assert!(
+                    std::path::Path::new(&modules).exists(),
+                    "{modules} is missing: run scripts/install-test-deps.sh"
+                );
+                let mut c = Command::new("node");
+                c.arg(format!("{ROOT}/tests/grpc-node/echo-xds.js"));
+                c
+            }
+        };
+        let mut child = command
+            .env("GRPC_XDS_BOOTSTRAP", bootstrap)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the gRPC client starts");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        XdsClient {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    fn send(&mut self, command: &Value) {
+        writeln!(self.stdin, "{command}").expect("command written");
+        self.stdin.flush().expect("flushed");
+    }
+
+    fn answer(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("an answer");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("a JSON answer, got {line:?}"))
+    }
+
+    /// Runs one command (blocking this worker only: the control plane runs on others).
+    fn call(&mut self, command: Value) -> Value {
+        tokio::task::block_in_place(|| {
+            self.send(&command);
+            self.answer()
+        })
+    }
+}
+
+impl Drop for XdsClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Replies per server name (`payments-a:x` → `payments-a`).
+fn by_server(answer: &Value) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for reply in answer["replies"].as_array().expect("replies") {
+        let name = reply.as_str().unwrap_or_default();
+        let name = name.split(':').next().unwrap_or_default().to_owned();
+        *out.entry(name).or_default() += 1;
+    }
+    out
+}
+
+fn payments(count: usize) -> Value {
+    json!({ "target": "xds:///payments", "payload": "x", "count": count })
+}
+
+/// `meshplane bootstrap --grpc` for `descriptor`, written to a file in the test's directory.
+fn bootstrap(mesh: &Mesh, name: &str, descriptor: &str) -> std::path::PathBuf {
+    bootstrap_with(mesh, name, descriptor, &[])
+}
+
+fn bootstrap_with(mesh: &Mesh, name: &str, descriptor: &str, extra: &[&str]) -> std::path::PathBuf {
+    let dir = mesh.dir.path();
+    let descriptor_file = dir.join(format!("{name}.yaml"));
+    std::fs::write(&descriptor_file, descriptor).expect("descriptor written");
+    let out = dir.join(format!("{name}-bootstrap.json"));
+    let status = Command::new(env!("CARGO_BIN_EXE_meshplane"))
+        .arg("bootstrap")
+        .arg("--grpc")
+        .arg("--descriptor")
+        .arg(&descriptor_file)
+        .arg("--control-plane")
+        .arg(mesh.cp.xds_addr.to_string())
+        .args(extra)
+        .args(["--instance-id", name, "--output"])
+        .arg(&out)
+        .status()
+        .expect("meshplane bootstrap runs");
+    assert!(status.success(), "meshplane bootstrap --grpc failed");
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("bootstrap written"))
+            .expect("JSON");
+    assert_eq!(written["node"]["metadata"]["proxyless"], "grpc");
+    out
+}
+
+const CHECKOUT: &str = "service: checkout\nport: 8080\ningress: { port: 31001 }\ndependencies:\n  - service: payments\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_grpc_client_follows_the_registry() {
+    follows_the_registry(Grpc::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_grpc_client_follows_the_registry() {
+    follows_the_registry(Grpc::Node).await;
+}
+
+async fn follows_the_registry(grpc: Grpc) {
+    let mesh = Mesh::start(|_, _| {}).await;
+    let a = GrpcServer::start("payments-a");
+    let b = GrpcServer::start("payments-b");
+    let billing = GrpcServer::start("billing-1");
+    mesh.register("payments-a", "payments", a.port, &[], 3)
+        .await;
+    mesh.register("payments-b", "payments", b.port, &[], 1)
+        .await;
+    mesh.register("billing-1", "billing", billing.port, &[], 1)
+        .await;
+    let bootstrap_file = bootstrap(&mesh, "checkout-1", CHECKOUT);
+
+    // `billing` is registered but not a dependency: no listener. gRPC learns that a name
+    // does not exist from its 15 s timer (a state-of-the-world response that lacks a name
+    // it never had is not proof), so this client runs alongside the rest of the test.
+    let mut outsider = XdsClient::start(grpc, &bootstrap_file);
+    outsider.send(&json!({ "target": "xds:///billing", "payload": "x", "timeout": 20 }));
+
+    // Shared with the polling closures (never locked across an await).
+    let client = parking_lot::Mutex::new(XdsClient::start(grpc, &bootstrap_file));
+    // The right service, with registry weights 3:1 (gRPC picks at random by locality
+    // weight; 400 calls put the share of a 3/4 weight within ±0.1 with a margin of >4σ).
+    let answer = client.lock().call(payments(400));
+    assert_eq!(answer["ok"], true, "{answer}");
+    let counts = by_server(&answer);
+    assert_eq!(
+        counts.keys().cloned().collect::<Vec<_>>(),
+        vec!["payments-a", "payments-b"],
+        "only payments instances"
+    );
+    let share = counts["payments-a"] as f64 / 400.0;
+    assert!(
+        (0.65..=0.85).contains(&share),
+        "weights 3:1 give payments-a ~75 % of calls, got {counts:?}"
+    );
+
+    // The admin API shows the client like a sidecar: its group, SYNCED, and which gRPC.
+    let admin = format!("http://{}/api/proxies", mesh.cp.admin_addr);
+    let synced = poll(|| async {
+        let proxies: Value = match mesh.http.get(&admin).send().await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => return false,
+        };
+        proxies.as_array().into_iter().flatten().any(|p| {
+            p["node_id"] == "checkout-1"
+                && p["sync"] == "SYNCED"
+                && p["client"].as_str().is_some_and(|c| c.starts_with("gRPC "))
+                // Both libraries speak state-of-the-world ADS.
+                && p["protocol"] == "sotw"
+                && p["group"].as_str().is_some_and(|g| g.contains("-grpc-"))
+        })
+    })
+    .await;
+    assert!(synced, "checkout-1 is SYNCED in {admin}");
+
+    // A new instance gets calls within 1 s of its registration.
+    let c = GrpcServer::start("payments-c");
+    let registered = Instant::now();
+    mesh.register("payments-c", "payments", c.port, &[], 1)
+        .await;
+    let answer = client
+        .lock()
+        .call(json!({ "target": "xds:///payments", "payload": "x",
+        "until": "payments-c:", "max_seconds": 5 }));
+    let took = registered.elapsed();
+    assert_eq!(answer["ok"], true, "payments-c never answered: {answer}");
+    assert!(
+        took < Duration::from_secs(1),
+        "payments-c got its first call {took:?} after its registration"
+    );
+    eprintln!("{grpc:?}: registration to first call on the new instance: {took:?}");
+
+    // A deregistered instance (still running) gets no more calls.
+    let deregistered = Instant::now();
+    mesh.deregister("payments-a").await;
+    let gone = poll(|| async {
+        let answer = client.lock().call(payments(20));
+        !by_server(&answer).contains_key("payments-a")
+    })
+    .await;
+    assert!(
+        gone,
+        "payments-a kept getting calls after its deregistration"
+    );
+    eprintln!(
+        "{grpc:?}: deregistration to 20 calls without it: {:?}",
+        deregistered.elapsed()
+    );
+    let answer = client.lock().call(payments(100));
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert!(
+        !by_server(&answer).contains_key("payments-a"),
+        "payments-a is deregistered: {answer}"
+    );
+
+    // A canary: `x-canary: 1` goes to it, other calls keep going everywhere.
+    let d = GrpcServer::start("payments-d");
+    mesh.register("payments-d", "payments", d.port, &["canary"], 1)
+        .await;
+    let canary = json!({ "target": "xds:///payments", "payload": "x",
+        "metadata": { "x-canary": "1" }, "count": 20 });
+    let routed = poll(|| async {
+        let answer = client.lock().call(canary.clone());
+        by_server(&answer).keys().collect::<Vec<_>>() == vec!["payments-d"]
+    })
+    .await;
+    assert!(routed, "x-canary: 1 calls go to the canary payments-d");
+    let answer = client.lock().call(payments(60));
+    assert!(
+        by_server(&answer).len() > 1,
+        "calls without x-canary are not pinned to the canary: {answer}"
+    );
+
+    // The undeclared dependency got no route.
+    let answer = tokio::task::block_in_place(|| outsider.answer());
+    assert_eq!(
+        answer["ok"], false,
+        "billing must not be reachable: {answer}"
+    );
+    let details = answer["details"].as_str().unwrap_or_default();
+    match grpc {
+        // The C core fails the channel when its does-not-exist timer fires.
+        Grpc::Python => {
+            assert_eq!(answer["code"], "UNAVAILABLE", "{answer}");
+            assert!(
+                details.contains("LDS resource billing: does not exist"),
+                "{answer}"
+            );
+        }
+        // grpc-js keeps waiting for a listener that never comes.
+        Grpc::Node => {
+            assert_eq!(answer["code"], "DEADLINE_EXCEEDED", "{answer}");
+            assert!(details.contains("name resolution"), "{answer}");
+        }
+    }
+}
+
+/// Authenticated xDS: with client certificates required on the xDS port, a proxyless client
+/// presents its host certificate through gRPC's `tls` channel credentials (`--xds-tls` with
+/// host files) and gets its service's configuration; a certificate proving another service
+/// gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxyless_client_over_authenticated_xds() {
+    let pki = tempfile::tempdir().expect("tmp");
+    let ca = TestCa::new(pki.path(), "deploy");
+    let (server_cert, server_key) = ca.issue_server("xds-server");
+    let mesh = Mesh::start(|config, _| {
+        config.xds_tls_cert = Some(server_cert.clone().into());
+        config.xds_tls_key = Some(server_key.clone().into());
+        config.xds_client_ca = Some(ca.ca_file().into());
+    })
+    .await;
+    let a = GrpcServer::start("payments-a");
+    mesh.register("payments-a", "payments", a.port, &[], 1)
+        .await;
+
+    let tls_flags = |name: &str, uri: &str| {
+        let (cert, key, ca_file, _) = ca.issue(name, uri);
+        vec![
+            "--xds-tls".to_owned(),
+            "--cert-file".to_owned(),
+            cert,
+            "--key-file".to_owned(),
+            key,
+            "--ca-file".to_owned(),
+            ca_file,
+        ]
+    };
+    let flags = tls_flags("checkout", "spiffe://meshplane.local/service/checkout");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let good = bootstrap_with(&mesh, "checkout-1", CHECKOUT, &flags);
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&good).expect("read")).expect("JSON");
+    assert_eq!(written["xds_servers"][0]["channel_creds"][0]["type"], "tls");
+    let mut client = XdsClient::start(Grpc::Python, &good);
+    let answer = client.call(payments(5));
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(
+        by_server(&answer).keys().collect::<Vec<_>>(),
+        vec!["payments-a"]
+    );
+
+    // A certificate that proves another service: the control plane refuses the stream.
+    let flags = tls_flags("impostor", "spiffe://meshplane.local/service/billing");
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let bad = bootstrap_with(&mesh, "checkout-2", CHECKOUT, &flags);
+    let mut impostor = XdsClient::start(Grpc::Python, &bad);
+    let answer =
+        impostor.call(json!({ "target": "xds:///payments", "payload": "x", "timeout": 5 }));
+    assert_eq!(
+        answer["ok"], false,
+        "an impostor must get nothing: {answer}"
+    );
+    eprintln!("impostor: {answer}");
+}

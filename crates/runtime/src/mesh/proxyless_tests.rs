@@ -1,0 +1,163 @@
+//! Proxyless gRPC clients (node metadata `proxyless: grpc`) get gRPC's resources, grouped
+//! apart from sidecars with the same descriptor, and follow the registry: new instances
+//! reach their endpoints, a canary appears with its cluster and route.
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use meshplane_model::ServiceName;
+use meshplane_model::node_metadata::{PROXYLESS_GRPC, PROXYLESS_KEY};
+use meshplane_registry::{RegistryEvent, SourceId};
+use meshplane_translate::MeshOptions;
+use meshplane_xds::{GroupError, GroupKey, NodeGrouper, PeerInfo, ResourceType, SnapshotCache};
+use prost::Message;
+
+use super::tests::{ORDERS, mk_instance, mk_node, synced};
+use super::{DescriptorGrouper, Groups, Translator};
+
+fn proxyless(node: Node, kind: &str) -> Node {
+    let mut node = node;
+    if let Some(m) = node.metadata.as_mut() {
+        m.fields.insert(
+            PROXYLESS_KEY.into(),
+            envoy_types::pb::google::protobuf::Value {
+                kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                    kind.into(),
+                )),
+            },
+        );
+    }
+    node
+}
+
+fn payments(source: &SourceId, instances: &[(&str, u16, &[&str])]) -> RegistryEvent {
+    RegistryEvent::Service {
+        source: source.clone(),
+        name: ServiceName::new("payments").expect("name"),
+        instances: instances
+            .iter()
+            .map(|(id, port, tags)| {
+                let mut i = mk_instance("payments", id, *port);
+                i.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+                i
+            })
+            .collect(),
+    }
+}
+
+fn names(cache: &SnapshotCache, key: &GroupKey, kind: ResourceType) -> Vec<String> {
+    let snapshot = cache.snapshot(key).expect("published");
+    snapshot.resources(kind).keys().cloned().collect()
+}
+
+fn ports(cache: &SnapshotCache, key: &GroupKey, name: &str) -> Vec<u32> {
+    let snapshot = cache.snapshot(key).expect("published");
+    let resource = snapshot.get(ResourceType::Endpoint, name).expect("EDS");
+    let cla = ClusterLoadAssignment::decode(&*resource.to_any().value).expect("CLA");
+    cla.endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .filter_map(|e| match &e.host_identifier {
+            Some(
+                envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(
+                    ep,
+                ),
+            ) => ep.address.as_ref(),
+            _ => None,
+        })
+        .filter_map(|a| match &a.address {
+            Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(s)) => {
+                match s.port_specifier {
+                    Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => Some(p),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn proxyless_clients_get_grpc_resources_and_follow_the_registry() {
+    let options = Arc::new(MeshOptions::default());
+    let groups = Groups::default();
+    let grouper = DescriptorGrouper::new(groups.clone(), options.clone());
+    let cache = SnapshotCache::new();
+    let mut translator = Translator::new(cache.clone(), groups, options);
+    let (store, mut writer) = meshplane_registry::store();
+    let source = SourceId::new("test");
+    writer.apply(synced(&source));
+    writer.apply(payments(&source, &[("p1", 10, &[])]));
+    translator.on_registry(store.snapshot());
+
+    let peer = PeerInfo::default();
+    let sidecar = grouper
+        .group(&mk_node("orders-1", ORDERS), &peer)
+        .expect("valid");
+    let client = grouper
+        .group(
+            &proxyless(mk_node("orders-2", ORDERS), PROXYLESS_GRPC),
+            &peer,
+        )
+        .expect("valid");
+    assert_ne!(
+        sidecar, client,
+        "same descriptor, other resources: other group"
+    );
+    assert!(client.as_str().contains("-grpc-"), "{client}");
+    let err = grouper
+        .group(&proxyless(mk_node("orders-3", ORDERS), "java"), &peer)
+        .expect_err("unknown kind");
+    assert!(
+        matches!(&err, GroupError::InvalidArgument(m) if m.contains("node.metadata.proxyless")),
+        "{err:?}"
+    );
+    let _subscribed = (cache.subscribe(&sidecar), cache.subscribe(&client));
+    translator.on_demand(&sidecar);
+    translator.on_demand(&client);
+    assert_eq!(
+        names(&cache, &client, ResourceType::Listener),
+        vec!["payments"]
+    );
+    assert_eq!(
+        names(&cache, &client, ResourceType::Route),
+        vec!["grpc:payments"]
+    );
+    assert_eq!(
+        names(&cache, &client, ResourceType::Cluster),
+        vec!["payments"]
+    );
+    assert_eq!(
+        names(&cache, &sidecar, ResourceType::Listener),
+        vec!["egress", "ingress"],
+        "the sidecar is unaffected"
+    );
+
+    // A new instance reaches the client's endpoints.
+    writer.apply(payments(&source, &[("p1", 10, &[]), ("p2", 12, &[])]));
+    translator.on_registry(store.snapshot());
+    assert_eq!(ports(&cache, &client, "payments"), vec![10, 12]);
+
+    // A canary appears: its cluster, endpoints and route.
+    writer.apply(payments(
+        &source,
+        &[("p1", 10, &[]), ("p2", 12, &[]), ("p3", 14, &["canary"])],
+    ));
+    translator.on_registry(store.snapshot());
+    assert_eq!(
+        names(&cache, &client, ResourceType::Cluster),
+        vec!["canary:payments", "payments"]
+    );
+    assert_eq!(ports(&cache, &client, "canary:payments"), vec![14]);
+    assert_eq!(ports(&cache, &client, "payments"), vec![10, 12, 14]);
+
+    // And leaves.
+    writer.apply(payments(&source, &[("p2", 12, &[])]));
+    translator.on_registry(store.snapshot());
+    assert_eq!(
+        names(&cache, &client, ResourceType::Cluster),
+        vec!["payments"]
+    );
+    assert_eq!(ports(&cache, &client, "payments"), vec![12]);
+}

@@ -1,0 +1,141 @@
+//! `meshplane bootstrap --grpc`: the bootstrap of a proxyless gRPC client, the JSON file
+//! gRPC's own xDS client reads from `GRPC_XDS_BOOTSTRAP` (gRFC A27; A65 for `tls`
+//! credentials). Pure: a spec in, JSON out.
+//!
+//! The node is the same as a sidecar's Envoy (instance id, service, datacenter as
+//! `locality.zone`, the descriptor as written as metadata), so dependency scoping and
+//! permissions apply to the client as to an Envoy, plus `proxyless: grpc`, which tells the
+//! control plane to serve gRPC's subset of xDS. No admin address: nothing to relay to.
+
+use std::path::Path;
+
+use meshplane_model::node_metadata::{PROXYLESS_GRPC, PROXYLESS_KEY};
+use serde_json::{Value, json};
+
+use crate::config::ControlPlaneAddr;
+
+/// What a gRPC bootstrap is made of.
+#[derive(Debug, Clone)]
+pub struct GrpcBootstrapSpec<'a> {
+    /// The descriptor as written (JSON), sent as node metadata.
+    pub descriptor: &'a Value,
+    /// `node.id`.
+    pub instance_id: &'a str,
+    /// `node.cluster`: the descriptor's service.
+    pub service: &'a str,
+    /// `node.locality.zone`.
+    pub datacenter: &'a str,
+    /// The control plane's xDS addresses, in failover order.
+    pub control_plane: &'a [ControlPlaneAddr],
+    /// TLS with a client certificate on the xDS connection (the control plane's
+    /// `--xds-client-ca`): gRPC reads these files itself.
+    pub tls: Option<GrpcXdsTls<'a>>,
+}
+
+/// Files for gRPC's `tls` channel credentials (gRFC A65).
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcXdsTls<'a> {
+    /// CA bundle that signs the control plane's certificate.
+    pub ca_file: &'a Path,
+    /// The client's certificate (with its service's SPIFFE id).
+    pub cert_file: &'a Path,
+    /// Its private key.
+    pub key_file: &'a Path,
+}
+
+/// The bootstrap JSON. Every control-plane address is an `xds_servers` entry: gRPC
+/// versions with xDS server fallback (gRFC A71) use the next when one is unreachable,
+/// older ones use the first.
+pub fn grpc_bootstrap(spec: &GrpcBootstrapSpec<'_>) -> Value {
+    let creds = match spec.tls {
+        Some(tls) => json!([{
+            "type": "tls",
+            "config": {
+                "ca_certificate_file": tls.ca_file.display().to_string(),
+                "certificate_file": tls.cert_file.display().to_string(),
+                "private_key_file": tls.key_file.display().to_string(),
+            },
+        }]),
+        None => json!([{ "type": "insecure" }]),
+    };
+    let servers: Vec<Value> = spec
+        .control_plane
+        .iter()
+        .map(|a| {
+            let host = if a.host.contains(':') {
+                format!("[{}]", a.host)
+            } else {
+                a.host.clone()
+            };
+            json!({
+                "server_uri": format!("{host}:{}", a.port),
+                "channel_creds": creds,
+                "server_features": ["xds_v3"],
+            })
+        })
+        .collect();
+    let mut metadata = match spec.descriptor {
+        Value::Object(fields) => fields.clone(),
+        _ => serde_json::Map::new(),
+    };
+    metadata.insert(PROXYLESS_KEY.to_owned(), json!(PROXYLESS_GRPC));
+    json!({
+        "xds_servers": servers,
+        "node": {
+            "id": spec.instance_id,
+            "cluster": spec.service,
+            "locality": { "zone": spec.datacenter },
+            "metadata": metadata,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_carries_the_descriptor_and_the_proxyless_marker() {
+        let descriptor = json!({ "service": "checkout", "port": 8080, "ingress": { "port": 31001 },
+            "dependencies": [{ "service": "payments" }] });
+        let addrs = ControlPlaneAddr::parse_list("127.0.0.1:18000,[::1]:18001").expect("valid");
+        let value = grpc_bootstrap(&GrpcBootstrapSpec {
+            descriptor: &descriptor,
+            instance_id: "checkout-1",
+            service: "checkout",
+            datacenter: "dc2",
+            control_plane: &addrs,
+            tls: None,
+        });
+        assert_eq!(value["node"]["id"], "checkout-1");
+        assert_eq!(value["node"]["cluster"], "checkout");
+        assert_eq!(value["node"]["locality"]["zone"], "dc2");
+        assert_eq!(value["node"]["metadata"]["proxyless"], "grpc");
+        assert_eq!(
+            value["node"]["metadata"]["dependencies"][0]["service"],
+            "payments"
+        );
+        assert_eq!(value["xds_servers"][0]["server_uri"], "127.0.0.1:18000");
+        assert_eq!(value["xds_servers"][1]["server_uri"], "[::1]:18001");
+        assert_eq!(value["xds_servers"][0]["server_features"][0], "xds_v3");
+        assert_eq!(
+            value["xds_servers"][0]["channel_creds"][0]["type"],
+            "insecure"
+        );
+        let tls = grpc_bootstrap(&GrpcBootstrapSpec {
+            descriptor: &descriptor,
+            instance_id: "checkout-1",
+            service: "checkout",
+            datacenter: "dc1",
+            control_plane: &addrs[..1],
+            tls: Some(GrpcXdsTls {
+                ca_file: Path::new("/etc/ca.pem"),
+                cert_file: Path::new("/etc/cert.pem"),
+                key_file: Path::new("/etc/key.pem"),
+            }),
+        });
+        let creds = &tls["xds_servers"][0]["channel_creds"][0];
+        assert_eq!(creds["type"], "tls");
+        assert_eq!(creds["config"]["certificate_file"], "/etc/cert.pem");
+    }
+}
