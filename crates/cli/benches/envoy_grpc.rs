@@ -27,8 +27,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshplane_runtime::ControlPlaneConfig;
 use meshplane_runtime::control_plane;
 use support::{
-    DEADLINE, Sidecar, clock_ticks, cpu_ticks, free_port, load_average, machine, quantile, spread,
-    us,
+    DEADLINE, LoadArgs, Sidecar, clock_ticks, cpu_ticks, free_port, load_average, machine,
+    quantile, spread, us,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -41,40 +41,8 @@ const HEALTH: &str = "/grpc.health.v1.Health/Check";
 /// The request message's payload (the answer carries it back).
 const PAYLOAD: &[u8] = b"0123456789abcdef0123456789abcdef";
 
-struct Args {
-    rate: u32,
-    seconds: u64,
-    rounds: usize,
-}
-
-fn parse_args() -> Args {
-    let mut args = Args {
-        rate: 250,
-        seconds: 6,
-        rounds: 3,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
-        match flag.as_str() {
-            "--rate" => args.rate = value().parse().expect("--rate N (calls a second)"),
-            "--seconds" => args.seconds = value().parse().expect("--seconds N"),
-            "--rounds" => args.rounds = value().parse().expect("--rounds N"),
-            // `cargo bench` passes `--bench` to every bench binary.
-            "--bench" => {}
-            other => panic!("unknown argument {other}; use --rate N --seconds N --rounds N"),
-        }
-    }
-    args
-}
-
 fn main() {
-    let args = parse_args();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(run(args));
+    support::block_on(run(LoadArgs::parse()));
 }
 
 /// A gRPC message: the 5-byte prefix (not compressed, length) and `payload`.
@@ -212,7 +180,7 @@ struct Run {
     callee_us: f64,
 }
 
-async fn run(args: Args) {
+async fn run(args: LoadArgs) {
     let envoy = meshplane_test_support::envoy::envoy_binary();
     let dir = tempfile::tempdir().expect("tempdir");
     let shutdown = CancellationToken::new();

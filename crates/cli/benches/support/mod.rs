@@ -10,6 +10,47 @@ use meshplane_runtime::control_plane::ControlPlane;
 /// A sidecar that is not ready by then has failed.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// The paced load of the latency benchmarks: `--rate N` a second, `--seconds N` per run,
+/// `--rounds N`.
+pub struct LoadArgs {
+    pub rate: u32,
+    pub seconds: u64,
+    pub rounds: usize,
+}
+
+impl LoadArgs {
+    /// From the process arguments (defaults: 250 a second, 6 s, 3 rounds).
+    pub fn parse() -> LoadArgs {
+        let mut args = LoadArgs {
+            rate: 250,
+            seconds: 6,
+            rounds: 3,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+            match flag.as_str() {
+                "--rate" => args.rate = value().parse().expect("--rate N (a second)"),
+                "--seconds" => args.seconds = value().parse().expect("--seconds N"),
+                "--rounds" => args.rounds = value().parse().expect("--rounds N"),
+                // `cargo bench` passes `--bench` to every bench binary.
+                "--bench" => {}
+                other => panic!("unknown argument {other}; use --rate N --seconds N --rounds N"),
+            }
+        }
+        args
+    }
+}
+
+/// Runs a benchmark's `main` future on a multi-threaded runtime.
+pub fn block_on<F: std::future::Future>(main: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(main)
+}
+
 pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
     sorted.get(i).copied().unwrap_or_default()
