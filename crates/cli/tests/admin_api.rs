@@ -309,16 +309,7 @@ async fn documented_responses_and_resource_views_match_reality() {
             })
             .unwrap_or_else(|| panic!("{kind} {name} in the admin view"))
     };
-    let admin = mesh.sidecar_admin("orders-1");
-    let dump: Value = mesh
-        .http
-        .get(format!("http://127.0.0.1:{admin}/config_dump"))
-        .send()
-        .await
-        .expect("envoy")
-        .json()
-        .await
-        .expect("json");
+    let dump = mesh.config_dump("orders-1").await;
     let in_dump = |section: &str, list: &str, inner: &[&str], name: &str| {
         dump["configs"]
             .as_array()

@@ -247,16 +247,7 @@ async fn a_dry_run_names_exactly_the_changes_and_changes_nothing() {
 
 /// The version of each dynamic resource type orders' Envoy holds (from its config dump).
 async fn envoy_versions(mesh: &Mesh) -> Vec<String> {
-    let admin = mesh.sidecar_admin("orders-1");
-    let dump: Value = mesh
-        .http
-        .get(format!("http://127.0.0.1:{admin}/config_dump"))
-        .send()
-        .await
-        .expect("envoy")
-        .json()
-        .await
-        .expect("json");
+    let dump = mesh.config_dump("orders-1").await;
     let mut versions = Vec::new();
     for config in dump["configs"].as_array().into_iter().flatten() {
         for list in [

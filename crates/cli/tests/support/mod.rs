@@ -284,6 +284,19 @@ impl Mesh {
             .map(|s| s.admin_port)
             .expect("known sidecar")
     }
+
+    /// The config dump of sidecar `id`'s Envoy, from its admin API.
+    pub async fn config_dump(&self, id: &str) -> serde_json::Value {
+        let admin = self.sidecar_admin(id);
+        self.http
+            .get(format!("http://127.0.0.1:{admin}/config_dump"))
+            .send()
+            .await
+            .expect("envoy's admin answers")
+            .json()
+            .await
+            .expect("a JSON config dump")
+    }
 }
 
 impl Sidecar {
