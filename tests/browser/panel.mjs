@@ -1,7 +1,8 @@
 // Drives the Meshplane web panel in headless Chromium (Debian's /usr/bin/chromium through
 // playwright-core): service list and search → service page → proxy page (sync status, config
-// dump, charts, log level, group snapshot, stats) → datacenters → consistency view, with
-// screenshots.
+// dump, charts, log level, group snapshot, stats) → datacenters → consistency view → egress
+// rollout flags (with a token: refused without it, saved, audited, an invalid document and a
+// concurrent change refused), with screenshots.
 //
 //   node tests/browser/panel.mjs ADMIN_URL OUT_DIR [--service payments] [--hidden orders]
 //        [--proxy payments-1] [--listener ingress] [--level debug] [--token T] [--expect-traffic]
@@ -227,6 +228,49 @@ try {
     await page.locator('#consistency-summary').waitFor();
     await shot('consistency');
   });
+
+  if (opt.token) {
+    const flags = (rollout) => JSON.stringify({
+      default: { proxy: false },
+      services: { [opt.service]: { dependencies: { [opt.hidden || 'orders']: { proxy: true, ...rollout } } } },
+    }, null, 2);
+    await step('rollout flags: a save without the token is refused', async () => {
+      await page.goto(`${base}/#/rollout`);
+      await page.locator('#rollout-version', { hasText: 'Version' }).waitFor();
+      await page.locator('#rollout-doc').fill(flags({}));
+      await page.locator('#admin-token').fill('');
+      await page.locator('#rollout-save').click();
+      await page.locator('#rollout-result .error', { hasText: 'HTTP 401' }).waitFor();
+    });
+    await step('rollout flags: saved with the token, in the audit log under my name', async () => {
+      await page.locator('#admin-token').fill(opt.token);
+      await page.locator('#rollout-actor').fill('panel-test');
+      await page.locator('#rollout-save').click();
+      await page.locator('#rollout-result .ok', { hasText: 'Saved as version' }).waitFor();
+      await page.locator('#rollout-audit .rollout-actor', { hasText: 'panel-test' }).waitFor();
+      await shot('rollout');
+    });
+    await step('rollout flags: an invalid document is refused, naming the field', async () => {
+      await page.locator('#rollout-doc').fill(JSON.stringify({ services: { [opt.service]: { default: { rollout: 50 } } } }));
+      await page.locator('#rollout-save').click();
+      await page.locator('#rollout-result .error', { hasText: 'rollout' }).waitFor();
+    });
+    await step('rollout flags: a change made meanwhile is not overwritten', async () => {
+      await page.locator('#rollout-reload').click();
+      await page.locator('#rollout-doc').fill(flags({}));
+      // Someone else writes first (their own If-Match-less PUT)...
+      const status = await page.evaluate(async ([body, t]) => (await fetch('/api/rollout', {
+        method: 'PUT', body,
+        headers: { authorization: `Bearer ${t}`, 'content-type': 'application/json', 'x-meshplane-actor': 'someone-else' },
+      })).status, [flags({ rollout: 50 }), opt.token]);
+      if (status !== 200) throw new Error(`the concurrent write answered ${status}`);
+      // ...so saving what was read before is refused, and a reload shows their change.
+      await page.locator('#rollout-save').click();
+      await page.locator('#rollout-result .error', { hasText: 'HTTP 412' }).waitFor();
+      await page.locator('#rollout-reload').click();
+      await page.waitForFunction(() => document.querySelector('#rollout-doc').value.includes('"rollout": 50'));
+    });
+  }
 
   if (pageErrors.length) throw new Error(`uncaught errors in the page:\n  ${pageErrors.join('\n  ')}`);
 } catch (e) {

@@ -38,12 +38,27 @@ export async function getText(path) {
   return (await request(path)).text();
 }
 
-/** A write route: sends the session's token as a Bearer token when one is set. */
-export async function post(path) {
-  const headers = {};
+/** The headers of a write: the session's token as a Bearer token when one is set. */
+function writeHeaders(extra = {}) {
+  const headers = { ...extra };
   const t = token.get();
   if (t) headers.authorization = `Bearer ${t}`;
-  return (await request(path, { method: 'POST', headers })).text();
+  return headers;
+}
+
+/** A write route. */
+export async function post(path) {
+  return (await request(path, { method: 'POST', headers: writeHeaders() })).text();
+}
+
+/** A write route replacing a document: `body` as JSON, with extra `headers` (`If-Match`…). */
+export async function put(path, body, headers = {}) {
+  const init = {
+    method: 'PUT',
+    headers: writeHeaders({ 'content-type': 'application/json', accept: 'application/json', ...headers }),
+    body,
+  };
+  return (await request(path, init)).json();
 }
 
 export const enc = encodeURIComponent;

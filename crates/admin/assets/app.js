@@ -1,5 +1,5 @@
 // The panel's entry point: a hash router (#/services, #/services/NAME, #/proxies,
-// #/proxies/ID, #/datacenters, #/consistency) and the page lifecycle. Pages are functions
+// #/proxies/ID, #/datacenters, #/consistency, #/rollout) and the page lifecycle. Pages are functions
 // `(scope, ...params) => Node`; everything periodic goes through `scope.every`, so leaving a
 // page stops its polling.
 
@@ -9,6 +9,7 @@ import { consistencyPage } from './consistency.js';
 import { datacentersPage } from './datacenters.js';
 import { proxiesPage } from './proxies.js';
 import { proxyPage } from './proxy.js';
+import { rolloutPage } from './rollout.js';
 import { servicePage, servicesPage } from './services.js';
 
 const routes = [
@@ -18,6 +19,7 @@ const routes = [
   { pattern: /^\/proxies\/(.+)$/, page: proxyPage, nav: 'proxies' },
   { pattern: /^\/datacenters$/, page: datacentersPage, nav: 'datacenters' },
   { pattern: /^\/consistency$/, page: consistencyPage, nav: 'consistency' },
+  { pattern: /^\/rollout$/, page: rolloutPage, nav: 'rollout' },
 ];
 
 /** What a page owns: its timers. Disposed when the user navigates away. */

@@ -1,5 +1,7 @@
 // Building DOM nodes without innerHTML: every string from the API ends up as text, never markup.
 
+import { token } from './api.js';
+
 /**
  * h('a', { href: '#/x', class: 'link', onclick: fn }, 'text', child, [more])
  * Attributes starting with `on` become event listeners; `null`/`false` children are skipped.
@@ -114,4 +116,13 @@ export function bytes(n) {
 export function version(v) {
   if (v === null || v === undefined) return h('span', { class: 'muted' }, '—');
   return h('code', { title: v }, v.length > 12 ? `${v.slice(0, 12)}…` : v);
+}
+
+/** The admin token's input (`#admin-token`), kept in the session as it is typed. */
+export function tokenInput() {
+  return h('input', {
+    type: 'password', id: 'admin-token', autocomplete: 'off', value: token.get(),
+    placeholder: 'Admin token (if the control plane has one)', 'aria-label': 'Admin token',
+    oninput: (e) => token.set(e.target.value.trim()),
+  });
 }

@@ -1,8 +1,8 @@
 // One proxy's Envoy log levels, and the control that changes them (a write route: the admin
 // token, kept in sessionStorage, is sent as a Bearer token).
 
-import { enc, getText, post, token } from './api.js';
-import { errorBox, h, replace, section } from './dom.js';
+import { enc, getText, post } from './api.js';
+import { errorBox, h, replace, section, tokenInput } from './dom.js';
 
 const LEVELS = ['trace', 'debug', 'info', 'warning', 'error', 'critical', 'off'];
 
@@ -13,11 +13,6 @@ export function loggingSection(id) {
   let picked = false;
   const select = h('select', { id: 'log-level', 'aria-label': 'Log level', onchange: () => { picked = true; } },
     LEVELS.map((l) => h('option', { value: l, selected: l === 'info' }, l)));
-  const tokenInput = h('input', {
-    type: 'password', id: 'admin-token', autocomplete: 'off', value: token.get(),
-    placeholder: 'Admin token (if the control plane has one)', 'aria-label': 'Admin token',
-    oninput: (e) => token.set(e.target.value.trim()),
-  });
   const result = h('div', { id: 'log-result', role: 'status' });
 
   const refresh = async () => {
@@ -55,7 +50,7 @@ export function loggingSection(id) {
   refresh();
   return section('Log level',
     summary,
-    h('div', { class: 'form' }, tokenInput),
+    h('div', { class: 'form' }, tokenInput()),
     h('div', { class: 'form' }, select, button),
     result,
     h('details', {}, h('summary', {}, 'All loggers (Envoy /logging)'), raw));

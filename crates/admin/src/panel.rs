@@ -39,6 +39,7 @@ const ASSETS: &[Asset] = &[
     asset!("panel.css"),
     asset!("proxies.js"),
     asset!("proxy.js"),
+    asset!("rollout.js"),
     asset!("services.js"),
     asset!("snapshot.js"),
     asset!("stats.js"),

@@ -242,6 +242,37 @@ async fn panel_works_in_headless_chromium() {
         "screenshot saved"
     );
 
+    // The flags saved in the browser are the control plane's, audited under the names given,
+    // and the panel's stale save did not overwrite the concurrent change.
+    let rollout: serde_json::Value = mesh
+        .http
+        .get(format!("{admin_url}/api/rollout"))
+        .send()
+        .await
+        .expect("admin")
+        .json()
+        .await
+        .expect("json");
+    let orders = &rollout["flags"]["services"]["payments"]["dependencies"]["orders"];
+    assert_eq!(orders["proxy"], true, "{rollout}");
+    assert_eq!(orders["rollout"], 50.0, "the concurrent change stands: {rollout}");
+    let audit: serde_json::Value = mesh
+        .http
+        .get(format!("{admin_url}/api/rollout/audit"))
+        .send()
+        .await
+        .expect("admin")
+        .json()
+        .await
+        .expect("json");
+    let actors: Vec<&str> = audit
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["actor"]["name"].as_str())
+        .collect();
+    assert_eq!(actors, ["panel-test", "someone-else"], "{audit}");
+
     // The click in the browser reached Envoy itself, through the control plane and the relay.
     let after = envoy_log_levels(&mesh.http, envoy_admin).await;
     assert!(after.len() > 10, "Envoy lists its loggers: {after:?}");
