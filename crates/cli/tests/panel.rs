@@ -255,7 +255,10 @@ async fn panel_works_in_headless_chromium() {
         .expect("json");
     let orders = &rollout["flags"]["services"]["payments"]["dependencies"]["orders"];
     assert_eq!(orders["proxy"], true, "{rollout}");
-    assert_eq!(orders["rollout"], 50.0, "the concurrent change stands: {rollout}");
+    assert_eq!(
+        orders["rollout"], 50.0,
+        "the concurrent change stands: {rollout}"
+    );
     let audit: serde_json::Value = mesh
         .http
         .get(format!("{admin_url}/api/rollout/audit"))
