@@ -2,7 +2,7 @@
 // playwright-core): service list and search → service page → proxy page (sync status, config
 // dump, charts, log level, group snapshot, stats) → datacenters → consistency view → egress
 // rollout flags (with a token: refused without it, saved, audited, an invalid document and a
-// concurrent change refused), with screenshots.
+// concurrent change refused) → migration view, with screenshots.
 //
 //   node tests/browser/panel.mjs ADMIN_URL OUT_DIR [--service payments] [--hidden orders]
 //        [--proxy payments-1] [--listener ingress] [--level debug] [--token T] [--expect-traffic]
@@ -271,6 +271,16 @@ try {
       await page.waitForFunction(() => document.querySelector('#rollout-doc').value.includes('"rollout": 50'));
     });
   }
+
+  await step('migration view: the sidecar\'s service behind Envoy, the other direct', async () => {
+    await page.goto(`${base}/#/migration`);
+    await page.locator('#migration-summary', { hasText: 'instances have a sidecar' }).waitFor();
+    await page.locator(`#migration tr[data-service="${opt.service}"] .migration-ingress`, { hasText: 'envoy' }).waitFor();
+    if (opt.hidden) {
+      await page.locator(`#migration tr[data-service="${opt.hidden}"] .migration-ingress`, { hasText: 'direct' }).waitFor();
+    }
+    await shot('migration');
+  });
 
   if (pageErrors.length) throw new Error(`uncaught errors in the page:\n  ${pageErrors.join('\n  ')}`);
 } catch (e) {

@@ -1,5 +1,5 @@
 // The panel's entry point: a hash router (#/services, #/services/NAME, #/proxies,
-// #/proxies/ID, #/datacenters, #/consistency, #/rollout) and the page lifecycle. Pages are functions
+// #/proxies/ID, #/datacenters, #/consistency, #/rollout, #/migration) and the page lifecycle. Pages are functions
 // `(scope, ...params) => Node`; everything periodic goes through `scope.every`, so leaving a
 // page stops its polling.
 
@@ -8,6 +8,7 @@ import { errorBox, h, replace } from './dom.js';
 import { consistencyPage } from './consistency.js';
 import { datacentersPage } from './datacenters.js';
 import { proxiesPage } from './proxies.js';
+import { migrationPage } from './migration.js';
 import { proxyPage } from './proxy.js';
 import { rolloutPage } from './rollout.js';
 import { servicePage, servicesPage } from './services.js';
@@ -20,6 +21,7 @@ const routes = [
   { pattern: /^\/datacenters$/, page: datacentersPage, nav: 'datacenters' },
   { pattern: /^\/consistency$/, page: consistencyPage, nav: 'consistency' },
   { pattern: /^\/rollout$/, page: rolloutPage, nav: 'rollout' },
+  { pattern: /^\/migration$/, page: migrationPage, nav: 'migration' },
 ];
 
 /** What a page owns: its timers. Disposed when the user navigates away. */

@@ -17,6 +17,7 @@ pub use ca::EnrolmentTokens;
 pub mod consistency;
 pub mod dry_run;
 mod metrics;
+pub mod migration;
 mod panel;
 pub mod relay;
 mod resources;
@@ -105,6 +106,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/state", get(registry_state))
         .route("/api/groups", get(groups))
         .route("/api/groups/{key}/resources", get(group_resources))
+        .route("/api/migration", get(migration_route))
         .route(
             "/api/dry-run",
             axum::routing::post(dry_run_route)
@@ -247,6 +249,26 @@ async fn group_resources(State(s): State<AdminState>, Path(key): Path<String>) -
         )
             .into_response(),
     }
+}
+
+/// `GET /api/migration`: where the migration into the mesh stands, per service and in total.
+async fn migration_route(State(s): State<AdminState>) -> Response {
+    let registry = s.store.snapshot();
+    let current = match &s.rollout {
+        Some(store) => match store.current().await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the egress rollout flags cannot be read: {e}\n"),
+                )
+                    .into_response();
+            }
+        },
+        None => None,
+    };
+    let flags = current.as_ref().map(|v| (&v.flags, v.version));
+    Json(migration::view(&registry, flags)).into_response()
 }
 
 /// Largest descriptor a dry run takes (a sidecar's node metadata is bounded likewise).

@@ -36,6 +36,7 @@ const ASSETS: &[Asset] = &[
     asset!("dom.js"),
     asset!("favicon.svg"),
     asset!("logging.js"),
+    asset!("migration.js"),
     asset!("panel.css"),
     asset!("proxies.js"),
     asset!("proxy.js"),
