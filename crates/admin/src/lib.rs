@@ -8,6 +8,10 @@
 //! long poll) and the built-in CA's signing route (`POST /api/ca/sign`, `ca.rs`, which also
 //! takes per-service enrolment tokens), which issues a sidecar's certificate.
 //!
+//! Two read routes compute: the migration view ([`migration`], from the registry and the
+//! flags) and the dry run of a descriptor change ([`dry_run`], translated by the runtime's
+//! planner, compared here; nothing is published).
+//!
 //! Start at [`router`]; [`views`] turns internal state into the JSON shapes. `/metrics` only
 //! serves the families that `meshplane-telemetry` owns and others record into.
 
