@@ -58,7 +58,7 @@ async fn grpc_through_two_sidecars_over_mtls() {
     let server = GrpcServer::start("payments");
     let payments_ingress = free_port();
     let payments = format!(
-        "service: payments\nport: {}\nprotocol: grpc\nmtls: strict\ningress: {{ port: {payments_ingress} }}\n{ALL_STATS}",
+        "service: payments\nport: {}\nprotocol: grpc\nmtls: strict\ningress: {{ port: {payments_ingress}, timeout: 2s }}\n{ALL_STATS}",
         server.port,
     );
     mesh.sidecar("payments-1", &payments, 1).await;
@@ -110,10 +110,11 @@ async fn grpc_through_two_sidecars_over_mtls() {
             json!({"method": "Deadline", "timeout": 5}),
             json!({"method": "Deadline"}),
             json!({"method": "Sleep", "payload": "5", "timeout": 0.5}),
+            json!({"method": "Sleep", "payload": "3", "timeout": 10}),
         ],
     )
     .await;
-    assert_eq!(results.len(), 6, "{results:?}");
+    assert_eq!(results.len(), 7, "{results:?}");
     assert_eq!(results[0]["reply"], "payments:hi");
     assert_eq!(
         results[1]["reply"],
@@ -132,16 +133,17 @@ async fn grpc_through_two_sidecars_over_mtls() {
         "the client's 5 s deadline reaches the server: {left}"
     );
     assert_eq!(results[4]["reply"], "none", "no deadline, none invented");
-    // The 0.5 s deadline passes before the 5 s sleep ends: the client's own timer usually
-    // fires first (DEADLINE_EXCEEDED); the caller's sidecar enforces the same deadline
-    // (`grpc-timeout` is its route timeout), and when its timer fires first, as it may on a
-    // loaded host, the call ends with its upstream timeout (UNAVAILABLE). Never an answer.
-    let expired = &results[5];
-    assert!(
-        expired["code"] == "DEADLINE_EXCEEDED"
-            || (expired["code"] == "UNAVAILABLE"
-                && expired["details"] == "upstream request timeout"),
-        "{results:?}"
+    // The 0.5 s deadline passes before the 5 s sleep ends: DEADLINE_EXCEEDED, whether the
+    // client's own timer fires first or the caller's sidecar's (it enforces the same deadline,
+    // `grpc-timeout` being its route timeout, and may fire first on a loaded host).
+    assert_eq!(results[5]["code"], "DEADLINE_EXCEEDED", "{results:?}");
+    // A call that outlives payments' ingress `timeout` (2 s) under a 10 s deadline is ended by
+    // payments' sidecar: DEADLINE_EXCEEDED (`upstream request timeout`), not the UNAVAILABLE
+    // Envoy answers an HTTP 504 with, which clients retry.
+    assert_eq!(results[6]["code"], "DEADLINE_EXCEEDED", "{results:?}");
+    assert_eq!(
+        results[6]["details"], "upstream request timeout",
+        "ended by the sidecar: {results:?}"
     );
     assert!(
         poll(|| async { server.printed().iter().any(|l| l == "cancelled Sleep") }).await,
@@ -622,6 +624,16 @@ async fn grpc_retries_on_unavailable_and_permissions_per_method() {
     )
     .await;
     assert_eq!(long[0]["reply"], "woke", "{long:?}");
+    // A gRPC call without a deadline is not bounded by the dependency's timeout either
+    // (Envoy's `max_grpc_timeout`: no `grpc-timeout`, no limit; the callee's ingress timeout
+    // still applies): gRPC calls carry their own deadlines.
+    let unbounded = grpc_calls(
+        egress,
+        "payments",
+        &[json!({"method": "Sleep", "payload": "1"})],
+    )
+    .await;
+    assert_eq!(unbounded[0]["reply"], "woke", "{unbounded:?}");
 
     // A method incoming does not grant: a gRPC PERMISSION_DENIED.
     let denied = grpc_calls(

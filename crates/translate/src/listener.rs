@@ -2,11 +2,11 @@
 //! proxy, with `CONNECT` and a clear 503 for undeclared hosts).
 
 use envoy_types::pb::envoy::config::accesslog::v3::{
-    AccessLogFilter, ResponseFlagFilter, access_log_filter,
+    AccessLogFilter, AndFilter, HeaderFilter, ResponseFlagFilter, access_log_filter,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, Http2ProtocolOptions, SubstitutionFormatString, TrafficDirection, data_source,
-    substitution_format_string,
+    DataSource, HeaderValue, HeaderValueOption, Http2ProtocolOptions, SubstitutionFormatString,
+    TrafficDirection, data_source, header_value_option, substitution_format_string,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
@@ -141,6 +141,10 @@ pub(crate) fn ingress(group: &ProxyGroup, options: &MeshOptions) -> Listener {
             http_protocol_options: d.preserve_header_case.then(preserve_case_http1),
             tracing: crate::tracing::hcm(d, options),
             upgrade_configs: vec![websocket()],
+            local_reply_config: Some(LocalReplyConfig {
+                mappers: vec![grpc_timeout()],
+                ..Default::default()
+            }),
             // A WebSocket upgrade that crossed an HTTP/2 hop arrives as an extended CONNECT.
             http2_protocol_options: Some(Http2ProtocolOptions {
                 allow_connect: true,
@@ -299,6 +303,55 @@ pub(crate) fn egress(d: &Descriptor, port: u16, options: &MeshOptions) -> Listen
     )
 }
 
+/// A gRPC call the sidecar ended on a timeout (`UT`: the dependency's `timeout`, or the
+/// call's own deadline, which the sidecar enforces too) answers `DEADLINE_EXCEEDED`, as a
+/// gRPC client's own timer would, rather than Envoy's `UNAVAILABLE` for an HTTP 504 (a status
+/// clients retry).
+fn grpc_timeout() -> ResponseMapper {
+    let flag = AccessLogFilter {
+        filter_specifier: Some(access_log_filter::FilterSpecifier::ResponseFlagFilter(
+            ResponseFlagFilter {
+                flags: vec!["UT".to_owned()],
+            },
+        )),
+    };
+    let grpc = AccessLogFilter {
+        filter_specifier: Some(access_log_filter::FilterSpecifier::HeaderFilter(
+            HeaderFilter {
+                header: Some(HeaderMatcher {
+                    name: "content-type".to_owned(),
+                    header_match_specifier: Some(
+                        header_matcher::HeaderMatchSpecifier::StringMatch(StringMatcher {
+                            match_pattern: Some(string_matcher::MatchPattern::Prefix(
+                                "application/grpc".to_owned(),
+                            )),
+                            ..Default::default()
+                        }),
+                    ),
+                    ..Default::default()
+                }),
+            },
+        )),
+    };
+    ResponseMapper {
+        filter: Some(AccessLogFilter {
+            filter_specifier: Some(access_log_filter::FilterSpecifier::AndFilter(AndFilter {
+                filters: vec![flag, grpc],
+            })),
+        }),
+        headers_to_add: vec![HeaderValueOption {
+            header: Some(HeaderValue {
+                key: "grpc-status".to_owned(),
+                value: "4".to_owned(),
+                ..Default::default()
+            }),
+            append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 /// No virtual host matched (`NR`): the host is not a dependency. Say so, naming the host,
 /// with a 503 rather than Envoy's bare 404.
 fn not_a_dependency(d: &Descriptor) -> LocalReplyConfig {
@@ -307,27 +360,30 @@ fn not_a_dependency(d: &Descriptor) -> LocalReplyConfig {
         d.service
     );
     LocalReplyConfig {
-        mappers: vec![ResponseMapper {
-            filter: Some(AccessLogFilter {
-                filter_specifier: Some(access_log_filter::FilterSpecifier::ResponseFlagFilter(
-                    ResponseFlagFilter {
-                        flags: vec!["NR".to_owned()],
-                    },
-                )),
-            }),
-            status_code: Some(u32_value(503)),
-            body_format_override: Some(SubstitutionFormatString {
-                format: Some(substitution_format_string::Format::TextFormatSource(
-                    DataSource {
-                        specifier: Some(data_source::Specifier::InlineString(body)),
-                        ..Default::default()
-                    },
-                )),
-                content_type: "text/plain".to_owned(),
+        mappers: vec![
+            ResponseMapper {
+                filter: Some(AccessLogFilter {
+                    filter_specifier: Some(access_log_filter::FilterSpecifier::ResponseFlagFilter(
+                        ResponseFlagFilter {
+                            flags: vec!["NR".to_owned()],
+                        },
+                    )),
+                }),
+                status_code: Some(u32_value(503)),
+                body_format_override: Some(SubstitutionFormatString {
+                    format: Some(substitution_format_string::Format::TextFormatSource(
+                        DataSource {
+                            specifier: Some(data_source::Specifier::InlineString(body)),
+                            ..Default::default()
+                        },
+                    )),
+                    content_type: "text/plain".to_owned(),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        }],
+            },
+            grpc_timeout(),
+        ],
         ..Default::default()
     }
 }
