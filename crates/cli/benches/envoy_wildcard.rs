@@ -22,8 +22,12 @@ use std::time::{Duration, Instant};
 
 use meshplane_runtime::ControlPlaneConfig;
 use meshplane_runtime::control_plane;
+use support::{envoy_pid, free_port};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+/// Ports and the Envoy a sidecar started (shared with the other Envoy benchmarks).
+mod support;
 
 /// The wildcard service.
 const BATCH: &str = "batch";
@@ -232,10 +236,6 @@ impl Drop for Sidecar {
     }
 }
 
-fn free_port() -> u16 {
-    meshplane_sidecar::envoy::free_loopback_port().expect("a free port on 127.0.0.1")
-}
-
 fn spawn_sidecar(env: &Env<'_>, stats: &str) -> (Sidecar, u16) {
     let stats_line = match stats {
         "mesh" => String::new(),
@@ -295,7 +295,7 @@ async fn measure(env: &Env<'_>, stats: &str, changes: usize) -> Row {
     .await;
     assert!(up, "{stats}: Envoy's admin API never answered");
     let admin_up = Instant::now();
-    sidecar.envoy_pid = envoy_pid(sidecar.child.id() as i32);
+    sidecar.envoy_pid = envoy_pid(sidecar.child.id()).and_then(|pid| i32::try_from(pid).ok());
 
     let expected_endpoints = (env.services * env.instances) as u64;
     let synced = poll_until(DEADLINE, Duration::from_millis(50), || async {
@@ -503,23 +503,6 @@ impl EnvoyAdmin<'_> {
             })
             .collect()
     }
-}
-
-/// The Envoy the sidecar started: its child named `envoy`.
-fn envoy_pid(sidecar: i32) -> Option<i32> {
-    let tasks = std::fs::read_dir(format!("/proc/{sidecar}/task")).ok()?;
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|c| {
-            c.split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-                .collect::<Vec<_>>()
-        })
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.trim() == "envoy")
-        })
 }
 
 /// A `/proc/<pid>/status` size (`VmRSS:`, `RssAnon:`) in MiB.

@@ -237,4 +237,6 @@ pub fn group_config(
 }
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod tests;

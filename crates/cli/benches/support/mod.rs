@@ -1,6 +1,9 @@
 //! What the Envoy benchmarks share: `meshplane sidecar` processes (reaped on drop), their
 //! Envoys' CPU time from `/proc`, quantiles and the machine's description.
 
+// Each benchmark uses part of it.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -74,8 +77,6 @@ pub struct Sidecar {
     pub child: Child,
     pub envoy_pid: u32,
     pub admin: u16,
-    // Not every benchmark reads its access log.
-    #[allow(dead_code)]
     pub access_log: PathBuf,
 }
 

@@ -1,23 +1,7 @@
 use super::*;
 use meshplane_model::{Descriptor, Health, InstanceId, Locality as ModelLocality};
 
-struct Fixture(Vec<(ServiceName, Vec<Instance>)>);
-
-impl Catalog for Fixture {
-    fn services(&self) -> Vec<ServiceName> {
-        self.0.iter().map(|(n, _)| n.clone()).collect()
-    }
-    fn instances(&self, service: &ServiceName) -> Option<&[Instance]> {
-        self.0
-            .iter()
-            .find(|(n, _)| n == service)
-            .map(|(_, i)| i.as_slice())
-    }
-}
-
-fn name(s: &str) -> ServiceName {
-    ServiceName::new(s).expect("valid")
-}
+use crate::fixtures::{Fixture, name};
 
 fn mk_instance(id: &str, address: &str, dc: &str, tags: &[&str], weight: u32) -> Instance {
     Instance {
