@@ -102,3 +102,104 @@ impl Planner for DryRunPlanner {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use meshplane_model::ServiceName;
+    use meshplane_model::node_metadata::{PROXYLESS_GRPC, PROXYLESS_KEY};
+    use meshplane_registry::{RegistryEvent, SourceId};
+    use meshplane_xds::{NodeGrouper, PeerInfo, ResourceType, Snapshot};
+
+    use super::*;
+    use crate::mesh::tests::{ORDERS, mk_instance, mk_node, synced};
+    use crate::mesh::{DescriptorGrouper, Translator};
+
+    fn listeners(snapshot: &Snapshot) -> Vec<String> {
+        snapshot
+            .resources(ResourceType::Listener)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// A dry run compares each live group with the same kind of client: a sidecar's
+    /// proposed config has its listeners, a proxyless gRPC client's its API listeners.
+    #[test]
+    fn each_live_group_is_planned_as_the_client_it_is() {
+        let options = Arc::new(MeshOptions::default());
+        let groups = Groups::default();
+        let grouper = DescriptorGrouper::new(groups.clone(), options.clone());
+        let cache = SnapshotCache::new();
+        let mut translator = Translator::new(cache.clone(), groups.clone(), options.clone());
+        let (store, mut writer) = meshplane_registry::store();
+        let source = SourceId::new("test");
+        writer.apply(synced(&source));
+        for (service, id, port) in [("payments", "p1", 10), ("inventory", "i1", 11)] {
+            writer.apply(RegistryEvent::Service {
+                source: source.clone(),
+                name: ServiceName::new(service).expect("name"),
+                instances: vec![mk_instance(service, id, port)],
+            });
+        }
+        translator.on_registry(store.snapshot());
+        let peer = PeerInfo::default();
+        let sidecar = grouper
+            .group(&mk_node("orders-1", ORDERS), &peer)
+            .expect("valid");
+        let mut node = mk_node("orders-2", ORDERS);
+        if let Some(m) = node.metadata.as_mut() {
+            m.fields.insert(
+                PROXYLESS_KEY.into(),
+                envoy_types::pb::google::protobuf::Value {
+                    kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                        PROXYLESS_GRPC.into(),
+                    )),
+                },
+            );
+        }
+        let client = grouper.group(&node, &peer).expect("valid");
+        let _subscribed = (cache.subscribe(&sidecar), cache.subscribe(&client));
+        translator.on_demand(&sidecar);
+        translator.on_demand(&client);
+        let live = |key| cache.snapshot(key).expect("published");
+        let (sidecar_live, client_live) = (live(&sidecar), live(&client));
+
+        let planner = DryRunPlanner::new(store, groups, cache, options);
+        let proposed = ORDERS.replace(
+            "[{ service: payments }]",
+            "[{ service: payments }, { service: inventory }]",
+        );
+        let plan = planner.plan(&proposed).expect("valid descriptor");
+        assert_eq!(plan.service, "orders");
+        assert_eq!(plan.groups.len(), 2, "both live groups");
+        for g in &plan.groups {
+            let key = g.key.as_ref().expect("live");
+            let (_, current) = g.current.as_ref().expect("live");
+            let (_, next) = &g.proposed;
+            if key == &client {
+                // What the client is sent now, translated again: the same listeners.
+                assert_eq!(listeners(current), listeners(&client_live));
+                assert_eq!(listeners(next), vec!["inventory", "payments"]);
+            } else {
+                assert_eq!(key, &sidecar);
+                assert_eq!(listeners(current), listeners(&sidecar_live));
+                assert_eq!(listeners(next), vec!["egress", "ingress"]);
+                assert!(
+                    next.resources(ResourceType::Cluster)
+                        .contains_key("inventory"),
+                    "the new dependency's cluster"
+                );
+            }
+        }
+        // Nothing was published: the live snapshots are the same objects.
+        let after = planner.cache.snapshot(&client).expect("published");
+        assert!(
+            Arc::ptr_eq(&after, &client_live),
+            "the client's snapshot untouched"
+        );
+        assert!(
+            planner.plan("service: orders\nport: banana\n").is_err(),
+            "an invalid descriptor is refused"
+        );
+    }
+}
