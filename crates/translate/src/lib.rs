@@ -41,7 +41,7 @@ pub use cluster::service_cluster;
 pub use egress_routes::EgressRoutes;
 pub use endpoints::{routable_address, service_endpoints};
 pub use protocol::{UpstreamProtocol, upstream_protocol};
-pub use proxyless::{proxyless_clusters, proxyless_config, proxyless_endpoints};
+pub use proxyless::{proxyless_clusters, proxyless_endpoints};
 pub use rbac::{AUDIT_PREFIX, ENFORCE_PREFIX};
 
 /// Control-plane-wide translation settings.
@@ -132,8 +132,9 @@ pub struct ProxyGroup {
     pub listen_address: String,
     /// The proxy's datacenter (its node locality): priority 0 of every service's endpoints.
     pub datacenter: String,
-    /// A proxyless gRPC client (its node metadata says so), not an Envoy: it gets
-    /// [`proxyless_config`] and the services' [`proxyless_clusters`] instead.
+    /// A proxyless gRPC client (its node metadata says so), not an Envoy: [`group_config`]
+    /// gives it API listeners and their routes, and its services' resources are
+    /// [`proxyless_clusters`] and [`proxyless_endpoints`] instead.
     pub proxyless: bool,
 }
 
@@ -188,7 +189,8 @@ pub fn dependency_services(descriptor: &Descriptor, catalog: &dyn Catalog) -> Ve
     out
 }
 
-/// Translates one group.
+/// Translates one group (an Envoy's listeners, routes and own clusters; a proxyless gRPC
+/// client's API listeners and routes).
 pub fn group_config(
     group: &ProxyGroup,
     catalog: &dyn Catalog,
@@ -197,6 +199,9 @@ pub fn group_config(
     let d = &group.descriptor;
     check_policy(d, options)?;
     let services = dependency_services(d, catalog);
+    if group.proxyless {
+        return Ok(proxyless::config(group, services, catalog));
+    }
     let mut config = GroupConfig {
         listeners: vec![listener::ingress(group, options)],
         routes: Vec::new(),

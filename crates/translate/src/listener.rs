@@ -40,7 +40,7 @@ use crate::{MeshOptions, ProxyGroup, names, rbac, route, security};
 
 const HCM: &str = "envoy.filters.network.http_connection_manager";
 
-fn router() -> HttpFilter {
+pub(crate) fn router() -> HttpFilter {
     HttpFilter {
         name: "envoy.filters.http.router".to_owned(),
         config_type: Some(http_filter::ConfigType::TypedConfig(

@@ -32,51 +32,44 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
-    HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
-    header_matcher, retry_policy, route, route_action, route_match,
+    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route,
+    route_action, route_match,
 };
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+    HttpConnectionManager, Rds, http_connection_manager,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use meshplane_model::descriptor::{Dependency, GrpcRetryStatus, RetryOn};
 use meshplane_model::{Instance, ServiceName};
 
 use crate::endpoints::{CANARY_TAG, routable_address};
 use crate::proto::{ads, any, duration, u32_value};
-use crate::route::{CANARY_HEADER, DEFAULT_RETRIES, dependency};
-use crate::{
-    Catalog, GroupConfig, MeshOptions, ProxyGroup, TranslateError, check_policy,
-    dependency_services, names, service_endpoints,
-};
+use crate::route::{CANARY_HEADER, DEFAULT_RETRIES, dependency, header_exact, retry_back_off};
+use crate::{Catalog, GroupConfig, MeshOptions, ProxyGroup, names, service_endpoints};
 
 /// gRPC caps a call's attempts at 5 (A44): retries beyond 4 are not sent.
 const MAX_GRPC_RETRIES: u32 = 4;
 
-/// Translates a proxyless group: per dependency, its API listener and route configuration.
-/// Its services' clusters and endpoints come from [`proxyless_clusters`] and
-/// [`proxyless_endpoints`].
-pub fn proxyless_config(
+/// A proxyless group's own resources ([`crate::group_config`] for a group whose
+/// `proxyless` is set, its `services` the descriptor's): per dependency, its API listener and
+/// route configuration. Its services' clusters and endpoints come from [`proxyless_clusters`]
+/// and [`proxyless_endpoints`].
+pub(crate) fn config(
     group: &ProxyGroup,
+    services: Vec<ServiceName>,
     catalog: &dyn Catalog,
-    options: &MeshOptions,
-) -> Result<GroupConfig, TranslateError> {
-    let d = &group.descriptor;
-    check_policy(d, options)?;
-    let services = dependency_services(d, catalog);
-    let mut config = GroupConfig {
-        services: services.clone(),
-        ..Default::default()
-    };
+) -> GroupConfig {
+    let mut config = GroupConfig::default();
     for service in &services {
         config.listeners.push(api_listener(service));
         let canary = has_canary(catalog.instances(service).unwrap_or_default());
-        config
-            .routes
-            .push(routes(service, dependency(d, service), canary));
+        config.routes.push(routes(
+            service,
+            dependency(&group.descriptor, service),
+            canary,
+        ));
     }
-    Ok(config)
+    config.services = services;
+    config
 }
 
 /// Whether some instance that becomes an endpoint is tagged `canary`.
@@ -93,13 +86,7 @@ fn api_listener(service: &ServiceName) -> Listener {
             config_source: Some(ads()),
             route_config_name: names::proxyless_routes(service),
         })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".to_owned(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(
-                any(&Router::default()),
-            )),
-            ..Default::default()
-        }],
+        http_filters: vec![crate::listener::router()],
         ..Default::default()
     };
     Listener {
@@ -119,18 +106,7 @@ fn routes(service: &ServiceName, dep: Option<&Dependency>, canary: bool) -> Rout
             name: format!("{name}/canary"),
             r#match: Some(RouteMatch {
                 path_specifier: Some(route_match::PathSpecifier::Prefix(String::new())),
-                headers: vec![HeaderMatcher {
-                    name: CANARY_HEADER.to_owned(),
-                    header_match_specifier: Some(
-                        header_matcher::HeaderMatchSpecifier::StringMatch(StringMatcher {
-                            match_pattern: Some(string_matcher::MatchPattern::Exact(
-                                "1".to_owned(),
-                            )),
-                            ..Default::default()
-                        }),
-                    ),
-                    ..Default::default()
-                }],
+                headers: vec![header_exact(CANARY_HEADER, "1")],
                 ..Default::default()
             }),
             action: Some(forward(&names::canary_cluster(service), dep)),
@@ -192,10 +168,7 @@ fn retry_policy(dep: Option<&Dependency>) -> RetryPolicy {
     RetryPolicy {
         retry_on: retry_on.into_iter().collect::<Vec<_>>().join(","),
         num_retries: Some(u32_value(attempts.min(MAX_GRPC_RETRIES))),
-        retry_back_off: Some(retry_policy::RetryBackOff {
-            base_interval: Some(duration(Duration::from_millis(25))),
-            max_interval: Some(duration(Duration::from_millis(250))),
-        }),
+        retry_back_off: Some(retry_back_off()),
         ..Default::default()
     }
 }

@@ -130,7 +130,7 @@ fn connect_match() -> RouteMatch {
     }
 }
 
-fn header_exact(name: &str, value: &str) -> HeaderMatcher {
+pub(crate) fn header_exact(name: &str, value: &str) -> HeaderMatcher {
     HeaderMatcher {
         name: name.to_owned(),
         header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(
@@ -287,11 +287,17 @@ pub(crate) fn retry_policy(retries: Option<&Retries>) -> RetryPolicy {
                 },
             ))),
         }),
-        retry_back_off: Some(retry_policy::RetryBackOff {
-            base_interval: Some(duration(Duration::from_millis(25))),
-            max_interval: Some(duration(Duration::from_millis(250))),
-        }),
+        retry_back_off: Some(retry_back_off()),
         ..Default::default()
+    }
+}
+
+/// Between retries: 25 ms growing to 250 ms (Envoy's default grows to 250 ms from 25 ms
+/// too, said here so proxyless gRPC clients, which have no default, get the same).
+pub(crate) fn retry_back_off() -> retry_policy::RetryBackOff {
+    retry_policy::RetryBackOff {
+        base_interval: Some(duration(Duration::from_millis(25))),
+        max_interval: Some(duration(Duration::from_millis(250))),
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use meshplane_model::{Descriptor, Health, Instance, InstanceId, Locality, ServiceName};
 use meshplane_translate::{
     Catalog, MeshOptions, ProxyGroup, TracingOptions, group_config, proxyless_clusters,
-    proxyless_config, proxyless_endpoints, service_cluster, service_endpoints,
+    proxyless_endpoints, service_cluster, service_endpoints,
 };
 
 struct Fixture(Vec<(ServiceName, Vec<Instance>)>);
@@ -295,7 +295,7 @@ fn proxyless_grpc_client() {
         proxyless: true,
     };
     let options = MeshOptions::default();
-    let config = proxyless_config(&group, &catalog, &options).expect("translates");
+    let config = group_config(&group, &catalog, &options).expect("translates");
     assert!(config.clusters.is_empty(), "no local app, no domains");
     // The API listener's HTTP connection manager decoded, so the golden reads.
     let listeners: Vec<_> = config

@@ -28,7 +28,7 @@ use meshplane_registry::{Changes, Snapshot as RegistrySnapshot, Store};
 use meshplane_telemetry::TranslationMetrics;
 use meshplane_translate::{
     Catalog, EgressRoutes, MeshOptions, ProxyGroup, group_config, names, proxyless_clusters,
-    proxyless_config, proxyless_endpoints, service_cluster, service_endpoints,
+    proxyless_endpoints, service_cluster, service_endpoints,
 };
 use meshplane_xds::{GroupKey, Resource, ResourceType, Snapshot, SnapshotCache};
 use tokio::sync::mpsc;
@@ -527,13 +527,9 @@ impl Translator {
     }
 
     fn build(&mut self, group: &ProxyGroup) -> anyhow::Result<Built> {
-        let catalog = RegistryCatalog(&self.registry);
-        let mut config = if group.proxyless {
-            proxyless_config(group, &catalog, &self.options)?
-        } else {
-            group_config(group, &catalog, &self.options)?
-        };
-        let routes = if group.descriptor.depends_on_all() && !group.proxyless {
+        let mut config = group_config(group, &RegistryCatalog(&self.registry), &self.options)?;
+        // A wildcard Envoy group's egress routes, kept in parts (a proxyless group has none).
+        let routes = if group.descriptor.depends_on_all() {
             EgressRoutes::take_from_config(&group.descriptor, &mut config)
         } else {
             None

@@ -2,6 +2,7 @@ use super::*;
 use meshplane_model::{Descriptor, Health, InstanceId, Locality as ModelLocality};
 
 use crate::fixtures::{Fixture, name};
+use crate::group_config;
 
 fn mk_instance(id: &str, address: &str, dc: &str, tags: &[&str], weight: u32) -> Instance {
     Instance {
@@ -54,8 +55,7 @@ fn only_declared_dependencies_get_a_listener() {
             vec![mk_instance("b1", "10.0.0.2", "dc1", &[], 1)],
         ),
     ]);
-    let config =
-        proxyless_config(&mk_group(CHECKOUT), &catalog, &MeshOptions::default()).expect("ok");
+    let config = group_config(&mk_group(CHECKOUT), &catalog, &MeshOptions::default()).expect("ok");
     let listeners: Vec<_> = config.listeners.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(listeners, vec!["payments"], "no ingress, egress or billing");
     assert!(config.clusters.is_empty(), "no local app cluster");
@@ -83,16 +83,14 @@ fn canary_route_only_while_a_canary_exists() {
         name("payments"),
         vec![mk_instance("p1", "10.0.0.1", "dc1", &[], 1)],
     )]);
-    let config =
-        proxyless_config(&mk_group(CHECKOUT), &plain, &MeshOptions::default()).expect("ok");
+    let config = group_config(&mk_group(CHECKOUT), &plain, &MeshOptions::default()).expect("ok");
     assert_eq!(config.routes[0].virtual_hosts[0].routes.len(), 1);
     let instances = vec![
         mk_instance("p1", "10.0.0.1", "dc1", &[], 1),
         mk_instance("p2", "10.0.0.2", "dc1", &["canary"], 1),
     ];
     let canary = Fixture(vec![(name("payments"), instances.clone())]);
-    let config =
-        proxyless_config(&mk_group(CHECKOUT), &canary, &MeshOptions::default()).expect("ok");
+    let config = group_config(&mk_group(CHECKOUT), &canary, &MeshOptions::default()).expect("ok");
     let routes = &config.routes[0].virtual_hosts[0].routes;
     assert_eq!(routes.len(), 2);
     assert_eq!(routes[0].name, "payments/canary");
