@@ -24,11 +24,10 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshplane_runtime::ControlPlaneConfig;
 use meshplane_runtime::control_plane;
 use support::{
-    DEADLINE, LoadArgs, Sidecar, clock_ticks, cpu_ticks, free_port, load_average, machine,
-    quantile, spread, us,
+    DEADLINE, LoadArgs, Sidecar, clock_ticks, cpu_ticks, free_port, load_average, loopback_config,
+    machine, quantile, spread, us,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -185,18 +184,9 @@ async fn run(args: LoadArgs) {
     let dir = tempfile::tempdir().expect("tempdir");
     let shutdown = CancellationToken::new();
     println!("machine: {}", machine());
-    let cp = control_plane::start(
-        ControlPlaneConfig {
-            xds_addr: ([127, 0, 0, 1], 0).into(),
-            admin_addr: ([127, 0, 0, 1], 0).into(),
-            registry_addr: ([127, 0, 0, 1], 0).into(),
-            data_dir: dir.path().join("data"),
-            ..Default::default()
-        },
-        shutdown.clone(),
-    )
-    .await
-    .expect("control plane starts");
+    let cp = control_plane::start(loopback_config(&dir.path().join("data")), shutdown.clone())
+        .await
+        .expect("control plane starts");
     let app = server(shutdown.clone()).await;
     let payments = format!(
         "service: payments\nport: {app}\nprotocol: grpc\ningress: {{ port: {} }}\n",

@@ -24,12 +24,11 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
-use meshplane_runtime::ControlPlaneConfig;
 use meshplane_runtime::control_plane::{self, ControlPlane};
 use otlp::Receiver;
 use support::{
-    DEADLINE, LoadArgs, Sidecar, clock_ticks, cpu_ticks, free_port, load_average, machine,
-    quantile, spread, us,
+    DEADLINE, LoadArgs, Sidecar, clock_ticks, cpu_ticks, free_port, load_average, loopback_config,
+    machine, quantile, spread, us,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -222,13 +221,7 @@ impl Mesh {
     async fn start(env: &Env<'_>, setup: Setup) -> Mesh {
         std::fs::create_dir_all(env.dir).expect("dir");
         let shutdown = CancellationToken::new();
-        let mut config = ControlPlaneConfig {
-            xds_addr: ([127, 0, 0, 1], 0).into(),
-            admin_addr: ([127, 0, 0, 1], 0).into(),
-            registry_addr: ([127, 0, 0, 1], 0).into(),
-            data_dir: env.dir.join("data"),
-            ..Default::default()
-        };
+        let mut config = loopback_config(&env.dir.join("data"));
         if let Some((port, sampling)) = env.collector {
             config.tracing_collector = Some(format!("127.0.0.1:{port}"));
             config.tracing_sampling = sampling.to_owned();

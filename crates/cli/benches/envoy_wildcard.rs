@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use meshplane_runtime::ControlPlaneConfig;
 use meshplane_runtime::control_plane;
-use support::{envoy_pid, free_port};
+use support::{envoy_pid, free_port, loopback_config};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -82,12 +82,8 @@ async fn run(args: Args) {
     let dir = tempfile::tempdir().expect("tempdir");
     let shutdown = CancellationToken::new();
     let config = ControlPlaneConfig {
-        xds_addr: ([127, 0, 0, 1], 0).into(),
-        admin_addr: ([127, 0, 0, 1], 0).into(),
-        registry_addr: ([127, 0, 0, 1], 0).into(),
-        data_dir: dir.path().join("data"),
         allow_wildcard_dependencies: vec![BATCH.parse().expect("service name")],
-        ..Default::default()
+        ..loopback_config(&dir.path().join("data"))
     };
     let cp = control_plane::start(config, shutdown.clone())
         .await

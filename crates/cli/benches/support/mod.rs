@@ -8,10 +8,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use meshplane_runtime::ControlPlaneConfig;
 use meshplane_runtime::control_plane::ControlPlane;
 
 /// A sidecar that is not ready by then has failed.
 pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A control plane on 127.0.0.1 ephemeral ports (xDS, admin, embedded registry) keeping its
+/// data under `data_dir`.
+pub fn loopback_config(data_dir: &Path) -> ControlPlaneConfig {
+    ControlPlaneConfig {
+        xds_addr: ([127, 0, 0, 1], 0).into(),
+        admin_addr: ([127, 0, 0, 1], 0).into(),
+        registry_addr: ([127, 0, 0, 1], 0).into(),
+        data_dir: data_dir.to_owned(),
+        ..Default::default()
+    }
+}
 
 /// The paced load of the latency benchmarks: `--rate N` a second, `--seconds N` per run,
 /// `--rounds N`.
