@@ -106,13 +106,12 @@ impl Planner for DryRunPlanner {
 #[cfg(test)]
 mod tests {
     use meshplane_model::ServiceName;
-    use meshplane_model::node_metadata::{PROXYLESS_GRPC, PROXYLESS_KEY};
-    use meshplane_registry::{RegistryEvent, SourceId};
+    use meshplane_model::node_metadata::PROXYLESS_GRPC;
+    use meshplane_registry::RegistryEvent;
     use meshplane_xds::{NodeGrouper, PeerInfo, ResourceType, Snapshot};
 
     use super::*;
-    use crate::mesh::tests::{ORDERS, mk_instance, mk_node, synced};
-    use crate::mesh::{DescriptorGrouper, Translator};
+    use crate::mesh::tests::{Harness, ORDERS, mk_instance, mk_node, proxyless};
 
     fn listeners(snapshot: &Snapshot) -> Vec<String> {
         snapshot
@@ -126,45 +125,35 @@ mod tests {
     /// proposed config has its listeners, a proxyless gRPC client's its API listeners.
     #[test]
     fn each_live_group_is_planned_as_the_client_it_is() {
-        let options = Arc::new(MeshOptions::default());
-        let groups = Groups::default();
-        let grouper = DescriptorGrouper::new(groups.clone(), options.clone());
-        let cache = SnapshotCache::new();
-        let mut translator = Translator::new(cache.clone(), groups.clone(), options.clone());
-        let (store, mut writer) = meshplane_registry::store();
-        let source = SourceId::new("test");
-        writer.apply(synced(&source));
+        let mut h = Harness::new(MeshOptions::default());
         for (service, id, port) in [("payments", "p1", 10), ("inventory", "i1", 11)] {
-            writer.apply(RegistryEvent::Service {
-                source: source.clone(),
+            let source = h.source.clone();
+            h.apply(RegistryEvent::Service {
+                source,
                 name: ServiceName::new(service).expect("name"),
                 instances: vec![mk_instance(service, id, port)],
             });
         }
-        translator.on_registry(store.snapshot());
         let peer = PeerInfo::default();
-        let sidecar = grouper
+        let sidecar = h
+            .grouper
             .group(&mk_node("orders-1", ORDERS), &peer)
             .expect("valid");
-        let mut node = mk_node("orders-2", ORDERS);
-        if let Some(m) = node.metadata.as_mut() {
-            m.fields.insert(
-                PROXYLESS_KEY.into(),
-                envoy_types::pb::google::protobuf::Value {
-                    kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
-                        PROXYLESS_GRPC.into(),
-                    )),
-                },
-            );
-        }
-        let client = grouper.group(&node, &peer).expect("valid");
+        let client = h
+            .grouper
+            .group(
+                &proxyless(mk_node("orders-2", ORDERS), PROXYLESS_GRPC),
+                &peer,
+            )
+            .expect("valid");
+        let cache = h.cache.clone();
         let _subscribed = (cache.subscribe(&sidecar), cache.subscribe(&client));
-        translator.on_demand(&sidecar);
-        translator.on_demand(&client);
+        h.translator.on_demand(&sidecar);
+        h.translator.on_demand(&client);
         let live = |key| cache.snapshot(key).expect("published");
         let (sidecar_live, client_live) = (live(&sidecar), live(&client));
 
-        let planner = DryRunPlanner::new(store, groups, cache, options);
+        let planner = DryRunPlanner::new(h.store, h.groups, cache, h.options);
         let proposed = ORDERS.replace(
             "[{ service: payments }]",
             "[{ service: payments }, { service: inventory }]",

@@ -2,34 +2,15 @@
 //! apart from sidecars with the same descriptor, and follow the registry: new instances
 //! reach their endpoints, a canary appears with its cluster and route.
 
-use std::sync::Arc;
-
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use meshplane_model::ServiceName;
-use meshplane_model::node_metadata::{PROXYLESS_GRPC, PROXYLESS_KEY};
+use meshplane_model::node_metadata::PROXYLESS_GRPC;
 use meshplane_registry::{RegistryEvent, SourceId};
 use meshplane_translate::MeshOptions;
 use meshplane_xds::{GroupError, GroupKey, NodeGrouper, PeerInfo, ResourceType, SnapshotCache};
 use prost::Message;
 
-use super::tests::{ORDERS, mk_instance, mk_node, synced};
-use super::{DescriptorGrouper, Groups, Translator};
-
-fn proxyless(node: Node, kind: &str) -> Node {
-    let mut node = node;
-    if let Some(m) = node.metadata.as_mut() {
-        m.fields.insert(
-            PROXYLESS_KEY.into(),
-            envoy_types::pb::google::protobuf::Value {
-                kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
-                    kind.into(),
-                )),
-            },
-        );
-    }
-    node
-}
+use super::tests::{Harness, ORDERS, mk_instance, mk_node, proxyless};
 
 fn payments(source: &SourceId, instances: &[(&str, u16, &[&str])]) -> RegistryEvent {
     RegistryEvent::Service {
@@ -80,16 +61,10 @@ fn ports(cache: &SnapshotCache, key: &GroupKey, name: &str) -> Vec<u32> {
 
 #[test]
 fn proxyless_clients_get_grpc_resources_and_follow_the_registry() {
-    let options = Arc::new(MeshOptions::default());
-    let groups = Groups::default();
-    let grouper = DescriptorGrouper::new(groups.clone(), options.clone());
-    let cache = SnapshotCache::new();
-    let mut translator = Translator::new(cache.clone(), groups, options);
-    let (store, mut writer) = meshplane_registry::store();
-    let source = SourceId::new("test");
-    writer.apply(synced(&source));
-    writer.apply(payments(&source, &[("p1", 10, &[])]));
-    translator.on_registry(store.snapshot());
+    let mut h = Harness::new(MeshOptions::default());
+    let source = h.source.clone();
+    h.apply(payments(&source, &[("p1", 10, &[])]));
+    let (grouper, cache) = (&h.grouper, h.cache.clone());
 
     let peer = PeerInfo::default();
     let sidecar = grouper
@@ -114,8 +89,8 @@ fn proxyless_clients_get_grpc_resources_and_follow_the_registry() {
         "{err:?}"
     );
     let _subscribed = (cache.subscribe(&sidecar), cache.subscribe(&client));
-    translator.on_demand(&sidecar);
-    translator.on_demand(&client);
+    h.translator.on_demand(&sidecar);
+    h.translator.on_demand(&client);
     assert_eq!(
         names(&cache, &client, ResourceType::Listener),
         vec!["payments"]
@@ -135,16 +110,14 @@ fn proxyless_clients_get_grpc_resources_and_follow_the_registry() {
     );
 
     // A new instance reaches the client's endpoints.
-    writer.apply(payments(&source, &[("p1", 10, &[]), ("p2", 12, &[])]));
-    translator.on_registry(store.snapshot());
+    h.apply(payments(&source, &[("p1", 10, &[]), ("p2", 12, &[])]));
     assert_eq!(ports(&cache, &client, "payments"), vec![10, 12]);
 
     // A canary appears: its cluster, endpoints and route.
-    writer.apply(payments(
+    h.apply(payments(
         &source,
         &[("p1", 10, &[]), ("p2", 12, &[]), ("p3", 14, &["canary"])],
     ));
-    translator.on_registry(store.snapshot());
     assert_eq!(
         names(&cache, &client, ResourceType::Cluster),
         vec!["canary:payments", "payments"]
@@ -153,8 +126,7 @@ fn proxyless_clients_get_grpc_resources_and_follow_the_registry() {
     assert_eq!(ports(&cache, &client, "payments"), vec![10, 12, 14]);
 
     // And leaves.
-    writer.apply(payments(&source, &[("p2", 12, &[])]));
-    translator.on_registry(store.snapshot());
+    h.apply(payments(&source, &[("p2", 12, &[])]));
     assert_eq!(
         names(&cache, &client, ResourceType::Cluster),
         vec!["payments"]

@@ -69,6 +69,61 @@ fn mk_spread_instance(service: &str, tags: &[&str], port: u16) -> Instance {
 }
 
 /// The first full sync of `source`, with no services: a registry that is loaded.
+/// A grouper and a translator over a fresh, synced store, wired as the control plane wires
+/// them (the translator is driven by hand: `on_registry`, `on_demand`).
+pub(super) struct Harness {
+    pub options: Arc<MeshOptions>,
+    pub groups: Groups,
+    pub grouper: DescriptorGrouper,
+    pub cache: SnapshotCache,
+    pub translator: Translator,
+    pub store: meshplane_registry::Store,
+    pub writer: meshplane_registry::Writer,
+    pub source: SourceId,
+}
+
+impl Harness {
+    pub(super) fn new(options: MeshOptions) -> Harness {
+        let options = Arc::new(options);
+        let groups = Groups::default();
+        let cache = SnapshotCache::new();
+        let (store, mut writer) = meshplane_registry::store();
+        let source = SourceId::new("test");
+        writer.apply(synced(&source));
+        Harness {
+            grouper: DescriptorGrouper::new(groups.clone(), options.clone()),
+            translator: Translator::new(cache.clone(), groups.clone(), options.clone()),
+            options,
+            groups,
+            cache,
+            store,
+            writer,
+            source,
+        }
+    }
+
+    /// Applies `event` and lets the translator see the new registry.
+    pub(super) fn apply(&mut self, event: RegistryEvent) {
+        self.writer.apply(event);
+        self.translator.on_registry(self.store.snapshot());
+    }
+}
+
+/// `node` with `node.metadata.proxyless: kind` (`grpc` for a proxyless gRPC client).
+pub(super) fn proxyless(mut node: Node, kind: &str) -> Node {
+    if let Some(m) = node.metadata.as_mut() {
+        m.fields.insert(
+            meshplane_model::node_metadata::PROXYLESS_KEY.into(),
+            envoy_types::pb::google::protobuf::Value {
+                kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                    kind.into(),
+                )),
+            },
+        );
+    }
+    node
+}
+
 pub(super) fn synced(source: &SourceId) -> RegistryEvent {
     RegistryEvent::Replace {
         source: source.clone(),
