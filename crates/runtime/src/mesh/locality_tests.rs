@@ -10,7 +10,7 @@ use meshplane_translate::MeshOptions;
 use meshplane_xds::{GroupError, GroupKey, NodeGrouper, PeerInfo, ResourceType, SnapshotCache};
 use prost::Message;
 
-use super::tests::{ORDERS, mk_instance, mk_node, mk_node_in, synced};
+use super::tests::{Harness, ORDERS, mk_instance, mk_node, mk_node_in};
 use super::{DescriptorGrouper, Groups, Translator};
 
 /// `payments` with one instance in each of dc1, dc2 and dc3.
@@ -50,23 +50,16 @@ fn payments_priorities(cache: &SnapshotCache, key: &GroupKey) -> Vec<(u32, Strin
 
 #[test]
 fn proxies_of_one_service_in_two_datacenters_get_their_own_priorities() {
-    let options = Arc::new(MeshOptions {
+    let mut h = Harness::new(MeshOptions {
         datacenter: "dc1".into(),
         datacenter_order: vec!["dc3".into()],
         ..MeshOptions::default()
     });
-    let groups = Groups::default();
-    let grouper = DescriptorGrouper::new(groups.clone(), options.clone());
-    let cache = SnapshotCache::new();
-    let mut translator = Translator::new(cache.clone(), groups, options);
-    let (store, mut writer) = meshplane_registry::store();
-    let source = SourceId::new("test");
-    writer.apply(synced(&source));
-    writer.apply(mk_payments(&source));
-    translator.on_registry(store.snapshot());
+    let (source, cache) = (h.source.clone(), h.cache.clone());
+    h.apply(mk_payments(&source));
 
     let peer = PeerInfo::default();
-    let group = |node| grouper.group(&node, &peer).expect("valid");
+    let group = |node| h.grouper.group(&node, &peer).expect("valid");
     let unnamed = group(mk_node("orders-1", ORDERS));
     let dc1 = group(mk_node_in("orders-2", ORDERS, "dc1"));
     let dc2 = group(mk_node_in("orders-3", ORDERS, "dc2"));
@@ -76,8 +69,8 @@ fn proxies_of_one_service_in_two_datacenters_get_their_own_priorities() {
     );
     assert_ne!(dc1, dc2, "one service in two datacenters: two groups");
     let _subscribed = (cache.subscribe(&dc1), cache.subscribe(&dc2));
-    translator.on_demand(&dc1);
-    translator.on_demand(&dc2);
+    h.translator.on_demand(&dc1);
+    h.translator.on_demand(&dc2);
 
     let expect = |dcs: [&str; 3]| -> Vec<(u32, String)> {
         dcs.iter()
@@ -99,8 +92,7 @@ fn proxies_of_one_service_in_two_datacenters_get_their_own_priorities() {
     if let RegistryEvent::Service { instances, .. } = &mut moved {
         instances.retain(|i| i.locality.datacenter != "dc3");
     }
-    writer.apply(moved);
-    translator.on_registry(store.snapshot());
+    h.apply(moved);
     assert_eq!(
         payments_priorities(&cache, &dc1),
         vec![(0, "dc1".into()), (1, "dc2".into())]
@@ -114,25 +106,18 @@ fn proxies_of_one_service_in_two_datacenters_get_their_own_priorities() {
 #[test]
 fn endpoints_are_shared_within_a_datacenter_only() {
     const WEB_TO_PAYMENTS: &str = "service: web\nport: 1\ningress: { port: 2 }\negress: { port: 3 }\ndependencies: [{ service: payments }]\n";
-    let options = Arc::new(MeshOptions::default());
-    let groups = Groups::default();
-    let grouper = DescriptorGrouper::new(groups.clone(), options.clone());
-    let cache = SnapshotCache::new();
-    let mut translator = Translator::new(cache.clone(), groups, options);
-    let (store, mut writer) = meshplane_registry::store();
-    let source = SourceId::new("test");
-    writer.apply(synced(&source));
-    writer.apply(mk_payments(&source));
-    translator.on_registry(store.snapshot());
+    let mut h = Harness::new(MeshOptions::default());
+    let (source, cache) = (h.source.clone(), h.cache.clone());
+    h.apply(mk_payments(&source));
     let peer = PeerInfo::default();
-    let group = |node| grouper.group(&node, &peer).expect("valid");
+    let group = |node| h.grouper.group(&node, &peer).expect("valid");
     let orders_dc2 = group(mk_node_in("orders-1", ORDERS, "dc2"));
     let web_dc2 = group(mk_node_in("web-1", WEB_TO_PAYMENTS, "dc2"));
     let orders_dc1 = group(mk_node_in("orders-2", ORDERS, "dc1"));
     let keys = [&orders_dc2, &web_dc2, &orders_dc1];
     let _subscribed: Vec<_> = keys.iter().map(|k| cache.subscribe(k)).collect();
     for key in keys {
-        translator.on_demand(key);
+        h.translator.on_demand(key);
     }
     let endpoints = |key: &GroupKey| {
         cache
@@ -179,41 +164,36 @@ fn a_zone_that_is_not_a_datacenter_name_is_refused() {
 
 #[test]
 fn endpoints_are_built_only_for_datacenters_with_proxies() {
-    let options = Arc::new(MeshOptions::default());
-    let groups = Groups::default();
-    let grouper = DescriptorGrouper::new(groups.clone(), options.clone());
-    let cache = SnapshotCache::new();
-    let mut translator = Translator::new(cache.clone(), groups, options);
-    let (store, mut writer) = meshplane_registry::store();
-    let source = SourceId::new("test");
-    writer.apply(synced(&source));
-    writer.apply(mk_payments(&source));
-    translator.on_registry(store.snapshot());
+    let mut h = Harness::new(MeshOptions::default());
+    let (source, cache) = (h.source.clone(), h.cache.clone());
+    h.apply(mk_payments(&source));
     let peer = PeerInfo::default();
-    let dc1 = grouper
+    let dc1 = h
+        .grouper
         .group(&mk_node_in("orders-1", ORDERS, "dc1"), &peer)
         .expect("valid");
-    let dc2 = grouper
+    let dc2 = h
+        .grouper
         .group(&mk_node_in("orders-2", ORDERS, "dc2"), &peer)
         .expect("valid");
     let payments = ServiceName::new("payments").expect("name");
     let _dc1_rx = cache.subscribe(&dc1);
-    translator.on_demand(&dc1);
+    h.translator.on_demand(&dc1);
     let built = |t: &Translator| {
         t.endpoint_datacenters(&payments)
             .into_iter()
             .collect::<Vec<_>>()
     };
     assert_eq!(
-        built(&translator),
+        built(&h.translator),
         ["dc1"],
         "dc3 has instances but no proxies"
     );
     let dc2_rx = cache.subscribe(&dc2);
-    translator.on_demand(&dc2);
-    assert_eq!(built(&translator), ["dc1", "dc2"]);
+    h.translator.on_demand(&dc2);
+    assert_eq!(built(&h.translator), ["dc1", "dc2"]);
     // dc2's last proxy leaves: its endpoints are forgotten with its group.
     drop(dc2_rx);
-    translator.prune();
-    assert_eq!(built(&translator), ["dc1"]);
+    h.translator.prune();
+    assert_eq!(built(&h.translator), ["dc1"]);
 }

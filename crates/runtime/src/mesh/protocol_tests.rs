@@ -2,8 +2,6 @@
 //! registry change that only changes it republishes the shared cluster in every group that
 //! depends on the service, named or wildcard.
 
-use std::sync::Arc;
-
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use meshplane_model::registration::{PROTOCOL_META_KEY, SIDECAR_META_KEY};
 use meshplane_model::{Instance, ServiceName};
@@ -12,8 +10,7 @@ use meshplane_translate::MeshOptions;
 use meshplane_xds::{GroupKey, NodeGrouper, PeerInfo, ResourceType, SnapshotCache};
 use prost::Message;
 
-use super::tests::{BATCH, ORDERS, mk_instance, mk_node, synced};
-use super::{DescriptorGrouper, Groups, Translator};
+use super::tests::{BATCH, Harness, ORDERS, mk_instance, mk_node};
 
 fn payments(source: &SourceId, protocols: &[&str]) -> RegistryEvent {
     let instances: Vec<Instance> = protocols
@@ -59,37 +56,31 @@ fn speaks_http2(cache: &SnapshotCache, key: &GroupKey) -> bool {
 
 #[test]
 fn a_protocol_change_in_the_registry_reaches_every_callers_cluster() {
-    let options = Arc::new(MeshOptions {
+    let mut h = Harness::new(MeshOptions {
         allow_wildcard_dependencies: [ServiceName::new("batch").expect("name")].into(),
         ..MeshOptions::default()
     });
-    let groups = Groups::default();
-    let grouper = DescriptorGrouper::new(groups.clone(), options.clone());
-    let cache = SnapshotCache::new();
-    let mut translator = Translator::new(cache.clone(), groups, options);
-    let (store, mut writer) = meshplane_registry::store();
-    let source = SourceId::new("test");
-    writer.apply(synced(&source));
-    writer.apply(payments(&source, &["http1", "http1"]));
-    translator.on_registry(store.snapshot());
+    let (source, cache) = (h.source.clone(), h.cache.clone());
+    h.apply(payments(&source, &["http1", "http1"]));
 
     let peer = PeerInfo::default();
-    let orders = grouper
+    let orders = h
+        .grouper
         .group(&mk_node("orders-1", ORDERS), &peer)
         .expect("valid");
-    let batch = grouper
+    let batch = h
+        .grouper
         .group(&mk_node("batch-1", BATCH), &peer)
         .expect("valid");
     let _subscribed = (cache.subscribe(&orders), cache.subscribe(&batch));
-    translator.on_demand(&orders);
-    translator.on_demand(&batch);
+    h.translator.on_demand(&orders);
+    h.translator.on_demand(&batch);
     for key in [&orders, &batch] {
         assert!(!speaks_http2(&cache, key), "http1 instances: HTTP/1.1");
     }
 
     // A rollout to gRPC: one instance switched, one not (both behind sidecars): HTTP/2.
-    writer.apply(payments(&source, &["grpc", "http1"]));
-    translator.on_registry(store.snapshot());
+    h.apply(payments(&source, &["grpc", "http1"]));
     for key in [&orders, &batch] {
         assert!(speaks_http2(&cache, key), "the rollout reaches {key}");
     }
@@ -101,8 +92,7 @@ fn a_protocol_change_in_the_registry_reaches_every_callers_cluster() {
         old.meta.insert(SIDECAR_META_KEY.into(), "true".into());
         instances.push(old);
     }
-    writer.apply(event);
-    translator.on_registry(store.snapshot());
+    h.apply(event);
     for key in [&orders, &batch] {
         assert!(!speaks_http2(&cache, key), "{key} falls back to HTTP/1.1");
     }
