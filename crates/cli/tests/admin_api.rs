@@ -254,15 +254,7 @@ async fn documented_responses_and_resource_views_match_reality() {
         "default": {"proxy": true, "rollout": 25},
         "dependencies": {"payments": {"proxy": true, "overrides": [{"datacenter": "dc2", "proxy": false}]}}
     }}}"#;
-    let r = mesh
-        .http
-        .put(format!("http://{}/api/rollout", mesh.cp.admin_addr))
-        .bearer_auth(TOKEN)
-        .body(flags)
-        .send()
-        .await
-        .expect("admin");
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    mesh.put_rollout(flags).await;
 
     // The documented shapes.
     let doc = include_str!("../../../docs/admin-api.md");

@@ -4,21 +4,10 @@
 
 mod support;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{Mesh, caller, free_port, poll, upstream};
 
 const TOKEN: &str = "migration-token";
-
-async fn migration(mesh: &Mesh) -> Value {
-    mesh.http
-        .get(format!("http://{}/api/migration", mesh.cp.admin_addr))
-        .send()
-        .await
-        .expect("admin")
-        .json()
-        .await
-        .expect("json")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_migration_view_counts_sidecars_ingress_and_egress_decisions() {
@@ -56,19 +45,17 @@ async fn the_migration_view_counts_sidecars_ingress_and_egress_decisions() {
             "overrides": [ { "instance": "orders-1", "proxy": true } ]
         } } } }
     });
-    let r = mesh
-        .http
-        .put(format!("http://{}/api/rollout", mesh.cp.admin_addr))
-        .bearer_auth(TOKEN)
-        .json(&flags)
-        .send()
-        .await
-        .expect("admin");
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    mesh.put_rollout(&flags.to_string()).await;
 
-    let complete = poll(|| async { migration(&mesh).await["totals"]["instances"] == 6 }).await;
-    assert!(complete, "six instances: {}", migration(&mesh).await);
-    let view = migration(&mesh).await;
+    let complete =
+        poll(|| async { mesh.admin_json("/api/migration").await["totals"]["instances"] == 6 })
+            .await;
+    assert!(
+        complete,
+        "six instances: {}",
+        mesh.admin_json("/api/migration").await
+    );
+    let view = mesh.admin_json("/api/migration").await;
     assert_eq!(
         view["totals"],
         json!({

@@ -244,30 +244,14 @@ async fn panel_works_in_headless_chromium() {
 
     // The flags saved in the browser are the control plane's, audited under the names given,
     // and the panel's stale save did not overwrite the concurrent change.
-    let rollout: serde_json::Value = mesh
-        .http
-        .get(format!("{admin_url}/api/rollout"))
-        .send()
-        .await
-        .expect("admin")
-        .json()
-        .await
-        .expect("json");
+    let rollout = mesh.admin_json("/api/rollout").await;
     let orders = &rollout["flags"]["services"]["payments"]["dependencies"]["orders"];
     assert_eq!(orders["proxy"], true, "{rollout}");
     assert_eq!(
         orders["rollout"], 50.0,
         "the concurrent change stands: {rollout}"
     );
-    let audit: serde_json::Value = mesh
-        .http
-        .get(format!("{admin_url}/api/rollout/audit"))
-        .send()
-        .await
-        .expect("admin")
-        .json()
-        .await
-        .expect("json");
+    let audit = mesh.admin_json("/api/rollout/audit").await;
     let actors: Vec<&str> = audit
         .as_array()
         .into_iter()

@@ -648,15 +648,7 @@ async fn prometheus_consul_discovery_on_the_embedded_registry_finds_the_same_tar
     );
 
     // The control plane's HTTP discovery answers the same targets, labels and all.
-    let groups: Value = mesh
-        .http
-        .get(format!("http://{admin}/api/prometheus/targets"))
-        .send()
-        .await
-        .expect("admin")
-        .json()
-        .await
-        .expect("json");
+    let groups = mesh.admin_json("/api/prometheus/targets").await;
     let http_sd: BTreeSet<String> = groups
         .as_array()
         .expect("groups")

@@ -46,18 +46,6 @@ fn payments_proxy(body: &str) -> Option<bool> {
     v["dependencies"]["payments"]["proxy"].as_bool()
 }
 
-async fn put_flags(mesh: &Mesh, json: &str) {
-    let r = mesh
-        .http
-        .put(format!("http://{}/api/rollout", mesh.cp.admin_addr))
-        .bearer_auth(TOKEN)
-        .body(json.to_owned())
-        .send()
-        .await
-        .expect("admin API");
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sidecar_serves_its_decisions_follows_a_flip_within_a_second_and_keeps_them_without_the_control_plane()
  {
@@ -106,8 +94,7 @@ async fn the_sidecar_serves_its_decisions_follows_a_flip_within_a_second_and_kee
     )
     .await;
     let flipped = Instant::now();
-    put_flags(
-        &mesh,
+    mesh.put_rollout(
         r#"{"services": {"orders": {"dependencies": {"payments": {"proxy": true}}}}}"#,
     )
     .await;
@@ -121,9 +108,7 @@ async fn the_sidecar_serves_its_decisions_follows_a_flip_within_a_second_and_kee
 
     // A reloaded descriptor (SIGHUP) with a new tag: the sidecar asks for the new
     // instance's decisions at once.
-    put_flags(
-        &mesh,
-        r#"{"services": {"orders": {"dependencies": {"payments": {"proxy": true, "overrides": [{"tag": "canary", "proxy": false}]}}}}}"#,
+    mesh.put_rollout(r#"{"services": {"orders": {"dependencies": {"payments": {"proxy": true, "overrides": [{"tag": "canary", "proxy": false}]}}}}}"#,
     )
     .await;
     let file = mesh.dir.path().join("orders-1.yaml");
@@ -327,8 +312,7 @@ async fn an_app_with_the_python_interceptor_moves_to_envoy_within_a_second_of_th
 
     // Flipped in the admin API: the app's calls go through Envoy within a second.
     let flipped = Instant::now();
-    put_flags(
-        &mesh,
+    mesh.put_rollout(
         r#"{"services": {"orders": {"dependencies": {"payments": {"proxy": true}}}}}"#,
     )
     .await;
@@ -345,7 +329,7 @@ async fn an_app_with_the_python_interceptor_moves_to_envoy_within_a_second_of_th
     assert!(through_envoy().await >= 10);
 
     // A rollout: a stable share of the instances, only growing with the percentage.
-    put_flags(&mesh, &rollout(50)).await;
+    mesh.put_rollout(&rollout(50)).await;
     let instances: Vec<String> = (1..=40).map(|i| format!("orders-{i}")).collect();
     let mut half = Vec::new();
     for id in &instances {
@@ -359,7 +343,7 @@ async fn an_app_with_the_python_interceptor_moves_to_envoy_within_a_second_of_th
     for (id, was) in instances.iter().zip(&half) {
         assert_eq!(decision(&mesh, id).await, *was, "{id} is stable");
     }
-    put_flags(&mesh, &rollout(80)).await;
+    mesh.put_rollout(&rollout(80)).await;
     let mut more = 0;
     for (id, was) in instances.iter().zip(&half) {
         let now = decision(&mesh, id).await;
@@ -380,6 +364,6 @@ async fn an_app_with_the_python_interceptor_moves_to_envoy_within_a_second_of_th
     }
 
     // Back to off: direct again, without restarting anything.
-    put_flags(&mesh, r#"{"default": {"proxy": false}}"#).await;
+    mesh.put_rollout(r#"{"default": {"proxy": false}}"#).await;
     app.until("200 direct", Duration::from_secs(5));
 }

@@ -285,6 +285,32 @@ impl Mesh {
             .expect("known sidecar")
     }
 
+    /// A `GET` of the control plane's admin API (`path`: `/api/...`), as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(format!("http://{}{path}", self.cp.admin_addr))
+            .send()
+            .await
+            .expect("the admin API answers")
+            .json()
+            .await
+            .expect("JSON")
+    }
+
+    /// Replaces the egress rollout flags with `flags` (a JSON or YAML document), with the
+    /// mesh's token; the write must succeed.
+    pub async fn put_rollout(&self, flags: &str) {
+        let mut put = self
+            .http
+            .put(format!("http://{}/api/rollout", self.cp.admin_addr))
+            .body(flags.to_owned());
+        if let Some(token) = &self.token {
+            put = put.bearer_auth(token);
+        }
+        let r = put.send().await.expect("the admin API answers");
+        assert_eq!(r.status(), 200, "PUT /api/rollout: {:?}", r.text().await);
+    }
+
     /// The config dump of sidecar `id`'s Envoy, from its admin API.
     pub async fn config_dump(&self, id: &str) -> serde_json::Value {
         let admin = self.sidecar_admin(id);
