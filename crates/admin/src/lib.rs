@@ -258,18 +258,26 @@ async fn group_resources(State(s): State<AdminState>, Path(key): Path<String>) -
 /// `GET /api/migration`: where the migration into the mesh stands, per service and in total.
 async fn migration_route(State(s): State<AdminState>) -> Response {
     let registry = s.store.snapshot();
+    // The document the store follows (what the sidecars are served), read once when the
+    // store has not followed it yet.
     let current = match &s.rollout {
-        Some(store) => match store.current().await {
-            Ok(v) => Some(v),
-            Err(e) => {
-                return (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the egress rollout flags cannot be read: {e}\n"),
-                )
-                    .into_response();
-            }
-        },
         None => None,
+        Some(store) => {
+            let followed = store.subscribe().borrow().clone();
+            match followed {
+                Some(v) => Some(v),
+                None => match store.current().await {
+                    Ok(v) => Some(Arc::new(v)),
+                    Err(e) => {
+                        return (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("the egress rollout flags cannot be read: {e}\n"),
+                        )
+                            .into_response();
+                    }
+                },
+            }
+        }
     };
     let flags = current.as_ref().map(|v| (&v.flags, v.version));
     Json(migration::view(&registry, flags)).into_response()
