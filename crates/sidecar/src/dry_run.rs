@@ -59,12 +59,8 @@ pub enum DiffError {
 
 /// Runs the dry run; the text (or JSON) to print.
 pub async fn run_diff(args: DiffArgs) -> Result<String, DiffError> {
-    let text =
-        std::fs::read_to_string(&args.descriptor).map_err(|error| descriptor::LoadError::Read {
-            path: args.descriptor.clone(),
-            error,
-        })?;
-    descriptor::parse(&args.descriptor, &text)?;
+    // Sent as written (in JSON), as node metadata carries it.
+    let written = descriptor::load(&args.descriptor)?.written.to_string();
     let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
     if let Some(path) = &args.ca_file {
         let ca_error = |error: String| DiffError::CaFile {
@@ -91,8 +87,8 @@ pub async fn run_diff(args: DiffArgs) -> Result<String, DiffError> {
     };
     let response = http
         .post(&url)
-        .header("content-type", "application/yaml")
-        .body(text)
+        .header("content-type", "application/json")
+        .body(written)
         .send()
         .await
         .map_err(unreachable)?;
