@@ -33,6 +33,9 @@ const REGISTRATION_REACHES_PROXIES_WITHIN: Duration = Duration::from_secs(5);
 /// How long the restarted instance is watched for proxies coming back or config re-sent.
 const AFTER_RESTART_WINDOW: Duration = Duration::from_secs(3);
 
+/// A resumed instance drops the streams the proxies closed while it was stopped within this.
+const STALE_STREAMS_DROPPED_WITHIN: Duration = Duration::from_secs(2);
+
 /// Envoy's counters of configuration updates it accepted.
 const UPDATES: [&str; 2] = [
     "cluster_manager.cds.update_success",
@@ -109,6 +112,23 @@ async fn failover(outage: Outage) {
         ready(&ha.http, ha.a.admin)
     })
     .await;
+    if let Outage::Hung = outage {
+        // The proxies closed their streams to A while it was stopped; A learns it from the
+        // closed connections only once it runs again, in no set order with answering its
+        // readiness probe, so it may list them for a moment.
+        eventually(
+            "A, running again, drops the streams the proxies closed",
+            STALE_STREAMS_DROPPED_WITHIN,
+            || async {
+                let on_a = proxies(&ha.http, ha.a.admin).await?;
+                match on_a.is_empty() {
+                    true => Ok(()),
+                    false => Err(format!("proxies on the resumed A: {on_a:?}")),
+                }
+            },
+        )
+        .await;
+    }
     hold(
         AFTER_RESTART_WINDOW,
         "the proxies stay on B, which sends nothing new, and A has none",
