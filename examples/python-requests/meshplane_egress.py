@@ -6,7 +6,9 @@ instance's decision for that dependency, which the local sidecar serves on its e
 (`GET /.meshplane/egress`), and either sends the call through the egress proxy (Envoy) or
 straight to the callee, at the address the app used before the mesh. A background thread
 long-polls the sidecar (`If-None-Match` + `?wait=`), so a flag flipped by an operator takes
-effect on the next call, without a restart.
+effect on the next call, without a restart. Calls sent straight to a mesh service are counted
+and posted to the sidecar every few seconds (`POST /.meshplane/egress/report`), so the
+control plane's migration view can show which share of the app's calls still bypasses Envoy.
 
     flags = EgressFlags(egress_port=31000)
     session = MeshplaneSession(flags, direct={"payments": "http://10.0.0.5:8080"})
@@ -23,14 +25,19 @@ import urllib.parse
 import requests
 
 PATH = "/.meshplane/egress"
+REPORT_PATH = "/.meshplane/egress/report"
 
 
 class EgressFlags:
     """This instance's decisions, followed from the sidecar in a background thread."""
 
-    def __init__(self, egress_port, host="127.0.0.1", wait="30s", retry=0.5):
+    def __init__(self, egress_port, host="127.0.0.1", wait="30s", retry=0.5, report_every=5.0):
         self.egress_port = egress_port
         self._url = f"http://{host}:{egress_port}{PATH}"
+        self._report_url = f"http://{host}:{egress_port}{REPORT_PATH}"
+        self._report_every = report_every
+        self._direct = {}  # mesh service -> calls sent direct since the last report
+        self._direct_lock = threading.Lock()
         self._wait = wait
         self._retry = retry
         self._decisions = None  # the last answer (a dict), replaced whole
@@ -42,6 +49,8 @@ class EgressFlags:
         self._http.trust_env = False
         self._thread = threading.Thread(target=self._follow, name="meshplane-egress-flags", daemon=True)
         self._thread.start()
+        self._reporter = threading.Thread(target=self._report, name="meshplane-egress-report", daemon=True)
+        self._reporter.start()
 
     def _follow(self):
         while not self._stop.is_set():
@@ -60,6 +69,36 @@ class EgressFlags:
             elif r.status_code != 304:
                 # 503: the sidecar does not know them yet; keep what we have.
                 self._stop.wait(self._retry)
+
+    def _report(self):
+        while not self._stop.wait(self._report_every):
+            self.flush()
+
+    def count_direct(self, dependency):
+        """Counts one call sent straight to `dependency` (mesh services only: a domain is not
+        compared with what Envoy forwards)."""
+        if "://" in dependency:
+            return
+        with self._direct_lock:
+            self._direct[dependency] = self._direct.get(dependency, 0) + 1
+
+    def flush(self):
+        """Posts the direct calls counted since the last post; kept for the next one when the
+        sidecar does not take them."""
+        with self._direct_lock:
+            direct, self._direct = self._direct, {}
+        if not direct:
+            return True
+        try:
+            r = self._http.post(self._report_url, json={"direct": direct}, timeout=2)
+            if r.status_code == 204:
+                return True
+        except requests.RequestException:
+            pass
+        with self._direct_lock:
+            for dependency, n in direct.items():
+                self._direct[dependency] = self._direct.get(dependency, 0) + n
+        return False
 
     def wait_ready(self, timeout=None):
         """Waits until the first decisions are known; False on timeout."""
@@ -81,6 +120,7 @@ class EgressFlags:
 
     def close(self):
         self._stop.set()
+        self.flush()
 
 
 def dependency_of(url):
@@ -117,6 +157,7 @@ class MeshplaneSession(requests.Session):
             kwargs["proxies"] = {"http": egress, "https": egress}
         else:
             kwargs["proxies"] = {}
+            self.flags.count_direct(dependency)
             base = self.direct.get(dependency)
             if base is not None:
                 parts = urllib.parse.urlsplit(url)

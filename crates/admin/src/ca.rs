@@ -90,8 +90,12 @@ pub(crate) async fn sign(
     }
 }
 
-/// May this request obtain `service`'s identity?
-fn authorize(s: &AdminState, headers: &HeaderMap, service: &str) -> Result<(), ApiError> {
+/// May this request obtain `service`'s identity (or speak for it: traffic reports)?
+pub(crate) fn authorize(
+    s: &AdminState,
+    headers: &HeaderMap,
+    service: &str,
+) -> Result<(), ApiError> {
     if s.enrolment_tokens.is_empty() {
         return require_token(s, headers);
     }

@@ -9,9 +9,17 @@
 //! policies…) are compared by name; other lists (a descriptor's dependencies, an endpoint's
 //! methods) element by element, as sets. The runtime does the translating through
 //! [`Planner`]; [`diff`] and [`render`] are pure.
+//!
+//! Callers: every service whose sidecars reported calls to this one in the traffic window
+//! ([`crate::traffic`]), with what the live descriptor and the proposed one let through of
+//! them — through the caller's sidecar (with its certificate) and sent direct (anonymous) —
+//! so a tightened `incoming` names the callers it would start denying before it is deployed.
 
 use std::collections::BTreeMap;
 
+use meshplane_model::descriptor::{Access, Via};
+use meshplane_model::traffic::Calls;
+use meshplane_model::{Descriptor, ServiceName};
 use meshplane_xds::{GroupKey, ResourceType, Snapshot};
 use serde::Serialize;
 use serde_json::Value;
@@ -28,6 +36,8 @@ pub trait Planner: Send + Sync {
 pub struct Plan {
     /// The descriptor's service.
     pub service: String,
+    /// The proposed descriptor.
+    pub proposed: Descriptor,
     /// One comparison per live group of the service; when none is live, one against
     /// nothing (`key: None`, `current: None`).
     pub groups: Vec<PlannedGroup>,
@@ -39,8 +49,11 @@ pub struct PlannedGroup {
     pub key: Option<GroupKey>,
     /// Its datacenter (the proposed descriptor is translated for the same one).
     pub datacenter: String,
-    /// Live: the descriptor (as JSON) and its translation now.
-    pub current: Option<(Value, Snapshot)>,
+    /// Live: the descriptor, as JSON, and its translation now.
+    pub current: Option<(Descriptor, Value, Snapshot)>,
+    /// Whether the group's clients are proxyless gRPC clients (which serve nothing: no
+    /// callers to tell about).
+    pub proxyless: bool,
     /// Proposed: the descriptor (as JSON) and its translation.
     pub proposed: (Value, Snapshot),
 }
@@ -87,6 +100,66 @@ pub struct GroupDiff {
     pub descriptor: Vec<Change>,
     /// Resources that differ.
     pub resources: Vec<ResourceChange>,
+    /// The service's callers in the traffic window, and what each descriptor lets through.
+    pub callers: Vec<CallerChange>,
+}
+
+/// One caller seen in the traffic window.
+#[derive(Debug, Serialize)]
+pub struct CallerChange {
+    /// The calling service.
+    pub service: String,
+    /// Its calls in the window: through its sidecar, and sent direct.
+    #[serde(flatten)]
+    pub calls: Calls,
+    /// What is let through of its calls through its sidecar (absent without such calls).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub through_sidecar: Option<AccessChange>,
+    /// What is let through of its calls sent direct (absent without such calls).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent_direct: Option<AccessChange>,
+    /// Whether the proposed descriptor lets through less of the calls it makes than now.
+    pub loses_access: bool,
+}
+
+/// What the live descriptor lets through (everything when no sidecar serves the service
+/// yet), and what the proposed one would.
+#[derive(Debug, Serialize)]
+pub struct AccessChange {
+    pub now: Access,
+    pub proposed: Access,
+}
+
+/// The callers of `proposed`'s service in `recent` (caller, calls), against `current`.
+fn callers(
+    current: Option<&Descriptor>,
+    proposed: &Descriptor,
+    recent: &[(ServiceName, Calls)],
+) -> Vec<CallerChange> {
+    recent
+        .iter()
+        .map(|(caller, calls)| {
+            let change = |via: Via, count: u64| {
+                (count > 0).then(|| AccessChange {
+                    now: current.map_or(Access::Allowed, |d| d.access(caller, via)),
+                    proposed: proposed.access(caller, via),
+                })
+            };
+            let through_sidecar = change(Via::Mesh, calls.proxy);
+            let sent_direct = change(Via::Direct, calls.direct);
+            let loses_access = [&through_sidecar, &sent_direct]
+                .into_iter()
+                .flatten()
+                .any(|c| c.proposed.narrower_than(&c.now));
+            CallerChange {
+                service: caller.to_string(),
+                calls: *calls,
+                through_sidecar,
+                sent_direct,
+                loses_access,
+            }
+        })
+        .collect()
 }
 
 /// A dry run's answer.
@@ -96,11 +169,19 @@ pub struct DryRun {
     pub service: String,
     /// Per live group.
     pub groups: Vec<GroupDiff>,
+    /// How far back the callers' calls go, in seconds.
+    pub traffic_window_s: u64,
 }
 
 impl DryRun {
-    /// Compares each planned group; `proxies` counts a group's connected proxies.
-    pub fn of(plan: Plan, proxies: impl Fn(&GroupKey) -> usize) -> DryRun {
+    /// Compares each planned group; `proxies` counts a group's connected proxies, `recent`
+    /// are the service's callers in the traffic window.
+    pub fn of(
+        plan: Plan,
+        proxies: impl Fn(&GroupKey) -> usize,
+        recent: &[(ServiceName, Calls)],
+    ) -> DryRun {
+        let proposed = &plan.proposed;
         let groups = plan
             .groups
             .into_iter()
@@ -114,15 +195,20 @@ impl DryRun {
                     descriptor: g
                         .current
                         .as_ref()
-                        .map(|(before, _)| diff(before, after_descriptor))
+                        .map(|(_, before, _)| diff(before, after_descriptor))
                         .unwrap_or_default(),
-                    resources: resources(g.current.as_ref().map(|(_, s)| s), after),
+                    resources: resources(g.current.as_ref().map(|(_, _, s)| s), after),
+                    callers: match g.proxyless {
+                        true => Vec::new(),
+                        false => callers(g.current.as_ref().map(|(d, _, _)| d), proposed, recent),
+                    },
                 }
             })
             .collect();
         DryRun {
             service: plan.service,
             groups,
+            traffic_window_s: crate::traffic::WINDOW.as_secs(),
         }
     }
 }
@@ -274,6 +360,14 @@ fn named(list: &[Value]) -> Option<BTreeMap<&str, &Value>> {
     (!map.is_empty()).then_some(map)
 }
 
+fn access_text(a: &Access) -> String {
+    match a {
+        Access::Allowed => "allowed".to_owned(),
+        Access::Some { endpoints } => format!("only {}", endpoints.join(", ")),
+        Access::Denied { reason } => format!("denied ({reason})"),
+    }
+}
+
 /// The dry run for people: per group, `+` added, `-` removed, `~` changed.
 pub fn render(run: &DryRun) -> String {
     let mut out = String::new();
@@ -331,6 +425,33 @@ pub fn render(run: &DryRun) -> String {
                 change(&mut out, "      ", c);
             }
         }
+        if !g.callers.is_empty() {
+            out.push_str(&format!(
+                "  callers in the last {} min (! would lose access):\n",
+                run.traffic_window_s / 60
+            ));
+            for c in &g.callers {
+                let mark = if c.loses_access { '!' } else { ' ' };
+                let mut ways = Vec::new();
+                if let Some(a) = &c.through_sidecar {
+                    ways.push(format!(
+                        "{} through its sidecar: {} → {}",
+                        c.calls.proxy,
+                        access_text(&a.now),
+                        access_text(&a.proposed)
+                    ));
+                }
+                if let Some(a) = &c.sent_direct {
+                    ways.push(format!(
+                        "{} sent direct: {} → {}",
+                        c.calls.direct,
+                        access_text(&a.now),
+                        access_text(&a.proposed)
+                    ));
+                }
+                out.push_str(&format!("  {mark} {} — {}\n", c.service, ways.join("; ")));
+            }
+        }
     }
     out
 }
@@ -339,6 +460,75 @@ pub fn render(run: &DryRun) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn callers_the_proposed_incoming_would_deny_are_named() {
+        let descriptor = |extra: &str| {
+            Descriptor::from_yaml(&format!(
+                "service: payments\nport: 8080\ningress: {{ port: 31001 }}\n{extra}"
+            ))
+            .expect("descriptor")
+        };
+        let now = descriptor("");
+        let proposed = descriptor(
+            "incoming:\n  endpoints:\n    - { path_prefix: /api/, clients: [web] }\n    - { path: /status/health }\n",
+        );
+        let calls = |proxy, direct| Calls { proxy, direct };
+        let name = |s: &str| ServiceName::new(s).expect("name");
+        let recent = [
+            (name("legacy"), calls(0, 7)),
+            (name("orders"), calls(120, 0)),
+            (name("web"), calls(4, 0)),
+        ];
+        let found = callers(Some(&now), &proposed, &recent);
+        let loses: Vec<(&str, bool)> = found
+            .iter()
+            .map(|c| (c.service.as_str(), c.loses_access))
+            .collect();
+        assert_eq!(loses, [("legacy", true), ("orders", true), ("web", false)]);
+        let orders = &found[1];
+        assert!(orders.sent_direct.is_none());
+        let through = orders.through_sidecar.as_ref().expect("proxied calls");
+        assert_eq!(through.now, Access::Allowed);
+        assert_eq!(
+            through.proposed,
+            Access::Some {
+                endpoints: vec!["/status/health".to_owned()]
+            }
+        );
+        // The same descriptor loses nobody anything.
+        assert!(
+            callers(Some(&proposed), &proposed, &recent)
+                .iter()
+                .all(|c| !c.loses_access)
+        );
+        let run = DryRun {
+            service: "payments".to_owned(),
+            groups: vec![GroupDiff {
+                group: Some("payments-1".to_owned()),
+                proxies: 1,
+                datacenter: "dc1".to_owned(),
+                descriptor: Vec::new(),
+                resources: vec![ResourceChange {
+                    kind: "LDS",
+                    name: "ingress".to_owned(),
+                    change: "changed",
+                    fields: Vec::new(),
+                }],
+                callers: found,
+            }],
+            traffic_window_s: 600,
+        };
+        let text = render(&run);
+        assert!(
+            text.contains("  ! orders — 120 through its sidecar: allowed → only /status/health\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    web — 4 through its sidecar: allowed → allowed\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn named_lists_are_compared_by_name_and_others_as_sets() {

@@ -27,6 +27,7 @@ pub mod relay;
 mod resources;
 mod rollout;
 pub mod targets;
+pub mod traffic;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -82,6 +83,8 @@ pub struct AdminState {
     /// The egress rollout flags in the registry's key/value store; `None` when the registry
     /// has none (`--registry file`), and the rollout routes say so.
     pub rollout: Option<meshplane_rollout_store::RolloutStore>,
+    /// The sidecars' traffic reports of the last few minutes.
+    pub traffic: traffic::TrafficLog,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -139,6 +142,13 @@ pub fn router(state: AdminState) -> Router {
                     rollout::MAX_FLAGS_BODY,
                 )),
         )
+        .route(
+            meshplane_model::traffic::REPORTS_PATH,
+            axum::routing::post(traffic::record).layer(axum::extract::DefaultBodyLimit::max(
+                traffic::MAX_REPORT_BODY,
+            )),
+        )
+        .route("/api/traffic", get(traffic::view))
         .route("/api/rollout/audit", get(rollout::audit))
         .route("/api/rollout/decisions", get(rollout::decisions))
         .merge(panel::routes())
@@ -280,7 +290,8 @@ async fn migration_route(State(s): State<AdminState>) -> Response {
         }
     };
     let flags = current.as_ref().map(|v| (&v.flags, v.version));
-    Json(migration::view(&registry, flags)).into_response()
+    let recent = s.traffic.recent(tokio::time::Instant::now());
+    Json(migration::view(&registry, flags, &recent)).into_response()
 }
 
 /// Largest descriptor a dry run takes (a sidecar's node metadata is bounded likewise).
@@ -326,9 +337,18 @@ async fn dry_run_route(
         }
     };
     let proxies = s.status.proxies();
-    let run = dry_run::DryRun::of(plan, |key| {
-        proxies.iter().filter(|p| &p.stream.group == key).count()
-    });
+    let callers = match meshplane_model::ServiceName::new(plan.service.clone()) {
+        Ok(service) => s
+            .traffic
+            .recent(tokio::time::Instant::now())
+            .callers_of(&service),
+        Err(_) => Vec::new(),
+    };
+    let run = dry_run::DryRun::of(
+        plan,
+        |key| proxies.iter().filter(|p| &p.stream.group == key).count(),
+        &callers,
+    );
     match q.format.as_deref() {
         Some("text") => dry_run::render(&run).into_response(),
         _ => Json(run).into_response(),

@@ -3,17 +3,23 @@
 //! (their registration points at Envoy's ingress listener, so callers reach them through
 //! Envoy) and those registered without one (callers reach the app directly), and for the
 //! service's default and each dependency named in the flags how many of its sidecar
-//! instances are told to send their calls through their egress proxy. Mesh-wide totals say
-//! how many services accept ingress through Envoy and how many use egress.
+//! instances are told to send their calls through their egress proxy; and, from the
+//! sidecars' traffic reports of the last minutes ([`crate::traffic`]), how many of the
+//! service's calls to mesh services went through its egress proxy and how many its apps sent
+//! straight to the callee. Mesh-wide totals say how many services accept ingress through
+//! Envoy and how many use egress.
 //!
-//! [`view`] is pure: the registry snapshot and the flags in, the view out.
+//! [`view`] is pure: the registry snapshot, the flags and the recent traffic in, the view out.
 
 use std::collections::BTreeMap;
 
 use meshplane_model::registration::{CONTROL_PLANE_SERVICE, SIDECAR_META_KEY};
+use meshplane_model::traffic::Calls;
 use meshplane_registry::Snapshot;
 use meshplane_rollout::{Flags, InstanceInfo};
 use serde::Serialize;
+
+use crate::traffic::Recent;
 
 /// The whole view.
 #[derive(Debug, Serialize)]
@@ -41,13 +47,19 @@ pub struct Totals {
     pub ingress_direct: usize,
     /// Services with at least one sidecar instance told to proxy some of its calls.
     pub using_egress: usize,
+    /// Services whose calls went through their egress proxy in the window (measured), and
+    /// services whose apps reported calls sent direct.
+    pub sending_via_egress: usize,
+    pub sending_direct: usize,
+    /// Calls to mesh services in the window, mesh-wide: through egress proxies, and direct.
+    pub calls: Calls,
     /// Instances, and those registered by a sidecar.
     pub instances: usize,
     pub instances_with_sidecar: usize,
 }
 
 /// One service.
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq)]
 pub struct ServiceMigration {
     /// Registered instances.
     pub instances: usize,
@@ -62,6 +74,57 @@ pub struct ServiceMigration {
     pub egress_default: Split,
     /// ...and for each dependency the flags name for it.
     pub egress: Vec<DependencySplit>,
+    /// Its calls to mesh services in the window, as its sidecars reported them.
+    pub calls: MeasuredCalls,
+}
+
+/// A service's recent calls (measured), in total and per called service.
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub struct MeasuredCalls {
+    /// Instances of the service that reported in the window.
+    pub reporting: usize,
+    /// Through the egress proxy, and sent direct (reported by the apps' interceptors).
+    #[serde(flatten)]
+    pub total: Calls,
+    /// `proxy / (proxy + direct)`, to three decimals; `null` without calls.
+    pub via_egress: Option<f64>,
+    /// Per called service, by name.
+    pub by_dependency: Vec<DependencyCalls>,
+}
+
+/// [`Calls`] to one service.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct DependencyCalls {
+    pub dependency: String,
+    #[serde(flatten)]
+    pub calls: Calls,
+}
+
+impl MeasuredCalls {
+    fn of(caller: &meshplane_model::ServiceName, recent: &Recent) -> MeasuredCalls {
+        let mut out = MeasuredCalls {
+            reporting: recent.reporting.get(caller).copied().unwrap_or_default(),
+            ..MeasuredCalls::default()
+        };
+        for (callee, calls) in recent.pairs.get(caller).into_iter().flatten() {
+            if calls.is_empty() {
+                continue;
+            }
+            out.total.add(*calls);
+            out.by_dependency.push(DependencyCalls {
+                dependency: callee.to_string(),
+                calls: *calls,
+            });
+        }
+        out.via_egress = share(out.total);
+        out
+    }
+}
+
+/// The share of `calls` sent through the egress proxy, to three decimals.
+fn share(calls: Calls) -> Option<f64> {
+    let all = calls.proxy.checked_add(calls.direct)?;
+    (all > 0).then(|| (calls.proxy as f64 * 1000.0 / all as f64).round() / 1000.0)
 }
 
 /// How many sidecar instances proxy, and how many call directly.
@@ -80,8 +143,9 @@ pub struct DependencySplit {
     pub split: Split,
 }
 
-/// The view of `registry` under `flags` (`None`: no flags store; everything direct).
-pub fn view(registry: &Snapshot, flags: Option<(&Flags, u64)>) -> Migration {
+/// The view of `registry` under `flags` (`None`: no flags store; everything direct), with
+/// the `recent` traffic reported.
+pub fn view(registry: &Snapshot, flags: Option<(&Flags, u64)>, recent: &Recent) -> Migration {
     let none = Flags::default();
     let (doc, version) = match flags {
         Some((f, v)) => (f, Some(v)),
@@ -149,6 +213,10 @@ pub fn view(registry: &Snapshot, flags: Option<(&Flags, u64)>) -> Migration {
         if egress_default.proxy > 0 || egress.iter().any(|e| e.split.proxy > 0) {
             totals.using_egress += 1;
         }
+        let calls = MeasuredCalls::of(name, recent);
+        totals.sending_via_egress += usize::from(calls.total.proxy > 0);
+        totals.sending_direct += usize::from(calls.total.direct > 0);
+        totals.calls.add(calls.total);
         services.insert(
             name.to_string(),
             ServiceMigration {
@@ -158,6 +226,7 @@ pub fn view(registry: &Snapshot, flags: Option<(&Flags, u64)>) -> Migration {
                 ingress,
                 egress_default,
                 egress,
+                calls,
             },
         );
     }

@@ -108,6 +108,7 @@ async fn setup(synced: bool) -> Setup {
         grafana_url: None,
         dry_run: None,
         rollout: None,
+        traffic: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -388,6 +389,7 @@ async fn peers_come_from_configuration_and_the_registry() {
         grafana_url: None,
         dry_run: None,
         rollout: None,
+        traffic: Default::default(),
     };
     let peers = meshplane_admin::consistency::peers(&state, Some("http://10.0.0.1:18080"));
     assert_eq!(

@@ -22,3 +22,4 @@ pub mod egress_flags;
 pub mod identity;
 pub mod node_metadata;
 pub mod registration;
+pub mod traffic;

@@ -340,6 +340,7 @@ pub async fn start(
             .map(|u| Arc::from(u.trim_end_matches('/'))),
         dry_run: Some(Arc::new(dry_run)),
         rollout: rollout.clone(),
+        traffic: Default::default(),
     };
     if let Some(store) = &rollout {
         let (store, s) = (store.clone(), shutdown.clone());

@@ -191,6 +191,10 @@ pub struct SidecarArgs {
     /// no postrotate script. The sidecar's own logs go to stderr.
     #[arg(long, env = "MESHPLANE_ACCESS_LOG", default_value = "stdout")]
     pub access_log: AccessLogDestination,
+    /// How often the app's calls (through Envoy, and those its interceptor reports sending
+    /// direct) are reported to the control planes, for the migration view and dry runs.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub traffic_report_interval: Duration,
 }
 
 // === impl NodeArgs ===
@@ -306,6 +310,7 @@ impl SidecarArgs {
         c.crash.max_crashes = self.max_crashes;
         c.crash.window = self.crash_window;
         c.ready_timeout = self.ready_timeout;
+        c.traffic_report_interval = self.traffic_report_interval;
         c.access_log = self.access_log;
         if c.drain.parent_shutdown_time <= c.drain.drain_time {
             return Err(SidecarError::Flag {

@@ -71,6 +71,8 @@ pub struct SidecarConfig {
     pub ready_timeout: Duration,
     /// Where Envoy's access-log lines (its stdout) are written.
     pub access_log: crate::access_log::AccessLogDestination,
+    /// How often the app's calls are reported to the control planes (with an egress port).
+    pub traffic_report_interval: Duration,
 }
 
 /// Hot restart and stop timings.
@@ -190,6 +192,7 @@ impl SidecarConfig {
                 backoff_max: Duration::from_secs(30),
             },
             ready_timeout: Duration::from_secs(60),
+            traffic_report_interval: meshplane_model::traffic::REPORT_INTERVAL,
             access_log: crate::access_log::AccessLogDestination::Stdout,
         }
     }

@@ -8,7 +8,9 @@
 //! directory (`egress-flags.json`), so a control plane away — or a sidecar restarted while it
 //! is away — still serves the last known decisions. [`serve`] answers the app: the decisions'
 //! JSON with an `ETag`, and with `If-None-Match` + `?wait=30s` waits for a change (`304` when
-//! the wait ends first); `503` until the decisions were ever known.
+//! the wait ends first); `503` until the decisions were ever known. It also takes the app's
+//! reports of calls sent direct (`POST /.meshplane/egress/report`, see
+//! [`crate::traffic_report`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,13 +21,16 @@ use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use meshplane_model::Descriptor;
 use meshplane_model::descriptor::Target;
+use meshplane_model::traffic::AppReport;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::traffic_report::DirectCalls;
 
 /// Set on answers while the decisions could not be confirmed with the control plane (it is
 /// away, or has not answered since the sidecar started from its cache): `true`.
@@ -223,10 +228,15 @@ pub async fn serve(
     listener: TcpListener,
     known_rx: watch::Receiver<Option<Known>>,
     stale: Arc<AtomicBool>,
+    direct: DirectCalls,
     shutdown: CancellationToken,
 ) {
     let app = Router::new()
         .route(meshplane_model::egress_flags::PATH, get(answer))
+        .route(
+            meshplane_model::traffic::APP_REPORT_PATH,
+            post(app_report).with_state(direct),
+        )
         .with_state(Served { known_rx, stale });
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -286,6 +296,25 @@ async fn answer(
                 };
             }
         }
+    }
+}
+
+/// `POST /.meshplane/egress/report`: the app's calls sent straight to mesh services since its
+/// previous post, counted in the next traffic report.
+async fn app_report(State(direct): State<DirectCalls>, body: axum::body::Bytes) -> Response {
+    let report: AppReport = match serde_json::from_slice(&body) {
+        Ok(report) => report,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("meshplane: not a report of direct calls ({{\"direct\": {{\"<service>\": <calls>}}}}): {e}\n"),
+            )
+                .into_response();
+        }
+    };
+    match direct.add(report) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("meshplane: {e}\n")).into_response(),
     }
 }
 

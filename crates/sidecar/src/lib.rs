@@ -26,6 +26,7 @@ pub mod identity;
 pub mod registration;
 pub mod restart_policy;
 pub mod stats;
+pub mod traffic_report;
 
 mod announce;
 mod error;
@@ -103,12 +104,30 @@ impl Sidecar {
             let cache = prepared.work_dir().join(egress_flags::CACHE_FILE);
             let (known_tx, known_rx) = watch::channel(egress_flags::load_cache(&cache));
             let stale = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let direct = traffic_report::DirectCalls::default();
             tokio::spawn(egress_flags::serve(
                 listener,
                 known_rx,
                 stale.clone(),
+                direct.clone(),
                 shutdown.clone(),
             ));
+            let report = traffic_report::ReportSpec {
+                admin_urls: prepared.config.ca_admin_urls(),
+                token: prepared
+                    .config
+                    .ca_token
+                    .clone()
+                    .or_else(|| prepared.config.token.clone()),
+                http: prepared.control_plane_client()?,
+                envoy_admin: prepared.admin,
+                service: prepared.loaded.descriptor.service.clone(),
+                instance: prepared.instance_id.clone(),
+                datacenter: prepared.config.datacenter.clone(),
+                interval: prepared.config.traffic_report_interval,
+                direct,
+            };
+            tokio::spawn(traffic_report::run(report, shutdown.clone()));
             let spec = egress_flags::FollowSpec {
                 admin_urls: prepared.config.ca_admin_urls(),
                 query: prepared.egress_flags_query.subscribe(),

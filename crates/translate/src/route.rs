@@ -66,7 +66,8 @@ pub(crate) fn egress(
 }
 
 /// The app's own questions to its egress port (`http://127.0.0.1:<egress>/.meshplane/egress`,
-/// any host no dependency claims): that one path goes to the sidecar process's flags server,
+/// any host no dependency claims) and its reports (`/.meshplane/egress/report`): that path and
+/// those under it go to the sidecar process's flags server,
 /// with no timeout (the app long-polls it). Every other path still matches no route and gets
 /// the listener's "not a dependency" 503.
 fn egress_flags_host() -> VirtualHost {
@@ -76,7 +77,8 @@ fn egress_flags_host() -> VirtualHost {
         routes: vec![mk_route(
             names::EGRESS_FLAGS_HOST,
             RouteMatch {
-                path_specifier: Some(route_match::PathSpecifier::Path(
+                // The path and what is under it (`/report`), nothing else.
+                path_specifier: Some(route_match::PathSpecifier::PathSeparatedPrefix(
                     meshplane_model::egress_flags::PATH.to_owned(),
                 )),
                 ..Default::default()

@@ -5,6 +5,7 @@
 //! from node metadata) go through the same parser and validator, so both sides agree on what
 //! is valid and report errors naming the field (`dependencies[0].timeout: ...`).
 
+mod access;
 mod duration;
 mod raw;
 mod stats;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::ServiceName;
+pub use access::{Access, Via};
 pub use duration::{format_duration, parse_duration};
 pub use stats::{Stats, StatsPattern};
 pub use tracing::{Percent, Tracing};

@@ -84,6 +84,7 @@ impl Planner for DryRunPlanner {
                 key: None,
                 datacenter: group.datacenter.clone(),
                 current: None,
+                proxyless: false,
                 proposed: (comparable(&descriptor), translate(&group)?),
             });
         }
@@ -92,12 +93,18 @@ impl Planner for DryRunPlanner {
             groups.push(PlannedGroup {
                 key: Some(key),
                 datacenter: group.datacenter.clone(),
-                current: Some((comparable(&group.descriptor), translate(&group)?)),
+                current: Some((
+                    group.descriptor.clone(),
+                    comparable(&group.descriptor),
+                    translate(&group)?,
+                )),
+                proxyless: group.proxyless,
                 proposed: (comparable(&descriptor), translate(&next)?),
             });
         }
         Ok(Plan {
             service: descriptor.service.to_string(),
+            proposed: descriptor,
             groups,
         })
     }
@@ -163,7 +170,7 @@ mod tests {
         assert_eq!(plan.groups.len(), 2, "both live groups");
         for g in &plan.groups {
             let key = g.key.as_ref().expect("live");
-            let (_, current) = g.current.as_ref().expect("live");
+            let (_, _, current) = g.current.as_ref().expect("live");
             let (_, next) = &g.proposed;
             if key == &client {
                 // What the client is sent now, translated again: the same listeners.
