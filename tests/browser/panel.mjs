@@ -272,10 +272,12 @@ try {
     });
   }
 
-  await step('migration view: the sidecar\'s service behind Envoy, the other direct', async () => {
+  await step('migration view: the sidecar\'s service behind Envoy with its calls measured, the other direct', async () => {
     await page.goto(`${base}/#/migration`);
     await page.locator('#migration-summary', { hasText: 'instances have a sidecar' }).waitFor();
     await page.locator(`#migration tr[data-service="${opt.service}"] .migration-ingress`, { hasText: 'envoy' }).waitFor();
+    // Its egress traffic, reported by its sidecar: all of it through Envoy.
+    await page.locator(`#migration tr[data-service="${opt.service}"] .migration-calls`, { hasText: '100% via Envoy' }).waitFor();
     if (opt.hidden) {
       await page.locator(`#migration tr[data-service="${opt.hidden}"] .migration-ingress`, { hasText: 'direct' }).waitFor();
     }

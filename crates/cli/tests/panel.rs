@@ -188,7 +188,14 @@ async fn panel_works_in_headless_chromium() {
     let app = upstream("payments-app").await;
     let (ingress, egress) = (free_port(), free_port());
     let descriptor = caller("payments", app, ingress, egress, "  - service: orders\n");
-    mesh.sidecar("payments-1", &descriptor, 2).await;
+    // Reports its calls often, for the Migration page.
+    mesh.sidecar_with(
+        "payments-1",
+        &descriptor,
+        2,
+        &["--traffic-report-interval", "200ms"],
+    )
+    .await;
     let envoy_admin = mesh.sidecar_admin("payments-1");
 
     let before = envoy_log_levels(&mesh.http, envoy_admin).await;
