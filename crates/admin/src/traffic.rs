@@ -29,12 +29,16 @@ pub const MAX_INSTANCES: usize = 50_000;
 /// Largest report body: 4,096 services with their counts.
 pub(crate) const MAX_REPORT_BODY: usize = 512 * 1024;
 
-/// The reports of the last [`WINDOW`], per instance. Cheap to clone (shared).
+/// The reports of the last [`WINDOW`], per instance, with their running sums. Cheap to clone
+/// (shared).
 #[derive(Clone, Default)]
-pub struct TrafficLog(Arc<Mutex<HashMap<(ServiceName, String), Reporter>>>);
+pub struct TrafficLog(Arc<Mutex<Log>>);
 
-struct Reporter {
-    reports: VecDeque<(Instant, BTreeMap<ServiceName, Calls>)>,
+#[derive(Default)]
+struct Log {
+    instances: HashMap<(ServiceName, String), VecDeque<(Instant, BTreeMap<ServiceName, Calls>)>>,
+    /// What [`TrafficLog::recent`] answers, kept up to date as reports come and go.
+    sums: Recent,
 }
 
 /// Recent calls summed per caller service and callee service.
@@ -55,55 +59,103 @@ impl Recent {
             .filter(|(_, c)| !c.is_empty())
             .collect()
     }
+
+    fn add(&mut self, caller: &ServiceName, calls: &BTreeMap<ServiceName, Calls>) {
+        let callees = self.pairs.entry(caller.clone()).or_default();
+        for (callee, c) in calls {
+            callees.entry(callee.clone()).or_default().add(*c);
+        }
+    }
+
+    fn remove(&mut self, caller: &ServiceName, calls: &BTreeMap<ServiceName, Calls>) {
+        let Some(callees) = self.pairs.get_mut(caller) else {
+            return;
+        };
+        for (callee, c) in calls {
+            if let Some(sum) = callees.get_mut(callee) {
+                sum.proxy = sum.proxy.saturating_sub(c.proxy);
+                sum.direct = sum.direct.saturating_sub(c.direct);
+                if sum.is_empty() {
+                    callees.remove(callee);
+                }
+            }
+        }
+        if callees.is_empty() {
+            self.pairs.remove(caller);
+        }
+    }
 }
 
 impl TrafficLog {
     /// Keeps `report`, received at `now`. Refused when the log is full of other instances.
     pub fn record(&self, report: Report, now: Instant) -> Result<(), String> {
         let mut log = self.0.lock().expect("traffic log");
-        prune(&mut log, now);
+        let log = &mut *log;
         let key = (report.service, report.instance);
-        if !log.contains_key(&key) && log.len() >= MAX_INSTANCES {
-            return Err(format!(
-                "already keeping the reports of {MAX_INSTANCES} instances"
-            ));
+        if !log.instances.contains_key(&key) && log.instances.len() >= MAX_INSTANCES {
+            // Instances gone quiet make room; the whole log is swept only then (and when
+            // read), not on every report.
+            log.prune(now);
+            if log.instances.len() >= MAX_INSTANCES {
+                return Err(format!(
+                    "already keeping the reports of {MAX_INSTANCES} instances"
+                ));
+            }
         }
-        let reporter = log.entry(key).or_insert_with(|| Reporter {
-            reports: VecDeque::new(),
+        let reports = log.instances.entry(key.clone()).or_insert_with(|| {
+            *log.sums.reporting.entry(key.0.clone()).or_default() += 1;
+            VecDeque::new()
         });
-        reporter.reports.push_back((now, report.calls));
+        log.sums.add(&key.0, &report.calls);
+        reports.push_back((now, report.calls));
+        if let Some(oldest) = now.checked_sub(WINDOW) {
+            drop_before(reports, oldest, &key.0, &mut log.sums);
+        }
         Ok(())
     }
 
     /// The reports of the window ending at `now`, summed.
     pub fn recent(&self, now: Instant) -> Recent {
         let mut log = self.0.lock().expect("traffic log");
-        prune(&mut log, now);
-        let mut out = Recent::default();
-        for ((caller, _), reporter) in log.iter() {
-            *out.reporting.entry(caller.clone()).or_default() += 1;
-            let callees = out.pairs.entry(caller.clone()).or_default();
-            for (_, calls) in &reporter.reports {
-                for (callee, c) in calls {
-                    callees.entry(callee.clone()).or_default().add(*c);
-                }
-            }
-        }
-        out
+        log.prune(now);
+        log.sums.clone()
     }
 }
 
-/// Drops the reports older than the window, and instances left with none.
-fn prune(log: &mut HashMap<(ServiceName, String), Reporter>, now: Instant) {
-    let Some(oldest) = now.checked_sub(WINDOW) else {
-        return;
-    };
-    log.retain(|_, r| {
-        while r.reports.front().is_some_and(|(at, _)| *at < oldest) {
-            r.reports.pop_front();
+impl Log {
+    /// Drops the reports older than the window, and instances left with none.
+    fn prune(&mut self, now: Instant) {
+        let Some(oldest) = now.checked_sub(WINDOW) else {
+            return;
+        };
+        let sums = &mut self.sums;
+        self.instances.retain(|(caller, _), reports| {
+            drop_before(reports, oldest, caller, sums);
+            if !reports.is_empty() {
+                return true;
+            }
+            if let Some(n) = sums.reporting.get_mut(caller) {
+                *n -= 1;
+                if *n == 0 {
+                    sums.reporting.remove(caller);
+                }
+            }
+            false
+        });
+    }
+}
+
+fn drop_before(
+    reports: &mut VecDeque<(Instant, BTreeMap<ServiceName, Calls>)>,
+    oldest: Instant,
+    caller: &ServiceName,
+    sums: &mut Recent,
+) {
+    while reports.front().is_some_and(|(at, _)| *at < oldest) {
+        if let Some((_, calls)) = reports.pop_front() {
+            sums.remove(caller, &calls);
         }
-        !r.reports.is_empty()
-    });
+    }
 }
 
 /// `POST /api/traffic/reports`: one sidecar's report, authorised like its certificate
