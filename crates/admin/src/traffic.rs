@@ -34,9 +34,12 @@ pub(crate) const MAX_REPORT_BODY: usize = 512 * 1024;
 #[derive(Clone, Default)]
 pub struct TrafficLog(Arc<Mutex<Log>>);
 
+/// One instance's reports: when each arrived, and its calls per service.
+type Reports = VecDeque<(Instant, BTreeMap<ServiceName, Calls>)>;
+
 #[derive(Default)]
 struct Log {
-    instances: HashMap<(ServiceName, String), VecDeque<(Instant, BTreeMap<ServiceName, Calls>)>>,
+    instances: HashMap<(ServiceName, String), Reports>,
     /// What [`TrafficLog::recent`] answers, kept up to date as reports come and go.
     sums: Recent,
 }
@@ -145,12 +148,7 @@ impl Log {
     }
 }
 
-fn drop_before(
-    reports: &mut VecDeque<(Instant, BTreeMap<ServiceName, Calls>)>,
-    oldest: Instant,
-    caller: &ServiceName,
-    sums: &mut Recent,
-) {
+fn drop_before(reports: &mut Reports, oldest: Instant, caller: &ServiceName, sums: &mut Recent) {
     while reports.front().is_some_and(|(at, _)| *at < oldest) {
         if let Some((_, calls)) = reports.pop_front() {
             sums.remove(caller, &calls);
