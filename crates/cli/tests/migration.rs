@@ -155,9 +155,10 @@ async fn sidecar_says(mesh: &Mesh, egress: u16, proxy: bool) {
     assert!(ok, "orders-1's sidecar never said proxy={proxy}");
 }
 
-/// Requests sent through Envoy and direct, counted by the sidecar (Envoy's counters, and the
-/// interceptor's reports) and reported to the control plane: the migration view's measured
-/// share, the traffic pairs, and a dry run naming the caller a tightened `incoming` would deny.
+/// Requests sent through Envoy and direct, counted by the sidecar (Envoy's counters, across a
+/// hot restart, and the interceptor's reports) and reported to the control plane: the
+/// migration view's measured share, the traffic pairs, and a dry run naming the caller a
+/// tightened `incoming` would deny.
 #[tokio::test(flavor = "multi_thread")]
 async fn measured_calls_through_envoy_and_direct_reach_the_view_and_the_dry_run() {
     let mut mesh = Mesh::start(|c, _| c.token = Some(TOKEN.into())).await;
@@ -181,13 +182,31 @@ async fn measured_calls_through_envoy_and_direct_reach_the_view_and_the_dry_run(
     mesh.put_rollout(&proxy(true)).await;
     sidecar_says(&mesh, egress, true).await;
     app_calls(egress, payments, 7).await;
+    let calls =
+        || async { mesh.admin_json("/api/migration").await["services"]["orders"]["calls"].clone() };
+    assert!(
+        poll(|| async { calls().await["proxy"] == 7 }).await,
+        "7 calls through Envoy reported: {}",
+        calls().await
+    );
+    // A hot restart (SIGHUP): the new Envoy takes over its parent's counters, which were
+    // reported already; its own calls are counted, the parent's not twice.
+    let pid = rustix::process::Pid::from_raw(mesh.sidecar_pid("orders-1") as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP");
+    let admin = mesh.sidecar_admin("orders-1");
+    let restarted = poll(|| async {
+        support::envoy_stat(&mesh.http, admin, "server.hot_restart_epoch").await == Some(1)
+    })
+    .await;
+    assert!(restarted, "{}", mesh.sidecar_log("orders-1"));
+    app_calls(egress, payments, 3).await;
     mesh.put_rollout(&proxy(false)).await;
     sidecar_says(&mesh, egress, false).await;
     app_calls(egress, payments, 5).await;
 
     let expected = json!({
-        "reporting": 1, "proxy": 7, "direct": 5, "via_egress": 0.583,
-        "by_dependency": [ { "dependency": "payments", "proxy": 7, "direct": 5 } ]
+        "reporting": 1, "proxy": 10, "direct": 5, "via_egress": 0.667,
+        "by_dependency": [ { "dependency": "payments", "proxy": 10, "direct": 5 } ]
     });
     let reported = poll(|| async {
         mesh.admin_json("/api/migration").await["services"]["orders"]["calls"] == expected
@@ -213,13 +232,13 @@ async fn measured_calls_through_envoy_and_direct_reach_the_view_and_the_dry_run(
     )
     .await;
     let view = mesh.admin_json("/api/migration").await;
-    assert_eq!(view["totals"]["calls"], json!({ "proxy": 7, "direct": 5 }));
+    assert_eq!(view["totals"]["calls"], json!({ "proxy": 10, "direct": 5 }));
     assert_eq!(view["totals"]["sending_via_egress"], 1);
     assert_eq!(view["totals"]["sending_direct"], 1);
     assert_eq!(
         mesh.admin_json("/api/traffic").await,
         json!({ "window_s": 600, "pairs": [
-            { "caller": "orders", "callee": "payments", "reporting": 1, "proxy": 7, "direct": 5 }
+            { "caller": "orders", "callee": "payments", "reporting": 1, "proxy": 10, "direct": 5 }
         ] })
     );
 
@@ -268,7 +287,7 @@ async fn measured_calls_through_envoy_and_direct_reach_the_view_and_the_dry_run(
     assert_eq!(
         callers,
         &json!([{
-            "service": "orders", "proxy": 7, "direct": 5, "loses_access": true,
+            "service": "orders", "proxy": 10, "direct": 5, "loses_access": true,
             "through_sidecar": { "now": { "access": "allowed" }, "proposed": {
                 "access": "denied",
                 "reason": "no endpoint rule lets `orders` through and unlisted endpoints are blocked"
@@ -294,7 +313,7 @@ async fn measured_calls_through_envoy_and_direct_reach_the_view_and_the_dry_run(
         .await
         .expect("text");
     assert!(
-        text.contains("  callers in the last 10 min (! would lose access):\n  ! orders — 7 through its sidecar: allowed → denied"),
+        text.contains("  callers in the last 10 min (! would lose access):\n  ! orders — 10 through its sidecar: allowed → denied"),
         "{text}"
     );
 }

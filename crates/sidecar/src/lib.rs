@@ -126,6 +126,7 @@ impl Sidecar {
                 datacenter: prepared.config.datacenter.clone(),
                 interval: prepared.config.traffic_report_interval,
                 direct,
+                status: self.status_tx.subscribe(),
             };
             tokio::spawn(traffic_report::run(report, shutdown.clone()));
             let spec = egress_flags::FollowSpec {

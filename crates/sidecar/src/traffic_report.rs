@@ -5,6 +5,11 @@
 //! increase since the previous report, posted to every control plane. A control plane that
 //! does not answer misses that report; nothing is retried or queued, so a long outage costs
 //! no memory. Nothing called, nothing sent.
+//!
+//! Envoy's counters and restarts ([`Counters`]): an Envoy started after a crash counts from
+//! zero, so all it counted is new; one started by a hot restart takes over its parent's
+//! counts a little after it starts (Envoy merges the parent's statistics into its own), so
+//! until its counters pass what was reported nothing is new, and nothing is counted twice.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,7 +18,10 @@ use std::time::Duration;
 
 use meshplane_model::ServiceName;
 use meshplane_model::traffic::{AppReport, Calls, MAX_SERVICES, REPORTS_PATH, Report};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::SidecarStatus;
 
 /// The app's direct calls reported since the last traffic report. Cheap to clone (shared).
 #[derive(Debug, Clone, Default)]
@@ -65,23 +73,72 @@ pub struct ReportSpec {
     pub interval: Duration,
     /// What the app reports.
     pub direct: DirectCalls,
+    /// The sidecar's state: which Envoy is current (its restarts).
+    pub status: watch::Receiver<SidecarStatus>,
+}
+
+/// What has been reported of Envoy's egress counters, across Envoy restarts.
+#[derive(Debug, Default)]
+struct Counters {
+    /// The Envoy whose counters were last read: (pid, hot-restart epoch).
+    envoy: Option<(u32, u32)>,
+    /// The highest value reported per counter.
+    reported: BTreeMap<ServiceName, u64>,
+}
+
+impl Counters {
+    /// The calls counted since the last read, given what `envoy` counts `now`.
+    fn read(
+        &mut self,
+        envoy: (u32, u32),
+        now: BTreeMap<ServiceName, u64>,
+    ) -> BTreeMap<ServiceName, u64> {
+        let (pid, epoch) = envoy;
+        if self.envoy.is_some_and(|(was, _)| was != pid) && epoch == 0 {
+            // A fresh Envoy (after a crash): it counts from zero.
+            self.reported.clear();
+        }
+        // A counter missing from the read is kept: a hot-restarted Envoy lists it only once
+        // used or merged. (One dropped and recreated by a running Envoy, its dependency
+        // removed and added back, is under-counted until it passes what was reported: never
+        // counted twice.)
+        self.envoy = Some(envoy);
+        let mut increase = BTreeMap::new();
+        for (service, n) in now {
+            let reported = self.reported.entry(service.clone()).or_default();
+            if n > *reported {
+                increase.insert(service, n - *reported);
+                *reported = n;
+            }
+        }
+        increase
+    }
 }
 
 /// Reports every `spec.interval` until `shutdown`.
 pub async fn run(spec: ReportSpec, shutdown: CancellationToken) {
-    let mut last: BTreeMap<ServiceName, u64> = BTreeMap::new();
+    let mut counters = Counters::default();
     let mut failing = vec![false; spec.admin_urls.len()];
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(spec.interval) => {}
         }
-        let proxied = match envoy_counts(&spec.http, spec.envoy_admin, &spec.service).await {
-            Ok(now) => {
-                let increase = increase(&last, &now);
-                last = now;
-                increase
+        let envoy = spec.status.borrow().current.map(|p| (p.pid, p.epoch));
+        let read = match envoy {
+            Some(envoy) => envoy_counts(&spec.http, spec.envoy_admin, &spec.service)
+                .await
+                .map(|now| (envoy, now)),
+            None => Err("no Envoy running".to_owned()),
+        };
+        let proxied = match read {
+            // Still the same Envoy after the read: its counts are its own.
+            Ok((envoy, now))
+                if spec.status.borrow().current.map(|p| (p.pid, p.epoch)) == Some(envoy) =>
+            {
+                counters.read(envoy, now)
             }
+            Ok(_) => BTreeMap::new(),
             Err(e) => {
                 // Envoy restarting: its calls are counted at the next report.
                 tracing::debug!(error = %e, "cannot read Envoy's egress counters");
@@ -185,21 +242,6 @@ fn regex_escape(s: &str) -> String {
         .collect()
 }
 
-/// What each counter grew by since `before`; a counter that went down belongs to a new Envoy
-/// (restarted after a crash), whose whole count is new.
-fn increase(
-    before: &BTreeMap<ServiceName, u64>,
-    now: &BTreeMap<ServiceName, u64>,
-) -> BTreeMap<ServiceName, u64> {
-    now.iter()
-        .map(|(service, &n)| {
-            let was = before.get(service).copied().unwrap_or_default();
-            (service.clone(), if n >= was { n - was } else { n })
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect()
-}
-
 fn merge(
     proxied: BTreeMap<ServiceName, u64>,
     direct: BTreeMap<ServiceName, u64>,
@@ -241,16 +283,39 @@ mod tests {
     }
 
     #[test]
-    fn reports_carry_increases_and_a_restarted_envoys_whole_count() {
-        let before = BTreeMap::from([(name("payments"), 10), (name("ledger"), 5)]);
-        let now = BTreeMap::from([
-            (name("payments"), 15),
-            (name("ledger"), 2),
-            (name("cart"), 0),
-        ]);
+    fn reports_carry_increases_across_hot_restarts_and_crashes_without_counting_twice() {
+        let counts = |pairs: &[(&str, u64)]| -> BTreeMap<ServiceName, u64> {
+            pairs.iter().map(|(s, n)| (name(s), *n)).collect()
+        };
+        let mut c = Counters::default();
         assert_eq!(
-            increase(&before, &now),
-            BTreeMap::from([(name("ledger"), 2), (name("payments"), 5)])
+            c.read((100, 0), counts(&[("payments", 10), ("ledger", 0)])),
+            counts(&[("payments", 10)])
+        );
+        assert_eq!(
+            c.read((100, 0), counts(&[("payments", 15), ("ledger", 2)])),
+            counts(&[("ledger", 2), ("payments", 5)])
+        );
+        // Hot restart: the new Envoy starts low, then merges its parent's counts.
+        assert_eq!(c.read((200, 1), counts(&[("payments", 3)])), counts(&[]));
+        assert_eq!(
+            c.read((200, 1), counts(&[("payments", 19)])),
+            counts(&[("payments", 4)])
+        );
+        // Crash: a fresh Envoy at epoch 0 counts from zero; all of it is new.
+        assert_eq!(
+            c.read((300, 0), counts(&[("payments", 2)])),
+            counts(&[("payments", 2)])
+        );
+        // A hot-restarted Envoy lists a counter only once merged: not counted twice.
+        assert_eq!(
+            c.read((300, 0), counts(&[("ledger", 1)])),
+            counts(&[("ledger", 1)])
+        );
+        assert_eq!(c.read((400, 1), counts(&[])), counts(&[]));
+        assert_eq!(
+            c.read((400, 1), counts(&[("ledger", 1), ("payments", 2)])),
+            counts(&[])
         );
         let merged = merge(
             BTreeMap::from([(name("payments"), 5)]),
