@@ -115,16 +115,21 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             let outcome = meshplane_sidecar::run_sidecar(*args).await?;
             Ok(ExitCode::from(outcome.exit_code()))
         }),
+        Command::Bootstrap(args) if args.certs_dir.is_some() => block_on(async move {
+            let output = args.output.clone();
+            let enrolled = meshplane_sidecar::enrol_grpc(args).await?;
+            write_bootstrap(output.as_deref(), &enrolled.bootstrap)?;
+            if enrolled.follows() {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                enrolled.follow(shutdown).await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Bootstrap(args) => {
             let output = args.output.clone();
             let text = meshplane_sidecar::render_bootstrap(args)?;
-            match output {
-                Some(path) => {
-                    meshplane_sidecar::write_file_atomically(&path, &format!("{text}\n"))?;
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => print_stdout(&format!("{text}\n")),
-            }
+            write_bootstrap(output.as_deref(), &text)
         }
         Command::Identity(args) => block_on(async move {
             meshplane_sidecar::run_identity(args).await?;
@@ -145,6 +150,17 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             meshplane_demo::run(options, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }),
+    }
+}
+
+/// The bootstrap to `output` (replaced atomically) or stdout.
+fn write_bootstrap(output: Option<&std::path::Path>, text: &str) -> anyhow::Result<ExitCode> {
+    match output {
+        Some(path) => {
+            meshplane_sidecar::write_file_atomically(path, &format!("{text}\n"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => print_stdout(&format!("{text}\n")),
     }
 }
 

@@ -94,6 +94,23 @@ pub struct BootstrapArgs {
     /// reads them itself).
     #[arg(long)]
     pub grpc: bool,
+    /// With --grpc: obtain the service's certificate from the control plane's CA (as
+    /// `meshplane sidecar` does; --ca-url, --ca-token), write it into this directory
+    /// (`current/cert.pem`, `current/key.pem`, `current/ca.pem`; 0700, replaced atomically)
+    /// and name it in the bootstrap (gRPC's `certificate_providers`), so the client calls
+    /// callees behind sidecars over mTLS with its service's identity. The certificate is
+    /// short-lived: keep it renewed with --follow.
+    #[arg(long, env = "MESHPLANE_CERTS_DIR", requires = "grpc")]
+    pub certs_dir: Option<PathBuf>,
+    /// With --certs-dir: after writing the files and the bootstrap, keep running and renew
+    /// the certificate (after half its remaining lifetime, retrying with backoff) until
+    /// SIGTERM or SIGINT. Run it next to the app, e.g. as a service.
+    #[arg(long, requires = "certs_dir")]
+    pub follow: bool,
+    /// With --certs-dir: how often gRPC re-reads the certificate files (the
+    /// `refresh_interval` of its `file_watcher` provider).
+    #[arg(long, value_parser = parse_duration, default_value = "10s", requires = "certs_dir")]
+    pub certs_refresh_interval: Duration,
     /// Write the bootstrap to this file (replaced atomically) instead of printing it.
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
