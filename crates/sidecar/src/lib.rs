@@ -12,6 +12,8 @@
 //! `supervisor` (the loop), [`bootstrap`] (the pure bootstrap), `announce` and
 //! [`registration`]. [`access_log`] collects Envoy's access-log lines (its stdout) to stdout
 //! or a file. [`args`] holds the command-line flags the `meshplane` binary embeds.
+//! [`grpc_bootstrap`] is a proxyless gRPC client's bootstrap, and [`enrol_grpc`] its
+//! certificate from the control plane's CA as files (`--certs-dir`, `--follow`).
 
 pub mod access_log;
 pub mod args;
