@@ -515,3 +515,69 @@ async fn mtls_to_a_strict_callee(grpc: Grpc) {
     let answer = client.lock().call(payments(5));
     assert_eq!(answer["ok"], true, "the first client still works: {answer}");
 }
+
+/// A client enrolled at the control plane's CA (`--certs-dir`) also authenticates its xDS
+/// connection with that certificate (`--xds-tls` without host files; grpcio's `tls` channel
+/// credentials): a control plane whose CA is the operator's, requiring client certificates
+/// from it on the xDS port, serves it, and its calls reach a strict callee.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxyless_client_enrolled_at_the_ca_authenticates_its_xds_stream() {
+    let pki = tempfile::tempdir().expect("tmp");
+    let operator = TestCa::new(pki.path(), "operator");
+    let (server_cert, server_key) = operator.issue_server("xds");
+    let (ca_cert, ca_key) = (
+        operator.ca_file().to_owned(),
+        operator.key_file().to_owned(),
+    );
+    let mut mesh = Mesh::start(move |c, _| {
+        c.xds_tls_cert = Some(server_cert.into());
+        c.xds_tls_key = Some(server_key.into());
+        c.xds_client_ca = Some(ca_cert.clone().into());
+        c.ca_cert = Some(ca_cert.into());
+        c.ca_key = Some(ca_key.into());
+    })
+    .await;
+    let server = GrpcServer::start("payments-1");
+    let payments_descriptor = format!(
+        "service: payments\nport: {}\nprotocol: grpc\nmtls: strict\ningress: {{ port: {} }}\n",
+        server.port,
+        free_port()
+    );
+    mesh.sidecar_with("payments-1", &payments_descriptor, 1, &["--xds-tls"])
+        .await;
+    let certs = mesh.dir.path().join("checkout-certs");
+    let bootstrap_file = bootstrap_with(
+        &mesh,
+        "checkout-1",
+        CHECKOUT,
+        &[
+            "--xds-tls",
+            "--ca-url",
+            &format!("http://{}", mesh.cp.admin_addr),
+            "--certs-dir",
+            &certs.display().to_string(),
+        ],
+    );
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&bootstrap_file).expect("read"))
+            .expect("JSON");
+    let creds = &written["xds_servers"][0]["channel_creds"][0];
+    assert_eq!(creds["type"], "tls", "{written}");
+    assert_eq!(
+        creds["config"]["certificate_file"],
+        certs.join("current/cert.pem").display().to_string()
+    );
+    let client =
+        parking_lot::Mutex::new(XdsClient::start_with(Grpc::Python, &bootstrap_file, true));
+    let reached = poll(|| async { client.lock().call(payments(1))["ok"] == true }).await;
+    assert!(reached, "checkout never reached payments");
+    let proxies = mesh.admin_json("/api/proxies").await;
+    let checkout = proxies
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["node_id"] == "checkout-1")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(checkout["sync"], "SYNCED", "{checkout}");
+}

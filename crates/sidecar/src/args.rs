@@ -90,15 +90,16 @@ pub struct BootstrapArgs {
     pub work_dir: Option<PathBuf>,
     /// Write the bootstrap of a proxyless gRPC client (the file `GRPC_XDS_BOOTSTRAP` names)
     /// instead of Envoy's: its channels to `xds:///<service>` reach the descriptor's
-    /// dependencies. With --xds-tls it needs --cert-file, --key-file and --ca-file (gRPC
-    /// reads them itself).
+    /// dependencies. With --xds-tls it needs --cert-file, --key-file and --ca-file, or
+    /// --certs-dir (gRPC reads the files itself).
     #[arg(long)]
     pub grpc: bool,
     /// With --grpc: obtain the service's certificate from the control plane's CA (as
     /// `meshplane sidecar` does; --ca-url, --ca-token), write it into this directory
     /// (`current/cert.pem`, `current/key.pem`, `current/ca.pem`; 0700, replaced atomically)
     /// and name it in the bootstrap (gRPC's `certificate_providers`), so the client calls
-    /// callees behind sidecars over mTLS with its service's identity. The certificate is
+    /// callees behind sidecars over mTLS with its service's identity (and, with --xds-tls
+    /// and no --cert-file, authenticates its xDS connection with it). The certificate is
     /// short-lived: keep it renewed with --follow.
     #[arg(long, env = "MESHPLANE_CERTS_DIR", requires = "grpc")]
     pub certs_dir: Option<PathBuf>,

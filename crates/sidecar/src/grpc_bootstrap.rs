@@ -66,6 +66,8 @@ pub struct GrpcXdsTls<'a> {
     pub cert_file: &'a Path,
     /// Its private key.
     pub key_file: &'a Path,
+    /// How often gRPC re-reads the files (renewed ones); `None`: gRPC's default.
+    pub refresh_interval: Option<Duration>,
 }
 
 /// The bootstrap JSON. Every control-plane address is an `xds_servers` entry: gRPC
@@ -73,14 +75,17 @@ pub struct GrpcXdsTls<'a> {
 /// older ones use the first.
 pub fn grpc_bootstrap(spec: &GrpcBootstrapSpec<'_>) -> Value {
     let creds = match spec.tls {
-        Some(tls) => json!([{
-            "type": "tls",
-            "config": {
+        Some(tls) => {
+            let mut config = json!({
                 "ca_certificate_file": tls.ca_file.display().to_string(),
                 "certificate_file": tls.cert_file.display().to_string(),
                 "private_key_file": tls.key_file.display().to_string(),
-            },
-        }]),
+            });
+            if let Some(every) = tls.refresh_interval {
+                config["refresh_interval"] = json!(proto_duration(every));
+            }
+            json!([{ "type": "tls", "config": config }])
+        }
         None => json!([{ "type": "insecure" }]),
     };
     let servers: Vec<Value> = spec
@@ -186,12 +191,14 @@ mod tests {
                 ca_file: Path::new("/etc/ca.pem"),
                 cert_file: Path::new("/etc/cert.pem"),
                 key_file: Path::new("/etc/key.pem"),
+                refresh_interval: None,
             }),
             certificates: None,
         });
         let creds = &tls["xds_servers"][0]["channel_creds"][0];
         assert_eq!(creds["type"], "tls");
         assert_eq!(creds["config"]["certificate_file"], "/etc/cert.pem");
+        assert!(creds["config"].get("refresh_interval").is_none());
         assert!(tls.get("certificate_providers").is_none());
         assert!(
             tls["node"]["metadata"]

@@ -97,20 +97,29 @@ pub(crate) fn render(
     instance_id: &str,
     certificates: Option<(&CertPaths, Duration)>,
 ) -> Result<String, SidecarError> {
-    let tls = match (config.xds_tls, &config.host_certs) {
-        (false, _) => None,
-        (true, Some(files)) => Some(GrpcXdsTls {
+    // The xDS connection's certificate: the host's, else the one from the CA (whose CA
+    // bundle then also checks the control plane, unless --control-plane-ca-file says).
+    let tls = match (config.xds_tls, &config.host_certs, certificates) {
+        (false, _, _) => None,
+        (true, Some(files), _) => Some(GrpcXdsTls {
             ca_file: config
                 .control_plane_ca_file
                 .as_deref()
                 .unwrap_or(&files.ca_file),
             cert_file: &files.cert_file,
             key_file: &files.key_file,
+            refresh_interval: None,
         }),
-        (true, None) => {
+        (true, None, Some((paths, refresh_interval))) => Some(GrpcXdsTls {
+            ca_file: config.control_plane_ca_file.as_deref().unwrap_or(&paths.ca),
+            cert_file: &paths.cert,
+            key_file: &paths.key,
+            refresh_interval: Some(refresh_interval),
+        }),
+        (true, None, None) => {
             return Err(SidecarError::Flag {
                 flag: "xds-tls",
-                message: "a proxyless gRPC client reads its xDS certificate from files: give --cert-file, --key-file and --ca-file (gRPC cannot fetch one from the control plane's CA)".into(),
+                message: "a proxyless gRPC client reads its xDS certificate from files: give --cert-file, --key-file and --ca-file, or --certs-dir for a certificate from the control plane's CA".into(),
             });
         }
     };
