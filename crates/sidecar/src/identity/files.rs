@@ -2,7 +2,7 @@
 //! --grpc --certs-dir DIR`): gRPC's `file_watcher` certificate provider (gRFC A29) reads
 //! them itself, re-reading them every `refresh_interval`.
 //!
-//! Layout: `DIR/current` is a symlink to a directory `DIR/.certs-<serial>` holding
+//! Layout: `DIR/current` is a symlink to a directory `DIR/.certs-<serial>-…` holding
 //! `cert.pem` (chain, leaf first), `key.pem` (0600) and `ca.pem`. A renewal writes a new
 //! directory, then renames a new symlink over `current`, so a reader going through
 //! `current` sees the old set or the new one, never a certificate next to another's key
@@ -72,19 +72,22 @@ impl CertFiles {
         }
     }
 
-    /// Writes `material` as the current set, then removes the older sets.
+    /// Writes `material` as the current set, then removes the older sets. Blocking file
+    /// operations, a few KiB once per renewal.
     pub(super) fn write(&self, material: &Material, leaf: &Leaf) -> io::Result<()> {
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)?;
-        let name = format!("{GENERATION_PREFIX}{}", leaf.serial_hex);
+        // A new directory every time, even for the certificate `current` names already (a
+        // restart writing the cached one): a set being read is never rewritten in place.
+        let name = format!(
+            "{GENERATION_PREFIX}{}-{}-{}",
+            leaf.serial_hex,
+            std::process::id(),
+            self.generation.load(Ordering::Relaxed) + 1
+        );
         let generation = self.dir.join(&name);
-        // A set of the same certificate (a restart that served it from the cache) is
-        // rewritten: it may be incomplete.
-        if generation.exists() {
-            std::fs::remove_dir_all(&generation)?;
-        }
         DirBuilder::new().mode(0o700).create(&generation)?;
         let (chain, key, ca) = material.parts();
         write_file(&generation.join(CERT_FILE), chain, 0o644)?;
