@@ -106,7 +106,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             }
             block_on(async move {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                tokio::spawn(cancel_on_signal(shutdown.clone(), "draining xDS streams"));
                 meshplane_runtime::control_plane::run(config, shutdown).await?;
                 Ok(ExitCode::SUCCESS)
             })
@@ -121,7 +121,10 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             write_bootstrap(output.as_deref(), &enrolled.bootstrap)?;
             if enrolled.follows() {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                tokio::spawn(cancel_on_signal(
+                    shutdown.clone(),
+                    "no more renewals; the certificate files stay until they expire",
+                ));
                 enrolled.follow(shutdown).await;
             }
             Ok(ExitCode::SUCCESS)
@@ -141,7 +144,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
         }),
         Command::Demo(args) => block_on(async move {
             let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            tokio::spawn(cancel_on_signal(shutdown.clone(), "stopping the demo"));
             let options = meshplane_demo::DemoOptions {
                 once: args.once,
                 requests: args.requests,
@@ -170,8 +173,8 @@ fn block_on(
     tokio::runtime::Runtime::new()?.block_on(command)
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
+/// Cancels `shutdown` on SIGINT or SIGTERM, logging `what` happens next.
+async fn cancel_on_signal(shutdown: CancellationToken, what: &'static str) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -183,6 +186,6 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("shutting down: draining xDS streams");
+    tracing::info!("shutting down: {what}");
     shutdown.cancel();
 }
