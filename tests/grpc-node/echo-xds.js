@@ -6,6 +6,10 @@
 // "timeout", "until", "max_seconds"}) and prints one JSON line per command:
 // {"ok": true, "replies": [...]} or {"ok": false, "code", "details", "replies"}.
 //
+// With the argument `xds-credentials`, channels use gRPC's xDS channel credentials (gRFC
+// A29) with plaintext as the fallback: mTLS where the control plane's clusters ask for it,
+// with the bootstrap's certificate provider (`meshplane bootstrap --grpc --certs-dir`).
+//
 // No generated code: `meshplane.test.Echo` carries raw bytes (see tests/grpc/echo.py).
 'use strict';
 
@@ -18,10 +22,13 @@ grpcXds.register();
 const SERVICE = 'meshplane.test.Echo';
 const identity = (b) => b;
 const clients = new Map();
+const credentials = process.argv[2] === 'xds-credentials'
+  ? new grpcXds.XdsChannelCredentials(grpc.credentials.createInsecure())
+  : grpc.credentials.createInsecure();
 
 function client(target) {
   if (!clients.has(target)) {
-    clients.set(target, new grpc.Client(target, grpc.credentials.createInsecure()));
+    clients.set(target, new grpc.Client(target, credentials));
   }
   return clients.get(target);
 }

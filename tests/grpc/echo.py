@@ -25,6 +25,11 @@ No generated code: the service `meshplane.test.Echo` carries raw bytes.
         starts with it (at most `max_seconds`); prints one JSON line per command:
         {"ok": true, "replies": [...]} or {"ok": false, "code", "details", "replies"}.
 
+    echo.py client-xds xds-credentials
+        The same with gRPC's xDS channel credentials (gRFC A29), plaintext as the fallback:
+        mTLS where the control plane's clusters ask for it, with the certificate provider
+        of the bootstrap (`meshplane bootstrap --grpc --certs-dir`).
+
 Run with the project's venv (scripts/install-test-deps.sh installs grpcio).
 """
 
@@ -35,6 +40,7 @@ import time
 from concurrent import futures
 
 import grpc
+import grpc.experimental
 
 SERVICE = "meshplane.test.Echo"
 
@@ -123,7 +129,7 @@ def client(target, authority):
             sys.stdout.flush()
 
 
-def client_xds():
+def client_xds(xds_credentials=False):
     channels = {}
     for line in sys.stdin:
         if not line.strip():
@@ -131,7 +137,12 @@ def client_xds():
         spec = json.loads(line)
         target = spec["target"]
         if target not in channels:
-            channels[target] = grpc.insecure_channel(target)
+            if xds_credentials:
+                fallback = grpc.experimental.insecure_channel_credentials()
+                credentials = grpc.xds_channel_credentials(fallback)
+                channels[target] = grpc.secure_channel(target, credentials)
+            else:
+                channels[target] = grpc.insecure_channel(target)
         unary = channels[target].unary_unary("/%s/%s" % (SERVICE, spec.get("method", "Unary")))
         metadata = tuple((spec.get("metadata") or {}).items())
         payload = spec.get("payload", "").encode()
@@ -170,8 +181,10 @@ def main():
         client(sys.argv[2], sys.argv[3])
     elif sys.argv[1:] == ["client-xds"]:
         client_xds()
+    elif sys.argv[1:] == ["client-xds", "xds-credentials"]:
+        client_xds(xds_credentials=True)
     else:
-        sys.exit("usage: echo.py server NAME [unavailable] | echo.py client TARGET AUTHORITY | echo.py client-xds")
+        sys.exit("usage: echo.py server NAME [unavailable] | echo.py client TARGET AUTHORITY | echo.py client-xds [xds-credentials]")
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             }
             block_on(async move {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                tokio::spawn(cancel_on_signal(shutdown.clone(), "draining xDS streams"));
                 meshplane_runtime::control_plane::run(config, shutdown).await?;
                 Ok(ExitCode::SUCCESS)
             })
@@ -115,16 +115,24 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
             let outcome = meshplane_sidecar::run_sidecar(*args).await?;
             Ok(ExitCode::from(outcome.exit_code()))
         }),
+        Command::Bootstrap(args) if args.certs_dir.is_some() => block_on(async move {
+            let output = args.output.clone();
+            let enrolled = meshplane_sidecar::enrol_grpc(args).await?;
+            write_bootstrap(output.as_deref(), &enrolled.bootstrap)?;
+            if enrolled.follows() {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(
+                    shutdown.clone(),
+                    "no more renewals; the certificate files stay until they expire",
+                ));
+                enrolled.follow(shutdown).await;
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Bootstrap(args) => {
             let output = args.output.clone();
             let text = meshplane_sidecar::render_bootstrap(args)?;
-            match output {
-                Some(path) => {
-                    meshplane_sidecar::write_file_atomically(&path, &format!("{text}\n"))?;
-                    Ok(ExitCode::SUCCESS)
-                }
-                None => print_stdout(&format!("{text}\n")),
-            }
+            write_bootstrap(output.as_deref(), &text)
         }
         Command::Identity(args) => block_on(async move {
             meshplane_sidecar::run_identity(args).await?;
@@ -136,7 +144,7 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
         }),
         Command::Demo(args) => block_on(async move {
             let shutdown = CancellationToken::new();
-            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            tokio::spawn(cancel_on_signal(shutdown.clone(), "stopping the demo"));
             let options = meshplane_demo::DemoOptions {
                 once: args.once,
                 requests: args.requests,
@@ -148,14 +156,25 @@ pub fn run(cli: Cli, matches: &ArgMatches) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The bootstrap to `output` (replaced atomically) or stdout.
+fn write_bootstrap(output: Option<&std::path::Path>, text: &str) -> anyhow::Result<ExitCode> {
+    match output {
+        Some(path) => {
+            meshplane_sidecar::write_file_atomically(path, &format!("{text}\n"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => print_stdout(&format!("{text}\n")),
+    }
+}
+
 fn block_on(
     command: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
 ) -> anyhow::Result<ExitCode> {
     tokio::runtime::Runtime::new()?.block_on(command)
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
+/// Cancels `shutdown` on SIGINT or SIGTERM, logging `what` happens next.
+async fn cancel_on_signal(shutdown: CancellationToken, what: &'static str) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -167,6 +186,6 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("shutting down: draining xDS streams");
+    tracing::info!("shutting down: {what}");
     shutdown.cancel();
 }

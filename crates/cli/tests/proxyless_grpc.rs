@@ -6,7 +6,10 @@
 //! honour registry weights, move to a new instance within 1 s of its registration, stop
 //! using a deregistered one, follow `x-canary: 1` to a canary; a target that is not one of
 //! the descriptor's dependencies does not exist for them; the admin API shows the client
-//! SYNCED like a sidecar.
+//! SYNCED like a sidecar. With certificates (`--certs-dir`, gRFC A29) they call a callee
+//! whose real Envoy sidecar is `mtls: strict` over mTLS, as their service: its `incoming`
+//! permissions allow one service and deny another; a plaintext client is refused; the
+//! files stay valid past the first certificate's expiry (`--follow`).
 
 mod support;
 
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::grpc::{GrpcServer, ROOT, python};
-use support::{Mesh, TestCa, poll};
+use support::{Mesh, MeshplaneProcess, TestCa, free_port, poll};
 
 /// A proxyless client process: one JSON command per line in, one JSON answer per line out.
 struct XdsClient {
@@ -37,6 +40,12 @@ enum Grpc {
 
 impl XdsClient {
     fn start(grpc: Grpc, bootstrap: &std::path::Path) -> XdsClient {
+        Self::start_with(grpc, bootstrap, false)
+    }
+
+    /// With `xds_credentials`, the client's channels use gRPC's xDS credentials (plaintext
+    /// fallback): mTLS where the control plane's clusters ask for it.
+    fn start_with(grpc: Grpc, bootstrap: &std::path::Path, xds_credentials: bool) -> XdsClient {
         let mut command = match grpc {
             Grpc::Python => {
                 let mut c = Command::new(python());
@@ -54,6 +63,9 @@ impl XdsClient {
                 c
             }
         };
+        if xds_credentials {
+            command.arg("xds-credentials");
+        }
         let mut child = command
             .env("GRPC_XDS_BOOTSTRAP", bootstrap)
             .stdin(Stdio::piped())
@@ -348,4 +360,224 @@ async fn proxyless_client_over_authenticated_xds() {
         "an impostor must get nothing: {answer}"
     );
     eprintln!("impostor: {answer}");
+}
+
+const BILLING: &str = "service: billing\nport: 8081\ningress: { port: 31002 }\ndependencies:\n  - service: payments\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_grpc_client_calls_a_strict_callee_over_mtls() {
+    mtls_to_a_strict_callee(Grpc::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_grpc_client_calls_a_strict_callee_over_mtls() {
+    mtls_to_a_strict_callee(Grpc::Node).await;
+}
+
+/// mTLS from proxyless clients: `meshplane bootstrap --grpc --certs-dir` enrols at the
+/// control plane's CA and names the files in the bootstrap; the client's clusters then
+/// present its certificate to `payments`' strict sidecar, whose `incoming` names callers by
+/// that certificate.
+async fn mtls_to_a_strict_callee(grpc: Grpc) {
+    // Short-lived certificates, so the test sees one expire.
+    let ttl = Duration::from_secs(10);
+    let mut mesh = Mesh::start(|c, _| c.cert_ttl = "10s".to_owned()).await;
+    let server = GrpcServer::start("payments-1");
+    let payments_descriptor = format!(
+        "service: payments\nport: {}\nprotocol: grpc\nmtls: strict\ningress: {{ port: {} }}\nincoming:\n  endpoints:\n    - {{ path: /meshplane.test.Echo/Unary, clients: [checkout] }}\n",
+        server.port,
+        free_port()
+    );
+    mesh.sidecar("payments-1", &payments_descriptor, 1).await;
+    let dir = mesh.dir.path().to_owned();
+    let ca_url = format!("http://{}", mesh.cp.admin_addr);
+
+    // checkout's certificate keeper: enrols, writes the bootstrap, renews until killed.
+    let descriptor = dir.join("checkout.yaml");
+    std::fs::write(&descriptor, CHECKOUT).expect("descriptor written");
+    let certs = dir.join("checkout-certs");
+    let checkout_bootstrap = dir.join("checkout-1-bootstrap.json");
+    let args: Vec<String> = [
+        "bootstrap",
+        "--grpc",
+        "--descriptor",
+        &descriptor.display().to_string(),
+        "--control-plane",
+        &mesh.cp.xds_addr.to_string(),
+        "--instance-id",
+        "checkout-1",
+        "--ca-url",
+        &ca_url,
+        "--certs-dir",
+        &certs.display().to_string(),
+        "--certs-refresh-interval",
+        "1s",
+        "--follow",
+        "--output",
+        &checkout_bootstrap.display().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let _keeper = MeshplaneProcess::spawn(&args, &dir.join("checkout-keeper.log"));
+    let enrolled = Instant::now();
+    assert!(
+        poll(|| async { checkout_bootstrap.exists() }).await,
+        "meshplane bootstrap --follow wrote no bootstrap"
+    );
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&checkout_bootstrap).expect("bootstrap"))
+            .expect("JSON");
+    assert_eq!(
+        written["node"]["metadata"]["certificate_provider"],
+        "meshplane"
+    );
+    let provider = &written["certificate_providers"]["meshplane"];
+    assert_eq!(provider["plugin_name"], "file_watcher", "{written}");
+    assert_eq!(
+        provider["config"]["certificate_file"],
+        certs.join("current/cert.pem").display().to_string()
+    );
+    let first_set = std::fs::read_link(certs.join("current")).expect("current");
+
+    // checkout reaches payments (once its sidecar's instance is passing) over mTLS.
+    let client = parking_lot::Mutex::new(XdsClient::start_with(grpc, &checkout_bootstrap, true));
+    let reached = poll(|| async { client.lock().call(payments(1))["ok"] == true }).await;
+    let answer = client.lock().call(payments(10));
+    assert!(reached, "checkout never reached payments: {answer}");
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(
+        by_server(&answer).keys().collect::<Vec<_>>(),
+        vec!["payments-1"]
+    );
+    // gRPC accepted the mTLS clusters (no NACK), in a group of clients with certificates.
+    let proxies = mesh.admin_json("/api/proxies").await;
+    let checkout = proxies
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["node_id"] == "checkout-1")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(checkout["sync"], "SYNCED", "{checkout}");
+    assert!(
+        checkout["group"]
+            .as_str()
+            .is_some_and(|g| g.contains("-grpc-mtls-")),
+        "{checkout}"
+    );
+
+    // billing, with a certificate of its own: `incoming` names only checkout.
+    let billing_certs = dir.join("billing-certs");
+    let billing_bootstrap = bootstrap_with(
+        &mesh,
+        "billing-1",
+        BILLING,
+        &[
+            "--ca-url",
+            &ca_url,
+            "--certs-dir",
+            &billing_certs.display().to_string(),
+        ],
+    );
+    let mut billing = XdsClient::start_with(grpc, &billing_bootstrap, true);
+    let answer =
+        billing.call(json!({ "target": "xds:///payments", "payload": "x", "timeout": 10 }));
+    assert_eq!(answer["ok"], false, "billing is not allowed: {answer}");
+    assert_eq!(answer["code"], "PERMISSION_DENIED", "{answer}");
+    // Denied by the permissions (on the mTLS chain), not refused as plaintext.
+    assert_eq!(answer["details"], "RBAC: access denied", "{answer}");
+
+    // checkout without a certificate: plaintext, refused by the strict callee.
+    let plain_bootstrap = bootstrap(&mesh, "checkout-2", CHECKOUT);
+    let mut plain = XdsClient::start_with(grpc, &plain_bootstrap, true);
+    let answer = plain.call(json!({ "target": "xds:///payments", "payload": "x", "timeout": 10 }));
+    assert_eq!(answer["ok"], false, "plaintext must be refused: {answer}");
+    assert_eq!(answer["code"], "PERMISSION_DENIED", "{answer}");
+    assert!(
+        answer["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("accepts only mutual TLS")),
+        "{answer}"
+    );
+
+    // The keeper renews the files before expiry; after the first certificate expired, a
+    // client reading them (new connections, a new handshake) still gets through.
+    let renewed = poll(|| async {
+        std::fs::read_link(certs.join("current")).is_ok_and(|set| set != first_set)
+    })
+    .await;
+    assert!(renewed, "the certificate files were not renewed");
+    let expired = poll(|| async { enrolled.elapsed() > ttl + Duration::from_secs(1) }).await;
+    assert!(expired);
+    let mut late = XdsClient::start_with(grpc, &checkout_bootstrap, true);
+    let answer = late.call(json!({ "target": "xds:///payments", "payload": "x", "timeout": 10 }));
+    assert_eq!(answer["ok"], true, "renewed files work: {answer}");
+    let answer = client.lock().call(payments(5));
+    assert_eq!(answer["ok"], true, "the first client still works: {answer}");
+}
+
+/// A client enrolled at the control plane's CA (`--certs-dir`) also authenticates its xDS
+/// connection with that certificate (`--xds-tls` without host files; grpcio's `tls` channel
+/// credentials): a control plane whose CA is the operator's, requiring client certificates
+/// from it on the xDS port, serves it, and its calls reach a strict callee.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxyless_client_enrolled_at_the_ca_authenticates_its_xds_stream() {
+    let pki = tempfile::tempdir().expect("tmp");
+    let operator = TestCa::new(pki.path(), "operator");
+    let (server_cert, server_key) = operator.issue_server("xds");
+    let (ca_cert, ca_key) = (
+        operator.ca_file().to_owned(),
+        operator.key_file().to_owned(),
+    );
+    let mut mesh = Mesh::start(move |c, _| {
+        c.xds_tls_cert = Some(server_cert.into());
+        c.xds_tls_key = Some(server_key.into());
+        c.xds_client_ca = Some(ca_cert.clone().into());
+        c.ca_cert = Some(ca_cert.into());
+        c.ca_key = Some(ca_key.into());
+    })
+    .await;
+    let server = GrpcServer::start("payments-1");
+    let payments_descriptor = format!(
+        "service: payments\nport: {}\nprotocol: grpc\nmtls: strict\ningress: {{ port: {} }}\n",
+        server.port,
+        free_port()
+    );
+    mesh.sidecar_with("payments-1", &payments_descriptor, 1, &["--xds-tls"])
+        .await;
+    let certs = mesh.dir.path().join("checkout-certs");
+    let bootstrap_file = bootstrap_with(
+        &mesh,
+        "checkout-1",
+        CHECKOUT,
+        &[
+            "--xds-tls",
+            "--ca-url",
+            &format!("http://{}", mesh.cp.admin_addr),
+            "--certs-dir",
+            &certs.display().to_string(),
+        ],
+    );
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&bootstrap_file).expect("read"))
+            .expect("JSON");
+    let creds = &written["xds_servers"][0]["channel_creds"][0];
+    assert_eq!(creds["type"], "tls", "{written}");
+    assert_eq!(
+        creds["config"]["certificate_file"],
+        certs.join("current/cert.pem").display().to_string()
+    );
+    let client =
+        parking_lot::Mutex::new(XdsClient::start_with(Grpc::Python, &bootstrap_file, true));
+    let reached = poll(|| async { client.lock().call(payments(1))["ok"] == true }).await;
+    assert!(reached, "checkout never reached payments");
+    let proxies = mesh.admin_json("/api/proxies").await;
+    let checkout = proxies
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["node_id"] == "checkout-1")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(checkout["sync"], "SYNCED", "{checkout}");
 }

@@ -19,10 +19,22 @@ pub const PROXYLESS_KEY: &str = "proxyless";
 /// The value of [`PROXYLESS_KEY`] for gRPC's xDS clients.
 pub const PROXYLESS_GRPC: &str = "grpc";
 
+/// Set by `meshplane bootstrap --grpc --certs-dir` to [`GRPC_CERTIFICATE_PROVIDER`]: the
+/// proxyless client's bootstrap defines that certificate provider instance (gRFC A29,
+/// `certificate_providers`) with the service's certificate, so its clusters can ask for
+/// mTLS. Only meaningful with [`PROXYLESS_KEY`].
+pub const CERTIFICATE_PROVIDER_KEY: &str = "certificate_provider";
+
+/// The certificate provider instance a proxyless gRPC client's bootstrap defines (its
+/// certificate, key and CA bundle) and its clusters name: one name for every client, so
+/// their clusters stay shared.
+pub const GRPC_CERTIFICATE_PROVIDER: &str = "meshplane";
+
 /// Every key above: none of them is a descriptor field.
-pub const SIDECAR_KEYS: [&str; 4] = [
+pub const SIDECAR_KEYS: [&str; 5] = [
     ADMIN_KEY,
     ADMIN_RELAY_KEY,
     LISTEN_ADDRESS_KEY,
     PROXYLESS_KEY,
+    CERTIFICATE_PROVIDER_KEY,
 ];

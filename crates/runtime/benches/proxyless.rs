@@ -113,6 +113,7 @@ fn main() {
                 listen_address: "10.0.0.1".into(),
                 datacenter: "dc1".into(),
                 proxyless,
+                proxyless_mtls: false,
             },
         );
         keys.push((label, key));

@@ -66,6 +66,7 @@ fn group(yaml: &str) -> ProxyGroup {
         listen_address: "10.0.0.1".into(),
         datacenter: "dc1".into(),
         proxyless: false,
+        proxyless_mtls: false,
     }
 }
 

@@ -90,10 +90,28 @@ pub struct BootstrapArgs {
     pub work_dir: Option<PathBuf>,
     /// Write the bootstrap of a proxyless gRPC client (the file `GRPC_XDS_BOOTSTRAP` names)
     /// instead of Envoy's: its channels to `xds:///<service>` reach the descriptor's
-    /// dependencies. With --xds-tls it needs --cert-file, --key-file and --ca-file (gRPC
-    /// reads them itself).
+    /// dependencies. With --xds-tls it needs --cert-file, --key-file and --ca-file, or
+    /// --certs-dir (gRPC reads the files itself).
     #[arg(long)]
     pub grpc: bool,
+    /// With --grpc: obtain the service's certificate from the control plane's CA (as
+    /// `meshplane sidecar` does; --ca-url, --ca-token), write it into this directory
+    /// (`current/cert.pem`, `current/key.pem`, `current/ca.pem`; 0700, replaced atomically)
+    /// and name it in the bootstrap (gRPC's `certificate_providers`), so the client calls
+    /// callees behind sidecars over mTLS with its service's identity (and, with --xds-tls
+    /// and no --cert-file, authenticates its xDS connection with it). The certificate is
+    /// short-lived: keep it renewed with --follow.
+    #[arg(long, env = "MESHPLANE_CERTS_DIR", requires = "grpc")]
+    pub certs_dir: Option<PathBuf>,
+    /// With --certs-dir: after writing the files and the bootstrap, keep running and renew
+    /// the certificate (after half its remaining lifetime, retrying with backoff) until
+    /// SIGTERM or SIGINT. Run it next to the app, e.g. as a service.
+    #[arg(long, requires = "certs_dir")]
+    pub follow: bool,
+    /// With --certs-dir: how often gRPC re-reads the certificate files (the
+    /// `refresh_interval` of its `file_watcher` provider).
+    #[arg(long, value_parser = parse_duration, default_value = "10s", requires = "certs_dir")]
+    pub certs_refresh_interval: Duration,
     /// Write the bootstrap to this file (replaced atomically) instead of printing it.
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,

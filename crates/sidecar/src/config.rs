@@ -248,17 +248,25 @@ impl SidecarConfig {
                 key: files.key_file.clone(),
                 ca: files.ca_file.clone(),
             },
-            None => crate::identity::IdentitySource::ControlPlaneCa {
-                admin_urls: self.ca_admin_urls(),
-                token: self.ca_token.clone().or_else(|| self.token.clone()),
-                service,
-                trust_domain: self.trust_domain.clone(),
-                ca_bundle: self.control_plane_ca_file.clone(),
-            },
+            None => self.ca_source(service),
         };
         let mut config = crate::identity::IdentityConfig::new(source, sds_socket(work_dir));
         config.cache_dir = Some(work_dir.join(IDENTITY_CACHE));
         config
+    }
+
+    /// The control plane's CA as the source of `service`'s certificate.
+    pub fn ca_source(
+        &self,
+        service: meshplane_model::ServiceName,
+    ) -> crate::identity::IdentitySource {
+        crate::identity::IdentitySource::ControlPlaneCa {
+            admin_urls: self.ca_admin_urls(),
+            token: self.ca_token.clone().or_else(|| self.token.clone()),
+            service,
+            trust_domain: self.trust_domain.clone(),
+            ca_bundle: self.control_plane_ca_file.clone(),
+        }
     }
 
     /// The CA's admin URLs: `ca_url`, or port 18080 (the control plane's default admin

@@ -12,6 +12,8 @@
 //! `supervisor` (the loop), [`bootstrap`] (the pure bootstrap), `announce` and
 //! [`registration`]. [`access_log`] collects Envoy's access-log lines (its stdout) to stdout
 //! or a file. [`args`] holds the command-line flags the `meshplane` binary embeds.
+//! [`grpc_bootstrap`] is a proxyless gRPC client's bootstrap, and [`enrol_grpc`] its
+//! certificate from the control plane's CA as files (`--certs-dir`, `--follow`).
 
 pub mod access_log;
 pub mod args;
@@ -22,6 +24,7 @@ pub mod dry_run;
 pub mod egress_flags;
 pub mod envoy;
 pub mod grpc_bootstrap;
+mod grpc_enrolment;
 pub mod identity;
 pub mod registration;
 pub mod restart_policy;
@@ -43,6 +46,7 @@ pub use args::{BootstrapArgs, IdentityArgs, SidecarArgs};
 pub use config::{ControlPlaneAddr, SidecarConfig, XdsFlavour};
 pub use dry_run::{DiffArgs, run_diff};
 pub use error::SidecarError;
+pub use grpc_enrolment::{GrpcEnrolment, enrol_grpc};
 pub use status::{Outcome, SidecarStatus};
 
 /// A sidecar: configured, not yet running. [`Sidecar::status`] can be watched while it runs.
@@ -197,9 +201,16 @@ pub async fn run_identity(args: IdentityArgs) -> Result<(), SidecarError> {
 
 /// `meshplane bootstrap`: the bootstrap JSON the sidecar would write, for hosts that run
 /// Envoy themselves, or with `--grpc` a proxyless gRPC client's. Envoy is neither found nor
-/// started; the descriptor is validated.
+/// started; the descriptor is validated. With `--certs-dir` (which obtains a certificate),
+/// use [`enrol_grpc`].
 pub fn render_bootstrap(args: BootstrapArgs) -> Result<String, SidecarError> {
     let grpc = args.grpc;
+    if args.certs_dir.is_some() {
+        return Err(SidecarError::Flag {
+            flag: "certs-dir",
+            message: "obtaining a certificate is `enrol_grpc`'s job".into(),
+        });
+    }
     let config = args.into_config()?;
     let loaded = descriptor::load(&config.descriptor)?;
     if config.control_plane.is_empty() {
@@ -208,7 +219,7 @@ pub fn render_bootstrap(args: BootstrapArgs) -> Result<String, SidecarError> {
     let d = &loaded.descriptor;
     let instance_id = config.instance_id_for(d);
     if grpc {
-        return render_grpc_bootstrap(&config, &loaded, &instance_id);
+        return grpc_enrolment::render(&config, &loaded, &instance_id, None);
     }
     let sds_socket = config::sds_socket(&config.work_dir_for(&instance_id));
     let value = bootstrap::bootstrap(&bootstrap::BootstrapSpec {
@@ -228,40 +239,6 @@ pub fn render_bootstrap(args: BootstrapArgs) -> Result<String, SidecarError> {
         metrics_port: d.metrics.port,
         // No sidecar process: nothing serves the egress flags.
         egress_flags: None,
-    });
-    serde_json::to_string_pretty(&value)
-        .map_err(|e| SidecarError::io("cannot encode the bootstrap")(std::io::Error::other(e)))
-}
-
-fn render_grpc_bootstrap(
-    config: &SidecarConfig,
-    loaded: &descriptor::LoadedDescriptor,
-    instance_id: &str,
-) -> Result<String, SidecarError> {
-    let tls = match (config.xds_tls, &config.host_certs) {
-        (false, _) => None,
-        (true, Some(files)) => Some(grpc_bootstrap::GrpcXdsTls {
-            ca_file: config
-                .control_plane_ca_file
-                .as_deref()
-                .unwrap_or(&files.ca_file),
-            cert_file: &files.cert_file,
-            key_file: &files.key_file,
-        }),
-        (true, None) => {
-            return Err(SidecarError::Flag {
-                flag: "xds-tls",
-                message: "a proxyless gRPC client reads its certificate from files: give --cert-file, --key-file and --ca-file (gRPC cannot fetch one from the control plane's CA)".into(),
-            });
-        }
-    };
-    let value = grpc_bootstrap::grpc_bootstrap(&grpc_bootstrap::GrpcBootstrapSpec {
-        descriptor: &loaded.written,
-        instance_id,
-        service: loaded.descriptor.service.as_ref(),
-        datacenter: &config.datacenter,
-        control_plane: &config.control_plane,
-        tls,
     });
     serde_json::to_string_pretty(&value)
         .map_err(|e| SidecarError::io("cannot encode the bootstrap")(std::io::Error::other(e)))

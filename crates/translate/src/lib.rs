@@ -41,7 +41,7 @@ pub use cluster::service_cluster;
 pub use egress_routes::EgressRoutes;
 pub use endpoints::{routable_address, service_endpoints};
 pub use protocol::{UpstreamProtocol, upstream_protocol};
-pub use proxyless::{proxyless_clusters, proxyless_endpoints};
+pub use proxyless::{proxyless_clusters, proxyless_endpoints, proxyless_mtls_clusters};
 pub use rbac::{AUDIT_PREFIX, ENFORCE_PREFIX};
 
 /// Control-plane-wide translation settings.
@@ -136,6 +136,10 @@ pub struct ProxyGroup {
     /// gives it API listeners and their routes, and its services' resources are
     /// [`proxyless_clusters`] and [`proxyless_endpoints`] instead.
     pub proxyless: bool,
+    /// A proxyless client whose bootstrap defines gRPC's certificate provider
+    /// [`GRPC_CERTIFICATE_PROVIDER`](meshplane_model::node_metadata::GRPC_CERTIFICATE_PROVIDER)
+    /// (its node metadata says so): its clusters are [`proxyless_mtls_clusters`].
+    pub proxyless_mtls: bool,
 }
 
 /// A group's own resources. Service clusters and endpoints come from

@@ -16,6 +16,14 @@
 //!   round robin ignores endpoint weights and honours only locality weights, so every
 //!   instance is its own locality (datacenter as region and zone, the instance id as
 //!   sub-zone) weighted by its registry weight; datacenters stay failover priorities.
+//! - for clients with a certificate (their bootstrap defines gRPC's certificate provider
+//!   [`GRPC_CERTIFICATE_PROVIDER`], gRFC A29), the same clusters with mTLS
+//!   ([`proxyless_mtls_clusters`]): a parallel set, shared by every such client, under the
+//!   same names, so their routes and endpoints are the plaintext clients' ones. gRPC reads
+//!   one `transport_socket` per cluster (no `transport_socket_matches`, which is how a
+//!   sidecar picks mTLS per instance), so a cluster is mTLS when every instance it can reach
+//!   accepts mTLS (a sidecar with `mtls: permissive|strict`), and plaintext otherwise, like
+//!   a plaintext client's: a service half moved onto sidecars keeps answering.
 //!
 //! An undeclared service gets no listener: the client's channel to it fails (the resource
 //! does not exist). No ingress or egress listener, no local-app cluster.
@@ -39,11 +47,13 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     HttpConnectionManager, Rds, http_connection_manager,
 };
 use meshplane_model::descriptor::{Dependency, GrpcRetryStatus, RetryOn};
+use meshplane_model::node_metadata::GRPC_CERTIFICATE_PROVIDER;
 use meshplane_model::{Instance, ServiceName};
 
 use crate::endpoints::{CANARY_TAG, routable_address};
 use crate::proto::{ads, any, duration, u32_value};
 use crate::route::{CANARY_HEADER, DEFAULT_RETRIES, dependency, header_exact, retry_back_off};
+use crate::security::{accepts_mtls, grpc_upstream_mtls};
 use crate::{Catalog, GroupConfig, MeshOptions, ProxyGroup, names, service_endpoints};
 
 /// gRPC caps a call's attempts at 5 (A44): retries beyond 4 are not sent.
@@ -181,6 +191,38 @@ pub fn proxyless_clusters(service: &ServiceName, instances: &[Instance]) -> Vec<
         out.push(eds_cluster(names::canary_cluster(service)));
     }
     out
+}
+
+/// [`proxyless_clusters`] for clients with a certificate: each cluster whose instances all
+/// accept mTLS presents the client's certificate and checks the callee's SPIFFE id in
+/// `trust_domain` (gRPC's `file_watcher` certificate provider
+/// [`GRPC_CERTIFICATE_PROVIDER`], which `meshplane bootstrap --grpc --certs-dir` writes).
+pub fn proxyless_mtls_clusters(
+    service: &ServiceName,
+    instances: &[Instance],
+    trust_domain: &str,
+) -> Vec<Cluster> {
+    let tls = || grpc_upstream_mtls(service, trust_domain, GRPC_CERTIFICATE_PROVIDER);
+    let routable = || instances.iter().filter(|i| routable_address(i));
+    let mut main = eds_cluster(service.to_string());
+    if all_accept_mtls(routable()) {
+        main.transport_socket = Some(tls());
+    }
+    let mut out = vec![main];
+    if has_canary(instances) {
+        let mut canary = eds_cluster(names::canary_cluster(service));
+        if all_accept_mtls(routable().filter(|i| i.tags.iter().any(|t| t == CANARY_TAG))) {
+            canary.transport_socket = Some(tls());
+        }
+        out.push(canary);
+    }
+    out
+}
+
+/// Whether there are instances and every one accepts mTLS.
+fn all_accept_mtls<'a>(instances: impl Iterator<Item = &'a Instance>) -> bool {
+    let mut instances = instances.peekable();
+    instances.peek().is_some() && instances.all(|i| accepts_mtls(&i.meta))
 }
 
 fn eds_cluster(name: String) -> Cluster {

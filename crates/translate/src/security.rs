@@ -15,9 +15,10 @@ use envoy_types::pb::envoy::config::core::v3::{
     config_source, grpc_service, transport_socket,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
-    SubjectAltNameMatcher, TlsParameters, UpstreamTlsContext, common_tls_context,
-    downstream_tls_context, subject_alt_name_matcher, tls_parameters,
+    CertificateProviderPluginInstance, CertificateValidationContext, CommonTlsContext,
+    DownstreamTlsContext, SdsSecretConfig, SubjectAltNameMatcher, TlsParameters,
+    UpstreamTlsContext, common_tls_context, downstream_tls_context, subject_alt_name_matcher,
+    tls_parameters,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::BoolValue;
@@ -132,6 +133,54 @@ pub(crate) fn upstream_mtls(
     }
     let tls = UpstreamTlsContext {
         common_tls_context: Some(common_tls_context),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: TLS_SOCKET.to_owned(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&tls))),
+    }
+}
+
+/// What a proxyless gRPC client uses towards an instance of `service` that accepts mTLS
+/// (gRFC A29): its certificate and the CA bundle from the certificate provider instance
+/// `provider` its bootstrap defines (gRPC reads the files itself), and accept only a peer
+/// proving `service`'s SPIFFE id.
+///
+/// Only what gRPC reads, since it NACKs a cluster with fields it cannot honour
+/// (grpc-js rejects `tls_params`, for one): the two provider instances in the
+/// `validation_context` form and the SAN check in `match_subject_alt_names`, the field gRPC
+/// implements (Envoy reads it too, though it prefers `match_typed_subject_alt_names`, which
+/// grpc-js ignores). No ALPN list: gRPC always offers `h2` itself, and the callee's ingress
+/// picks HTTP/2 from it.
+pub(crate) fn grpc_upstream_mtls(
+    service: &ServiceName,
+    trust_domain: &str,
+    provider: &str,
+) -> TransportSocket {
+    let instance = || CertificateProviderPluginInstance {
+        instance_name: provider.to_owned(),
+        certificate_name: String::new(),
+    };
+    #[allow(deprecated)] // the SAN field gRPC reads (see above)
+    let validation = CertificateValidationContext {
+        ca_certificate_provider_instance: Some(instance()),
+        match_subject_alt_names: vec![StringMatcher {
+            match_pattern: Some(string_matcher::MatchPattern::Exact(spiffe_id(
+                trust_domain,
+                service,
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let tls = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_provider_instance: Some(instance()),
+            validation_context_type: Some(
+                common_tls_context::ValidationContextType::ValidationContext(validation),
+            ),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     TransportSocket {

@@ -27,6 +27,7 @@ fn mk_group(yaml: &str) -> ProxyGroup {
         listen_address: "0.0.0.0".into(),
         datacenter: "dc1".into(),
         proxyless: false,
+        proxyless_mtls: false,
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use meshplane_model::{Descriptor, Health, Instance, InstanceId, Locality, ServiceName};
 use meshplane_translate::{
     Catalog, MeshOptions, ProxyGroup, TracingOptions, group_config, proxyless_clusters,
-    proxyless_endpoints, service_cluster, service_endpoints,
+    proxyless_endpoints, proxyless_mtls_clusters, service_cluster, service_endpoints,
 };
 
 struct Fixture(Vec<(ServiceName, Vec<Instance>)>);
@@ -123,6 +123,7 @@ fn orders_group() {
         listen_address: "10.0.0.9".into(),
         datacenter: "dc1".into(),
         proxyless: false,
+        proxyless_mtls: false,
     };
     let options = MeshOptions {
         tracing: Some(TracingOptions {
@@ -188,6 +189,7 @@ fn orders_access_logs() {
         listen_address: "10.0.0.9".into(),
         datacenter: "dc1".into(),
         proxyless: false,
+        proxyless_mtls: false,
     };
     let config = group_config(&group, &catalog(), &MeshOptions::default()).expect("translates");
     check("orders-access-logs", render_access_logs(&config.listeners));
@@ -251,6 +253,7 @@ fn grpc_service_resources() {
         listen_address: "10.0.0.7".into(),
         datacenter: "dc1".into(),
         proxyless: false,
+        proxyless_mtls: false,
     };
     let config =
         group_config(&group, &Fixture(Vec::new()), &MeshOptions::default()).expect("translates");
@@ -293,6 +296,7 @@ fn proxyless_grpc_client() {
         listen_address: "0.0.0.0".into(),
         datacenter: "dc1".into(),
         proxyless: true,
+        proxyless_mtls: false,
     };
     let options = MeshOptions::default();
     let config = group_config(&group, &catalog, &options).expect("translates");
@@ -321,4 +325,34 @@ fn proxyless_grpc_client() {
             proxyless_endpoints(&name("payments"), &instances, "dc1", &options)
         ),
     );
+    // Clients with a certificate (`--certs-dir`): the same clusters, with mTLS when every
+    // instance a cluster reaches has a sidecar accepting it.
+    let behind_sidecars: Vec<Instance> = instances
+        .into_iter()
+        .map(|mut i| {
+            i.meta.insert("mtls".into(), "strict".into());
+            i
+        })
+        .collect();
+    // Each cluster's transport socket decoded, so the golden reads (the rest is the
+    // plaintext clients' cluster, checked by the unit tests).
+    let sockets: Vec<_> = proxyless_mtls_clusters(
+        &name("payments"),
+        &behind_sidecars,
+        "meshplane.local",
+    )
+    .into_iter()
+    .map(|c| {
+        use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+        use prost::Message;
+        let socket = c.transport_socket.expect("mTLS");
+        let Some(ConfigType::TypedConfig(any)) = socket.config_type else {
+            panic!("typed config");
+        };
+        let tls = UpstreamTlsContext::decode(any.value.as_slice()).expect("TLS context");
+        (c.name, socket.name, any.type_url, tls)
+    })
+    .collect();
+    check("proxyless-mtls-clusters", format!("{sockets:#?}"));
 }

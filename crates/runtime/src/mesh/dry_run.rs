@@ -70,6 +70,7 @@ impl Planner for DryRunPlanner {
                 .map_or(&self.options.datacenter, |g| &g.datacenter)
                 .clone(),
             proxyless: live.is_some_and(|g| g.proxyless),
+            proxyless_mtls: live.is_some_and(|g| g.proxyless_mtls),
         };
         let live: Vec<_> = self
             .groups

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use meshplane_model::Descriptor;
 use meshplane_model::node_metadata::{
-    ADMIN_KEY, ADMIN_RELAY_KEY, LISTEN_ADDRESS_KEY, PROXYLESS_GRPC, PROXYLESS_KEY,
+    ADMIN_KEY, ADMIN_RELAY_KEY, CERTIFICATE_PROVIDER_KEY, GRPC_CERTIFICATE_PROVIDER,
+    LISTEN_ADDRESS_KEY, PROXYLESS_GRPC, PROXYLESS_KEY,
 };
 use meshplane_translate::{MeshOptions, ProxyGroup, check_policy};
 use meshplane_xds::server::node::check_node_identity;
@@ -126,6 +127,7 @@ impl DescriptorGrouper {
         })?;
         let mut json = to_json(metadata);
         let mut proxyless = false;
+        let mut proxyless_mtls = false;
         let listen_address = match json.as_object_mut() {
             Some(map) => {
                 map.remove(ADMIN_KEY);
@@ -136,6 +138,16 @@ impl DescriptorGrouper {
                         )));
                     }
                     proxyless = true;
+                }
+                if let Some(provider) = map.remove(CERTIFICATE_PROVIDER_KEY) {
+                    // Clusters name the provider instance; one gRPC does not define would
+                    // make it NACK every cluster.
+                    if !proxyless || provider.as_str() != Some(GRPC_CERTIFICATE_PROVIDER) {
+                        return Err(invalid(format!(
+                            "node.metadata.{CERTIFICATE_PROVIDER_KEY} is {provider}: only a proxyless gRPC client (`{PROXYLESS_KEY}: {PROXYLESS_GRPC}`) has one, and it is \"{GRPC_CERTIFICATE_PROVIDER}\" (write the bootstrap with `meshplane bootstrap --grpc --certs-dir DIR`)"
+                        )));
+                    }
+                    proxyless_mtls = true;
                 }
                 if let Some(relay) = map.remove(ADMIN_RELAY_KEY)
                     && let Some(addr) = relay_addr(&relay)
@@ -170,6 +182,7 @@ impl DescriptorGrouper {
             listen_address,
             datacenter: self.datacenter_of(node)?,
             proxyless,
+            proxyless_mtls,
         })
     }
 
@@ -222,8 +235,13 @@ impl NodeGrouper for DescriptorGrouper {
             serde_json::to_string(&(&group.descriptor, &group.listen_address, &group.datacenter))
                 .map_err(|e| GroupError::InvalidArgument(e.to_string()))?;
         let hash = xxhash_rust::xxh3::xxh3_64(canonical.as_bytes());
-        // A proxyless client gets other resources than an Envoy with the same descriptor.
-        let kind = if group.proxyless { "grpc-" } else { "" };
+        // A proxyless client gets other resources than an Envoy with the same descriptor, and
+        // one with a certificate other clusters than one without.
+        let kind = match (group.proxyless, group.proxyless_mtls) {
+            (false, _) => "",
+            (true, false) => "grpc-",
+            (true, true) => "grpc-mtls-",
+        };
         let key = GroupKey::new(format!("{}-{kind}{hash:016x}", group.descriptor.service));
         self.groups.insert(key.clone(), group);
         Ok(key)

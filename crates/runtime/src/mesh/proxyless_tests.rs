@@ -2,9 +2,14 @@
 //! apart from sidecars with the same descriptor, and follow the registry: new instances
 //! reach their endpoints, a canary appears with its cluster and route.
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use meshplane_model::ServiceName;
-use meshplane_model::node_metadata::PROXYLESS_GRPC;
+use meshplane_model::identity::MTLS_META_KEY;
+use meshplane_model::node_metadata::{
+    CERTIFICATE_PROVIDER_KEY, GRPC_CERTIFICATE_PROVIDER, PROXYLESS_GRPC,
+};
 use meshplane_registry::{RegistryEvent, SourceId};
 use meshplane_translate::MeshOptions;
 use meshplane_xds::{GroupError, GroupKey, NodeGrouper, PeerInfo, ResourceType, SnapshotCache};
@@ -132,4 +137,109 @@ fn proxyless_clients_get_grpc_resources_and_follow_the_registry() {
         vec!["payments"]
     );
     assert_eq!(ports(&cache, &client, "payments"), vec![12]);
+}
+
+/// `node` with `node.metadata.certificate_provider: name`.
+fn with_certificate_provider(mut node: Node, name: &str) -> Node {
+    use envoy_types::pb::google::protobuf::{Value, value::Kind};
+    if let Some(m) = node.metadata.as_mut() {
+        m.fields.insert(
+            CERTIFICATE_PROVIDER_KEY.into(),
+            Value {
+                kind: Some(Kind::StringValue(name.into())),
+            },
+        );
+    }
+    node
+}
+
+fn has_transport_socket(cache: &SnapshotCache, key: &GroupKey, name: &str) -> bool {
+    let snapshot = cache.snapshot(key).expect("published");
+    let resource = snapshot.get(ResourceType::Cluster, name).expect("CDS");
+    Cluster::decode(&*resource.to_any().value)
+        .expect("a cluster")
+        .transport_socket
+        .is_some()
+}
+
+/// A proxyless client with a certificate (`certificate_provider: meshplane`) is grouped
+/// apart from a plaintext one and gets the clusters with mTLS once every instance takes it;
+/// the plaintext client's clusters never change.
+#[test]
+fn proxyless_clients_with_a_certificate_get_mtls_clusters() {
+    let mut h = Harness::new(MeshOptions::default());
+    let source = h.source.clone();
+    let strict = |id: &str, port: u16| {
+        let mut i = mk_instance("payments", id, port);
+        i.meta.insert(MTLS_META_KEY.into(), "strict".into());
+        i
+    };
+    let service = |instances: Vec<meshplane_model::Instance>| RegistryEvent::Service {
+        source: source.clone(),
+        name: ServiceName::new("payments").expect("name"),
+        instances,
+    };
+    h.apply(service(vec![
+        strict("p1", 10),
+        mk_instance("payments", "p2", 12),
+    ]));
+    let (grouper, cache) = (&h.grouper, h.cache.clone());
+    let peer = PeerInfo::default();
+    let plain = grouper
+        .group(
+            &proxyless(mk_node("orders-1", ORDERS), PROXYLESS_GRPC),
+            &peer,
+        )
+        .expect("valid");
+    let mtls = grouper
+        .group(
+            &with_certificate_provider(
+                proxyless(mk_node("orders-2", ORDERS), PROXYLESS_GRPC),
+                GRPC_CERTIFICATE_PROVIDER,
+            ),
+            &peer,
+        )
+        .expect("valid");
+    assert_ne!(plain, mtls);
+    assert!(mtls.as_str().contains("-grpc-mtls-"), "{mtls}");
+    // Another provider name would be NACKed by gRPC, and an Envoy has none.
+    for node in [
+        with_certificate_provider(
+            proxyless(mk_node("orders-3", ORDERS), PROXYLESS_GRPC),
+            "other",
+        ),
+        with_certificate_provider(mk_node("orders-4", ORDERS), GRPC_CERTIFICATE_PROVIDER),
+    ] {
+        let err = grouper.group(&node, &peer).expect_err("refused");
+        assert!(
+            matches!(&err, GroupError::InvalidArgument(m) if m.contains("node.metadata.certificate_provider")),
+            "{err:?}"
+        );
+    }
+    let _subscribed = (cache.subscribe(&plain), cache.subscribe(&mtls));
+    h.translator.on_demand(&plain);
+    h.translator.on_demand(&mtls);
+    // p2 has no sidecar: plaintext for both, same routes and endpoints.
+    assert!(!has_transport_socket(&cache, &mtls, "payments"));
+    let snapshot = |key: &GroupKey| cache.snapshot(key).expect("published");
+    for kind in [
+        ResourceType::Listener,
+        ResourceType::Route,
+        ResourceType::Endpoint,
+    ] {
+        let versions = |key: &GroupKey| -> Vec<(String, String)> {
+            snapshot(key)
+                .resources(kind)
+                .iter()
+                .map(|(n, r)| (n.clone(), r.version().to_owned()))
+                .collect()
+        };
+        assert_eq!(versions(&plain), versions(&mtls), "{kind:?} shared");
+    }
+
+    // Every instance behind a strict sidecar: mTLS for the client with a certificate only.
+    h.apply(service(vec![strict("p1", 10), strict("p2", 12)]));
+    assert!(has_transport_socket(&cache, &mtls, "payments"));
+    assert!(!has_transport_socket(&cache, &plain, "payments"));
+    assert_eq!(ports(&cache, &mtls, "payments"), vec![10, 12]);
 }

@@ -28,7 +28,7 @@ use meshplane_registry::{Changes, Snapshot as RegistrySnapshot, Store};
 use meshplane_telemetry::TranslationMetrics;
 use meshplane_translate::{
     Catalog, EgressRoutes, MeshOptions, ProxyGroup, group_config, names, proxyless_clusters,
-    proxyless_endpoints, service_cluster, service_endpoints,
+    proxyless_endpoints, proxyless_mtls_clusters, service_cluster, service_endpoints,
 };
 use meshplane_xds::{GroupKey, Resource, ResourceType, Snapshot, SnapshotCache};
 use tokio::sync::mpsc;
@@ -67,6 +67,10 @@ struct ServiceResources {
     /// Proxyless gRPC clients' clusters (the service's, and its canary one), built when some
     /// proxyless group depends on the service.
     proxyless: Option<Vec<Arc<Resource>>>,
+    /// The same clusters for proxyless clients with a certificate (mTLS where the service's
+    /// instances take it), built when such a group depends on the service. Same names and
+    /// endpoints as [`Self::proxyless`].
+    proxyless_mtls: Option<Vec<Arc<Resource>>>,
     /// Their endpoints, per datacenter like [`Self::endpoints`].
     proxyless_endpoints: HashMap<String, Vec<Arc<Resource>>>,
 }
@@ -315,7 +319,7 @@ impl Translator {
     /// proxyless clients' clusters and endpoints.
     fn resources_for(&mut self, service: &ServiceName, group: &ProxyGroup) -> Vec<Arc<Resource>> {
         if group.proxyless {
-            self.proxyless_resources(service, &group.datacenter)
+            self.proxyless_resources(service, &group.datacenter, group.proxyless_mtls)
         } else {
             let (cluster, endpoints) = self.service_resources(service, &group.datacenter);
             vec![cluster, endpoints]
@@ -448,6 +452,7 @@ impl Translator {
                 cluster: Resource::cluster(&service_cluster(name, instances, options)),
                 endpoints: HashMap::new(),
                 proxyless: None,
+                proxyless_mtls: None,
                 proxyless_endpoints: HashMap::new(),
             }
         })
@@ -456,7 +461,12 @@ impl Translator {
     /// A service's clusters and endpoints for proxyless clients in `datacenter`, built on
     /// first use after each change of the service. They live in the service's entry, next
     /// to the sidecars' ones, so a change of the service drops both at once.
-    fn proxyless_resources(&mut self, name: &ServiceName, datacenter: &str) -> Vec<Arc<Resource>> {
+    fn proxyless_resources(
+        &mut self,
+        name: &ServiceName,
+        datacenter: &str,
+        mtls: bool,
+    ) -> Vec<Arc<Resource>> {
         let registry = &self.registry;
         let options = &self.options;
         let instances = registry
@@ -465,15 +475,22 @@ impl Translator {
             .map(|e| &*e.instances)
             .unwrap_or_default();
         let resources = Self::entry(&mut self.services, name, instances, options);
-        let mut out: Vec<Arc<Resource>> = resources
-            .proxyless
-            .get_or_insert_with(|| {
+        let mut out: Vec<Arc<Resource>> = if mtls {
+            resources.proxyless_mtls.get_or_insert_with(|| {
+                proxyless_mtls_clusters(name, instances, &options.trust_domain)
+                    .iter()
+                    .map(Resource::cluster)
+                    .collect()
+            })
+        } else {
+            resources.proxyless.get_or_insert_with(|| {
                 proxyless_clusters(name, instances)
                     .iter()
                     .map(Resource::cluster)
                     .collect()
             })
-            .clone();
+        }
+        .clone();
         out.extend(
             resources
                 .proxyless_endpoints

@@ -13,10 +13,10 @@ use meshplane_model::ServiceName;
 use meshplane_model::identity::{SIGN_PATH, SignRequest, SignResponse, spiffe_id};
 use tokio_util::sync::CancellationToken;
 
+use super::Sink;
 use super::cache::{CertCache, MeshBinding, Sweep};
 use super::error::{IdentityError, chain};
 use super::material::{Leaf, Material, Origins, display_time};
-use super::sds::Publisher;
 
 /// One signing request, end to end.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -298,7 +298,7 @@ impl CaClient {
         mut leaf: Leaf,
         renew_now: bool,
         renewal: Renewal,
-        publisher: Publisher,
+        publisher: impl Sink,
         shutdown: CancellationToken,
     ) {
         let mut wait = if renew_now {

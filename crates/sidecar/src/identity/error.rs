@@ -111,6 +111,14 @@ pub enum IdentityError {
         /// The OS error.
         error: std::io::Error,
     },
+    /// The certificate files of a proxyless gRPC client could not be written.
+    #[error("cannot write the certificate files in `{}`: {error}", dir.display())]
+    Files {
+        /// The directory (`--certs-dir`).
+        dir: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
     /// The secrets could not be published (a bug: two secrets with one name).
     #[error("cannot publish the secrets: {0}")]
     Snapshot(#[from] meshplane_xds::SnapshotError),

@@ -12,12 +12,18 @@
 //! CA-issued certificate on disk, so a sidecar restarted while the CA is unavailable keeps
 //! serving (see [`IdentityConfig::cache_dir`]).
 //!
+//! A proxyless gRPC client has no SDS: [`enrol_files`] writes the certificate from the
+//! control plane's CA as files its gRPC library reads (`files`), and
+//! [`FilesIdentity::keep_renewed`] replaces them before expiry, the same renewal as a
+//! sidecar's going to the files instead of the SDS server.
+//!
 //! [`IDENTITY_SECRET`]: meshplane_model::identity::IDENTITY_SECRET
 //! [`TRUST_SECRET`]: meshplane_model::identity::TRUST_SECRET
 
 mod ca_client;
 mod cache;
 mod error;
+mod files;
 mod host_files;
 mod material;
 mod sds;
@@ -31,6 +37,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use error::IdentityError;
+pub use files::CertPaths;
 
 /// How often host files are checked for a replacement, by default.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -198,6 +205,104 @@ pub async fn start(
     Ok(IdentityHandle {
         info_rx: publisher.subscribe(),
     })
+}
+
+/// Where a checked certificate goes: the SDS server, or a proxyless client's files.
+trait Sink: Send + Sync + 'static {
+    /// Serves `material` from now on; returns its generation (1 for the first).
+    fn publish(
+        &self,
+        material: &material::Material,
+        leaf: &material::Leaf,
+    ) -> Result<u64, IdentityError>;
+}
+
+/// The service's certificate from the control plane's CA, written as files for a
+/// proxyless gRPC client: obtained by [`enrol_files`], renewed by
+/// [`FilesIdentity::keep_renewed`].
+#[derive(Debug)]
+pub struct FilesIdentity {
+    files: files::CertFiles,
+    paths: CertPaths,
+    client: ca_client::CaClient,
+    leaf: material::Leaf,
+    renew_now: bool,
+}
+
+/// Obtains the service's certificate from the control plane's CA (`source` must be
+/// [`IdentitySource::ControlPlaneCa`]) and writes it into `dir` ([`CertPaths::under`]),
+/// failing clearly as [`start`] does. The last certificate is also cached in `dir`, so a
+/// start while the CA is unavailable writes the cached one if it is still valid (and
+/// [`FilesIdentity::keep_renewed`] replaces it as soon as the CA answers).
+pub async fn enrol_files(
+    source: IdentitySource,
+    dir: PathBuf,
+) -> Result<FilesIdentity, IdentityError> {
+    let IdentitySource::ControlPlaneCa {
+        admin_urls,
+        token,
+        service,
+        trust_domain,
+        ca_bundle,
+    } = source
+    else {
+        return Err(IdentityError::Config(
+            "certificate files are obtained from the control plane's CA; with host files, point gRPC at them".to_owned(),
+        ));
+    };
+    let client = ca_client::CaClient::new(
+        &admin_urls,
+        token,
+        &service,
+        &trust_domain,
+        ca_bundle.as_deref(),
+        Some(&dir),
+    )?;
+    let first = client.first().await?;
+    let files = files::CertFiles::new(dir.clone());
+    files.publish(&first.material, &first.leaf)?;
+    tracing::info!(
+        dir = %dir.display(),
+        identity = first.leaf.identity.as_deref().unwrap_or("-"),
+        serial = %first.leaf.serial_hex,
+        not_after = %material::display_time(first.leaf.not_after),
+        "wrote the service certificate"
+    );
+    Ok(FilesIdentity {
+        files,
+        paths: CertPaths::under(&dir),
+        client,
+        leaf: first.leaf,
+        renew_now: first.renew_now,
+    })
+}
+
+// === impl FilesIdentity ===
+
+impl FilesIdentity {
+    /// Where the files are.
+    pub fn paths(&self) -> &CertPaths {
+        &self.paths
+    }
+
+    /// The certificate written.
+    pub fn current(&self) -> CertInfo {
+        files::info(&self.leaf, 1)
+    }
+
+    /// Renews the certificate after half its remaining lifetime (at once if it came from
+    /// the cache), with a new key each time, rewriting the files, until `shutdown`;
+    /// failures are retried with backoff while the files keep the current certificate.
+    pub async fn keep_renewed(self, shutdown: CancellationToken) {
+        let renewal = ca_client::Renewal {
+            renew_fraction: DEFAULT_RENEW_FRACTION,
+            retry_min: DEFAULT_RETRY_MIN,
+            retry_max: DEFAULT_RETRY_MAX,
+        };
+        self.client
+            .keep_renewed(self.leaf, self.renew_now, renewal, self.files, shutdown)
+            .await;
+    }
 }
 
 /// What keeps the secrets fresh after the first certificate.

@@ -78,6 +78,12 @@ impl Publisher {
     }
 }
 
+impl super::Sink for Publisher {
+    fn publish(&self, material: &Material, leaf: &Leaf) -> Result<u64, IdentityError> {
+        Publisher::publish(self, material, leaf)
+    }
+}
+
 fn snapshot(material: &Material) -> Result<Snapshot, IdentityError> {
     Ok(Snapshot::new([
         Resource::secret(&material.identity_secret()),

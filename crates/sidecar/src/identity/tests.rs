@@ -496,3 +496,45 @@ async fn a_cache_of_another_mesh_is_never_loaded_and_is_discarded() {
     );
     ours.load(ID, now).await.expect("ours is served");
 }
+
+/// A proxyless client's files: one directory per certificate behind the `current`
+/// symlink the bootstrap names, replaced whole, the key 0600 in a 0700 directory.
+#[test]
+fn certificate_files_are_replaced_whole_behind_current() {
+    let pki = mk_pki();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("certs");
+    let files = files::CertFiles::new(dir.clone());
+    let paths = CertPaths::under(&dir);
+    let mut seen = Vec::new();
+    for round in 1..=2u64 {
+        let (cert, key) = mk_leaf(&pki, ID, 2020, 2100);
+        let material = mk_material(&cert, &key, &pki.ca_pem);
+        let leaf = material
+            .check(&origins(), SystemTime::now())
+            .expect("valid");
+        assert_eq!(files.publish(&material, &leaf).expect("written"), round);
+        assert_eq!(std::fs::read_to_string(&paths.cert).expect("cert"), cert);
+        assert_eq!(std::fs::read_to_string(&paths.key).expect("key"), key);
+        assert_eq!(std::fs::read_to_string(&paths.ca).expect("ca"), pki.ca_pem);
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&paths.key), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+        let target = std::fs::read_link(dir.join("current")).expect("a symlink");
+        let set = target.display().to_string();
+        assert!(
+            set.starts_with(&format!(".certs-{}-", leaf.serial_hex)),
+            "{set}"
+        );
+        seen.push(target);
+    }
+    // Only the current set is kept.
+    let sets: Vec<_> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".certs-"))
+        .collect();
+    assert_eq!(sets, vec![seen[1].display().to_string()]);
+}

@@ -32,6 +32,7 @@ fn mk_listeners(extra: &str) -> Vec<Listener> {
         listen_address: "0.0.0.0".into(),
         datacenter: "dc1".into(),
         proxyless: false,
+        proxyless_mtls: false,
     };
     group_config(&group, &Empty, &MeshOptions::default())
         .expect("translates")

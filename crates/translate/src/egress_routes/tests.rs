@@ -147,6 +147,7 @@ fn routes_taken_from_a_group_config_equal_new_ones() {
             listen_address: "10.0.0.1".into(),
             datacenter: "dc1".into(),
             proxyless: false,
+            proxyless_mtls: false,
         };
         let options = crate::MeshOptions {
             allow_wildcard_dependencies: [mk_name("batch")].into(),

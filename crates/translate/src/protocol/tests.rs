@@ -148,6 +148,7 @@ fn translate(yaml: &str) -> crate::GroupConfig {
         listen_address: "127.0.0.1".into(),
         datacenter: "dc1".into(),
         proxyless: false,
+        proxyless_mtls: false,
     };
     group_config(&group, &NoServices, &MeshOptions::default()).expect("translates")
 }

@@ -1,4 +1,6 @@
 use super::*;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher;
 use meshplane_model::{Descriptor, Health, InstanceId, Locality as ModelLocality};
 
 use crate::fixtures::{Fixture, name};
@@ -28,6 +30,7 @@ fn mk_group(yaml: &str) -> ProxyGroup {
         listen_address: "0.0.0.0".into(),
         datacenter: "dc1".into(),
         proxyless: true,
+        proxyless_mtls: false,
     }
 }
 
@@ -167,4 +170,120 @@ fn retries_keep_grpc_statuses_only() {
     assert_eq!(policy.num_retries.map(|n| n.value), Some(MAX_GRPC_RETRIES));
     let default = retry_policy(None);
     assert_eq!(default.retry_on, "unavailable");
+}
+
+fn with_mtls(mut i: Instance, mode: &str) -> Instance {
+    i.meta.insert(
+        meshplane_model::identity::MTLS_META_KEY.to_owned(),
+        mode.to_owned(),
+    );
+    i
+}
+
+/// The cluster's UpstreamTlsContext, if it has one.
+fn upstream_tls(c: &Cluster) -> Option<UpstreamTlsContext> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    use prost::Message;
+    let socket = c.transport_socket.as_ref()?;
+    let Some(ConfigType::TypedConfig(any)) = &socket.config_type else {
+        panic!("a typed transport socket");
+    };
+    Some(UpstreamTlsContext::decode(any.value.as_slice()).expect("an UpstreamTlsContext"))
+}
+
+#[test]
+fn mtls_clusters_name_the_bootstrap_provider_and_check_the_callee() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    let instances = vec![
+        with_mtls(mk_instance("p1", "10.0.0.1", "dc1", &[], 1), "strict"),
+        with_mtls(
+            mk_instance("p2", "10.0.0.2", "dc1", &["canary"], 1),
+            "permissive",
+        ),
+    ];
+    let clusters = proxyless_mtls_clusters(&name("payments"), &instances, "example.org");
+    let names: Vec<_> = clusters.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["payments", "canary:payments"],
+        "the plaintext names"
+    );
+    for c in &clusters {
+        let tls = upstream_tls(c).expect("mTLS");
+        let common = tls.common_tls_context.expect("common");
+        assert_eq!(
+            common
+                .tls_certificate_provider_instance
+                .expect("identity")
+                .instance_name,
+            "meshplane"
+        );
+        // grpc-js NACKs a cluster with tls_params.
+        assert!(common.tls_params.is_none());
+        let Some(ValidationContextType::ValidationContext(v)) = common.validation_context_type
+        else {
+            panic!("a plain validation_context");
+        };
+        assert_eq!(
+            v.ca_certificate_provider_instance
+                .expect("CA")
+                .instance_name,
+            "meshplane"
+        );
+        #[allow(deprecated)]
+        let sans = v.match_subject_alt_names;
+        assert_eq!(sans.len(), 1);
+        assert_eq!(
+            sans[0].match_pattern,
+            Some(string_matcher::MatchPattern::Exact(
+                "spiffe://example.org/service/payments".into()
+            ))
+        );
+        assert!(
+            v.match_typed_subject_alt_names.is_empty(),
+            "gRPC reads the other field"
+        );
+    }
+    // Apart from the transport socket, the plaintext clients' clusters.
+    let plain = proxyless_clusters(&name("payments"), &instances);
+    for (mut mtls, plain) in clusters.into_iter().zip(plain) {
+        mtls.transport_socket = None;
+        assert_eq!(mtls, plain);
+    }
+}
+
+#[test]
+fn a_cluster_reaching_an_instance_without_mtls_stays_plaintext() {
+    // p2 has no sidecar (no `mtls` meta), p3 a sidecar with mTLS disabled.
+    for other in [
+        mk_instance("p2", "10.0.0.2", "dc1", &["canary"], 1),
+        with_mtls(
+            mk_instance("p2", "10.0.0.2", "dc1", &["canary"], 1),
+            "disabled",
+        ),
+    ] {
+        let instances = vec![
+            with_mtls(mk_instance("p1", "10.0.0.1", "dc1", &[], 1), "strict"),
+            other,
+        ];
+        let clusters = proxyless_mtls_clusters(&name("payments"), &instances, "example.org");
+        assert!(
+            clusters.iter().all(|c| c.transport_socket.is_none()),
+            "{clusters:?}"
+        );
+    }
+    // The canary cluster decides on its own instances.
+    let instances = vec![
+        mk_instance("p1", "10.0.0.1", "dc1", &[], 1),
+        with_mtls(
+            mk_instance("p2", "10.0.0.2", "dc1", &["canary"], 1),
+            "strict",
+        ),
+    ];
+    let clusters = proxyless_mtls_clusters(&name("payments"), &instances, "example.org");
+    assert!(clusters[0].transport_socket.is_none());
+    assert!(clusters[1].transport_socket.is_some());
+    // No instance: nothing to secure yet (the cluster changes with the first one).
+    let clusters = proxyless_mtls_clusters(&name("payments"), &[], "example.org");
+    assert!(clusters[0].transport_socket.is_none());
 }
