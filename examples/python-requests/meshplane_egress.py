@@ -47,6 +47,10 @@ class EgressFlags:
         # Never through an environment proxy: the sidecar is local.
         self._http = requests.Session()
         self._http.trust_env = False
+        # One session per thread: requests does not promise a shared one is thread-safe.
+        self._report_http = requests.Session()
+        self._report_http.trust_env = False
+        self._flushing = threading.Lock()
         self._thread = threading.Thread(target=self._follow, name="meshplane-egress-flags", daemon=True)
         self._thread.start()
         self._reporter = threading.Thread(target=self._report, name="meshplane-egress-report", daemon=True)
@@ -75,30 +79,35 @@ class EgressFlags:
             self.flush()
 
     def count_direct(self, dependency):
-        """Counts one call sent straight to `dependency` (mesh services only: a domain is not
+        """Counts one call sent straight to `dependency`: only mesh services (a domain is not
         compared with what Envoy forwards)."""
-        if "://" in dependency:
+        if "://" in dependency or not dependency:
             return
         with self._direct_lock:
             self._direct[dependency] = self._direct.get(dependency, 0) + 1
 
     def flush(self):
-        """Posts the direct calls counted since the last post; kept for the next one when the
-        sidecar does not take them."""
-        with self._direct_lock:
-            direct, self._direct = self._direct, {}
-        if not direct:
-            return True
-        try:
-            r = self._http.post(self._report_url, json={"direct": direct}, timeout=2)
-            if r.status_code == 204:
+        """Posts the direct calls counted since the last post. Kept for the next post only
+        when the sidecar could not be reached or failed (5xx); a refusal (4xx) would be
+        refused again, and an answer that timed out may have been taken: both dropped."""
+        with self._flushing:
+            with self._direct_lock:
+                direct, self._direct = self._direct, {}
+            if not direct:
                 return True
-        except requests.RequestException:
-            pass
-        with self._direct_lock:
-            for dependency, n in direct.items():
-                self._direct[dependency] = self._direct.get(dependency, 0) + n
-        return False
+            keep = False
+            try:
+                r = self._report_http.post(self._report_url, json={"direct": direct}, timeout=2)
+                keep = r.status_code >= 500
+            except requests.ConnectionError:
+                keep = True
+            except requests.RequestException:
+                pass
+            if keep:
+                with self._direct_lock:
+                    for dependency, n in direct.items():
+                        self._direct[dependency] = self._direct.get(dependency, 0) + n
+            return not keep
 
     def wait_ready(self, timeout=None):
         """Waits until the first decisions are known; False on timeout."""
@@ -119,7 +128,9 @@ class EgressFlags:
         return bool(decision.get("proxy", False))
 
     def close(self):
+        """Stops following and reporting; the last direct calls are posted first."""
         self._stop.set()
+        self._reporter.join(timeout=5)
         self.flush()
 
 
@@ -157,7 +168,10 @@ class MeshplaneSession(requests.Session):
             kwargs["proxies"] = {"http": egress, "https": egress}
         else:
             kwargs["proxies"] = {}
-            self.flags.count_direct(dependency)
+            # Counted when it is a mesh service this app declares or maps.
+            decisions = self.flags.decisions() or {}
+            if dependency in self.direct or dependency in decisions.get("dependencies", {}):
+                self.flags.count_direct(dependency)
             base = self.direct.get(dependency)
             if base is not None:
                 parts = urllib.parse.urlsplit(url)

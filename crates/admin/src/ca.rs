@@ -65,7 +65,7 @@ pub(crate) async fn sign(
             format!("body is not a sign request ({{\"service\", \"csr\"}}): {e}"),
         )
     })?;
-    authorize(&s, &headers, &req.service)?;
+    authorize(&s, &headers, &req.service, OnBehalf::Sign)?;
     match ca.sign(&req, SystemTime::now()) {
         Ok(issued) => {
             s.metrics.ca().issued();
@@ -90,11 +90,21 @@ pub(crate) async fn sign(
     }
 }
 
-/// May this request obtain `service`'s identity (or speak for it: traffic reports)?
+/// What a request asks on behalf of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnBehalf {
+    /// A certificate with its identity.
+    Sign,
+    /// Keeping a traffic report of one of its instances.
+    Report,
+}
+
+/// May this request obtain `service`'s identity, or report for it?
 pub(crate) fn authorize(
     s: &AdminState,
     headers: &HeaderMap,
     service: &str,
+    on_behalf: OnBehalf,
 ) -> Result<(), ApiError> {
     if s.enrolment_tokens.is_empty() {
         return require_token(s, headers);
@@ -109,15 +119,21 @@ pub(crate) fn authorize(
     let own = s.enrolment_tokens.get(service).is_some_and(&matches);
     let operator = s.token.as_deref().is_some_and(matches);
     if own || operator {
-        Ok(())
-    } else {
-        tracing::warn!(
-            service,
-            "sign request with a token not valid for this service"
-        );
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("this token may not request the identity of `{service}`"),
-        ))
+        return Ok(());
     }
+    let asked = match on_behalf {
+        OnBehalf::Sign => {
+            tracing::warn!(
+                service,
+                "sign request with a token not valid for this service"
+            );
+            "request the identity of"
+        }
+        // A misconfigured sidecar posts every 30 s: said once by its own log.
+        OnBehalf::Report => "report the traffic of",
+    };
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!("this token may not {asked} `{service}`"),
+    ))
 }

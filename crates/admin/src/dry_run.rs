@@ -363,7 +363,12 @@ fn named(list: &[Value]) -> Option<BTreeMap<&str, &Value>> {
 fn access_text(a: &Access) -> String {
     match a {
         Access::Allowed => "allowed".to_owned(),
-        Access::Some { endpoints } => format!("only {}", endpoints.join(", ")),
+        Access::Some {
+            denied_endpoints,
+            unlisted_endpoints: true,
+            ..
+        } => format!("all but {}", denied_endpoints.join(", ")),
+        Access::Some { endpoints, .. } => format!("only {}", endpoints.join(", ")),
         Access::Denied { reason } => format!("denied ({reason})"),
     }
 }
@@ -471,7 +476,7 @@ mod tests {
         };
         let now = descriptor("");
         let proposed = descriptor(
-            "incoming:\n  endpoints:\n    - { path_prefix: /api/, clients: [web] }\n    - { path: /status/health }\n",
+            "incoming:\n  endpoints:\n    - { path_prefix: /, clients: [web] }\n    - { path: /status/health }\n",
         );
         let calls = |proxy, direct| Calls { proxy, direct };
         let name = |s: &str| ServiceName::new(s).expect("name");
@@ -493,7 +498,9 @@ mod tests {
         assert_eq!(
             through.proposed,
             Access::Some {
-                endpoints: vec!["/status/health".to_owned()]
+                endpoints: vec!["/status/health".to_owned()],
+                denied_endpoints: vec!["/*".to_owned()],
+                unlisted_endpoints: false,
             }
         );
         // The same descriptor loses nobody anything.

@@ -290,11 +290,11 @@ async fn measured_calls_through_envoy_and_direct_reach_the_view_and_the_dry_run(
             "service": "orders", "proxy": 10, "direct": 5, "loses_access": true,
             "through_sidecar": { "now": { "access": "allowed" }, "proposed": {
                 "access": "denied",
-                "reason": "no endpoint rule lets `orders` through and unlisted endpoints are blocked"
+                "reason": "no endpoint rule lets `orders` through and unlisted endpoints are blocked (the health path excepted)"
             } },
             "sent_direct": { "now": { "access": "allowed" }, "proposed": {
                 "access": "denied",
-                "reason": "no endpoint rule lets an anonymous (plaintext) caller through and unlisted endpoints are blocked"
+                "reason": "no endpoint rule lets an anonymous (plaintext) caller through and unlisted endpoints are blocked (the health path excepted)"
             } }
         }]),
         "{run:#}"

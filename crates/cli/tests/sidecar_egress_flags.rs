@@ -367,3 +367,56 @@ async fn an_app_with_the_python_interceptor_moves_to_envoy_within_a_second_of_th
     mesh.put_rollout(r#"{"default": {"proxy": false}}"#).await;
     app.until("200 direct", Duration::from_secs(5));
 }
+
+/// A sidecar started without an egress port, given one by a reload (SIGHUP, as the README's
+/// "Migrating a fleet" does): the new egress port serves the instance's decisions and takes
+/// the app's reports of direct calls.
+#[tokio::test(flavor = "multi_thread")]
+async fn egress_added_by_a_reload_serves_the_decisions_and_takes_reports() {
+    let mut mesh = Mesh::start(|c, _| c.token = Some(TOKEN.into())).await;
+    let (app, ingress) = (upstream("orders-app").await, support::free_port());
+    let without = format!("service: orders\nport: {app}\ningress: {{ port: {ingress} }}\n");
+    mesh.sidecar("orders-1", &without, 1).await;
+    let (with, egress) = {
+        let egress = support::free_port();
+        let d = format!(
+            "{without}egress: {{ port: {egress} }}\ndependencies:\n  - service: payments\n"
+        );
+        (d, egress)
+    };
+    std::fs::write(mesh.dir.path().join("orders-1.yaml"), &with).expect("descriptor");
+    let pid = rustix::process::Pid::from_raw(mesh.sidecar_pid("orders-1") as i32).expect("pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).expect("SIGHUP");
+    let http = mesh.http.clone();
+    let served = poll(|| async {
+        let (status, _, body) = flags(&http, egress, "", None).await;
+        status == 200 && payments_proxy(&body) == Some(false)
+    })
+    .await;
+    assert!(
+        served,
+        "{:?}\n{}",
+        flags(&http, egress, "", None).await,
+        mesh.sidecar_log("orders-1")
+    );
+    let report = |body: &'static str| {
+        http.post(format!(
+            "http://127.0.0.1:{egress}/.meshplane/egress/report"
+        ))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+    };
+    let taken = report(r#"{"direct": {"payments": 2}}"#)
+        .await
+        .expect("post");
+    assert_eq!(taken.status(), 204);
+    // A name that is no service is left out, and said so; the rest is taken.
+    let partly = report(r#"{"direct": {"payments": 1, "::1": 3}}"#)
+        .await
+        .expect("post");
+    assert_eq!(partly.status(), 200);
+    let v: Value = partly.json().await.expect("json");
+    assert_eq!(v["ignored"], serde_json::json!(["::1"]));
+    assert_eq!(report("not json").await.expect("post").status(), 400);
+}

@@ -34,6 +34,7 @@ pub const MAX_SERVICES: usize = 4096;
 
 /// Calls from one instance to one service.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Calls {
     /// Forwarded by the instance's Envoy (its egress proxy).
     #[serde(default)]
@@ -93,11 +94,12 @@ impl Report {
 }
 
 /// What an app (its interceptor) posts to its sidecar: the calls it sent straight to each
-/// mesh service since its previous post. Names that are not service names (domains) are
-/// refused: only calls to mesh services are compared with Envoy's.
+/// mesh service since its previous post. Names that are not service names (domains, IP
+/// addresses) are ignored, not counted: only calls to mesh services are compared with
+/// Envoy's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppReport {
-    /// Direct calls per service.
-    pub direct: BTreeMap<ServiceName, u64>,
+    /// Direct calls per service, as the app names it.
+    pub direct: BTreeMap<String, u64>,
 }

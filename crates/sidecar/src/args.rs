@@ -328,6 +328,12 @@ impl SidecarArgs {
         c.crash.max_crashes = self.max_crashes;
         c.crash.window = self.crash_window;
         c.ready_timeout = self.ready_timeout;
+        if self.traffic_report_interval < std::time::Duration::from_millis(100) {
+            return Err(SidecarError::Flag {
+                flag: "traffic-report-interval",
+                message: "at least 100ms".to_owned(),
+            });
+        }
         c.traffic_report_interval = self.traffic_report_interval;
         c.access_log = self.access_log;
         if c.drain.parent_shutdown_time <= c.drain.drain_time {

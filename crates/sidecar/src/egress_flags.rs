@@ -60,7 +60,7 @@ pub struct FollowSpec {
     /// The control plane's admin URLs, tried in turn.
     pub admin_urls: Vec<String>,
     /// The decisions route's query (without `wait`); a new one (a reloaded descriptor) is
-    /// asked at once.
+    /// asked at once; empty while the descriptor has no egress port.
     pub query: watch::Receiver<String>,
     /// Where the last decisions are kept across restarts.
     pub cache: PathBuf,
@@ -141,6 +141,14 @@ pub async fn follow(
     loop {
         let base = &spec.admin_urls[at % spec.admin_urls.len()];
         let query = query_rx.borrow_and_update().clone();
+        if query.is_empty() {
+            // No egress port (yet): nothing to follow until a reload adds one.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = query_rx.changed() => if changed.is_err() { return },
+            }
+            continue;
+        }
         let known_etag = known_tx.borrow().as_ref().map(|k| k.etag.clone());
         let poll = poll_once(&spec.http, base, &query, known_etag.as_deref());
         let outcome = tokio::select! {
@@ -312,10 +320,22 @@ async fn app_report(State(direct): State<DirectCalls>, body: axum::body::Bytes) 
                 .into_response();
         }
     };
-    match direct.add(report) {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, format!("meshplane: {e}\n")).into_response(),
+    let ignored = direct.add(report);
+    if ignored.is_empty() {
+        return StatusCode::NO_CONTENT.into_response();
     }
+    // Taken, but not all of it: say which names were not counted.
+    let shown: Vec<&String> = ignored.iter().take(10).collect();
+    let body = serde_json::json!({
+        "ignored": shown,
+        "ignored_count": ignored.len(),
+        "reason": "not a service name, or past 4096 services between two reports",
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response()
 }
 
 fn app_wait(query: Option<&str>) -> Result<Option<Duration>, String> {

@@ -32,7 +32,8 @@ pub(crate) struct Prepared {
     /// The egress flags server's bound socket (taken by `Sidecar::run`) and its address, on
     /// 127.0.0.1, when the descriptor has an egress listener.
     pub egress_flags: Option<(Option<std::net::TcpListener>, SocketAddr)>,
-    /// The decisions query for this instance (`egress_flags::decisions_query`), updated when
+    /// The decisions query for this instance (`egress_flags::decisions_query`; empty while
+    /// the descriptor has no egress port: nothing to follow), updated when
     /// a reload changes the descriptor's tags or dependencies.
     pub egress_flags_query: tokio::sync::watch::Sender<String>,
     /// `--control-plane-ca-file`'s certificates, for the https:// registry.
@@ -94,17 +95,15 @@ impl Prepared {
             }
             None => None,
         };
-        let egress_flags = match d.egress {
-            Some(_) => {
-                let what = "cannot bind the egress flags server on 127.0.0.1";
-                let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                    .map_err(SidecarError::io(what))?;
-                let bound = listener.local_addr().map_err(SidecarError::io(what))?;
-                Some((Some(listener), bound))
-            }
-            None => None,
+        // Bound even without an egress port: a reload (SIGHUP) adding one finds it there.
+        let egress_flags = {
+            let what = "cannot bind the egress flags server on 127.0.0.1";
+            let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .map_err(SidecarError::io(what))?;
+            let bound = listener.local_addr().map_err(SidecarError::io(what))?;
+            Some((Some(listener), bound))
         };
-        let query = crate::egress_flags::decisions_query(d, &instance_id, &config.datacenter);
+        let query = egress_flags_query(d, &instance_id, &config.datacenter);
         let prepared = Prepared {
             relay,
             egress_flags,
@@ -139,12 +138,11 @@ impl Prepared {
             self.metrics_port = port;
         }
         self.loaded = loaded;
-        self.egress_flags_query
-            .send_replace(crate::egress_flags::decisions_query(
-                &self.loaded.descriptor,
-                &self.instance_id,
-                &self.config.datacenter,
-            ));
+        self.egress_flags_query.send_replace(egress_flags_query(
+            &self.loaded.descriptor,
+            &self.instance_id,
+            &self.config.datacenter,
+        ));
         self.write_bootstrap()
     }
 
@@ -233,5 +231,17 @@ impl Prepared {
     pub(crate) fn cleanup(&self) {
         let _ = std::fs::remove_file(&self.bootstrap_path);
         let _ = std::fs::remove_file(crate::config::sds_socket(self.work_dir()));
+    }
+}
+
+/// What the egress flags follower asks the control plane: nothing without an egress port.
+fn egress_flags_query(
+    d: &meshplane_model::Descriptor,
+    instance_id: &str,
+    datacenter: &str,
+) -> String {
+    match d.egress {
+        Some(_) => crate::egress_flags::decisions_query(d, instance_id, datacenter),
+        None => String::new(),
     }
 }

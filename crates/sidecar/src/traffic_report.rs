@@ -28,25 +28,24 @@ use crate::SidecarStatus;
 pub struct DirectCalls(Arc<Mutex<BTreeMap<ServiceName, u64>>>);
 
 impl DirectCalls {
-    /// Adds an app's report; refused (nothing added) when it would make more than
-    /// `MAX_SERVICES` services.
-    pub fn add(&self, report: AppReport) -> Result<(), String> {
+    /// Adds an app's report. Names that are not service names, and services past
+    /// `MAX_SERVICES` between two traffic reports, are not counted: they are returned.
+    pub fn add(&self, report: AppReport) -> Vec<String> {
         let mut calls = self.0.lock().expect("direct calls");
-        let new = report
-            .direct
-            .keys()
-            .filter(|s| !calls.contains_key(*s))
-            .count();
-        if calls.len() + new > MAX_SERVICES {
-            return Err(format!(
-                "direct: at most {MAX_SERVICES} services between two reports"
-            ));
-        }
-        for (service, n) in report.direct {
+        let mut ignored = Vec::new();
+        for (name, n) in report.direct {
+            let Ok(service) = ServiceName::new(name.clone()) else {
+                ignored.push(name);
+                continue;
+            };
+            if !calls.contains_key(&service) && calls.len() >= MAX_SERVICES {
+                ignored.push(name);
+                continue;
+            }
             let count = calls.entry(service).or_default();
             *count = count.saturating_add(n);
         }
-        Ok(())
+        ignored
     }
 
     fn take(&self) -> BTreeMap<ServiceName, u64> {
@@ -77,11 +76,33 @@ pub struct ReportSpec {
     pub status: watch::Receiver<SidecarStatus>,
 }
 
+/// Which Envoy counts: its pid and hot-restart epoch, and the sidecar's crash restarts so
+/// far (a fresh Envoy after a crash counts from zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Envoy {
+    pid: u32,
+    epoch: u32,
+    crash_restarts: u32,
+}
+
+impl Envoy {
+    fn current(status: &watch::Receiver<SidecarStatus>) -> Option<Envoy> {
+        let s = status.borrow();
+        s.current.map(|p| Envoy {
+            pid: p.pid,
+            epoch: p.epoch,
+            crash_restarts: s.crash_restarts,
+        })
+    }
+}
+
 /// What has been reported of Envoy's egress counters, across Envoy restarts.
 #[derive(Debug, Default)]
 struct Counters {
-    /// The Envoy whose counters were last read: (pid, hot-restart epoch).
-    envoy: Option<(u32, u32)>,
+    /// The Envoy whose counters were last read.
+    envoy: Option<Envoy>,
+    /// The values last read from that Envoy.
+    last: BTreeMap<ServiceName, u64>,
     /// The highest value reported per counter.
     reported: BTreeMap<ServiceName, u64>,
 }
@@ -90,27 +111,37 @@ impl Counters {
     /// The calls counted since the last read, given what `envoy` counts `now`.
     fn read(
         &mut self,
-        envoy: (u32, u32),
+        envoy: Envoy,
         now: BTreeMap<ServiceName, u64>,
     ) -> BTreeMap<ServiceName, u64> {
-        let (pid, epoch) = envoy;
-        if self.envoy.is_some_and(|(was, _)| was != pid) && epoch == 0 {
-            // A fresh Envoy (after a crash): it counts from zero.
-            self.reported.clear();
+        match self.envoy {
+            Some(was) if was.crash_restarts != envoy.crash_restarts => {
+                // A fresh Envoy since (after a crash): it counts from zero.
+                self.reported.clear();
+                self.last.clear();
+            }
+            // A hot restart: the new Envoy takes over its parent's counters a little after
+            // it starts; until they pass what was reported, nothing is new.
+            Some(was) if was.pid != envoy.pid => self.last.clear(),
+            _ => {}
         }
-        // A counter missing from the read is kept: a hot-restarted Envoy lists it only once
-        // used or merged. (One dropped and recreated by a running Envoy, its dependency
-        // removed and added back, is under-counted until it passes what was reported: never
-        // counted twice.)
         self.envoy = Some(envoy);
         let mut increase = BTreeMap::new();
         for (service, n) in now {
             let reported = self.reported.entry(service.clone()).or_default();
+            // Lower than this Envoy's own last reading: the counter was dropped and made
+            // again (its dependency removed, then back), counting from zero.
+            if self.last.get(&service).is_some_and(|last| n < *last) {
+                *reported = 0;
+            }
+            self.last.insert(service.clone(), n);
             if n > *reported {
                 increase.insert(service, n - *reported);
                 *reported = n;
             }
         }
+        // A counter missing from a read is kept: a hot-restarted Envoy lists it only once
+        // used or merged.
         increase
     }
 }
@@ -124,7 +155,7 @@ pub async fn run(spec: ReportSpec, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(spec.interval) => {}
         }
-        let envoy = spec.status.borrow().current.map(|p| (p.pid, p.epoch));
+        let envoy = Envoy::current(&spec.status);
         let read = match envoy {
             Some(envoy) => envoy_counts(&spec.http, spec.envoy_admin, &spec.service)
                 .await
@@ -133,9 +164,7 @@ pub async fn run(spec: ReportSpec, shutdown: CancellationToken) {
         };
         let proxied = match read {
             // Still the same Envoy after the read: its counts are its own.
-            Ok((envoy, now))
-                if spec.status.borrow().current.map(|p| (p.pid, p.epoch)) == Some(envoy) =>
-            {
+            Ok((envoy, now)) if Envoy::current(&spec.status) == Some(envoy) => {
                 counters.read(envoy, now)
             }
             Ok(_) => BTreeMap::new(),
@@ -242,18 +271,22 @@ fn regex_escape(s: &str) -> String {
         .collect()
 }
 
+/// One report's calls: Envoy's, then the app's direct calls as far as a report may name
+/// services (`MAX_SERVICES`), so the control plane never refuses it.
 fn merge(
     proxied: BTreeMap<ServiceName, u64>,
     direct: BTreeMap<ServiceName, u64>,
 ) -> BTreeMap<ServiceName, Calls> {
     let mut calls: BTreeMap<ServiceName, Calls> = BTreeMap::new();
-    for (service, n) in proxied {
+    for (service, n) in proxied.into_iter().filter(|(_, n)| *n > 0) {
         calls.entry(service).or_default().proxy = n;
     }
-    for (service, n) in direct {
+    for (service, n) in direct.into_iter().filter(|(_, n)| *n > 0) {
+        if calls.len() >= MAX_SERVICES && !calls.contains_key(&service) {
+            continue;
+        }
         calls.entry(service).or_default().direct = n;
     }
-    calls.retain(|_, c| !c.is_empty());
     calls
 }
 
@@ -287,35 +320,39 @@ mod tests {
         let counts = |pairs: &[(&str, u64)]| -> BTreeMap<ServiceName, u64> {
             pairs.iter().map(|(s, n)| (name(s), *n)).collect()
         };
+        let envoy = |pid, epoch, crash_restarts| Envoy {
+            pid,
+            epoch,
+            crash_restarts,
+        };
         let mut c = Counters::default();
+        let first = envoy(100, 0, 0);
         assert_eq!(
-            c.read((100, 0), counts(&[("payments", 10), ("ledger", 0)])),
+            c.read(first, counts(&[("payments", 10), ("ledger", 0)])),
             counts(&[("payments", 10)])
         );
         assert_eq!(
-            c.read((100, 0), counts(&[("payments", 15), ("ledger", 2)])),
+            c.read(first, counts(&[("payments", 15), ("ledger", 2)])),
             counts(&[("ledger", 2), ("payments", 5)])
         );
-        // Hot restart: the new Envoy starts low, then merges its parent's counts.
-        assert_eq!(c.read((200, 1), counts(&[("payments", 3)])), counts(&[]));
+        // Hot restart: the new Envoy starts low, lists a counter only once used or merged,
+        // then merges its parent's counts.
+        let child = envoy(200, 1, 0);
+        assert_eq!(c.read(child, counts(&[("payments", 3)])), counts(&[]));
         assert_eq!(
-            c.read((200, 1), counts(&[("payments", 19)])),
+            c.read(child, counts(&[("payments", 19), ("ledger", 2)])),
             counts(&[("payments", 4)])
         );
-        // Crash: a fresh Envoy at epoch 0 counts from zero; all of it is new.
+        // A counter dropped and made again within one Envoy counts from zero.
         assert_eq!(
-            c.read((300, 0), counts(&[("payments", 2)])),
-            counts(&[("payments", 2)])
-        );
-        // A hot-restarted Envoy lists a counter only once merged: not counted twice.
-        assert_eq!(
-            c.read((300, 0), counts(&[("ledger", 1)])),
+            c.read(child, counts(&[("payments", 19), ("ledger", 1)])),
             counts(&[("ledger", 1)])
         );
-        assert_eq!(c.read((400, 1), counts(&[])), counts(&[]));
+        // A crash, then a hot restart, between two reads: a fresh count, all of it new.
+        let after_crash = envoy(400, 1, 1);
         assert_eq!(
-            c.read((400, 1), counts(&[("ledger", 1), ("payments", 2)])),
-            counts(&[])
+            c.read(after_crash, counts(&[("payments", 2)])),
+            counts(&[("payments", 2)])
         );
         let merged = merge(
             BTreeMap::from([(name("payments"), 5)]),
@@ -338,23 +375,37 @@ mod tests {
     }
 
     #[test]
-    fn the_apps_reports_add_up_until_taken_and_are_bounded() {
+    fn the_apps_reports_add_up_until_taken_and_what_is_not_a_service_is_left_out() {
         let direct = DirectCalls::default();
         let report = |pairs: &[(&str, u64)]| AppReport {
-            direct: pairs.iter().map(|(s, n)| (name(s), *n)).collect(),
+            direct: pairs.iter().map(|(s, n)| (s.to_string(), *n)).collect(),
         };
-        direct.add(report(&[("payments", 2)])).expect("added");
-        direct
-            .add(report(&[("payments", 3), ("ledger", 1)]))
-            .expect("added");
+        assert!(direct.add(report(&[("payments", 2)])).is_empty());
+        assert_eq!(
+            direct.add(report(&[
+                ("payments", 3),
+                ("ledger", 1),
+                ("::1", 4),
+                ("", 1)
+            ])),
+            vec!["".to_owned(), "::1".to_owned()]
+        );
         assert_eq!(
             direct.take(),
             BTreeMap::from([(name("ledger"), 1), (name("payments"), 5)])
         );
         assert!(direct.take().is_empty());
-        let many: Vec<(String, u64)> = (0..=MAX_SERVICES).map(|i| (format!("s{i}"), 1)).collect();
+        let many: Vec<(String, u64)> = (0..=MAX_SERVICES)
+            .map(|i| (format!("s{i:05}"), 1))
+            .collect();
         let many: Vec<(&str, u64)> = many.iter().map(|(s, n)| (s.as_str(), *n)).collect();
-        assert!(direct.add(report(&many)).is_err());
-        assert!(direct.take().is_empty(), "a refused report adds nothing");
+        assert_eq!(direct.add(report(&many)).len(), 1, "past the limit");
+        assert_eq!(direct.take().len(), MAX_SERVICES);
+        // A report never names more services than the control plane keeps.
+        let proxied = (0..MAX_SERVICES)
+            .map(|i| (name(&format!("p{i}")), 1))
+            .collect();
+        let merged = merge(proxied, BTreeMap::from([(name("extra"), 1)]));
+        assert_eq!(merged.len(), MAX_SERVICES);
     }
 }
