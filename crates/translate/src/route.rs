@@ -204,6 +204,8 @@ enum Deadline {
     GrpcTimeout,
 }
 
+/// Forwards to `cluster` within the dependency's timeout (or the call's own deadline). The
+/// retry policy is the virtual host's, said once for all its routes (see [`dependency_retries`]).
 fn forward(
     cluster: &str,
     dep: Option<&Dependency>,
@@ -215,7 +217,6 @@ fn forward(
         timeout: Some(duration(
             dep.and_then(|d| d.timeout).unwrap_or(DEFAULT_TIMEOUT),
         )),
-        retry_policy: Some(retry_policy(dep.and_then(|d| d.retries.as_ref()))),
         metadata_match,
         // `max_stream_duration.grpc_timeout_header_max` would say the same in one route, but
         // switches every request to Envoy's stream-duration timeouts, counted from the
@@ -254,6 +255,21 @@ fn forward_routes(
         forward(cluster, dep, metadata_match, Deadline::Timeout),
     ));
     routes
+}
+
+/// The dependency's retry policy, for a virtual host (every route without its own inherits
+/// it): one copy per service rather than one per route.
+fn dependency_retries(dep: Option<&Dependency>) -> Option<RetryPolicy> {
+    Some(retry_policy(dep.and_then(|d| d.retries.as_ref())))
+}
+
+/// `action` with the dependency's retry policy on the route itself: a domain's virtual host
+/// also holds its `CONNECT` tunnel route, which must not retry.
+fn with_retries(mut action: route::Action, dep: &Dependency) -> route::Action {
+    if let route::Action::Route(a) = &mut action {
+        a.retry_policy = dependency_retries(Some(dep));
+    }
+    action
 }
 
 fn tunnel(cluster: &str) -> route::Action {
@@ -418,6 +434,7 @@ pub(crate) fn service_host(
         name: names::outbound_host(service),
         domains: vec![name.to_owned()],
         routes,
+        retry_policy: dependency_retries(dep),
         // Envoy wants a matcher: every request has a method.
         virtual_clusters: vec![VirtualCluster {
             name: caller.to_string(),
@@ -446,7 +463,7 @@ fn domain_host(domain: &Domain, dep: &Dependency) -> VirtualHost {
             mk_route(
                 &format!("{cluster}/default"),
                 prefix_match(Vec::new()),
-                forward(&cluster, Some(dep), None, Deadline::Timeout),
+                with_retries(forward(&cluster, Some(dep), None, Deadline::Timeout), dep),
             ),
         ],
         ..Default::default()
@@ -467,7 +484,7 @@ fn pattern_host(pattern: &str, dep: &Dependency) -> VirtualHost {
             mk_route(
                 &format!("{pattern}/default"),
                 prefix_match(Vec::new()),
-                forward(cluster, Some(dep), None, Deadline::Timeout),
+                with_retries(forward(cluster, Some(dep), None, Deadline::Timeout), dep),
             ),
         ],
         ..Default::default()

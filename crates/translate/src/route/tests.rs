@@ -97,6 +97,18 @@ fn http2_services_get_a_twin_route_for_grpc_calls_with_a_deadline() {
             r.name
         );
     }
+    // One retry policy, the virtual host's, for every route.
+    assert!(host.retry_policy.is_some(), "the virtual host retries");
+    assert!(
+        host.routes
+            .iter()
+            .filter_map(|r| match &r.action {
+                Some(route::Action::Route(a)) => Some(a),
+                _ => None,
+            })
+            .all(|a| a.retry_policy.is_none()),
+        "routes inherit the virtual host's retry policy"
+    );
     // The twin keeps its route's other matchers and subset.
     let (twin, plain) = (&host.routes[0], &host.routes[1]);
     let headers = |r: &Route| r.r#match.as_ref().expect("match").headers.clone();
