@@ -41,7 +41,9 @@ pub use cluster::service_cluster;
 pub use egress_routes::EgressRoutes;
 pub use endpoints::{routable_address, service_endpoints};
 pub use protocol::{UpstreamProtocol, upstream_protocol};
-pub use proxyless::{proxyless_clusters, proxyless_endpoints};
+pub use proxyless::{
+    proxyless_clusters, proxyless_endpoints, undeclared_cluster, undeclared_listener,
+};
 pub use rbac::{AUDIT_PREFIX, ENFORCE_PREFIX};
 
 /// Control-plane-wide translation settings.

@@ -17,8 +17,9 @@
 //!   instance is its own locality (datacenter as region and zone, the instance id as
 //!   sub-zone) weighted by its registry weight; datacenters stay failover priorities.
 //!
-//! An undeclared service gets no listener: the client's channel to it fails (the resource
-//! does not exist). No ingress or egress listener, no local-app cluster.
+//! An undeclared target gets [`undeclared_listener`] when the client asks for it: a listener
+//! that routes nowhere, so the channel's calls fail at once. No ingress or egress listener,
+//! no local-app cluster.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -45,6 +46,10 @@ use crate::endpoints::{CANARY_TAG, routable_address};
 use crate::proto::{ads, any, duration, u32_value};
 use crate::route::{CANARY_HEADER, DEFAULT_RETRIES, dependency, header_exact, retry_back_off};
 use crate::{Catalog, GroupConfig, MeshOptions, ProxyGroup, names, service_endpoints};
+
+mod undeclared;
+
+pub use undeclared::{undeclared_cluster, undeclared_listener};
 
 /// gRPC caps a call's attempts at 5 (A44): retries beyond 4 are not sent.
 const MAX_GRPC_RETRIES: u32 = 4;

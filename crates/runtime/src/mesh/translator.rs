@@ -28,7 +28,8 @@ use meshplane_registry::{Changes, Snapshot as RegistrySnapshot, Store};
 use meshplane_telemetry::TranslationMetrics;
 use meshplane_translate::{
     Catalog, EgressRoutes, MeshOptions, ProxyGroup, group_config, names, proxyless_clusters,
-    proxyless_endpoints, service_cluster, service_endpoints,
+    proxyless_endpoints, service_cluster, service_endpoints, undeclared_cluster,
+    undeclared_listener,
 };
 use meshplane_xds::{GroupKey, Resource, ResourceType, Snapshot, SnapshotCache};
 use tokio::sync::mpsc;
@@ -547,8 +548,25 @@ impl Translator {
         for service in &config.services {
             resources.extend(self.resources_for(service, group));
         }
+        let mut snapshot = Snapshot::new(resources)?;
+        if group.proxyless {
+            // A channel to a target that is not a dependency fails at once, not after
+            // gRPC's 15 s resource timer (see `undeclared_listener`).
+            let caller = group.descriptor.service.clone();
+            snapshot = snapshot
+                .with_fallback(
+                    ResourceType::Listener,
+                    Arc::new(move |target: &str| {
+                        Resource::listener(&undeclared_listener(&caller, target))
+                    }),
+                )
+                .with_fallback(
+                    ResourceType::Cluster,
+                    Arc::new(|name: &str| Resource::cluster(&undeclared_cluster(name))),
+                );
+        }
         Ok(Built {
-            snapshot: Snapshot::new(resources)?,
+            snapshot,
             services: config.services,
             routes,
         })

@@ -1,0 +1,62 @@
+use envoy_types::pb::envoy::config::cluster::v3::cluster;
+use prost::Message;
+
+use super::*;
+
+fn hcm(l: &Listener) -> HttpConnectionManager {
+    let any = l
+        .api_listener
+        .as_ref()
+        .and_then(|a| a.api_listener.as_ref())
+        .expect("an API listener");
+    HttpConnectionManager::decode(any.value.as_slice()).expect("an HTTP connection manager")
+}
+
+/// gRPC resolves the listener without asking for anything but the cluster: the route
+/// configuration is inline, every authority and path go to the one cluster, and its name
+/// says why (grpc-core quotes it when a call fails).
+#[test]
+fn the_listener_routes_every_call_to_a_cluster_named_with_the_reason() {
+    let caller = ServiceName::new("checkout").expect("name");
+    let l = undeclared_listener(&caller, "ledger");
+    assert_eq!(l.name, "ledger");
+    let Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) = hcm(&l).route_specifier
+    else {
+        panic!("an inline route configuration");
+    };
+    let [host] = rc.virtual_hosts.as_slice() else {
+        panic!("one virtual host: {rc:?}");
+    };
+    assert_eq!(host.domains, vec!["*"]);
+    let [route] = host.routes.as_slice() else {
+        panic!("one route: {host:?}");
+    };
+    let Some(route::Action::Route(RouteAction {
+        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
+        ..
+    })) = &route.action
+    else {
+        panic!("to a cluster: {route:?}");
+    };
+    assert_eq!(
+        cluster,
+        "meshplane: `ledger` is not a dependency of `checkout`; declare it under `dependencies` in its meshplane.yaml"
+    );
+    assert_eq!(
+        undeclared_listener(&caller, "ledger"),
+        l,
+        "the same name, the same listener"
+    );
+}
+
+#[test]
+fn the_cluster_is_a_plain_eds_cluster_of_the_name() {
+    let c = undeclared_cluster("why");
+    assert_eq!(c.name, "why");
+    assert_eq!(
+        c.cluster_discovery_type,
+        Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32
+        ))
+    );
+}
