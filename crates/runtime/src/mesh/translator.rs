@@ -552,12 +552,12 @@ impl Translator {
         if group.proxyless {
             // A channel to a target that is not a dependency fails at once, not after
             // gRPC's 15 s resource timer (see `undeclared_listener`).
-            let caller = group.descriptor.service.clone();
+            let descriptor = group.descriptor.clone();
             snapshot = snapshot
                 .with_fallback(
                     ResourceType::Listener,
                     Arc::new(move |target: &str| {
-                        Resource::listener(&undeclared_listener(&caller, target))
+                        Resource::listener(&undeclared_listener(&descriptor, target))
                     }),
                 )
                 .with_fallback(

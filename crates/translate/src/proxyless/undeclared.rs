@@ -21,18 +21,24 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
-use meshplane_model::ServiceName;
+use meshplane_model::Descriptor;
 
 use crate::proto::any;
 
-/// The API listener a proxyless client of `caller` gets for `target`, a name it asked for
-/// that is not one of its dependencies: calls through it go to [`undeclared_cluster`]
-/// named with the reason, and fail at once with `UNAVAILABLE` (see the module docs). The
-/// same `target` always gives the same listener.
-pub fn undeclared_listener(caller: &ServiceName, target: &str) -> Listener {
-    let reason = format!(
-        "meshplane: `{target}` is not a dependency of `{caller}`; declare it under `dependencies` in its meshplane.yaml"
-    );
+/// The API listener a proxyless client with descriptor `d` gets for `target`, a name it
+/// asked for that is not one of its dependencies (for `service: "*"`: not a service in the
+/// registry): calls through it go to [`undeclared_cluster`] named with the reason, and fail
+/// at once with `UNAVAILABLE` (see the module docs). The same `target` always gives the same
+/// listener.
+pub fn undeclared_listener(d: &Descriptor, target: &str) -> Listener {
+    let reason = if d.depends_on_all() {
+        format!("meshplane: `{target}` is not a service in the registry")
+    } else {
+        format!(
+            "meshplane: `{target}` is not a dependency of `{}`; declare it under `dependencies` in its meshplane.yaml",
+            d.service
+        )
+    };
     let route_config = RouteConfiguration {
         name: reason.clone(),
         virtual_hosts: vec![VirtualHost {
