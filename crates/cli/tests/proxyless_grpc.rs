@@ -324,6 +324,35 @@ async fn undeclared_target_fails_fast(grpc: Grpc) {
         );
     }
     assert_eq!(client.call(payments(1))["ok"], true, "payments still works");
+    // The clients accepted the answers: every stream SYNCED, nothing rejected.
+    let admin = format!("http://{}/api/proxies", mesh.cp.admin_addr);
+    let synced = poll(|| async {
+        let proxies: Value = match mesh.http.get(&admin).send().await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => return false,
+        };
+        let streams: Vec<&Value> = proxies
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["node_id"] == "checkout-1")
+            .collect();
+        // grpcio opens one stream per channel target, grpc-js one per process.
+        streams.len() >= 2 && streams.iter().all(|p| p["sync"] == "SYNCED")
+    })
+    .await;
+    assert!(
+        synced,
+        "every stream of both clients SYNCED in {admin}: {}",
+        mesh.http
+            .get(&admin)
+            .send()
+            .await
+            .expect("admin")
+            .text()
+            .await
+            .unwrap_or_default()
+    );
 }
 
 /// Authenticated xDS: with client certificates required on the xDS port, a proxyless client
