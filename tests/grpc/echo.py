@@ -14,7 +14,8 @@ No generated code: the service `meshplane.test.Echo` carries raw bytes.
     echo.py client TARGET AUTHORITY
         Reads one JSON call per line on stdin ({"method", "payload", "timeout"} or
         {"method": "Stream", "count"} or {"method": "Collect", "messages"}) and prints one
-        JSON line per call: {"ok": true, "reply"} or {"ok": false, "code", "details"}.
+        JSON line per call: {"ok": true, "reply"} or {"ok": false, "code", "details"}, with
+        the call's duration in "seconds".
 
     echo.py client-xds
         A proxyless client: channels to `xds:///SERVICE` targets, resolved through the
@@ -121,10 +122,12 @@ def client(target, authority):
             if not line.strip():
                 continue
             spec = json.loads(line)
+            start = time.monotonic()
             try:
                 result = {"ok": True, "reply": call(channel, spec)}
             except grpc.RpcError as e:
                 result = {"ok": False, "code": e.code().name, "details": e.details() or ""}
+            result["seconds"] = round(time.monotonic() - start, 3)
             sys.stdout.write(json.dumps(result) + "\n")
             sys.stdout.flush()
 

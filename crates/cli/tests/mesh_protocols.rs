@@ -76,8 +76,8 @@ async fn grpc_through_two_sidecars_over_mtls() {
     // by Envoy (grpc.health.v1), so the instance turns passing and gets traffic.
     let unary = json!({"method": "Unary", "payload": "hi"});
     let reached = poll(|| async {
-        grpc_calls(egress, "payments", std::slice::from_ref(&unary)).await
-            == vec![json!({"ok": true, "reply": "payments:hi"})]
+        let results = grpc_calls(egress, "payments", std::slice::from_ref(&unary)).await;
+        results.len() == 1 && results[0]["reply"] == "payments:hi"
     })
     .await;
     assert!(
@@ -198,7 +198,8 @@ async fn grpc_through_two_sidecars_over_mtls() {
     );
 }
 
-/// An h2c-only (`http2`) or HTTP/1.1-only app answering with the HTTP version it got.
+/// An h2c-only (`http2`) or HTTP/1.1-only app answering with the HTTP version it got (after
+/// 4 s on `/slow`).
 async fn versioned_app(http2: bool) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -209,6 +210,9 @@ async fn versioned_app(http2: bool) -> u16 {
             tokio::spawn(async move {
                 let svc = hyper_util::service::TowerToHyperService::new(
                     axum::Router::new().fallback(|req: Request<axum::body::Body>| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+                        }
                         format!("{:?}", req.version())
                     }),
                 );
@@ -277,7 +281,7 @@ async fn http2_callers_reach_http2_and_http1_apps() {
         free_port(),
         free_port(),
         egress,
-        "  - service: h2-mtls\n  - service: h2-plain\n  - service: h1-only\n",
+        "  - service: h2-mtls\n  - service: h2-plain\n    timeout: 1s\n  - service: h1-only\n",
     ) + ALL_STATS;
     mesh.sidecar("web-1", &web, 2).await;
 
@@ -293,6 +297,35 @@ async fn http2_callers_reach_http2_and_http1_apps() {
             "curl speaks HTTP/2 to the egress and {service}'s app gets {app_saw}: {:?}\n{}",
             curl_h2(egress, service).await,
             mesh.sidecar_log("web-1")
+        );
+    }
+    // Plain HTTP/2 to an HTTP/2 service keeps the dependency's timeout, even with a
+    // `grpc-timeout` header (only a gRPC call's own deadline replaces it): 504 at 1 s.
+    for extra in [None, Some("grpc-timeout: 10S")] {
+        let started = std::time::Instant::now();
+        let mut curl = tokio::process::Command::new("curl");
+        curl.args(["-s", "-o", "/dev/null", "--http2-prior-knowledge"])
+            .args([
+                "--max-time",
+                "5",
+                "-H",
+                "host: h2-plain",
+                "-w",
+                "%{http_code}",
+            ]);
+        if let Some(header) = extra {
+            curl.args(["-H", header]);
+        }
+        let out = curl
+            .arg(format!("http://127.0.0.1:{egress}/slow"))
+            .output()
+            .await
+            .expect("curl runs");
+        let elapsed = started.elapsed();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "504", "{extra:?}");
+        assert!(
+            elapsed < std::time::Duration::from_secs(3),
+            "{extra:?}: the 1 s timeout, not the app's 4 s: {elapsed:?}"
         );
     }
     // `Upgrade: h2c` from an HTTP/1.1 client: the upgrade is declined (the answer is
@@ -552,8 +585,8 @@ async fn websocket_upgrades_cross_an_http2_hop_during_a_rollout() {
 /// gRPC semantics through the mesh: a call refused with UNAVAILABLE by one instance is
 /// retried on another (the default retry conditions include gRPC's `unavailable`), the
 /// refusal is in the callee's access log with its gRPC status, a call's own deadline
-/// replaces the dependency's timeout, and a method `incoming` does not grant is answered
-/// PERMISSION_DENIED as a gRPC status, not an HTML 403.
+/// replaces the dependency's timeout (which still bounds a call without one), and a method
+/// `incoming` does not grant is answered PERMISSION_DENIED as a gRPC status, not an HTML 403.
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_retries_on_unavailable_and_permissions_per_method() {
     let mut mesh = Mesh::start(|_, _| {}).await;
@@ -624,16 +657,30 @@ async fn grpc_retries_on_unavailable_and_permissions_per_method() {
     )
     .await;
     assert_eq!(long[0]["reply"], "woke", "{long:?}");
-    // A gRPC call without a deadline is not bounded by the dependency's timeout either
-    // (Envoy's `max_grpc_timeout`: no `grpc-timeout`, no limit; the callee's ingress timeout
-    // still applies): gRPC calls carry their own deadlines.
+    // A gRPC call without a deadline is bounded by the dependency's timeout: orders' sidecar
+    // ends it at 500 ms with DEADLINE_EXCEEDED (`upstream request timeout`: the sidecar's,
+    // the client has no timer), and the server's handler is cancelled.
     let unbounded = grpc_calls(
         egress,
         "payments",
-        &[json!({"method": "Sleep", "payload": "1"})],
+        &[json!({"method": "Sleep", "payload": "5"})],
     )
     .await;
-    assert_eq!(unbounded[0]["reply"], "woke", "{unbounded:?}");
+    assert_eq!(unbounded[0]["code"], "DEADLINE_EXCEEDED", "{unbounded:?}");
+    assert_eq!(
+        unbounded[0]["details"], "upstream request timeout",
+        "{unbounded:?}"
+    );
+    let seconds = unbounded[0]["seconds"].as_f64().expect("seconds");
+    assert!(
+        (0.45..3.0).contains(&seconds),
+        "ended at the dependency's 500 ms timeout, not the 5 s sleep: {seconds} s"
+    );
+    assert!(
+        poll(|| async { good.printed().iter().any(|l| l == "cancelled Sleep") }).await,
+        "the server's handler is cancelled: {:?}",
+        good.printed()
+    );
 
     // A method incoming does not grant: a gRPC PERMISSION_DENIED.
     let denied = grpc_calls(

@@ -5,11 +5,11 @@
 //! grpcio echo servers registered in the embedded registry: they reach the right service,
 //! honour registry weights, move to a new instance within 1 s of its registration, stop
 //! using a deregistered one, follow `x-canary: 1` to a canary; a target that is not one of
-//! the descriptor's dependencies does not exist for them; the admin API shows the client
-//! SYNCED like a sidecar. With certificates (`--certs-dir`, gRFC A29) they call a callee
-//! whose real Envoy sidecar is `mtls: strict` over mTLS, as their service: its `incoming`
-//! permissions allow one service and deny another; a plaintext client is refused; the
-//! files stay valid past the first certificate's expiry (`--follow`).
+//! the descriptor's dependencies fails at once with UNAVAILABLE naming it; the admin API
+//! shows the client SYNCED like a sidecar. With certificates (`--certs-dir`, gRFC A29) they
+//! call a callee whose real Envoy sidecar is `mtls: strict` over mTLS, as their service: its
+//! `incoming` permissions allow one service and deny another; a plaintext client is refused;
+//! the files stay valid past the first certificate's expiry (`--follow`).
 
 mod support;
 
@@ -169,20 +169,11 @@ async fn follows_the_registry(grpc: Grpc) {
     let mesh = Mesh::start(|_, _| {}).await;
     let a = GrpcServer::start("payments-a");
     let b = GrpcServer::start("payments-b");
-    let billing = GrpcServer::start("billing-1");
     mesh.register("payments-a", "payments", a.port, &[], 3)
         .await;
     mesh.register("payments-b", "payments", b.port, &[], 1)
         .await;
-    mesh.register("billing-1", "billing", billing.port, &[], 1)
-        .await;
     let bootstrap_file = bootstrap(&mesh, "checkout-1", CHECKOUT);
-
-    // `billing` is registered but not a dependency: no listener. gRPC learns that a name
-    // does not exist from its 15 s timer (a state-of-the-world response that lacks a name
-    // it never had is not proof), so this client runs alongside the rest of the test.
-    let mut outsider = XdsClient::start(grpc, &bootstrap_file);
-    outsider.send(&json!({ "target": "xds:///billing", "payload": "x", "timeout": 20 }));
 
     // Shared with the polling closures (never locked across an await).
     let client = parking_lot::Mutex::new(XdsClient::start(grpc, &bootstrap_file));
@@ -278,29 +269,102 @@ async fn follows_the_registry(grpc: Grpc) {
         by_server(&answer).len() > 1,
         "calls without x-canary are not pinned to the canary: {answer}"
     );
+}
 
-    // The undeclared dependency got no route.
-    let answer = tokio::task::block_in_place(|| outsider.answer());
-    assert_eq!(
-        answer["ok"], false,
-        "billing must not be reachable: {answer}"
-    );
-    let details = answer["details"].as_str().unwrap_or_default();
-    match grpc {
-        // The C core fails the channel when its does-not-exist timer fires.
-        Grpc::Python => {
-            assert_eq!(answer["code"], "UNAVAILABLE", "{answer}");
-            assert!(
-                details.contains("LDS resource billing: does not exist"),
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn python_grpc_client_fails_fast_on_an_undeclared_target() {
+    undeclared_target_fails_fast(Grpc::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_grpc_client_fails_fast_on_an_undeclared_target() {
+    undeclared_target_fails_fast(Grpc::Node).await;
+}
+
+/// A target that is not one of the descriptor's dependencies fails at once with UNAVAILABLE
+/// (the control plane answers its listener with one that routes to a cluster without
+/// endpoints, named with the reason, which grpcio quotes), not after gRPC's 15 s resource
+/// timer or, for grpc-js, at the call's deadline: a registered service (`billing`) asked for by a client
+/// that already holds its dependency's listener, and an unknown name (`ledger`) as a fresh
+/// client's first target. The client's own dependency keeps working.
+async fn undeclared_target_fails_fast(grpc: Grpc) {
+    let mesh = Mesh::start(|_, _| {}).await;
+    let payments_a = GrpcServer::start("payments-a");
+    let billing = GrpcServer::start("billing-1");
+    mesh.register("payments-a", "payments", payments_a.port, &[], 1)
+        .await;
+    mesh.register("billing-1", "billing", billing.port, &[], 1)
+        .await;
+    let bootstrap_file = bootstrap(&mesh, "checkout-1", CHECKOUT);
+
+    // The client holds its dependency's listener first (the registration may take a moment
+    // to reach the control plane's configuration).
+    let client = parking_lot::Mutex::new(XdsClient::start(grpc, &bootstrap_file));
+    let reached = poll(|| async { client.lock().call(payments(1))["ok"] == true }).await;
+    assert!(reached, "payments answers");
+    let mut client = client.into_inner();
+    let mut fresh = XdsClient::start(grpc, &bootstrap_file);
+    for (c, target) in [(&mut client, "billing"), (&mut fresh, "ledger")] {
+        let started = Instant::now();
+        let answer = c.call(
+            json!({ "target": format!("xds:///{target}"), "payload": "x",
+            "timeout": 20 }),
+        );
+        let took = started.elapsed();
+        eprintln!("{grpc:?}: a call to undeclared {target} failed after {took:?}: {answer}");
+        assert_eq!(
+            answer["ok"], false,
+            "{target} must not be reachable: {answer}"
+        );
+        assert_eq!(answer["code"], "UNAVAILABLE", "{answer}");
+        let details = answer["details"].as_str().unwrap_or_default();
+        match grpc {
+            // grpc-core quotes the cluster's name, which says why.
+            Grpc::Python => assert!(
+                details.contains(&format!("`{target}` is not a dependency of `checkout`")),
+                "the message names {target}: {answer}"
+            ),
+            // grpc-js says only that the cluster has no endpoints.
+            Grpc::Node => assert_eq!(
+                details, "priority policy has empty priority list",
                 "{answer}"
-            );
+            ),
         }
-        // grpc-js keeps waiting for a listener that never comes.
-        Grpc::Node => {
-            assert_eq!(answer["code"], "DEADLINE_EXCEEDED", "{answer}");
-            assert!(details.contains("name resolution"), "{answer}");
-        }
+        assert!(
+            took < Duration::from_secs(5),
+            "{target}: failed after {took:?}, not at once (gRPC's resource timer is 15 s)"
+        );
     }
+    assert_eq!(client.call(payments(1))["ok"], true, "payments still works");
+    // The clients accepted the answers: every stream SYNCED, nothing rejected.
+    let admin = format!("http://{}/api/proxies", mesh.cp.admin_addr);
+    let synced = poll(|| async {
+        let proxies: Value = match mesh.http.get(&admin).send().await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => return false,
+        };
+        let streams: Vec<&Value> = proxies
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["node_id"] == "checkout-1")
+            .collect();
+        // grpcio opens one stream per channel target, grpc-js one per process.
+        streams.len() >= 2 && streams.iter().all(|p| p["sync"] == "SYNCED")
+    })
+    .await;
+    assert!(
+        synced,
+        "every stream of both clients SYNCED in {admin}: {}",
+        mesh.http
+            .get(&admin)
+            .send()
+            .await
+            .expect("admin")
+            .text()
+            .await
+            .unwrap_or_default()
+    );
 }
 
 /// Authenticated xDS: with client certificates required on the xDS port, a proxyless client

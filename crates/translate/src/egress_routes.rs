@@ -93,6 +93,7 @@ impl EgressRoutes {
                 service,
                 route::dependency(&self.descriptor, service),
                 &route::tags_of(service, catalog),
+                route::speaks_http2(service, catalog),
             );
             self.services.insert(service.clone(), encode_host(host));
         } else {

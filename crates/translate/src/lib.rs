@@ -41,7 +41,10 @@ pub use cluster::service_cluster;
 pub use egress_routes::EgressRoutes;
 pub use endpoints::{routable_address, service_endpoints};
 pub use protocol::{UpstreamProtocol, upstream_protocol};
-pub use proxyless::{proxyless_clusters, proxyless_endpoints, proxyless_mtls_clusters};
+pub use proxyless::{
+    proxyless_clusters, proxyless_endpoints, proxyless_mtls_clusters, undeclared_cluster,
+    undeclared_listener,
+};
 pub use rbac::{AUDIT_PREFIX, ENFORCE_PREFIX};
 
 /// Control-plane-wide translation settings.

@@ -7,9 +7,10 @@
 //! - an *API listener* named as the target (`payments`): an HTTP connection manager with
 //!   RDS over ADS and the router filter only;
 //! - a route configuration `grpc:payments`: the default route, and with canary instances an
-//!   `x-canary: 1` route to the canary cluster; the dependency's timeout
-//!   (`max_stream_duration`, a call's own deadline taking precedence) and retries on gRPC
-//!   statuses;
+//!   `x-canary: 1` route to the canary cluster; a call's own deadline, uncapped
+//!   (`grpc_timeout_header_max: 0`: gRPC then reads no `max_stream_duration`, so a call
+//!   without a deadline is not bounded by the dependency's timeout, gRFC A31), and retries
+//!   on gRPC statuses;
 //! - shared per service, like the sidecars' [`crate::service_cluster`]: a plain EDS cluster
 //!   named after the service (plaintext HTTP/2, round robin, no transport socket), plus
 //!   `canary:payments` while some instance is tagged `canary`, and their endpoints. gRPC's
@@ -25,8 +26,9 @@
 //!   accepts mTLS (a sidecar with `mtls: permissive|strict`), and plaintext otherwise, like
 //!   a plaintext client's: a service half moved onto sidecars keeps answering.
 //!
-//! An undeclared service gets no listener: the client's channel to it fails (the resource
-//! does not exist). No ingress or egress listener, no local-app cluster.
+//! An undeclared target gets [`undeclared_listener`] when the client asks for it: a listener
+//! that routes nowhere, so the channel's calls fail at once. No ingress or egress listener,
+//! no local-app cluster.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -55,6 +57,10 @@ use crate::proto::{ads, any, duration, u32_value};
 use crate::route::{CANARY_HEADER, DEFAULT_RETRIES, dependency, header_exact, retry_back_off};
 use crate::security::{accepts_mtls, grpc_upstream_mtls};
 use crate::{Catalog, GroupConfig, MeshOptions, ProxyGroup, names, service_endpoints};
+
+mod undeclared;
+
+pub use undeclared::{undeclared_cluster, undeclared_listener};
 
 /// gRPC caps a call's attempts at 5 (A44): retries beyond 4 are not sent.
 const MAX_GRPC_RETRIES: u32 = 4;
@@ -147,7 +153,9 @@ fn routes(service: &ServiceName, dep: Option<&Dependency>, canary: bool) -> Rout
 fn forward(cluster: &str, dep: Option<&Dependency>) -> route::Action {
     route::Action::Route(RouteAction {
         cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.to_owned())),
-        // A31: the call's own deadline wins (no cap); without one, the dependency's timeout.
+        // A31: the call's own deadline, uncapped. gRPC reads `max_stream_duration` only
+        // when `grpc_timeout_header_max` is absent, so a call without a deadline is not
+        // bounded here; capping every call instead would cut long streams (README).
         max_stream_duration: Some(route_action::MaxStreamDuration {
             max_stream_duration: dep.and_then(|d| d.timeout).map(duration),
             grpc_timeout_header_max: Some(duration(Duration::ZERO)),

@@ -1,7 +1,9 @@
 //! Egress routes: one virtual host per dependency and, for any other host, only the path of
 //! the sidecar's egress flags (an undeclared host matches no route and gets the listener's
 //! "not a dependency" 503), with per-dependency
-//! timeouts and retries, canary preference and tag selection.
+//! timeouts and retries, canary preference and tag selection. A service callers reach over
+//! HTTP/2 gets each route twice: first for gRPC calls carrying their own deadline
+//! (`grpc-timeout`, which then replaces the timeout), then for every other request.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -23,6 +25,7 @@ use crate::Catalog;
 use crate::endpoints::{CANARY_TAG, LB_NAMESPACE, TAGS_KEY};
 use crate::names;
 use crate::proto::{any, duration, stable_map, string_value, u32_value};
+use crate::protocol::{UpstreamProtocol, upstream_protocol};
 
 /// Header that prefers canary instances (`1`), falling back to any instance.
 pub const CANARY_HEADER: &str = "x-canary";
@@ -48,6 +51,7 @@ pub(crate) fn egress(
             service,
             dependency(d, service),
             &tags,
+            speaks_http2(service, catalog),
         ));
     }
     for dep in &d.dependencies {
@@ -100,6 +104,13 @@ pub(crate) fn dependency<'a>(d: &'a Descriptor, service: &ServiceName) -> Option
     d.dependencies
         .iter()
         .find(|dep| matches!(&dep.target, Target::Service(s) if s == service))
+}
+
+/// Whether callers' sidecars speak HTTP/2 to `service`, the only way a gRPC call reaches
+/// it: only then do its routes need a twin for calls carrying their own deadline.
+pub(crate) fn speaks_http2(service: &ServiceName, catalog: &dyn Catalog) -> bool {
+    let instances = catalog.instances(service).unwrap_or_default();
+    upstream_protocol(instances) == UpstreamProtocol::Http2
 }
 
 /// A service's tags: one route each. The scrape tag every sidecar adds selects nothing
@@ -181,26 +192,86 @@ fn lb_match(key: &str, value: envoy_types::pb::google::protobuf::Value) -> Metad
     }
 }
 
+/// The header carrying a gRPC call's own deadline.
+const GRPC_TIMEOUT_HEADER: &str = "grpc-timeout";
+
+/// What bounds a forwarded request in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// The dependency's `timeout` (every request, gRPC calls without a deadline included).
+    Timeout,
+    /// A gRPC call's own deadline (`grpc-timeout`), uncapped, so a long stream lives as long
+    /// as its client allows. Only on routes that match calls carrying `grpc-timeout`: Envoy's
+    /// `max_grpc_timeout` gives a gRPC call without the header no limit at all.
+    GrpcTimeout,
+}
+
+/// Forwards to `cluster` within the dependency's timeout (or the call's own deadline). The
+/// retry policy is the virtual host's, said once for all its routes (see [`dependency_retries`]).
 fn forward(
     cluster: &str,
     dep: Option<&Dependency>,
     metadata_match: Option<Metadata>,
+    deadline: Deadline,
 ) -> route::Action {
     route::Action::Route(RouteAction {
         cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.to_owned())),
         timeout: Some(duration(
             dep.and_then(|d| d.timeout).unwrap_or(DEFAULT_TIMEOUT),
         )),
-        retry_policy: Some(retry_policy(dep.and_then(|d| d.retries.as_ref()))),
         metadata_match,
-        // A gRPC call's own deadline (`grpc-timeout`) replaces the dependency's timeout, so a
-        // long stream lives as long as its client allows (0: no cap). Other requests keep the
-        // route's timeout. `max_stream_duration.grpc_timeout_header_max` would say the same
-        // but switches every request to Envoy's stream-duration timeouts, dropping `timeout`.
+        // `max_stream_duration.grpc_timeout_header_max` would say the same in one route, but
+        // switches every request to Envoy's stream-duration timeouts, counted from the
+        // request's start: a WebSocket or a client stream would end at `timeout`, when
+        // `timeout` only starts once the request is complete.
         #[allow(deprecated)]
-        max_grpc_timeout: Some(duration(Duration::ZERO)),
+        max_grpc_timeout: (deadline == Deadline::GrpcTimeout).then(|| duration(Duration::ZERO)),
         ..Default::default()
     })
+}
+
+/// The routes for requests matching `headers`: one bounded by the dependency's `timeout`
+/// and, when the service speaks HTTP/2 (so it may be gRPC), before it, its twin for gRPC
+/// calls that carry their own deadline.
+fn forward_routes(
+    name: &str,
+    headers: Vec<HeaderMatcher>,
+    cluster: &str,
+    dep: Option<&Dependency>,
+    metadata_match: Option<Metadata>,
+    http2: bool,
+) -> Vec<Route> {
+    let mut routes = Vec::with_capacity(2);
+    if http2 {
+        let mut with_deadline = headers.clone();
+        with_deadline.push(header_present(GRPC_TIMEOUT_HEADER));
+        routes.push(mk_route(
+            &format!("{name}/{GRPC_TIMEOUT_HEADER}"),
+            prefix_match(with_deadline),
+            forward(cluster, dep, metadata_match.clone(), Deadline::GrpcTimeout),
+        ));
+    }
+    routes.push(mk_route(
+        name,
+        prefix_match(headers),
+        forward(cluster, dep, metadata_match, Deadline::Timeout),
+    ));
+    routes
+}
+
+/// The dependency's retry policy, for a virtual host (every route without its own inherits
+/// it): one copy per service rather than one per route.
+fn dependency_retries(dep: Option<&Dependency>) -> Option<RetryPolicy> {
+    Some(retry_policy(dep.and_then(|d| d.retries.as_ref())))
+}
+
+/// `action` with the dependency's retry policy on the route itself: a domain's virtual host
+/// also holds its `CONNECT` tunnel route, which must not retry.
+fn with_retries(mut action: route::Action, dep: &Dependency) -> route::Action {
+    if let route::Action::Route(a) = &mut action {
+        a.retry_policy = dependency_retries(Some(dep));
+    }
+    action
 }
 
 fn tunnel(cluster: &str) -> route::Action {
@@ -304,7 +375,9 @@ pub(crate) fn retry_back_off() -> retry_policy::RetryBackOff {
 }
 
 /// A service's virtual host for `caller`'s egress: one route per tag, the canary route, the
-/// default route, and one virtual cluster, `caller`, that counts every request: its
+/// default route (each with its twin for gRPC calls carrying a deadline when `http2`: the
+/// service's callers speak HTTP/2 to it, see [`speaks_http2`]), and one virtual cluster,
+/// `caller`, that counts every request: its
 /// statistics, `vhost.outbound|<service>.vcluster.<caller>.*`, are the caller's side of the
 /// service pair (the sidecar's bootstrap turns the names into `direction`,
 /// `destination_service` and `source_service` labels).
@@ -313,15 +386,19 @@ pub(crate) fn service_host(
     service: &ServiceName,
     dep: Option<&Dependency>,
     tags: &BTreeSet<String>,
+    http2: bool,
 ) -> VirtualHost {
     let name = service.as_str();
     let mut routes: Vec<Route> = tags
         .iter()
-        .map(|tag| {
-            mk_route(
+        .flat_map(|tag| {
+            forward_routes(
                 &format!("{name}/tag/{tag}"),
-                prefix_match(vec![header_exact(TAG_HEADER, tag)]),
-                forward(name, dep, Some(lb_match(TAGS_KEY, string_value(tag)))),
+                vec![header_exact(TAG_HEADER, tag)],
+                name,
+                dep,
+                Some(lb_match(TAGS_KEY, string_value(tag))),
+                http2,
             )
         })
         .collect();
@@ -339,24 +416,27 @@ pub(crate) fn service_host(
             ..Default::default()
         }),
     ));
-    routes.push(mk_route(
+    routes.extend(forward_routes(
         &format!("{name}/canary"),
-        prefix_match(vec![header_exact(CANARY_HEADER, "1")]),
-        forward(
-            name,
-            dep,
-            Some(lb_match(TAGS_KEY, string_value(CANARY_TAG))),
-        ),
+        vec![header_exact(CANARY_HEADER, "1")],
+        name,
+        dep,
+        Some(lb_match(TAGS_KEY, string_value(CANARY_TAG))),
+        http2,
     ));
-    routes.push(mk_route(
+    routes.extend(forward_routes(
         &format!("{name}/default"),
-        prefix_match(Vec::new()),
-        forward(name, dep, None),
+        Vec::new(),
+        name,
+        dep,
+        None,
+        http2,
     ));
     VirtualHost {
         name: names::outbound_host(service),
         domains: vec![name.to_owned()],
         routes,
+        retry_policy: dependency_retries(dep),
         // Envoy wants a matcher: every request has a method.
         virtual_clusters: vec![VirtualCluster {
             name: caller.to_string(),
@@ -385,7 +465,7 @@ fn domain_host(domain: &Domain, dep: &Dependency) -> VirtualHost {
             mk_route(
                 &format!("{cluster}/default"),
                 prefix_match(Vec::new()),
-                forward(&cluster, Some(dep), None),
+                with_retries(forward(&cluster, Some(dep), None, Deadline::Timeout), dep),
             ),
         ],
         ..Default::default()
@@ -406,7 +486,7 @@ fn pattern_host(pattern: &str, dep: &Dependency) -> VirtualHost {
             mk_route(
                 &format!("{pattern}/default"),
                 prefix_match(Vec::new()),
-                forward(cluster, Some(dep), None),
+                with_retries(forward(cluster, Some(dep), None, Deadline::Timeout), dep),
             ),
         ],
         ..Default::default()
@@ -509,3 +589,6 @@ pub(crate) fn strict_plaintext(d: &Descriptor, trust_domain: &str) -> RouteConfi
     }
     config
 }
+
+#[cfg(test)]
+mod tests;

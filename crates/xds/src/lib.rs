@@ -23,7 +23,7 @@ pub use cache::{GroupKey, SnapshotCache, SnapshotRx};
 pub use resource::{Resource, ResourceType};
 pub use server::node::{GroupError, MetadataGrouper, NodeGrouper, PeerInfo};
 pub use server::{ServerConfig, XdsServer, XdsTls};
-pub use snapshot::{Snapshot, SnapshotError};
+pub use snapshot::{Fallback, Snapshot, SnapshotError};
 pub use status::{
     Nack, ProxyStatus, StatusBoard, StreamInfo, StreamKind, StreamObserver, TypeStatus, XdsObserver,
 };

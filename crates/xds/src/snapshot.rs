@@ -36,8 +36,12 @@ pub enum SnapshotError {
 /// Resources of one type, by name.
 pub type ResourceMap = BTreeMap<String, Arc<Resource>>;
 
+/// Builds the resource a proxy is sent for a name it subscribes to that its snapshot lacks
+/// (see [`Snapshot::with_fallback`]).
+pub type Fallback = Arc<dyn Fn(&str) -> Arc<Resource> + Send + Sync>;
+
 /// An immutable, consistent set of resources for one group.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Snapshot {
     by_type: [ResourceMap; 5],
     digest: String,
@@ -45,6 +49,27 @@ pub struct Snapshot {
     type_versions: [String; 5],
     /// What changed since the snapshot published before this one, when known.
     changes: Option<Box<Changes>>,
+    /// Per type, the resource for a subscribed name the snapshot lacks; none without it.
+    fallbacks: [Option<Fallback>; 5],
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("by_type", &self.by_type)
+            .field("digest", &self.digest)
+            .field("type_versions", &self.type_versions)
+            .field("changes", &self.changes)
+            .field(
+                "fallbacks",
+                &self
+                    .fallbacks
+                    .iter()
+                    .map(Option::is_some)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// What changed between two snapshots of a group, per type: streams whose proxy is in line
@@ -78,6 +103,7 @@ impl Snapshot {
             digest,
             type_versions,
             changes: None,
+            fallbacks: Default::default(),
         };
         snapshot.check()?;
         Ok(snapshot)
@@ -166,6 +192,7 @@ impl Snapshot {
                 from: self.type_versions.clone(),
                 names,
             })),
+            fallbacks: self.fallbacks.clone(),
         };
         if removed {
             // Anything left may have referenced what was removed.
@@ -178,6 +205,25 @@ impl Snapshot {
             }
         }
         Ok(snapshot)
+    }
+
+    /// This snapshot answering a subscription to a name of `kind` it lacks with
+    /// `fallback`'s resource for that name, instead of with nothing. A state-of-the-world
+    /// client cannot tell a resource missing from a response from one the response predates,
+    /// so it waits for its own timer (gRPC's: 15 s) before concluding that the resource does
+    /// not exist; a resource of that name is an answer at once. The same name must always
+    /// give the same resource, and what it references must be in the snapshot or have a
+    /// fallback itself. Endpoints need none: a name the snapshot lacks gets an empty
+    /// assignment. Kept by [`Snapshot::with_patch`] and [`Snapshot::with_upserts`]; not part
+    /// of the digest.
+    pub fn with_fallback(mut self, kind: ResourceType, fallback: Fallback) -> Self {
+        self.fallbacks[kind.index()] = Some(fallback);
+        self
+    }
+
+    /// The fallback's resource of `kind` for `name`, if the snapshot has a fallback for it.
+    pub fn fallback(&self, kind: ResourceType, name: &str) -> Option<Arc<Resource>> {
+        self.fallbacks[kind.index()].as_ref().map(|f| f(name))
     }
 
     /// Records what changed since `previous` (the group's snapshot before this one), so

@@ -369,3 +369,100 @@ async fn eds_responses_carry_only_the_assignments_that_changed() {
     assert_eq!(names_of(&second), vec!["b".to_string()], "a did not change");
     assert_ne!(second.version_info, first.version_info);
 }
+
+/// A listener standing in for a name the group lacks (the snapshot's fallback).
+fn stand_in(name: &str) -> std::sync::Arc<meshplane_xds::Resource> {
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    meshplane_xds::Resource::listener(&Listener {
+        name: name.to_owned(),
+        stat_prefix: "stand-in".to_owned(),
+        ..Default::default()
+    })
+}
+
+fn with_stand_ins(snapshot: Snapshot) -> Snapshot {
+    snapshot.with_fallback(LDS, std::sync::Arc::new(stand_in))
+}
+
+/// A client naming listeners or clusters (as gRPC does) gets the snapshot's fallback for one the group
+/// lacks, at once, whether it is its first name or one added to a synced subscription; a
+/// later real listener of that name replaces it. Without a fallback an unknown name adds
+/// nothing to the answer.
+#[tokio::test]
+async fn names_the_group_lacks_get_its_fallback_when_it_has_one() {
+    let h = Harness::start().await;
+    h.cache
+        .set_snapshot(&group(), with_stand_ins(mk_snapshot("payments", 8080)))
+        .expect("set");
+    // Only an unknown name.
+    let mut first = h.sotw().await;
+    first.send(request(LDS, &["ledger"])).await;
+    let lds = first.expect().await;
+    assert_eq!(names_of(&lds), vec!["ledger".to_string()]);
+    assert_eq!(
+        lds.resources[0].value,
+        stand_in("ledger").to_any().value,
+        "the fallback's listener"
+    );
+
+    // A known name, then an unknown one added.
+    let mut c = h.sotw().await;
+    c.send(request(LDS, &["egress"])).await;
+    let lds = c.expect().await;
+    assert_eq!(names_of(&lds), vec!["egress".to_string()]);
+    c.ack(&lds, &["egress"]).await;
+    c.send(request(LDS, &["egress", "ledger"])).await;
+    let lds = c.expect().await;
+    assert_eq!(
+        names_of(&lds),
+        vec!["egress".to_string(), "ledger".to_string()]
+    );
+    c.ack(&lds, &["egress", "ledger"]).await;
+    c.expect_silence().await;
+    // Patched snapshots keep the fallback: publishing the same content sends nothing.
+    let same = h
+        .cache
+        .snapshot(&group())
+        .expect("published")
+        .with_upserts([])
+        .expect("patched");
+    h.cache.set_snapshot(&group(), same).expect("set");
+    c.expect_silence().await;
+    // The group gains a real `ledger`: it replaces the stand-in.
+    let real = mk_http_listener("ledger", 15002, "egress-routes");
+    let next = with_stand_ins(mk_snapshot("payments", 8080))
+        .with_upserts([real.clone()])
+        .expect("consistent");
+    h.cache.set_snapshot(&group(), next).expect("set");
+    let lds = c.expect().await;
+    let ledger = lds
+        .resources
+        .iter()
+        .find(|r| r.value == real.to_any().value);
+    assert!(ledger.is_some(), "the real listener replaces the stand-in");
+
+    // A cluster fallback answers a cluster name the group lacks, and its endpoints, unknown
+    // too, are an empty assignment.
+    let next = with_stand_ins(mk_snapshot("payments", 8080))
+        .with_fallback(CDS, std::sync::Arc::new(mk_eds_cluster));
+    h.cache.set_snapshot(&group(), next).expect("set");
+    let mut named = h.sotw().await;
+    named.send(request(CDS, &["why"])).await;
+    let cds = named.expect().await;
+    assert_eq!(names_of(&cds), vec!["why".to_string()]);
+    named.ack(&cds, &["why"]).await;
+    named.send(request(EDS, &["why"])).await;
+    let eds = named.expect().await;
+    assert_eq!(endpoint_counts(&eds), vec![("why".to_string(), 0)]);
+
+    // Without a fallback, an unknown name gets nothing of its own.
+    h.cache
+        .set_snapshot(&GroupKey::new("plain"), mk_snapshot("payments", 8080))
+        .expect("set");
+    let mut plain = h.sotw().await;
+    let mut req = request(LDS, &["egress", "ledger"]);
+    req.node = Some(mk_node("plain-1", "plain"));
+    plain.send(req).await;
+    let lds = plain.expect().await;
+    assert_eq!(names_of(&lds), vec!["egress".to_string()]);
+}

@@ -113,6 +113,25 @@ fn proxyless_clients_get_grpc_resources_and_follow_the_registry() {
         vec!["egress", "ingress"],
         "the sidecar is unaffected"
     );
+    // A target that is not a dependency gets a listener that refuses, routed to a cluster
+    // named with the reason (answered for whatever name the client asks); a sidecar asks
+    // for every listener and cluster at once and gets no such answers.
+    let snapshot = cache.snapshot(&client).expect("published");
+    let ledger = snapshot
+        .fallback(ResourceType::Listener, "ledger")
+        .expect("a listener for an undeclared target");
+    assert_eq!(ledger.name(), "ledger");
+    let reason = "meshplane: `ledger` is not a dependency of `orders`; declare it under `dependencies` in its meshplane.yaml";
+    let cluster = snapshot
+        .fallback(ResourceType::Cluster, reason)
+        .expect("its cluster");
+    assert_eq!(cluster.name(), reason);
+    let sidecar_snapshot = cache.snapshot(&sidecar).expect("published");
+    assert!(
+        sidecar_snapshot
+            .fallback(ResourceType::Listener, "ledger")
+            .is_none()
+    );
 
     // A new instance reaches the client's endpoints.
     h.apply(payments(&source, &[("p1", 10, &[]), ("p2", 12, &[])]));

@@ -29,6 +29,7 @@ use meshplane_telemetry::TranslationMetrics;
 use meshplane_translate::{
     Catalog, EgressRoutes, MeshOptions, ProxyGroup, group_config, names, proxyless_clusters,
     proxyless_endpoints, proxyless_mtls_clusters, service_cluster, service_endpoints,
+    undeclared_cluster, undeclared_listener,
 };
 use meshplane_xds::{GroupKey, Resource, ResourceType, Snapshot, SnapshotCache};
 use tokio::sync::mpsc;
@@ -564,8 +565,25 @@ impl Translator {
         for service in &config.services {
             resources.extend(self.resources_for(service, group));
         }
+        let mut snapshot = Snapshot::new(resources)?;
+        if group.proxyless {
+            // A channel to a target that is not a dependency fails at once, not after
+            // gRPC's 15 s resource timer (see `undeclared_listener`).
+            let descriptor = group.descriptor.clone();
+            snapshot = snapshot
+                .with_fallback(
+                    ResourceType::Listener,
+                    Arc::new(move |target: &str| {
+                        Resource::listener(&undeclared_listener(&descriptor, target))
+                    }),
+                )
+                .with_fallback(
+                    ResourceType::Cluster,
+                    Arc::new(|name: &str| Resource::cluster(&undeclared_cluster(name))),
+                );
+        }
         Ok(Built {
-            snapshot: Snapshot::new(resources)?,
+            snapshot,
             services: config.services,
             routes,
         })

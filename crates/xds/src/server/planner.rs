@@ -644,7 +644,7 @@ impl Planner {
     }
 
     /// What the proxy should hold for a subscribed `name`, or `None` when nothing (a name of
-    /// another type than endpoints that the snapshot lacks).
+    /// another type than endpoints that the snapshot lacks and has no fallback for).
     fn want<'s>(
         &'s self,
         kind: ResourceType,
@@ -660,7 +660,11 @@ impl Planner {
             });
         }
         if kind != ResourceType::Endpoint {
-            return None;
+            // Answered with the snapshot's fallback for the type, when it has one.
+            return snapshot.fallback(kind, name).map(|r| Target {
+                want: Want::Send(r),
+                in_snapshot: false,
+            });
         }
         // Never leave a cluster warming: unknown names get an empty assignment. But a
         // cluster gone from the snapshot and still held is still routed to until the routes
