@@ -2,11 +2,11 @@
 // playwright-core): service list and search → service page → proxy page (sync status, config
 // dump, charts, log level, group snapshot, stats) → datacenters → consistency view → egress
 // rollout flags (with a token: refused without it, saved, audited, an invalid document and a
-// concurrent change refused) → migration view, with screenshots.
+// concurrent change refused) → migration view, with screenshots; a proxyless gRPC client's page.
 //
 //   node tests/browser/panel.mjs ADMIN_URL OUT_DIR [--service payments] [--hidden orders]
 //        [--proxy payments-1] [--listener ingress] [--level debug] [--token T] [--expect-traffic]
-//        [--remote dc2]
+//        [--remote dc2] [--proxyless checkout-1]
 //
 // Run by crates/cli/tests/panel.rs against a real control plane and a real sidecar; it checks
 // Envoy's own /logging afterwards. Exits non-zero with the failed step, the page's errors and a
@@ -29,6 +29,7 @@ const { values: opt, positionals } = parseArgs({
     token: { type: 'string' },
     'expect-traffic': { type: 'boolean', default: false },
     remote: { type: 'string' },
+    proxyless: { type: 'string' },
     grafana: { type: 'string' },
     chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
     timeout: { type: 'string', default: '30000' },
@@ -208,9 +209,23 @@ try {
     await shot('proxy');
   });
 
-  await step('an unknown proxy shows the control plane\'s error', async () => {
+  if (opt.proxyless) {
+    await step('a proxyless gRPC client is listed like a sidecar, SYNCED, its gRPC named', async () => {
+      await page.goto(`${base}/#/proxies/${opt.proxyless}`);
+      await page.locator('#sync-status tr[data-type="LDS"] .badge-synced').waitFor();
+      await page.locator('#sync-status tr[data-type="EDS"] .badge-synced').waitFor();
+      await page.locator('table.kv td', { hasText: /^gRPC / }).waitFor();
+      // No Envoy to diagnose: said once, not as errors from the relay.
+      await page.locator('#proxyless-note').waitFor();
+      if (await page.locator('.error').count() !== 0) throw new Error('error boxes on a proxyless client\'s page');
+      await page.locator('details summary', { hasText: 'LDS' }).first().waitFor();
+      await shot('proxyless');
+    });
+  }
+
+  await step('an unknown proxy is said not to be connected', async () => {
     await page.goto(`${base}/#/proxies/no-such-proxy`);
-    await page.locator('#config-dump .error', { hasText: 'HTTP 404' }).waitFor();
+    await page.locator('.error', { hasText: 'proxy no-such-proxy is not connected to this control plane' }).waitFor();
   });
 
   await step('datacenters view', async () => {

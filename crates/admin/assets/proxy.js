@@ -1,6 +1,7 @@
 // One proxy: who it is, whether it is in sync (per resource type), its traffic, its log
 // level, the certificates it uses, its live config dump (from Envoy, through the control plane), the control plane's
-// snapshot of its group, and all its stats.
+// snapshot of its group, and all its stats. A proxyless gRPC client has no Envoy: only who it
+// is, its sync status and its group's snapshot.
 
 import { enc, getJson } from './api.js';
 import { ago, badge, errorBox, h, loading, replace, section, table, version } from './dom.js';
@@ -15,8 +16,12 @@ export function proxyPage(scope, id) {
     h('a', { href: '#/proxies', class: 'back' }, '← Proxies'),
     h('h1', {}, id));
   const overview = h('div', {}, loading());
+  const logging = h('div');
+  const envoy = h('div');
+  const stats = h('div');
   const snapshot = h('div');
   let group = null;
+  let kind = null;
 
   scope.every(5000, async () => {
     try {
@@ -28,6 +33,25 @@ export function proxyPage(scope, id) {
         return;
       }
       replace(overview, summaryCard(p), syncCard(p));
+      // What is diagnosed through the sidecar's admin relay exists only for an Envoy: a
+      // proxyless gRPC client (its xDS client names itself `gRPC …`) has no Envoy to ask.
+      const proxyless = (p.client || '').startsWith('gRPC ');
+      if (kind !== proxyless) {
+        kind = proxyless;
+        if (proxyless) {
+          replace(logging);
+          replace(stats);
+          replace(envoy, section('No Envoy',
+            h('p', { id: 'proxyless-note', class: 'muted' },
+              'A proxyless gRPC client: its gRPC library speaks xDS itself, with no Envoy or sidecar '
+              + 'to diagnose (traffic, log level, certificates, config dump and stats are an Envoy\'s). '
+              + 'Its xDS status is above; what the control plane serves its group is below.')));
+        } else {
+          replace(logging, loggingSection(id));
+          replace(envoy, trafficSection(scope, id), certificatesSection(scope, id), configDumpSection(id));
+          replace(stats, statsSection(id));
+        }
+      }
       if (group !== p.group) {
         group = p.group;
         replace(snapshot, snapshotSection(group));
@@ -39,12 +63,10 @@ export function proxyPage(scope, id) {
 
   return h('div', {},
     head,
-    h('div', { class: 'columns' }, overview, loggingSection(id)),
-    trafficSection(scope, id),
-    certificatesSection(scope, id),
-    configDumpSection(id),
+    h('div', { class: 'columns' }, overview, logging),
+    envoy,
     snapshot,
-    statsSection(id));
+    stats);
 }
 
 function summaryCard(p) {

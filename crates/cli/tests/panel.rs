@@ -169,6 +169,55 @@ async fn remote_datacenter() -> std::net::SocketAddr {
     addr
 }
 
+/// A grpcio client with its own xDS client (`meshplane bootstrap --grpc`) that has asked for
+/// `xds:///payments` (whatever the call's outcome: payments' app speaks HTTP/1.1): its ADS
+/// stream stays open until the process is killed, on drop.
+fn proxyless_client(mesh: &Mesh, id: &str) -> KilledOnDrop {
+    let dir = mesh.dir.path();
+    let descriptor = dir.join(format!("{id}.yaml"));
+    std::fs::write(
+        &descriptor,
+        "service: checkout\nport: 8080\ningress: { port: 31001 }\ndependencies:\n  - service: payments\n",
+    )
+    .expect("descriptor");
+    let bootstrap = dir.join(format!("{id}-bootstrap.json"));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_meshplane"))
+        .args(["bootstrap", "--grpc", "--descriptor"])
+        .arg(&descriptor)
+        .args(["--control-plane", &mesh.cp.xds_addr.to_string()])
+        .args(["--instance-id", id, "--output"])
+        .arg(&bootstrap)
+        .status()
+        .expect("meshplane bootstrap");
+    assert!(status.success(), "meshplane bootstrap --grpc");
+    let mut child = std::process::Command::new(support::grpc::python())
+        .args([
+            &format!("{}/tests/grpc/echo.py", support::grpc::ROOT),
+            "client-xds",
+        ])
+        .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the gRPC client starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(
+        stdin,
+        r#"{{"target": "xds:///payments", "payload": "x", "timeout": 5}}"#
+    )
+    .expect("command");
+    KilledOnDrop(child, stdin)
+}
+
+struct KilledOnDrop(std::process::Child, std::process::ChildStdin);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn panel_works_in_headless_chromium() {
     let Some(tools) = browser_tools() else {
@@ -197,6 +246,8 @@ async fn panel_works_in_headless_chromium() {
     )
     .await;
     let envoy_admin = mesh.sidecar_admin("payments-1");
+    // A proxyless gRPC client (grpcio) of `checkout`, calling payments: listed like a sidecar.
+    let _checkout = proxyless_client(&mesh, "checkout-1");
 
     let before = envoy_log_levels(&mesh.http, envoy_admin).await;
     assert!(
@@ -215,6 +266,7 @@ async fn panel_works_in_headless_chromium() {
         .arg(&artifacts)
         .args(["--service", "payments", "--hidden", "orders"])
         .args(["--proxy", "payments-1", "--listener", "ingress"])
+        .args(["--proxyless", "checkout-1"])
         .args(["--level", "debug", "--token", TOKEN, "--expect-traffic"])
         .args(["--remote", "dc2"])
         .args(["--grafana", GRAFANA])
