@@ -1,6 +1,7 @@
-//! A service's registered protocol (`Meta.protocol`) reaches its callers' clusters: a
-//! registry change that only changes it republishes the shared cluster in every group that
-//! depends on the service, named or wildcard.
+//! A service's registered protocol (`Meta.protocol`) reaches its callers' clusters and
+//! routes: a registry change that only changes it republishes the shared cluster in every
+//! group that depends on the service, named or wildcard, and their egress routes (a service
+//! reached over HTTP/2 has twin routes for gRPC calls carrying a deadline).
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use meshplane_model::registration::{PROTOCOL_META_KEY, SIDECAR_META_KEY};
@@ -54,6 +55,17 @@ fn speaks_http2(cache: &SnapshotCache, key: &GroupKey) -> bool {
     )
 }
 
+/// Whether a group's egress routes have the twin route of gRPC calls carrying a deadline
+/// (matched on the `grpc-timeout` header).
+fn has_grpc_twin(cache: &SnapshotCache, key: &GroupKey) -> bool {
+    let snapshot = cache.snapshot(key).expect("published");
+    let routes = snapshot
+        .get(ResourceType::Route, "egress")
+        .expect("egress routes");
+    let bytes = routes.to_any().value.clone();
+    bytes.windows(b"grpc-timeout".len()).any(|w| w == b"grpc-timeout")
+}
+
 #[test]
 fn a_protocol_change_in_the_registry_reaches_every_callers_cluster() {
     let mut h = Harness::new(MeshOptions {
@@ -77,12 +89,14 @@ fn a_protocol_change_in_the_registry_reaches_every_callers_cluster() {
     h.translator.on_demand(&batch);
     for key in [&orders, &batch] {
         assert!(!speaks_http2(&cache, key), "http1 instances: HTTP/1.1");
+        assert!(!has_grpc_twin(&cache, key), "no gRPC twins for HTTP/1.1");
     }
 
     // A rollout to gRPC: one instance switched, one not (both behind sidecars): HTTP/2.
     h.apply(payments(&source, &["grpc", "http1"]));
     for key in [&orders, &batch] {
         assert!(speaks_http2(&cache, key), "the rollout reaches {key}");
+        assert!(has_grpc_twin(&cache, key), "and its routes: {key}");
     }
     // An instance without a protocol (a sidecar from before protocols) joins: HTTP/1.1,
     // which it can take.
@@ -95,5 +109,6 @@ fn a_protocol_change_in_the_registry_reaches_every_callers_cluster() {
     h.apply(event);
     for key in [&orders, &batch] {
         assert!(!speaks_http2(&cache, key), "{key} falls back to HTTP/1.1");
+        assert!(!has_grpc_twin(&cache, key), "{key}'s twins go with it");
     }
 }

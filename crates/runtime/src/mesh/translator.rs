@@ -4,8 +4,8 @@
 //! that has proxies depending on it (the proxy's datacenter is priority 0), are built once per
 //! change and shared (`Arc`) by every group that depends on it (groups are per datacenter); a registry change touches only the
 //! groups that depend on a changed service (and wildcard groups). When a change leaves a
-//! service's *shape* alone (it still exists, with the same tags: only instances, addresses,
-//! weights or health moved), a group's own listeners and routes cannot change, so its new
+//! service's *shape* alone (it still exists, reached over the same HTTP version, with the
+//! same tags: only instances, addresses, weights or health moved), a group's own listeners and routes cannot change, so its new
 //! snapshot is its current one with that service's cluster and endpoints replaced — for a
 //! wildcard group of 1,000 services, two resources instead of a full translation.
 //!
@@ -99,19 +99,23 @@ struct Built {
     routes: Option<EgressRoutes>,
 }
 
-/// What of a service a group's own resources depend on: that it exists, and its tags (one
-/// route per tag). Everything else only changes the service's cluster and endpoints.
-type Shape = BTreeSet<String>;
+/// What of a service a group's own resources depend on: that it exists, whether callers
+/// reach it over HTTP/2 (its routes then have gRPC-deadline twins), and its tags (one route
+/// per tag). Everything else only changes the service's cluster and endpoints.
+type Shape = (bool, BTreeSet<String>);
 
 fn shape_of(registry: &RegistrySnapshot, service: &ServiceName) -> Option<Shape> {
     let entry = registry.services.get(service)?;
-    Some(
+    let http2 = meshplane_translate::upstream_protocol(&entry.instances)
+        == meshplane_translate::UpstreamProtocol::Http2;
+    Some((
+        http2,
         entry
             .instances
             .iter()
             .flat_map(|i| i.tags.iter().cloned())
             .collect(),
-    )
+    ))
 }
 
 /// Translation state; see the module docs.
