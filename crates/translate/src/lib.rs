@@ -42,8 +42,8 @@ pub use egress_routes::EgressRoutes;
 pub use endpoints::{routable_address, service_endpoints};
 pub use protocol::{UpstreamProtocol, upstream_protocol};
 pub use proxyless::{
-    proxyless_clusters, proxyless_endpoints, proxyless_mtls_clusters, undeclared_cluster,
-    undeclared_listener,
+    REASON_PREFIX, proxyless_clusters, proxyless_endpoints, proxyless_mtls_clusters,
+    undeclared_cluster, undeclared_listener,
 };
 pub use rbac::{AUDIT_PREFIX, ENFORCE_PREFIX};
 

@@ -60,7 +60,7 @@ use crate::{Catalog, GroupConfig, MeshOptions, ProxyGroup, names, service_endpoi
 
 mod undeclared;
 
-pub use undeclared::{undeclared_cluster, undeclared_listener};
+pub use undeclared::{REASON_PREFIX, undeclared_cluster, undeclared_listener};
 
 /// gRPC caps a call's attempts at 5 (A44): retries beyond 4 are not sent.
 const MAX_GRPC_RETRIES: u32 = 4;

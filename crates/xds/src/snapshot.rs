@@ -36,9 +36,9 @@ pub enum SnapshotError {
 /// Resources of one type, by name.
 pub type ResourceMap = BTreeMap<String, Arc<Resource>>;
 
-/// Builds the resource a proxy is sent for a name it subscribes to that its snapshot lacks
-/// (see [`Snapshot::with_fallback`]).
-pub type Fallback = Arc<dyn Fn(&str) -> Arc<Resource> + Send + Sync>;
+/// Builds the resource a proxy is sent for a name it subscribes to that its snapshot lacks,
+/// or `None` to send nothing for it (see [`Snapshot::with_fallback`]).
+pub type Fallback = Arc<dyn Fn(&str) -> Option<Arc<Resource>> + Send + Sync>;
 
 /// An immutable, consistent set of resources for one group.
 #[derive(Clone)]
@@ -213,7 +213,8 @@ impl Snapshot {
     /// so it waits for its own timer (gRPC's: 15 s) before concluding that the resource does
     /// not exist; a resource of that name is an answer at once. The same name must always
     /// give the same resource, and what it references must be in the snapshot or have a
-    /// fallback itself. Endpoints need none: a name the snapshot lacks gets an empty
+    /// fallback itself. A fallback bounds what it answers (the names it accepts, how many):
+    /// a client may subscribe to any names. Endpoints need none: a name the snapshot lacks gets an empty
     /// assignment. Kept by [`Snapshot::with_patch`] and [`Snapshot::with_upserts`]; not part
     /// of the digest.
     pub fn with_fallback(mut self, kind: ResourceType, fallback: Fallback) -> Self {
@@ -223,7 +224,12 @@ impl Snapshot {
 
     /// The fallback's resource of `kind` for `name`, if the snapshot has a fallback for it.
     pub fn fallback(&self, kind: ResourceType, name: &str) -> Option<Arc<Resource>> {
-        self.fallbacks[kind.index()].as_ref().map(|f| f(name))
+        self.fallbacks[kind.index()].as_ref().and_then(|f| f(name))
+    }
+
+    /// Whether the snapshot has a fallback for `kind`.
+    pub fn has_fallback(&self, kind: ResourceType) -> bool {
+        self.fallbacks[kind.index()].is_some()
     }
 
     /// Records what changed since `previous` (the group's snapshot before this one), so

@@ -381,7 +381,7 @@ fn stand_in(name: &str) -> std::sync::Arc<meshplane_xds::Resource> {
 }
 
 fn with_stand_ins(snapshot: Snapshot) -> Snapshot {
-    snapshot.with_fallback(LDS, std::sync::Arc::new(stand_in))
+    snapshot.with_fallback(LDS, std::sync::Arc::new(|name: &str| Some(stand_in(name))))
 }
 
 /// A client naming listeners or clusters (as gRPC does) gets the snapshot's fallback for one the group
@@ -443,8 +443,10 @@ async fn names_the_group_lacks_get_its_fallback_when_it_has_one() {
 
     // A cluster fallback answers a cluster name the group lacks, and its endpoints, unknown
     // too, are an empty assignment.
-    let next = with_stand_ins(mk_snapshot("payments", 8080))
-        .with_fallback(CDS, std::sync::Arc::new(mk_eds_cluster));
+    let next = with_stand_ins(mk_snapshot("payments", 8080)).with_fallback(
+        CDS,
+        std::sync::Arc::new(|name: &str| Some(mk_eds_cluster(name))),
+    );
     h.cache.set_snapshot(&group(), next).expect("set");
     let mut named = h.sotw().await;
     named.send(request(CDS, &["why"])).await;

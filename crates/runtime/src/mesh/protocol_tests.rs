@@ -63,7 +63,9 @@ fn has_grpc_twin(cache: &SnapshotCache, key: &GroupKey) -> bool {
         .get(ResourceType::Route, "egress")
         .expect("egress routes");
     let bytes = routes.to_any().value.clone();
-    bytes.windows(b"grpc-timeout".len()).any(|w| w == b"grpc-timeout")
+    bytes
+        .windows(b"grpc-timeout".len())
+        .any(|w| w == b"grpc-timeout")
 }
 
 #[test]

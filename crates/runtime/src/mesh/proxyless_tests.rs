@@ -126,6 +126,38 @@ fn proxyless_clients_get_grpc_resources_and_follow_the_registry() {
         .fallback(ResourceType::Cluster, reason)
         .expect("its cluster");
     assert_eq!(cluster.name(), reason);
+    // Bounded: only names that could be services get a listener, only the reasons those
+    // listeners route to get a cluster (a cluster the group merely lacks gets nothing), each
+    // built once, and at most 256 names per type.
+    assert!(
+        snapshot
+            .fallback(ResourceType::Listener, "not a name!")
+            .is_none()
+    );
+    assert!(
+        snapshot
+            .fallback(ResourceType::Cluster, "canary:payments")
+            .is_none()
+    );
+    assert!(std::sync::Arc::ptr_eq(
+        &ledger,
+        &snapshot
+            .fallback(ResourceType::Listener, "ledger")
+            .expect("again")
+    ));
+    let answered = (0..300)
+        .filter(|i| {
+            snapshot
+                .fallback(ResourceType::Listener, &format!("svc-{i}"))
+                .is_some()
+        })
+        .count();
+    assert_eq!(answered, 255, "256 names per type, `ledger` being one");
+    assert!(
+        snapshot
+            .fallback(ResourceType::Listener, "ledger")
+            .is_some()
+    );
     let sidecar_snapshot = cache.snapshot(&sidecar).expect("published");
     assert!(
         sidecar_snapshot

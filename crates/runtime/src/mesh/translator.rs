@@ -27,9 +27,9 @@ use meshplane_model::{Instance, ServiceName};
 use meshplane_registry::{Changes, Snapshot as RegistrySnapshot, Store};
 use meshplane_telemetry::TranslationMetrics;
 use meshplane_translate::{
-    Catalog, EgressRoutes, MeshOptions, ProxyGroup, group_config, names, proxyless_clusters,
-    proxyless_endpoints, proxyless_mtls_clusters, service_cluster, service_endpoints,
-    undeclared_cluster, undeclared_listener,
+    Catalog, EgressRoutes, MeshOptions, ProxyGroup, REASON_PREFIX, group_config, names,
+    proxyless_clusters, proxyless_endpoints, proxyless_mtls_clusters, service_cluster,
+    service_endpoints, undeclared_cluster, undeclared_listener,
 };
 use meshplane_xds::{GroupKey, Resource, ResourceType, Snapshot, SnapshotCache};
 use tokio::sync::mpsc;
@@ -116,6 +116,33 @@ fn shape_of(registry: &RegistrySnapshot, service: &ServiceName) -> Option<Shape>
             .flat_map(|i| i.tags.iter().cloned())
             .collect(),
     ))
+}
+
+/// The most stand-ins (see [`bounded`]) one group answers per type: a client may ask for
+/// any names, so what it can make the control plane build and hold is capped; names past
+/// the cap get nothing (gRPC then concludes from its own timer).
+const MAX_STAND_INS: usize = 256;
+/// The longest stand-in cluster name: a reason naming a service (253 bytes at most).
+const MAX_REASON: usize = 1024;
+
+/// A snapshot fallback answering what `build` answers, each name built once and shared by
+/// every stream of the group, at most [`MAX_STAND_INS`] names.
+fn bounded(
+    build: impl Fn(&str) -> Option<Arc<Resource>> + Send + Sync + 'static,
+) -> meshplane_xds::Fallback {
+    let built: parking_lot::Mutex<HashMap<String, Arc<Resource>>> = Default::default();
+    Arc::new(move |name: &str| {
+        let mut built = built.lock();
+        if let Some(r) = built.get(name) {
+            return Some(r.clone());
+        }
+        if built.len() >= MAX_STAND_INS {
+            return None;
+        }
+        let r = build(name)?;
+        built.insert(name.to_owned(), r.clone());
+        Some(r)
+    })
 }
 
 /// Translation state; see the module docs.
@@ -572,18 +599,25 @@ impl Translator {
         let mut snapshot = Snapshot::new(resources)?;
         if group.proxyless {
             // A channel to a target that is not a dependency fails at once, not after
-            // gRPC's 15 s resource timer (see `undeclared_listener`).
+            // gRPC's 15 s resource timer (see `undeclared_listener`): a listener for a name
+            // that could be a service, and a cluster for the names those listeners route to
+            // (a cluster the group merely lacks, being removed, gets nothing).
             let descriptor = group.descriptor.clone();
             snapshot = snapshot
                 .with_fallback(
                     ResourceType::Listener,
-                    Arc::new(move |target: &str| {
-                        Resource::listener(&undeclared_listener(&descriptor, target))
+                    bounded(move |target: &str| {
+                        ServiceName::new(target)
+                            .ok()
+                            .map(|_| Resource::listener(&undeclared_listener(&descriptor, target)))
                     }),
                 )
                 .with_fallback(
                     ResourceType::Cluster,
-                    Arc::new(|name: &str| Resource::cluster(&undeclared_cluster(name))),
+                    bounded(|name: &str| {
+                        (name.starts_with(REASON_PREFIX) && name.len() <= MAX_REASON)
+                            .then(|| Resource::cluster(&undeclared_cluster(name)))
+                    }),
                 );
         }
         Ok(Built {

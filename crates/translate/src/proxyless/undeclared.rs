@@ -25,6 +25,10 @@ use meshplane_model::Descriptor;
 
 use crate::proto::any;
 
+/// How the names of [`undeclared_listener`]'s clusters begin: only such names get an
+/// [`undeclared_cluster`] (a cluster a group merely lacks, being removed, gets nothing).
+pub const REASON_PREFIX: &str = "meshplane: `";
+
 /// The API listener a proxyless client with descriptor `d` gets for `target`, a name it
 /// asked for that is not one of its dependencies (for `service: "*"`: not a service in the
 /// registry): calls through it go to [`undeclared_cluster`] named with the reason, and fail
@@ -32,10 +36,10 @@ use crate::proto::any;
 /// listener.
 pub fn undeclared_listener(d: &Descriptor, target: &str) -> Listener {
     let reason = if d.depends_on_all() {
-        format!("meshplane: `{target}` is not a service in the registry")
+        format!("{REASON_PREFIX}{target}` is not a service in the registry")
     } else {
         format!(
-            "meshplane: `{target}` is not a dependency of `{}`; declare it under `dependencies` in its meshplane.yaml",
+            "{REASON_PREFIX}{target}` is not a dependency of `{}`; declare it under `dependencies` in its meshplane.yaml",
             d.service
         )
     };

@@ -633,7 +633,8 @@ impl Planner {
         // Names missing from the snapshot that are not among the changed ones were missing
         // before too; only they make the target differ from the snapshot's whole type.
         let whole_type = tp.wildcard
-            && (kind != ResourceType::Endpoint || tp.names.iter().all(|n| all.contains_key(&**n)));
+            && ((kind != ResourceType::Endpoint && !snapshot.has_fallback(kind))
+                || tp.names.iter().all(|n| all.contains_key(&**n)));
         Diff {
             kind,
             upserts,
