@@ -79,10 +79,16 @@ impl CertFiles {
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)?;
+        private_dir(&self.dir)?;
         // A new directory every time, even for the certificate `current` names already (a
-        // restart writing the cached one): a set being read is never rewritten in place.
+        // restart writing the cached one, maybe with the same pid in a container): a set
+        // being read is never rewritten in place.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
         let name = format!(
-            "{GENERATION_PREFIX}{}-{}-{}",
+            "{GENERATION_PREFIX}{}-{}-{}-{nanos}",
             leaf.serial_hex,
             std::process::id(),
             self.generation.load(Ordering::Relaxed) + 1
@@ -123,6 +129,30 @@ impl CertFiles {
             error,
         }
     }
+}
+
+/// `dir` must be a directory of this user's that no one else can read or write (the key and
+/// the trusted CA bundle are in it): one created here is; one that was already there and is
+/// this user's is made so; anything else is refused.
+fn private_dir(dir: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not a directory (a symlink is refused)",
+            dir.display()
+        )));
+    }
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} belongs to another user", dir.display()),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 impl Sink for CertFiles {

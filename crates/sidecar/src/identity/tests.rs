@@ -538,3 +538,35 @@ fn certificate_files_are_replaced_whole_behind_current() {
         .collect();
     assert_eq!(sets, vec![seen[1].display().to_string()]);
 }
+
+/// The certificate directory must be private: one open to others is made private, a fresh
+/// writer (a restart with the same pid and certificate) never collides with the set in use.
+#[test]
+fn the_certificate_directory_is_made_private_and_restarts_never_collide() {
+    let pki = mk_pki();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("certs");
+    std::fs::create_dir(&dir).expect("dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let (cert, key) = mk_leaf(&pki, ID, 2020, 2100);
+    let material = mk_material(&cert, &key, &pki.ca_pem);
+    let leaf = material
+        .check(&origins(), SystemTime::now())
+        .expect("valid");
+    files::CertFiles::new(dir.clone())
+        .publish(&material, &leaf)
+        .expect("written");
+    let mode = std::fs::metadata(&dir).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "made private");
+    // A second writer from scratch (generation 1 again) writing the same certificate.
+    files::CertFiles::new(dir.clone())
+        .publish(&material, &leaf)
+        .expect("written again");
+    let paths = CertPaths::under(&dir);
+    assert_eq!(std::fs::read_to_string(&paths.cert).expect("cert"), cert);
+    // A symlink in its place is refused.
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&dir, &link).expect("symlink");
+    let refused = files::CertFiles::new(link).publish(&material, &leaf);
+    assert!(refused.is_err(), "a symlinked directory is refused");
+}
