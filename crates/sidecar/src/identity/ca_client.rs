@@ -316,15 +316,30 @@ impl CaClient {
             };
             // Cached first: once a certificate is served, a restart finds it (or a newer one).
             self.store_in_cache(&material).await;
-            match publisher.publish(&material, &next) {
-                Ok(generation) => tracing::info!(
-                    identity = %self.identity,
-                    serial = %next.serial_hex,
-                    not_after = %display_time(next.not_after),
-                    generation,
-                    "renewed the service certificate"
-                ),
-                Err(e) => tracing::error!(error = %e, "cannot serve the renewed certificate"),
+            // Serving can fail for ordinary reasons when it means writing files (a full
+            // disk): retried with backoff, the current certificate served meanwhile.
+            let mut delay = renewal.retry_min;
+            loop {
+                match publisher.publish(&material, &next) {
+                    Ok(generation) => {
+                        tracing::info!(
+                            identity = %self.identity,
+                            serial = %next.serial_hex,
+                            not_after = %display_time(next.not_after),
+                            generation,
+                            "renewed the service certificate"
+                        );
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, retry_in = ?delay, "cannot serve the renewed certificate")
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = delay.saturating_mul(2).min(renewal.retry_max);
             }
             leaf = next;
             wait = renewal.delay(&leaf, SystemTime::now());
