@@ -206,15 +206,22 @@ fn proxyless_client(mesh: &Mesh, id: &str) -> KilledOnDrop {
         r#"{{"target": "xds:///payments", "payload": "x", "timeout": 5}}"#
     )
     .expect("command");
-    KilledOnDrop(child, stdin)
+    KilledOnDrop {
+        child,
+        _stdin: stdin,
+    }
 }
 
-struct KilledOnDrop(std::process::Child, std::process::ChildStdin);
+/// The client, and its stdin kept open (it stops when its stdin closes).
+struct KilledOnDrop {
+    child: std::process::Child,
+    _stdin: std::process::ChildStdin,
+}
 
 impl Drop for KilledOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
