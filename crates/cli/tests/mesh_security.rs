@@ -623,8 +623,7 @@ async fn a_self_run_envoy_gets_its_identity_from_meshplane_identity() {
         socket.display(),
         std::fs::read_to_string(dir.path().join("identity.log")).unwrap_or_default()
     );
-    let envoy = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-        .join(".tools/envoy/envoy/_bin/envoy");
+    let envoy = meshplane_test_support::envoy::envoy_binary();
     let envoy_log = std::fs::File::create(dir.path().join("envoy.log")).expect("log");
     let _envoy = Reaped(
         std::process::Command::new(envoy)
