@@ -570,3 +570,91 @@ fn the_certificate_directory_is_made_private_and_restarts_never_collide() {
     let refused = files::CertFiles::new(link).publish(&material, &leaf);
     assert!(refused.is_err(), "a symlinked directory is refused");
 }
+
+/// Serves certificates as the control plane's CA does, on 127.0.0.1; its admin URL.
+async fn serve_ca(dir: &std::path::Path) -> String {
+    use axum::extract::State;
+    use meshplane_model::identity::{SIGN_PATH, SignRequest};
+    let ca = std::sync::Arc::new(
+        meshplane_ca::Authority::load_or_generate(
+            dir,
+            "meshplane.local",
+            Duration::from_secs(3600),
+        )
+        .expect("CA"),
+    );
+    let app = axum::Router::new()
+        .route(
+            SIGN_PATH,
+            axum::routing::post(
+                |State(ca): State<std::sync::Arc<meshplane_ca::Authority>>,
+                 axum::Json(req): axum::Json<SignRequest>| async move {
+                    axum::Json(ca.sign(&req, SystemTime::now()).expect("signs"))
+                },
+            ),
+        )
+        .with_state(ca);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// Serves nothing the first `fails` times it is asked, then everything.
+struct FlakySink {
+    fails: u64,
+    asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    served: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl Sink for FlakySink {
+    fn publish(&self, _material: &Material, leaf: &material::Leaf) -> Result<u64, IdentityError> {
+        let n = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        if n <= self.fails {
+            return Err(IdentityError::Config(format!("write {n} failed")));
+        }
+        let _ = self.served.send(leaf.serial_hex.clone());
+        Ok(n)
+    }
+}
+
+/// A renewed certificate that cannot be served at once (its files cannot be written: a full
+/// disk) is served as soon as it can be, with backoff, not left for the next renewal.
+#[tokio::test]
+async fn a_renewed_certificate_that_cannot_be_served_is_retried_until_it_is() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let url = serve_ca(tmp.path()).await;
+    let service = ServiceName::new("orders").expect("name");
+    let client = ca_client::CaClient::new(&[url], None, &service, "meshplane.local", None, None)
+        .expect("client");
+    let (_, leaf) = client.obtain().await.expect("a first certificate");
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (served, mut served_rx) = tokio::sync::mpsc::unbounded_channel();
+    let sink = FlakySink {
+        fails: 3,
+        asked: asked.clone(),
+        served,
+    };
+    let renewal = Renewal {
+        renew_fraction: 0.5,
+        retry_min: Duration::from_millis(10),
+        retry_max: Duration::from_millis(40),
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task =
+        tokio::spawn(client.keep_renewed(leaf.clone(), true, renewal, sink, shutdown.clone()));
+    let serial = tokio::time::timeout(Duration::from_secs(10), served_rx.recv())
+        .await
+        .expect("served within 10 s")
+        .expect("a serial");
+    assert_ne!(serial, leaf.serial_hex, "the renewed certificate");
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "three failures, then served"
+    );
+    shutdown.cancel();
+    task.await.expect("renewal loop");
+}
