@@ -162,16 +162,27 @@ async fn run(clients: usize, changes: usize) {
         "{clients} grpcio clients resolved xds:///payments and called it in {:.1?}",
         started.elapsed()
     );
+    let admin = |path: &'static str| {
+        let url = format!("http://{}{path}", cp.admin_addr);
+        let http = http.clone();
+        async move {
+            let v: Value = http
+                .get(url)
+                .send()
+                .await
+                .expect("admin")
+                .json()
+                .await
+                .expect("JSON");
+            v
+        }
+    };
     let proxies = || async {
-        let v: Value = http
-            .get(format!("http://{}/api/proxies", cp.admin_addr))
-            .send()
+        admin("/api/proxies")
             .await
-            .expect("admin")
-            .json()
-            .await
-            .expect("JSON");
-        v.as_array().cloned().unwrap_or_default()
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     };
     let eds_responses = |all: &[Value]| -> Vec<u64> {
         all.iter()
@@ -224,14 +235,7 @@ async fn run(clients: usize, changes: usize) {
                         format!("{} {} EDS {}", p["node_id"], p["sync"], p["types"]["EDS"])
                     })
                     .collect();
-                let state: Value = http
-                    .get(format!("http://{}/api/services/payments", cp.admin_addr))
-                    .send()
-                    .await
-                    .expect("admin")
-                    .json()
-                    .await
-                    .expect("JSON");
+                let state = admin("/api/services/payments").await;
                 panic!(
                     "change {k} not ACKed by every client ({} streams): {behind:?}\n{state:#}",
                     now.len()
